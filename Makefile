@@ -1,0 +1,47 @@
+# undebug: every entry point a developer or CI needs. `make demo` and `make test` do all
+# set-up themselves on a fresh Debian machine (see README.md).
+
+PYTHON     ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+BUILD      := $(CURDIR)/build
+GUEST      := $(BUILD)/refguest.elf
+APT_TOOLS  := qemu-system-x86_64:qemu-system-x86 gdb:gdb gcc:gcc make:make tmux:tmux
+
+.PHONY: setup guest demo test bench lint clean
+
+# Debian tools only when missing (non-interactive), then the venv and the package.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@missing=""; for pair in $(APT_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "setup: installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $@
+
+guest:
+	$(MAKE) -C guest-stubs/refguest OUT=$(BUILD)
+
+demo: setup guest
+	$(VENV)/bin/undebug demo
+
+test: setup guest
+	$(VPY) -m pytest -q
+
+bench: setup guest
+	$(VPY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check undebug tracers tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(BUILD)

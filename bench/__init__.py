@@ -1,0 +1,1 @@
+"""Benchmarks: each measures undebug against a named baseline in the same run."""

@@ -1,0 +1,88 @@
+"""Shared fixtures: an isolated runtime dir, the reference guest, and one booted guest
+that read-only tests share (booting under TCG costs about a second each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GUEST = ROOT / "build" / "refguest.elf"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def undebug(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+    """Run the real CLI in a subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "undebug.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env or os.environ.copy(),
+                          errors="backslashreplace")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def wait_for_console(name: str, needle: str, timeout: float = 60) -> str:
+    """Poll a guest's console until ``needle`` appears; returns the escaped log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = undebug("logs", name).stdout
+        if needle in out:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{needle!r} not on the console of {name} after {timeout}s:\n{out}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_dir() -> Iterator[Path]:
+    """A private, short runtime dir (unix socket paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ud-"))
+    old = os.environ.get("UNDEBUG_RUNTIME_DIR")
+    os.environ["UNDEBUG_RUNTIME_DIR"] = str(path)
+    yield path
+    for session in path.iterdir():  # end whatever a failed test left behind
+        undebug("kill", session.name)
+    shutil.rmtree(path, ignore_errors=True)
+    if old is None:
+        del os.environ["UNDEBUG_RUNTIME_DIR"]
+    else:
+        os.environ["UNDEBUG_RUNTIME_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """build/refguest.elf, built by make if missing (make test builds it first)."""
+    if not GUEST.exists():
+        subprocess.run(["make", "-s", "guest"], cwd=ROOT, check=True)
+    return GUEST
+
+
+@pytest.fixture(scope="session")
+def shared_guest(guest_image: Path) -> Iterator[str]:
+    """One running reference guest (-smp 2, 8 workers) for tests that do not change it."""
+    name = "shared"
+    result = undebug("run", "-d", "--name", name, "--smp", "2", "--append", "threads=8",
+                     str(guest_image))
+    assert result.code == 0, result.stderr
+    wait_for_console(name, "refguest: ready")
+    yield name
+    undebug("kill", name)

@@ -1,0 +1,103 @@
+"""`undebug attach` adopts a QEMU it did not start, over a real TCP gdbstub and QMP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug
+from undebug.session.store import runtime_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Qmp:
+    """The test's own QMP connection (QEMU takes several -qmp sockets)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rw")
+        self.file.readline()
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str) -> dict:
+        self.file.write(json.dumps({"execute": command}) + "\n")
+        self.file.flush()
+        while True:
+            reply = json.loads(self.file.readline())
+            if "return" in reply or "error" in reply:
+                return reply
+
+
+@pytest.fixture
+def foreign_qemu(guest_image: Path) -> Iterator[tuple[int, Path, Path, Qmp]]:
+    """A QEMU started by hand, as a user's existing VM would be."""
+    tmp = Path(runtime_dir()) / "foreign"
+    tmp.mkdir(exist_ok=True)
+    port = free_port()
+    console = tmp / "console.log"
+    proc = subprocess.Popen([
+        "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "128", "-display", "none",
+        "-vga", "none", "-nodefaults", "-serial", f"file:{console}",
+        "-gdb", f"tcp:127.0.0.1:{port}",
+        "-qmp", f"unix:{tmp}/undebug.qmp,server=on,wait=off",
+        "-qmp", f"unix:{tmp}/test.qmp,server=on,wait=off",
+        "-kernel", str(guest_image), "-append", "threads=2"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp / "test.qmp").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        qmp = Qmp(tmp / "test.qmp")
+        yield port, tmp / "undebug.qmp", console, qmp
+    finally:
+        proc.kill()
+        proc.wait()
+        for path in tmp.iterdir():
+            path.unlink()
+        tmp.rmdir()
+
+
+def heartbeats(console: Path) -> int:
+    return console.read_bytes().count(b"refguest: heartbeat")
+
+
+def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -> None:
+    port, qmp_path, console, qmp = foreign_qemu
+    time.sleep(1.5)
+    result = undebug("attach", "--name", "adopted", "--gdb", f"127.0.0.1:{port}",
+                     "--qmp", str(qmp_path), "--elf", str(guest_image), "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["status"]["state"] == "running"
+    assert qmp.execute("query-status")["return"]["status"] == "running"
+    before = heartbeats(console)
+    time.sleep(2.5)
+    assert heartbeats(console) > before  # the guest kept running after the attach
+
+    assert undebug("stop", "adopted").code == 0
+    assert qmp.execute("query-status")["return"]["status"] == "paused"
+    assert undebug("cont", "adopted").code == 0
+    assert qmp.execute("query-status")["return"]["status"] == "running"
+
+    assert undebug("kill", "adopted").code == 0  # detaches; the guest runs on
+    assert qmp.execute("query-status")["return"]["status"] == "running"
+    assert "adopted" not in undebug("ps").stdout
+
+
+def test_attach_to_nothing_fails_clearly(guest_image: Path) -> None:
+    result = undebug("attach", "--name", "nobody", "--gdb", f"127.0.0.1:{free_port()}",
+                     "--elf", str(guest_image))
+    assert result.code == 2
+    assert "cannot connect to the gdbstub" in result.stderr
+    assert "nobody" not in undebug("ps").stdout

@@ -1,0 +1,97 @@
+"""Bad input gets a clear message and its documented exit code, never a traceback."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug
+from undebug.cli import build_parser
+from undebug.commands import COMMANDS
+
+
+def test_every_command_has_help() -> None:
+    build_parser()
+    for name in COMMANDS:
+        result = undebug(name, "--help")
+        assert result.code == 0, name
+        assert "usage: undebug" in result.stdout
+
+
+def test_no_command_prints_help_and_exits_2() -> None:
+    result = undebug()
+    assert result.code == 2
+    assert "COMMAND" in result.stdout
+
+
+def test_bad_argument_exits_2() -> None:
+    result = undebug("run", "--smp", "many", "x.elf")
+    assert result.code == 2
+    assert "invalid int value" in result.stderr
+
+
+def test_missing_image(tmp_path: Path) -> None:
+    result = undebug("run", "--ci", str(tmp_path / "nope.elf"))
+    assert result.code == 2
+    assert "does not exist" in result.stderr
+
+
+def test_not_an_elf_says_what_it_found(tmp_path: Path) -> None:
+    script = tmp_path / "image.sh"
+    script.write_text("#!/bin/sh\n")
+    result = undebug("run", "-d", str(script))
+    assert result.code == 2
+    assert "not an ELF kernel: found a file starting with b'#!/bin/s" in result.stderr
+
+
+def test_error_under_json_is_a_json_document(tmp_path: Path) -> None:
+    result = undebug("run", "-d", "--json", str(tmp_path / "nope.elf"))
+    assert result.code == 2
+    doc = result.json()
+    assert doc["schema"] == "undebug/1"
+    assert doc["error"]["exit_code"] == 2
+
+
+def test_missing_qemu_exits_3_with_the_install_command(guest_image: Path, tmp_path: Path) -> None:
+    # A PATH that has python but no qemu-system-x86_64.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bindir)}
+    assert shutil.which("qemu-system-x86_64", path=env["PATH"]) is None
+    result = undebug("run", "-d", str(guest_image), env=env)
+    assert result.code == 3
+    assert "apt-get install qemu-system-x86" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--memory", "1"], ["--smp", "0"], ["--forward", "tcp:80"],
+                                  ["--forward", "tcp:99999:80"], ["--timeout", "5"],
+                                  ["--name", "../escape"]])
+def test_bad_options_exit_2(guest_image: Path, args: list[str]) -> None:
+    result = undebug("run", "-d", *args, str(guest_image))
+    assert result.code == 2, result.stderr
+    assert result.stderr.startswith("undebug: error:")
+
+
+def test_unknown_guest(tmp_path: Path) -> None:
+    for command in (["stop", "ghost"], ["cont", "ghost"], ["kill", "ghost"], ["logs", "ghost"]):
+        result = undebug(*command)
+        assert result.code == 2, command
+        assert "no guest named 'ghost'" in result.stderr
+
+
+def test_name_in_use_is_refused(shared_guest: str, guest_image: Path) -> None:
+    result = undebug("run", "-d", "--name", shared_guest, str(guest_image))
+    assert result.code == 2
+    assert f"a guest named '{shared_guest}' is already running" in result.stderr
+
+
+def test_ps_json_lists_the_shared_guest(shared_guest: str) -> None:
+    doc = undebug("ps", "--json").json()
+    names = {g["name"]: g for g in doc["guests"]}
+    assert names[shared_guest]["smp"] == 2
+    assert names[shared_guest]["accel"] in ("tcg", "kvm")
+    assert json.dumps(doc)  # plain JSON types only

@@ -1,0 +1,22 @@
+"""`undebug demo` (what `make demo` runs), without a terminal: one summary, then the end."""
+
+from tests.conftest import undebug
+
+
+def test_demo_prints_one_summary_read_from_the_live_guest() -> None:
+    result = undebug("demo", "--once", "--json", "--name", "demo-test", "--threads", "4")
+    assert result.code == 0, result.stderr
+    summary = result.json()
+    assert summary["status"]["state"] == "running"
+    assert [c["cpu"] for c in summary["cpus"]] == [0, 1]
+    assert all(c["function"] for c in summary["cpus"])  # every vCPU is inside guest code
+    assert summary["globals"]["planted_counter"] >= 0x5EED000000000000
+    assert any("refguest:" in line for line in summary["console_tail"])
+    assert "demo-test" not in undebug("ps").stdout  # the guest was ended
+
+
+def test_demo_human_summary() -> None:
+    result = undebug("demo", "--once", "--name", "demo-test2", "--threads", "2")
+    assert result.code == 0, result.stderr
+    assert "vCPU 0: rip 0x" in result.stdout
+    assert "planted_counter = 0x5eed" in result.stdout

@@ -1,0 +1,93 @@
+"""Boot-image checks on real ELF files built here with gcc and ld."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from undebug.errors import UsageError
+from undebug.vm.image import inspect_image
+
+PVH_NOTE = """
+    .section .note.Xen, "a"
+    .p2align 2
+    .long 4, 4, 18
+    .asciz "Xen"
+    .long _start
+"""
+MULTIBOOT = """
+    .section .multiboot, "a"
+    .p2align 2
+    .long 0x1BADB002, 0, -0x1BADB002
+"""
+ENTRY = """
+    .text
+    .globl _start
+_start:
+    hlt
+"""
+
+
+def build(tmp_path: Path, name: str, source: str, bits: int) -> Path:
+    asm, obj, elf = tmp_path / f"{name}.S", tmp_path / f"{name}.o", tmp_path / f"{name}.elf"
+    asm.write_text(source)
+    subprocess.run(["gcc", f"-m{bits}", "-c", str(asm), "-o", str(obj)], check=True)
+    script = tmp_path / f"{name}.ld"
+    script.write_text("ENTRY(_start) SECTIONS { . = 1M; .multiboot : { *(.multiboot) } "
+                      ".text : { *(.text) } .note.Xen : { *(.note.Xen) } }")
+    emulation = "elf_i386" if bits == 32 else "elf_x86_64"
+    subprocess.run(["ld", "-m", emulation, "-T", str(script), str(obj), "-o", str(elf)],
+                   check=True)
+    return elf
+
+
+def test_reference_guest_boots_through_pvh(guest_image: Path) -> None:
+    image = inspect_image(guest_image)
+    assert image.boot == "pvh" and image.is_elf64
+
+
+def test_pvh_note_in_elf32(tmp_path: Path) -> None:
+    assert inspect_image(build(tmp_path, "pvh32", PVH_NOTE + ENTRY, 32)).boot == "pvh"
+
+
+def test_multiboot_elf32_like_unikraft(tmp_path: Path) -> None:
+    assert inspect_image(build(tmp_path, "mb", MULTIBOOT + ENTRY, 32)).boot == "multiboot"
+
+
+def test_multiboot_elf64_is_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="refuses multiboot for ELF64"):
+        inspect_image(build(tmp_path, "mb64", MULTIBOOT + ENTRY, 64))
+
+
+def test_elf64_without_boot_protocol(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not bootable with -kernel"):
+        inspect_image(build(tmp_path, "plain", ENTRY, 64))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "found an empty file"),
+    (b"#!/bin/sh\necho hi\n", "not an ELF kernel"),
+    (b"\x7fELF\x02\x01", "truncated or corrupt ELF header"),
+])
+def test_not_an_elf(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "image"
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        inspect_image(path)
+
+
+def test_corrupt_program_headers_do_not_crash(tmp_path: Path) -> None:
+    elf = build(tmp_path, "pvhc", PVH_NOTE + ENTRY, 64).read_bytes()
+    corrupt = bytearray(elf)
+    corrupt[0x20:0x28] = (len(elf) - 8).to_bytes(8, "little")  # e_phoff near the end
+    path = tmp_path / "corrupt.elf"
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(UsageError):
+        inspect_image(path)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        inspect_image(tmp_path / "nope.elf")
+    with pytest.raises(UsageError, match="is a directory"):
+        inspect_image(tmp_path)

@@ -1,0 +1,74 @@
+"""`undebug run --ci` against the real reference guest in real QEMU (TCG): every crash
+kind gives its documented console signature and host-side verdict, with the guest still
+there, paused, at the moment of the verdict."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug
+
+CRASHES = [
+    # kind, console signature, outcome kind, QEMU run state at the verdict
+    ("null", "PANIC: null pointer dereference (cr2=0x0)", "panic", "guest-panicked"),
+    ("panic", "PANIC: planted panic (crash=panic)", "panic", "guest-panicked"),
+    ("assert", "PANIC: assertion failed: ", "panic", "guest-panicked"),
+    ("stack-overflow", "PANIC: stack overflow in thread ", "panic", "guest-panicked"),
+    ("div0", "PANIC: unhandled exception #DE", "panic", "guest-panicked"),
+    ("oom", "PANIC: out of memory (heap used=", "panic", "guest-panicked"),
+    ("triple-fault", "refguest: crashing kind=triple-fault", "reset", "shutdown"),
+]
+
+
+def run_ci(image: Path, append: str, timeout: str = "60") -> dict:
+    result = undebug("run", "--ci", "--json", "--timeout", timeout, "--smp", "2",
+                     "--append", append, str(image))
+    doc = result.json()
+    doc["exit"] = result.code
+    return doc
+
+
+def test_clean_shutdown_exits_0(guest_image: Path) -> None:
+    doc = run_ci(guest_image, "threads=4 run_for=300")
+    assert doc["exit"] == 0
+    assert doc["outcome"] == {"kind": "exit", "reason": "guest exited with code 0", "ok": True,
+                              "exit_code": 0, "run_state": None}
+    assert "refguest: shutdown code=0" in doc["console_tail"]
+
+
+def test_clean_shutdown_human_output(guest_image: Path) -> None:
+    result = undebug("run", "--ci", "--append", "run_for=200", str(guest_image))
+    assert result.code == 0
+    assert result.stdout.strip() == "undebug: PASS: guest exited with code 0"
+    assert "refguest: ready" in result.stderr  # the console streams to stderr
+
+
+@pytest.mark.parametrize(("kind", "signature", "outcome", "state"), CRASHES,
+                         ids=[c[0] for c in CRASHES])
+def test_crash_kinds(guest_image: Path, kind: str, signature: str, outcome: str,
+                     state: str) -> None:
+    doc = run_ci(guest_image, f"threads=4 crash={kind} crash_after=100")
+    assert doc["exit"] == 1
+    assert doc["outcome"]["kind"] == outcome
+    assert doc["outcome"]["ok"] is False
+    assert doc["outcome"]["run_state"] == state  # paused, not gone
+    assert any(signature in line for line in doc["console_tail"]), doc["console_tail"]
+    if outcome == "panic":
+        assert signature in doc["outcome"]["reason"]
+    names = [g["name"] for g in undebug("ps", "--json").json()["guests"]]
+    assert doc["name"] not in names  # the session was cleaned up
+
+
+def test_hang_hits_the_timeout_and_is_paused(guest_image: Path) -> None:
+    doc = run_ci(guest_image, "threads=2 crash=hang crash_after=100", timeout="4")
+    assert doc["exit"] == 1
+    assert doc["outcome"]["kind"] == "timeout"
+    assert doc["outcome"]["run_state"] == "paused"
+    assert "refguest: hanging" in doc["outcome"]["reason"]
+
+
+def test_crash_reason_is_one_escaped_line(guest_image: Path) -> None:
+    result = undebug("run", "--ci", "--append", "crash=panic crash_after=50", str(guest_image))
+    assert result.code == 1
+    lines = result.stdout.splitlines()
+    assert lines == ["undebug: FAIL: guest panicked: PANIC: planted panic (crash=panic)"]

@@ -1,0 +1,183 @@
+"""The per-guest supervisor with the real reference guest in real QEMU: clients come and
+go without disturbing the guest, reads see run-time memory, nothing is orphaned."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug, wait_for_console
+from undebug.elf import ElfFile
+from undebug.session.client import SupervisorClient
+from undebug.session.store import SessionDir
+
+PLANTED_MAGIC = 0x5EED000000000000
+
+
+def client(name: str) -> SupervisorClient:
+    return SupervisorClient(SessionDir.named(name), timeout=30)
+
+
+def read_u64(c: SupervisorClient, address: int) -> int:
+    data = base64.b64decode(c.call("read_memory", address=address, size=8)["data"])
+    return int(struct.unpack("<Q", data)[0])
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def guest_status(name: str) -> dict:
+    return next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == name)
+
+
+def test_planted_threads_on_the_console(shared_guest: str) -> None:
+    log = undebug("logs", shared_guest).stdout
+    for name in ["worker-0", "worker-7", "sleeper", "blocked", "short-lived", "idle0", "idle1"]:
+        assert f" name={name} " in log, name
+    assert "refguest: ready " in log
+    assert "refguest: cpus=2 " in log
+
+
+def test_hostile_thread_name_is_escaped_in_logs(shared_guest: str) -> None:
+    raw = subprocess.run([sys.executable, "-m", "undebug.cli", "logs", shared_guest],
+                         capture_output=True, check=True).stdout
+    assert b"name=evil\\x1b]0;owned\\x07 " in raw
+    assert b"\x1b" not in raw and b"\x07" not in raw
+
+
+def test_planted_counter_is_read_from_guest_memory(shared_guest: str, guest_image: Path) -> None:
+    """The counter lives in .bss (zero in the file): a reader that fell back to the
+    ELF would see 0, a frozen guest the same value twice."""
+    symbol = ElfFile(guest_image).symbol("planted_counter")
+    assert symbol is not None
+    with client(shared_guest) as c:
+        first = read_u64(c, symbol.address)
+        time.sleep(0.5)
+        second = read_u64(c, symbol.address)
+    assert first >= PLANTED_MAGIC
+    assert second > first
+
+
+def test_reads_keep_the_run_state_the_user_chose(shared_guest: str, guest_image: Path) -> None:
+    symbol = ElfFile(guest_image).symbol("planted_counter")
+    assert symbol is not None
+    with client(shared_guest) as c:
+        assert c.call("pause")["state"] == "paused"
+        first = read_u64(c, symbol.address)
+        regs = c.call("read_registers")["cpus"]
+        time.sleep(0.3)
+        assert read_u64(c, symbol.address) == first  # still paused after reads
+        status = c.call("status")
+        assert status["state"] == "paused" and status["qemu_state"] == "paused"
+        assert c.call("resume")["state"] == "running"
+        read_u64(c, symbol.address)
+        assert c.call("status")["qemu_state"] == "running"  # a read while running resumes
+    assert len(regs) == 2 and all(cpu["registers"]["rip"] > 0 for cpu in regs)
+    assert "cr3" in regs[0]["registers"]
+
+
+def test_two_clients_at_once(shared_guest: str) -> None:
+    with client(shared_guest) as watcher, client(shared_guest) as actor:
+        watcher.call("subscribe")
+        actor.call("pause")
+        assert watcher.call("status")["state"] == "paused"
+        actor.call("resume")
+        seen = []
+        deadline = time.monotonic() + 10
+        while {"stop", "resume"} - set(seen) and time.monotonic() < deadline:
+            event = watcher.next_event(1.0)
+            if event:
+                seen.append(event["type"])
+        assert {"stop", "resume"} <= set(seen)
+
+
+CLIENT_SCRIPT = """
+import sys, time
+from undebug.session.client import SupervisorClient
+from undebug.session.store import SessionDir
+c = SupervisorClient(SessionDir.named(sys.argv[1]))
+c.call("subscribe")
+print("connected", flush=True)
+while True:
+    c.call("read_registers")
+"""
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_killed_client_leaves_the_guest_as_it_was(shared_guest: str, paused: bool) -> None:
+    if paused:
+        undebug("stop", shared_guest)
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, shared_guest],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+        time.sleep(0.3)  # mid-conversation
+        proc.kill()
+        proc.wait()
+        time.sleep(0.5)
+        mine = guest_status(shared_guest)
+        assert mine["state"] == ("paused" if paused else "running")
+        assert mine["qemu_state"] == ("paused" if paused else "running")
+    finally:
+        undebug("cont", shared_guest)
+
+
+def test_resume_of_a_crashed_guest_is_refused(guest_image: Path) -> None:
+    name = "crashed"
+    assert undebug("run", "-d", "--name", name, "--append", "crash=panic crash_after=50",
+                   str(guest_image)).code == 0
+    wait_for_console(name, "PANIC: planted panic")
+    deadline = time.monotonic() + 10
+    while guest_status(name)["state"] != "guest-panicked":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    result = undebug("cont", name)
+    assert result.code == 2
+    assert "cannot run on: guest panicked: PANIC: planted panic" in result.stderr
+    assert undebug("kill", name).code == 0
+
+
+def test_a_killed_supervisor_takes_qemu_along(guest_image: Path) -> None:
+    name = "orphan-check"
+    assert undebug("run", "-d", "--name", name, str(guest_image)).code == 0
+    status = guest_status(name)
+    os.kill(status["supervisor_pid"], signal.SIGKILL)
+    assert gone(status["qemu_pid"])
+    assert guest_status(name)["state"] == "ended"
+    undebug("kill", name)
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_foreground_run_ends_its_guest_when_it_goes(guest_image: Path, how: int) -> None:
+    name = f"fg-{how}"
+    proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "run", "--name", name,
+                             str(guest_image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_console(name, "refguest: ready")
+        status = guest_status(name)
+        proc.send_signal(how)
+        code = proc.wait(20)
+        assert gone(status["qemu_pid"])
+        assert gone(status["supervisor_pid"])
+        if how == signal.SIGINT:
+            assert code == 130
+            assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        undebug("kill", name)

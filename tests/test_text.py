@@ -1,0 +1,29 @@
+"""Guest-controlled text never reaches a terminal raw."""
+
+from undebug.text import escape
+
+
+def test_escape_sequences_become_visible_text() -> None:
+    hostile = "evil\x1b]0;owned\x07"
+    assert escape(hostile) == "evil\\x1b]0;owned\\x07"
+
+
+def test_every_c0_and_c1_control_is_escaped_but_tab_is_kept() -> None:
+    controls = "".join(chr(c) for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F,
+                                         *range(0x80, 0xA0)])
+    out = escape(controls + "\t")
+    assert out.endswith("\t")
+    assert not any(ch in out[:-1] for ch in controls)
+
+
+def test_invalid_utf8_bytes_are_shown_as_hex() -> None:
+    assert escape(b"ok\xff\x1b[2J") == "ok\\xff\\x1b[2J"
+
+
+def test_bidi_overrides_are_escaped() -> None:
+    assert escape("a\u202eb") == "a\\u202eb"
+
+
+def test_newlines_kept_only_when_asked() -> None:
+    assert escape("a\nb") == "a\\nb"
+    assert escape("a\nb\x1b", keep_newlines=True) == "a\nb\\x1b"

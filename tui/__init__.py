@@ -1,0 +1,1 @@
+"""The Textual front end (not built yet: see the issues)."""

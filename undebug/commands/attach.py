@@ -1,0 +1,47 @@
+"""``undebug attach``: adopt a QEMU that is already running, through its gdbstub (and QMP)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from undebug.commands import command
+from undebug.errors import UsageError
+from undebug.output import Report
+from undebug.session.launcher import start_supervisor
+from undebug.session.spec import SessionSpec
+from undebug.session.store import SessionDir, validate_name
+from undebug.text import escape
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="the name to give the guest")
+    p.add_argument("--gdb", required=True, metavar="HOST:PORT",
+                   help="QEMU's gdbstub (its -gdb tcp::PORT), or a unix socket path")
+    p.add_argument("--qmp", metavar="PATH", help="QEMU's QMP unix socket, for events and status")
+    p.add_argument("--elf", required=True, type=Path, help="the guest's ELF with symbols")
+
+
+@command("attach", "adopt an already running QEMU guest", _arguments,
+         description="Take over a running QEMU through its gdbstub (and QMP if given). The "
+         "guest keeps running; `undebug kill NAME` detaches and leaves it running.")
+def attach(args: argparse.Namespace) -> Report:
+    try:
+        with args.elf.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise UsageError(f"cannot read --elf {args.elf}: {exc.strerror}") from None
+    if magic != b"\x7fELF":
+        raise UsageError(f"--elf {args.elf} is not an ELF file")
+    if args.qmp and not Path(args.qmp).exists():
+        raise UsageError(f"--qmp {args.qmp} does not exist")
+    session = SessionDir.named(validate_name(args.name))
+    session.create()
+    spec = SessionSpec(mode="attach", elf=str(args.elf.resolve()), gdb=args.gdb, qmp=args.qmp)
+    try:
+        status = start_supervisor(session, spec)
+    except BaseException:
+        session.remove()
+        raise
+    return Report(data={"name": session.name, "status": status},
+                  render=lambda: [f"{escape(session.name)}: attached ({status['state']})"])

@@ -1,0 +1,128 @@
+"""``undebug demo``: build the reference guest, boot it, and show what undebug sees.
+
+Until the TUI exists this is a live summary refreshed once a second; without a terminal
+(or with ``--once``/``--json``) it prints one summary and ends the guest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from undebug.commands import command
+from undebug.console import tail_lines
+from undebug.elf import ElfFile
+from undebug.errors import EnvironmentMissing, SessionError
+from undebug.output import Report
+from undebug.session.client import SupervisorClient
+from undebug.session.launcher import LaunchRequest, launch_guest
+from undebug.session.store import SessionDir
+from undebug.text import escape
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 60.0
+PLANTED_GLOBALS = ("planted_counter", "requests_handled")
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="demo", help="the guest's name (default: demo)")
+    p.add_argument("--threads", type=int, default=8, help="worker threads in the guest (8)")
+    p.add_argument("--smp", type=int, default=2, help="vCPUs (2)")
+    p.add_argument("--once", action="store_true", help="print one summary and end the guest")
+
+
+def build_guest() -> Path:
+    """Build build/refguest.elf from the source tree (make is incremental)."""
+    source = SOURCE_ROOT / "guest-stubs" / "refguest"
+    if not source.is_dir():
+        raise EnvironmentMissing(
+            "undebug demo needs a source checkout (guest-stubs/refguest is missing)")
+    for tool in ("make", "gcc"):
+        if shutil.which(tool) is None:
+            raise EnvironmentMissing(f"{tool} is not installed",
+                                     hint="install it with: sudo apt-get install make gcc")
+    out = SOURCE_ROOT / "build"
+    sys.stderr.write("demo: building the reference guest ...\n")
+    result = subprocess.run(["make", "-s", "-C", str(source), f"OUT={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise EnvironmentMissing(f"building the reference guest failed:\n{result.stderr[-2000:]}")
+    return out / "refguest.elf"
+
+
+def _wait_ready(session: SessionDir) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if any(line.startswith(b"refguest: ready") for line in tail_lines(session.console_log, 50)):
+            return
+        time.sleep(0.1)
+    tail = "\n".join(escape(line) for line in tail_lines(session.console_log, 10))
+    raise SessionError(f"the reference guest did not report ready within {READY_TIMEOUT:g} s; "
+                       f"console tail:\n{tail or '(empty)'}")
+
+
+def summarize(client: SupervisorClient, elf: ElfFile) -> dict[str, Any]:
+    """Read the guest from outside: run state, each vCPU's position, planted globals."""
+    status = client.call("status")
+    cpus = []
+    for cpu in client.call("read_registers")["cpus"]:
+        regs = cpu["registers"]
+        rip = regs.get("rip", 0)
+        cpus.append({"cpu": cpu["cpu"], "rip": rip, "function": elf.symbolize(rip),
+                     "rsp": regs.get("rsp"), "cr3": regs.get("cr3")})
+    planted = {}
+    for name in PLANTED_GLOBALS:
+        sym = elf.symbol(name)
+        if sym is not None:
+            raw = base64.b64decode(client.call("read_memory", address=sym.address, size=8)["data"])
+            planted[name] = struct.unpack("<Q", raw)[0]
+    console = [escape(line) for line in tail_lines(Path(status["console"]), 6)]
+    return {"status": status, "cpus": cpus, "globals": planted, "console_tail": console}
+
+
+def render(summary: dict[str, Any]) -> list[str]:
+    status = summary["status"]
+    lines = [f"guest {escape(status['name'])}: {status['state']}, {status['smp']} vCPU, "
+             f"{status['memory_mb']} MiB, {status['accel']} ({escape(status['accel_reason'])}), "
+             f"up {status['uptime_s']:.1f} s", ""]
+    lines += [f"  vCPU {c['cpu']}: rip {c['rip']:#x} in {escape(c['function'] or '?')}"
+              for c in summary["cpus"]]
+    lines += [""] + [f"  {name} = {value:#x} ({value})"
+                     for name, value in summary["globals"].items()]
+    lines += ["", "  console:"] + [f"    {line}" for line in summary["console_tail"]]
+    return lines
+
+
+@command("demo", "build and boot the reference guest and show what undebug sees", _arguments)
+def demo(args: argparse.Namespace) -> Report:
+    image = build_guest()
+    old = SessionDir.named(args.name)
+    if old.path.exists() and old.is_alive():
+        with SupervisorClient(old) as client:
+            client.call("kill")
+    session, _ = launch_guest(LaunchRequest(
+        image=image, name=args.name, smp=args.smp, append=f"threads={args.threads}"))
+    elf = ElfFile(image)
+    live = sys.stdout.isatty() and not args.once and not args.json
+    try:
+        with SupervisorClient(session) as client:
+            client.call("own")  # the guest ends with this command
+            _wait_ready(session)
+            summary = summarize(client, elf)
+            while live:
+                sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(render(summary)) +
+                                 "\n\n  (Ctrl-C ends the guest)\n")
+                sys.stdout.flush()
+                time.sleep(1.0)
+                summary = summarize(client, elf)
+            client.call("kill")
+    finally:
+        session.remove()
+    return Report(data=summary, render=lambda: render(summary))

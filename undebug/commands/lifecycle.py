@@ -1,0 +1,95 @@
+"""Docker-like lifecycle of guests: ``ps``, ``stop`` (pause), ``cont``, ``kill``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from undebug.commands import command
+from undebug.errors import SessionError
+from undebug.output import Report
+from undebug.session.client import SupervisorClient
+from undebug.session.store import SessionDir, sessions
+from undebug.text import escape
+
+
+def _name_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the guest's name (see undebug ps)")
+
+
+def _live_status(session: SessionDir) -> dict[str, Any]:
+    """The supervisor's answer if it is alive, else the last record it left."""
+    try:
+        with SupervisorClient(session, timeout=5.0) as client:
+            return client.call("status")
+    except SessionError:
+        record = session.read_record()
+        record["state"] = "ended"
+        return record
+
+
+def _uptime(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@command("ps", "list guests and their state")
+def ps(args: argparse.Namespace) -> Report:
+    guests, warnings = [], []
+    for session in sessions():
+        try:
+            guests.append(_live_status(session))
+        except SessionError as exc:
+            warnings.append(exc.message)
+
+    def render() -> list[str]:
+        rows = [("NAME", "STATE", "ACCEL", "CPUS", "MEM", "UPTIME", "IMAGE")]
+        for g in guests:
+            state = g.get("state", "?")
+            if g.get("outcome") and state != "running":
+                state = f"{state} ({g['outcome'].get('kind')})"
+            memory = f"{g['memory_mb']}M" if g.get("memory_mb") else "-"
+            rows.append((escape(str(g.get("name"))), state, str(g.get("accel") or "-"),
+                         str(g.get("smp") or "-"), memory,
+                         _uptime(g.get("uptime_s", 0)), escape(str(g.get("image") or ""))))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+                for r in rows]
+
+    return Report(data={"guests": guests}, warnings=warnings, render=render)
+
+
+def _run_control(op: str, verb: str) -> Any:
+    def run(args: argparse.Namespace) -> Report:
+        with SupervisorClient(SessionDir.named(args.name)) as client:
+            status = client.call(op)
+        return Report(data={"name": args.name, "status": status},
+                      render=lambda: [f"{escape(args.name)}: {verb} ({status['state']})"])
+    return run
+
+
+command("stop", "pause a guest (it stays paused until cont)", _name_argument)(
+    _run_control("pause", "paused"))
+command("cont", "resume a paused guest", _name_argument)(_run_control("resume", "resumed"))
+
+
+@command("kill", "end a guest and forget it", _name_argument,
+         description="End the guest's QEMU (or detach from an attached one) and remove its "
+         "session, console log included.")
+def kill(args: argparse.Namespace) -> Report:
+    session = SessionDir.named(args.name)
+    session.read_record()  # "no guest named ..." when there is none
+    outcome = None
+    try:
+        with SupervisorClient(session) as client:
+            outcome = client.call("kill").get("outcome")
+    except SessionError:
+        pass  # already ended: only the directory is left
+    deadline = time.monotonic() + 10
+    while session.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    session.remove()
+    return Report(data={"name": args.name, "outcome": outcome},
+                  render=lambda: [f"{escape(args.name)}: killed"])

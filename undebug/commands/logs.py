@@ -1,0 +1,48 @@
+"""``undebug logs``: the guest's console, with control characters escaped."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from undebug.commands import command
+from undebug.console import ConsoleFollower, tail_lines
+from undebug.output import Report
+from undebug.session.store import SessionDir
+from undebug.text import escape
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the guest's name (see undebug ps)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new output until the guest ends or Ctrl-C")
+    p.add_argument("-n", "--tail", type=int, default=None, metavar="N",
+                   help="only the last N lines (default: all)")
+
+
+@command("logs", "print a guest's console output", _arguments, json=False,
+         description="Print what the guest wrote to its serial console. Control characters "
+         "and escape sequences from the guest are shown escaped, never sent to the terminal.")
+def logs(args: argparse.Namespace) -> Report:
+    session = SessionDir.named(args.name)
+    session.read_record()  # "no guest named ..." when there is none
+    if args.tail is not None:
+        for line in tail_lines(session.console_log, max(args.tail, 0)):
+            sys.stdout.write(escape(line) + "\n")
+        follower = ConsoleFollower(session.console_log, start_at_end=True)
+    else:
+        follower = ConsoleFollower(session.console_log)
+        while lines := follower.poll():
+            sys.stdout.write("".join(escape(line) + "\n" for line in lines))
+        if not args.follow:
+            sys.stdout.write("".join(escape(line) + "\n" for line in follower.poll(True)))
+    while args.follow:
+        sys.stdout.flush()
+        alive = session.is_alive()
+        for line in follower.poll(flush_partial=not alive):
+            sys.stdout.write(escape(line) + "\n")
+        if not alive:
+            break
+        time.sleep(0.1)
+    return Report()

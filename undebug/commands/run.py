@@ -1,0 +1,130 @@
+"""``undebug run``: boot an image under a supervisor, detached, in the foreground, or as a
+CI check that exits 0 on a clean shutdown and 1 on a crash, a non-zero exit or a hang."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from undebug.commands import command
+from undebug.console import ConsoleFollower, tail_lines
+from undebug.errors import EXIT_CHECK_FAILED, UsageError
+from undebug.output import Report
+from undebug.session.client import SupervisorClient
+from undebug.session.launcher import LaunchRequest, launch_guest
+from undebug.session.outcome import Outcome, from_timeout
+from undebug.session.store import SessionDir
+from undebug.text import escape
+
+CONSOLE_TAIL = 20
+POLL_S = 0.05
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", type=Path, help="the kernel image to boot (ELF)")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="start the guest and return; inspect it by name later")
+    p.add_argument("--name", help="the guest's name (default: from the image file name)")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
+                   help="auto = KVM when the host has hardware KVM, else TCG (default: auto)")
+    p.add_argument("--memory", type=int, default=128, metavar="MB", help="RAM in MiB (128)")
+    p.add_argument("--smp", type=int, default=1, metavar="N", help="number of vCPUs (1)")
+    p.add_argument("--append", default="", metavar="ARGS", help="the guest's kernel command line")
+    p.add_argument("--forward", action="append", default=[], metavar="tcp:HOSTPORT:GUESTPORT",
+                   help="forward 127.0.0.1:HOSTPORT to the guest (repeatable)")
+    p.add_argument("--paused", action="store_true",
+                   help="hold the guest before its first instruction (resume with cont)")
+    p.add_argument("--ci", action="store_true",
+                   help="exit 0 on a clean shutdown, 1 on a crash, non-zero exit or timeout")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="with --ci: wall-clock limit in seconds (default 300)")
+
+
+def launch(args: argparse.Namespace) -> tuple[SessionDir, dict[str, Any]]:
+    if args.timeout is not None and not args.ci:
+        raise UsageError("--timeout goes with --ci")
+    if args.ci and args.detach:
+        raise UsageError("--ci runs in the foreground; drop -d")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    return launch_guest(LaunchRequest(
+        image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
+        smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=args.paused))
+
+
+def _print_console(lines: list[bytes], stream: Any) -> None:
+    for line in lines:
+        stream.write(escape(line) + "\n")
+    stream.flush()
+
+
+def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespace) -> Outcome:
+    """Stream the console until the guest ends, crashes (CI) or the timeout passes (CI)."""
+    follower = ConsoleFollower(session.console_log)
+    show = not args.json
+    stream = sys.stdout if not args.ci else sys.stderr
+    deadline = time.monotonic() + (args.timeout or 300.0) if args.ci else None
+    told_crash = False
+    while True:
+        event = client.next_event(POLL_S)
+        if show:
+            _print_console(follower.poll(), stream)
+        if event is not None and event.get("outcome"):
+            outcome = Outcome.from_json(event["outcome"])
+            if event["type"] == "ended" or args.ci:
+                if show:
+                    _print_console(follower.poll(flush_partial=True), stream)
+                if event["type"] != "ended":  # what QEMU says now, not what we assume
+                    state = client.call("status").get("qemu_state", outcome.run_state)
+                    outcome = dataclasses.replace(outcome, run_state=state)
+                return outcome
+            if not told_crash:
+                told_crash = True
+                sys.stderr.write(
+                    f"undebug: {escape(outcome.reason)}\nundebug: the guest is paused for "
+                    f"inspection as {session.name!r}; press Ctrl-C to end it\n")
+        if deadline is not None and time.monotonic() > deadline:
+            client.call("pause")
+            state = client.call("status").get("qemu_state", "paused")
+            line = (tail_lines(session.console_log, 1) or [b""])[0]
+            return from_timeout(args.timeout or 300.0, escape(line) or "(console empty)", state)
+
+
+def _finish_ci(session: SessionDir, client: SupervisorClient, outcome: Outcome) -> dict[str, Any]:
+    """The verdict with the console tail; then end the guest (dump bundles come later)."""
+    tail = [escape(line) for line in tail_lines(session.console_log, CONSOLE_TAIL)]
+    if outcome.run_state is not None:
+        client.call("kill")
+    session.remove()
+    return {"name": session.name, "outcome": outcome.to_json(), "console_tail": tail}
+
+
+@command("run", "boot a unikernel image under undebug", _arguments,
+         description="Boot IMAGE in QEMU under a per-guest supervisor. In the foreground the "
+         "console streams to stdout and Ctrl-C ends the guest; with -d it runs on, named; "
+         "with --ci the exit code tells whether it shut down cleanly.")
+def run(args: argparse.Namespace) -> Report:
+    session, status = launch(args)
+    if args.detach:
+        return Report(data={"name": session.name, "status": status},
+                      render=lambda: [session.name])
+    with SupervisorClient(session) as client:
+        client.call("own")
+        client.call("subscribe")
+        try:
+            outcome = _watch(session, client, args)
+        except KeyboardInterrupt:
+            client.call("kill")
+            raise
+        if args.ci:
+            data = _finish_ci(session, client, outcome)
+        else:
+            data = {"name": session.name, "outcome": outcome.to_json()}
+    verdict = "PASS" if outcome.ok else "FAIL"
+    return Report(
+        data=data, exit_code=0 if outcome.ok else EXIT_CHECK_FAILED,
+        render=lambda: [f"undebug: {verdict}: {escape(outcome.reason)}"])

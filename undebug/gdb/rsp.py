@@ -1,0 +1,676 @@
+"""A GDB Remote Serial Protocol client for the one connection QEMU's gdbstub allows.
+
+A reader thread splits the byte stream into packets. Stop replies (``S``, ``T``, ``W``,
+``X``) go to a stop queue and to ``on_stop``, because QEMU sends one unsolicited whenever
+the VM stops (QMP ``stop``, a pvpanic pause, a breakpoint). Every other packet answers the
+pending command. Commands are synchronous, serialised by one lock, and bounded by a timeout.
+
+QEMU 7.2 consumes any byte that arrives while the VM runs and only stops the VM, so a
+command sent then gets no reply: stop the VM first. The client refuses commands while it
+knows the VM runs (after ``cont``/``vcont``/``step`` until their stop reply).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Literal, TypeVar
+
+__all__ = [  # noqa: RUF022 (grouped by role, not sorted)
+    "RspClient", "StopReply", "ThreadId", "BreakpointType", "Register", "TargetDescription",
+    "RspException", "RspError", "RspTimeout", "RspDisconnected",
+    "decode_registers", "parse_target_xml", "frame", "decode",
+]
+
+log = logging.getLogger(__name__)
+
+Address = str | os.PathLike[str] | tuple[str, int]
+OnStop = Callable[["StopReply"], None] | None
+_T = TypeVar("_T")
+
+MAX_PACKET = 1 << 20  # a packet this long without '#' is garbage, not data to buffer
+QEMU_MAX_READ = 2048  # QEMU 7.2 answers E22 to `m` above MAX_PACKET_LENGTH / 2
+_STOP_QUEUE_LEN = 64  # a supervisor that only uses on_stop never drains the queue
+_ESCAPED = frozenset(b"#$}*")
+_ERROR = re.compile(rb"E[0-9a-fA-F]{2}")
+_HEX = re.compile(rb"[0-9a-fA-F]+")
+_FRAMING = re.compile(rb"[$#]")
+_XI_INCLUDE = re.compile(r"<(/?)xi:include\b")  # QEMU omits the xmlns:xi declaration
+
+
+class RspException(Exception):
+    """Base of every error this module raises."""
+
+
+class RspError(RspException):
+    """The stub answered ``E nn`` (``code``) or empty (unsupported, ``code`` None)."""
+
+    def __init__(self, command: bytes, code: int | None) -> None:
+        self.command = command
+        self.code = code
+        what = f"error E{code:02x}" if code is not None else "empty (command unsupported)"
+        super().__init__(f"gdbstub answered {what} to {command[:60]!r}")
+
+
+class RspTimeout(RspException):
+    """No reply in time: the stub is busy, or the VM runs (QEMU answers only when stopped)."""
+
+
+class RspDisconnected(RspException):
+    """The stub went away (QEMU exited or the socket broke); the client is unusable."""
+
+
+class BreakpointType(IntEnum):
+    """``Z``/``z`` types; for watchpoints ``kind`` is the watched length."""
+
+    SOFTWARE = 0
+    HARDWARE = 1
+    WRITE_WATCH = 2
+    READ_WATCH = 3
+    ACCESS_WATCH = 4
+
+
+def frame(payload: bytes) -> bytes:
+    """``$payload#cs``, with '#', '$', '}', '*' escaped (0x7d, byte ^ 0x20) for binary data."""
+    body = b"".join(bytes((0x7D, b ^ 0x20)) if b in _ESCAPED else bytes((b,)) for b in payload)
+    return b"$%b#%02x" % (body, sum(body) & 0xFF)
+
+
+def decode(body: bytes) -> bytes:
+    """Undo run-length encoding (``x*n``: n - 29 more x) and binary escapes of a packet body."""
+    if b"*" not in body and b"}" not in body:
+        return body
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        b = body[i]
+        if b == 0x7D and i + 1 < len(body):
+            out.append(body[i + 1] ^ 0x20)
+            i += 2
+        elif b == 0x2A and out and i + 1 < len(body):
+            out += out[-1:] * (body[i + 1] - 29)
+            i += 2
+        else:
+            out.append(b)
+            i += 1
+    return bytes(out)
+
+
+def _unhex(reply: bytes, command: bytes) -> bytes:
+    try:
+        return bytes.fromhex(reply.decode("ascii"))
+    except ValueError as e:
+        raise RspException(f"malformed hex reply to {command[:60]!r}: {reply[:60]!r}") from e
+
+
+def _thread_num(text: str) -> int:
+    return -1 if text == "-1" else int(text, 16)
+
+
+@dataclass(frozen=True)
+class ThreadId:
+    """A thread (a vCPU in QEMU) as the stub names it; ``raw`` is what to send back."""
+
+    raw: str
+    pid: int | None
+    tid: int  # -1 means all threads, 0 any thread
+
+    @classmethod
+    def parse(cls, raw: str) -> ThreadId:
+        """Parse ``p01.02`` (multiprocess), ``p01`` (all threads of a process) or ``02``."""
+        try:
+            if raw.startswith("p"):
+                pid, _, tid = raw[1:].partition(".")
+                return cls(raw, _thread_num(pid), _thread_num(tid or "-1"))
+            return cls(raw, None, _thread_num(raw))
+        except ValueError as e:
+            raise RspException(f"malformed thread id {raw!r}") from e
+
+    def __str__(self) -> str:
+        return self.raw
+
+
+@dataclass(frozen=True)
+class StopReply:
+    """Why the VM stopped: ``kind`` signal (S/T), exited (W) or terminated (X)."""
+
+    kind: Literal["signal", "exited", "terminated"]
+    signal: int | None  # None when exited
+    thread: ThreadId | None
+    raw: bytes
+    exit_status: int | None = None
+    info: dict[str, str] = field(default_factory=dict)  # T pairs: thread, watch, swbreak...
+
+    @classmethod
+    def parse(cls, raw: bytes) -> StopReply:
+        """Parse ``S05``, ``T05thread:p01.01;...``, ``W00;process:1`` or ``X09``."""
+        text = raw.decode("ascii", "replace")
+        try:
+            code = int(text[1:3], 16)
+        except ValueError as e:
+            raise RspException(f"malformed stop reply {raw[:60]!r}") from e
+        rest = text[3:].lstrip(";")
+        info = dict(p.partition(":")[::2] for p in rest.split(";") if p)
+        thread = ThreadId.parse(info["thread"]) if "thread" in info else None
+        if text[0] == "W":
+            return cls("exited", None, thread, raw, code, info)
+        kind: Literal["signal", "terminated"] = "terminated" if text[0] == "X" else "signal"
+        return cls(kind, code, thread, raw, None, info)
+
+
+@dataclass(frozen=True)
+class Register:
+    """One register of the target description and where it sits in a ``g`` reply."""
+
+    name: str
+    bitsize: int
+    regnum: int
+    offset: int  # bytes into the g reply
+    type: str
+    group: str | None
+    feature: str
+
+
+@dataclass(frozen=True)
+class TargetDescription:
+    """The register layout the stub describes in ``target.xml``."""
+
+    architecture: str | None
+    registers: tuple[Register, ...]
+
+    def find(self, name: str) -> Register:
+        """The register called ``name``; KeyError names the ones that exist."""
+        for reg in self.registers:
+            if reg.name == name:
+                return reg
+        raise KeyError(f"no register {name!r}; known: {[r.name for r in self.registers]}")
+
+
+def parse_target_xml(fetch: Callable[[str], bytes], annex: str = "target.xml") -> TargetDescription:
+    """Build the layout from ``annex``, following ``xi:include`` through ``fetch``.
+
+    Registers are numbered in document order (a ``regnum`` attribute restarts the count)
+    and laid out in the ``g`` reply in regnum order, as gdb does.
+    """
+    arch: list[str] = []
+    found: list[tuple[int, ET.Element, str]] = []
+    next_num = 0
+
+    def load(name: str, depth: int) -> ET.Element:
+        if depth > 8:
+            raise RspException("target description: xi:include nested more than 8 deep")
+        text = fetch(name).decode("utf-8", "replace")
+        return ET.fromstring(_XI_INCLUDE.sub(r"<\1xinclude", text))
+
+    def visit(el: ET.Element, feature: str, depth: int) -> None:
+        nonlocal next_num
+        if el.tag == "feature":
+            feature = el.get("name", "")
+        for child in el:
+            if child.tag == "architecture" and child.text:
+                arch.append(child.text.strip())
+            elif child.tag == "xinclude":
+                visit(load(child.get("href", ""), depth + 1), feature, depth + 1)
+            elif child.tag == "feature":
+                visit(child, feature, depth)
+            elif child.tag == "reg":
+                next_num = int(child.get("regnum", next_num))
+                found.append((next_num, child, feature))
+                next_num += 1
+
+    try:
+        visit(load(annex, 0), "", 0)
+        regs: list[Register] = []
+        offset = 0
+        for num, el, feature in sorted(found, key=lambda f: f[0]):
+            bits = int(el.get("bitsize", "0"))
+            name, kind = el.get("name", f"r{num}"), el.get("type", "int")
+            regs.append(Register(name, bits, num, offset, kind, el.get("group"), feature))
+            offset += (bits + 7) // 8
+    except (ValueError, ET.ParseError) as e:
+        raise RspException(f"malformed target description from the stub: {e}") from e
+    return TargetDescription(arch[0] if arch else None, tuple(regs))
+
+
+def decode_registers(g_reply: str, registers: tuple[Register, ...]) -> dict[str, int]:
+    """Decode a ``g`` reply (little-endian); registers sent as ``xx`` or cut off are omitted."""
+    out: dict[str, int] = {}
+    for reg in registers:
+        start, end = 2 * reg.offset, 2 * (reg.offset + (reg.bitsize + 7) // 8)
+        text = g_reply[start:end]
+        if len(text) == end - start and "x" not in text.lower():
+            out[reg.name] = int.from_bytes(bytes.fromhex(text), "little")
+    return out
+
+
+def parse_features(reply: bytes) -> dict[str, str | bool]:
+    """Parse a qSupported answer: ``name=value``, ``name+``, ``name-``, ``name?``."""
+    out: dict[str, str | bool] = {}
+    for item in reply.decode("ascii", "replace").split(";"):
+        name, eq, value = item.partition("=")
+        if eq:
+            out[name] = value
+        elif item[-1:] in ("+", "-", "?") and len(item) > 1:
+            out[item[:-1]] = item[-1] == "+"
+    return out
+
+
+def _is_console(packet: bytes) -> bool:
+    return packet[:1] == b"O" and _HEX.fullmatch(packet[1:]) is not None
+
+
+class RspClient:
+    """The one connection to a gdbstub. Thread-safe; every wait has a timeout."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 5.0, on_stop: OnStop = None) -> None:
+        """Wrap a connected socket and start the reader; ``connect`` also handshakes."""
+        self.timeout = timeout
+        self.on_stop = on_stop  # runs on the reader thread: keep it short, never call the client
+        self.features: dict[str, str | bool] = {}
+        self.packet_size = 4096
+        self.no_ack = False
+        self.bad_checksums = 0  # corrupt packets received
+        self.naks = 0  # '-' received for our packets
+        self._sock = sock
+        self._lock = threading.RLock()  # one command/reply (or compound) at a time
+        self._send_lock = threading.Lock()  # the reader's acks interleave with commands
+        self._cond = threading.Condition()
+        self._replies: deque[bytes] = deque()
+        self._stops: deque[StopReply] = deque(maxlen=_STOP_QUEUE_LEN)
+        self._dead: str | None = None
+        self._running = False
+        self._last_sent = b""
+        self._tdesc: TargetDescription | None = None
+        self._reader = threading.Thread(target=self._read_loop, name="rsp-reader", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def connect(cls, address: Address, timeout: float = 5.0, on_stop: OnStop = None) -> RspClient:
+        """Connect to a unix socket path or a (host, port), then negotiate features."""
+        try:
+            if isinstance(address, tuple):
+                sock = socket.create_connection(address, timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(os.fspath(address))
+                except OSError:
+                    sock.close()
+                    raise
+        except OSError as e:
+            raise RspDisconnected(
+                f"cannot connect to the gdbstub at {address!r}: {e}; is QEMU running with -gdb?"
+            ) from e
+        sock.settimeout(None)
+        client = cls(sock, timeout=timeout, on_stop=on_stop)
+        try:
+            client.handshake()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def handshake(self) -> None:
+        """qSupported, then QStartNoAckMode if offered (QEMU 7.2 does not offer it)."""
+        reply = self.command(b"qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+")
+        self.features = parse_features(reply)
+        size = self.features.get("PacketSize")
+        if isinstance(size, str):
+            self.packet_size = max(64, int(size, 16))
+        if self.features.get("QStartNoAckMode") is True and self.command(b"QStartNoAckMode"):
+            self.no_ack = True  # the reader acked the OK before we got here, as required
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        buf = bytearray()
+        scan = 0
+        try:
+            while True:
+                data = self._sock.recv(65536)
+                if not data:
+                    raise RspDisconnected("the gdbstub closed the connection (did QEMU exit?)")
+                buf += data
+                scan = self._parse(buf, scan)
+        except RspDisconnected as e:
+            reason = str(e)
+        except OSError as e:
+            reason = f"connection to the gdbstub lost: {e}"
+        except Exception as e:  # a bug here must not leave callers waiting for timeouts
+            log.exception("gdbstub reader failed")
+            reason = f"gdbstub reader failed: {e!r}"
+        self._die(reason)
+
+    def _parse(self, buf: bytearray, scan: int) -> int:
+        """Consume whole packets and acks from ``buf``; return where to resume seeking '#'."""
+        while buf:
+            if buf[0] != 0x24:  # not '$': acks, or junk between packets
+                start = buf.find(b"$")
+                junk = bytes(buf if start < 0 else buf[:start])
+                del buf[: len(buf) if start < 0 else start]
+                if b"-" in junk:
+                    self.naks += 1
+                    if not self.no_ack and self._last_sent and self.naks < 100:
+                        self._sendall(self._last_sent)
+                scan = 1
+                continue
+            match = _FRAMING.search(buf, max(scan, 1))
+            if match is not None and match.group() == b"$":  # a new packet cut this one short
+                self.bad_checksums += 1
+                del buf[: match.start()]
+                scan = 1
+                continue
+            end = -1 if match is None else match.start()
+            if end < 0 or len(buf) < end + 3:
+                if len(buf) > MAX_PACKET:
+                    raise RspDisconnected(f"gdbstub sent over {MAX_PACKET} bytes without '#'")
+                return len(buf) if end < 0 else end
+            body, sent = bytes(buf[1:end]), bytes(buf[end + 1 : end + 3])
+            del buf[: end + 3]
+            scan = 1
+            self._on_packet(body, sent)
+        return 1
+
+    def _on_packet(self, body: bytes, sent_checksum: bytes) -> None:
+        if _HEX.fullmatch(sent_checksum) and int(sent_checksum, 16) == sum(body) & 0xFF:
+            if not self.no_ack:
+                self._sendall(b"+")
+        else:
+            self.bad_checksums += 1
+            if not self.no_ack:
+                self._sendall(b"-")  # the stub retransmits
+                return
+        payload = decode(body)
+        if payload and payload[0] in b"STWX":
+            try:
+                stop = StopReply.parse(payload)
+            except RspException:
+                log.warning("dropping malformed stop reply %r", payload[:60])
+                return
+            with self._cond:
+                self._running = False
+                self._stops.append(stop)
+                self._cond.notify_all()
+            if self.on_stop is not None:
+                try:
+                    self.on_stop(stop)
+                except Exception:
+                    log.exception("on_stop callback failed for %r", stop.raw)
+        else:
+            with self._cond:
+                self._replies.append(payload)
+                self._cond.notify_all()
+
+    def _die(self, reason: str) -> None:
+        with self._cond:
+            if self._dead is None:
+                self._dead = reason
+            self._cond.notify_all()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+    def _sendall(self, data: bytes) -> None:
+        with self._send_lock:
+            if self._dead is not None:
+                raise RspDisconnected(self._dead)
+            try:
+                self._sock.sendall(data)
+            except OSError as e:
+                self._die(f"sending to the gdbstub failed: {e}")
+                raise RspDisconnected(f"sending to the gdbstub failed: {e}") from e
+
+    def _send(self, payload: bytes) -> None:
+        packet = frame(payload)
+        self._last_sent = packet
+        self._sendall(packet)
+
+    def _wait(self, queue: deque[_T], timeout: float | None, what: str) -> _T:
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while not queue:
+                if self._dead is not None:
+                    raise RspDisconnected(self._dead)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RspTimeout(f"no {what} within {limit:.1f}s")
+                self._cond.wait(remaining)
+            return queue.popleft()
+
+    def _check_ready(self, command: bytes) -> None:
+        if self._dead is not None:
+            raise RspDisconnected(self._dead)
+        if self._running:
+            raise RspException(
+                f"cannot send {command[:30]!r}: the VM is running (QEMU would only stop it); "
+                "call interrupt() or wait_stop() first"
+            )
+
+    def _exchange(self, payload: bytes, timeout: float | None = None,
+                  console: list[bytes] | None = None, empty_ok: bool = True) -> bytes:
+        with self._lock:
+            self._check_ready(payload)
+            with self._cond:
+                self._replies.clear()  # a reply that came after its command timed out
+            self._send(payload)
+            while True:
+                reply = self._wait(self._replies, timeout, f"reply to {payload[:60]!r}")
+                if not _is_console(reply):
+                    break
+                if console is not None:
+                    console.append(reply)
+        if _ERROR.fullmatch(reply) or not (reply or empty_ok):
+            raise RspError(payload, int(reply[1:], 16) if reply else None)
+        return reply
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def command(self, payload: bytes | str, timeout: float | None = None) -> bytes:
+        """Send one packet and return its (decoded) reply; ``E nn`` raises RspError."""
+        return self._exchange(payload.encode() if isinstance(payload, str) else payload, timeout)
+
+    def _supported(self, payload: str) -> bytes:
+        return self._exchange(payload.encode(), empty_ok=False)
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        """Read ``size`` bytes with ``m``, in chunks QEMU accepts (<= 2048, <= PacketSize/2)."""
+        chunk = max(1, min(QEMU_MAX_READ, self.packet_size // 2))
+        out = bytearray()
+        with self._lock:
+            while len(out) < size:
+                cmd = f"m{addr + len(out):x},{min(chunk, size - len(out)):x}".encode()
+                data = _unhex(self._exchange(cmd, empty_ok=False), cmd)
+                out += data[: size - len(out)]
+        return bytes(out)
+
+    def write_memory(self, addr: int, data: bytes) -> None:
+        """Write with ``M`` (hex), in chunks that fit the stub's PacketSize."""
+        chunk = max(1, (self.packet_size - 48) // 2)
+        with self._lock:
+            for off in range(0, len(data), chunk):
+                piece = data[off : off + chunk]
+                self._supported(f"M{addr + off:x},{len(piece):x}:{piece.hex()}")
+
+    def target_description(self) -> TargetDescription:
+        """The register layout from qXfer target.xml (fetched once, then cached)."""
+        with self._lock:
+            if self._tdesc is None:
+                self._tdesc = parse_target_xml(lambda annex: self.read_xfer("features", annex))
+            return self._tdesc
+
+    def read_xfer(self, obj: str, annex: str) -> bytes:
+        """Read a whole ``qXfer:obj:read:annex`` object, chunk by chunk."""
+        out = bytearray()
+        length = max(64, self.packet_size - 8)
+        with self._lock:
+            while len(out) <= MAX_PACKET:
+                cmd = f"qXfer:{obj}:read:{annex}:{len(out):x},{length:x}".encode()
+                reply = self._exchange(cmd, empty_ok=False)
+                if reply[:1] not in (b"m", b"l"):
+                    raise RspException(f"malformed qXfer reply to {cmd!r}: {reply[:60]!r}")
+                out += reply[1:]
+                if reply[:1] == b"l" or len(reply) == 1:
+                    return bytes(out)
+        raise RspException(f"qXfer {obj} {annex} is larger than {MAX_PACKET} bytes")
+
+    def select_thread(self, thread: ThreadId | str, op: Literal["g", "c"] = "g") -> None:
+        """``Hg`` (thread for g/p/m) or ``Hc`` (thread for c/s)."""
+        self._supported(f"H{op}{thread}")
+
+    def registers(self, thread: ThreadId | None = None) -> dict[str, int]:
+        """All registers of ``thread`` (or the current g-thread), by name, from one ``g``."""
+        layout = self.target_description().registers
+        with self._lock:
+            if thread is not None:
+                self.select_thread(thread, "g")
+            reply = self._supported("g")
+        return decode_registers(reply.decode("ascii", "replace"), layout)
+
+    def read_register(self, name: str, thread: ThreadId | None = None) -> int:
+        """One register by name, with ``p``; raises if the stub reports it unavailable."""
+        reg = self.target_description().find(name)
+        with self._lock:
+            if thread is not None:
+                self.select_thread(thread, "g")
+            reply = self._supported(f"p{reg.regnum:x}")
+        value = decode_registers(reply.decode("ascii", "replace"), (replace(reg, offset=0),))
+        if name not in value:
+            raise RspException(f"register {name} is unavailable ({reply[:40]!r})")
+        return value[name]
+
+    def threads(self) -> list[ThreadId]:
+        """All threads (vCPUs in QEMU) from qfThreadInfo/qsThreadInfo."""
+        out: list[ThreadId] = []
+        with self._lock:
+            reply = self._supported("qfThreadInfo")
+            while reply[:1] == b"m" and len(out) < 65536:
+                out += [ThreadId.parse(t) for t in reply[1:].decode("ascii").split(",") if t]
+                reply = self._supported("qsThreadInfo")
+        return out
+
+    def current_thread(self) -> ThreadId:
+        """The stub's current thread (``qC``)."""
+        reply = self._supported("qC")
+        return ThreadId.parse(reply.decode("ascii")[2:])
+
+    def add_breakpoint(self, addr: int, type: BreakpointType = BreakpointType.SOFTWARE,
+                       kind: int = 1) -> None:
+        """``Z``: insert a breakpoint or watchpoint (``kind`` = length for watchpoints)."""
+        self._supported(f"Z{int(type)},{addr:x},{kind:x}")
+
+    def remove_breakpoint(self, addr: int, type: BreakpointType = BreakpointType.SOFTWARE,
+                          kind: int = 1) -> None:
+        """``z``: remove what ``add_breakpoint`` inserted."""
+        self._supported(f"z{int(type)},{addr:x},{kind:x}")
+
+    def monitor(self, command: str, timeout: float | None = None) -> str:
+        """Run a QEMU monitor command (``qRcmd``); returns the ``O`` console output."""
+        console: list[bytes] = []
+        payload = b"qRcmd," + command.encode().hex().encode()
+        reply = self._exchange(payload, timeout, console, empty_ok=False)
+        text = b"".join(_unhex(o[1:], payload) for o in console)
+        if reply != b"OK":
+            text += _unhex(reply, payload)
+        return text.decode("utf-8", "replace")
+
+    # -- running and stopping ---------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """True between a resume we sent and its stop reply (QMP ``cont`` is invisible)."""
+        return self._running
+
+    def stop_reason(self, timeout: float | None = None) -> StopReply:
+        """``?``: why the VM is stopped. Stale stop replies are dropped first."""
+        with self._lock:
+            self._check_ready(b"?")
+            self.drain_stops()
+            self._send(b"?")
+            return self.wait_stop(timeout)
+
+    def _resume(self, payload: bytes) -> None:
+        with self._lock:
+            self._check_ready(payload)
+            with self._cond:
+                self._stops.clear()  # any stop queued now predates this resume
+                self._running = True
+            self._send(payload)
+
+    def cont(self) -> None:
+        """``c``: resume; the stop arrives later through wait_stop() / on_stop."""
+        self._resume(b"c")
+
+    def vcont(self, *actions: str | tuple[str, ThreadId]) -> None:
+        """``vCont``, e.g. ``vcont(("s", tid), "c")`` sends ``vCont;s:p01.02;c``; no wait."""
+        parts = [a if isinstance(a, str) else f"{a[0]}:{a[1]}" for a in actions]
+        self._resume(("vCont;" + ";".join(parts or ["c"])).encode())
+
+    def step(self, thread: ThreadId | None = None, timeout: float | None = None) -> StopReply:
+        """Single-step (``s``, or ``vCont;s:tid`` for one thread) and return its stop."""
+        with self._lock:
+            self._resume(b"s" if thread is None else f"vCont;s:{thread}".encode())
+            return self.wait_stop(timeout)
+
+    def interrupt(self, timeout: float | None = None) -> StopReply:
+        """Stop the VM with a raw 0x03 and return the stop reply.
+
+        A stop already queued is returned instead: QEMU ignores 0x03 while stopped, so
+        sending it then would only time out.
+        """
+        with self._lock:
+            with self._cond:
+                if self._stops:
+                    return self._stops.popleft()
+            self._sendall(b"\x03")
+            try:
+                return self.wait_stop(timeout)
+            except RspTimeout as e:
+                raise RspTimeout(f"{e}; QEMU ignores 0x03 while the VM is already stopped") from None
+
+    def wait_stop(self, timeout: float | None = None) -> StopReply:
+        """The next stop reply, solicited or not (one consumer at a time, please)."""
+        return self._wait(self._stops, timeout, "stop reply (is the VM still running?)")
+
+    def drain_stops(self) -> list[StopReply]:
+        """Remove and return the queued stop replies, oldest first."""
+        with self._cond:
+            out = list(self._stops)
+            self._stops.clear()
+            return out
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def detach(self) -> None:
+        """``D``: QEMU resumes the guest and drops all breakpoints; then close."""
+        pid = ""
+        if self.features.get("multiprocess") is True:  # QEMU answers E22 to a bare D then
+            pid = f";{self.current_thread().pid or 1:x}"
+        try:
+            self._supported(f"D{pid}")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the socket without ``D``: QEMU leaves the guest as it is (paused or not)."""
+        self._die("the client was closed")
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=1.0)
+
+    def __enter__(self) -> RspClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,47 @@
+"""The one output contract of every command (docs/cli.md).
+
+A command returns a :class:`Report`: data for ``--json`` (one versioned schema with a
+``warnings`` list) and the lines a person reads. Warnings go to stderr in human mode so
+pipelines that read stdout see only data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from undebug.text import escape
+
+SCHEMA = "undebug/1"
+
+__all__ = ["SCHEMA", "Report", "emit"]
+
+
+@dataclass
+class Report:
+    """What a command produced: ``data`` for machines, ``render`` for people."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    render: Callable[[], list[str]] | None = None
+    exit_code: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **self.data, "warnings": self.warnings}
+
+
+def emit(report: Report, *, as_json: bool) -> int:
+    """Print ``report`` as JSON or as text and return its exit code."""
+    if as_json:
+        json.dump(report.to_json(), sys.stdout, indent=2, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        for line in report.render() if report.render else []:
+            sys.stdout.write(line + "\n")
+        for warning in report.warnings:
+            sys.stderr.write(f"warning: {escape(warning)}\n")
+    sys.stdout.flush()
+    return report.exit_code

@@ -1,0 +1,59 @@
+"""What a supervisor is asked to hold: a guest to launch, or a running QEMU to adopt.
+
+The CLI writes it as ``spec.json`` in the session directory; the supervisor reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from undebug.vm.accel import Accel
+from undebug.vm.qemu import Forward, QemuConfig
+
+__all__ = ["SessionSpec"]
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    mode: str  # "launch": start QEMU; "attach": adopt a running one
+    image: str | None = None  # the kernel QEMU boots (launch)
+    elf: str | None = None  # the ELF with symbols, when it is not the image
+    accel: str = "tcg"
+    accel_reason: str = ""
+    memory_mb: int = 128
+    smp: int = 1
+    append: str = ""
+    forwards: list[str] = field(default_factory=list)
+    start_paused: bool = False
+    gdb: str | None = None  # attach: HOST:PORT or a unix socket path
+    qmp: str | None = None  # attach: QMP unix socket path, optional
+
+    def save(self, session_path: Path) -> None:
+        (session_path / "spec.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, session_path: Path) -> SessionSpec:
+        data: dict[str, Any] = json.loads((session_path / "spec.json").read_text())
+        return cls(**data)
+
+    def qemu_config(self, session_path: Path) -> QemuConfig:
+        assert self.image is not None
+        return QemuConfig(
+            image=Path(self.image), accel=Accel(self.accel, self.accel_reason),
+            session_dir=session_path, memory_mb=self.memory_mb, smp=self.smp,
+            append=self.append, forwards=tuple(Forward.parse(f) for f in self.forwards))
+
+    def gdb_address(self, session_path: Path) -> str | tuple[str, int]:
+        if self.mode == "launch":
+            return str(self.qemu_config(session_path).gdb_socket)
+        assert self.gdb is not None
+        host, sep, port = self.gdb.rpartition(":")
+        return (host, int(port)) if sep and port.isdigit() else self.gdb
+
+    def qmp_address(self, session_path: Path) -> str | None:
+        if self.mode == "launch":
+            return str(self.qemu_config(session_path).qmp_socket)
+        return self.qmp

@@ -1,0 +1,35 @@
+"""Make untrusted text (guest memory, console output, names) safe for a terminal.
+
+Guest-controlled bytes never reach a terminal raw: a hostile thread name such as
+``"evil\\x1b]0;owned\\x07"`` would otherwise retitle or reprogram the user's terminal.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["escape"]
+
+# C0 controls except tab, DEL, C1 controls (0x80-0x9f, which some terminals obey) and the
+# bidirectional overrides that make text display differently from what it is.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\x07": "\\x07"}
+
+
+def _replace(match: re.Match[str]) -> str:
+    char = match.group(0)
+    code = ord(char)
+    return _NAMED.get(char, f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def escape(value: str | bytes, *, keep_newlines: bool = False) -> str:
+    """Return ``value`` with every control character written as a visible escape.
+
+    Bytes are decoded as UTF-8 with invalid sequences shown as ``\\xNN``. With
+    ``keep_newlines`` a ``\\n`` passes through (for multi-line console text).
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="backslashreplace")
+    if keep_newlines:
+        return "\n".join(_UNSAFE.sub(_replace, line) for line in value.split("\n"))
+    return _UNSAFE.sub(_replace, value)

@@ -1,0 +1,1 @@
+"""The machine layer: which accelerator, which image, which QEMU command line."""

@@ -1,0 +1,120 @@
+"""The QEMU command line for one guest, and finding the QEMU binary.
+
+Every choice here exists so that a crash can be inspected afterwards:
+``-no-reboot -action reboot=shutdown,shutdown=pause,panic=pause`` keeps a panicked or
+triple-faulted guest paused with its RAM (QEMU's defaults exit 0 and lose it), ``-S``
+lets the supervisor connect the gdbstub and QMP before the first guest instruction, and
+every socket is a unix socket inside the session's 0700 directory, so no other local
+user can reach the debug stub (a loopback TCP port would be open to all of them).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from undebug.errors import EnvironmentMissing, UsageError
+from undebug.vm.accel import Accel
+
+__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "find_qemu", "guest_exit_code"]
+
+QEMU_BINARY = "qemu-system-x86_64"
+ISA_DEBUG_EXIT_PORT = 0xF4
+_FORWARD = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
+
+
+def find_qemu() -> str:
+    """Path of ``qemu-system-x86_64`` or an :class:`EnvironmentMissing` saying how to get it."""
+    path = shutil.which(QEMU_BINARY)
+    if path is None:
+        raise EnvironmentMissing(
+            f"{QEMU_BINARY} is not installed",
+            hint="install it with: sudo apt-get install qemu-system-x86 (or run make setup)",
+        )
+    return path
+
+
+def guest_exit_code(status: int) -> int | None:
+    """The code the guest wrote to isa-debug-exit, from QEMU's exit status.
+
+    QEMU exits with ``(code << 1) | 1``; an even status is QEMU's own exit (0 = quit).
+    """
+    return status >> 1 if status & 1 else None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A host port forwarded to the guest, bound to 127.0.0.1 only."""
+
+    proto: str
+    host_port: int
+    guest_port: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Forward:
+        match = _FORWARD.match(spec)
+        if not match or not all(0 < int(p) < 65536 for p in match.group(2, 3)):
+            raise UsageError(
+                f"bad --forward {spec!r}", hint="write it as tcp:HOSTPORT:GUESTPORT, e.g. tcp:8080:80"
+            )
+        return cls(match.group(1), int(match.group(2)), int(match.group(3)))
+
+    def hostfwd(self) -> str:
+        return f"hostfwd={self.proto}:127.0.0.1:{self.host_port}-:{self.guest_port}"
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """Everything that decides one guest's QEMU command line."""
+
+    image: Path
+    accel: Accel
+    session_dir: Path
+    memory_mb: int = 128
+    smp: int = 1
+    append: str = ""
+    forwards: tuple[Forward, ...] = field(default_factory=tuple)
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.session_dir / "qmp.sock"
+
+    @property
+    def gdb_socket(self) -> Path:
+        return self.session_dir / "gdb.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.session_dir / "console.log"
+
+    def validate(self) -> None:
+        if not 16 <= self.memory_mb <= 1 << 20:
+            raise UsageError(f"--memory {self.memory_mb} MiB is out of range (16 .. 1048576)")
+        if not 1 <= self.smp <= 255:
+            raise UsageError(f"--smp {self.smp} is out of range (1 .. 255)")
+
+    def command_line(self, qemu: str) -> list[str]:
+        args = [
+            qemu, "-M", "pc", *self.accel.qemu_args,
+            "-m", str(self.memory_mb), "-smp", str(self.smp),
+            "-display", "none", "-vga", "none", "-nodefaults", "-no-user-config",
+            "-no-reboot", "-action", "reboot=shutdown,shutdown=pause,panic=pause",
+            "-S",
+            "-chardev", f"socket,id=gdb0,path={self.gdb_socket},server=on,wait=off",
+            "-gdb", "chardev:gdb0",
+            "-chardev", f"socket,id=qmp0,path={self.qmp_socket},server=on,wait=off",
+            "-mon", "chardev=qmp0,mode=control",
+            "-chardev", f"file,id=con0,path={self.console_log}",
+            "-serial", "chardev:con0",
+            "-device", "pvpanic",
+            "-device", f"isa-debug-exit,iobase={ISA_DEBUG_EXIT_PORT:#x},iosize=0x04",
+            "-kernel", str(self.image),
+        ]
+        if self.append:
+            args += ["-append", self.append]
+        if self.forwards:
+            netdev = ",".join(["user", "id=net0", *(f.hostfwd() for f in self.forwards)])
+            args += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+        return args
