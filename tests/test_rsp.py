@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from undebug.gdb.rsp import (
+from undebug.gdb.packets import (
     MAX_PACKET,
     BreakpointType,
-    RspClient,
     RspDisconnected,
     RspError,
     RspException,
@@ -30,12 +29,13 @@ from undebug.gdb.rsp import (
     decode,
     frame,
 )
+from undebug.gdb.rsp import RspClient
 
 DATA = Path(__file__).parent / "data" / "rsp"
 
 
 def pkt(payload: bytes) -> bytes:
-    """A correctly framed packet, written out here independently of rsp.frame()."""
+    """A correctly framed packet, written out here independently of packets.frame()."""
     return b"$%b#%02x" % (payload, sum(payload) % 256)
 
 

@@ -72,3 +72,15 @@ def test_crash_reason_is_one_escaped_line(guest_image: Path) -> None:
     assert result.code == 1
     lines = result.stdout.splitlines()
     assert lines == ["undebug: FAIL: guest panicked: PANIC: planted panic (crash=panic)"]
+
+
+def test_a_guest_that_never_boots_times_out_with_its_console(tmp_path: Path) -> None:
+    """A real PVH image built here whose entry point only halts: no output, no exit."""
+    from tests.test_image import ENTRY, PVH_NOTE, build
+
+    image = build(tmp_path, "silent", PVH_NOTE + ENTRY, 32)
+    result = undebug("run", "--ci", "--timeout", "2", str(image))
+    assert result.code == 1
+    assert result.stdout.strip() == (
+        "undebug: FAIL: no shutdown within 2 s (guest paused); last console line: "
+        "(console empty)")

@@ -8,6 +8,9 @@ pending command. Commands are synchronous, serialised by one lock, and bounded b
 QEMU 7.2 consumes any byte that arrives while the VM runs and only stops the VM, so a
 command sent then gets no reply: stop the VM first. The client refuses commands while it
 knows the VM runs (after ``cont``/``vcont``/``step`` until their stop reply).
+
+This module holds only the connection; the wire format and its values live in
+``undebug.gdb.packets``, the register layout in ``undebug.gdb.tdesc``.
 """
 
 from __future__ import annotations
@@ -19,91 +22,40 @@ import re
 import socket
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from dataclasses import replace
 from typing import Literal, TypeVar
 
-__all__ = [  # noqa: RUF022 (grouped by role, not sorted)
-    "RspClient", "StopReply", "ThreadId", "BreakpointType", "Register", "TargetDescription",
-    "RspException", "RspError", "RspTimeout", "RspDisconnected",
-    "decode_registers", "parse_target_xml", "frame", "decode",
-]
+from undebug.gdb.packets import (
+    MAX_PACKET,
+    QEMU_MAX_READ,
+    BreakpointType,
+    RspDisconnected,
+    RspError,
+    RspException,
+    RspTimeout,
+    StopReply,
+    ThreadId,
+    checksum,
+    decode,
+    frame,
+    parse_features,
+)
+from undebug.gdb.tdesc import TargetDescription, decode_registers, parse_target_xml
+
+__all__ = ["RspClient", "RspException"]  # RspException: callers catch it next to the client
 
 log = logging.getLogger(__name__)
 
 Address = str | os.PathLike[str] | tuple[str, int]
-OnStop = Callable[["StopReply"], None] | None
+OnStop = Callable[[StopReply], None] | None
 _T = TypeVar("_T")
 
-MAX_PACKET = 1 << 20  # a packet this long without '#' is garbage, not data to buffer
-QEMU_MAX_READ = 2048  # QEMU 7.2 answers E22 to `m` above MAX_PACKET_LENGTH / 2
 _STOP_QUEUE_LEN = 64  # a supervisor that only uses on_stop never drains the queue
-_ESCAPED = frozenset(b"#$}*")
 _ERROR = re.compile(rb"E[0-9a-fA-F]{2}")
 _HEX = re.compile(rb"[0-9a-fA-F]+")
 _FRAMING = re.compile(rb"[$#]")
-_XI_INCLUDE = re.compile(r"<(/?)xi:include\b")  # QEMU omits the xmlns:xi declaration
-
-
-class RspException(Exception):
-    """Base of every error this module raises."""
-
-
-class RspError(RspException):
-    """The stub answered ``E nn`` (``code``) or empty (unsupported, ``code`` None)."""
-
-    def __init__(self, command: bytes, code: int | None) -> None:
-        self.command = command
-        self.code = code
-        what = f"error E{code:02x}" if code is not None else "empty (command unsupported)"
-        super().__init__(f"gdbstub answered {what} to {command[:60]!r}")
-
-
-class RspTimeout(RspException):
-    """No reply in time: the stub is busy, or the VM runs (QEMU answers only when stopped)."""
-
-
-class RspDisconnected(RspException):
-    """The stub went away (QEMU exited or the socket broke); the client is unusable."""
-
-
-class BreakpointType(IntEnum):
-    """``Z``/``z`` types; for watchpoints ``kind`` is the watched length."""
-
-    SOFTWARE = 0
-    HARDWARE = 1
-    WRITE_WATCH = 2
-    READ_WATCH = 3
-    ACCESS_WATCH = 4
-
-
-def frame(payload: bytes) -> bytes:
-    """``$payload#cs``, with '#', '$', '}', '*' escaped (0x7d, byte ^ 0x20) for binary data."""
-    body = b"".join(bytes((0x7D, b ^ 0x20)) if b in _ESCAPED else bytes((b,)) for b in payload)
-    return b"$%b#%02x" % (body, sum(body) & 0xFF)
-
-
-def decode(body: bytes) -> bytes:
-    """Undo run-length encoding (``x*n``: n - 29 more x) and binary escapes of a packet body."""
-    if b"*" not in body and b"}" not in body:
-        return body
-    out = bytearray()
-    i = 0
-    while i < len(body):
-        b = body[i]
-        if b == 0x7D and i + 1 < len(body):
-            out.append(body[i + 1] ^ 0x20)
-            i += 2
-        elif b == 0x2A and out and i + 1 < len(body):
-            out += out[-1:] * (body[i + 1] - 29)
-            i += 2
-        else:
-            out.append(b)
-            i += 1
-    return bytes(out)
 
 
 def _unhex(reply: bytes, command: bytes) -> bytes:
@@ -111,158 +63,6 @@ def _unhex(reply: bytes, command: bytes) -> bytes:
         return bytes.fromhex(reply.decode("ascii"))
     except ValueError as e:
         raise RspException(f"malformed hex reply to {command[:60]!r}: {reply[:60]!r}") from e
-
-
-def _thread_num(text: str) -> int:
-    return -1 if text == "-1" else int(text, 16)
-
-
-@dataclass(frozen=True)
-class ThreadId:
-    """A thread (a vCPU in QEMU) as the stub names it; ``raw`` is what to send back."""
-
-    raw: str
-    pid: int | None
-    tid: int  # -1 means all threads, 0 any thread
-
-    @classmethod
-    def parse(cls, raw: str) -> ThreadId:
-        """Parse ``p01.02`` (multiprocess), ``p01`` (all threads of a process) or ``02``."""
-        try:
-            if raw.startswith("p"):
-                pid, _, tid = raw[1:].partition(".")
-                return cls(raw, _thread_num(pid), _thread_num(tid or "-1"))
-            return cls(raw, None, _thread_num(raw))
-        except ValueError as e:
-            raise RspException(f"malformed thread id {raw!r}") from e
-
-    def __str__(self) -> str:
-        return self.raw
-
-
-@dataclass(frozen=True)
-class StopReply:
-    """Why the VM stopped: ``kind`` signal (S/T), exited (W) or terminated (X)."""
-
-    kind: Literal["signal", "exited", "terminated"]
-    signal: int | None  # None when exited
-    thread: ThreadId | None
-    raw: bytes
-    exit_status: int | None = None
-    info: dict[str, str] = field(default_factory=dict)  # T pairs: thread, watch, swbreak...
-
-    @classmethod
-    def parse(cls, raw: bytes) -> StopReply:
-        """Parse ``S05``, ``T05thread:p01.01;...``, ``W00;process:1`` or ``X09``."""
-        text = raw.decode("ascii", "replace")
-        try:
-            code = int(text[1:3], 16)
-        except ValueError as e:
-            raise RspException(f"malformed stop reply {raw[:60]!r}") from e
-        rest = text[3:].lstrip(";")
-        info = dict(p.partition(":")[::2] for p in rest.split(";") if p)
-        thread = ThreadId.parse(info["thread"]) if "thread" in info else None
-        if text[0] == "W":
-            return cls("exited", None, thread, raw, code, info)
-        kind: Literal["signal", "terminated"] = "terminated" if text[0] == "X" else "signal"
-        return cls(kind, code, thread, raw, None, info)
-
-
-@dataclass(frozen=True)
-class Register:
-    """One register of the target description and where it sits in a ``g`` reply."""
-
-    name: str
-    bitsize: int
-    regnum: int
-    offset: int  # bytes into the g reply
-    type: str
-    group: str | None
-    feature: str
-
-
-@dataclass(frozen=True)
-class TargetDescription:
-    """The register layout the stub describes in ``target.xml``."""
-
-    architecture: str | None
-    registers: tuple[Register, ...]
-
-    def find(self, name: str) -> Register:
-        """The register called ``name``; KeyError names the ones that exist."""
-        for reg in self.registers:
-            if reg.name == name:
-                return reg
-        raise KeyError(f"no register {name!r}; known: {[r.name for r in self.registers]}")
-
-
-def parse_target_xml(fetch: Callable[[str], bytes], annex: str = "target.xml") -> TargetDescription:
-    """Build the layout from ``annex``, following ``xi:include`` through ``fetch``.
-
-    Registers are numbered in document order (a ``regnum`` attribute restarts the count)
-    and laid out in the ``g`` reply in regnum order, as gdb does.
-    """
-    arch: list[str] = []
-    found: list[tuple[int, ET.Element, str]] = []
-    next_num = 0
-
-    def load(name: str, depth: int) -> ET.Element:
-        if depth > 8:
-            raise RspException("target description: xi:include nested more than 8 deep")
-        text = fetch(name).decode("utf-8", "replace")
-        return ET.fromstring(_XI_INCLUDE.sub(r"<\1xinclude", text))
-
-    def visit(el: ET.Element, feature: str, depth: int) -> None:
-        nonlocal next_num
-        if el.tag == "feature":
-            feature = el.get("name", "")
-        for child in el:
-            if child.tag == "architecture" and child.text:
-                arch.append(child.text.strip())
-            elif child.tag == "xinclude":
-                visit(load(child.get("href", ""), depth + 1), feature, depth + 1)
-            elif child.tag == "feature":
-                visit(child, feature, depth)
-            elif child.tag == "reg":
-                next_num = int(child.get("regnum", next_num))
-                found.append((next_num, child, feature))
-                next_num += 1
-
-    try:
-        visit(load(annex, 0), "", 0)
-        regs: list[Register] = []
-        offset = 0
-        for num, el, feature in sorted(found, key=lambda f: f[0]):
-            bits = int(el.get("bitsize", "0"))
-            name, kind = el.get("name", f"r{num}"), el.get("type", "int")
-            regs.append(Register(name, bits, num, offset, kind, el.get("group"), feature))
-            offset += (bits + 7) // 8
-    except (ValueError, ET.ParseError) as e:
-        raise RspException(f"malformed target description from the stub: {e}") from e
-    return TargetDescription(arch[0] if arch else None, tuple(regs))
-
-
-def decode_registers(g_reply: str, registers: tuple[Register, ...]) -> dict[str, int]:
-    """Decode a ``g`` reply (little-endian); registers sent as ``xx`` or cut off are omitted."""
-    out: dict[str, int] = {}
-    for reg in registers:
-        start, end = 2 * reg.offset, 2 * (reg.offset + (reg.bitsize + 7) // 8)
-        text = g_reply[start:end]
-        if len(text) == end - start and "x" not in text.lower():
-            out[reg.name] = int.from_bytes(bytes.fromhex(text), "little")
-    return out
-
-
-def parse_features(reply: bytes) -> dict[str, str | bool]:
-    """Parse a qSupported answer: ``name=value``, ``name+``, ``name-``, ``name?``."""
-    out: dict[str, str | bool] = {}
-    for item in reply.decode("ascii", "replace").split(";"):
-        name, eq, value = item.partition("=")
-        if eq:
-            out[name] = value
-        elif item[-1:] in ("+", "-", "?") and len(item) > 1:
-            out[item[:-1]] = item[-1] == "+"
-    return out
 
 
 def _is_console(packet: bytes) -> bool:
@@ -384,7 +184,7 @@ class RspClient:
         return 1
 
     def _on_packet(self, body: bytes, sent_checksum: bytes) -> None:
-        if _HEX.fullmatch(sent_checksum) and int(sent_checksum, 16) == sum(body) & 0xFF:
+        if _HEX.fullmatch(sent_checksum) and int(sent_checksum, 16) == checksum(body):
             if not self.no_ack:
                 self._sendall(b"+")
         else:
