@@ -116,12 +116,15 @@ def demo(args: argparse.Namespace) -> Report:
             client.call("own")  # the guest ends with this command
             _wait_ready(session)
             summary = summarize(client, elf)
-            while live:
-                sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(render(summary)) +
-                                 "\n\n  (Ctrl-C ends the guest)\n")
-                sys.stdout.flush()
-                time.sleep(1.0)
-                summary = summarize(client, elf)
+            try:
+                while live:
+                    sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(render(summary)) +
+                                     "\n\n  (Ctrl-C ends the guest)\n")
+                    sys.stdout.flush()
+                    time.sleep(1.0)
+                    summary = summarize(client, elf)
+            except KeyboardInterrupt:  # the way a live demo ends: not an error
+                sys.stdout.write("\n")
             client.call("kill")
     finally:
         session.remove()
