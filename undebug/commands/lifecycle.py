@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,18 @@ def _live_status(session: SessionDir) -> dict[str, Any]:
         record = session.read_record()
         record["state"] = "ended"
         return record
+
+
+def _process_exists(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _uptime(seconds: float) -> str:
@@ -80,7 +93,7 @@ command("cont", "resume a paused guest", _name_argument)(_run_control("resume", 
          "session, console log included.")
 def kill(args: argparse.Namespace) -> Report:
     session = SessionDir.named(args.name)
-    session.read_record()  # "no guest named ..." when there is none
+    pid = session.read_record().get("supervisor_pid")  # "no guest named ..." if none
     outcome = None
     try:
         with SupervisorClient(session) as client:
@@ -88,8 +101,8 @@ def kill(args: argparse.Namespace) -> Report:
     except SessionError:
         pass  # already ended: only the directory is left
     deadline = time.monotonic() + 10
-    while session.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while _process_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)  # it writes its last record on the way out
     session.remove()
     return Report(data={"name": args.name, "outcome": outcome},
                   render=lambda: [f"{escape(args.name)}: killed"])

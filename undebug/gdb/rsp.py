@@ -296,6 +296,16 @@ class RspClient:
                 out += data[: size - len(out)]
         return bytes(out)
 
+    def read_physical(self, addr: int, size: int) -> bytes:
+        """Read guest-physical memory: QEMU's ``Qqemu.PhyMemMode`` switches ``m`` to
+        physical addresses; it is switched back even when the read fails."""
+        with self._lock:
+            self._supported("Qqemu.PhyMemMode:1")
+            try:
+                return self.read_memory(addr, size)
+            finally:
+                self._supported("Qqemu.PhyMemMode:0")
+
     def write_memory(self, addr: int, data: bytes) -> None:
         """Write with ``M`` (hex), in chunks that fit the stub's PacketSize."""
         chunk = max(1, (self.packet_size - 48) // 2)

@@ -6,7 +6,9 @@ Any number of clients may talk to one supervisor at once; a client that goes awa
 
 from __future__ import annotations
 
+import array
 import itertools
+import os
 import socket
 from typing import Any
 
@@ -24,6 +26,7 @@ class SupervisorClient:
         self.session = session
         self._timeout = timeout
         self._pending_events: list[dict[str, Any]] = []
+        self._fds: list[int] = []  # file descriptors received with replies (SCM_RIGHTS)
         self._sock = socket.socket(socket.AF_UNIX)
         self._sock.settimeout(timeout)
         try:
@@ -45,7 +48,17 @@ class SupervisorClient:
         self.close()
 
     def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
         self._sock.close()
+
+    def call_with_fd(self, op: str, **args: Any) -> tuple[dict[str, Any], int]:
+        """A request whose reply carries a file descriptor; the caller owns the fd."""
+        result = self.call(op, **args)
+        if not self._fds:
+            raise SessionError(f"guest {self.session.name!r}: {op} sent no file descriptor")
+        return result, self._fds.pop(0)
 
     def _read(self, timeout: float | None = -1.0) -> dict[str, Any] | None:
         """The next message; None when ``timeout`` (seconds, -1 = the default) passes."""
@@ -55,7 +68,12 @@ class SupervisorClient:
             while (end := self._buffer.find(b"\n")) < 0:
                 if len(self._buffer) > MAX_LINE:
                     raise SessionError(f"guest {self.session.name!r}: reply too long")
-                chunk = self._sock.recv(1 << 20)
+                chunk, ancillary, _, _ = self._sock.recvmsg(1 << 20, socket.CMSG_SPACE(16))
+                for level, kind, payload in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds = array.array("i")
+                        fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                        self._fds.extend(fds)
                 if not chunk:
                     raise SessionError(
                         f"guest {self.session.name!r}: the supervisor closed the connection")

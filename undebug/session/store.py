@@ -20,7 +20,14 @@ from typing import Any
 
 from undebug.errors import EnvironmentMissing, SessionError, UsageError
 
-__all__ = ["SessionDir", "runtime_dir", "sessions", "validate_name"]
+__all__ = [
+    "SessionDir",
+    "private_dir",
+    "runtime_dir",
+    "sessions",
+    "shared_memory_dir",
+    "validate_name",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
@@ -33,19 +40,34 @@ def runtime_dir() -> Path:
     """
     override = os.environ.get("UNDEBUG_RUNTIME_DIR")
     if override:
-        base = Path(override)
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "undebug"
-    else:
-        base = Path(f"/tmp/undebug-{os.getuid()}")
+        return private_dir(Path(override))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return private_dir(Path(os.environ["XDG_RUNTIME_DIR"]) / "undebug")
+    return private_dir(Path(f"/tmp/undebug-{os.getuid()}"))
+
+
+def shared_memory_dir() -> Path | None:
+    """A private directory in tmpfs for guest RAM files, or None where there is none."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK | os.X_OK):
+        return None
+    try:
+        return private_dir(shm / f"undebug-{os.getuid()}")
+    except EnvironmentMissing:
+        return None
+
+
+def private_dir(base: Path) -> Path:
+    """``base`` created 0700, refused unless it is a real directory owned by this user
+    (a shared /tmp or /dev/shm could hold someone else's directory or symlink there)."""
     try:
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = base.lstat()
     except OSError as exc:
-        raise EnvironmentMissing(f"cannot create runtime dir {base}: {exc.strerror}") from None
+        raise EnvironmentMissing(f"cannot create directory {base}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise EnvironmentMissing(
-            f"runtime dir {base} is not a directory owned by you",
+            f"{base} is not a directory owned by you",
             hint="remove it or set UNDEBUG_RUNTIME_DIR to a private directory",
         )
     if info.st_mode & 0o077:

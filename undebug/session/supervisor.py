@@ -11,14 +11,17 @@ Run it as ``python -m undebug.session.supervisor SESSION_DIR``; the directory ho
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -32,9 +35,9 @@ from undebug.session import outcome as outcomes
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode, encode
 from undebug.session.spec import SessionSpec
-from undebug.session.store import SessionDir
+from undebug.session.store import SessionDir, shared_memory_dir
 from undebug.text import escape
-from undebug.vm.qemu import find_qemu
+from undebug.vm.qemu import find_qemu, ram_layout
 
 log = logging.getLogger("undebug.supervisor")
 
@@ -77,6 +80,11 @@ class Supervisor:
             "memory_mb": spec.memory_mb} if spec.mode == "launch" else {
             "accel": None, "accel_reason": "unknown without --qmp", "smp": None, "memory_mb": None}
         self.ended = asyncio.Event()
+        self.ram_path: Path | None = None
+        self.ram_fd: int | None = None
+        self.run_token = 0  # changes whenever the guest has run: clients' caches key on it
+        self._freezes = 0
+        self._resume_after_freeze = False
         self._lock = asyncio.Lock()
         self._shutting_down = False
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
@@ -88,13 +96,18 @@ class Supervisor:
         if self.spec.mode == "launch":
             await self._launch_qemu()
         await self._connect_qmp()
+        self._take_ram_file()
         await self._connect_rsp()
         if self.spec.mode == "launch" and not self.spec.start_paused:
             await self._resume()
         self.write_record()
 
     async def _launch_qemu(self) -> None:
-        config = self.spec.qemu_config(self.session.path)
+        shm = shared_memory_dir()
+        if shm is not None:
+            self.ram_path = shm / f"{self.session.name}-{os.getpid()}.ram"
+        config = dataclasses.replace(self.spec.qemu_config(self.session.path),
+                                     ram_file=self.ram_path)
         command = config.command_line(find_qemu())
         log.info("starting %s", " ".join(command))
         stderr = (self.session.path / "qemu.stderr").open("wb")
@@ -125,6 +138,19 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._watch_qmp()))
         if self.spec.mode == "attach":
             await self._describe_adopted()
+
+    def _take_ram_file(self) -> None:
+        """Keep an fd of QEMU's RAM file and unlink it: clients get the fd, and the RAM
+        can never outlive QEMU and us in tmpfs, even after a kill -9."""
+        if self.ram_path is None:
+            return
+        try:
+            self.ram_fd = os.open(self.ram_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("no shared RAM (%s): reads go through the gdbstub", exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self.ram_path.unlink()
 
     async def _describe_adopted(self) -> None:
         """An adopted QEMU's machine is not in our spec: ask QMP what it is."""
@@ -175,6 +201,8 @@ class Supervisor:
                 self._set_outcome(result)
                 if result.kind == "shutdown" or not data.get("guest"):
                     self._spawn(self.shutdown())
+            if name == "RESUME":
+                self.run_token += 1
             self.broadcast({"type": name.lower()})
 
     async def _watch_qemu(self) -> None:
@@ -234,6 +262,7 @@ class Supervisor:
             raise RequestError(ErrorCode.GUEST_CRASHED,
                                f"the guest cannot run on: {self.outcome.reason}")
         await self._stub(rsp.cont)
+        self.run_token += 1
 
     async def _pause(self) -> None:
         rsp = self._check_alive()
@@ -278,6 +307,9 @@ class Supervisor:
             "uptime_s": round(time.time() - self.started, 3),
             "outcome": self.outcome.to_json() if self.outcome else None,
             "console": str(self.session.console_log),
+            "run_token": self.run_token,
+            "frozen": self._freezes > 0,
+            "shared_ram": self.ram_fd is not None,
         }
 
     def write_record(self) -> None:
@@ -293,7 +325,8 @@ class Supervisor:
     def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {"hello": self._op_hello, "status": self._op_status, "pause": self._op_pause,
                 "resume": self._op_resume, "read_memory": self._op_read_memory,
-                "read_registers": self._op_read_registers, "kill": self._op_kill}
+                "read_registers": self._op_read_registers, "kill": self._op_kill,
+                "read_physical": self._op_read_physical}
 
     async def _op_hello(self, args: dict[str, Any]) -> dict[str, Any]:
         from undebug.session.protocol import PROTOCOL_VERSION
@@ -312,16 +345,43 @@ class Supervisor:
         async with self._lock:
             await self._pause()
             self.user_paused = True
+            self._resume_after_freeze = False
         self.write_record()
         return self.status()
 
     async def _op_resume(self, args: dict[str, Any]) -> dict[str, Any]:
         async with self._lock:
-            if not self.running:
-                await self._resume()
             self.user_paused = False
+            if self._freezes:
+                self._resume_after_freeze = True  # once the inspecting clients let go
+            elif not self.running:
+                await self._resume()
         self.write_record()
         return self.status()
+
+    async def freeze(self) -> None:
+        """Hold the guest still across many requests (one inspection command)."""
+        async with self._lock:
+            self._check_alive()
+            if self._freezes == 0:
+                self._resume_after_freeze = self.running
+                await self._pause()
+            self._freezes += 1
+
+    async def thaw(self) -> None:
+        async with self._lock:
+            self._freezes = max(0, self._freezes - 1)
+            if self._freezes or not self._resume_after_freeze:
+                return
+            self._resume_after_freeze = False
+            if not self.ended.is_set() and self.outcome is None and not self.user_paused:
+                await self._resume()
+
+    async def _op_read_physical(self, args: dict[str, Any]) -> dict[str, Any]:
+        address, size = _int_arg(args, "address", 0, 2**64 - 1), _int_arg(args, "size", 0, MAX_READ)
+        async with self.paused() as rsp:
+            data = await self._stub(rsp.read_physical, address, size)
+        return {"address": address, "data": base64.b64encode(data).decode()}
 
     async def _op_read_memory(self, args: dict[str, Any]) -> dict[str, Any]:
         address, size = _int_arg(args, "address", 0, 2**64 - 1), _int_arg(args, "size", 0, MAX_READ)
@@ -345,6 +405,13 @@ class Supervisor:
         await self.shutdown()
         return {"outcome": self.outcome.to_json() if self.outcome else None}
 
+    def _memory_fd(self) -> tuple[dict[str, Any], list[int]]:
+        if self.ram_fd is None or self.ended.is_set():
+            raise RequestError(ErrorCode.UNSUPPORTED, "guest RAM is not shared with undebug")
+        layout = ram_layout(int(self.machine["memory_mb"]))
+        return {"size": os.fstat(self.ram_fd).st_size,
+                "layout": [[r.physical, r.offset, r.size] for r in layout]}, [self.ram_fd]
+
     async def _stub(self, func: Callable[..., Any], *args: Any) -> Any:
         try:
             return await asyncio.to_thread(func, *args)
@@ -360,13 +427,18 @@ class Supervisor:
 
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         owner = False
+        freezes = 0  # this connection's holds on the guest, released when it goes
         events: asyncio.Queue[dict[str, Any] | None] | None = None
         write_lock = asyncio.Lock()
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: dict[str, Any], fds: list[int] | None = None) -> None:
             async with write_lock:
-                writer.write(encode(message))
-                await writer.drain()
+                if fds:
+                    await writer.drain()
+                    await _send_with_fds(writer, encode(message), fds)
+                else:
+                    writer.write(encode(message))
+                    await writer.drain()
 
         async def pump(queue: asyncio.Queue[dict[str, Any] | None]) -> None:
             while (event := await queue.get()) is not None:
@@ -382,15 +454,26 @@ class Supervisor:
                     if not isinstance(op, str) or not isinstance(args, dict):
                         raise RequestError(ErrorCode.BAD_REQUEST, "a request needs op and args")
                     result: dict[str, Any] = {}
+                    fds: list[int] = []
                     if op == "own":
                         owner = True
+                    elif op == "freeze":
+                        await self.freeze()
+                        freezes += 1
+                        result = {"run_token": self.run_token}
+                    elif op == "thaw":
+                        if freezes:
+                            freezes -= 1
+                            await self.thaw()
+                    elif op == "memory_fd":
+                        result, fds = self._memory_fd()
                     elif op == "subscribe":
                         if events is None:
                             events = asyncio.Queue()
                             self._subscribers.add(events)
                     else:
                         result = await self.handle(op, args)
-                    await send({"id": request_id, "ok": True, "result": result})
+                    await send({"id": request_id, "ok": True, "result": result}, fds)
                     if op == "subscribe" and pump_task is None and events is not None:
                         pump_task = asyncio.create_task(pump(events))
                         if self.ended.is_set():
@@ -407,6 +490,9 @@ class Supervisor:
             if pump_task is not None:
                 pump_task.cancel()
             writer.close()
+            for _ in range(freezes):
+                with contextlib.suppress(RequestError):
+                    await self.thaw()
             if owner and not self.ended.is_set():
                 log.info("the owning client went away: ending the guest")
                 self._spawn(self.shutdown())
@@ -442,11 +528,32 @@ class Supervisor:
     async def close(self) -> None:
         if self.rsp is not None:
             self.rsp.close()
+        if self.ram_fd is not None:
+            os.close(self.ram_fd)
+            self.ram_fd = None
         if self.qmp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.qmp.disconnect(), 2)
         for task in self._tasks:
             task.cancel()
+
+
+async def _send_with_fds(writer: asyncio.StreamWriter, data: bytes, fds: list[int]) -> None:
+    """Send ``data`` with ``fds`` attached (SCM_RIGHTS) on the stream's socket."""
+    sock = writer.get_extra_info("socket").dup()
+    try:
+        sent = 0
+        while sent == 0:
+            try:
+                sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              array.array("i", fds))])
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        if sent < len(data):
+            writer.write(data[sent:])
+            await writer.drain()
+    finally:
+        sock.close()
 
 
 def _int_arg(args: dict[str, Any], key: str, low: int, high: int) -> int:

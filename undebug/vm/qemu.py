@@ -18,7 +18,8 @@ from pathlib import Path
 from undebug.errors import EnvironmentMissing, UsageError
 from undebug.vm.accel import Accel
 
-__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "find_qemu", "guest_exit_code"]
+__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "RamRegion", "find_qemu",
+           "guest_exit_code", "ram_layout"]
 
 QEMU_BINARY = "qemu-system-x86_64"
 ISA_DEBUG_EXIT_PORT = 0xF4
@@ -34,6 +35,29 @@ def find_qemu() -> str:
             hint="install it with: sudo apt-get install qemu-system-x86 (or run make setup)",
         )
     return path
+
+
+@dataclass(frozen=True)
+class RamRegion:
+    """Guest-physical ``[physical, physical + size)`` is ``[offset, offset + size)`` of the
+    RAM backing file."""
+
+    physical: int
+    offset: int
+    size: int
+
+
+def ram_layout(memory_mb: int) -> tuple[RamRegion, ...]:
+    """Where ``-M pc`` puts its RAM in guest-physical space.
+
+    Below 3.5 GiB it is one block at 0; from 3.5 GiB up, the i440fx machine keeps 3 GiB
+    below the 4 GiB PCI hole and maps the rest at 4 GiB (``gigabyte_align``).
+    """
+    size = memory_mb << 20
+    if size < 0xE000_0000:
+        return (RamRegion(0, 0, size),)
+    low = 0xC000_0000
+    return (RamRegion(0, 0, low), RamRegion(1 << 32, low, size - low))
 
 
 def guest_exit_code(status: int) -> int | None:
@@ -76,6 +100,7 @@ class QemuConfig:
     smp: int = 1
     append: str = ""
     forwards: tuple[Forward, ...] = field(default_factory=tuple)
+    ram_file: Path | None = None  # guest RAM shared as this file, for direct reads
 
     @property
     def qmp_socket(self) -> Path:
@@ -114,6 +139,9 @@ class QemuConfig:
         ]
         if self.append:
             args += ["-append", self.append]
+        if self.ram_file is not None:
+            args += ["-object", f"memory-backend-file,id=pc.ram,size={self.memory_mb}M,"
+                     f"mem-path={self.ram_file},share=on", "-machine", "memory-backend=pc.ram"]
         if self.forwards:
             netdev = ",".join(["user", "id=net0", *(f.hostfwd() for f in self.forwards)])
             args += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
