@@ -1,17 +1,36 @@
-"""The guest's ELF file: symbols by name and address (pyelftools, parsed once).
+"""The guest's ELF file: symbols, sections, build-id, DWARF layouts and lines.
 
-The file is untrusted: a corrupt or stripped ELF gives clear errors, not tracebacks.
+pyelftools parses the file once, on the first question, into a plain-data index (the
+DWARF part comes from :mod:`undebug.dwarf`). The index is cached on disk as JSON, keyed by
+the build-id and a fingerprint of the section headers (a stripped copy keeps the build-id
+but not the symbols), so later debugger start-ups skip the slow DWARF walk.
+
+The file is untrusted: a corrupt, truncated or foreign ELF, or corrupt DWARF, raises
+:class:`~undebug.errors.UsageError` with a message, never a traceback. A stripped ELF
+works with what is left (``has_symbols`` / ``has_dwarf`` say what that is).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from undebug.errors import UsageError
 
-__all__ = ["ElfFile", "Symbol"]
+__all__ = ["ElfFile", "Member", "MemberNotFound", "Section", "StructLayout", "Symbol",
+           "cache_dir"]
+
+CACHE_VERSION = 1  # bump when the index format changes: old files are then ignored
+_ARCH = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
+         "EM_ARM": "arm", "EM_RISCV": "riscv"}
+_SHF_ALLOC, _SHF_EXECINSTR = 0x2, 0x4
 
 
 @dataclass(frozen=True)
@@ -22,55 +41,353 @@ class Symbol:
     kind: str  # "func" or "object"
 
 
-class ElfFile:
-    """Symbols of one ELF, loaded when first asked for."""
+@dataclass(frozen=True)
+class Section:
+    name: str
+    address: int
+    size: int
+    file_offset: int
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._by_name: dict[str, Symbol] | None = None
+
+@dataclass(frozen=True)
+class Member:
+    """One (possibly nested) struct member; ``offset`` counts from the outermost struct."""
+
+    path: str
+    offset: int
+    size: int
+    type_name: str  # as gdb's whatis spells it: "uint64_t", "struct thread *", "char [32]"
+    is_pointer: bool
+    array_length: int | None
+
+
+class MemberNotFound(KeyError):
+    """A struct has no member of that name: the guest's sources differ from what we expect."""
+
+    def __init__(self, struct: str, path: str) -> None:
+        super().__init__(f"struct {struct} has no member {path!r} in the DWARF")
+        self.struct, self.path = struct, path
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError would quote the message
+
+
+@dataclass(frozen=True)
+class StructLayout:
+    """A struct's size and its members by dotted path ("ctx.rip"), from DWARF."""
+
+    name: str
+    size: int
+    members: dict[str, Member]
+
+    def member(self, path: str) -> Member:
+        found = self.members.get(path)
+        if found is None:
+            raise MemberNotFound(self.name, path)
+        return found
+
+    def has_member(self, path: str) -> bool:
+        """For OS helpers that support two guest versions: ask, never compare versions."""
+        return path in self.members
+
+
+def cache_dir() -> Path:
+    """``$UNDEBUG_CACHE_DIR``, else ``$XDG_CACHE_HOME/undebug/elf``, else ~/.cache/undebug/elf."""
+    override = os.environ.get("UNDEBUG_CACHE_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "undebug" / "elf"
+
+
+def _check_bounds(elf: Any, size: int) -> None:
+    """pyelftools trusts header offsets; a truncated file must fail here, with a reason."""
+    header = elf.header
+    if header["e_shoff"] + header["e_shnum"] * header["e_shentsize"] > size:
+        raise UsageError("section header table lies past the end of the file (truncated?)")
+    if header["e_phoff"] + header["e_phnum"] * header["e_phentsize"] > size:
+        raise UsageError("program header table lies past the end of the file (truncated?)")
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOBITS" and \
+                section["sh_offset"] + section["sh_size"] > size:
+            raise UsageError(f"section {section.name} lies past the end of the file (truncated?)")
+
+
+def _build_id(elf: Any) -> tuple[str | None, int | None]:
+    """The GNU build-id and the virtual address of its bytes (where the guest has them)."""
+    for segment in elf.iter_segments():
+        if segment["p_type"] != "PT_NOTE":
+            continue
+        for note in segment.iter_notes():
+            if note["n_type"] != "NT_GNU_BUILD_ID" or note["n_name"] != "GNU":
+                continue
+            desc_offset = note["n_offset"] + 12 + ((note["n_namesz"] + 3) & ~3)
+            address = None
+            for load in elf.iter_segments():
+                start = load["p_offset"]
+                if load["p_type"] == "PT_LOAD" and start <= desc_offset < start + load["p_filesz"]:
+                    address = load["p_vaddr"] + desc_offset - start
+            return str(note["n_desc"]), address
+    return None, None
+
+
+def _symbols(elf: Any) -> list[list[Any]]:
+    from elftools.elf.sections import SymbolTableSection
+
+    kinds = {"STT_FUNC": "func", "STT_OBJECT": "object"}
+    out: list[list[Any]] = []
+    seen: set[str] = set()
+    for section in elf.iter_sections():
+        if not isinstance(section, SymbolTableSection):
+            continue
+        for sym in section.iter_symbols():
+            kind = kinds.get(sym["st_info"]["type"])
+            if kind and sym.name and sym["st_shndx"] != "SHN_UNDEF" and sym.name not in seen:
+                seen.add(sym.name)  # the first (the static symtab before .dynsym) wins
+                out.append([sym.name, sym["st_value"], sym["st_size"], kind])
+    return out
+
+
+def _open(data: bytes) -> tuple[Any, str]:
+    """A pyelftools ELFFile over ``data``, checked, and its cache key: the build-id plus a
+    digest of the ELF and section headers (strip keeps the build-id, changes the latter)."""
+    import io
+    import struct
+
+    from elftools.elf.elffile import ELFFile
+
+    if data[:4] != b"\x7fELF":
+        raise UsageError("not an ELF file (wrong magic)")
+    if len(data) < 64:
+        raise UsageError(f"only {len(data)} bytes, shorter than an ELF header (truncated?)")
+    elf = ELFFile(io.BytesIO(data))
+    _check_bounds(elf, len(data))
+    header = elf.header
+    start, count = header["e_shoff"], header["e_shnum"] * header["e_shentsize"]
+    digest = hashlib.sha256(data[: header["e_ehsize"]] + data[start : start + count])
+    digest.update(struct.pack("<Q", len(data)))
+    build_id, _ = _build_id(elf)
+    return elf, f"{build_id or 'no-build-id'}-{digest.hexdigest()[:16]}"
+
+
+def _parse(elf: Any) -> dict[str, Any]:
+    """Everything slow, once: the index that is cached on disk."""
+    from undebug.dwarf import index_dwarf
+
+    build_id, build_id_address = _build_id(elf)
+    sections = [[s.name, s["sh_addr"], s["sh_size"], s["sh_offset"], s["sh_flags"]]
+                for s in elf.iter_sections() if s.name]
+    dwarf = index_dwarf(elf)
+    machine = str(elf.header["e_machine"])
+    return {"version": CACHE_VERSION, "build_id": build_id,
+            "build_id_address": build_id_address,
+            "architecture": _ARCH.get(machine, machine.removeprefix("EM_").lower()),
+            "symbols": _symbols(elf), "sections": sections, "dwarf": dwarf}
+
+
+class ElfFile:
+    """One guest ELF, parsed on first use; every lookup after that is a dict or a bisect."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.loaded_from_cache = False  # set by the load: tests and --verbose timing use it
+        self._index: dict[str, Any] | None = None
         self._sorted: list[Symbol] = []
         self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._by_name: dict[str, Symbol] = {}
+        self._sections: dict[str, Section] = {}
+        self._text: list[tuple[int, int]] = []
+        self._structs: dict[str, StructLayout] = {}
 
-    def _load(self) -> dict[str, Symbol]:
-        if self._by_name is not None:
-            return self._by_name
-        from elftools.common.exceptions import ELFError
-        from elftools.elf.elffile import ELFFile
-        from elftools.elf.sections import SymbolTableSection
+    # -- loading ------------------------------------------------------------------------
 
-        by_name: dict[str, Symbol] = {}
+    def _load(self) -> dict[str, Any]:
+        if self._index is not None:
+            return self._index
         try:
-            with self.path.open("rb") as f:
-                elf = ELFFile(f)
-                for section in elf.iter_sections():
-                    if not isinstance(section, SymbolTableSection):
-                        continue
-                    for sym in section.iter_symbols():
-                        kind = {"STT_FUNC": "func", "STT_OBJECT": "object"}.get(
-                            sym["st_info"]["type"])
-                        if kind and sym.name and sym["st_shndx"] != "SHN_UNDEF":
-                            by_name.setdefault(sym.name, Symbol(
-                                sym.name, sym["st_value"], sym["st_size"], kind))
+            data = self.path.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read ELF {self.path}: {exc.strerror}") from None
-        except (ELFError, ValueError, KeyError, IndexError) as exc:
-            raise UsageError(f"ELF {self.path} is corrupt: {exc}") from None
-        self._by_name = by_name
-        self._sorted = sorted(by_name.values(), key=lambda s: s.address)
+        try:
+            elf, key = _open(data)
+            cache = cache_dir() / f"{key}.json"
+            index = self._read_cache(cache)
+            self.loaded_from_cache = index is not None
+            if index is None:
+                index = _parse(elf)
+                self._unpack(index)
+                self._write_cache(cache, index)
+        except UsageError as exc:
+            raise UsageError(f"ELF {self.path} is corrupt: {exc.message}",
+                             hint="pass the guest's own, complete ELF") from None
+        except Exception as exc:  # pyelftools on hostile input raises anything at all
+            raise UsageError(f"ELF {self.path} is corrupt or unsupported: "
+                             f"{type(exc).__name__}: {exc}",
+                             hint="pass the guest's own, complete ELF") from None
+        self._index = index
+        return index
+
+    def _read_cache(self, cache: Path) -> dict[str, Any] | None:
+        try:
+            with cache.open("rb") as f:
+                index = json.load(f)
+            if not isinstance(index, dict) or index.get("version") != CACHE_VERSION:
+                return None
+            self._unpack(index)  # a cache file that does not unpack is as good as none
+            return index
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None
+
+    @staticmethod
+    def _write_cache(cache: Path, index: dict[str, Any]) -> None:
+        """Best effort, atomic, private (0600): a read-only home must not break debugging."""
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".tmp-", suffix=".json")
+            try:
+                with os.fdopen(fd, "w") as f:  # mkstemp creates 0600
+                    json.dump(index, f, separators=(",", ":"))
+                os.replace(tmp, cache)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+    def _unpack(self, index: dict[str, Any]) -> None:
+        symbols = [Symbol(str(n), int(a), int(s), str(k)) for n, a, s, k in index["symbols"]]
+        self._by_name = {s.name: s for s in symbols}
+        self._sorted = sorted(symbols, key=lambda s: (s.address, s.kind != "func"))
         self._starts = [s.address for s in self._sorted]
-        return by_name
+        self._sections = {str(n): Section(str(n), int(a), int(s), int(o))
+                          for n, a, s, o, _ in index["sections"]}
+        self._text = sorted((int(a), int(a) + int(s)) for _, a, s, _, flags in index["sections"]
+                            if int(flags) & _SHF_ALLOC and int(flags) & _SHF_EXECINSTR)
+        # A size-0 symbol (assembly without .size) covers up to the next symbol, like gdb's.
+        self._ends = []
+        for i, sym in enumerate(self._sorted):
+            end = sym.address + sym.size
+            if sym.size == 0:
+                nxt = next((s.address for s in self._sorted[i + 1:] if s.address > sym.address),
+                           sym.address + 1)
+                end = min(nxt, self._section_end(sym.address))
+            self._ends.append(end)
+        self._structs = {}
+        dwarf = index["dwarf"]
+        if dwarf is not None and not isinstance(dwarf["lines"]["address"], list):
+            raise TypeError("bad line table")
+
+    def _section_end(self, address: int) -> int:
+        for start, end in self._text:
+            if start <= address < end:
+                return end
+        return address + 1
+
+    # -- what the file has --------------------------------------------------------------
+
+    @property
+    def build_id(self) -> str | None:
+        """Hex NT_GNU_BUILD_ID: compared with guest memory to refuse the wrong ELF."""
+        return self._load()["build_id"]  # type: ignore[no-any-return]
+
+    @property
+    def build_id_address(self) -> int | None:
+        """Virtual address of the build-id bytes (inside a PT_LOAD, so the guest has them)."""
+        return self._load()["build_id_address"]  # type: ignore[no-any-return]
+
+    @property
+    def architecture(self) -> str:
+        """"x86_64", "aarch64", ...: the register set the unwinder must use."""
+        return str(self._load()["architecture"])
+
+    @property
+    def has_symbols(self) -> bool:
+        self._load()
+        return bool(self._by_name)
+
+    @property
+    def has_dwarf(self) -> bool:
+        return self._load()["dwarf"] is not None
+
+    # -- symbols ------------------------------------------------------------------------
 
     def symbol(self, name: str) -> Symbol | None:
-        return self._load().get(name)
+        self._load()
+        return self._by_name.get(name)
+
+    def symbols(self) -> list[Symbol]:
+        """All function and object symbols, by address."""
+        self._load()
+        return list(self._sorted)
+
+    def _containing(self, address: int, kind: str | None) -> Symbol | None:
+        self._load()
+        at = bisect.bisect_right(self._starts, address) - 1
+        # Aliases share an address; walk back over the few that start at or before it.
+        for i in range(at, max(at - 8, -1), -1):
+            sym = self._sorted[i]
+            if (kind is None or sym.kind == kind) and sym.address <= address < self._ends[i]:
+                return sym
+        return None
+
+    def function_at(self, address: int) -> Symbol | None:
+        """The function whose code contains ``address`` (bisect, no pyelftools)."""
+        return self._containing(address, "func")
 
     def symbolize(self, address: int) -> str | None:
         """``function+0xoff`` for an address inside a known function or object."""
-        self._load()
-        at = bisect.bisect_right(self._starts, address) - 1
-        if at < 0:
-            return None
-        sym = self._sorted[at]
-        if address >= sym.address + max(sym.size, 1):
+        sym = self._containing(address, "func") or self._containing(address, None)
+        if sym is None:
             return None
         offset = address - sym.address
         return f"{sym.name}+{offset:#x}" if offset else sym.name
+
+    def in_text(self, address: int) -> bool:
+        """True inside an executable section: a plausible pc even without a symbol."""
+        self._load()
+        return any(start <= address < end for start, end in self._text)
+
+    def section(self, name: str) -> Section | None:
+        self._load()
+        return self._sections.get(name)
+
+    # -- DWARF --------------------------------------------------------------------------
+
+    def line_at(self, address: int) -> tuple[str, int] | None:
+        """(file, line) of the instruction at ``address``, from the DWARF line program."""
+        dwarf = self._load()["dwarf"]
+        if dwarf is None:
+            return None
+        lines = dwarf["lines"]
+        at = bisect.bisect_right(lines["address"], address) - 1
+        if at < 0 or lines["file"][at] < 0:
+            return None
+        return lines["files"][lines["file"][at]], int(lines["line"][at])
+
+    def struct(self, name: str) -> StructLayout | None:
+        """The layout of ``struct name`` (or a typedef of a struct), or None without DWARF."""
+        name = name.removeprefix("struct ").removeprefix("union ").strip()
+        if name in self._structs:
+            return self._structs[name]
+        dwarf = self._load()["dwarf"]
+        raw = None if dwarf is None else dwarf["structs"].get(name)
+        if raw is None:
+            return None
+        members = {path: Member(path, int(o), int(s), str(t), bool(p),
+                                None if n is None else int(n))
+                   for path, (o, s, t, p, n) in raw["members"].items()}
+        layout = StructLayout(name, int(raw["size"]), members)
+        self._structs[name] = layout
+        return layout
+
+    def enum(self, name: str) -> dict[int, str] | None:
+        """Value -> enumerator name of ``enum name`` (or a typedef of an enum)."""
+        dwarf = self._load()["dwarf"]
+        raw = None if dwarf is None else dwarf["enums"].get(name.removeprefix("enum ").strip())
+        return None if raw is None else {int(v): str(n) for v, n in raw}
+
+    def variable_type(self, name: str) -> str | None:
+        """The C type of global ``name`` as gdb's whatis spells it, e.g. ``struct percpu [16]``."""
+        dwarf = self._load()["dwarf"]
+        found = None if dwarf is None else dwarf["variables"].get(name)
+        return None if found is None else str(found)

@@ -1,0 +1,239 @@
+"""Inspection of the real reference guest in real QEMU: guest threads with their planted
+names, states and vCPUs, backtraces with the planted call chains, registers, memory and
+symbols, through the CLI and the Python API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import undebug as api
+from tests.conftest import undebug, wait_for_console
+from undebug.elf import ElfFile
+from undebug.errors import SessionError
+from undebug.session.store import SessionDir
+from undebug.target import LiveTarget
+
+PLANTED_MAGIC = 0x5EED000000000000
+EVIL = "evil\x1b]0;owned\x07"
+
+
+def threads_of(name: str, *extra: str) -> dict:
+    result = undebug("threads", name, "--json", *extra)
+    assert result.code == 0, result.stderr
+    return result.json()
+
+
+def by_name(doc: dict) -> dict[str, dict]:
+    return {t["name"]: t for t in doc["threads"]}
+
+
+def test_threads_match_the_planted_state(shared_guest: str) -> None:
+    doc = threads_of(shared_guest)
+    threads = by_name(doc)
+    expected = {"main", "idle0", "idle1", "sleeper", "blocked", "short-lived", EVIL,
+                *(f"worker-{i}" for i in range(8))}
+    assert set(threads) == expected
+    assert threads["sleeper"]["state"] == "sleeping"
+    assert threads["blocked"]["state"] == "blocked"
+    assert threads["blocked"]["wait_reason"] == "event"
+    assert threads["short-lived"]["state"] == "exited"
+    assert doc["warnings"] == []
+    # Each vCPU runs exactly the thread that says it runs there.
+    ids = {t["id"]: t for t in doc["threads"]}
+    assert set(doc["vcpus"]) == {"0", "1"}
+    for cpu, thread_id in doc["vcpus"].items():
+        assert thread_id is not None
+        assert ids[thread_id]["cpu"] == int(cpu)
+        assert ids[thread_id]["state"] == "running"
+    assert sum(t["cpu"] is not None for t in doc["threads"]) == 2
+
+
+def test_threads_escape_the_hostile_name(shared_guest: str) -> None:
+    raw = subprocess.run([sys.executable, "-m", "undebug.cli", "threads", shared_guest],
+                         capture_output=True, check=True).stdout
+    assert b"evil\\x1b]0;owned\\x07" in raw
+    assert b"\x1b" not in raw and b"\x07" not in raw
+
+
+def chain(backtrace: dict) -> list[str]:
+    return [f["function"] for f in backtrace["frames"]]
+
+
+def bt(name: str, *args: str) -> list[dict]:
+    result = undebug("bt", name, "--json", *args)
+    assert result.code == 0, result.stderr
+    return result.json()["backtraces"]
+
+
+def test_backtraces_contain_the_planted_chains(shared_guest: str) -> None:
+    threads = by_name(threads_of(shared_guest))
+    sleeper = chain(bt(shared_guest, "--thread", str(threads["sleeper"]["id"]))[0])
+    assert sleeper[:1] == ["schedule"]
+    assert sleeper.index("nap") < sleeper.index("sleeper_main")
+    blocked = chain(bt(shared_guest, "--thread", str(threads["blocked"]["id"]))[0])
+    assert blocked.index("wait_for_event") < blocked.index("blocker_main")
+    for trace in bt(shared_guest, "--all"):
+        if trace["thread"]["name"].startswith("worker-") and trace["thread"]["cpu"] is None:
+            assert "worker_main" in chain(trace)
+            assert trace["complete"]
+            assert trace["frames"][-1]["function"] in ("thread_trampoline", "thread_entry")
+
+
+def test_bt_human_output_names_files_and_lines(shared_guest: str) -> None:
+    threads = by_name(threads_of(shared_guest))
+    out = undebug("bt", shared_guest, "--thread", str(threads["sleeper"]["id"])).stdout
+    assert out.startswith(f"thread {threads['sleeper']['id']} sleeper (sleeping)")
+    assert " in nap" in out and "main.c:" in out
+
+
+def test_regs_of_a_sleeping_thread_and_of_a_vcpu(shared_guest: str) -> None:
+    threads = by_name(threads_of(shared_guest))
+    saved = undebug("regs", shared_guest, "--thread", str(threads["sleeper"]["id"]), "--json")
+    doc = saved.json()
+    assert doc["source"] == "saved context"
+    assert set(doc["registers"]) >= {"rip", "rsp", "rbp", "rbx", "r12", "r15"}
+    live = undebug("regs", shared_guest, "--cpu", "1", "--json").json()
+    assert live["source"] == "vCPU 1" and {"cr3", "gs_base", "rip"} <= set(live["registers"])
+    assert "schedule" in undebug("regs", shared_guest, "--thread",
+                                 str(threads["sleeper"]["id"])).stdout
+
+
+def test_mem_and_sym(shared_guest: str, guest_image: Path) -> None:
+    symbol = ElfFile(guest_image).symbol("planted_counter")
+    assert symbol is not None
+    doc = undebug("mem", shared_guest, "planted_counter", "8", "--json").json()
+    assert doc["address"] == symbol.address
+    assert int.from_bytes(bytes.fromhex(doc["hex"]), "little") >= PLANTED_MAGIC
+    phys = undebug("mem", shared_guest, hex(symbol.address), "8", "--phys", "--json").json()
+    assert int.from_bytes(bytes.fromhex(phys["hex"]), "little") >= PLANTED_MAGIC
+    raw = subprocess.run([sys.executable, "-m", "undebug.cli", "mem", shared_guest,
+                          "planted_counter", "8", "--format", "raw"],
+                         capture_output=True, check=True).stdout
+    assert len(raw) == 8 and int.from_bytes(raw, "little") >= PLANTED_MAGIC
+    hexdump = undebug("mem", shared_guest, "planted_counter", "16").stdout
+    assert hexdump.startswith(f"{symbol.address:016x}  ")
+    found = undebug("sym", shared_guest, "checksum_block", "--json").json()
+    assert found["kind"] == "func" and found["file"].endswith("main.c")
+    back = undebug("sym", shared_guest, hex(found["address"] + 3), "--json").json()
+    assert back["symbol"] == "checksum_block" and back["offset"] == 3
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["mem", "0x0", "16"], "not mapped"),  # the planted null page
+    (["mem", "no_such_symbol", "8"], "no symbol 'no_such_symbol'"),
+    (["mem", "0x1000", "-5"], "out of range"),
+    (["bt", "--thread", "99999"], "no guest thread with id 99999"),
+    (["regs", "--cpu", "7"], "no vCPU 7"),
+])
+def test_bad_inspection_input_exits_2(shared_guest: str, args: list[str], message: str) -> None:
+    result = undebug(args[0], shared_guest, *args[1:])
+    assert result.code == 2, result.stdout
+    assert message in result.stderr
+
+
+def test_reads_leave_a_running_guest_running(shared_guest: str) -> None:
+    assert threads_of(shared_guest)["warnings"] == []
+    status = undebug("ps", "--json").json()["guests"]
+    assert next(g for g in status if g["name"] == shared_guest)["qemu_state"] == "running"
+
+
+def test_no_stop_reads_a_running_guest_and_says_so(shared_guest: str) -> None:
+    doc = threads_of(shared_guest, "--no-stop")
+    assert any("torn" in w for w in doc["warnings"])
+
+
+def test_each_read_path_sees_the_runtime_counter(shared_guest: str, guest_image: Path) -> None:
+    """mmap'd shared RAM, the gdbstub's virtual and physical reads: all see the value the
+    guest wrote at run time (0 in the ELF's .bss, so a file fallback would show 0)."""
+    address = ElfFile(guest_image).symbol("planted_counter").address  # type: ignore[union-attr]
+    with LiveTarget(SessionDir.named(shared_guest)) as target:
+        assert target._ram is not None  # the fast path was chosen
+        mapped = target.read_int(address)
+        via_stub = target._rpc_read("read_memory", address, 8)
+        via_phys = target._rpc_read("read_physical", address, 8)
+    assert mapped >= PLANTED_MAGIC
+    assert int.from_bytes(via_stub, "little") == mapped  # frozen: one consistent moment
+    assert int.from_bytes(via_phys, "little") == mapped
+
+
+def test_build_id_mismatch_is_refused_unless_forced(shared_guest: str, guest_image: Path,
+                                                     tmp_path: Path) -> None:
+    elf = ElfFile(guest_image)
+    assert elf.build_id and elf.build_id_address
+    other = tmp_path / "other.elf"
+    data = bytearray(guest_image.read_bytes())
+    note = data.find(bytes.fromhex(elf.build_id))
+    data[note] ^= 0xFF  # another build, as far as the id goes
+    other.write_bytes(bytes(data))
+    result = undebug("threads", shared_guest, "--elf", str(other))
+    assert result.code == 2
+    assert "build-id mismatch" in result.stderr and elf.build_id in result.stderr
+    forced = undebug("threads", shared_guest, "--elf", str(other), "--force", "--json")
+    assert forced.code == 0
+    assert any("build-id mismatch" in w for w in forced.json()["warnings"])
+
+
+def test_elf_without_dwarf_says_what_is_missing(shared_guest: str, guest_image: Path,
+                                                tmp_path: Path) -> None:
+    stripped = tmp_path / "nodebug.elf"
+    shutil.copy(guest_image, stripped)
+    subprocess.run(["objcopy", "--strip-debug", str(stripped)], check=True)
+    result = undebug("threads", shared_guest, "--elf", str(stripped))
+    assert result.code == 2
+    assert "no DWARF layout of struct thread" in result.stderr
+
+
+def test_cyclic_thread_list_is_bounded_and_warned(guest_image: Path) -> None:
+    name = "cyclic"
+    assert undebug("run", "-d", "--name", name, "--append", "threads=4 corrupt=cyclic-threads",
+                   str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "corrupt=cyclic-threads planted")
+        started = time.monotonic()
+        doc = threads_of(name)
+        assert time.monotonic() - started < 30
+        assert any("loops back" in w for w in doc["warnings"])
+        assert len(doc["threads"]) <= 4 + 7
+    finally:
+        undebug("kill", name)
+
+
+def test_stub_gone_mid_command_is_a_clear_error(guest_image: Path) -> None:
+    name = "dies"
+    assert undebug("run", "-d", "--name", name, str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "refguest: ready")
+        qemu_pid = next(g for g in undebug("ps", "--json").json()["guests"]
+                        if g["name"] == name)["qemu_pid"]
+        target = LiveTarget(SessionDir.named(name))
+        try:
+            subprocess.run(["kill", "-9", str(qemu_pid)], check=True)  # mid-command
+            with pytest.raises(SessionError, match=r"gdbstub lost|has ended|closed the connection"):
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    target.client.call("read_registers")
+                    time.sleep(0.1)
+        finally:
+            target.close()
+        status = next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == name)
+        assert status["state"] == "ended"
+        assert undebug("threads", name).code == 2
+    finally:
+        undebug("kill", name)
+
+
+def test_python_api(shared_guest: str) -> None:
+    with api.attach(shared_guest) as guest:
+        threads = {t.name: t for t in guest.threads()}
+        trace = guest.backtrace(threads["sleeper"].id)
+        assert "sleeper_main" in [f.function for f in trace.frames]
+        assert guest.registers(1)["rip"] > 0
+        assert guest.symbol("planted_counter") is not None
+    assert json.dumps([t.name for t in threads.values()])

@@ -1,0 +1,289 @@
+"""Looking inside a guest: ``threads``, ``bt``, ``regs``, ``mem``, ``sym``.
+
+Each opens the guest as a :class:`~undebug.target.Target`, which holds it still for the
+command (unless ``--no-stop``) and lets it go as it was. Guest strings are escaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from undebug.commands import command
+from undebug.errors import UsageError
+from undebug.output import Report
+from undebug.text import escape
+
+if TYPE_CHECKING:  # the real imports are lazy, for start-up time
+    from undebug.os.provider import GuestThread
+    from undebug.target import Target
+    from undebug.unwind import Backtrace
+
+
+def _target_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
+    p.add_argument("--force", action="store_true",
+                   help="go on even when the ELF's build-id differs from the guest's")
+    p.add_argument("--no-stop", action="store_true",
+                   help="do not pause a running guest (what is read may be torn)")
+
+
+def open_target(args: argparse.Namespace) -> Target:
+    from undebug.session.store import SessionDir
+    from undebug.target import LiveTarget
+
+    return LiveTarget(SessionDir.named(args.target), args.elf, stop=not args.no_stop,
+                      force=args.force)
+
+
+def _with_target(body: Callable[[Target, argparse.Namespace], Report]) \
+        -> Callable[[argparse.Namespace], Report]:
+    def run(args: argparse.Namespace) -> Report:
+        with open_target(args) as target:
+            report = body(target, args)
+            report.warnings[:0] = target.warnings
+        return report
+    return run
+
+
+def _where(target: Target, pc: int) -> str:
+    return target.elf.symbolize(pc) or f"{pc:#x}"
+
+
+# ---- threads ------------------------------------------------------------------------
+
+def _thread_json(target: Target, t: GuestThread) -> dict[str, Any]:
+    pc = t.registers.get("rip", 0)
+    return {"id": t.id, "name": t.name, "state": t.state, "cpu": t.cpu,
+            "wait_reason": t.wait_reason, "pc": pc, "function": target.elf.symbolize(pc),
+            "stack": list(t.stack) if t.stack else None, "address": t.address}
+
+
+def threads_body(target: Target, args: argparse.Namespace) -> Report:
+    from undebug.os import provider_for
+
+    snapshot = provider_for(target).threads()
+    rows = [_thread_json(target, t) for t in snapshot.threads]
+
+    def render() -> list[str]:
+        table = [("ID", "NAME", "STATE", "CPU", "WAIT", "WHERE")]
+        for r in rows:
+            table.append((str(r["id"]), escape(r["name"]), r["state"],
+                          "-" if r["cpu"] is None else str(r["cpu"]),
+                          escape(r["wait_reason"] or "-"), escape(r["function"] or hex(r["pc"]))))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                for row in table]
+
+    return Report(data={"threads": rows, "vcpus": {str(k): v for k, v in snapshot.vcpus.items()}},
+                  warnings=list(snapshot.warnings), render=render)
+
+
+command("threads", "list the guest's own threads", _target_arguments,
+        description="List the guest OS's threads (not QEMU's vCPUs): id, name, state, the "
+        "vCPU running it, what it waits for, and where it is.")(_with_target(threads_body))
+
+
+# ---- bt -----------------------------------------------------------------------------
+
+def _bt_arguments(p: argparse.ArgumentParser) -> None:
+    _target_arguments(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--thread", type=int, metavar="ID", help="one guest thread (see threads)")
+    which.add_argument("--all", action="store_true", help="every guest thread")
+    p.add_argument("--max-frames", type=int, default=64, metavar="N", help="depth limit (64)")
+
+
+def _frames_json(trace: Backtrace) -> list[dict[str, Any]]:
+    return [{"index": f.index, "pc": f.pc, "cfa": f.cfa, "function": f.function,
+             "offset": f.offset, "file": f.file, "line": f.line, "method": f.method}
+            for f in trace.frames]
+
+
+def _frame_line(f: dict[str, Any]) -> str:
+    where = escape(f["function"] or "??")
+    if f["offset"]:
+        where += f"+{f['offset']:#x}"
+    at = f" at {escape(f['file'])}:{f['line']}" if f["file"] else ""
+    return f"  #{f['index']:<2} {f['pc']:#018x} in {where}{at}"
+
+
+def bt_body(target: Target, args: argparse.Namespace) -> Report:
+    from undebug.os import provider_for
+    from undebug.unwind import unwind
+
+    snapshot = provider_for(target).threads()
+    if args.all:
+        chosen = snapshot.threads
+    elif args.thread is not None:
+        chosen = [snapshot.find(args.thread)]
+    else:  # the thread on vCPU 0, like gdb's current thread
+        current = snapshot.vcpus.get(0)
+        if current is None:
+            raise UsageError("no guest thread runs on vCPU 0", hint="pass --thread ID or --all")
+        chosen = [snapshot.find(current)]
+    warnings = list(snapshot.warnings)
+    traces: list[dict[str, Any]] = []
+    for thread in chosen:
+        if thread.state == "exited":
+            traces.append({"thread": _thread_json(target, thread), "frames": [],
+                           "complete": True})
+            continue
+        trace = unwind(target.elf, target.read, thread.registers, thread.stack,
+                       max_frames=args.max_frames)
+        warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
+        traces.append({"thread": _thread_json(target, thread), "frames": _frames_json(trace),
+                       "complete": trace.complete})
+
+    def render() -> list[str]:
+        lines: list[str] = []
+        for t in traces:
+            th = t["thread"]
+            cpu = f", vCPU {th['cpu']}" if th["cpu"] is not None else ""
+            lines.append(f"thread {th['id']} {escape(th['name'])} ({th['state']}{cpu})")
+            lines += [_frame_line(f) for f in t["frames"]] or ["  (exited: no stack)"]
+            if not t["complete"]:
+                lines.append("  (backtrace incomplete: see warnings)")
+            lines.append("")
+        return lines[:-1]
+
+    return Report(data={"backtraces": traces}, warnings=warnings, render=render)
+
+
+command("bt", "backtraces of guest threads", _bt_arguments,
+        description="Unwind guest threads from their saved context (or their vCPU when "
+        "running) with DWARF CFI, frame pointers as fallback.")(_with_target(bt_body))
+
+
+# ---- regs ---------------------------------------------------------------------------
+
+def _regs_arguments(p: argparse.ArgumentParser) -> None:
+    _target_arguments(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--thread", type=int, metavar="ID", help="a guest thread's frame 0")
+    which.add_argument("--cpu", type=int, metavar="N", help="a vCPU (default 0)")
+
+
+def regs_body(target: Target, args: argparse.Namespace) -> Report:
+    if args.thread is not None:
+        from undebug.os import provider_for
+
+        snapshot = provider_for(target).threads()
+        thread = snapshot.find(args.thread)
+        registers, source = thread.registers, (
+            f"vCPU {thread.cpu}" if thread.cpu is not None else "saved context")
+        warnings = list(snapshot.warnings)
+        subject = {"thread": args.thread, "cpu": thread.cpu, "source": source}
+    else:
+        cpu = args.cpu or 0
+        registers, warnings = target.registers(cpu), []
+        subject = {"thread": None, "cpu": cpu, "source": f"vCPU {cpu}"}
+
+    def render() -> list[str]:
+        who = f"thread {args.thread}" if args.thread is not None else f"vCPU {subject['cpu']}"
+        lines = [f"registers of {who} ({subject['source']})"]
+        for name, value in registers.items():
+            where = f"  {escape(_where(target, value))}" if name == "rip" else ""
+            lines.append(f"  {name:<10} {value:#018x}{where}")
+        return lines
+
+    return Report(data={**subject, "registers": registers}, warnings=warnings, render=render)
+
+
+command("regs", "registers of a vCPU or a guest thread", _regs_arguments)(_with_target(regs_body))
+
+
+# ---- mem ----------------------------------------------------------------------------
+
+def _mem_arguments(p: argparse.ArgumentParser) -> None:
+    _target_arguments(p)
+    p.add_argument("address", metavar="ADDR|SYMBOL", help="an address (0x...) or a symbol")
+    p.add_argument("length", metavar="LEN", help="bytes to read (decimal or 0x...)")
+    p.add_argument("--format", choices=("hex", "raw"), default="hex",
+                   help="hex dump (default) or the raw bytes (to a file or pipe only)")
+    p.add_argument("--phys", action="store_true", help="ADDR is guest-physical")
+
+
+def _number(text: str, what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}", hint="write a number such as 4096 or 0x1000") \
+            from None
+
+
+def hexdump(address: int, data: bytes) -> list[str]:
+    lines = []
+    for at in range(0, len(data), 16):
+        chunk = data[at : at + 16]
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{address + at:016x}  {chunk.hex(' '):<47}  {text}")
+    return lines
+
+
+def mem_body(target: Target, args: argparse.Namespace) -> Report:
+    length = _number(args.length, "length")
+    if not 0 < length <= 1 << 30:
+        raise UsageError(f"length {length} is out of range (1 .. 1 GiB)")
+    if args.address[:1].isdigit():
+        address = _number(args.address, "address")
+    else:
+        found = target.address_of(args.address)
+        if found is None:
+            raise UsageError(f"no symbol {args.address!r} in {target.elf.path}")
+        address = found
+    if args.format == "raw" and not args.json and sys.stdout.isatty():
+        raise UsageError("refusing to write raw guest bytes to a terminal",
+                         hint="redirect to a file (> out.bin) or use --format hex")
+    data = target.read_physical(address, length) if args.phys else target.read(address, length)
+    if args.format == "raw" and not args.json:
+        sys.stdout.buffer.write(data)
+        return Report()
+    return Report(data={"address": address, "size": length, "physical": args.phys,
+                        "hex": data.hex()}, render=lambda: hexdump(address, data))
+
+
+command("mem", "read guest memory", _mem_arguments)(_with_target(mem_body))
+
+
+# ---- sym ----------------------------------------------------------------------------
+
+def _sym_arguments(p: argparse.ArgumentParser) -> None:
+    _target_arguments(p)
+    p.add_argument("what", metavar="NAME|ADDR", help="a symbol name, or an address to look up")
+
+
+def sym_body(target: Target, args: argparse.Namespace) -> Report:
+    elf = target.elf
+    data: dict[str, Any]
+    if args.what[:1].isdigit():
+        address = _number(args.what, "address")
+        symbol = elf.function_at(address - target.load_offset)
+        line = elf.line_at(address - target.load_offset)
+        data = {"address": address, "symbol": symbol.name if symbol else None,
+                "offset": address - target.load_offset - symbol.address if symbol else None,
+                "file": line[0] if line else None, "line": line[1] if line else None}
+    else:
+        symbol = elf.symbol(args.what)
+        if symbol is None:
+            raise UsageError(f"no symbol {args.what!r} in {elf.path}")
+        line = elf.line_at(symbol.address)
+        data = {"address": symbol.address + target.load_offset, "symbol": symbol.name,
+                "offset": 0, "size": symbol.size, "kind": symbol.kind,
+                "file": line[0] if line else None, "line": line[1] if line else None}
+
+    def render() -> list[str]:
+        if data["symbol"] is None:
+            return [f"{data['address']:#x}: no symbol"]
+        where = f" at {escape(data['file'])}:{data['line']}" if data["file"] else ""
+        offset = f"+{data['offset']:#x}" if data["offset"] else ""
+        return [f"{data['address']:#x}  {escape(data['symbol'])}{offset}{where}"]
+
+    return Report(data=data, render=render)
+
+
+command("sym", "look up a symbol or an address", _sym_arguments)(_with_target(sym_body))

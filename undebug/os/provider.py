@@ -1,0 +1,123 @@
+"""What every OS-awareness module provides: the guest's own threads, from its memory.
+
+A provider (pyOCD's ``rtos/`` is the model) declares the symbols it needs, detects its OS
+from the ELF, and walks the thread structures into :class:`GuestThread` dataclasses,
+marking which thread each vCPU runs. Guest memory is untrusted: walks are bounded and
+cycle-safe, and anything odd becomes a warning in the snapshot, never an exception.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from undebug.elf import ElfFile, StructLayout
+from undebug.errors import UsageError
+from undebug.target import ReadError, Target
+
+__all__ = ["GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot", "read_struct"]
+
+MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
+
+
+@dataclass(frozen=True)
+class GuestThread:
+    """One guest thread as the debugger sees it. ``name`` is raw guest text: escape it."""
+
+    id: int
+    name: str
+    state: str  # running, ready, sleeping, blocked, exited, or unknown(N)
+    cpu: int | None  # the vCPU running it now
+    registers: dict[str, int]  # frame 0: the vCPU's registers, or the saved context
+    stack: tuple[int, int] | None  # [low, high)
+    wait_reason: str | None = None
+    address: int = 0  # of the OS's thread structure
+    last_cpu: int | None = None
+
+
+@dataclass
+class ThreadSnapshot:
+    threads: list[GuestThread]
+    vcpus: dict[int, int | None]  # vCPU index -> id of the guest thread it runs
+    warnings: list[str] = field(default_factory=list)
+
+    def find(self, thread_id: int) -> GuestThread:
+        for thread in self.threads:
+            if thread.id == thread_id:
+                return thread
+        raise UsageError(f"no guest thread with id {thread_id}",
+                         hint="list them with: undebug threads TARGET")
+
+
+class StructValue:
+    """One C struct read in a single memory access, members picked by DWARF name."""
+
+    def __init__(self, layout: StructLayout, address: int, data: bytes) -> None:
+        self.layout = layout
+        self.address = address
+        self.data = data
+
+    def int(self, path: str, signed: bool = False) -> int:
+        member = self.layout.member(path)
+        raw = self.data[member.offset : member.offset + member.size]
+        return int.from_bytes(raw, "little", signed=signed)
+
+    def bytes(self, path: str) -> bytes:
+        member = self.layout.member(path)
+        return self.data[member.offset : member.offset + member.size]
+
+
+def read_struct(target: Target, layout: StructLayout, address: int) -> StructValue:
+    return StructValue(layout, address, target.read(address, layout.size))
+
+
+def read_c_string(target: Target, address: int, limit: int = 256) -> tuple[str, bool]:
+    """A NUL-terminated string of at most ``limit`` bytes; (text, was it terminated)."""
+    try:
+        raw = target.read(address, limit)
+    except ReadError:
+        # The string may end just before an unmapped page: read up to the page end.
+        raw = target.read(address, 4096 - (address & 4095)) if limit > 0 else b""
+    end = raw.find(b"\0")
+    text = raw if end < 0 else raw[:end]
+    return text.decode("utf-8", "backslashreplace"), end >= 0
+
+
+class ThreadProvider(ABC):
+    """Guest threads of one OS. Subclasses set ``name`` and ``required_symbols`` and
+    implement :meth:`walk`; snapshots are cached per run token."""
+
+    name: ClassVar[str]
+    required_symbols: ClassVar[tuple[str, ...]]
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._cache: tuple[int, ThreadSnapshot] | None = None
+
+    @classmethod
+    def detect(cls, elf: ElfFile) -> bool:
+        return all(elf.symbol(name) is not None for name in cls.required_symbols)
+
+    def threads(self) -> ThreadSnapshot:
+        token = self.target.run_token
+        if self._cache is None or self._cache[0] != token:
+            self._cache = (token, self.walk())
+        return self._cache[1]
+
+    @abstractmethod
+    def walk(self) -> ThreadSnapshot:
+        """Read every thread from guest memory now."""
+
+    def need_struct(self, name: str) -> StructLayout:
+        layout = self.target.elf.struct(name)
+        if layout is None:
+            raise UsageError(f"{self.target.elf.path} has no DWARF layout of struct {name}",
+                             hint="build the guest with -g (full DWARF), or pass its debug ELF")
+        return layout
+
+    def need_symbol(self, name: str) -> int:
+        address = self.target.address_of(name)
+        if address is None:
+            raise UsageError(f"{self.target.elf.path} has no symbol {name!r} ({self.name})")
+        return address

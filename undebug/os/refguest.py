@@ -1,0 +1,131 @@
+"""Threads of the reference unikernel (guest-stubs/refguest/).
+
+``thread_list`` is a singly linked list of ``struct thread`` (``next``); each sleeping
+thread's callee-saved registers, rsp and rip are in its ``ctx``, written by
+``switch_context`` (rip points back into ``schedule()``). Each vCPU's GS base points at
+its ``struct percpu`` entry, whose ``current`` is the thread it runs.
+"""
+
+from __future__ import annotations
+
+from undebug.os.provider import (
+    MAX_THREADS,
+    GuestThread,
+    StructValue,
+    ThreadProvider,
+    ThreadSnapshot,
+    read_c_string,
+    read_struct,
+)
+from undebug.target import ReadError
+
+__all__ = ["RefguestProvider"]
+
+SAVED_REGISTERS = ("rip", "rsp", "rbp", "rbx", "r12", "r13", "r14", "r15")
+MAX_STACK = 64 << 20
+
+
+class RefguestProvider(ThreadProvider):
+    name = "refguest"
+    required_symbols = ("thread_list", "thread_count", "percpu", "planted_counter")
+
+    def _running(self, warnings: list[str]) -> dict[int, int]:
+        """Thread struct address -> the vCPU running it, through each vCPU's GS base."""
+        layout = self.need_struct("percpu")
+        base = self.need_symbol("percpu")
+        symbol = self.target.elf.symbol("percpu")
+        count = max(1, (symbol.size if symbol else 0) // layout.size)
+        running: dict[int, int] = {}
+        for cpu in range(self.target.cpu_count()):
+            gs = self.target.registers(cpu).get("gs_base", 0)
+            index, misaligned = divmod(gs - base, layout.size)
+            if misaligned or not 0 <= index < count:
+                warnings.append(f"vCPU {cpu}: GS base {gs:#x} is not a percpu entry "
+                                "(not brought up yet?)")
+                continue
+            try:
+                current = read_struct(self.target, layout, gs).int("current")
+            except ReadError as exc:
+                warnings.append(f"vCPU {cpu}: percpu entry unreadable: {exc.message}")
+                continue
+            if current:
+                running[current] = cpu
+        return running
+
+    def walk(self) -> ThreadSnapshot:
+        warnings: list[str] = []
+        layout = self.need_struct("thread")
+        states = self.target.elf.enum("thread_state") or {}
+        head = self.target.read_int(self.need_symbol("thread_list"))
+        claimed = self.target.read_int(self.need_symbol("thread_count"), 4)
+        limit = MAX_THREADS
+        if claimed > MAX_THREADS:
+            warnings.append(f"thread_count is {claimed}, more than any real guest: "
+                            f"reading at most {MAX_THREADS} threads")
+        running = self._running(warnings)
+        threads: list[GuestThread] = []
+        seen: set[int] = set()
+        address = head
+        while address:
+            if address in seen:
+                warnings.append(f"thread list loops back to {address:#x} after "
+                                f"{len(threads)} threads: stopped there")
+                break
+            if len(threads) >= limit:
+                warnings.append(f"thread list longer than {limit}: stopped there")
+                break
+            seen.add(address)
+            try:
+                value = read_struct(self.target, layout, address)
+            except ReadError as exc:
+                warnings.append(f"thread list broken at {address:#x}: {exc.message}")
+                break
+            threads.append(self._thread(value, states, running, warnings))
+            address = value.int("next")
+        if len(threads) != claimed and claimed <= MAX_THREADS and not warnings:
+            warnings.append(f"thread_count says {claimed}, the list holds {len(threads)}")
+        vcpus: dict[int, int | None] = dict.fromkeys(range(self.target.cpu_count()))
+        for thread in threads:
+            if thread.cpu is not None:
+                vcpus[thread.cpu] = thread.id
+        return ThreadSnapshot(threads, vcpus, warnings)
+
+    def _thread(self, value: StructValue, states: dict[int, str], running: dict[int, int],
+                warnings: list[str]) -> GuestThread:
+        raw_name = value.bytes("name")
+        end = raw_name.find(b"\0")
+        if end < 0:
+            warnings.append(f"thread at {value.address:#x}: name is not NUL-terminated")
+        name = raw_name[: end if end >= 0 else None].decode("utf-8", "backslashreplace")
+        thread_id = value.int("id")
+        code = value.int("state")
+        state = states.get(code, "").removeprefix("THREAD_").lower() or f"unknown({code})"
+        low, high = value.int("stack_lo"), value.int("stack_hi")
+        stack: tuple[int, int] | None = (low, high)
+        if not 0 < high - low <= MAX_STACK:
+            warnings.append(f"thread {thread_id}: absurd stack bounds [{low:#x}, {high:#x})")
+            stack = None
+        cpu = running.get(value.address)
+        if cpu is not None:
+            registers = dict(self.target.registers(cpu))
+        else:
+            registers = {reg: value.int(f"ctx.{reg}") for reg in SAVED_REGISTERS}
+            if state == "running":
+                warnings.append(f"thread {thread_id} is marked running but no vCPU runs it: "
+                                "showing its last saved context")
+        sp = registers.get("rsp", 0)
+        if stack is not None and not stack[0] <= sp <= stack[1]:
+            warnings.append(f"thread {thread_id}: stack pointer {sp:#x} outside its stack "
+                            f"[{stack[0]:#x}, {stack[1]:#x})")
+        wait_reason = None
+        pointer = value.int("wait_reason")
+        if pointer:
+            try:
+                wait_reason, terminated = read_c_string(self.target, pointer, 64)
+                if not terminated:
+                    warnings.append(f"thread {thread_id}: wait reason is not NUL-terminated")
+            except ReadError as exc:
+                warnings.append(f"thread {thread_id}: wait reason unreadable: {exc.message}")
+        return GuestThread(id=thread_id, name=name, state=state, cpu=cpu, registers=registers,
+                           stack=stack, wait_reason=wait_reason, address=value.address,
+                           last_cpu=value.int("cpu", signed=True))

@@ -1,0 +1,255 @@
+"""The Target seam: where a guest's bytes and registers come from, and nothing else.
+
+Everything above this layer (OS awareness, the unwinder, the CLI) takes a :class:`Target`
+and never asks whether the guest is live or a dump (drgn's ``Program`` is the model).
+:class:`LiveTarget` talks to a guest's supervisor and picks the fastest path by itself:
+guest RAM shared as a file and mmap'd here (undebug started QEMU), the supervisor's
+physical reads (QMP ``pmemsave`` or the gdbstub) otherwise, the gdbstub for virtual reads
+when there is no RAM mapping to translate into.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import mmap
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+
+from undebug.elf import ElfFile
+from undebug.errors import SessionError, UndebugError, UsageError
+from undebug.os.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
+from undebug.session.client import SupervisorClient
+from undebug.session.store import SessionDir
+
+__all__ = ["LiveTarget", "ReadError", "Target"]
+
+MAX_RPC_READ = 16 << 20
+
+
+class ReadError(UndebugError):
+    """Guest memory that cannot be read: unmapped, outside RAM, or refused by the stub."""
+
+
+class Target(ABC):
+    """Memory, registers and symbols of one guest, consistent for one ``run_token``."""
+
+    def __init__(self, elf: ElfFile, load_offset: int = 0) -> None:
+        self.elf = elf
+        self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
+        self.warnings: list[str] = []
+
+    @abstractmethod
+    def read(self, address: int, size: int) -> bytes:
+        """``size`` bytes of guest-virtual memory (raises :class:`ReadError`)."""
+
+    @abstractmethod
+    def read_physical(self, address: int, size: int) -> bytes:
+        """``size`` bytes of guest-physical memory (raises :class:`ReadError`)."""
+
+    @abstractmethod
+    def registers(self, cpu: int) -> dict[str, int]:
+        """The registers of vCPU ``cpu``, by gdb's names (rip, rsp, cr3, gs_base, ...)."""
+
+    @abstractmethod
+    def cpu_count(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def run_token(self) -> int:
+        """Changes whenever the guest may have run: caches of guest state key on it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of the guest (a live one resumes if it was running)."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def address_of(self, name: str) -> int | None:
+        """The runtime address of a symbol (with the load offset), or None."""
+        symbol = self.elf.symbol(name)
+        return None if symbol is None else symbol.address + self.load_offset
+
+    def read_int(self, address: int, size: int = 8, signed: bool = False) -> int:
+        return int.from_bytes(self.read(address, size), "little", signed=signed)
+
+
+class _SharedRam:
+    """Guest RAM mapped read-only from the file QEMU keeps it in."""
+
+    def __init__(self, fd: int, layout: list[list[int]]) -> None:
+        self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self.regions = [(phys, offset, size) for phys, offset, size in layout]
+
+    def read(self, address: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            at = address + len(out)
+            for phys, offset, length in self.regions:
+                if phys <= at < phys + length:
+                    take = min(size - len(out), phys + length - at)
+                    start = offset + at - phys
+                    out += self.map[start : start + take]
+                    break
+            else:
+                raise ReadError(f"physical address {at:#x} is outside guest RAM")
+        return bytes(out)
+
+    def close(self) -> None:
+        self.map.close()
+
+
+class LiveTarget(Target):
+    """A running guest, through its supervisor. Holds the guest still (``freeze``) for the
+    target's lifetime unless ``stop=False``, so every read sees one consistent moment."""
+
+    def __init__(self, session: SessionDir, elf_path: Path | None = None, *, stop: bool = True,
+                 force: bool = False) -> None:
+        self.client = SupervisorClient(session)
+        try:
+            status = self.client.call("status")
+            if status.get("state") == "ended":
+                raise SessionError(f"guest {session.name!r} has ended",
+                                   hint=f"see undebug logs {session.name}")
+            path = elf_path or (Path(status["elf"]) if status.get("elf") else None)
+            if path is None:
+                raise UsageError("no ELF known for this guest", hint="pass --elf")
+            super().__init__(ElfFile(path))
+            self._token = 0
+            self._stopped = stop
+            self._warned_torn = False
+            if stop:
+                self._token = self.client.call("freeze")["run_token"]
+            self._ram = self._map_ram()
+            self._registers: dict[int, dict[str, int]] | None = None
+            self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
+            self._check_build_id(force)
+        except BaseException:
+            self.client.close()
+            raise
+
+    def _map_ram(self) -> _SharedRam | None:
+        try:
+            result, fd = self.client.call_with_fd("memory_fd")
+        except SessionError:
+            return None
+        try:
+            return _SharedRam(fd, result["layout"])
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
+    def _check_build_id(self, force: bool) -> None:
+        """Refuse an ELF that is not what the guest runs: every answer would be wrong."""
+        expected, address = self.elf.build_id, self.elf.build_id_address
+        if expected is None or address is None:
+            self.warnings.append(f"{self.elf.path} has no build-id: cannot check that it is "
+                                 "the ELF the guest runs")
+            return
+        try:
+            found = self.read(address + self.load_offset, len(expected) // 2).hex()
+        except ReadError as exc:
+            found = f"unreadable ({exc.message})"
+        if found == expected:
+            return
+        message = f"build-id mismatch: {self.elf.path} has {expected}, the guest has {found}"
+        if not force:
+            raise UsageError(message, hint="pass the guest's own ELF with --elf, or --force")
+        self.warnings.append(message + " (--force)")
+
+    def _reading(self) -> None:
+        if not self._stopped and not self._warned_torn:
+            self._warned_torn = True
+            self.warnings.append("the guest was not stopped (--no-stop): what is shown may be "
+                                 "torn, read while it ran")
+
+    @property
+    def run_token(self) -> int:
+        if not self._stopped:
+            self._token += 1  # a running guest changes under us: never reuse a cache
+        return self._token
+
+    def close(self) -> None:
+        if self._ram is not None:
+            self._ram.close()
+        if self._stopped:
+            with contextlib.suppress(SessionError):
+                self.client.call("thaw")
+        self.client.close()
+
+    # ---- registers ----
+
+    def cpu_count(self) -> int:
+        return len(self._all_registers())
+
+    def _all_registers(self) -> dict[int, dict[str, int]]:
+        self._reading()
+        if self._registers is None or not self._stopped:
+            cpus = self.client.call("read_registers")["cpus"]
+            self._registers = {c["cpu"]: {k: int(v) for k, v in c["registers"].items()}
+                               for c in cpus}
+        return self._registers
+
+    def registers(self, cpu: int) -> dict[str, int]:
+        regs = self._all_registers()
+        if cpu not in regs:
+            raise UsageError(f"no vCPU {cpu}: the guest has {len(regs)}")
+        return regs[cpu]
+
+    # ---- memory ----
+
+    def _rpc_read(self, op: str, address: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            take = min(MAX_RPC_READ, size - len(out))
+            try:
+                reply = self.client.call(op, address=address + len(out), size=take)
+            except SessionError as exc:
+                raise ReadError(f"cannot read {size} bytes at {address:#x}: {exc.message}") \
+                    from None
+            out += base64.b64decode(reply["data"])
+        return bytes(out)
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        self._reading()
+        if self._ram is not None:
+            return self._ram.read(address, size)
+        return self._rpc_read("read_physical", address, size)
+
+    def _translate_page(self, page: int) -> int:
+        if not self._stopped:
+            self._pages.clear()
+        physical = self._pages.get(page)
+        if physical is None:
+            regs = self.registers(0)
+            five_level = bool(regs.get("cr4", 0) & CR4_LA57)
+            try:
+                t = translate(self.read_physical, regs.get("cr3", 0), page, five_level)
+            except TranslationError as exc:
+                raise ReadError(f"cannot read guest-virtual {exc.address:#x}: {exc.reason}") \
+                    from None
+            physical = t.physical
+            self._pages[page] = physical
+        return physical
+
+    def read(self, address: int, size: int) -> bytes:
+        if size < 0 or not 0 <= address <= (1 << 64) - max(size, 1):
+            raise ReadError(f"cannot read {size} bytes at {address:#x}: outside the address space")
+        self._reading()
+        if self._ram is None:
+            return self._rpc_read("read_memory", address, size)
+        out = bytearray()
+        while len(out) < size:
+            at = address + len(out)
+            page, offset = at & ~(PAGE_SIZE - 1), at & (PAGE_SIZE - 1)
+            take = min(size - len(out), PAGE_SIZE - offset)
+            out += self.read_physical(self._translate_page(page) + offset, take)
+        return bytes(out)

@@ -1,0 +1,318 @@
+"""An in-process x86-64 stack unwinder: DWARF CFI first, frame pointers as the fallback.
+
+gdb unwinds one thread per ``bt`` and needs its registers swapped in and out, milliseconds
+per guest thread over the gdbstub; a debugger that shows all threads of a 1000-thread
+unikernel at every stop cannot afford that. Here the FDE index is built once per
+:class:`~undebug.elf.ElfFile` (pyelftools, then bisect), each FDE's rows are decoded the
+first time a pc needs them and kept as small tuples, and a thread's stack is read in one
+bulk access: after warm-up a frame costs a few dict lookups and bisects.
+
+Guest memory is hostile input. Every walk is bounded by ``max_frames``, stops when the
+CFA fails to grow (a loop), leaves the stack, or the pc is in no function, and turns a
+failed read into a warning: :func:`unwind` never raises for bad guest data.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from undebug.elf import ElfFile
+
+__all__ = ["Backtrace", "Frame", "unwind"]
+
+MAX_STACK_READ = 1 << 20
+MASK = (1 << 64) - 1
+REGISTERS = ("rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")  # DWARF numbering
+RBP, RSP, RA = 6, 7, 16
+
+# Register rule kinds, decoded once from pyelftools' RegisterRule.
+UNDEFINED, SAME, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION = range(6)
+_KINDS = {"UNDEFINED": UNDEFINED, "SAME_VALUE": SAME, "OFFSET": OFFSET,
+          "VAL_OFFSET": VAL_OFFSET, "REGISTER": REGISTER, "EXPRESSION": EXPRESSION,
+          "VAL_EXPRESSION": EXPRESSION, "ARCHITECTURAL": EXPRESSION}
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    pc: int
+    cfa: int | None  # canonical frame address: the caller's rsp; None if unknown
+    function: str | None
+    offset: int | None  # pc - function start
+    file: str | None
+    line: int | None
+    method: str  # how this frame was found: "registers" (frame 0), "cfi", "fp"
+
+
+@dataclass
+class Backtrace:
+    frames: list[Frame]
+    warnings: list[str] = field(default_factory=list)
+    complete: bool = False  # reached a natural end, not a limit or bad data
+
+
+@dataclass(frozen=True)
+class _Row:
+    pc: int
+    cfa: tuple[int, int] | None  # (register, offset); None: a DWARF expression
+    rules: tuple[tuple[int, int, int], ...]  # (register, kind, argument)
+
+
+@dataclass
+class _Fde:
+    start: int
+    end: int
+    signal: bool  # CIE augmentation "S": the caller's pc is exact, not a return address
+    entry: Any  # the pyelftools FDE, decoded on first use
+    rows: list[_Row] | None = None
+    pcs: list[int] | None = None
+
+
+class _Tables:
+    """Everything one ElfFile needs for unwinding: FDEs by address, symbolised pcs."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        self.elf = elf
+        self.fdes: list[_Fde] = []
+        self.starts: list[int] = []
+        self.errors: list[str] = []
+        self.places: dict[int, tuple[str | None, int | None, str | None, int | None]] = {}
+        try:
+            self._index()
+        except Exception as exc:  # corrupt CFI: fall back to frame pointers, say so
+            self.fdes, self.starts = [], []
+            self.errors.append(f"cannot parse the call frame information of {elf.path}: "
+                               f"{type(exc).__name__}: {exc}; using frame pointers only")
+
+    def _index(self) -> None:
+        import io
+
+        from elftools.dwarf.callframe import FDE
+        from elftools.elf.elffile import ELFFile
+
+        elffile = ELFFile(io.BytesIO(self.elf.path.read_bytes()))
+        dwarf = elffile.get_dwarf_info(relocate_dwarf_sections=False)
+        entries: list[Any] = []
+        if dwarf.has_EH_CFI():
+            entries += dwarf.EH_CFI_entries()
+        if dwarf.has_CFI():
+            entries += dwarf.CFI_entries()
+        for entry in entries:
+            if not isinstance(entry, FDE):
+                continue
+            start, size = entry.header["initial_location"], entry.header["address_range"]
+            cie = entry.cie
+            augmentation = (cie.header.get("augmentation") if cie is not None else None) or b""
+            self.fdes.append(_Fde(start, start + size, b"S" in augmentation, entry))
+        self.fdes.sort(key=lambda f: f.start)
+        self.starts = [f.start for f in self.fdes]
+
+    def find(self, pc: int) -> _Fde | None:
+        at = bisect.bisect_right(self.starts, pc) - 1
+        if at >= 0 and pc < self.fdes[at].end:
+            return self.fdes[at]
+        return None
+
+    @staticmethod
+    def row(fde: _Fde, pc: int) -> _Row:
+        if fde.rows is None or fde.pcs is None:
+            rows = []
+            for raw in fde.entry.get_decoded().table:
+                cfa = raw["cfa"]
+                rules = tuple((reg, _KINDS.get(rule.type, EXPRESSION),
+                               rule.arg if isinstance(rule.arg, int) else 0)
+                              for reg, rule in raw.items() if isinstance(reg, int))
+                rows.append(_Row(raw["pc"], None if cfa.expr is not None else
+                                 (cfa.reg, cfa.offset), rules))
+            fde.rows, fde.pcs = rows, [r.pc for r in rows]
+            fde.entry = None  # the decoded rows are all we need from pyelftools
+        return fde.rows[max(0, bisect.bisect_right(fde.pcs, pc) - 1)]
+
+    def place(self, lookup: int, pc: int) -> tuple[str | None, int | None, str | None, int | None]:
+        key = lookup if lookup == pc else -lookup - 1  # frame 0 and callers may share a pc
+        found = self.places.get(key)
+        if found is None:
+            sym = self.elf.function_at(lookup)
+            where = self.elf.line_at(lookup)
+            found = (sym.name if sym else None, pc - sym.address if sym else None,
+                     where[0] if where else None, where[1] if where else None)
+            self.places[key] = found
+        return found
+
+
+_TABLES: weakref.WeakKeyDictionary[ElfFile, _Tables] = weakref.WeakKeyDictionary()
+
+
+def _tables(elf: ElfFile) -> _Tables:
+    tables = _TABLES.get(elf)
+    if tables is None:
+        tables = _TABLES[elf] = _Tables(elf)
+    return tables
+
+
+class _ReadFailed(Exception):
+    pass
+
+
+class _Memory:
+    """8-byte loads, served from one bulk read of the stack when its bounds are known."""
+
+    def __init__(self, read: Callable[[int, int], bytes], base: int, data: bytes) -> None:
+        self.read, self.base, self.data = read, base, data
+
+    def u64(self, address: int) -> int:
+        at = address - self.base
+        if at >= 0 and at + 8 <= len(self.data):
+            return int(struct.unpack_from("<Q", self.data, at)[0])
+        try:
+            raw = self.read(address, 8)
+        except Exception as exc:  # any reader, any failure: the caller makes it a warning
+            raise _ReadFailed(f"cannot read {address:#x}: {exc}") from None
+        if len(raw) != 8:
+            raise _ReadFailed(f"short read at {address:#x} ({len(raw)} bytes)")
+        return int.from_bytes(raw, "little")
+
+
+def _stack_memory(read: Callable[[int, int], bytes], sp: int, stack: tuple[int, int] | None,
+                  warnings: list[str]) -> _Memory:
+    if stack is None or not stack[0] <= sp < stack[1]:
+        return _Memory(read, 0, b"")
+    size = min(stack[1] - sp, MAX_STACK_READ)
+    try:
+        data = read(sp, size)
+    except Exception as exc:
+        warnings.append(f"cannot read the stack [{sp:#x}, {sp + size:#x}) at once ({exc}); "
+                        "reading word by word")
+        data = b""
+    return _Memory(read, sp, bytes(data))
+
+
+class _Stop(Exception):
+    """Ends the walk: ``complete`` says whether it was the natural end of the stack."""
+
+    def __init__(self, warning: str | None = None, complete: bool = False) -> None:
+        super().__init__(warning)
+        self.warning, self.complete = warning, complete
+
+
+def _step_cfi(fde: _Fde, lookup: int, regs: list[int | None], memory: _Memory,
+              name: str) -> tuple[int, list[int | None]]:
+    """The CFA of this frame and the caller's registers, by the FDE row for ``lookup``."""
+    try:
+        row = _Tables.row(fde, lookup)
+    except Exception as exc:  # corrupt CFI instructions: pyelftools raises anything
+        raise _Stop(f"the CFI of {name} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if row.cfa is None:
+        raise _Stop(f"the CFA of {name} is a DWARF expression, which this unwinder "
+                    "does not evaluate")
+    base = regs[row.cfa[0]] if 0 <= row.cfa[0] < len(regs) else None
+    if base is None:
+        raise _Stop(f"the CFA of {name} needs a register that is not known here")
+    cfa = (base + row.cfa[1]) & MASK
+    caller: list[int | None] = list(regs)  # registers without a rule keep their value
+    caller[RSP] = cfa
+    ra_rule = False
+    for reg, kind, arg in row.rules:
+        if not 0 <= reg < len(caller):
+            continue
+        if reg == RA:
+            ra_rule = True
+            if kind == UNDEFINED:
+                raise _Stop(complete=True)  # CFI marks the outermost frame
+            if kind == EXPRESSION:
+                raise _Stop(f"the return address of {name} is a DWARF expression, which "
+                            "this unwinder does not evaluate")
+        if kind == OFFSET:
+            try:
+                caller[reg] = memory.u64((cfa + arg) & MASK)
+            except _ReadFailed as exc:
+                if reg == RA:
+                    raise _Stop(f"return address of {name} unreadable: {exc}") from None
+                caller[reg] = None
+        elif kind == VAL_OFFSET:
+            caller[reg] = (cfa + arg) & MASK
+        elif kind == REGISTER:
+            caller[reg] = regs[arg] if 0 <= arg < len(regs) else None
+        elif kind in (UNDEFINED, EXPRESSION):
+            caller[reg] = None
+    if not ra_rule:
+        raise _Stop(f"the CFI of {name} has no rule for the return address")
+    return cfa, caller
+
+
+def _step_fp(regs: list[int | None], memory: _Memory, name: str) -> tuple[int, list[int | None]]:
+    """[rbp] is the caller's rbp, [rbp+8] the return address; other registers are lost."""
+    rbp = regs[RBP]
+    if rbp is None:
+        raise _Stop(f"no CFI for {name} and its frame pointer is unknown")
+    if rbp == 0:
+        raise _Stop(complete=True)  # the outermost frame clears rbp by convention
+    try:
+        caller_rbp, ra = memory.u64(rbp), memory.u64((rbp + 8) & MASK)
+    except _ReadFailed as exc:
+        raise _Stop(f"frame pointer chain of {name} unreadable: {exc}") from None
+    caller: list[int | None] = [None] * len(regs)
+    caller[RBP], caller[RSP], caller[RA] = caller_rbp, (rbp + 16) & MASK, ra
+    return (rbp + 16) & MASK, caller
+
+
+def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[str, int],
+           stack: tuple[int, int] | None = None, max_frames: int = 64) -> Backtrace:
+    """Walk the stack of one thread from its registers (gdb's x86-64 names).
+
+    ``read(address, size)`` reads guest virtual memory and raises on failure; ``stack`` is
+    the thread's [low, high) if known: then [rsp, high) is read once and bounds every frame.
+    """
+    tables = _tables(elf)
+    result = Backtrace([], list(tables.errors))
+    regs: list[int | None] = [registers.get(name) for name in REGISTERS]
+    pc, sp = regs[RA], regs[RSP]
+    if pc is None or sp is None:
+        result.warnings.append("rip or rsp missing from the registers: nothing to unwind")
+        return result
+    memory = _stack_memory(read, sp, stack, result.warnings)
+    exact, method, last_cfa = True, "registers", None
+    for index in range(max_frames):
+        lookup = pc if exact else pc - 1  # a return address points after its call
+        function, offset, file, line = tables.place(lookup, pc)
+        fde = tables.find(lookup)
+        label = function or f"{pc:#x}"
+        cfa: int | None = None
+        try:
+            if index == 0 and stack is not None and not stack[0] <= sp <= stack[1]:
+                raise _Stop(f"rsp {sp:#x} is outside the stack [{stack[0]:#x}, {stack[1]:#x})")
+            if function is None and fde is None and not elf.in_text(lookup):
+                raise _Stop(f"pc {pc:#x} is not inside any known function: stopped there")
+            if fde is not None:
+                cfa, caller = _step_cfi(fde, lookup, regs, memory, label)
+            else:
+                cfa, caller = _step_fp(regs, memory, label)
+            if last_cfa is not None and cfa <= last_cfa:
+                raise _Stop(f"CFA {cfa:#x} of {label} does not grow (previous {last_cfa:#x}): "
+                            "a loop or a corrupt stack")
+            if stack is not None and not stack[0] < cfa <= stack[1]:
+                raise _Stop(f"the stack pointer of {label}'s caller ({cfa:#x}) leaves the "
+                            f"stack [{stack[0]:#x}, {stack[1]:#x})")
+            next_pc = caller[RA]
+        except _Stop as stop:
+            result.frames.append(Frame(index, pc, cfa, function, offset, file, line, method))
+            if stop.warning:
+                result.warnings.append(stop.warning)
+            result.complete = stop.complete
+            return result
+        result.frames.append(Frame(index, pc, cfa, function, offset, file, line, method))
+        if next_pc is None or next_pc == 0:
+            result.complete = next_pc == 0
+            if next_pc is None:
+                result.warnings.append(f"the return address of {label} is not known")
+            return result
+        pc, regs, last_cfa = next_pc, caller, cfa
+        exact, method = fde is not None and fde.signal, "cfi" if fde is not None else "fp"
+    result.warnings.append(f"stopped after {max_frames} frames (max_frames)")
+    return result
