@@ -58,6 +58,7 @@ def runtime_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ud-"))
     old = os.environ.get("UNDEBUG_RUNTIME_DIR")
     os.environ["UNDEBUG_RUNTIME_DIR"] = str(path)
+    os.environ["UNDEBUG_CACHE_DIR"] = str(path / "cache")  # never the user's own cache
     yield path
     for session in path.iterdir():  # end whatever a failed test left behind
         undebug("kill", session.name)
