@@ -38,6 +38,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="forward 127.0.0.1:HOSTPORT to the guest (repeatable)")
     p.add_argument("--paused", action="store_true",
                    help="hold the guest before its first instruction (resume with cont)")
+    p.add_argument("--trace-file", type=Path, metavar="FILE",
+                   help="also write the guest's trace stream to FILE as it arrives")
+    p.add_argument("--no-trace", action="store_true",
+                   help="no virtio-serial trace port (for guests that mind the device)")
     p.add_argument("--ci", action="store_true",
                    help="exit 0 on a clean shutdown, 1 on a crash, non-zero exit or timeout")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -53,7 +57,8 @@ def launch(args: argparse.Namespace) -> tuple[SessionDir, dict[str, Any]]:
         raise UsageError("--timeout must be a positive number of seconds")
     return launch_guest(LaunchRequest(
         image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
-        smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=args.paused))
+        smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=args.paused,
+        trace=not args.no_trace, trace_file=args.trace_file))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:

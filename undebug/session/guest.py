@@ -92,6 +92,7 @@ class Guest:
             await self._launch_qemu()
         await self._connect_qmp()
         self._take_ram_file()
+        await self._connect_trace()
         await self._connect_rsp()
         if self.spec.mode == "launch" and not self.spec.start_paused:
             await self._resume()
@@ -133,6 +134,37 @@ class Guest:
         self._tasks.append(asyncio.create_task(self._watch_qmp()))
         if self.spec.mode == "attach":
             await self._describe_adopted()
+
+    async def _connect_trace(self) -> None:
+        """Connect the trace port before the guest's first instruction: QEMU discards
+        what a guest writes to a port nobody is connected to."""
+        if self.spec.mode != "launch" or not self.spec.trace:
+            return
+        path = self.spec.qemu_config(self.session.path).trace_socket
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        outputs = [self.session.trace_file]
+        if self.spec.trace_file:
+            outputs.append(Path(self.spec.trace_file))
+        fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+               for p in outputs]
+        self.spawn(self._record_trace(reader, writer, fds))
+
+    async def _record_trace(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            fds: list[int]) -> None:
+        """Append the stream to disk as it arrives: nothing received is lost if QEMU or
+        undebug dies later."""
+        try:
+            while chunk := await reader.read(1 << 20):
+                for fd in fds:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+        except (ConnectionError, OSError) as exc:
+            log.warning("trace stream: %s", exc)
+        finally:
+            writer.close()
+            for fd in fds:
+                os.close(fd)
 
     def _take_ram_file(self) -> None:
         """Keep an fd of QEMU's RAM file and unlink it: clients get the fd, and the RAM

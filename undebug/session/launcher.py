@@ -33,7 +33,8 @@ READY_TIMEOUT = 30.0
 def start_supervisor(session: SessionDir, spec: SessionSpec) -> dict[str, Any]:
     """Launch the supervisor for ``spec`` in ``session`` and return its first status."""
     spec.save(session.path)
-    log = session.supervisor_log.open("ab")
+    log = os.fdopen(os.open(session.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                            0o600), "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "undebug.session.supervisor", str(session.path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
@@ -81,6 +82,8 @@ class LaunchRequest:
     append: str = ""
     forwards: tuple[str, ...] = ()
     paused: bool = False
+    trace: bool = True
+    trace_file: Path | None = None
 
 
 def _default_name(image: Path) -> str:
@@ -99,6 +102,12 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionDir, dict[str, Any]]:
     forwards = tuple(Forward.parse(f) for f in request.forwards)
     find_qemu()
     accel = choose_accel(request.accel)
+    if request.trace_file is not None:
+        if not request.trace:
+            raise UsageError("--trace-file needs the trace port: drop --no-trace")
+        if not request.trace_file.parent.is_dir():
+            raise UsageError(f"--trace-file {request.trace_file}: no directory "
+                             f"{request.trace_file.parent}")
     name = validate_name(request.name) if request.name else _default_name(request.image)
     session = SessionDir.named(name)
     QemuConfig(image.path, accel, session.path, request.memory_mb, request.smp,
@@ -107,7 +116,9 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionDir, dict[str, Any]]:
     spec = SessionSpec(
         mode="launch", image=str(image.path.resolve()), accel=accel.name,
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
-        append=request.append, forwards=list(request.forwards), start_paused=request.paused)
+        append=request.append, forwards=list(request.forwards), start_paused=request.paused,
+        trace=request.trace,
+        trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
     try:
         return session, start_supervisor(session, spec)
     except BaseException:

@@ -6,6 +6,7 @@ The CLI writes it as ``spec.json`` in the session directory; the supervisor read
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,15 @@ class SessionSpec:
     append: str = ""
     forwards: list[str] = field(default_factory=list)
     start_paused: bool = False
+    trace: bool = True  # offer the guest a virtio-serial trace port and record its stream
+    trace_file: str | None = None  # also write the stream here (run --trace-file)
     gdb: str | None = None  # attach: HOST:PORT or a unix socket path
     qmp: str | None = None  # attach: QMP unix socket path, optional
 
     def save(self, session_path: Path) -> None:
-        (session_path / "spec.json").write_text(json.dumps(asdict(self), indent=2))
+        fd = os.open(session_path / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
 
     @classmethod
     def load(cls, session_path: Path) -> SessionSpec:
@@ -44,7 +49,8 @@ class SessionSpec:
         return QemuConfig(
             image=Path(self.image), accel=Accel(self.accel, self.accel_reason),
             session_dir=session_path, memory_mb=self.memory_mb, smp=self.smp,
-            append=self.append, forwards=tuple(Forward.parse(f) for f in self.forwards))
+            append=self.append, forwards=tuple(Forward.parse(f) for f in self.forwards),
+            trace=self.trace)
 
     def gdb_address(self, session_path: Path) -> str | tuple[str, int]:
         if self.mode == "launch":

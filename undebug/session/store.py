@@ -111,6 +111,11 @@ class SessionDir:
         return self.path / "console.log"
 
     @property
+    def trace_file(self) -> Path:
+        """The guest's trace stream as received (tracers/FORMAT.md), appended live."""
+        return self.path / "trace.utrace"
+
+    @property
     def supervisor_log(self) -> Path:
         return self.path / "supervisor.log"
 

@@ -101,6 +101,7 @@ class QemuConfig:
     append: str = ""
     forwards: tuple[Forward, ...] = field(default_factory=tuple)
     ram_file: Path | None = None  # guest RAM shared as this file, for direct reads
+    trace: bool = True  # a virtio-serial port for the guest tracing stub
 
     @property
     def qmp_socket(self) -> Path:
@@ -109,6 +110,10 @@ class QemuConfig:
     @property
     def gdb_socket(self) -> Path:
         return self.session_dir / "gdb.sock"
+
+    @property
+    def trace_socket(self) -> Path:
+        return self.session_dir / "trace.sock"
 
     @property
     def console_log(self) -> Path:
@@ -139,6 +144,10 @@ class QemuConfig:
         ]
         if self.append:
             args += ["-append", self.append]
+        if self.trace:  # tracers/FORMAT.md section 7: port 1, named undebug.trace
+            args += ["-device", "virtio-serial-pci,id=vser0",
+                     "-chardev", f"socket,id=trace0,path={self.trace_socket},server=on,wait=off",
+                     "-device", "virtserialport,bus=vser0.0,chardev=trace0,name=undebug.trace,nr=1"]
         if self.ram_file is not None:
             args += ["-object", f"memory-backend-file,id=pc.ram,size={self.memory_mb}M,"
                      f"mem-path={self.ram_file},share=on", "-machine", "memory-backend=pc.ram"]
