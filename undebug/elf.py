@@ -364,6 +364,23 @@ class ElfFile:
             return None
         return lines["files"][lines["file"][at]], int(lines["line"][at])
 
+    def line_address(self, file: str, line: int) -> int | None:
+        """The lowest code address of ``file:line`` (or of the next line that has code,
+        as gdb does); ``file`` may be a base name. None without DWARF or a match."""
+        dwarf = self._load()["dwarf"]
+        if dwarf is None:
+            return None
+        lines = dwarf["lines"]
+        files = {i for i, path in enumerate(lines["files"])
+                 if path == file or path.endswith("/" + file)}
+        best: tuple[int, int] | None = None
+        for address, index, number in zip(lines["address"], lines["file"], lines["line"],
+                                           strict=True):
+            if index in files and number >= line:
+                key = (int(number), int(address))
+                best = key if best is None or key < best else best
+        return None if best is None else best[1]
+
     def struct(self, name: str) -> StructLayout | None:
         """The layout of ``struct name`` (or a typedef of a struct), or None without DWARF."""
         name = name.removeprefix("struct ").removeprefix("union ").strip()

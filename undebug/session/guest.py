@@ -23,8 +23,10 @@ from typing import Any
 
 from undebug.console import crash_line
 from undebug.errors import UndebugError
+from undebug.gdb.packets import BreakpointType, StopReply, ThreadId
 from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
+from undebug.session.breakpoints import Breakpoint, BreakpointTable
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 from undebug.session.spec import SessionSpec
@@ -41,6 +43,7 @@ QEMU_START_TIMEOUT = 10.0
 QEMU_QUIT_TIMEOUT = 5.0
 PAUSE_TIMEOUT = 5.0
 PR_SET_PDEATHSIG = 1
+SIGINT, SIGTRAP = 2, 5  # GDB signal numbers in stop replies: our interrupt, a debug stop
 
 
 class RequestError(Exception):
@@ -49,6 +52,10 @@ class RequestError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _kind(bp: Breakpoint) -> BreakpointType:
+    return BreakpointType.HARDWARE if bp.hardware else BreakpointType.SOFTWARE
 
 
 def _die_with_parent() -> None:
@@ -83,7 +90,11 @@ class Guest:
         self._lock = asyncio.Lock()
         self._shutting_down = False
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.get_running_loop()
+        self.breakpoints = BreakpointTable()
+        self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
+        self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
 
     # ---- start-up -------------------------------------------------------------------
 
@@ -111,7 +122,7 @@ class Guest:
             *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr, preexec_fn=_die_with_parent)
         stderr.close()
-        self._tasks.append(asyncio.create_task(self._watch_qemu()))
+        self.spawn(self._watch_qemu())
         deadline = time.monotonic() + QEMU_START_TIMEOUT
         while not (config.qmp_socket.exists() and config.gdb_socket.exists()):
             if self.qemu.returncode is not None or self.ended.is_set():
@@ -131,7 +142,7 @@ class Guest:
             await asyncio.wait_for(self.qmp.connect(address), 10)
         except (TimeoutError, OSError, Exception) as exc:
             raise UndebugError(f"cannot connect to QMP at {address}: {exc}") from None
-        self._tasks.append(asyncio.create_task(self._watch_qmp()))
+        self.spawn(self._watch_qmp())
         if self.spec.mode == "attach":
             await self._describe_adopted()
 
@@ -198,9 +209,12 @@ class Guest:
             self.rsp = await asyncio.to_thread(RspClient.connect, address, 10.0)
         except (OSError, RspException) as exc:
             raise UndebugError(f"cannot connect to the gdbstub at {address}: {exc}") from None
+        self._vcpus = await self._stub(self.rsp.threads)
         # Connecting paused a running guest (QEMU then sends an unsolicited stop reply);
         # an attach puts it back as it was.
-        if self.spec.mode == "attach" and (was_running or self.rsp.drain_stops()):
+        stopped_by_connect = self.rsp.drain_stops()
+        self.rsp.on_stop = self._stop_arrived
+        if self.spec.mode == "attach" and (was_running or stopped_by_connect):
             self.user_paused = False
             await self._resume()
 
@@ -246,7 +260,9 @@ class Guest:
         self._finish()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self._tasks.append(asyncio.create_task(coro))
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _set_outcome(self, result: Outcome) -> None:
         if self.outcome is None:
@@ -288,13 +304,102 @@ class Guest:
         if self.outcome is not None:
             raise RequestError(ErrorCode.GUEST_CRASHED,
                                f"the guest cannot run on: {self.outcome.reason}")
+        if self.last_stop is not None and self.last_stop.get("cpu") is not None:
+            await self._step_over_breakpoint(rsp, self.last_stop["cpu"])
+        self.last_stop = None
         await self._stub(rsp.cont)
         self.run_token += 1
 
     async def _pause(self) -> None:
         rsp = self._check_alive()
         if self.running:
-            await self._stub(rsp.interrupt, PAUSE_TIMEOUT)
+            reply = await self._stub(rsp.interrupt, PAUSE_TIMEOUT)
+            if reply.signal != SIGINT:  # it had stopped by itself (a breakpoint) just before
+                await self._guest_stopped(reply)
+
+    def _stop_arrived(self, reply: StopReply) -> None:
+        """On the RSP reader thread: a stop reply. Ours are taken by whoever waits for
+        them under ``_lock``; what is left in the queue then, the guest did by itself."""
+        self._loop.call_soon_threadsafe(self.spawn, self._collect_stops())
+
+    async def _collect_stops(self) -> None:
+        async with self._lock:
+            if self.rsp is not None and not self.ended.is_set():
+                for reply in self.rsp.drain_stops():
+                    await self._guest_stopped(reply)
+
+    async def _guest_stopped(self, reply: StopReply) -> None:
+        """A breakpoint, or QEMU pausing the guest: it stays paused until ``resume``."""
+        rsp = self._check_alive()
+        cpu = self._vcpus.index(reply.thread) if reply.thread in self._vcpus else None
+        pc = None
+        if cpu is not None:
+            pc = (await self._stub(rsp.registers, reply.thread)).get("rip")
+        bp = self.breakpoints.at(pc) if reply.signal == SIGTRAP else None
+        self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal,
+                          "reason": "breakpoint" if bp else f"signal {reply.signal}",
+                          "breakpoint": bp.id if bp else None}
+        self.user_paused = True
+        self._resume_after_freeze = False
+        self.write_record()
+        self.broadcast({"type": "stopped", **self.last_stop})
+
+    async def _step_over_breakpoint(self, rsp: RspClient, cpu: int) -> StopReply:
+        """Single-step vCPU ``cpu``; QEMU would re-report a breakpoint under its pc, so
+        that one is lifted for the step."""
+        thread = self._vcpus[cpu]
+        pc = (await self._stub(rsp.registers, thread)).get("rip")
+        bp = self.breakpoints.at(pc)
+        if bp is not None:
+            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
+        try:
+            reply: StopReply = await self._stub(rsp.step, thread, PAUSE_TIMEOUT)
+        finally:
+            if bp is not None:
+                await self._stub(rsp.add_breakpoint, bp.address, _kind(bp))
+        self.run_token += 1
+        return reply
+
+    async def step(self, cpu: int) -> dict[str, Any]:
+        """One instruction on vCPU ``cpu`` of a stopped guest; the others stay stopped."""
+        async with self._lock:
+            rsp = self._check_alive()
+            if self.running:
+                raise RequestError(ErrorCode.BAD_REQUEST, "the guest is running: stop it first")
+            if not 0 <= cpu < len(self._vcpus):
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"no vCPU {cpu}: the guest has {len(self._vcpus)}")
+            await self._step_over_breakpoint(rsp, cpu)
+            pc = (await self._stub(rsp.registers, self._vcpus[cpu])).get("rip")
+            self.last_stop = {"cpu": cpu, "pc": pc, "signal": SIGTRAP, "reason": "step",
+                              "breakpoint": None}
+            self.user_paused = True
+        self.write_record()
+        self.broadcast({"type": "stopped", **self.last_stop})
+        return self.last_stop
+
+    async def insert_breakpoint(self, address: int, hardware: bool, location: str) -> Breakpoint:
+        async with self.paused() as rsp:
+            if self.breakpoints.at(address) is not None:
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"a breakpoint at {address:#x} exists already")
+            bp = self.breakpoints.add(address, hardware, location)
+            try:
+                await self._stub(rsp.add_breakpoint, address, _kind(bp))
+            except RequestError:
+                self.breakpoints.remove(bp.id)
+                raise
+        self.write_record()
+        return bp
+
+    async def delete_breakpoint(self, bp_id: int) -> Breakpoint:
+        async with self.paused() as rsp:
+            bp = self.breakpoints.remove(bp_id)
+            if bp is None:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"no breakpoint {bp_id}")
+            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
+        self.write_record()
+        return bp
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[RspClient]:
@@ -306,7 +411,8 @@ class Guest:
             try:
                 yield rsp
             finally:
-                if was_running and not self.ended.is_set() and self.outcome is None:
+                if was_running and not self.user_paused and not self.ended.is_set() \
+                        and self.outcome is None:
                     await self._resume()
 
     async def pause(self) -> None:
@@ -351,6 +457,12 @@ class Guest:
         async with self.paused() as rsp:
             data: bytes = await self._stub(rsp.read_memory, address, size)
         return data
+
+    async def write_memory(self, address: int, data: bytes) -> None:
+        """For debuggers that patch variables; breakpoints never write memory."""
+        async with self.paused() as rsp:
+            await self._stub(rsp.write_memory, address, data)
+        self.run_token += 1  # what clients cached is stale now
 
     async def read_physical(self, address: int, size: int) -> bytes:
         async with self.paused() as rsp:
@@ -428,6 +540,8 @@ class Guest:
             "outcome": self.outcome.to_json() if self.outcome else None,
             "console": str(self.session.console_log),
             "run_token": self.run_token,
+            "last_stop": self.last_stop,
+            "breakpoints": [bp.to_json() for bp in self.breakpoints.all()],
             "frozen": self._freezes > 0,
             "shared_ram": self.ram_fd is not None,
         }
@@ -486,5 +600,5 @@ class Guest:
         if self.qmp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.qmp.disconnect(), 2)
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()

@@ -68,6 +68,25 @@ class ControlServer:
         if op == "read_registers":
             cpu = None if args.get("cpu") is None else _int_arg(args, "cpu", 0, 4095)
             return {"cpus": await guest.read_registers(cpu)}
+        if op == "break_insert":
+            address = _int_arg(args, "address", 0, 2**64 - 1)
+            bp = await guest.insert_breakpoint(address, bool(args.get("hardware")),
+                                               str(args.get("location") or hex(address)))
+            return bp.to_json()
+        if op == "break_delete":
+            return (await guest.delete_breakpoint(_int_arg(args, "id", 1, 2**31))).to_json()
+        if op == "step":
+            cpu = _int_arg(args, "cpu", 0, 4095) if args.get("cpu") is not None else \
+                (guest.last_stop or {}).get("cpu") or 0
+            return await guest.step(cpu)
+        if op == "write_memory":
+            address = _int_arg(args, "address", 0, 2**64 - 1)
+            try:
+                data = base64.b64decode(str(args.get("data", "")), validate=True)
+            except ValueError:
+                raise RequestError(ErrorCode.BAD_REQUEST, "data must be base64") from None
+            await guest.write_memory(address, data)
+            return {"address": address, "size": len(data)}
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}

@@ -1,0 +1,181 @@
+"""Run control through the supervisor: ``break``, ``delete``, ``step``, ``wait``.
+
+The supervisor owns breakpoints, so they persist across CLI calls and front ends. A stop
+is reported with the guest thread running on the vCPU that stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from undebug.commands import command
+from undebug.errors import EXIT_CHECK_FAILED, SessionError, UsageError
+from undebug.output import Report
+from undebug.session.client import SupervisorClient
+from undebug.session.store import SessionDir
+from undebug.text import escape
+
+
+def _name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+
+
+def _describe_stop(session: SessionDir, stop: dict[str, Any], elf: Path | None) -> dict[str, Any]:
+    """The stop with the guest thread on its vCPU and the source location of its pc."""
+    from undebug.os import provider_for
+    from undebug.target import LiveTarget
+
+    info = dict(stop)
+    with LiveTarget(session, elf) as target:
+        pc = stop.get("pc")
+        if pc is not None:
+            info["function"] = target.elf.symbolize(pc)
+            line = target.elf.line_at(pc)
+            info["file"], info["line"] = line if line else (None, None)
+        try:
+            snapshot = provider_for(target).threads()
+        except UsageError:
+            snapshot = None
+        thread = None
+        if snapshot is not None and stop.get("cpu") is not None:
+            thread_id = snapshot.vcpus.get(stop["cpu"])
+            thread = snapshot.find(thread_id) if thread_id is not None else None
+        info["thread"] = {"id": thread.id, "name": thread.name} if thread else None
+    return info
+
+
+def _stop_line(info: dict[str, Any]) -> str:
+    where = escape(info.get("function") or (hex(info["pc"]) if info.get("pc") else "?"))
+    if info.get("file"):
+        where += f" at {escape(info['file'])}:{info['line']}"
+    thread = info.get("thread")
+    who = f" in thread {thread['id']} {escape(thread['name'])}" if thread else ""
+    bp = f" {info['breakpoint']}" if info.get("breakpoint") else ""
+    return f"stopped: {info['reason']}{bp} on vCPU {info['cpu']}{who}: {where}"
+
+
+# ---- break / delete -------------------------------------------------------------------
+
+def _break_arguments(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("location", metavar="LOCATION",
+                   help="a function (its first instruction), FILE:LINE or an address")
+    p.add_argument("--hardware", action="store_true",
+                   help="a hardware breakpoint (debug registers) instead of a software one")
+    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
+
+
+@command("break", "set a breakpoint the supervisor keeps", _break_arguments,
+         description="Set a breakpoint in the guest. It stays until `undebug delete`, across "
+         "CLI calls and gdb sessions. When it is hit the whole guest stops; see `undebug "
+         "wait`, then `undebug cont`.")
+def break_(args: argparse.Namespace) -> Report:
+    from undebug.elf import ElfFile
+    from undebug.locations import resolve_location
+
+    session = SessionDir.named(args.target)
+    with SupervisorClient(session) as client:
+        status = client.call("status")
+        elf_path = args.elf or (Path(status["elf"]) if status.get("elf") else None)
+        if elf_path is None and not args.location[:1].isdigit():
+            raise UsageError("no ELF known for this guest", hint="pass --elf or an address")
+        address = resolve_location(ElfFile(elf_path), args.location) if elf_path else \
+            int(args.location, 0)
+        bp = client.call("break_insert", address=address, hardware=args.hardware,
+                         location=args.location)
+    kind = "hardware" if bp["hardware"] else "software"
+    return Report(data={"breakpoint": bp}, render=lambda: [
+        f"breakpoint {bp['id']} at {bp['address']:#x} ({escape(bp['location'])}, {kind})"])
+
+
+def _delete_arguments(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("id", type=int, nargs="?", metavar="ID",
+                   help="the breakpoint to delete (default: all)")
+
+
+@command("delete", "delete a breakpoint (or all)", _delete_arguments)
+def delete(args: argparse.Namespace) -> Report:
+    with SupervisorClient(SessionDir.named(args.target)) as client:
+        ids = [args.id] if args.id is not None else \
+            [bp["id"] for bp in client.call("status")["breakpoints"]]
+        deleted = [client.call("break_delete", id=bp_id) for bp_id in ids]
+    return Report(data={"deleted": deleted},
+                  render=lambda: [f"deleted breakpoint {bp['id']}" for bp in deleted])
+
+
+# ---- step / wait ----------------------------------------------------------------------
+
+def _step_arguments(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--thread", type=int, metavar="ID",
+                   help="the guest thread to step; it must be on a vCPU (default: the vCPU "
+                   "that stopped last)")
+    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
+
+
+@command("step", "execute one instruction on a stopped guest's vCPU", _step_arguments)
+def step(args: argparse.Namespace) -> Report:
+    session = SessionDir.named(args.target)
+    cpu = None
+    if args.thread is not None:
+        from undebug.os import provider_for
+        from undebug.target import LiveTarget
+
+        with LiveTarget(session, args.elf) as target:
+            thread = provider_for(target).threads().find(args.thread)
+        if thread.cpu is None:
+            raise UsageError(f"thread {args.thread} is not on a vCPU ({thread.state}): only a "
+                             "running thread can be stepped")
+        cpu = thread.cpu
+    with SupervisorClient(session) as client:
+        stop = client.call("step", cpu=cpu)
+    info = _describe_stop(session, stop, args.elf)
+    return Report(data={"stop": info}, render=lambda: [_stop_line(info)])
+
+
+def _wait_arguments(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="give up after S seconds (exit 1)")
+    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
+
+
+@command("wait", "wait until the guest stops (a breakpoint, a crash, its end)", _wait_arguments,
+         description="Return when the guest has stopped by itself: at once if it is stopped "
+         "at a breakpoint now, else at the next stop. Prints the reason and the guest thread. "
+         "Exit 0 on a stop, 1 when the guest crashed or ended, or on --timeout.")
+def wait(args: argparse.Namespace) -> Report:
+    session = SessionDir.named(args.target)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    with SupervisorClient(session) as client:
+        client.call("subscribe")
+        status = client.call("status")
+        stop, outcome = status.get("last_stop"), status.get("outcome")
+        while stop is None and outcome is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return Report(data={"stop": None, "timeout": args.timeout},
+                              exit_code=EXIT_CHECK_FAILED,
+                              render=lambda: [f"no stop within {args.timeout:g} s"])
+            event = client.next_event(left)
+            if event is None:
+                continue
+            if event["type"] == "stopped":
+                stop = event
+            elif event.get("outcome"):
+                outcome = event["outcome"]
+        if outcome is None and status.get("state") != "ended":
+            with contextlib.suppress(SessionError):  # a panic stops before QMP says why
+                time.sleep(0.1)
+                outcome = client.call("status").get("outcome")
+    if outcome is not None:
+        return Report(data={"stop": None, "outcome": outcome}, exit_code=EXIT_CHECK_FAILED,
+                      render=lambda: [f"guest ended: {escape(outcome['reason'])}"])
+    assert stop is not None
+    info = _describe_stop(session, stop, args.elf)
+    return Report(data={"stop": info}, render=lambda: [_stop_line(info)])
