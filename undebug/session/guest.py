@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -93,6 +94,7 @@ class Guest:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
         self.breakpoints = BreakpointTable()
+        self._target_xml: dict[str, str] = {}
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
 
@@ -457,6 +459,20 @@ class Guest:
         async with self.paused() as rsp:
             data: bytes = await self._stub(rsp.read_memory, address, size)
         return data
+
+    async def target_xml(self) -> dict[str, str]:
+        """QEMU's target description files (target.xml and what it includes), for a
+        gdbserver proxy to hand to gdb unchanged."""
+        if not self._target_xml:
+            async with self.paused() as rsp:
+                pending = ["target.xml"]
+                while pending:
+                    annex = pending.pop()
+                    text = (await self._stub(rsp.read_xfer, "features", annex)).decode()
+                    self._target_xml[annex] = text
+                    pending += [href for href in re.findall(r'href="([^"]+)"', text)
+                                if href not in self._target_xml][:16]
+        return dict(self._target_xml)
 
     async def write_memory(self, address: int, data: bytes) -> None:
         """For debuggers that patch variables; breakpoints never write memory."""

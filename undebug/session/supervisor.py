@@ -87,6 +87,8 @@ class ControlServer:
                 raise RequestError(ErrorCode.BAD_REQUEST, "data must be base64") from None
             await guest.write_memory(address, data)
             return {"address": address, "size": len(data)}
+        if op == "target_xml":
+            return {"files": await guest.target_xml()}
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}
