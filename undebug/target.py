@@ -89,6 +89,10 @@ class _SharedRam:
         self.regions = [(phys, offset, size) for phys, offset, size in layout]
 
     def read(self, address: int, size: int) -> bytes:
+        for phys, offset, length in self.regions:  # the common case: one slice, one copy
+            if phys <= address and address + size <= phys + length:
+                start = offset + address - phys
+                return self.map[start : start + size]
         out = bytearray()
         while len(out) < size:
             at = address + len(out)
@@ -246,10 +250,12 @@ class LiveTarget(Target):
         self._reading()
         if self._ram is None:
             return self._rpc_read("read_memory", address, size)
-        out = bytearray()
-        while len(out) < size:
-            at = address + len(out)
-            page, offset = at & ~(PAGE_SIZE - 1), at & (PAGE_SIZE - 1)
-            take = min(size - len(out), PAGE_SIZE - offset)
-            out += self.read_physical(self._translate_page(page) + offset, take)
-        return bytes(out)
+        chunks, at, end = [], address, address + size
+        while at < end:  # one physical read per run of physically contiguous pages
+            physical = self._translate_page(at & ~(PAGE_SIZE - 1)) + (at & (PAGE_SIZE - 1))
+            run_end = min(end, (at & ~(PAGE_SIZE - 1)) + PAGE_SIZE)
+            while run_end < end and self._translate_page(run_end) == physical + run_end - at:
+                run_end = min(end, run_end + PAGE_SIZE)
+            chunks.append(self.read_physical(physical, run_end - at))
+            at = run_end
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)

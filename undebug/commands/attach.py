@@ -8,8 +8,6 @@ from pathlib import Path
 from undebug.commands import command
 from undebug.errors import UsageError
 from undebug.output import Report
-from undebug.session.launcher import start_supervisor
-from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionDir, validate_name
 from undebug.text import escape
 
@@ -26,6 +24,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
          description="Take over a running QEMU through its gdbstub (and QMP if given). The "
          "guest keeps running; `undebug kill NAME` detaches and leaves it running.")
 def attach(args: argparse.Namespace) -> Report:
+    from undebug.session.launcher import start_supervisor
+    from undebug.session.spec import SessionSpec
+
     try:
         with args.elf.open("rb") as f:
             magic = f.read(4)

@@ -14,17 +14,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from undebug.commands import command
 from undebug.console import tail_lines
-from undebug.elf import ElfFile
 from undebug.errors import EnvironmentMissing, SessionError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
-from undebug.session.launcher import LaunchRequest, launch_guest
 from undebug.session.store import SessionDir
 from undebug.text import escape
+
+if TYPE_CHECKING:
+    from undebug.elf import ElfFile
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
@@ -102,6 +103,9 @@ def render(summary: dict[str, Any]) -> list[str]:
 
 @command("demo", "build and boot the reference guest and show what undebug sees", _arguments)
 def demo(args: argparse.Namespace) -> Report:
+    from undebug.elf import ElfFile
+    from undebug.session.launcher import LaunchRequest, launch_guest
+
     image = build_guest()
     old = SessionDir.named(args.name)
     if old.path.exists() and old.is_alive():

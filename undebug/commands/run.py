@@ -15,7 +15,6 @@ from undebug.console import ConsoleFollower, tail_lines
 from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
-from undebug.session.launcher import LaunchRequest, launch_guest
 from undebug.session.outcome import Outcome, from_timeout
 from undebug.session.store import SessionDir
 from undebug.text import escape
@@ -49,6 +48,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def launch(args: argparse.Namespace) -> tuple[SessionDir, dict[str, Any]]:
+    from undebug.session.launcher import LaunchRequest, launch_guest
+
     if args.timeout is not None and not args.ci:
         raise UsageError("--timeout goes with --ci")
     if args.ci and args.detach:

@@ -1,0 +1,325 @@
+"""All-thread backtraces, threads=1000: undebug vs an OSv-style gdb script.
+
+The reference guest runs ``threads=1000`` on ``-smp 2 -m 256`` (1007 guest threads).
+undebug side, on a guest started by ``undebug run -d``: (a) ``undebug bt NAME --all
+--json`` timed end to end as a subprocess, in this machine's environment and in a "clean"
+one (see ``clean_env``: without PYTHONUNBUFFERED / PYTHONDONTWRITEBYTECODE); (b) in a fresh
+Python process, ``undebug.attach(NAME)`` → ``threads()`` → ``backtrace(id)`` for every
+thread, timed inside the process (imports, attach, thread walk, unwinding separately).
+Baseline: ``bench/gdb/osv_bt.py``, a gdb Python script in the style of OSv's
+``scripts/loader.py`` (swap rsp/rip/rbp and the callee-saved registers to each thread's
+saved context, ``bt``, restore), run by ``gdb -batch`` against an identical *second* QEMU
+started here (the supervisor owns the first guest's only gdbstub connection): timed end to
+end and, inside gdb, the walk alone. Interleaved rounds, medians. The results also check
+that both see the same threads and the same function-name chains.
+
+Shared helpers for bench/memory.py and bench/latency.py live here too (plain QEMU with a
+unix-socket gdbstub and QMP, guests under undebug with a private runtime directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GUEST = ROOT / "build" / "refguest.elf"
+GDB_SCRIPT = Path(__file__).resolve().parent / "gdb" / "osv_bt.py"
+ROUNDS = 5
+APPEND = "threads=1000"
+ANCHOR_MS_PER_THREAD = (2.6, 4.0)  # FACTS.md: OSv-style gdb script on a real Unikraft image
+
+
+# ---- shared helpers ------------------------------------------------------------------
+
+def ensure_guest() -> str:
+    """Build build/refguest.elf; if the build fails (others may be editing the guest) but an
+    ELF is there, use it. Returns what was used, for the results."""
+    made = subprocess.run(["make", "-s", "-C", str(ROOT), "guest"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if made.returncode != 0 and not GUEST.exists():
+        raise RuntimeError(f"make guest failed:\n{made.stderr}")
+    digest = hashlib.sha1(GUEST.read_bytes()).hexdigest()[:12]
+    note = "" if made.returncode == 0 else " (make guest failed: existing ELF used)"
+    if note:
+        print(f"warning: make guest failed, using the existing {GUEST}", file=sys.stderr)
+    return f"{GUEST.relative_to(ROOT)} sha1 {digest}{note}"
+
+
+def wait_ready(console: Path, timeout: float = 60) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if console.exists() and b"refguest: ready" in console.read_bytes():
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"no ready line in {console}")
+
+
+class Qmp:
+    """Just enough QMP: one command at a time, events skipped."""
+
+    def __init__(self, path: Path) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self.file = self.sock.makefile("rwb")
+        self.file.readline()  # greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        self.file.write(json.dumps(message).encode() + b"\n")
+        self.file.flush()
+        while True:
+            reply = json.loads(self.file.readline())
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command}: {reply['error']}")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+class PlainGuest:
+    """A second QEMU, identical to the one undebug starts, with a unix-socket gdbstub for
+    gdb; started with ``-S``, let run to ``refguest: ready``, then stopped (QMP)."""
+
+    def __init__(self, directory: Path, append: str, memory: int = 256, smp: int = 2) -> None:
+        self.dir = directory
+        self.gdb_sock = directory / "gdb.sock"
+        self.console = directory / "console.log"
+        self.proc = subprocess.Popen([
+            "qemu-system-x86_64", "-S",
+            "-chardev", f"socket,id=g,path={self.gdb_sock},server=on,wait=off", "-gdb", "chardev:g",
+            "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
+            "-serial", f"file:{self.console}", "-M", "pc", "-accel", "tcg", "-m", str(memory),
+            "-smp", str(smp), "-display", "none", "-vga", "none", "-nodefaults",
+            "-kernel", str(GUEST), "-append", append], stdin=subprocess.DEVNULL)
+        try:
+            self.qmp = Qmp(directory / "qmp.sock")
+            self.qmp.execute("cont")
+            wait_ready(self.console)
+            self.qmp.execute("stop")
+        except BaseException:
+            self.close()
+            raise
+
+    def stop(self) -> None:
+        self.qmp.execute("stop")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # only the QEMU this object started, by its Popen (PID)
+        self.proc.wait()
+
+
+def undebug_env(runtime: Path) -> dict[str, str]:
+    return {**os.environ, "UNDEBUG_RUNTIME_DIR": str(runtime),
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def clean_env(env: dict[str, str], tmp: Path) -> dict[str, str]:
+    """``env`` as a normal installation would run: this machine's environment sets
+    PYTHONUNBUFFERED=1 (every small write is a syscall) and PYTHONDONTWRITEBYTECODE=1 (with
+    no __pycache__ in the checkout, every import compiles from source). Bytecode goes to a
+    private PYTHONPYCACHEPREFIX so nothing is written into the source tree."""
+    out = {k: v for k, v in env.items() if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")}
+    out["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    return out
+
+
+def undebug(*argv: str, env: dict[str, str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "undebug.cli", *argv], env=env, check=True,
+                          **kwargs)
+
+
+class UndebugGuest:
+    """A guest under ``undebug run -d`` in a private runtime dir; ``undebug kill`` at close."""
+
+    def __init__(self, runtime: Path, name: str, append: str, memory: int = 256,
+                 smp: int = 2) -> None:
+        self.name = name
+        self.env = undebug_env(runtime)
+        undebug("run", "-d", "--name", name, "--smp", str(smp), "--memory", str(memory),
+                "--append", append, str(GUEST), env=self.env, stdout=subprocess.DEVNULL)
+        try:
+            wait_ready(runtime / name / "console.log")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        subprocess.run([sys.executable, "-m", "undebug.cli", "kill", self.name], env=self.env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ---- this benchmark ------------------------------------------------------------------
+
+IN_PROCESS = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import undebug, undebug.api
+t1 = time.perf_counter()
+with undebug.attach(sys.argv[1]) as g:
+    t2 = time.perf_counter()
+    threads = g.threads()
+    t3 = time.perf_counter()
+    chains = {}
+    for t in threads:
+        if t.state != "exited":
+            chains[t.id] = [f.function for f in g.backtrace(t.id).frames]
+    t4 = time.perf_counter()
+states = {t.id: t.state for t in threads}
+print(json.dumps({"import_s": t1 - t0, "attach_s": t2 - t1, "threads_s": t3 - t2,
+                  "backtraces_s": t4 - t3, "total_s": t4 - t1, "count": len(threads),
+                  "chains": chains, "states": states}))
+"""
+
+
+def gdb_round(guest: PlainGuest) -> tuple[float, dict[str, Any]]:
+    guest.stop()
+    start = time.perf_counter()
+    out = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {guest.gdb_sock}",
+                          "-x", str(GDB_SCRIPT), str(GUEST)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    wall = time.perf_counter() - start
+    line = next(x for x in out.splitlines() if x.startswith("OSVBT "))
+    return wall, json.loads(line[len("OSVBT "):])
+
+
+def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str, Any]:
+    """Same thread count; function-name chains per thread where both saw the same state."""
+    u_states = {int(k): v for k, v in undebug_side["states"].items()}
+    u_chains = {int(k): v for k, v in undebug_side["chains"].items()}
+    g_threads = {t["id"]: t for t in gdb_side["threads"]}
+    compared, agree, differ = 0, 0, []
+    for tid, t in sorted(g_threads.items()):
+        if tid not in u_states or t["state"] in ("exited", "running") \
+                or t["state"] != u_states[tid]:
+            continue  # two guests, two moments: running threads are somewhere else
+        compared += 1
+        if t["functions"] == u_chains.get(tid):
+            agree += 1
+        elif len(differ) < 10:
+            differ.append({"id": tid, "name": t["name"], "gdb": t["functions"],
+                           "undebug": u_chains.get(tid)})
+    planted = {}
+    for tid in (1, 4, 5, 7, 8, 508, 1007):
+        if tid in g_threads:
+            planted[str(tid)] = {"name": g_threads[tid]["name"], "gdb": g_threads[tid]["functions"],
+                                 "undebug": u_chains.get(tid)}
+    return {"threads_undebug": undebug_side["count"], "threads_gdb": len(g_threads),
+            "same_count": undebug_side["count"] == len(g_threads),
+            "same_ids": sorted(u_states) == sorted(g_threads),
+            "chains_compared": compared, "chains_agree": agree, "chains_differ": differ,
+            "sample": planted}
+
+
+def run() -> dict[str, Any]:
+    guest = ensure_guest()
+    tmp = Path(tempfile.mkdtemp(prefix="ud-"))
+    samples: dict[str, list[float]] = {
+        "undebug_cli_s": [], "undebug_cli_clean_env_s": [], "undebug_inproc_total_s": [],
+        "undebug_inproc_import_s": [],
+        "undebug_inproc_attach_s": [], "undebug_inproc_threads_s": [],
+        "undebug_inproc_backtraces_s": [], "gdb_wall_s": [], "gdb_walk_s": []}
+    plain = ud = None
+    check: dict[str, Any] = {}
+    try:
+        ud = UndebugGuest(tmp / "run", "bt", APPEND)
+        clean = clean_env(ud.env, tmp)
+        undebug("bt", "bt", "--all", "--json", env=clean, capture_output=True)  # warm its pycache
+        (tmp / "plain").mkdir()
+        plain = PlainGuest(tmp / "plain", APPEND)
+        for i in range(ROUNDS):
+            start = time.perf_counter()
+            out = undebug("bt", "bt", "--all", "--json", env=ud.env, capture_output=True).stdout
+            samples["undebug_cli_s"].append(time.perf_counter() - start)
+            cli_count = len(json.loads(out)["backtraces"])
+            start = time.perf_counter()
+            undebug("bt", "bt", "--all", "--json", env=clean, capture_output=True)
+            samples["undebug_cli_clean_env_s"].append(time.perf_counter() - start)
+
+            inproc = json.loads(subprocess.run(
+                [sys.executable, "-c", IN_PROCESS, "bt"], env=ud.env, check=True,
+                capture_output=True, text=True).stdout)
+            for key in ("total", "import", "attach", "threads", "backtraces"):
+                samples[f"undebug_inproc_{key}_s"].append(inproc[f"{key}_s"])
+
+            wall, gdb_side = gdb_round(plain)
+            samples["gdb_wall_s"].append(wall)
+            samples["gdb_walk_s"].append(gdb_side["walk_s"])
+            if i == 0:
+                check = compare(inproc, gdb_side)
+                check["threads_undebug_cli"] = cli_count
+    finally:
+        if ud is not None:
+            ud.close()
+        if plain is not None:
+            plain.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {k: median(v) for k, v in samples.items()}
+    n = check.get("threads_gdb") or 1007
+
+    def per_thread(seconds: float) -> float:
+        return round(seconds * 1000 / n, 3)
+
+    return {
+        "samples": samples,
+        "summary": {
+            "threads": n,
+            "guest": guest,
+            "baseline": "bench/gdb/osv_bt.py under gdb -batch, on an identical second QEMU "
+                        "(same ELF, -M pc -accel tcg -m 256 -smp 2, threads=1000)",
+            "median_s": {k: round(v, 4) for k, v in med.items()},
+            "ms_per_thread": {
+                "undebug_cli_end_to_end": per_thread(med["undebug_cli_s"]),
+                "undebug_cli_end_to_end_clean_env": per_thread(med["undebug_cli_clean_env_s"]),
+                "undebug_in_process": per_thread(med["undebug_inproc_total_s"]),
+                "gdb_end_to_end": per_thread(med["gdb_wall_s"]),
+                "gdb_walk_only": per_thread(med["gdb_walk_s"]),
+                "anchor_facts_md": list(ANCHOR_MS_PER_THREAD),
+            },
+            "speedup_cli_vs_gdb_end_to_end": round(med["gdb_wall_s"] / med["undebug_cli_s"], 1),
+            "speedup_cli_clean_env_vs_gdb_end_to_end": round(
+                med["gdb_wall_s"] / med["undebug_cli_clean_env_s"], 1),
+            "speedup_in_process_vs_gdb_walk": round(
+                med["gdb_walk_s"] / med["undebug_inproc_total_s"], 1),
+            "goal": "undebug >= 10x faster than the gdb script; total under 1 s",
+            "goal_met": {
+                "10x_end_to_end": med["gdb_wall_s"] / med["undebug_cli_s"] >= 10,
+                "10x_end_to_end_clean_env": med["gdb_wall_s"] / med["undebug_cli_clean_env_s"] >= 10,
+                "10x_in_process": med["gdb_walk_s"] / med["undebug_inproc_total_s"] >= 10,
+                "cli_under_1s": med["undebug_cli_s"] < 1.0,
+            },
+            "agreement": check,
+            "rounds": ROUNDS,
+        },
+    }
