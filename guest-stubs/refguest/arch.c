@@ -153,6 +153,7 @@ __attribute__((noreturn)) void panic(const char *fmt, ...)
 		panic_line_printed = true;
 		kprintf("PANIC: %s\n", buf);
 	}
+	undebug_panic(buf);
 	panic_finish();
 }
 
@@ -188,19 +189,23 @@ static void exception(struct irq_frame *f)
 	unsigned v = (unsigned)f->vector;
 	if (__atomic_exchange_n(&panicking, 1, __ATOMIC_SEQ_CST))
 		halt_forever();
+	undebug_fault(v, f->error, f->rip, v == 14 ? cr2 : 0);
 	kprintf("EXCEPTION vector=%u (%s) error=0x%lx rip=0x%lx cr2=0x%lx cpu=%u thread=%s\n",
 		v, exc_names[v & 31], f->error, f->rip, cr2, pc ? pc->index : 0,
 		t ? t->name : "?");
 	backtrace_from(f->rbp, t);
 	panic_line_printed = true;
 	struct thread *g = v == 14 ? find_thread_by_guard(cr2) : NULL;
+	char reason[128];
 	if (g)
-		kprintf("PANIC: stack overflow in thread %s (guard page 0x%lx)\n",
-			g->name, cr2 & ~(PAGE_SIZE - 1));
+		ksnprintf(reason, sizeof reason, "stack overflow in thread %s (guard page 0x%lx)",
+			  g->name, cr2 & ~(PAGE_SIZE - 1));
 	else if (v == 14 && cr2 < PAGE_SIZE)
-		kprintf("PANIC: null pointer dereference (cr2=0x%lx)\n", cr2);
+		ksnprintf(reason, sizeof reason, "null pointer dereference (cr2=0x%lx)", cr2);
 	else
-		kprintf("PANIC: unhandled exception %s\n", exc_names[v & 31]);
+		ksnprintf(reason, sizeof reason, "unhandled exception %s", exc_names[v & 31]);
+	kprintf("PANIC: %s\n", reason);
+	undebug_panic(reason);
 	panic_finish();
 }
 
@@ -217,6 +222,7 @@ void isr_dispatch(struct irq_frame *f)
 		this_cpu()->ticks++;
 		lapic_eoi();
 		sched_timer_tick();
+		undebug_trace_poll();          /* flush the trace rings (never blocks) */
 		return;
 	}
 	if (v == VEC_IPI) {

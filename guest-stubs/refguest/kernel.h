@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <undebug/trace.h>
 
 #define MAX_CPUS          16
 #define MAX_WORKERS       1000
@@ -254,6 +255,13 @@ __attribute__((noreturn)) void idle_loop(void);
 void sched_timer_tick(void);
 struct thread *find_thread_by_guard(uint64_t addr);
 extern spinlock_t sched_lock;
+
+/* ---- trace_glue.c (undebug tracing stub) -------------------------------- */
+void trace_setup(void);               /* after the boot thread exists */
+void trace_start_bench(void);         /* after ready: trace_bench / trace_flood */
+extern int opt_trace;                 /* enum in trace_glue.c */
+extern uint64_t opt_trace_bench, opt_trace_flood;
+bool trace_parse_option(const char *key, const char *val);
 
 /* asm */
 void switch_context(struct context *save, struct context *load);

@@ -89,6 +89,8 @@ static void parse_option(char *tok)
 		else
 			kprintf("refguest: warning: bad value '%s' for run_for (using %lu)\n",
 				val, opt_run_for);
+	} else if (has_val && trace_parse_option(tok, val)) {
+		/* trace=..., trace_bench=N, trace_flood=N (trace_glue.c) */
 	} else if (!strcmp(tok, "corrupt") && has_val) {
 		if (!strcmp(val, "cyclic-threads"))
 			opt_corrupt_cyclic = 1;
@@ -157,8 +159,12 @@ __attribute__((noinline)) uint64_t checksum_block(const uint8_t *p, size_t n)
 	return (b << 16) | a;
 }
 
+static uint64_t next_request_id;
+
 __attribute__((noinline)) void handle_request(struct worker *w)
 {
+	uint64_t req_id = __atomic_fetch_add(&next_request_id, 1, __ATOMIC_RELAXED);
+	UNDEBUG_SPAN_BEGIN(handle_request, req_id);
 	/* the planted crash: worker_main -> handle_request -> crash_<kind> */
 	if (crash_now && !__atomic_exchange_n(&crash_claimed, 1, __ATOMIC_SEQ_CST)) {
 		switch (opt_crash) {
@@ -181,6 +187,7 @@ __attribute__((noinline)) void handle_request(struct worker *w)
 	}
 	__atomic_fetch_add(&requests_handled, 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&planted_counter, 1, __ATOMIC_RELAXED);
+	UNDEBUG_SPAN_END(handle_request, req_id);
 }
 
 __attribute__((noinline)) void worker_main(void *arg)
@@ -350,11 +357,13 @@ __attribute__((noinline)) static void main_loop(void)
 		}
 		if (opt_run_for && now >= end_at) {
 			kprintf("refguest: shutdown code=0\n");
+			(void)undebug_trace_drain(tsc_khz * 1000);   /* <= 1 s */
 			exit_qemu(0);
 		}
 		if (now >= next_hb) {
-			kprintf("refguest: heartbeat uptime_ms=%lu requests=%lu\n", now,
-				__atomic_load_n(&requests_handled, __ATOMIC_RELAXED));
+			uint64_t reqs = __atomic_load_n(&requests_handled, __ATOMIC_RELAXED);
+			kprintf("refguest: heartbeat uptime_ms=%lu requests=%lu\n", now, reqs);
+			UNDEBUG_TRACEPOINT(heartbeat, "uptime_ms=%lu requests=%lu", now, reqs);
 			next_hb += 1000;
 			if (next_hb <= now)
 				next_hb = now + 1000;
@@ -397,6 +406,7 @@ void kmain(struct hvm_start_info *si)
 
 	sched_init_boot_thread((uint64_t)boot_stack_bottom, (uint64_t)boot_stack_top);
 	thread_print(percpu[0].current);
+	trace_setup();
 	for (unsigned i = 0; i < cpus_found; i++) {
 		percpu[i].self = &percpu[i];
 		percpu[i].index = i;
@@ -433,5 +443,6 @@ void kmain(struct hvm_start_info *si)
 		thread_list_tail->next = thread_list->next ? thread_list->next : thread_list;
 		kprintf("refguest: corrupt=cyclic-threads planted\n");
 	}
+	trace_start_bench();
 	main_loop();
 }

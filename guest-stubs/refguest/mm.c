@@ -202,6 +202,7 @@ void *kmalloc(size_t n)
 			break;
 	}
 	void *res = NULL;
+	uint64_t ac = 0, fc = 0, used = 0;
 	if (b) {
 		if (b->size - need >= 32) {
 			struct hblk *rest = (struct hblk *)((char *)b + need);
@@ -218,12 +219,17 @@ void *kmalloc(size_t n)
 		if (heap_stats.used_bytes > heap_stats.peak_bytes)
 			heap_stats.peak_bytes = heap_stats.used_bytes;
 		heap_stats.alloc_count++;
+		ac = heap_stats.alloc_count;
+		fc = heap_stats.free_count;
+		used = heap_stats.used_bytes;
 		res = (char *)b + HDR;
 	} else {
 		heap_stats.failed_count++;
 	}
 	spin_unlock(&heap_lock);
 	irq_restore(f);
+	if (ac && (ac & 1023) == 0)
+		UNDEBUG_TRACEPOINT(heap, "allocs=%lu frees=%lu used_bytes=%lu", ac, fc, used);
 	return res;
 }
 

@@ -63,6 +63,7 @@ static void list_append(struct thread *t)
 	thread_count++;
 	spin_unlock(&list_lock);
 	irq_restore(f);
+	undebug_thread_name(t->id, t->name);
 }
 
 void thread_print(struct thread *t)
@@ -173,6 +174,7 @@ static void schedule(void)
 	next->cpu = (int)pc->index;
 	next->switches++;
 	pc->current = next;
+	undebug_thread_switch(prev->id, next->id);
 	switch_context(&prev->ctx, &next->ctx);
 }
 

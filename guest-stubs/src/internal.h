@@ -1,0 +1,98 @@
+/* undebug guest stub: private declarations shared by trace.c and the
+ * transports.  Layouts here are the ones documented in tracers/FORMAT.md. */
+#ifndef UNDEBUG_INTERNAL_H
+#define UNDEBUG_INTERNAL_H
+
+#include <undebug/trace.h>
+
+#ifndef UNDEBUG_MAX_CPUS
+#define UNDEBUG_MAX_CPUS 16
+#endif
+#ifndef UNDEBUG_RING_BYTES
+#define UNDEBUG_RING_BYTES (512u * 1024u)    /* per CPU, a power of two */
+#endif
+#define UNDEBUG_SLOT 16u
+#define UNDEBUG_MAX_SLOTS 16u
+#define UNDEBUG_SYNC_EVERY 4096u
+#define UNDEBUG_STREAM_MAGIC 0x4543415254424455ULL   /* "UDBTRACE" */
+#define UNDEBUG_SYNC_MAGIC 0x434E595347424455ULL     /* "UDBGSYNC" */
+#define UNDEBUG_RING_MAGIC 0x474E5255u               /* "URNG" */
+#define UNDEBUG_HDR_STREAMING 1u
+#define UNDEBUG_HDR_NESTED_DROP 2u
+
+_Static_assert((UNDEBUG_RING_BYTES & (UNDEBUG_RING_BYTES - 1)) == 0, "ring size: power of two");
+
+struct undebug_stream_header {       /* 80 bytes, FORMAT.md section 1 */
+	uint64_t magic;
+	uint16_t version, header_size;
+	uint32_t flags;
+	uint64_t tsc_hz, boot_tsc;
+	uint16_t cpu_count;
+	uint8_t build_id_len, transport;
+	uint16_t max_slots, ring_count;
+	uint8_t build_id[32];
+	uint64_t header_tsc;
+};
+_Static_assert(sizeof(struct undebug_stream_header) == 80, "stream header");
+
+enum { RING_FLIGHT = 0, RING_STREAM = 1 };
+
+struct undebug_ring {                /* 128 bytes, FORMAT.md section 5 */
+	uint32_t magic;
+	uint16_t cpu;
+	volatile uint8_t mode;           /* written by the consumer */
+	volatile uint8_t busy;           /* producer is inside an emit */
+	uint8_t *data;
+	uint64_t size;
+	uint64_t head;                   /* producer, published with release */
+	uint64_t tail;                   /* producer */
+	uint64_t ctail;                  /* consumer: released by the host */
+	uint64_t spos;                   /* consumer: handed to the transport */
+	uint64_t seq;
+	uint64_t lost_total;
+	uint64_t overwritten;
+	uint64_t lost_pending;
+	uint64_t lost_first;
+	uint64_t written;
+	uint16_t tid;
+	uint8_t tid_known;
+	uint8_t attached;                /* consumer */
+	volatile uint32_t nested_pending;
+	uint64_t attn;                   /* seq at which the slow path runs */
+	uint64_t sync_at;                /* seq at which the next SYNC is due */
+} __attribute__((aligned(64)));
+_Static_assert(sizeof(struct undebug_ring) == 128, "ring header");
+
+extern struct undebug_ring undebug_trace_rings[UNDEBUG_MAX_CPUS];
+extern struct undebug_stream_header undebug_trace_header;
+extern unsigned undebug__ncpus;
+
+/* ring consumer side (trace.c), called with the transport lock held */
+void undebug__attach_all(void);
+void undebug__detach_all(void);
+int undebug__try_attach(struct undebug_ring *r);
+
+static inline void undebug__barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+#if defined(__x86_64__) || defined(__i386__)
+static inline void undebug__outb(uint16_t p, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(p)); }
+static inline void undebug__outw(uint16_t p, uint16_t v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(p)); }
+static inline void undebug__outl(uint16_t p, uint32_t v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(p)); }
+static inline uint8_t undebug__inb(uint16_t p) { uint8_t v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline uint16_t undebug__inw(uint16_t p) { uint16_t v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline uint32_t undebug__inl(uint16_t p) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+#define UNDEBUG_HAVE_PIO 1
+#endif
+
+static inline uint64_t undebug__tsc(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(UNDEBUG_OS_TIMESTAMP)
+	uint32_t lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+#else
+	return undebug_os_timestamp();
+#endif
+}
+
+#endif
