@@ -20,8 +20,10 @@ from undebug.session.store import SessionDir
 from undebug.text import escape
 
 
-def _name(p: argparse.ArgumentParser) -> None:
+def _name(p: argparse.ArgumentParser, elf: bool = True) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    if elf:
+        p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
 
 
 def _describe_stop(session: SessionDir, stop: dict[str, Any], elf: Path | None) -> dict[str, Any]:
@@ -66,7 +68,6 @@ def _break_arguments(p: argparse.ArgumentParser) -> None:
                    help="a function (its first instruction), FILE:LINE or an address")
     p.add_argument("--hardware", action="store_true",
                    help="a hardware breakpoint (debug registers) instead of a software one")
-    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
 
 
 @command("break", "set a breakpoint the supervisor keeps", _break_arguments,
@@ -93,7 +94,7 @@ def break_(args: argparse.Namespace) -> Report:
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:
-    _name(p)
+    _name(p, elf=False)
     p.add_argument("id", type=int, nargs="?", metavar="ID",
                    help="the breakpoint to delete (default: all)")
 
@@ -115,7 +116,6 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thread", type=int, metavar="ID",
                    help="the guest thread to step; it must be on a vCPU (default: the vCPU "
                    "that stopped last)")
-    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
 
 
 @command("step", "execute one instruction on a stopped guest's vCPU", _step_arguments)
@@ -142,7 +142,6 @@ def _wait_arguments(p: argparse.ArgumentParser) -> None:
     _name(p)
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="give up after S seconds (exit 1)")
-    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
 
 
 @command("wait", "wait until the guest stops (a breakpoint, a crash, its end)", _wait_arguments,
