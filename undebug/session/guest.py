@@ -18,45 +18,26 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from undebug.console import crash_line
 from undebug.errors import UndebugError
-from undebug.gdb.packets import BreakpointType, StopReply, ThreadId
+from undebug.gdb.packets import ThreadId
 from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
-from undebug.session.breakpoints import Breakpoint, BreakpointTable
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
+from undebug.session.runcontrol import RequestError, RunControl
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionDir, shared_memory_dir
 from undebug.text import escape
 from undebug.vm.qemu import find_qemu, ram_layout
 
-__all__ = ["Guest", "RequestError"]
+__all__ = ["Guest"]
 
 log = logging.getLogger("undebug.supervisor")
-
-PMEMSAVE_MIN = 64 << 10  # below this one gdbstub round trip is cheaper
-QEMU_START_TIMEOUT = 10.0
-QEMU_QUIT_TIMEOUT = 5.0
-PAUSE_TIMEOUT = 5.0
-PR_SET_PDEATHSIG = 1
-SIGINT, SIGTRAP = 2, 5  # GDB signal numbers in stop replies: our interrupt, a debug stop
-
-
-class RequestError(Exception):
-    """A request that fails with a protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _kind(bp: Breakpoint) -> BreakpointType:
-    return BreakpointType.HARDWARE if bp.hardware else BreakpointType.SOFTWARE
 
 
 def _die_with_parent() -> None:
@@ -65,40 +46,36 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class Guest:
-    """Holds one guest. Everything runs on the event loop; blocking RSP calls run in a
-    worker thread under ``_lock`` so only one conversation with the stub is open."""
+PR_SET_PDEATHSIG = 1
+PMEMSAVE_MIN = 64 << 10  # below this one gdbstub round trip is cheaper
+QEMU_START_TIMEOUT = 10.0
+QEMU_QUIT_TIMEOUT = 5.0
+
+
+class Guest(RunControl):
+    """Holds one guest: starts QEMU (or adopts it), connects QMP, the gdbstub and the trace
+    port, tells the guest's end, reads its memory. Everything runs on the event loop;
+    blocking RSP calls run in a worker thread under ``_lock``."""
 
     def __init__(self, session: SessionDir, spec: SessionSpec) -> None:
+        super().__init__(spec.start_paused)
         self.session = session
         self.spec = spec
         self.started = time.time()
         self.qemu: asyncio.subprocess.Process | None = None
         self.qmp: Any = None  # qemu.qmp.QMPClient, imported lazily
-        self.rsp: RspClient | None = None
-        self.user_paused = spec.start_paused
-        self.outcome: Outcome | None = None
         self.machine: dict[str, Any] = {
             "accel": spec.accel, "accel_reason": spec.accel_reason, "smp": spec.smp,
             "memory_mb": spec.memory_mb} if spec.mode == "launch" else {
             "accel": None, "accel_reason": "unknown without --qmp", "smp": None, "memory_mb": None}
-        self.ended = asyncio.Event()
         self.ram_path: Path | None = None
         self.ram_fd: int | None = None
-        self.run_token = 0  # changes whenever the guest has run: clients' caches key on it
-        self._freezes = 0
-        self._resume_after_freeze = False
-        self._lock = asyncio.Lock()
         self._shutting_down = False
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop = asyncio.get_running_loop()
-        self.breakpoints = BreakpointTable()
         self._target_xml: dict[str, str] = {}
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
-
-    # ---- start-up -------------------------------------------------------------------
 
     async def start(self) -> None:
         if self.spec.mode == "launch":
@@ -220,13 +197,6 @@ class Guest:
             self.user_paused = False
             await self._resume()
 
-    # ---- watching the guest ---------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        """Whether the guest runs, as the gdbstub sees it: after our ``c``, until a stop."""
-        return self.rsp is not None and self.rsp.is_running and not self.ended.is_set()
-
     async def _watch_qmp(self) -> None:
         from qemu.qmp import EventListener
 
@@ -293,166 +263,6 @@ class Guest:
             return None
         lines = [escape(line) for line in text.decode(errors="replace").splitlines() if line]
         return lines[-1] if lines else None
-
-    # ---- run control ----------------------------------------------------------------
-
-    def _check_alive(self) -> RspClient:
-        if self.ended.is_set() or self.rsp is None:
-            raise RequestError(ErrorCode.GUEST_ENDED, "the guest has ended")
-        return self.rsp
-
-    async def _resume(self) -> None:
-        rsp = self._check_alive()
-        if self.outcome is not None:
-            raise RequestError(ErrorCode.GUEST_CRASHED,
-                               f"the guest cannot run on: {self.outcome.reason}")
-        if self.last_stop is not None and self.last_stop.get("cpu") is not None:
-            await self._step_over_breakpoint(rsp, self.last_stop["cpu"])
-        self.last_stop = None
-        await self._stub(rsp.cont)
-        self.run_token += 1
-
-    async def _pause(self) -> None:
-        rsp = self._check_alive()
-        if self.running:
-            reply = await self._stub(rsp.interrupt, PAUSE_TIMEOUT)
-            if reply.signal != SIGINT:  # it had stopped by itself (a breakpoint) just before
-                await self._guest_stopped(reply)
-
-    def _stop_arrived(self, reply: StopReply) -> None:
-        """On the RSP reader thread: a stop reply. Ours are taken by whoever waits for
-        them under ``_lock``; what is left in the queue then, the guest did by itself."""
-        self._loop.call_soon_threadsafe(self.spawn, self._collect_stops())
-
-    async def _collect_stops(self) -> None:
-        async with self._lock:
-            if self.rsp is not None and not self.ended.is_set():
-                for reply in self.rsp.drain_stops():
-                    await self._guest_stopped(reply)
-
-    async def _guest_stopped(self, reply: StopReply) -> None:
-        """A breakpoint, or QEMU pausing the guest: it stays paused until ``resume``."""
-        rsp = self._check_alive()
-        cpu = self._vcpus.index(reply.thread) if reply.thread in self._vcpus else None
-        pc = None
-        if cpu is not None:
-            pc = (await self._stub(rsp.registers, reply.thread)).get("rip")
-        bp = self.breakpoints.at(pc) if reply.signal == SIGTRAP else None
-        self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal,
-                          "reason": "breakpoint" if bp else f"signal {reply.signal}",
-                          "breakpoint": bp.id if bp else None}
-        self.user_paused = True
-        self._resume_after_freeze = False
-        self.write_record()
-        self.broadcast({"type": "stopped", **self.last_stop})
-
-    async def _step_over_breakpoint(self, rsp: RspClient, cpu: int) -> StopReply:
-        """Single-step vCPU ``cpu``; QEMU would re-report a breakpoint under its pc, so
-        that one is lifted for the step."""
-        thread = self._vcpus[cpu]
-        pc = (await self._stub(rsp.registers, thread)).get("rip")
-        bp = self.breakpoints.at(pc)
-        if bp is not None:
-            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
-        try:
-            reply: StopReply = await self._stub(rsp.step, thread, PAUSE_TIMEOUT)
-        finally:
-            if bp is not None:
-                await self._stub(rsp.add_breakpoint, bp.address, _kind(bp))
-        self.run_token += 1
-        return reply
-
-    async def step(self, cpu: int) -> dict[str, Any]:
-        """One instruction on vCPU ``cpu`` of a stopped guest; the others stay stopped."""
-        async with self._lock:
-            rsp = self._check_alive()
-            if self.running:
-                raise RequestError(ErrorCode.BAD_REQUEST, "the guest is running: stop it first")
-            if not 0 <= cpu < len(self._vcpus):
-                raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"no vCPU {cpu}: the guest has {len(self._vcpus)}")
-            await self._step_over_breakpoint(rsp, cpu)
-            pc = (await self._stub(rsp.registers, self._vcpus[cpu])).get("rip")
-            self.last_stop = {"cpu": cpu, "pc": pc, "signal": SIGTRAP, "reason": "step",
-                              "breakpoint": None}
-            self.user_paused = True
-        self.write_record()
-        self.broadcast({"type": "stopped", **self.last_stop})
-        return self.last_stop
-
-    async def insert_breakpoint(self, address: int, hardware: bool, location: str) -> Breakpoint:
-        async with self.paused() as rsp:
-            if self.breakpoints.at(address) is not None:
-                raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"a breakpoint at {address:#x} exists already")
-            bp = self.breakpoints.add(address, hardware, location)
-            try:
-                await self._stub(rsp.add_breakpoint, address, _kind(bp))
-            except RequestError:
-                self.breakpoints.remove(bp.id)
-                raise
-        self.write_record()
-        return bp
-
-    async def delete_breakpoint(self, bp_id: int) -> Breakpoint:
-        async with self.paused() as rsp:
-            bp = self.breakpoints.remove(bp_id)
-            if bp is None:
-                raise RequestError(ErrorCode.BAD_REQUEST, f"no breakpoint {bp_id}")
-            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
-        self.write_record()
-        return bp
-
-    @contextlib.asynccontextmanager
-    async def paused(self) -> AsyncIterator[RspClient]:
-        """Hold the guest still for a read and put it back as the user left it."""
-        async with self._lock:
-            rsp = self._check_alive()
-            was_running = self.running
-            await self._pause()
-            try:
-                yield rsp
-            finally:
-                if was_running and not self.user_paused and not self.ended.is_set() \
-                        and self.outcome is None:
-                    await self._resume()
-
-    async def pause(self) -> None:
-        """The user's pause: the guest stays paused until :meth:`resume`."""
-        async with self._lock:
-            await self._pause()
-            self.user_paused = True
-            self._resume_after_freeze = False
-        self.write_record()
-
-    async def resume(self) -> None:
-        async with self._lock:
-            self.user_paused = False
-            if self._freezes:
-                self._resume_after_freeze = True  # once the inspecting clients let go
-            elif not self.running:
-                await self._resume()
-        self.write_record()
-
-    async def freeze(self) -> None:
-        """Hold the guest still across many requests (one inspection command)."""
-        async with self._lock:
-            self._check_alive()
-            if self._freezes == 0:
-                self._resume_after_freeze = self.running
-                await self._pause()
-            self._freezes += 1
-
-    async def thaw(self) -> None:
-        async with self._lock:
-            self._freezes = max(0, self._freezes - 1)
-            if self._freezes or not self._resume_after_freeze:
-                return
-            self._resume_after_freeze = False
-            if not self.ended.is_set() and self.outcome is None and not self.user_paused:
-                await self._resume()
-
-    # ---- reading --------------------------------------------------------------------
 
     async def read_memory(self, address: int, size: int) -> bytes:
         """Guest-virtual memory through the gdbstub (the vCPU's page tables)."""
@@ -524,14 +334,6 @@ class Guest:
         return {"size": os.fstat(self.ram_fd).st_size,
                 "layout": [[r.physical, r.offset, r.size] for r in layout]}, [self.ram_fd]
 
-    async def _stub(self, func: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(func, *args)
-        except RspException as exc:
-            raise RequestError(ErrorCode.STUB, str(exc)) from None
-
-    # ---- status and events ----------------------------------------------------------
-
     def status(self) -> dict[str, Any]:
         if self.ended.is_set():
             state = "ended"
@@ -578,8 +380,6 @@ class Guest:
         event = {"time": time.time(), **event}
         for queue in self.subscribers:
             queue.put_nowait(event)
-
-    # ---- the end --------------------------------------------------------------------
 
     async def shutdown(self) -> None:
         """End the guest: quit QEMU we started, or detach from one we adopted."""

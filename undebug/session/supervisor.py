@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from undebug.errors import UndebugError
-from undebug.session.guest import Guest, RequestError
+from undebug.session.guest import Guest
 from undebug.session.protocol import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -33,6 +33,7 @@ from undebug.session.protocol import (
     decode,
     encode,
 )
+from undebug.session.runcontrol import RequestError
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionDir
 
