@@ -1,0 +1,283 @@
+"""The event model over decoded records: merged order, time, spans, loss, thread names.
+
+Everything is computed from :class:`~tracers.decode.Decoded` columns, vectorised where
+the work is per record (time, loss, counts); spans walk only span records. Time: TSC ->
+ns since boot from each session's header (``tsc_hz``, ``boot_tsc``) -> wall clock from an
+anchor, the host's clock when that session's header arrived (tracers/channel.py records
+it) matched with the header's ``header_tsc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from tracers.decode import ID_LOST, ID_SYNC, ID_THREAD_NAME, RESERVED_FIRST, Decoded, Records
+from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END, Tracepoints
+
+__all__ = ["CpuLoss", "Span", "TraceModel", "UnmatchedEnd"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A begin/end pair on one thread; ``end`` is None when the stream has no end for it."""
+
+    name: str
+    session: int
+    tid: int
+    depth: int  # spans open on this thread when it began
+    begin: int  # record index
+    end: int | None
+    begin_tsc: int
+    end_tsc: int | None
+
+    @property
+    def unterminated(self) -> bool:
+        return self.end is None
+
+    def duration_ns(self, hz: int) -> int | None:
+        if self.end_tsc is None:
+            return None
+        return (self.end_tsc - self.begin_tsc) * 1_000_000_000 // hz
+
+
+@dataclass(frozen=True)
+class UnmatchedEnd:
+    """A span-end with no open span of its name on its thread."""
+
+    name: str
+    session: int
+    tid: int
+    index: int
+
+
+@dataclass(frozen=True)
+class CpuLoss:
+    """Loss on one CPU in one session, counted two ways that must agree.
+
+    ``gaps``: the host's count, the sum of sequence gaps (mod 65536) between consecutive
+    records of the CPU. ``lost_records``: the guest's claim, the sum of LOST.N that
+    follow a gap. ``agree``: every gap is directly followed by a LOST record whose N is the
+    gap mod 65536, and no LOST claims what the sequence does not show. Gaps across a
+    damage region are ``damage_gaps``, not loss (unless a LOST explains them);
+    ``lost_before_base`` is what a LOST that is the CPU's first record reports.
+    """
+
+    session: int
+    cpu: int
+    records: int
+    gaps: int
+    lost_records: int
+    damage_gaps: int
+    lost_before_base: int
+    agree: bool
+    guest_lost_total: int | None  # w3 of the CPU's last SYNC: all losses since boot
+
+
+class TraceModel:
+    """Decoded records plus what they mean. ``anchors`` maps a session index to the host's
+    wall clock (ns since the epoch) when that session's stream header was received."""
+
+    def __init__(self, decoded: Decoded, tracepoints: Tracepoints | None = None,
+                 anchors: dict[int, int] | None = None) -> None:
+        self.decoded = decoded
+        self.records: Records = decoded.records
+        self.sessions = decoded.sessions
+        self.tracepoints = tracepoints
+        self.anchors = anchors or {}
+
+    # ---- order and time ----------------------------------------------------------------
+
+    @cached_property
+    def order(self) -> npt.NDArray[np.intp]:
+        """Record indices merged across CPUs: by session, then (tsc, cpu, seq)."""
+        r = self.records
+        if len(r) == 0:
+            return np.zeros(0, np.intp)
+        # Stable sort on the TSC keeps each CPU's records in seq order (they are in stream
+        # order and non-decreasing); only equal TSCs of different CPUs need a second look.
+        by_tsc = np.argsort(r.tsc, kind="stable")
+        ties = r.tsc[by_tsc][1:] == r.tsc[by_tsc][:-1]
+        sessions_sorted = bool(np.all(r.session[1:] >= r.session[:-1]))
+        if sessions_sorted and len(self.sessions) <= 1 and not ties.any():
+            return by_tsc
+        return np.lexsort((np.arange(len(r)), r.cpu, r.tsc, r.session))
+
+    @cached_property
+    def ns_since_boot(self) -> npt.NDArray[np.int64]:
+        """Nanoseconds since the guest booted (its session's boot_tsc), per record."""
+        r = self.records
+        out = np.zeros(len(r), np.int64)
+        for s in self.sessions:
+            mask = r.session == s.index
+            hz, boot = s.header.tsc_hz, s.header.boot_tsc
+            delta = r.tsc[mask] - np.uint64(boot)  # plausible records have tsc >= boot_tsc
+            whole, part = np.divmod(delta, np.uint64(hz))
+            if hz < (1 << 33):  # part * 1e9 fits in 64 bits: exact integer arithmetic
+                ns = whole * np.uint64(1_000_000_000) + part * np.uint64(1_000_000_000) // np.uint64(hz)
+            else:
+                ns = (delta.astype(np.float64) * (1e9 / hz)).astype(np.uint64)
+            out[mask] = np.minimum(ns, np.uint64((1 << 63) - 1)).astype(np.int64)
+        return out
+
+    def wall_clock_ns(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Wall clock (ns since the epoch) per record, and which records have one: those of
+        sessions with an anchor and a header_tsc (a header read from memory has none)."""
+        r = self.records
+        wall = np.zeros(len(r), np.int64)
+        known = np.zeros(len(r), np.bool_)
+        for s in self.sessions:
+            anchor = self.anchors.get(s.index)
+            if anchor is None or s.header.header_tsc == 0:
+                continue
+            mask = r.session == s.index
+            delta = r.tsc[mask].astype(np.float64) - float(s.header.header_tsc)
+            wall[mask] = anchor + (delta * (1e9 / s.header.tsc_hz)).astype(np.int64)
+            known[mask] = True
+        return wall, known
+
+    # ---- what happened -----------------------------------------------------------------
+
+    @cached_property
+    def is_event(self) -> npt.NDArray[np.bool_]:
+        """Tracepoint events (not reserved in-band records)."""
+        return self.records.id < RESERVED_FIRST
+
+    @cached_property
+    def thread_names(self) -> dict[int, bytes]:
+        """Thread id (low 16 bits, as records carry it) -> its latest name (raw bytes)."""
+        r = self.records
+        names: dict[int, bytes] = {}
+        for i in np.flatnonzero(r.id == ID_THREAD_NAME).tolist():
+            names[int(r.args[i, 0]) & 0xFFFF] = r.strings.get(r.start + i, b"")
+        return names
+
+    def tracepoint_name(self, ident: int) -> str:
+        from tracers.decode import RESERVED_NAMES
+
+        if ident >= RESERVED_FIRST:
+            return RESERVED_NAMES.get(ident, f"reserved#{ident:#06x}")
+        tp = self.tracepoints.get(ident) if self.tracepoints else None
+        return tp.name if tp else f"tp#{ident}"
+
+    def counts_by_tracepoint(self) -> dict[int, int]:
+        ids, counts = np.unique(self.records.id[self.is_event], return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
+    def counts_by_thread(self) -> dict[int, int]:
+        tids, counts = np.unique(self.records.tid[self.is_event], return_counts=True)
+        return dict(zip(tids.tolist(), counts.tolist(), strict=True))
+
+    def duration_s(self) -> float:
+        """From the first to the last event, summed over sessions."""
+        total = 0.0
+        ns = self.ns_since_boot
+        for s in self.sessions:
+            mask = (self.records.session == s.index) & self.is_event
+            if mask.any():
+                total += float(ns[mask].max() - ns[mask].min()) / 1e9
+        return total
+
+    # ---- spans -------------------------------------------------------------------------
+
+    @cached_property
+    def _spans(self) -> tuple[list[Span], list[UnmatchedEnd]]:
+        tps = self.tracepoints
+        if tps is None:
+            return [], []
+        kinds = {tp.id: tp.kind for tp in tps.by_id.values()
+                 if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END)}
+        if not kinds:
+            return [], []
+        r = self.records
+        ordered = self.order
+        marks = np.isin(r.id[ordered], np.fromiter(kinds, np.uint16))
+        spans: list[Span] = []
+        unmatched: list[UnmatchedEnd] = []
+        # (session, tid) -> name -> stack of open spans (begin index, tsc, depth)
+        open_: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
+        depth: dict[tuple[int, int], int] = {}
+        for i in ordered[marks].tolist():
+            ident = int(r.id[i])
+            tp = tps.by_id[ident]
+            key = (int(r.session[i]), int(r.tid[i]))
+            stacks = open_.setdefault(key, {})
+            if kinds[ident] == KIND_SPAN_BEGIN:
+                stacks.setdefault(tp.name, []).append((i, int(r.tsc[i]), depth.get(key, 0)))
+                depth[key] = depth.get(key, 0) + 1
+                continue
+            stack = stacks.get(tp.name)
+            if not stack:
+                unmatched.append(UnmatchedEnd(tp.name, key[0], key[1], r.start + i))
+                continue
+            begin, tsc, d = stack.pop()
+            depth[key] = max(depth.get(key, 1) - 1, 0)
+            spans.append(Span(tp.name, key[0], key[1], d, r.start + begin, r.start + i, tsc,
+                              int(r.tsc[i])))
+        for (session, tid), stacks in open_.items():
+            for name, stack in stacks.items():
+                for begin, tsc, d in stack:
+                    spans.append(Span(name, session, tid, d, r.start + begin, None, tsc, None))
+        spans.sort(key=lambda s: (s.session, s.begin_tsc, s.begin))
+        return spans, unmatched
+
+    @property
+    def spans(self) -> list[Span]:
+        """Every span, unterminated ones included (``end`` None), by begin time."""
+        return self._spans[0]
+
+    @property
+    def unmatched_ends(self) -> list[UnmatchedEnd]:
+        return self._spans[1]
+
+    # ---- loss --------------------------------------------------------------------------
+
+    def loss(self) -> list[CpuLoss]:
+        """Per (session, CPU): host-counted gaps vs in-band LOST totals (FORMAT.md 3.1)."""
+        r = self.records
+        damage_at = np.sort(np.array([d.record_index - r.start for d in self.decoded.damage],
+                                     np.int64))
+        out: list[CpuLoss] = []
+        # a session's records are contiguous in the stream; group each by CPU (u8: a
+        # stable radix sort), keeping stream order inside a CPU
+        cuts = np.flatnonzero(r.session[1:] != r.session[:-1]) + 1
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(r)], strict=True):
+            if a == b:
+                continue
+            by_cpu = np.argsort(r.cpu[a:b], kind="stable") + a
+            cpus = r.cpu[by_cpu]
+            starts = np.flatnonzero(np.concatenate(([True], cpus[1:] != cpus[:-1])))
+            ends = np.concatenate((starts[1:], [len(by_cpu)]))
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                out.append(self._cpu_loss(by_cpu[s:e], damage_at))
+        return out
+
+    def _cpu_loss(self, rows: npt.NDArray[np.intp], damage_at: npt.NDArray[np.int64]) -> CpuLoss:
+        """Loss of one CPU in one session; ``rows`` are its records in stream order."""
+        r = self.records
+        seq = r.seq[rows].astype(np.int64)
+        gap = (seq[1:] - seq[:-1] - 1) % 65536
+        if damage_at.size:
+            regions = np.searchsorted(damage_at, rows, side="right")
+            across = regions[1:] != regions[:-1]  # a damage region lies between the two
+        else:
+            across = np.zeros(len(gap), np.bool_)
+        lost = np.flatnonzero(r.id[rows[1:]] == ID_LOST)  # pairs whose second is a LOST
+        n_lost = r.args[rows[1:][lost], 0] if r.args.shape[1] else np.zeros(len(lost), np.uint64)
+        explained = np.zeros(len(gap), np.bool_)
+        explained[lost] = (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost]
+        loss_gap = (gap > 0) & (~across | explained)
+        damage_gap = (gap > 0) & across & ~explained
+        first = int(rows[0])
+        syncs = rows[r.id[rows] == ID_SYNC]
+        guest_total = int(r.args[syncs[-1], 3]) if syncs.size and r.args.shape[1] > 3 else None
+        return CpuLoss(
+            session=int(r.session[first]), cpu=int(r.cpu[first]), records=len(rows),
+            gaps=int(gap[loss_gap].sum()), lost_records=int(n_lost.sum()),
+            damage_gaps=int(gap[damage_gap].sum()),
+            lost_before_base=int(r.args[first, 0]) if r.id[first] == ID_LOST else 0,
+            agree=bool(np.all(explained[loss_gap]) and np.all(explained[lost])),
+            guest_lost_total=guest_total)
