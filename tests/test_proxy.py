@@ -1,0 +1,298 @@
+"""The thread-aware gdbserver proxy, with stock gdb and real QEMU: gdb sees the guest's own
+threads by name, unwinds each one, reads a sleeping thread's saved context, stops at a
+breakpoint in the right guest thread and goes on; odd clients and a corrupt guest do not
+bring the proxy down."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug, wait_for_console
+from undebug.gdb.packets import frame
+
+pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+
+EVIL_ESCAPED = "evil\\x1b]0;owned\\x07"
+WORKERS = [f"worker-{i}" for i in range(16)]
+
+
+@dataclass
+class Proxy:
+    proc: subprocess.Popen[bytes]
+    where: str  # what gdb's target remote takes
+    guest: str
+
+    def stderr(self) -> str:
+        """Everything the proxy logged (it must have exited)."""
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="backslashreplace")
+
+
+def start_proxy(guest: str, *extra: str, listen: str = "127.0.0.1:0") -> Proxy:
+    proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", guest,
+                             "--listen", listen, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    match = re.fullmatch(r"listening on (\S+) \(gdb: target remote (\S+)\)\n", line)
+    assert match and match.group(1) == match.group(2), (line, proc.stderr and proc.stderr.read())
+    return Proxy(proc, match.group(1), guest)
+
+
+def stop_proxy(proxy: Proxy) -> str:
+    if proxy.proc.poll() is None:
+        os.kill(proxy.proc.pid, signal.SIGTERM)
+    assert proxy.proc.wait(timeout=10) == 0
+    return proxy.stderr()
+
+
+def gdb(proxy: Proxy, *commands: str, timeout: float = 30) -> bytes:
+    """Stock gdb in batch mode against the proxy; its raw output (stdout and stderr)."""
+    args = ["gdb", "-batch", "-nx", "-ex", "set pagination off",
+            "-ex", f"target remote {proxy.where}"]
+    for cmd in commands:
+        args += ["-ex", cmd]
+    elf = Path(__file__).resolve().parents[1] / "build" / "refguest.elf"
+    done = subprocess.run([*args, str(elf)], capture_output=True, timeout=timeout)
+    return done.stdout + done.stderr
+
+
+def boot(name: str, append: str, guest_image: Path) -> str:
+    assert undebug("run", "-d", "--name", name, "--smp", "2", "--append", append,
+                   str(guest_image)).code == 0
+    wait_for_console(name, "refguest: ready")
+    return name
+
+
+@pytest.fixture(scope="module")
+def proxy(guest_image: Path) -> Iterator[Proxy]:
+    """A reference guest (-smp 2, 16 workers) served by one proxy for the whole module."""
+    name = boot("gdbsrv", "threads=16", guest_image)
+    server = start_proxy(name)
+    try:
+        yield server
+    finally:
+        log = stop_proxy(server)
+        undebug("kill", name)
+    assert "Traceback" not in log and "stopped; the guest stays as it is" in log
+
+
+def gdb_threads(output: str) -> dict[str, tuple[int, str]]:
+    """``info threads`` rows: guest thread name -> (gdb's number, the row)."""
+    rows = re.findall(r'^[ *]+(\d+) +Thread (\d+) "(.*?)" \((.*?)\) (.*)$', output, re.M)
+    return {name: (int(num), f"{tid} {state} {where}") for num, tid, name, state, where in rows}
+
+
+def test_info_threads_lists_every_guest_thread_by_name(proxy: Proxy) -> None:
+    raw = gdb(proxy, "info threads")
+    assert b"\x1b" not in raw and b"\x07" not in raw  # the hostile name reaches gdb escaped
+    rows = gdb_threads(raw.decode())
+    assert set(rows) == {"main", "idle0", "idle1", "sleeper", "blocked", "short-lived",
+                         EVIL_ESCAPED, *WORKERS}
+    # gdb's thread ids are the guest's own, as `undebug threads` prints them.
+    ours = {t["name"]: t for t in undebug("threads", proxy.guest, "--json").json()["threads"]}
+    for name, (_, row) in rows.items():
+        key = "evil\x1b]0;owned\x07" if name == EVIL_ESCAPED else name
+        assert row.split()[0] == str(ours[key]["id"])
+    assert "blocked (event)" in rows["blocked"][1] and "exited" in rows["short-lived"][1]
+    assert sum("on vCPU" in row for _, row in rows.values()) == 2
+
+
+def test_thread_apply_all_bt_unwinds_each_to_its_planted_chain(proxy: Proxy) -> None:
+    out = gdb(proxy, "thread apply all bt").decode()
+    traces = dict(re.findall(r'^Thread \d+ \(Thread \d+ "(.*?)".*?\):\n((?:#.*\n?)+)', out,
+                             re.M))
+    assert len(traces) == 7 + 16, out
+
+    def chain(name: str) -> list[str]:
+        return re.findall(r"^#\d+ +(?:0x[0-9a-f]+ in )?(\w+) \(", traces[name], re.M)
+
+    sleeper = chain("sleeper")
+    assert sleeper.index("nap") < sleeper.index("sleeper_main"), sleeper
+    assert chain("blocked")[:4] == ["schedule", "block", "wait_for_event", "blocker_main"]
+    for worker in WORKERS:
+        assert "worker_main" in chain(worker), (worker, traces[worker])
+        assert chain(worker)[-1] == "thread_trampoline"
+
+
+def test_a_sleeping_worker_shows_its_saved_context_frames_and_locals(proxy: Proxy) -> None:
+    ours = {t["name"]: t for t in undebug("threads", proxy.guest, "--json").json()["threads"]}
+    worker = next(t for name, t in ours.items() if name.startswith("worker-")
+                  and t["state"] == "sleeping")
+    out = gdb(proxy, "info threads")
+    number = gdb_threads(out.decode())[worker["name"]][0]
+    out = gdb(proxy, f"thread {number}", "info registers rip rsp rax", "frame 2", "info locals",
+              "set var $rax = 1", "stepi").decode()
+    saved = undebug("regs", proxy.guest, "--thread", str(worker["id"]), "--json").json()
+    assert saved["source"] == "saved context"
+    rip = re.search(r"^rip +(0x[0-9a-f]+)", out, re.M)
+    rsp = re.search(r"^rsp +(0x[0-9a-f]+)", out, re.M)
+    assert rip and int(rip.group(1), 16) == saved["registers"]["rip"], out
+    assert rsp and int(rsp.group(1), 16) == saved["registers"]["rsp"], out
+    assert re.search(r"^rax +<unavailable>", out, re.M), out  # not saved by switch_context
+    assert re.search(r"^#2 .* in worker_main \(", out, re.M), out
+    assert re.search(r"^w = 0x[0-9a-f]+$", out, re.M), out  # worker_main's local
+    # Writing or stepping a thread that is not on a vCPU is refused, with the reason.
+    assert "Could not assign" in out or "E01" in out, out
+    assert f"thread {worker['id']} ({worker['name']}) is sleeping" in out, out
+    assert "only a running thread can be stepped" in out
+
+
+def test_breakpoint_stops_in_a_worker_and_continue_goes_on(proxy: Proxy) -> None:
+    out = gdb(proxy, "break checksum_block", "continue", "info threads", "bt", "continue",
+              "info breakpoints").decode()
+    hits = re.findall(r'^Thread \d+ "(.*?)" hit Breakpoint 1, checksum_block \(', out, re.M)
+    assert len(hits) == 2 and all(h.startswith("worker-") for h in hits), out
+    current = re.search(r'^\* +\d+ +Thread \d+ "(.*?)" \(running on vCPU (\d)\)', out, re.M)
+    assert current and current.group(1) == hits[0], out  # the stopped vCPU's guest thread
+    assert re.search(r"^#1 .* in handle_request \(.*\n#2 .* in worker_main \(", out, re.M), out
+    assert "breakpoint already hit 2 times" in out
+    # gdb detached at exit: its breakpoint is gone and the guest runs on.
+    status = undebug("ps", "--json").json()["guests"]
+    mine = next(g for g in status if g["name"] == proxy.guest)
+    assert mine["breakpoints"] == [] and mine["state"] == "running"
+
+
+class RawClient:
+    """A hand-driven RSP client, for what gdb never sends."""
+
+    def __init__(self, where: str) -> None:
+        host, _, port = where.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.buffer = b""
+        self.ack = True
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> bytes:
+        """The next packet's body; acks are skipped, console (O) packets kept."""
+        while True:
+            match = re.match(rb"[+-]*\$([^#]*)#([0-9a-f]{2})", self.buffer, re.S)
+            if match:
+                self.buffer = self.buffer[match.end():]
+                if self.ack:
+                    self.sock.sendall(b"+")
+                return match.group(1)
+            chunk = self.sock.recv(65536)
+            assert chunk, "the proxy closed the connection"
+            self.buffer += chunk
+
+    def ask(self, payload: bytes) -> bytes:
+        self.sock.sendall(frame(payload))
+        return self.read()
+
+
+def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
+    client = RawClient(proxy.where)
+    assert b"QStartNoAckMode+" in client.ask(b"qSupported:swbreak+")
+    client.send_raw(b"$qC#00")  # a bad checksum: the proxy asks again
+    assert client.sock.recv(1) == b"-"
+    assert client.ask(b"QStartNoAckMode") == b"OK"
+    client.ack = False
+    client.send_raw(b"garbage+++\x00\xff")
+    assert client.ask(b"mzzzz,10").startswith(b"E")
+    assert client.ask(b"m0,10").startswith(b"E")  # page 0 is unmapped in the guest
+    assert client.ask(b"Zq") .startswith(b"E")
+    assert client.ask(b"Hg123456") == b"E01"  # no such thread
+    assert client.ask(b"T99999") == b"E01"
+    assert client.ask(b"vNoSuchPacket;1") == b""
+    assert client.ask(b"Z2,1000,8") == b""  # watchpoints: not supported
+    assert client.ask(b"G00") == b"E01"  # no register writes
+    assert client.ask(b"p99") .startswith(b"E")
+    current = int(client.ask(b"qC")[2:], 16)
+    ids = client.ask(b"qfThreadInfo")
+    assert ids.startswith(b"m") and current in [int(i, 16) for i in ids[1:].split(b",")]
+    assert client.ask(b"qsThreadInfo") == b"l"
+    # A second debugger meanwhile is turned away; the first one goes on.
+    second = socket.create_connection(("127.0.0.1", int(proxy.where.rpartition(":")[2])),
+                                      timeout=10)
+    assert second.recv(100) == b""
+    second.close()
+    # Continue, then interrupt (gdb's Ctrl-C): a SIGINT stop in a guest thread.
+    client.sock.sendall(frame(b"vCont;c"))
+    time.sleep(0.3)
+    client.send_raw(b"\x03")
+    assert re.fullmatch(rb"T02thread:[0-9a-f]+;core:[01];", client.read())
+    assert client.ask(b"D") == b"OK"
+    client.sock.close()
+    time.sleep(0.3)
+    mine = next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == proxy.guest)
+    assert mine["state"] == "running"  # detach let the guest run
+    assert proxy.proc.poll() is None
+
+
+def test_non_loopback_listen_is_refused_without_allow_remote(proxy: Proxy) -> None:
+    result = undebug("gdbserver", proxy.guest, "--listen", "0.0.0.0:0")
+    assert result.code == 2 and "no authentication" in result.stderr
+
+
+def test_corrupt_thread_list_is_served_with_warnings_and_the_end_stops_the_server(
+        guest_image: Path, runtime_dir: Path) -> None:
+    name = boot("gdbbad", "threads=2 corrupt=cyclic-threads", guest_image)
+    server = start_proxy(name, listen=str(runtime_dir / "gdb.sock"))
+    try:
+        out = gdb(server, "info threads").decode()
+        assert {"main", "worker-0", "worker-1"} <= set(gdb_threads(out)), out
+    finally:
+        undebug("kill", name)
+    try:
+        assert server.proc.wait(timeout=10) == 0  # the guest has ended: so has the server
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    log = server.stderr()
+    assert "thread list loops back" in log and "the guest has ended" in log
+    assert not (runtime_dir / "gdb.sock").exists()
+
+
+def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from undebug.gdb import proxy_threads
+    from undebug.gdb.tdesc import Register
+    from undebug.os.provider import GuestThread, ThreadSnapshot
+
+    def thread(tid: int, name: str, cpu: int | None = None) -> GuestThread:
+        return GuestThread(tid, name, "running" if cpu is not None else "sleeping", cpu,
+                           {"rip": 0x1000 + tid}, None)
+
+    # A corrupt guest: ids 0 and 7 twice, one too large for gdb; vCPU 1 runs nothing known.
+    snapshot = ThreadSnapshot([thread(7, "a", 0), thread(7, "b\x1b[2J"), thread(0, "c"),
+                               thread(1 << 40, "d")], {0: 7, 1: None}, ["list looks odd"])
+
+    class Provider:
+        def threads(self) -> ThreadSnapshot:
+            return snapshot
+
+    class FakeTarget:
+        def cpu_count(self) -> int:
+            return 2
+
+        def registers(self, cpu: int) -> dict[str, int]:
+            return {"rip": 0xC0DE00 + cpu, "rsp": 0x8000}
+
+    monkeypatch.setattr("undebug.os.provider_for", lambda target: Provider())
+    view = proxy_threads.ThreadView.from_target(FakeTarget())  # type: ignore[arg-type]
+    ids = [t.gdb_id for t in view.threads]
+    assert len(set(ids)) == 5 and ids[0] == 7 and all(0 < i < 1 << 31 for i in ids)
+    assert view.threads[1].name == "b\\x1b[2J" and b"\x1b" not in view.xml()
+    assert sum("unusable" in w for w in view.warnings) == 3 and "list looks odd" in view.warnings
+    assert view.on_cpu(0) is view.threads[0]
+    assert view.on_cpu(1) is not None and view.on_cpu(1).name == "vCPU 1"  # type: ignore[union-attr]
+    rip = Register("rip", 64, 16, 0, "code_ptr", None, "core")
+    eflags = Register("eflags", 32, 17, 8, "int", None, "core")
+    assert proxy_threads.encode_registers(view.threads[1].registers, (rip, eflags)) == \
+        "0710000000000000" + "xx" * 4

@@ -1,0 +1,214 @@
+"""``undebug eval``: a C expression's value and type, computed by gdb.
+
+gdb knows C expressions and DWARF types better than anything we would write, so this
+command starts our gdbserver proxy for the guest (``undebug gdbserver``, which serves
+guest threads as gdb threads), connects gdb to it over GDB/MI (:mod:`undebug.gdb.mi`),
+evaluates, and ends both again, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING
+
+from undebug.commands import command
+from undebug.errors import EXIT_ENVIRONMENT, EnvironmentMissing, SessionError, UndebugError, UsageError
+from undebug.output import Report
+from undebug.text import escape
+
+if TYPE_CHECKING:  # the real import is lazy, for start-up time
+    from undebug.gdb.mi import MiSession
+
+__all__ = ["Gdbserver", "evaluate_at", "evaluate_with", "value_line"]
+
+PROXY_START_TIMEOUT = 20.0  # the proxy imports, asks the supervisor, and listens
+_TARGET_IN_LINE = re.compile(r"target (?:extended-)?remote (\S+?)\)?\s*$")
+_LISTENING = re.compile(r"listening on (\S+)")
+
+
+class Gdbserver:
+    """``undebug gdbserver TARGET`` as a child process on a unix socket in a private
+    directory; ended with SIGINT (its clean Ctrl-C path), then harder if need be.
+    It starts in the background: :meth:`listening` waits until gdb can connect."""
+
+    def __init__(self, target: str, *, elf: Path | None = None, force: bool = False) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ud-eval-")  # 0700: only we can connect
+        self.address = os.path.join(self.dir, "gdb.sock")
+        argv = [sys.executable, "-m", "undebug.cli", "gdbserver", target, "--listen", self.address]
+        if elf is not None:
+            argv += ["--elf", str(elf)]
+        if force:
+            argv.append("--force")
+        # Files, not pipes: nobody has to drain them while gdb works.
+        self._stdout: IO[bytes] = open(os.path.join(self.dir, "stdout"), "w+b")  # noqa: SIM115
+        self._stderr: IO[bytes] = open(os.path.join(self.dir, "stderr"), "w+b")  # noqa: SIM115
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                      stderr=self._stderr, start_new_session=True)
+        self._listening = False
+
+    def listening(self, timeout: float = PROXY_START_TIMEOUT) -> str:
+        """The address gdb connects to, once the proxy has printed it; its error if it
+        exited instead."""
+        deadline = time.monotonic() + timeout
+        while not self._listening:
+            first = Path(self._stdout.name).read_bytes().split(b"\n", 1)
+            if len(first) == 2:
+                line = first[0].decode("utf-8", "replace")
+                found = _TARGET_IN_LINE.search(line) or _LISTENING.search(line)
+                if found:
+                    self.address = found.group(1)
+                self._listening = True
+                break
+            if self._proc.poll() is not None:
+                raise self._failure()
+            if time.monotonic() > deadline:
+                raise SessionError(f"undebug gdbserver did not listen within {timeout:g} s",
+                                   hint="is the guest's supervisor busy? see undebug ps")
+            time.sleep(0.01)
+        return self.address
+
+    def _failure(self) -> UndebugError:
+        """The proxy's own error (it follows docs/cli.md), with its exit code."""
+        message, hint = f"undebug gdbserver exited with status {self._proc.returncode}", None
+        for line in self.stderr_lines():
+            if line.startswith("undebug: error: "):
+                message = line.removeprefix("undebug: error: ")
+            elif line.strip().startswith("hint: "):
+                hint = line.strip().removeprefix("hint: ")
+        error: UndebugError = (EnvironmentMissing if self._proc.returncode == EXIT_ENVIRONMENT
+                               else UsageError)(message, hint)
+        return error
+
+    def stderr_lines(self) -> list[str]:
+        with contextlib.suppress(OSError, ValueError):
+            return Path(self._stderr.name).read_bytes()[-16_000:].decode("utf-8", "replace") \
+                .splitlines()
+        return []
+
+    def close(self, timeout: float = 5.0) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if self._proc.poll() is not None:
+                break
+            self._proc.send_signal(sig)  # this PID only
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=timeout)
+        self._proc.wait()
+        self._stdout.close()
+        self._stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Gdbserver:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def evaluate_at(address: str, elf: Path | None, expression: str, thread: int | None = None,
+                warnings: list[str] | None = None, *, resume: bool = True) -> tuple[str, str | None]:
+    """Start gdb with ``elf``, connect it to the gdbserver at ``address`` and evaluate
+    ``expression`` (see :func:`evaluate_with`)."""
+    from undebug.gdb.mi import MiSession
+
+    with MiSession.start(elf) as mi:
+        return evaluate_with(mi, address, expression, thread, warnings, resume=resume)
+
+
+def evaluate_with(mi: MiSession, address: str, expression: str, thread: int | None = None,
+                  warnings: list[str] | None = None, *, resume: bool = True) -> tuple[str, str | None]:
+    """Connect ``mi``'s gdb to the gdbserver at ``address`` and evaluate ``expression``
+    (in gdb thread ``thread``). Returns gdb's value and type; gdb's errors are usage
+    errors. Then gdb detaches (the target runs on) if ``resume``, else it disconnects and
+    leaves the target stopped. gdb's warnings are added to ``warnings``."""
+    from undebug.gdb.mi import GdbExited, MiError, MiTimeout
+    from undebug.gdb.mi_records import StreamEvent
+
+    try:
+        mi.connect(address)
+        if thread is not None:
+            try:
+                mi.select_thread(thread)
+            except MiError as exc:
+                if isinstance(exc, (MiTimeout, GdbExited)):
+                    raise
+                raise UsageError(f"no thread {thread}: {exc.message}",
+                                 hint="see undebug threads for the guest's thread ids") from None
+        try:
+            value = mi.evaluate(expression)
+        except MiError as exc:
+            if isinstance(exc, (MiTimeout, GdbExited)):
+                raise
+            raise UsageError(exc.message, hint="the expression is C, with the ELF's symbols "
+                             "and types; gdb's own message is above") from None
+    finally:  # also on Ctrl-C, even in the middle of connect
+        if not resume:  # else close() quits gdb, which detaches
+            with contextlib.suppress(MiError):
+                mi.disconnect()
+        if warnings is not None:
+            warnings += [e.text.strip().removeprefix("warning: ") for e in mi.events()
+                         if isinstance(e, StreamEvent) and e.kind == "log"
+                         and e.text.startswith("warning: ")]
+    return value.value, value.type
+
+
+def value_line(expression: str, value: str, type_: str | None) -> str:
+    """``EXPR = VALUE (TYPE)``, escaped: values carry guest strings."""
+    suffix = f" ({escape(type_)})" if type_ else ""
+    return f"{escape(expression)} = {escape(value)}{suffix}"
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    p.add_argument("expression", metavar="EXPR",
+                   help="a C expression over the guest's symbols, e.g. 'thread_list->name'")
+    p.add_argument("--thread", type=int, metavar="ID",
+                   help="evaluate in guest thread ID (its registers and frame 0; see undebug "
+                   "threads); default: the thread gdb reports at the stop")
+    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
+    p.add_argument("--force", action="store_true",
+                   help="go on even when the ELF's build-id differs from the guest's")
+
+
+@command("eval", "evaluate a C expression in the guest (with gdb)", _arguments,
+         description="Print a C expression's value and type, as gdb computes them from the "
+         "guest's memory and the ELF's DWARF, through undebug's gdbserver (so --thread takes a "
+         "guest thread id). A running guest is paused for the evaluation and resumed after.")
+def eval_(args: argparse.Namespace) -> Report:
+    from undebug.gdb.mi import MiSession, c_string, gdb_path
+    from undebug.session.client import SupervisorClient
+    from undebug.session.store import SessionDir
+
+    gdb_path()  # before anything starts: no gdb is exit 3
+    c_string(args.expression)  # one line of text, or exit 2
+    with SupervisorClient(SessionDir.named(args.target)) as client:
+        status = client.call("status")
+    elf = args.elf or (Path(status["elf"]) if status.get("elf") else None)
+    if elf is None:
+        raise UsageError(f"no ELF known for guest {args.target!r}",
+                         hint="pass --elf with the guest's ELF (symbols and DWARF)")
+    warnings: list[str] = []
+    # Connecting stops the guest; gdb's detach would resume it even if it was stopped
+    # before (paused, at a breakpoint): then gdb disconnects instead and it stays stopped.
+    was_running = status.get("state") == "running"
+    # gdb starts (and reads the ELF) while the proxy starts: they do not need each other yet
+    with Gdbserver(args.target, elf=args.elf, force=args.force) as proxy, \
+            MiSession.start(elf) as mi:
+        value, type_ = evaluate_with(mi, proxy.listening(), args.expression, args.thread,
+                                     warnings, resume=was_running)
+        warnings += [line.removeprefix("gdbserver: warning: ") for line in proxy.stderr_lines()
+                     if line.startswith("gdbserver: warning: ")]
+    data = {"expression": args.expression, "value": value, "type": type_, "thread": args.thread}
+    return Report(data=data, warnings=warnings,
+                  render=lambda: [value_line(args.expression, value, type_)])

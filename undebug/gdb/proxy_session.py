@@ -1,0 +1,434 @@
+"""One debugger's session with the gdbserver proxy: the packets, answered.
+
+Thread ids are translated at this edge: the debugger sees guest threads (see
+:mod:`undebug.gdb.proxy_threads`), the supervisor is asked about vCPUs. Reads come from the
+backend's Target, run control and breakpoints from the supervisor. The proxy is all-stop,
+like QEMU: a stop stops every vCPU, and it reports the guest thread running on the vCPU
+that stopped.
+
+Ending a session: ``D`` (detach; also ``k``, which never kills the guest) deletes the
+proxy's breakpoints and lets the guest run, as gdb's detach does. A debugger that goes
+away without detaching (killed, or the proxy is stopped) also loses its breakpoints, but
+the guest stays as it was left (stopped, if it was): ``undebug cont`` resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from undebug.errors import SessionError, UndebugError, UsageError
+from undebug.gdb.packets import decode
+from undebug.gdb.proxy_backend import LiveBackend
+from undebug.gdb.proxy_run import SIGTRAP, Stop, stop_from_event, stop_from_status, wait_for_stop
+from undebug.gdb.proxy_threads import ProxyThread, ThreadView, encode_register, encode_registers
+from undebug.gdb.proxy_wire import ClientGone, GdbConnection, parse_thread_id, to_hex_text
+from undebug.gdb.tdesc import TargetDescription
+from undebug.target import ReadError, Target
+
+__all__ = ["GdbSession"]
+
+log = logging.getLogger("undebug.gdbserver")
+
+PACKET_SIZE = 0x4000
+MAX_MEMORY = (PACKET_SIZE - 32) // 2  # bytes in one m reply
+PAGE = 4096
+EPERM, EFAULT, EINVAL = 0x01, 0x0E, 0x16
+
+
+class PacketError(Exception):
+    """A request the proxy refuses: ``E nn`` (or ``E.message`` when the client takes it)."""
+
+    def __init__(self, message: str, code: int = EPERM, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.code, self.quiet = message, code, quiet
+
+
+class GdbSession:
+    """Answers one connected debugger until it detaches or goes away."""
+
+    def __init__(self, conn: GdbConnection, backend: LiveBackend, layout: TargetDescription,
+                 xml_files: dict[str, str]) -> None:
+        self.conn = conn
+        self.backend = backend
+        self.layout = layout
+        self.xml_files = {name: text.encode() for name, text in xml_files.items()}
+        self.done = False
+        self.error_messages = False  # the client understands E.message
+        self.swbreak = False  # the client understands swbreak:/hwbreak: stop reasons
+        self.current = 0  # the thread of the last stop (gdb id)
+        self.g_thread = 0  # Hg: registers of this thread (0: the current one)
+        self.c_thread = -1  # Hc: s/c of this thread (-1: all, 0: any)
+        self.owned: dict[tuple[int, int], int] = {}  # (Z type, address) -> supervisor bp id
+        self.adopted: set[tuple[int, int]] = set()  # someone else's breakpoint there
+        self.hardware: dict[int, bool] = {}  # supervisor bp id -> a hardware breakpoint
+        self.last_stop = Stop(SIGTRAP)  # what ? reports
+        self._view: ThreadView | None = None
+        self._view_of: Target | None = None
+        self._listed: list[int] = []  # qsThreadInfo continues this list
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._attach()
+            while not self.done:
+                packet = self.conn.receive(0.5)
+                if packet is None:
+                    self._check_guest()
+                    continue
+                reply = self.handle(packet)
+                if reply is not None:
+                    self.conn.send(reply)
+        except ClientGone as exc:
+            log.info("debugger gone: %s", exc)
+        finally:
+            self._cleanup()
+
+    def _attach(self) -> None:
+        """The debugger expects a stopped target: stop the guest (all vCPUs)."""
+        status = self.backend.status()
+        if status.get("state") == "ended":
+            self.done = True
+            return
+        if status.get("state") == "running":
+            self.backend.pause()
+            status = self.backend.status()
+        stop = stop_from_status(status)
+        if stop is not None and stop.exit_reply is None:
+            self.last_stop = stop
+
+    def _check_guest(self) -> None:
+        """While the debugger is idle: notice the guest's end and let it know."""
+        while (event := self.backend.next_event(0.001)) is not None:
+            if event.get("type") == "ended":
+                log.info("the guest has ended: closing the debugger's connection")
+                self.done = True
+                return
+
+    def _cleanup(self) -> None:
+        self._remove_breakpoints()
+        self.backend.release()
+        self.conn.close()
+
+    def _remove_breakpoints(self) -> None:
+        for bp_id in self.owned.values():
+            with contextlib.suppress(UndebugError):
+                self.backend.delete_breakpoint(bp_id)
+        self.owned.clear()
+        self.adopted.clear()
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def handle(self, packet: bytes) -> bytes | None:
+        """The reply to one packet (None: no reply, or it has been sent already)."""
+        text = packet.decode("latin-1")
+        log.debug("<- %s", text[:200])
+        try:
+            reply = self._dispatch(text, packet)
+        except PacketError as exc:
+            reply = self._error(exc)
+        except (ValueError, IndexError, KeyError, OverflowError):
+            reply = self._error(PacketError(f"malformed packet {text[:40]!r}", EINVAL))
+        except UndebugError as exc:
+            reply = self._error(PacketError(exc.message))
+        if reply is not None:
+            log.debug("-> %s", reply[:200].decode("latin-1"))
+        return reply
+
+    def _error(self, exc: PacketError) -> bytes:
+        (log.debug if exc.quiet else log.warning)("%s", exc.message)
+        if self.error_messages:
+            return b"E." + exc.message.encode("utf-8", "backslashreplace")
+        return b"E%02x" % (exc.code & 0xFF)
+
+    def _dispatch(self, text: str, packet: bytes) -> bytes | None:
+        kind = text[:1]
+        if kind == "q":
+            return self._query(text)
+        if text == "QStartNoAckMode":
+            self.conn.send(b"OK")
+            self.conn.no_ack = True
+            return None
+        if kind == "?":
+            return self._report(self.last_stop)
+        if kind == "H":
+            return self._set_thread(text[1:2], parse_thread_id(text[2:]))
+        if kind == "T":
+            return b"OK" if self._views().get(parse_thread_id(text[1:])) else b"E01"
+        if kind == "g":
+            return encode_registers(self._selected().registers, self.layout.registers).encode()
+        if kind == "p":
+            return self._read_register(int(text[1:], 16))
+        if kind in ("G", "P"):
+            return self._refuse_register_write()
+        if kind == "m":
+            return self._read_memory(text[1:])
+        if kind in ("M", "X"):
+            return self._write_memory(kind, packet[1:])
+        if kind in ("Z", "z"):
+            return self._breakpoint(text)
+        if kind in ("c", "C"):
+            return self._resume(None)
+        if kind in ("s", "S"):
+            return self._resume(self.c_thread if self.c_thread > 0 else self.current)
+        if text == "vCont?":
+            return b"vCont;c;C;s;S"
+        if text.startswith("vCont;"):
+            return self._vcont(text[6:])
+        if kind == "D" or text.startswith("vKill"):
+            self._detach()
+            return b"OK"
+        if kind == "k":
+            self._detach()
+            return None
+        return b""  # not supported (vMustReplyEmpty, vFile, QNonStop, ...)
+
+    def _query(self, text: str) -> bytes:
+        name, _, args = text.partition(":")
+        if name == "qSupported":
+            features = args.split(";")
+            self.error_messages = "error-message+" in features
+            self.swbreak = "swbreak+" in features
+            return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read+;"
+                    "QStartNoAckMode+;vContSupported+;swbreak+;hwbreak+").encode()
+        if name == "qXfer" and args.startswith("features:read:"):
+            annex, _, span = args.removeprefix("features:read:").partition(":")
+            if annex not in self.xml_files:
+                raise PacketError(f"no target description file {annex!r}", EINVAL)
+            return _xfer(self.xml_files[annex], span)
+        if name == "qXfer" and args.startswith("threads:read::"):
+            return _xfer(self._views().xml(), args.removeprefix("threads:read::"))
+        if text == "qfThreadInfo":
+            self._listed = [t.gdb_id for t in self._views().threads]
+            return self._more_threads()
+        if text == "qsThreadInfo":
+            return self._more_threads()
+        if text.startswith("qThreadExtraInfo,"):
+            thread = self._thread(parse_thread_id(text.partition(",")[2]))
+            return to_hex_text(f"{thread.name}, {thread.state}")
+        if text == "qC":
+            return b"QC%x" % self._current().gdb_id
+        if name == "qAttached":
+            return b"1"  # so gdb detaches on quit instead of sending k
+        if name == "qSymbol":
+            return b"OK"
+        return b""
+
+    def _more_threads(self) -> bytes:
+        if not self._listed:
+            return b"l"
+        ids: list[str] = []
+        while self._listed and sum(len(i) + 1 for i in ids) < PACKET_SIZE - 64:
+            ids.append(f"{self._listed.pop(0):x}")
+        return ("m" + ",".join(ids)).encode()
+
+    # ---- threads and registers ----------------------------------------------------------
+
+    def _views(self) -> ThreadView:
+        """The threads at this stop, rebuilt whenever the backend reopened its Target."""
+        target = self.backend.target()
+        if self._view is None or self._view_of is not target:
+            self._view, self._view_of = ThreadView.from_target(target), target
+            for warning in self._view.warnings:
+                self.backend.warn_once(warning)
+        return self._view
+
+    def _thread(self, gdb_id: int) -> ProxyThread:
+        thread = self._views().get(gdb_id)
+        if thread is None:
+            raise PacketError(f"no thread {gdb_id} (it may have gone since gdb listed it)")
+        return thread
+
+    def _current(self) -> ProxyThread:
+        view = self._views()
+        thread = view.get(self.current) or view.on_cpu(self.last_stop.cpu)
+        if thread is None:
+            raise PacketError("the guest has no threads and no vCPUs to show")
+        self.current = thread.gdb_id
+        return thread
+
+    def _selected(self) -> ProxyThread:
+        return self._thread(self.g_thread) if self.g_thread > 0 else self._current()
+
+    def _set_thread(self, op: str, gdb_id: int) -> bytes:
+        if gdb_id > 0:
+            self._thread(gdb_id)  # refuse a thread that does not exist
+        if op == "g":
+            self.g_thread = max(gdb_id, 0)
+        elif op == "c":
+            self.c_thread = gdb_id
+        else:
+            raise PacketError(f"unknown H operation {op!r}", EINVAL)
+        return b"OK"
+
+    def _read_register(self, regnum: int) -> bytes:
+        for reg in self.layout.registers:
+            if reg.regnum == regnum:
+                return encode_register(self._selected().registers.get(reg.name), reg).encode()
+        raise PacketError(f"no register number {regnum} in the target description", EINVAL)
+
+    def _refuse_register_write(self) -> bytes:
+        thread = self._selected()
+        if thread.cpu is None:
+            raise PacketError(f"thread {thread.gdb_id} ({thread.name}) is not on a vCPU: its "
+                              "registers are the context it saved in guest memory, which "
+                              "undebug does not rewrite")
+        raise PacketError(f"writing the registers of vCPU {thread.cpu} is not supported yet "
+                          "(the supervisor has no register write)")
+
+    # ---- memory and breakpoints ---------------------------------------------------------
+
+    def _read_memory(self, args: str) -> bytes:
+        address_text, _, length_text = args.partition(",")
+        address, length = int(address_text, 16), min(int(length_text, 16), MAX_MEMORY)
+        target = self.backend.target()
+        try:
+            data = target.read(address, length)
+        except ReadError as exc:
+            data = _read_prefix(target, address, length)
+            if not data:
+                raise PacketError(exc.message, EFAULT, quiet=True) from None
+        return data.hex().encode()
+
+    def _write_memory(self, kind: str, body: bytes) -> bytes:
+        header, colon, payload = body.partition(b":")
+        if not colon:
+            raise ValueError("no ':' in a memory write")
+        address_text, _, length_text = header.decode("ascii").partition(",")
+        address, length = int(address_text, 16), int(length_text, 16)
+        data = bytes.fromhex(payload.decode("ascii")) if kind == "M" else decode(payload)
+        if len(data) != length:
+            raise PacketError(f"memory write of {length} bytes carries {len(data)}", EINVAL)
+        if data:
+            try:
+                self.backend.write_memory(address, data)
+            except SessionError as exc:
+                raise PacketError(exc.message, EFAULT) from None
+        return b"OK"
+
+    def _breakpoint(self, text: str) -> bytes:
+        kind_text, address_text, _ = text[1:].partition(";")[0].split(",")
+        kind, address = int(kind_text), int(address_text, 16)
+        if kind not in (0, 1):
+            return b""  # watchpoints: the supervisor has none yet
+        key = (kind, address)
+        if text[0] == "z":
+            if key in self.owned:
+                self.backend.delete_breakpoint(self.owned.pop(key))
+            self.adopted.discard(key)
+            return b"OK"
+        if key in self.owned or key in self.adopted:
+            return b"OK"
+        symbol = self.backend.target().elf.symbolize(address)
+        location = f"gdb: {symbol}" if symbol else f"gdb: {address:#x}"
+        try:
+            bp = self.backend.insert_breakpoint(address, kind == 1, location)
+        except UsageError as exc:  # one there already (`undebug break`): use it, leave it
+            there = [b for b in self.backend.breakpoints() if b.get("address") == address]
+            if not there:
+                raise PacketError(exc.message) from None
+            self.adopted.add(key)
+            self.hardware[int(there[0]["id"])] = bool(there[0].get("hardware"))
+            return b"OK"
+        self.owned[key] = int(bp["id"])
+        self.hardware[int(bp["id"])] = bool(bp["hardware"])
+        return b"OK"
+
+    # ---- run control --------------------------------------------------------------------
+
+    def _vcont(self, actions: str) -> bytes | None:
+        step: int | None = None
+        for action in actions.split(";"):
+            verb, _, thread = action.partition(":")
+            if verb[:1] in ("s", "S") and step is None:
+                step = parse_thread_id(thread) if thread else -1
+            elif verb[:1] not in ("c", "C"):
+                raise PacketError(f"vCont action {verb!r} is not supported", EINVAL)
+        if step is not None and step <= 0:
+            step = self.c_thread if self.c_thread > 0 else self.current
+        return self._resume(step)
+
+    def _resume(self, step: int | None) -> bytes | None:
+        """Continue the guest (or step the vCPU running thread ``step``) until it stops."""
+        if step is not None:
+            thread = self._thread(step)
+            if thread.cpu is None:
+                return self._refuse_run(
+                    f"thread {thread.gdb_id} ({thread.name}) is {thread.state}, not on a vCPU: "
+                    "only a running thread can be stepped (break where it will run, then "
+                    "continue)")
+            try:
+                return self._report(stop_from_event(self.backend.step(thread.cpu)))
+            except SessionError as exc:
+                return self._refuse_run(exc.message)
+        since = time.time()
+        self.backend.drain_events()
+        try:
+            self.backend.resume()
+        except SessionError as exc:  # a crashed guest cannot run on: it stays stopped
+            stop = stop_from_status(self.backend.status())
+            return self._report(stop) if stop else self._refuse_run(exc.message)
+        return self._report(wait_for_stop(self.backend, self.conn, since))
+
+    def _refuse_run(self, message: str) -> bytes:
+        """Nothing ran: say why on gdb's console, then an error (gdb reports a stop with
+        no signal and stays where it was; a fake stop reply would make it step again)."""
+        self._console(f"undebug: {message}\n")
+        return self._error(PacketError(message))
+
+    def _report(self, stop: Stop) -> bytes:
+        """The stop reply, in the guest thread running on the vCPU that stopped."""
+        if stop.message:
+            self._console(f"undebug: {stop.message}\n")
+        if stop.exit_reply is not None:
+            self.done = True
+            return stop.exit_reply
+        self.last_stop = stop
+        thread = self._views().on_cpu(stop.cpu)
+        if thread is None:
+            return b"S%02x" % stop.signal
+        self.current, self.g_thread = thread.gdb_id, 0
+        reply = f"T{stop.signal:02x}thread:{thread.gdb_id:x};"
+        if thread.cpu is not None:
+            reply += f"core:{thread.cpu:x};"
+        bp = stop.breakpoint
+        if bp is not None and self.swbreak and bp in self.hardware:
+            reply += "hwbreak:;" if self.hardware[bp] else "swbreak:;"
+        return reply.encode()
+
+    def _console(self, text: str) -> None:
+        """Text for the debugger's console (an O packet: only while the target runs)."""
+        self.conn.send(b"O" + to_hex_text(text))
+
+    def _detach(self) -> None:
+        """gdb's detach lets the program run: delete our breakpoints and resume."""
+        self._remove_breakpoints()
+        self.backend.release()
+        status = self.backend.status()
+        if status.get("state") != "ended" and not status.get("outcome"):
+            with contextlib.suppress(SessionError):
+                self.backend.resume()
+        self.done = True
+
+
+def _xfer(data: bytes, span: str) -> bytes:
+    """One ``qXfer`` chunk: ``m`` + data when more follows, ``l`` + data at the end."""
+    offset_text, _, length_text = span.partition(",")
+    offset, length = int(offset_text, 16), int(length_text, 16)
+    chunk = data[offset : offset + min(length, PACKET_SIZE - 64)]
+    return (b"l" if offset + len(chunk) >= len(data) else b"m") + chunk
+
+
+def _read_prefix(target: Target, address: int, length: int) -> bytes:
+    """What can be read from ``address`` up to the first unreadable page."""
+    out = bytearray()
+    while len(out) < length:
+        at = address + len(out)
+        take = min(length - len(out), PAGE - at % PAGE)
+        try:
+            out += target.read(at, take)
+        except ReadError:
+            break
+    return bytes(out)

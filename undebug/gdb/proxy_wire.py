@@ -1,0 +1,162 @@
+"""The server side of the GDB Remote Serial Protocol: one connection from a debugger.
+
+Framing, escaping and checksums come from :mod:`undebug.gdb.packets`; this module adds
+what a server needs on top: acks until the client asks for no-ack mode, retransmitting on
+'-', the bare 0x03 byte a client sends to interrupt a running target, and refusing any
+other client that connects to the listening socket meanwhile (one debugger at a time).
+The client is untrusted: garbage is skipped, an oversized packet is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+from collections import deque
+
+from undebug.gdb.packets import MAX_PACKET, checksum, frame
+
+__all__ = ["ClientGone", "GdbConnection", "parse_thread_id", "to_hex_text"]
+
+log = logging.getLogger("undebug.gdbserver")
+
+INTERRUPT = 0x03
+
+
+class ClientGone(Exception):
+    """The debugger closed the connection (or it broke)."""
+
+
+def parse_thread_id(text: str) -> int:
+    """A thread id as gdb sends it: hex, ``-1`` (all), ``0`` (any) or ``pPID.TID``."""
+    if text.startswith("p"):
+        _, dot, text = text[1:].partition(".")
+        if not dot:
+            return -1  # a whole process: all its threads
+    if text == "-1":
+        return -1
+    value = int(text, 16)
+    if value < 0:
+        raise ValueError(f"bad thread id {text!r}")
+    return value
+
+
+def to_hex_text(text: str) -> bytes:
+    """``text`` hex-encoded as UTF-8 (qThreadExtraInfo, O packets)."""
+    return text.encode("utf-8", "backslashreplace").hex().encode()
+
+
+class GdbConnection:
+    """One debugger's connection: whole packets in, framed packets out."""
+
+    def __init__(self, sock: socket.socket, listener: socket.socket | None = None) -> None:
+        self.sock = sock
+        self.listener = listener  # connections made meanwhile are refused
+        self.no_ack = False
+        self.interrupted = False  # a 0x03 arrived since the last take_interrupt()
+        self.bad_packets = 0
+        self._buffer = bytearray()
+        self._packets: deque[bytes] = deque()
+        self._last_sent = b""
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # ---- receiving ----------------------------------------------------------------------
+
+    def receive(self, timeout: float | None) -> bytes | None:
+        """The next packet's body (escapes not undone); None when ``timeout`` passes."""
+        if not self._packets:
+            self._pump(timeout)
+        return self._packets.popleft() if self._packets else None
+
+    def take_interrupt(self, timeout: float = 0.0) -> bool:
+        """Whether the client sent 0x03 (Ctrl-C in gdb) since the last call."""
+        if not self.interrupted:
+            self._pump(timeout)
+        interrupted, self.interrupted = self.interrupted, False
+        return interrupted
+
+    def _pump(self, timeout: float | None) -> None:
+        """Read what has arrived within ``timeout`` and split it into packets."""
+        watched = [self.sock] if self.listener is None else [self.sock, self.listener]
+        ready, _, _ = select.select(watched, [], [], timeout)
+        if self.listener is not None and self.listener in ready:
+            self._refuse_another()
+        if self.sock not in ready:
+            return
+        try:
+            data = self.sock.recv(65536)
+        except OSError as exc:
+            raise ClientGone(f"connection lost: {exc}") from None
+        if not data:
+            raise ClientGone("the debugger closed the connection")
+        self._buffer += data
+        self._split()
+
+    def _refuse_another(self) -> None:
+        try:
+            other, peer = self.listener.accept() if self.listener else (None, None)
+        except OSError:
+            return
+        if other is not None:
+            log.warning("refused a second debugger (%s): one at a time", peer or "unix socket")
+            other.close()
+
+    def _split(self) -> None:
+        buf = self._buffer
+        while buf:
+            head = buf[0]
+            if head == 0x24:  # '$'
+                end = buf.find(b"#", 1)
+                restart = buf.find(b"$", 1, end if end >= 0 else len(buf))
+                if restart >= 0:  # a packet cut short by the next one: drop the fragment
+                    del buf[:restart]
+                    self.bad_packets += 1
+                    continue
+                if end < 0 or len(buf) < end + 3:
+                    if len(buf) > MAX_PACKET:
+                        log.warning("dropping %d bytes of a packet without an end", len(buf))
+                        buf.clear()
+                        self.bad_packets += 1
+                    return
+                body, sent = bytes(buf[1:end]), bytes(buf[end + 1 : end + 3])
+                del buf[: end + 3]
+                try:
+                    good = int(sent, 16) == checksum(body)
+                except ValueError:
+                    good = False
+                if good:
+                    self._ack(b"+")
+                    self._packets.append(body)
+                else:
+                    self.bad_packets += 1
+                    self._ack(b"-")  # the client sends it again
+            elif head == INTERRUPT:
+                self.interrupted = True
+                del buf[0]
+            elif head == 0x2D:  # '-': our last packet arrived damaged
+                del buf[0]
+                if not self.no_ack and self._last_sent:
+                    self._write(self._last_sent)
+            else:  # '+' acks, or noise between packets
+                del buf[0]
+
+    def _ack(self, ack: bytes) -> None:
+        if not self.no_ack:
+            self._write(ack)
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def send(self, payload: bytes) -> None:
+        """Send one packet ('#', '$', '}' and '*' are escaped, so binary data is fine)."""
+        self._last_sent = frame(payload)
+        self._write(self._last_sent)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ClientGone(f"connection lost: {exc}") from None
