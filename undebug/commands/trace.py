@@ -3,19 +3,20 @@
 ``SOURCE`` is a recorded file (a path that exists) or a live guest's name, whose stream
 its supervisor records in the session directory as it arrives. Names and arguments come
 from the ELF's ``undebug_tracepoints`` section, only when its build-id is the stream's.
-Guest text (thread names, panic and log messages, tracepoint names) is escaped.
+Guest text (thread names, panic and log messages, tracepoint names) is escaped. What
+``show`` and ``stats`` print is made in tracers/report.py; this module parses arguments,
+opens the source and does the I/O.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from undebug.commands import command
 from undebug.errors import UsageError
@@ -25,10 +26,7 @@ from undebug.text import escape
 if TYPE_CHECKING:
     from tracers.channel import FileChannel
     from tracers.decode import Decoded, Session
-    from tracers.metadata import Tracepoint, Tracepoints
-    from tracers.model import TraceModel
-
-_LEVELS = {0: "error", 1: "warning", 2: "info", 3: "debug"}
+    from tracers.metadata import Tracepoints
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -286,160 +284,9 @@ def _record(args: argparse.Namespace) -> Report:
 
 # ---- show ------------------------------------------------------------------------------
 
-def _signed(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _format_value(kind: int, value: int) -> str:
-    if kind == 2:
-        return str(_signed(value))
-    if kind == 3:
-        return f"{value:#x}"
-    if kind == 4:
-        return "true" if value else "false"
-    if kind == 5:
-        return repr(escape(chr(value & 0xFF)))
-    if kind == 1:
-        return str(value)
-    return f"{value:#x}"
-
-
-def _event_args(tp: Tracepoint | None, words: list[int]) -> dict[str, str]:
-    if tp is None:
-        return {f"a{i}": f"{w:#x}" for i, w in enumerate(words)}
-    out = {}
-    for i in range(tp.nargs):
-        value = words[i] if i < len(words) else 0
-        out[escape(tp.arg_names[i] if i < len(tp.arg_names) else f"arg{i}")] = \
-            _format_value(tp.arg_types[i] if i < len(tp.arg_types) else 0, value)
-    return out
-
-
-class _Printer:
-    """Turns decoded batches into lines (and JSON events), keeping what spans across
-    batches: thread names, open spans, sessions already announced."""
-
-    def __init__(self, tracepoints: Tracepoints | None, filters: list[str] | None,
-                 names: dict[int, bytes] | None = None) -> None:
-        self.tracepoints = tracepoints
-        self.filters = filters or []
-        self.names: dict[int, bytes] = dict(names or {})
-        self.open: dict[tuple[int, int, str], list[int]] = {}
-        self.announced = 0
-        self.events: list[dict[str, Any]] = []
-
-    def wanted(self, name: str) -> bool:
-        if not self.filters:
-            return name != "sync"
-        return any(fnmatch.fnmatchcase(name, f) for f in self.filters)
-
-    def thread(self, tid: int) -> str:
-        name = self.names.get(tid)
-        return escape(name) if name else f"tid {tid}"
-
-    def session_line(self, s: Session) -> str:
-        h = s.header
-        build = h.build_id.hex() or "none"
-        return (f"-- session {s.index} at offset {s.offset}: {h.cpu_count} CPU(s), tsc "
-                f"{h.tsc_hz / 1e9:.3f} GHz, {h.transport_name}, build-id {build} --")
-
-    def lines(self, decoded: Decoded, model: TraceModel, *, collect: bool = False) -> list[str]:
-        from tracers.decode import (
-            ID_FAULT,
-            ID_LOG_STR,
-            ID_LOST,
-            ID_PANIC,
-            ID_SYNC,
-            ID_THREAD_NAME,
-            ID_THREAD_SWITCH,
-        )
-        from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END
-
-        r = decoded.records
-        out: list[str] = []
-        damage: dict[int, list[str]] = {}
-        for d in decoded.damage:
-            damage.setdefault(d.record_index, []).append(
-                f"-- damage at offset {d.offset}: {d.skipped} bytes skipped "
-                f"({escape(d.reason)}); decoding goes on --")
-        ns = model.ns_since_boot
-        hz = {s.index: s.header.tsc_hz for s in decoded.sessions}
-        for i in model.order.tolist():
-            index = r.start + i
-            session = int(r.session[i])
-            while self.announced <= session and self.announced < len(decoded.sessions):
-                out.append(self.session_line(decoded.sessions[self.announced]))
-                self.announced += 1
-            out += damage.pop(index, [])
-            ident, cpu, tid = int(r.id[i]), int(r.cpu[i]), int(r.tid[i])
-            words = [int(w) for w in r.args[i, : min(r.args.shape[1], 2 * (int(r.nslots[i]) - 1))]]
-            text = r.strings.get(index, b"")
-            tp = self.tracepoints.get(ident) if self.tracepoints else None
-            name = model.tracepoint_name(ident)
-            detail = ""
-            if ident == ID_THREAD_NAME and words:
-                self.names[words[0] & 0xFFFF] = text
-                detail = f"tid={words[0]} name={escape(text)}"
-            elif ident == ID_LOST and len(words) >= 2:
-                detail = f"{words[0]} record(s) lost (seq {words[1]}..{words[1] + words[0] - 1})"
-            elif ident == ID_SYNC and len(words) >= 4:
-                detail = f"seq={words[2]} lost_total={words[3]}"
-            elif ident == ID_THREAD_SWITCH and len(words) >= 2:
-                detail = f"{self.thread(words[0] & 0xFFFF)} -> {self.thread(words[1] & 0xFFFF)}"
-            elif ident == ID_FAULT and len(words) >= 4:
-                detail = (f"vector={words[0]} error={words[1]:#x} rip={words[2]:#x} "
-                          f"addr={words[3]:#x}")
-            elif ident == ID_PANIC:
-                detail = escape(text)
-            elif ident == ID_LOG_STR and words:
-                detail = f"{_LEVELS.get(words[0], str(words[0]))}: {escape(text)}"
-            args = _event_args(tp, words) if ident < 0xFF00 else {}
-            if args:
-                detail = " ".join(f"{k}={v}" for k, v in args.items())
-            if tp is not None and tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END):
-                key = (session, tid, tp.name)
-                if tp.kind == KIND_SPAN_BEGIN:
-                    self.open.setdefault(key, []).append(int(r.tsc[i]))
-                    name = f"begin {tp.name}"
-                elif self.open.get(key):
-                    began = self.open[key].pop()
-                    took = (int(r.tsc[i]) - began) * 1e3 / hz.get(session, 1)  # ms
-                    name = f"end {tp.name}"
-                    detail = f"{detail} ({took:.3f} ms)".strip()
-                else:
-                    name = f"end {tp.name}"
-                    detail = f"{detail} (no begin in the trace)".strip()
-            if not self.wanted(model.tracepoint_name(ident) if tp is None else tp.name):
-                continue
-            seconds = int(ns[i]) / 1e9
-            out.append(f"{seconds:16.9f}  cpu{cpu:<3} {self.thread(tid):<16} "
-                       f"{escape(name)}  {detail}".rstrip())
-            if collect:
-                self.events.append({
-                    "index": index, "session": session, "time_ns": int(ns[i]), "tsc": int(r.tsc[i]),
-                    "cpu": cpu, "seq": int(r.seq[i]), "tid": tid,
-                    "thread": self.names[tid].decode("utf-8", "backslashreplace")
-                    if tid in self.names else None,
-                    "id": ident, "tracepoint": name, "args": args or None, "words": words,
-                    "text": text.decode("utf-8", "backslashreplace") if text else None})
-        while self.announced < len(decoded.sessions):
-            out.append(self.session_line(decoded.sessions[self.announced]))
-            self.announced += 1
-        for rest in damage.values():
-            out += rest
-        if decoded.truncated:
-            t = decoded.truncated
-            out.append(f"-- the stream ends inside a record: {t.size} bytes at offset "
-                       f"{t.offset} were never completed --")
-        return out
-
-    def unterminated(self) -> list[str]:
-        return [f"-- span {escape(name)} on {self.thread(tid)} (session {s}) was never ended "
-                f"({len(stack)} open) --" for (s, tid, name), stack in self.open.items() if stack]
-
-
 def _show(args: argparse.Namespace) -> Report:
     from tracers.model import TraceModel
+    from tracers.report import EventPrinter, damage_warnings, show_json
 
     if args.follow:
         if args.json:
@@ -450,14 +297,11 @@ def _show(args: argparse.Namespace) -> Report:
         return _follow(args)
     loaded = _load(args)
     model = TraceModel(loaded.decoded, loaded.tracepoints)
-    printer = _Printer(loaded.tracepoints, args.filter, model.thread_names)
-    lines = printer.lines(loaded.decoded, model, collect=args.json)
+    printer = EventPrinter(loaded.tracepoints, args.filter, model.thread_names)
+    lines = printer.lines(model, collect=args.json)
     lines += printer.unterminated()
-    warnings = loaded.warnings + loaded.decoded.warnings + _damage_warnings(loaded.decoded)
-    data = {"source": loaded.label, "sessions": _sessions_json(loaded.decoded),
-            "events": printer.events, "damage": _damage_json(loaded.decoded),
-            "truncated": _truncated_json(loaded.decoded),
-            "spans": [_span_json(s, loaded.decoded) for s in model.spans]}
+    warnings = loaded.warnings + loaded.decoded.warnings + damage_warnings(loaded.decoded)
+    data = show_json(loaded.label, model, printer.events)
     return Report(data=data, warnings=warnings, render=lambda: lines)
 
 
@@ -465,13 +309,14 @@ def _follow(args: argparse.Namespace) -> Report:
     from tracers.decode import StreamDecoder
     from tracers.metadata import for_stream
     from tracers.model import TraceModel
+    from tracers.report import EventPrinter
 
     warnings: list[str] = []
     tps_all = _tracepoints(args, warnings)
     for w in warnings:
         sys.stderr.write(f"warning: {escape(w)}\n")
     decoder: StreamDecoder | None = None
-    printer: _Printer | None = None
+    printer: EventPrinter | None = None
     checked = False
     try:
         with _channel(args.source) as channel:
@@ -489,13 +334,13 @@ def _follow(args: argparse.Namespace) -> Report:
                     for w in notes:
                         sys.stderr.write(f"warning: {escape(w)}\n")
                     decoder = StreamDecoder(usable.count if usable else None)
-                    printer = _Printer(usable, args.filter)
+                    printer = EventPrinter(usable, args.filter)
                 assert printer is not None
                 batch = decoder.feed(chunk) if chunk else decoder.finish()
                 if not checked and batch.problem and not batch.sessions:
                     raise UsageError(f"{channel.path}: {batch.problem}")
                 checked = checked or bool(batch.sessions)
-                for line in printer.lines(batch, TraceModel(batch, printer.tracepoints)):
+                for line in printer.lines(TraceModel(batch, printer.tracepoints)):
                     sys.stdout.write(line + "\n")
                 sys.stdout.flush()
                 for w in batch.warnings:
@@ -512,97 +357,12 @@ def _follow(args: argparse.Namespace) -> Report:
 
 # ---- stats -----------------------------------------------------------------------------
 
-def _damage_warnings(decoded: Decoded) -> list[str]:
-    if not decoded.damage:
-        return []
-    return [f"{len(decoded.damage)} damaged region(s), {decoded.damaged_bytes} bytes skipped"]
-
-
-def _sessions_json(decoded: Decoded) -> list[dict[str, Any]]:
-    return [{"index": s.index, "offset": s.offset, "cpu_count": s.header.cpu_count,
-             "tsc_hz": s.header.tsc_hz, "boot_tsc": s.header.boot_tsc,
-             "build_id": s.header.build_id.hex(), "transport": s.header.transport_name,
-             "first_record": s.first_record} for s in decoded.sessions]
-
-
-def _damage_json(decoded: Decoded) -> list[dict[str, Any]]:
-    return [{"offset": d.offset, "skipped": d.skipped, "record_index": d.record_index,
-             "reason": d.reason} for d in decoded.damage]
-
-
-def _truncated_json(decoded: Decoded) -> dict[str, int] | None:
-    t = decoded.truncated
-    return None if t is None else {"offset": t.offset, "bytes": t.size}
-
-
-def _span_json(span: Any, decoded: Decoded) -> dict[str, Any]:
-    return {"name": span.name, "session": span.session, "tid": span.tid, "depth": span.depth,
-            "begin": span.begin, "end": span.end, "unterminated": span.unterminated}
-
-
 def _stats(args: argparse.Namespace) -> Report:
     from tracers.model import TraceModel
+    from tracers.report import damage_warnings, trace_stats
 
     loaded = _load(args)
-    model = TraceModel(loaded.decoded, loaded.tracepoints)
-    names = model.thread_names
-    events = int(model.is_event.sum())
-    duration = model.duration_s()
-    tps = loaded.tracepoints
-    tracepoints: list[dict[str, Any]] = [
-        {"id": i, "name": model.tracepoint_name(i), "count": c,
-         "kind": tp.kind_name if tps and (tp := tps.get(i)) else None}
-        for i, c in sorted(model.counts_by_tracepoint().items(), key=lambda x: -x[1])]
-    threads: list[dict[str, Any]] = [
-        {"tid": t, "name": names[t].decode("utf-8", "backslashreplace") if t in names else None,
-         "count": c} for t, c in sorted(model.counts_by_thread().items(), key=lambda x: -x[1])]
-    loss: list[dict[str, Any]] = [
-        {"session": x.session, "cpu": x.cpu, "records": x.records, "lost_gaps": x.gaps,
-             "lost_records": x.lost_records, "agree": x.agree, "damage_gaps": x.damage_gaps,
-             "lost_before_base": x.lost_before_base, "guest_lost_total": x.guest_lost_total}
-            for x in model.loss()]
-    spans = model.spans
-    warnings = loaded.warnings + loaded.decoded.warnings + _damage_warnings(loaded.decoded)
-    warnings += [f"session {x['session']} cpu {x['cpu']}: sequence gaps ({x['lost_gaps']}) "
-                 f"and LOST records ({x['lost_records']}) disagree" for x in loss
-                 if not x["agree"]]
-    data: dict[str, Any] = {"source": loaded.label, "sessions": _sessions_json(loaded.decoded),
-            "records": len(loaded.decoded.records), "events": events,
-            "duration_s": round(duration, 9),
-            "rate_per_s": round(events / duration, 1) if duration > 0 else None,
-            "tracepoints": tracepoints, "threads": threads, "loss": loss,
-            "spans": {"count": len(spans), "unterminated": sum(s.unterminated for s in spans),
-                      "unmatched_ends": len(model.unmatched_ends)},
-            "damage": _damage_json(loaded.decoded),
-            "damaged_bytes": loaded.decoded.damaged_bytes,
-            "truncated": _truncated_json(loaded.decoded)}
-
-    def render() -> list[str]:
-        lines = [f"{escape(loaded.label)}: {data['records']} records, {events} events in "
-                 f"{len(data['sessions'])} session(s), {duration:.6f} s"
-                 + (f", {data['rate_per_s']:.0f} events/s" if data["rate_per_s"] else "")]
-        lines.append("events per tracepoint:")
-        lines += [f"  {t['count']:>12}  {escape(t['name'])}"
-                  + (f" [{t['kind']}]" if t["kind"] not in (None, "event") else "")
-                  for t in tracepoints] or ["  (none)"]
-        lines.append("events per thread:")
-        lines += [f"  {t['count']:>12}  {escape(t['name']) if t['name'] else 'tid ' + str(t['tid'])}"
-                  for t in threads] or ["  (none)"]
-        lines.append("loss per CPU (host: sequence gaps; guest: LOST records):")
-        lines += [f"  session {x['session']} cpu {x['cpu']:<3} records {x['records']:>10}  "
-                  f"gaps {x['lost_gaps']:>8}  LOST {x['lost_records']:>8}  "
-                  f"{'agree' if x['agree'] else 'DISAGREE'}"
-                  + (f"  damage gaps {x['damage_gaps']}" if x["damage_gaps"] else "")
-                  for x in loss] or ["  (no records)"]
-        sp = data["spans"]
-        lines.append(f"spans: {sp['count']} ({sp['unterminated']} unterminated, "
-                     f"{sp['unmatched_ends']} ends without a begin)")
-        lines.append(f"damage: {len(data['damage'])} region(s), {data['damaged_bytes']} bytes "
-                     "skipped" + "".join(f"\n  offset {d['offset']}: {d['skipped']} bytes "
-                                         f"({escape(d['reason'])})" for d in data["damage"]))
-        if data["truncated"]:
-            lines.append(f"truncated: the last {data['truncated']['bytes']} bytes (offset "
-                         f"{data['truncated']['offset']}) are an incomplete record")
-        return lines
-
-    return Report(data=data, warnings=warnings, render=render)
+    stats = trace_stats(loaded.label, TraceModel(loaded.decoded, loaded.tracepoints))
+    warnings = loaded.warnings + loaded.decoded.warnings + damage_warnings(loaded.decoded)
+    warnings += stats.warnings()
+    return Report(data=stats.data, warnings=warnings, render=stats.lines)

@@ -117,6 +117,10 @@ class LiveBackend:
     def breakpoints(self) -> list[dict[str, Any]]:
         return list(self.status().get("breakpoints") or [])
 
+    def write_registers(self, cpu: int, values: dict[str, int]) -> None:
+        self.client.call("write_registers", cpu=cpu, registers=values)
+        self.release()
+
     def write_memory(self, address: int, data: bytes) -> None:
         self.client.call("write_memory", address=address,
                          data=base64.b64encode(data).decode())

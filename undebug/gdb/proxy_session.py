@@ -162,7 +162,7 @@ class GdbSession:
         if kind == "p":
             return self._read_register(int(text[1:], 16))
         if kind in ("G", "P"):
-            return self._refuse_register_write()
+            return self._write_registers(kind, text[1:])
         if kind == "m":
             return self._read_memory(text[1:])
         if kind in ("M", "X"):
@@ -269,14 +269,35 @@ class GdbSession:
                 return encode_register(self._selected().registers.get(reg.name), reg).encode()
         raise PacketError(f"no register number {regnum} in the target description", EINVAL)
 
-    def _refuse_register_write(self) -> bytes:
+    def _write_registers(self, kind: str, args: str) -> bytes:
+        """``P n=value`` or ``G`` (all registers): only for a thread on a vCPU."""
         thread = self._selected()
         if thread.cpu is None:
             raise PacketError(f"thread {thread.gdb_id} ({thread.name}) is not on a vCPU: its "
                               "registers are the context it saved in guest memory, which "
                               "undebug does not rewrite")
-        raise PacketError(f"writing the registers of vCPU {thread.cpu} is not supported yet "
-                          "(the supervisor has no register write)")
+        values: dict[str, int] = {}
+        if kind == "P":
+            number, _, data = args.partition("=")
+            reg = next((r for r in self.layout.registers if r.regnum == int(number, 16)), None)
+            if reg is None:
+                raise PacketError(f"no register number {number} in the target description",
+                                  EINVAL)
+            values[reg.name] = int.from_bytes(bytes.fromhex(data), "little")
+        else:
+            needed = sum((reg.bitsize + 7) // 8 * 2 for reg in self.layout.registers)
+            if len(args) != needed:
+                raise PacketError(f"G packet has {len(args)} hex digits; the target "
+                                  f"description needs {needed}", EINVAL)
+            at = 0
+            for reg in self.layout.registers:
+                width = (reg.bitsize + 7) // 8 * 2
+                chunk = args[at : at + width]
+                at += width
+                if len(chunk) == width and "x" not in chunk:
+                    values[reg.name] = int.from_bytes(bytes.fromhex(chunk), "little")
+        self.backend.write_registers(thread.cpu, values)
+        return b"OK"
 
     # ---- memory and breakpoints ---------------------------------------------------------
 

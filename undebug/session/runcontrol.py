@@ -203,6 +203,27 @@ class RunControl(ABC):
         self.broadcast({"type": "stopped", **self.last_stop})
         return self.last_stop
 
+    async def write_registers(self, cpu: int, values: dict[str, int]) -> None:
+        """Set registers of vCPU ``cpu`` of a stopped guest (a debugger's ``set $rax``)."""
+        async with self._lock:
+            rsp = self._check_alive()
+            if self.running:
+                raise RequestError(ErrorCode.BAD_REQUEST, "the guest is running: stop it first")
+            if not 0 <= cpu < len(self._vcpus):
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"no vCPU {cpu}: the guest has {len(self._vcpus)}")
+            tdesc = await self._stub(rsp.target_description)
+            await self._stub(rsp.select_thread, self._vcpus[cpu], "g")
+            for name, value in values.items():
+                try:
+                    reg = tdesc.find(name)
+                except KeyError:
+                    raise RequestError(ErrorCode.BAD_REQUEST, f"no register {name!r}") from None
+                size = (reg.bitsize + 7) // 8
+                data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little").hex()
+                await self._stub(rsp.command, f"P{reg.regnum:x}={data}")
+            self.run_token += 1  # what clients cached is stale now
+
     async def insert_breakpoint(self, address: int, hardware: bool, location: str) -> Breakpoint:
         async with self.paused() as rsp:
             if self.breakpoints.at(address) is not None:

@@ -88,6 +88,16 @@ class ControlServer:
                 raise RequestError(ErrorCode.BAD_REQUEST, "data must be base64") from None
             await guest.write_memory(address, data)
             return {"address": address, "size": len(data)}
+        if op == "write_registers":
+            cpu = _int_arg(args, "cpu", 0, 4095)
+            values = args.get("registers")
+            if not isinstance(values, dict) or not all(
+                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                    and v >= 0 for k, v in values.items()):
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   "registers must map names to non-negative integers")
+            await guest.write_registers(cpu, values)
+            return {"cpu": cpu}
         if op == "target_xml":
             return {"files": await guest.target_xml()}
         if op == "kill":
