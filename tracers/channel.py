@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tracers.decode import HEADER_SIZE, MAGIC, SLOT, StreamHeader
+from tracers.format import HEADER_SIZE, MAGIC, SLOT, StreamHeader
 from undebug.errors import UsageError
 
 if TYPE_CHECKING:

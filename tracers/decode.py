@@ -1,13 +1,14 @@
 """Decode an undebug trace stream (tracers/FORMAT.md, version 1) into columns.
 
 The stream is untrusted: any bytes decode without an exception or a hang. Two paths share
-one state machine (:class:`StreamDecoder`): a vectorised fast path (numpy views over the
-16-byte slots; uniform runs of records are read as strided structured arrays, mixed runs
-are walked over the ``nslots`` bytes only and gathered) and a careful per-record path,
-which takes over at every record the fast path will not accept: a repeated stream
-header, the end of the data, or damage. Damage is skipped exactly as FORMAT.md section 4
-says (byte-by-byte scan for a SYNC pattern, the stream magic, or a confirmed header) and
-each region is reported as (offset, bytes skipped).
+one state machine (:class:`StreamDecoder`, here): a vectorised fast path
+(tracers/fastpath.py: numpy views over the 16-byte slots; uniform runs of records are read
+as strided structured arrays, mixed runs are walked over the ``nslots`` bytes only and
+gathered) and a careful per-record path, here, which takes over at every record the fast
+path will not accept: a repeated stream header, the end of the data, or damage. Damage is
+skipped exactly as FORMAT.md section 4 says (byte-by-byte scan for a SYNC pattern, the
+stream magic, or a confirmed header) and each region is reported as (offset, bytes
+skipped). The layout is in tracers/format.py, the output types in tracers/records.py.
 
 ``decode(data)`` decodes a whole buffer; ``StreamDecoder.feed()`` decodes a growing one
 (``--follow``): a record cut at the end waits for more bytes, ``finish()`` reports it.
@@ -17,236 +18,46 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-__all__ = ["ID_FAULT", "ID_LOG_STR", "ID_LOST", "ID_PANIC", "ID_SYNC", "ID_THREAD_NAME",
-           "ID_THREAD_SWITCH", "MAGIC", "RESERVED_NAMES", "SLOT_DTYPE", "SYNC_W0", "SYNC_W1",
-           "Damage", "Decoded", "Records", "Session", "StreamDecoder", "StreamHeader",
-           "Truncation", "decode", "decode_file", "record_dtype"]
+from tracers.fastpath import read_fast
+from tracers.format import (
+    HEADER_SIZE,
+    ID_FAULT,
+    ID_INVALID,
+    ID_LOG_STR,
+    ID_LOST,
+    ID_PANIC,
+    ID_SYNC,
+    ID_THREAD_NAME,
+    ID_THREAD_SWITCH,
+    MAGIC,
+    MAGIC_BYTES,
+    MAX_ARGS,
+    MAX_SLOTS,
+    RESERVED_FIRST,
+    RESERVED_SLOTS,
+    SLOT,
+    SLOT_STRUCT,
+    STRING_IDS,
+    SYNC_PATTERN,
+    SYNC_W0,
+    SYNC_W1,
+    TSC_WINDOW_S,
+    Data,
+    StreamHeader,
+    record_dtype,
+)
+from tracers.records import Columns, Damage, Decoded, Records, Session, Truncation
 
-MAGIC = 0x4543415254424455  # "UDBTRACE"
-MAGIC_BYTES = b"UDBTRACE"
-VERSION = 1
-HEADER_SIZE = 80
-SLOT = 16
-MAX_SLOTS = 16
-MAX_ARGS = 6
-SYNC_W0 = 0x434E595347424455  # "UDBGSYNC"
-SYNC_W1 = SYNC_W0 ^ 0xFFFF_FFFF_FFFF_FFFF
-SYNC_PATTERN = struct.pack("<QQ", SYNC_W0, SYNC_W1)
-TSC_WINDOW_S = 600  # a record may be at most 10 minutes newer than the newest good one
-U64_MAX = (1 << 64) - 1
-
-ID_SYNC, ID_LOST, ID_THREAD_NAME, ID_THREAD_SWITCH = 0xFF00, 0xFF01, 0xFF02, 0xFF03
-ID_FAULT, ID_PANIC, ID_LOG_STR = 0xFF04, 0xFF05, 0xFF06
-RESERVED_FIRST, ID_INVALID = 0xFF00, 0xFFFF
-RESERVED_NAMES = {ID_SYNC: "sync", ID_LOST: "lost", ID_THREAD_NAME: "thread_name",
-                  ID_THREAD_SWITCH: "thread_switch", ID_FAULT: "fault", ID_PANIC: "panic",
-                  ID_LOG_STR: "log_str"}
-# nslots allowed per known reserved id (FORMAT.md section 3)
-_RESERVED_SLOTS = {ID_SYNC: (3, 3), ID_LOST: (2, 2), ID_THREAD_NAME: (2, 4),
-                   ID_THREAD_SWITCH: (2, 2), ID_FAULT: (3, 3), ID_PANIC: (2, 9),
-                   ID_LOG_STR: (2, 9)}
-_STRING_IDS = (ID_THREAD_NAME, ID_PANIC, ID_LOG_STR)
-
-SLOT_DTYPE = np.dtype([("tsc", "<u8"), ("id", "<u2"), ("cpu", "u1"), ("nslots", "u1"),
-                       ("seq", "<u2"), ("tid", "<u2")])
-_HEADER = struct.Struct("<QHHIQQHBBHH32sQ")
-_SLOT = struct.Struct("<QHBBHH")
-_TRANSPORTS = {0: "memory", 1: "virtio-serial", 2: "uart", 3: "debugcon"}
-
-
-def record_dtype(k: int) -> np.dtype[Any]:
-    """A record of ``k`` slots as one structured item: header fields plus payload words."""
-    names = ["tsc", "id", "cpu", "nslots", "seq", "tid"]
-    formats: list[Any] = ["<u8", "<u2", "u1", "u1", "<u2", "<u2"]
-    offsets = [0, 8, 10, 11, 12, 14]
-    if k > 1:
-        names.append("w")
-        formats.append(("<u8", (2 * (k - 1),)))
-        offsets.append(16)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": SLOT * k})
-
-
-_RECORD_DTYPES = [SLOT_DTYPE] + [record_dtype(k) for k in range(1, MAX_SLOTS + 1)]
-
-
-@dataclass(frozen=True)
-class StreamHeader:
-    """The 80-byte stream header (FORMAT.md section 1)."""
-
-    version: int
-    header_size: int
-    flags: int
-    tsc_hz: int
-    boot_tsc: int
-    cpu_count: int
-    transport: int
-    max_slots: int
-    ring_count: int
-    build_id: bytes
-    header_tsc: int
-
-    @property
-    def streaming(self) -> bool:
-        return bool(self.flags & 1)
-
-    @property
-    def transport_name(self) -> str:
-        return _TRANSPORTS.get(self.transport, f"transport {self.transport}")
-
-    @classmethod
-    def parse(cls, data: bytes) -> StreamHeader | str:
-        """The header in ``data`` (at least 80 bytes), or why it is not a valid one."""
-        (magic, version, size, flags, hz, boot, cpus, id_len, transport, max_slots, rings,
-         build_id, header_tsc) = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            return "no UDBTRACE magic"
-        if version != VERSION:
-            return f"trace format version {version} (this undebug reads version {VERSION})"
-        if size < HEADER_SIZE or size % SLOT or size > 4096:
-            return f"bad header_size {size}"
-        if not 1 <= cpus <= 256:
-            return f"bad cpu_count {cpus}"
-        if id_len > 32:
-            return f"bad build_id_len {id_len}"
-        if hz == 0:
-            return "tsc_hz is 0"
-        if not 1 <= max_slots <= MAX_SLOTS:
-            return f"bad max_slots {max_slots}"
-        return cls(version, size, flags, hz, boot, cpus, transport, max_slots, rings,
-                   bytes(build_id[:id_len]), header_tsc)
-
-
-@dataclass(frozen=True)
-class Session:
-    """One stream header and the records after it, up to the next header."""
-
-    index: int
-    header: StreamHeader
-    offset: int  # byte offset of the header in the stream
-    first_record: int  # index of its first record
-
-
-@dataclass(frozen=True)
-class Damage:
-    """Bytes the decoder could not read as records and skipped."""
-
-    offset: int
-    skipped: int
-    record_index: int  # index of the first record decoded after it
-    reason: str
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """The stream ends inside a record or header: those bytes were never completed."""
-
-    offset: int
-    size: int
-
-
-_U64 = npt.NDArray[np.uint64]
-
-
-@dataclass(frozen=True)
-class Records:
-    """Decoded records as columns, in stream order. ``args`` is (n, A) with A <= 6 payload
-    words per record (0 where a record has fewer); ``strings`` holds the string payload of
-    THREAD_NAME, PANIC and LOG_STR records, by record index."""
-
-    tsc: _U64
-    id: npt.NDArray[np.uint16]
-    cpu: npt.NDArray[np.uint8]
-    nslots: npt.NDArray[np.uint8]
-    seq: npt.NDArray[np.uint16]
-    tid: npt.NDArray[np.uint16]
-    session: npt.NDArray[np.uint32]
-    args: _U64
-    strings: dict[int, bytes] = field(default_factory=dict)
-    start: int = 0  # index of the first record in the whole stream
-
-    def __len__(self) -> int:
-        return int(self.tsc.shape[0])
-
-    @classmethod
-    def empty(cls) -> Records:
-        return _Columns(0).finish(0, [], 0)
-
-    @classmethod
-    def concat(cls, parts: list[Records]) -> Records:
-        """Consecutive pieces (from ``StreamDecoder.feed``) as one."""
-        parts = [p for p in parts if len(p)] or parts[:1]
-        if not parts:
-            return cls.empty()
-        width = max(p.args.shape[1] for p in parts)
-        args = np.zeros((sum(len(p) for p in parts), width), np.uint64)
-        at = 0
-        for p in parts:
-            args[at : at + len(p), : p.args.shape[1]] = p.args
-            at += len(p)
-        strings: dict[int, bytes] = {}
-        for p in parts:
-            strings.update(p.strings)
-        def cat(name: str) -> Any:
-            return np.concatenate([getattr(p, name) for p in parts])
-
-        return cls(cat("tsc"), cat("id"), cat("cpu"), cat("nslots"), cat("seq"), cat("tid"),
-                   cat("session"), args, strings, parts[0].start)
-
-
-@dataclass
-class Decoded:
-    """What one decode (or one ``feed``) produced."""
-
-    records: Records
-    sessions: list[Session]  # every session started so far
-    damage: list[Damage]
-    warnings: list[str]
-    truncated: Truncation | None = None
-    problem: str | None = None  # set when the data is not an undebug trace at all
-    size: int = 0  # bytes decoded (or skipped) so far
-
-    @property
-    def damaged_bytes(self) -> int:
-        return sum(d.skipped for d in self.damage)
-
-
-class _Columns:
-    """Output arrays, allocated for the most records the data can hold. ``np.zeros`` is
-    calloc: pages of argument columns no record uses are never touched."""
-
-    def __init__(self, capacity: int) -> None:
-        self.tsc = np.empty(capacity, np.uint64)
-        self.id = np.empty(capacity, np.uint16)
-        self.cpu = np.empty(capacity, np.uint8)
-        self.nslots = np.empty(capacity, np.uint8)
-        self.seq = np.empty(capacity, np.uint16)
-        self.tid = np.empty(capacity, np.uint16)
-        self.args = np.zeros((MAX_ARGS, capacity), np.uint64)
-        self.n = 0
-        self.width = 0  # payload words used by the widest record
-        self.strings: dict[int, bytes] = {}
-
-    def finish(self, start: int, session_starts: list[tuple[int, int]], last_session: int) \
-            -> Records:
-        n = self.n
-        session = np.empty(n, np.uint32)
-        session[:] = max(last_session, 0)
-        for index, first in session_starts:  # (session, its first record here), in order
-            session[max(first - start, 0):] = index
-        return Records(self.tsc[:n], self.id[:n], self.cpu[:n], self.nslots[:n],
-                       self.seq[:n], self.tid[:n], session, self.args[: self.width, :n].T,
-                       self.strings, start)
-
-
-Data = bytes | mmap.mmap
+__all__ = ["StreamDecoder", "decode", "decode_file"]
+# defined in tracers/format.py and tracers/records.py; imported from here by the tests,
+# bench/decode.py and undebug/commands/trace.py since before the split
+__all__ += ["ID_FAULT", "ID_LOG_STR", "ID_LOST", "ID_PANIC", "ID_SYNC", "ID_THREAD_NAME",
+            "ID_THREAD_SWITCH", "MAGIC", "SYNC_W0", "SYNC_W1", "Decoded", "Records", "Session",
+            "StreamHeader", "record_dtype"]
 
 
 class StreamDecoder:
@@ -276,7 +87,7 @@ class StreamDecoder:
         self._damage_reason = ""
         self._scan_from = 0
         self._unknown: dict[int, int] = {}
-        self._out = _Columns(0)
+        self._out = Columns(0)
         self._new_sessions: list[tuple[int, int]] = []
         self._truncated: Truncation | None = None
 
@@ -299,7 +110,7 @@ class StreamDecoder:
 
     def _run(self, data: Data, *, final: bool) -> Decoded:
         n = len(data)
-        self._out = out = _Columns(n // SLOT + 1)
+        self._out = out = Columns(n // SLOT + 1)
         self._folded = 0
         self._new_sessions = []
         warnings_before = len(self.warnings)
@@ -377,7 +188,7 @@ class StreamDecoder:
         tail = data[consumed:n] if not final else b""
         self._pending = bytes(tail)
         self._base = base + consumed
-        self._out = _Columns(0)
+        self._out = Columns(0)
         return Decoded(records, list(self.sessions), self.damage[damage_before:],
                        self.warnings[warnings_before:], self._truncated, self.problem,
                        self._base)
@@ -482,7 +293,7 @@ class StreamDecoder:
             return "no" if final else "wait"
         if status != "ok":
             return "no"
-        _, _, cpu, _, seq, _ = _SLOT.unpack_from(data, c)
+        _, _, cpu, _, seq, _ = SLOT_STRUCT.unpack_from(data, c)
         last = self._last_seq(cpu)
         if last is not None and seq == (last + 1) & 0xFFFF:
             return "yes"
@@ -502,7 +313,7 @@ class StreamDecoder:
         h = self.header
         if h is None or n - p < SLOT:
             return "short", 0
-        tsc, ident, cpu, k, _, _ = _SLOT.unpack_from(data, p)
+        tsc, ident, cpu, k, _, _ = SLOT_STRUCT.unpack_from(data, p)
         if not 1 <= k <= MAX_SLOTS:
             return f"bad nslots {k}", 0
         if cpu >= h.cpu_count:
@@ -512,7 +323,7 @@ class StreamDecoder:
                 return f"unknown tracepoint id {ident}", 0
             if ident == ID_INVALID:
                 return "id 0xffff", 0
-            low, high = _RESERVED_SLOTS.get(ident, (1, MAX_SLOTS))
+            low, high = RESERVED_SLOTS.get(ident, (1, MAX_SLOTS))
             if not low <= k <= high:
                 return f"bad nslots {k} for reserved id {ident:#06x}", 0
         if tsc == MAGIC:
@@ -531,7 +342,7 @@ class StreamDecoder:
     def _append(self, data: Data, p: int, k: int) -> None:
         out = self._out
         i = out.n
-        tsc, ident, cpu, _, seq, tid = _SLOT.unpack_from(data, p)
+        tsc, ident, cpu, _, seq, tid = SLOT_STRUCT.unpack_from(data, p)
         out.tsc[i], out.id[i], out.cpu[i], out.nslots[i] = tsc, ident, cpu, k
         out.seq[i], out.tid[i] = seq, tid
         words = min(MAX_ARGS, 2 * (k - 1))
@@ -547,13 +358,13 @@ class StreamDecoder:
         out = self._out
         for p, i in zip(offsets, rows, strict=True):
             ident, k = int(out.id[i]), int(out.nslots[i])
-            if ident in _STRING_IDS:
+            if ident in STRING_IDS:
                 w0, w1 = struct.unpack_from("<QQ", data, p + SLOT)
                 length = w0 if ident == ID_PANIC else w1
                 room = SLOT * (k - 2)
                 out.strings[self._count + i] = bytes(data[p + 2 * SLOT : p + 2 * SLOT
                                                           + min(length, room)])
-            elif ident not in _RESERVED_SLOTS:
+            elif ident not in RESERVED_SLOTS:
                 self._unknown[ident] = self._unknown.get(ident, 0) + 1
 
     def _last_seq(self, cpu: int) -> int | None:
@@ -570,191 +381,14 @@ class StreamDecoder:
     # ---- the fast path -----------------------------------------------------------------
 
     def _fast(self, data: Data, p: int, n: int) -> int:
-        """Accept records from ``p`` on, vectorised, as far as they are plausible; return
-        where the careful path must look (the end, a header, or a record it refused).
-
-        Records are copied into the columns run by run (a run of equal ``nslots`` as one
-        strided view; a mixed stretch walked over its ``nslots`` bytes and gathered), and
-        checked window by window; a refused record truncates the window there."""
-        total = (n - p) // SLOT
-        if total == 0:
-            return p
-        slots = np.ndarray((total,), SLOT_DTYPE, buffer=data, offset=p)
-        ns = slots["nslots"]
-        out = self._out
-        i = 0
-        probe_len = 1024
-        budget = 1 << 12  # rows per checked window: grows while the data is clean
-        while i < total:
-            first_row = out.n
-            pieces: list[_Piece] = []
-            while i < total and out.n - first_row < budget:
-                k = int(ns[i])
-                if not 1 <= k <= MAX_SLOTS or total - i < k:
-                    break
-                m = min(probe_len, (total - i) // k)
-                probe = ns[i : i + min(m, 8) * k : k] != k  # a short look first: cheap
-                if not probe.any():
-                    probe = ns[i : i + m * k : k] != k
-                j = int(np.argmax(probe)) if probe.any() else m
-                if j >= 8:
-                    self._copy_uniform(data, p + SLOT * i, k, j)
-                    pieces.append((out.n - j - first_row, p + SLOT * i, SLOT * k, None))
-                    i += j * k
-                    probe_len = min(max(probe_len * 4 if j == m else 2 * j, 1024), 1 << 22)
-                    continue
-                heads, q = _walk(ns[i : min(total, i + 256)].tobytes())
-                if not heads:
-                    break
-                at = np.asarray(heads, np.int64) + i
-                if len(heads) <= 8:  # a record or two between runs: numpy costs more
-                    for h in heads:
-                        self._copy_one(data, p + SLOT * (i + h))
-                else:
-                    self._copy_gathered(slots, at, data, p)
-                pieces.append((out.n - len(heads) - first_row, p, SLOT, at))
-                i += q
-            rows = out.n - first_row
-            if rows == 0:
-                break
-            taken = self._validate(first_row, rows, data, _offsets(pieces))
-            if taken < rows:
-                at_row = first_row + taken
-                for a in range(MAX_ARGS):  # rows past the refusal are reused later
-                    out.args[a, at_row : out.n] = 0
-                out.n = at_row
-                if taken:
-                    widest = int(out.nslots[first_row:at_row].max())
-                    out.width = max(out.width, min(MAX_ARGS, 2 * (widest - 1)))
-                return int(_offsets(pieces)(np.array([taken], np.intp))[0])
-            if rows:
-                widest = int(out.nslots[first_row : out.n].max())
-                out.width = max(out.width, min(MAX_ARGS, 2 * (widest - 1)))
-            budget = min(budget * 4, 1 << 22)
-        return p + SLOT * i
-
-    def _copy_uniform(self, data: Data, at: int, k: int, m: int) -> None:
-        """Copy ``m`` records of ``k`` slots at byte ``at`` into the columns (unchecked)."""
-        out = self._out
-        o = out.n
-        view = np.ndarray((m,), _RECORD_DTYPES[k], buffer=data, offset=at)
-        for name in ("tsc", "id", "cpu", "nslots", "seq", "tid"):
-            getattr(out, name)[o : o + m] = view[name]
-        for a in range(min(MAX_ARGS, 2 * (k - 1))):
-            out.args[a, o : o + m] = view["w"][:, a]
-        out.n = o + m
-
-    def _copy_one(self, data: Data, at: int) -> None:
-        out = self._out
-        o = out.n
-        tsc, ident, cpu, k, seq, tid = _SLOT.unpack_from(data, at)
-        out.tsc[o], out.id[o], out.cpu[o], out.nslots[o], out.seq[o], out.tid[o] = \
-            tsc, ident, cpu, k, seq, tid
-        for a, value in enumerate(struct.unpack_from(f"<{min(MAX_ARGS, 2 * (k - 1))}Q", data,
-                                                     at + SLOT)):
-            out.args[a, o] = value
-        out.n = o + 1
-
-    def _copy_gathered(self, slots: npt.NDArray[Any], at: npt.NDArray[np.int64], data: Data,
-                       p: int) -> None:
-        """Copy the records whose header slots are ``at`` (indices into ``slots``)."""
-        out = self._out
-        o, m = out.n, at.shape[0]
-        heads = slots[at]
-        for name in ("tsc", "id", "cpu", "nslots", "seq", "tid"):
-            getattr(out, name)[o : o + m] = heads[name]
-        ns = heads["nslots"].astype(np.int64)
-        words = np.frombuffer(data, "<u8", count=2 * slots.shape[0], offset=p)
-        for a in range(int(min(MAX_ARGS, 2 * (int(ns.max()) - 1)))):
-            has = ns > 1 + a // 2
-            out.args[a, o : o + m] = np.where(has, words[np.where(has, 2 * (at + 1) + a, 0)], 0)
-        out.n = o + m
-
-    def _validate(self, o: int, m: int, data: Data,
-                  offsets: Callable[[npt.NDArray[np.intp]], npt.NDArray[np.int64]]) -> int:
-        """How many of the rows [o, o+m) are plausible before the first that is not."""
-        h = self.header
-        assert h is not None
-        out = self._out
-        tsc, ident = out.tsc[o : o + m], out.id[o : o + m]
-        bad = (out.cpu[o : o + m] >= h.cpu_count) | (tsc < h.boot_tsc) | (tsc == MAGIC)
-        window = min(TSC_WINDOW_S * h.tsc_hz, U64_MAX)
-        if self.last_good is not None and int(tsc[0]) > self.last_good + window:
-            bad[0] = True
-        if m > 1:
-            # A record too far ahead of the newest before it is also too far ahead of the
-            # one right before it: find those cheaply (a wrapped sum only adds suspects),
-            # then judge the suspects exactly against the running maximum.
-            suspects = np.flatnonzero(tsc[1:] > tsc[:-1] + np.uint64(window)) + 1
-            if suspects.size:
-                newest = np.maximum.accumulate(tsc)
-                floor = np.uint64(0 if self.last_good is None else self.last_good)
-                before = np.maximum(newest[suspects - 1], floor)
-                limit = np.minimum(before, np.uint64(U64_MAX - window)) + np.uint64(window)
-                bad[suspects] |= tsc[suspects] > limit
-        special = np.flatnonzero(ident >= self.limit)
-        if special.size:
-            sid = ident[special]
-            ns = out.nslots[o : o + m][special]
-            low = np.full(special.size, 1, np.uint8)
-            high = np.full(special.size, MAX_SLOTS, np.uint8)
-            for rid, (lo_, hi_) in _RESERVED_SLOTS.items():
-                low[sid == rid], high[sid == rid] = lo_, hi_
-            wrong = (sid < RESERVED_FIRST) | (sid == ID_INVALID) | (ns < low) | (ns > high)
-            sync = sid == ID_SYNC
-            wrong |= sync & ((out.args[0, o + special] != SYNC_W0) |
-                             (out.args[1, o + special] != SYNC_W1))
-            bad[special[wrong]] = True
-        taken = int(np.argmax(bad)) if bad.any() else m
-        if taken:
-            newest_taken = int(tsc[:taken].max())
-            self.last_good = newest_taken if self.last_good is None else \
-                max(self.last_good, newest_taken)
-            keep = special[special < taken]
-            if keep.size:
-                self._reserved(data, offsets(keep).tolist(), (keep + o).tolist())
-        return taken
-
-
-_Piece = tuple[int, int, int, "npt.NDArray[np.int64] | None"]
-
-
-def _offsets(pieces: list[_Piece]) -> Callable[[npt.NDArray[np.intp]], npt.NDArray[np.int64]]:
-    """Row (in a checked window) -> byte offset of its record, from the pieces copied:
-    (first row, base offset, stride, header slots or None for a uniform run)."""
-    starts = np.array([piece[0] for piece in pieces], np.int64)
-
-    def where(rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
-        which = np.searchsorted(starts, rows, side="right") - 1
-        out = np.empty(rows.shape[0], np.int64)
-        for w in np.unique(which).tolist():
-            first, base, stride, heads = pieces[w]
-            sel = which == w
-            r = rows[sel] - first
-            out[sel] = base + stride * (heads[r] if heads is not None else r)
-        return out
-
-    return where
-
-
-def _walk(nslots: bytes) -> tuple[list[int], int]:
-    """Follow record lengths from slot 0 until a bad one, the window's end, or 2 records
-    of one size in a row (the uniform path is faster there)."""
-    heads: list[int] = []
-    q, end, prev, run = 0, len(nslots), 0, 0
-    while q < end:
-        k = nslots[q]
-        if k == 0 or k > MAX_SLOTS or q + k > end:
-            break
-        heads.append(q)
-        q += k
-        if k == prev:
-            run += 1
-            if run >= 2:
-                break
-        else:
-            prev, run = k, 1
-    return heads, q
+        """Accept records from ``p`` on with the fast path (tracers/fastpath.py); return
+        where the careful path must look (the end, a header, or a record it refused)."""
+        assert self.header is not None
+        run = read_fast(data, p, n, self._out, self.header, self.limit, self.last_good)
+        self.last_good = run.last_good
+        if run.reserved_rows:
+            self._reserved(data, run.reserved_offsets, run.reserved_rows)
+        return run.end
 
 
 def decode(data: Data, *, tracepoint_count: int | None = None, fast: bool = True) -> Decoded:

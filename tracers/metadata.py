@@ -13,7 +13,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracers.decode import RESERVED_FIRST, Session
+from tracers.format import RESERVED_FIRST
+from tracers.records import Session
 from undebug.errors import UsageError
 
 __all__ = ["ARG_BOOL", "ARG_CHAR", "ARG_POINTER", "ARG_SIGNED", "ARG_UNSIGNED", "KIND_EVENT",

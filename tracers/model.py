@@ -1,6 +1,6 @@
 """The event model over decoded records: merged order, time, spans, loss, thread names.
 
-Everything is computed from :class:`~tracers.decode.Decoded` columns, vectorised where
+Everything is computed from :class:`~tracers.records.Decoded` columns, vectorised where
 the work is per record (time, loss, counts); spans walk only span records. Time: TSC ->
 ns since boot from each session's header (``tsc_hz``, ``boot_tsc``) -> wall clock from an
 anchor, the host's clock when that session's header arrived (tracers/channel.py records
@@ -15,8 +15,9 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from tracers.decode import ID_LOST, ID_SYNC, ID_THREAD_NAME, RESERVED_FIRST, Decoded, Records
+from tracers.format import ID_LOST, ID_SYNC, ID_THREAD_NAME, RESERVED_FIRST, RESERVED_NAMES
 from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END, Tracepoints
+from tracers.records import Decoded, Records
 
 __all__ = ["CpuLoss", "Span", "TraceModel", "UnmatchedEnd"]
 
@@ -156,8 +157,6 @@ class TraceModel:
         return names
 
     def tracepoint_name(self, ident: int) -> str:
-        from tracers.decode import RESERVED_NAMES
-
         if ident >= RESERVED_FIRST:
             return RESERVED_NAMES.get(ident, f"reserved#{ident:#06x}")
         tp = self.tracepoints.get(ident) if self.tracepoints else None

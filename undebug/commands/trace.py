@@ -254,20 +254,18 @@ def _record(args: argparse.Namespace) -> Report:
     try:
         while True:
             chunk = channel.read()
-            if chunk:
-                view = memoryview(chunk)
-                while view:  # all of it on disk before the next read
-                    view = view[os.write(fd, view):]
-                written += len(chunk)
-                records += len(decoder.feed(chunk).records)
-                continue
-            if channel.finished():
-                chunk = channel.read()
+            if not chunk and channel.finished():
+                chunk = channel.read()  # what arrived between the read and the check
                 if not chunk:
                     break
-                os.write(fd, chunk)
+            if not chunk:
+                time.sleep(0.05)
                 continue
-            time.sleep(0.05)
+            view = memoryview(chunk)
+            while view:  # all of it on disk before the next read
+                view = view[os.write(fd, view):]
+            written += len(chunk)
+            records += len(decoder.feed(chunk).records)
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C is how a recording normally stops
     finally:
