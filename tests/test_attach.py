@@ -85,6 +85,22 @@ def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -
     time.sleep(2.5)
     assert heartbeats(console) > before  # the guest kept running after the attach
 
+    # No shared RAM with an adopted QEMU: bulk physical reads go through QMP pmemsave,
+    # small ones through the gdbstub; both see the counter the guest writes at run time.
+    from undebug.elf import ElfFile
+    from undebug.session.store import SessionDir
+    from undebug.target import LiveTarget
+
+    counter = ElfFile(guest_image).symbol("planted_counter")
+    assert counter is not None
+    with LiveTarget(SessionDir.named("adopted")) as target:
+        assert target._ram is None
+        bulk = target.read_physical(counter.address & ~0xFFFF, 1 << 20)  # pmemsave
+        small = target.read_physical(counter.address, 8)  # gdbstub, physical mode
+    at = counter.address & 0xFFFF
+    assert bulk[at : at + 8] == small
+    assert int.from_bytes(small, "little") >= 0x5EED000000000000
+
     assert undebug("stop", "adopted").code == 0
     assert qmp.execute("query-status")["return"]["status"] == "paused"
     assert undebug("cont", "adopted").code == 0
