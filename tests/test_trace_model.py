@@ -98,12 +98,34 @@ def test_sequence_wraps_at_65536_without_loss() -> None:
     assert cpu0.gaps == cpu0.lost_records == 3 and cpu0.agree
 
 
-def test_a_drop_of_more_than_65535_agrees_modulo_the_wire() -> None:
+def test_a_drop_of_more_than_65535_is_counted_exactly_from_the_syncs() -> None:
+    enc = Encoder(cpus=1).header()
+    enc.sync(0)
+    enc.event(TICK, 0, 1, 1)
+    enc.drop(0, 70_000)
+    enc.sync(0)  # the stub writes a SYNC right after every LOST (FORMAT.md 3.2)
+    [cpu0] = model_of(enc).loss()
+    assert cpu0.lost_records == 70_000 and cpu0.gaps == 70_000 and cpu0.agree
+
+
+def test_without_syncs_a_big_drop_agrees_only_modulo_the_wire() -> None:
     enc = Encoder(cpus=1).header()
     enc.event(TICK, 0, 1, 1)
     enc.drop(0, 70_000)
     [cpu0] = model_of(enc).loss()
     assert cpu0.lost_records == 70_000 and cpu0.gaps == 70_000 % 65_536 and cpu0.agree
+
+
+def test_a_lost_record_that_overstates_by_65536_disagrees_with_the_syncs() -> None:
+    enc = Encoder(cpus=1).header()
+    enc.sync(0)
+    enc.event(TICK, 0, 1, 1)
+    first = enc.seq[0]
+    enc.seq[0] += 10  # 10 records really dropped ...
+    enc.record(ID_LOST, 0, [10 + 65_536, first])  # ... but the guest claims 65546
+    enc.sync(0)
+    [cpu0] = model_of(enc).loss()
+    assert cpu0.gaps == 10 and cpu0.lost_records == 65_546 and not cpu0.agree
 
 
 def test_a_gap_without_a_lost_record_disagrees() -> None:

@@ -254,6 +254,34 @@ class TraceModel:
                 out.append(self._cpu_loss(by_cpu[s:e], damage_at))
         return out
 
+    def _exact_gaps(self, rows: npt.NDArray[np.intp], gap: npt.NDArray[np.int64],
+                    across: npt.NDArray[np.bool_]
+                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Gaps with the multiples of 65536 the 16-bit wire seq cannot show put back.
+
+        Every SYNC carries the CPU's full 64-bit seq (and the stub writes one right after
+        each LOST), so between two SYNCs the host knows exactly how many records are
+        missing (FORMAT.md 3.2); the difference from the 16-bit gaps belongs to the
+        largest gap in between, the drop a LOST reports. Gaps across damage stay as seen.
+        Also returns which gaps a pair of SYNCs checked (the rest are only known mod 65536).
+        """
+        r = self.records
+        exact = gap.copy()
+        checked = np.zeros(len(gap), np.bool_)
+        syncs = np.flatnonzero(r.id[rows] == ID_SYNC)
+        if r.args.shape[1] < 3 or syncs.size < 2:
+            return exact, checked
+        full = r.args[rows[syncs], 2].astype(np.int64)
+        for i in range(syncs.size - 1):
+            a, b, full_a, full_b = int(syncs[i]), int(syncs[i + 1]), full[i], full[i + 1]
+            if b - a < 1 or across[a:b].any():
+                continue
+            missing = int(full_b - full_a) - int(b - a) - int(gap[a:b].sum())
+            if missing >= 0 and missing % 65536 == 0:
+                exact[a + int(np.argmax(gap[a:b]))] += missing
+                checked[a:b] = True
+        return exact, checked
+
     def _cpu_loss(self, rows: npt.NDArray[np.intp], damage_at: npt.NDArray[np.int64]) -> CpuLoss:
         """Loss of one CPU in one session; ``rows`` are its records in stream order."""
         r = self.records
@@ -264,10 +292,14 @@ class TraceModel:
             across = regions[1:] != regions[:-1]  # a damage region lies between the two
         else:
             across = np.zeros(len(gap), np.bool_)
+        exact, checked = self._exact_gaps(rows, gap, across)
         lost = np.flatnonzero(r.id[rows[1:]] == ID_LOST)  # pairs whose second is a LOST
         n_lost = r.args[rows[1:][lost], 0] if r.args.shape[1] else np.zeros(len(lost), np.uint64)
         explained = np.zeros(len(gap), np.bool_)
-        explained[lost] = (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost]
+        explained[lost] = np.where(
+            checked[lost], n_lost.astype(np.int64) == exact[lost],  # exact, from SYNCs
+            (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost])  # only mod 65536
+        gap = exact
         loss_gap = (gap > 0) & (~across | explained)
         damage_gap = (gap > 0) & across & ~explained
         first = int(rows[0])

@@ -71,6 +71,7 @@ extern unsigned undebug__ncpus;
 void undebug__attach_all(void);
 void undebug__detach_all(void);
 int undebug__try_attach(struct undebug_ring *r);
+void undebug__settle_lost(void);
 
 static inline void undebug__barrier(void) { __asm__ volatile("" ::: "memory"); }
 

@@ -214,6 +214,27 @@ static __attribute__((noinline)) void settle_nested(struct undebug_ring *r)
 	} while (r->nested_pending);
 }
 
+/* Drops are reported by the next emit that finds room; a CPU that went quiet with a
+ * full ring never emits again, so its own timer tick reports them (FORMAT.md 3.2).
+ * Runs on the ring's own CPU, never inside one of its emits. */
+void undebug__settle_lost(void)
+{
+	unsigned cpu = undebug_os_cpu();
+	if (cpu >= undebug__ncpus)
+		return;
+	struct undebug_ring *r = &undebug_trace_rings[cpu];
+	if (r->busy || !r->lost_pending)
+		return;
+	r->busy = 1;
+	undebug__barrier();
+	attention(r, 0);
+	undebug__barrier();
+	r->busy = 0;
+	undebug__barrier();
+	if (r->nested_pending)
+		settle_nested(r);
+}
+
 static inline __attribute__((always_inline)) void
 emit(uint16_t id, const uint64_t *w, unsigned nw)
 {

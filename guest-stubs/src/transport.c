@@ -175,6 +175,7 @@ void undebug_trace_poll(void)
 {
 	if (!undebug__ncpus || transport == UNDEBUG_TRANSPORT_NONE)
 		return;
+	undebug__settle_lost();
 	if (!trylock())
 		return;
 	poll_locked(0);
