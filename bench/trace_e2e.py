@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GUEST = ROOT / "build" / "refguest.elf"
 BENCH_N = 2_000_000      # events per CPU per run (64 MB per CPU)
 FLOOD_N = 2_000_000
-ROUNDS = 3
+ROUNDS = 5
 FLOOD_ROUNDS = 1
 SMPS = (1, 2)
 GOAL_EVENTS_S = 5_000_000
@@ -112,7 +112,8 @@ class Sampler:
                 text = console.read_text(errors="replace")
                 if pid is not None and self.cpu_at_ready is None and "refguest: ready" in text:
                     self.cpu_at_ready = _cpu_s(pid)
-                if needle in text:
+                at = text.find(needle)
+                if at >= 0 and "\n" in text[at:]:  # QEMU writes the console byte by byte
                     return text
             time.sleep(0.002)
         raise RuntimeError(f"no {needle!r} in {console} after {timeout} s")
