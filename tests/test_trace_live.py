@@ -411,3 +411,21 @@ def test_flight_recorder_of_a_crashed_guest_that_never_streamed(
     assert text.code == 0, text.stderr
     assert (f"-- span handle_request on {crash_thread.decode()} (session 0) was never ended"
             in text.stdout)
+
+
+def test_wall_clock_from_the_supervisors_anchor(shared_guest: str) -> None:
+    """The supervisor notes when the stream header arrived (FORMAT.md section 9); events
+    get wall-clock times from it: after the guest started and not in the future."""
+    import time as _time
+
+    from undebug.session.store import SessionDir
+
+    started_ns = int(SessionDir.named(shared_guest).read_record()["started"] * 1e9)
+    result = undebug("trace", "show", shared_guest, "--json")
+    assert result.code == 0, result.stderr
+    events = result.json()["events"]
+    walls = [e["wall_ns"] for e in events]
+    assert walls and all(w is not None for w in walls)
+    assert started_ns - 1e9 < min(walls) <= max(walls) <= _time.time_ns()
+    text = undebug("trace", "show", shared_guest, "--wall-clock").stdout
+    assert text.splitlines()[1].startswith(_time.strftime("%Y-", _time.gmtime()))

@@ -10,6 +10,7 @@ stream (the in-memory header followed by each ring's records) for the same decod
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import struct
 import time
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tracers.format import HEADER_SIZE, MAGIC, SLOT, StreamHeader
+from tracers.records import Session
 from undebug.errors import UsageError
 
 if TYPE_CHECKING:
     from undebug.session.store import SessionDir
     from undebug.target import Target
 
-__all__ = ["FileChannel", "FlightRecording", "RingState", "guest_channel",
+__all__ = ["FileChannel", "FlightRecording", "RingState", "guest_channel", "read_anchors",
            "read_flight_recorder"]
 
 RING_SIZE = 128
@@ -201,3 +203,27 @@ def read_flight_recorder(target: Target) -> FlightRecording:
         rings.append(RingState(i, cpu, mode, bool(busy), size, head, tail, seq, lost_total,
                                overwritten, written, len(copy)))
     return FlightRecording(b"".join(chunks), header, rings, warnings)
+
+
+def read_anchors(path: Path, sessions: list[Session]) -> tuple[dict[int, int], list[str]]:
+    """Session index -> host Unix ns its header arrived, from ``PATH.anchors``
+    (FORMAT.md section 9). A missing file means no wall clock; bad lines are warnings."""
+    anchors: dict[int, int] = {}
+    warnings: list[str] = []
+    by_offset = {s.offset: s.index for s in sessions}
+    try:
+        text = path.with_name(path.name + ".anchors").read_text(errors="replace")
+    except OSError:
+        return anchors, warnings
+    for number, line in enumerate(text.splitlines()[:10_000], 1):
+        try:
+            entry = json.loads(line)
+            offset, unix_ns = entry["offset"], entry["received_unix_ns"]
+            if not (isinstance(offset, int) and isinstance(unix_ns, int)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            warnings.append(f"{path}.anchors line {number}: not an anchor; ignored")
+            continue
+        if offset in by_offset:
+            anchors[by_offset[offset]] = unix_ns
+    return anchors, warnings

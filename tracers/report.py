@@ -8,6 +8,7 @@ functions, and undebug/commands/trace.py keeps only arguments, sources and I/O. 
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -73,13 +74,21 @@ def _event_args(tp: Tracepoint | None, words: list[int]) -> dict[str, str]:
     return out
 
 
+def _utc(unix_ns: int) -> str:
+    """ISO 8601 UTC with nanoseconds: 2026-11-23T13:30:01.123456789Z."""
+    seconds, nanos = divmod(unix_ns, 1_000_000_000)
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return f"{stamp:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+
+
 class EventPrinter:
     """Turns decoded batches into ``trace show`` lines (and JSON events), keeping what
     spans across batches (``--follow``): thread names, open spans, sessions announced."""
 
     def __init__(self, tracepoints: Tracepoints | None, filters: list[str] | None,
-                 names: dict[int, bytes] | None = None) -> None:
+                 names: dict[int, bytes] | None = None, wall_clock: bool = False) -> None:
         self.tracepoints = tracepoints
+        self.wall_clock = wall_clock  # print UTC times where an anchor gives them
         self.filters = filters or []
         self.names: dict[int, bytes] = dict(names or {})
         self.open: dict[tuple[int, int, str], list[int]] = {}
@@ -113,6 +122,7 @@ class EventPrinter:
                 f"-- damage at offset {d.offset}: {d.skipped} bytes skipped "
                 f"({escape(d.reason)}); decoding goes on --")
         ns = model.ns_since_boot
+        wall, has_wall = model.wall_clock_ns()
         hz = {s.index: s.header.tsc_hz for s in decoded.sessions}
         for i in model.order.tolist():
             index = r.start + i
@@ -161,12 +171,14 @@ class EventPrinter:
                     detail = f"{detail} (no begin in the trace)".strip()
             if not self.wanted(model.tracepoint_name(ident) if tp is None else tp.name):
                 continue
-            seconds = int(ns[i]) / 1e9
-            out.append(f"{seconds:16.9f}  cpu{cpu:<3} {self.thread(tid):<16} "
+            when = _utc(int(wall[i])) if self.wall_clock and has_wall[i] else \
+                f"{int(ns[i]) / 1e9:16.9f}"
+            out.append(f"{when}  cpu{cpu:<3} {self.thread(tid):<16} "
                        f"{escape(name)}  {detail}".rstrip())
             if collect:
                 self.events.append({
-                    "index": index, "session": session, "time_ns": int(ns[i]), "tsc": int(r.tsc[i]),
+                    "index": index, "session": session, "time_ns": int(ns[i]),
+                    "wall_ns": int(wall[i]) if has_wall[i] else None, "tsc": int(r.tsc[i]),
                     "cpu": cpu, "seq": int(r.seq[i]), "tid": tid,
                     "thread": self.names[tid].decode("utf-8", "backslashreplace")
                     if tid in self.names else None,

@@ -61,6 +61,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                       help="keep printing as the stream grows, until the guest ends or Ctrl-C")
     show.add_argument("--filter", metavar="NAME", action="append",
                       help="only tracepoints named NAME (a glob; repeatable)")
+    show.add_argument("--wall-clock", action="store_true",
+                      help="UTC times (from when the host received the stream header) "
+                      "instead of seconds since boot")
     show.add_argument("--flight-recorder", action="store_true",
                       help="read the newest events from the guest's memory (its rings), "
                       "not the stream; the guest is paused while they are copied")
@@ -203,7 +206,10 @@ def _load(args: argparse.Namespace) -> _Loaded:
             raise UsageError(f"cannot read {label}: {exc.strerror}") from None
     _check_problem(decoded, label)
     usable, notes = for_stream(tps, decoded.sessions)
-    return _Loaded(label, decoded, usable, warnings + notes)
+    from tracers.channel import read_anchors
+
+    anchors, anchor_notes = read_anchors(channel.path, decoded.sessions)
+    return _Loaded(label, decoded, usable, warnings + notes + anchor_notes, anchors)
 
 
 def _load_flight_recorder(args: argparse.Namespace) -> _Loaded:
@@ -294,8 +300,9 @@ def _show(args: argparse.Namespace) -> Report:
             raise UsageError("--flight-recorder reads memory once; it cannot --follow")
         return _follow(args)
     loaded = _load(args)
-    model = TraceModel(loaded.decoded, loaded.tracepoints)
-    printer = EventPrinter(loaded.tracepoints, args.filter, model.thread_names)
+    model = TraceModel(loaded.decoded, loaded.tracepoints, loaded.anchors)
+    printer = EventPrinter(loaded.tracepoints, args.filter, model.thread_names,
+                           wall_clock=args.wall_clock)
     lines = printer.lines(model, collect=args.json)
     lines += printer.unterminated()
     warnings = loaded.warnings + loaded.decoded.warnings + damage_warnings(loaded.decoded)
@@ -304,6 +311,7 @@ def _show(args: argparse.Namespace) -> Report:
 
 
 def _follow(args: argparse.Namespace) -> Report:
+    from tracers.channel import read_anchors
     from tracers.decode import StreamDecoder
     from tracers.metadata import for_stream
     from tracers.model import TraceModel
@@ -316,6 +324,7 @@ def _follow(args: argparse.Namespace) -> Report:
     decoder: StreamDecoder | None = None
     printer: EventPrinter | None = None
     checked = False
+    anchors: dict[int, int] = {}
     try:
         with _channel(args.source) as channel:
             while True:
@@ -332,13 +341,14 @@ def _follow(args: argparse.Namespace) -> Report:
                     for w in notes:
                         sys.stderr.write(f"warning: {escape(w)}\n")
                     decoder = StreamDecoder(usable.count if usable else None)
-                    printer = EventPrinter(usable, args.filter)
+                    printer = EventPrinter(usable, args.filter, wall_clock=args.wall_clock)
                 assert printer is not None
                 batch = decoder.feed(chunk) if chunk else decoder.finish()
                 if not checked and batch.problem and not batch.sessions:
                     raise UsageError(f"{channel.path}: {batch.problem}")
                 checked = checked or bool(batch.sessions)
-                for line in printer.lines(TraceModel(batch, printer.tracepoints)):
+                anchors.update(read_anchors(channel.path, batch.sessions)[0])
+                for line in printer.lines(TraceModel(batch, printer.tracepoints, anchors)):
                     sys.stdout.write(line + "\n")
                 sys.stdout.flush()
                 for w in batch.warnings:
@@ -360,7 +370,8 @@ def _stats(args: argparse.Namespace) -> Report:
     from tracers.report import damage_warnings, trace_stats
 
     loaded = _load(args)
-    stats = trace_stats(loaded.label, TraceModel(loaded.decoded, loaded.tracepoints))
+    stats = trace_stats(loaded.label, TraceModel(loaded.decoded, loaded.tracepoints,
+                                                 loaded.anchors))
     warnings = loaded.warnings + loaded.decoded.warnings + damage_warnings(loaded.decoded)
     warnings += stats.warnings()
     return Report(data=stats.data, warnings=warnings, render=stats.lines)

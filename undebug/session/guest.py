@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -143,8 +144,12 @@ class Guest(RunControl):
                             fds: list[int]) -> None:
         """Append the stream to disk as it arrives: nothing received is lost if QEMU or
         undebug dies later."""
+        anchored = False
         try:
             while chunk := await reader.read(1 << 20):
+                if not anchored:  # the stream header: tracers/FORMAT.md section 9
+                    anchored = True
+                    self._write_trace_anchor(time.time_ns())
                 for fd in fds:
                     view = memoryview(chunk)
                     while view:
@@ -155,6 +160,19 @@ class Guest(RunControl):
             writer.close()
             for fd in fds:
                 os.close(fd)
+
+    def _write_trace_anchor(self, unix_ns: int) -> None:
+        """When the stream header arrived, by the host's clock: it pins the guest's TSC
+        to wall-clock time (FORMAT.md section 9), next to every copy of the stream."""
+        line = json.dumps({"offset": 0, "received_unix_ns": unix_ns}) + "\n"
+        outputs = [self.session.trace_file]
+        if self.spec.trace_file:
+            outputs.append(Path(self.spec.trace_file))
+        for output in outputs:
+            path = output.with_name(output.name + ".anchors")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(line)
 
     def _take_ram_file(self) -> None:
         """Keep an fd of QEMU's RAM file and unlink it: clients get the fd, and the RAM
