@@ -277,6 +277,7 @@ def _record(args: argparse.Namespace) -> Report:
     finally:
         os.close(fd)
         channel.close()
+    _copy_anchors(channel.path, args.output)
     end = decoder.finish()
     data = {"target": args.source, "file": str(args.output), "bytes": written,
             "records": records + len(end.records), "sessions": len(end.sessions),
@@ -284,6 +285,18 @@ def _record(args: argparse.Namespace) -> Report:
     return Report(data=data, warnings=[], render=lambda: [
         f"recorded {written} bytes ({data['records']} records) of {escape(args.source)} to "
         f"{escape(str(args.output))} ({data['ended_by']})"])
+
+
+def _copy_anchors(source: Path, output: Path) -> None:
+    """The recording starts at the stream's first byte, so its anchors hold as they are."""
+    try:
+        text = source.with_name(source.name + ".anchors").read_bytes()
+    except OSError:
+        return
+    fd = os.open(output.with_name(output.name + ".anchors"),
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text)
 
 
 # ---- show ------------------------------------------------------------------------------
