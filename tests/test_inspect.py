@@ -180,14 +180,34 @@ def test_build_id_mismatch_is_refused_unless_forced(shared_guest: str, guest_ima
     assert any("build-id mismatch" in w for w in forced.json()["warnings"])
 
 
-def test_elf_without_dwarf_says_what_is_missing(shared_guest: str, guest_image: Path,
-                                                tmp_path: Path) -> None:
+def test_elf_without_dwarf_shows_the_vcpus_and_says_what_is_missing(
+        shared_guest: str, guest_image: Path, tmp_path: Path) -> None:
     stripped = tmp_path / "nodebug.elf"
     shutil.copy(guest_image, stripped)
     subprocess.run(["objcopy", "--strip-debug", str(stripped)], check=True)
-    result = undebug("threads", shared_guest, "--elf", str(stripped))
-    assert result.code == 2
-    assert "no DWARF layout of struct thread" in result.stderr
+    result = undebug("threads", shared_guest, "--elf", str(stripped), "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert [t["name"] for t in doc["threads"]] == ["vCPU 0", "vCPU 1"]
+    assert any("no DWARF layout of struct thread" in w and "showing the vCPUs" in w
+               for w in doc["warnings"])
+    # Symbols and .eh_frame are still there: the vCPUs unwind into named functions.
+    traces = undebug("bt", shared_guest, "--elf", str(stripped), "--all", "--json").json()
+    assert all(t["frames"][0]["function"] for t in traces["backtraces"])
+
+
+def test_an_unknown_os_shows_the_vcpus(shared_guest: str, tmp_path: Path) -> None:
+    """Any image undebug has no OS awareness for (here: a tiny ELF built by the test,
+    with --force since it is not what the guest runs) still gives vCPU threads."""
+    from tests.test_image import ENTRY, PVH_NOTE, build
+
+    other = build(tmp_path, "other", PVH_NOTE + ENTRY, 64)
+    result = undebug("threads", shared_guest, "--elf", str(other), "--force", "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert [t["cpu"] for t in doc["threads"]] == [0, 1]
+    assert any("no guest threads for" in w and "showing the vCPUs" in w
+               for w in doc["warnings"])
 
 
 def test_cyclic_thread_list_is_bounded_and_warned(guest_image: Path) -> None:

@@ -15,15 +15,22 @@ __all__ = ["provider_for"]
 
 
 def provider_for(target: Target) -> ThreadProvider:
-    """The thread provider for ``target``'s OS, detected from its ELF symbols."""
+    """The thread provider for ``target``'s OS, detected from its ELF symbols; for an OS
+    undebug does not know, or an ELF without what its provider needs, the vCPUs."""
     from undebug.os.refguest import RefguestProvider
+    from undebug.os.vcpus import VcpuProvider
 
     providers: list[type[ThreadProvider]] = [RefguestProvider]
     for provider in providers:
         if provider.detect(target.elf):
-            return provider(target)
+            found = provider(target)
+            try:
+                found.check()
+            except UsageError as exc:
+                return VcpuProvider(target, exc.message)
+            return found
     known = ", ".join(p.name for p in providers)
-    what = "has no symbols (stripped?)" if not target.elf.has_symbols else \
-        "has none of their symbols"
-    raise UsageError(f"no OS awareness for {target.elf.path}: it {what}",
-                     hint=f"undebug knows: {known}")
+    what = "it has no symbols (stripped?)" if not target.elf.has_symbols else \
+        "it is none of the OSes undebug knows"
+    return VcpuProvider(target, f"no guest threads for {target.elf.path}: {what} "
+                                f"(undebug knows: {known})")

@@ -109,6 +109,11 @@ class ThreadProvider(ABC):
     def walk(self) -> ThreadSnapshot:
         """Read every thread from guest memory now."""
 
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`UsageError` naming what the ELF lacks for this provider beyond
+        its symbols (struct layouts from DWARF, say)."""
+
     def need_struct(self, name: str) -> StructLayout:
         layout = self.target.elf.struct(name)
         if layout is None:

@@ -29,6 +29,10 @@ class RefguestProvider(ThreadProvider):
     name = "refguest"
     required_symbols = ("thread_list", "thread_count", "percpu", "planted_counter")
 
+    def check(self) -> None:
+        for struct in ("thread", "percpu"):
+            self.need_struct(struct)
+
     def _running(self, warnings: list[str]) -> dict[int, int]:
         """Thread struct address -> the vCPU running it, through each vCPU's GS base."""
         layout = self.need_struct("percpu")
