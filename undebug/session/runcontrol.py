@@ -185,15 +185,20 @@ class RunControl(ABC):
         self.run_token += 1
         return reply
 
+    def _stopped_vcpu(self, cpu: int) -> RspClient:
+        """The stub, if the guest is stopped and has vCPU ``cpu``; else a clear error."""
+        rsp = self._check_alive()
+        if self.running:
+            raise RequestError(ErrorCode.BAD_REQUEST, "the guest is running: stop it first")
+        if not 0 <= cpu < len(self._vcpus):
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"no vCPU {cpu}: the guest has {len(self._vcpus)}")
+        return rsp
+
     async def step(self, cpu: int) -> dict[str, Any]:
         """One instruction on vCPU ``cpu`` of a stopped guest; the others stay stopped."""
         async with self._lock:
-            rsp = self._check_alive()
-            if self.running:
-                raise RequestError(ErrorCode.BAD_REQUEST, "the guest is running: stop it first")
-            if not 0 <= cpu < len(self._vcpus):
-                raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"no vCPU {cpu}: the guest has {len(self._vcpus)}")
+            rsp = self._stopped_vcpu(cpu)
             await self._step_over_breakpoint(rsp, cpu)
             pc = (await self._stub(rsp.registers, self._vcpus[cpu])).get("rip")
             self.last_stop = {"cpu": cpu, "pc": pc, "signal": SIGTRAP, "reason": "step",
@@ -206,12 +211,7 @@ class RunControl(ABC):
     async def write_registers(self, cpu: int, values: dict[str, int]) -> None:
         """Set registers of vCPU ``cpu`` of a stopped guest (a debugger's ``set $rax``)."""
         async with self._lock:
-            rsp = self._check_alive()
-            if self.running:
-                raise RequestError(ErrorCode.BAD_REQUEST, "the guest is running: stop it first")
-            if not 0 <= cpu < len(self._vcpus):
-                raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"no vCPU {cpu}: the guest has {len(self._vcpus)}")
+            rsp = self._stopped_vcpu(cpu)
             tdesc = await self._stub(rsp.target_description)
             await self._stub(rsp.select_thread, self._vcpus[cpu], "g")
             for name, value in values.items():
