@@ -7,14 +7,12 @@ Until the TUI exists this is a live summary refreshed once a second; without a t
 from __future__ import annotations
 
 import argparse
-import base64
 import shutil
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from undebug.commands import command
 from undebug.console import tail_lines
@@ -23,9 +21,6 @@ from undebug.output import Report
 from undebug.session.client import SupervisorClient
 from undebug.session.store import SessionDir
 from undebug.text import escape
-
-if TYPE_CHECKING:
-    from undebug.elf import ElfFile
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
@@ -69,23 +64,32 @@ def _wait_ready(session: SessionDir) -> None:
                        f"console tail:\n{tail or '(empty)'}")
 
 
-def summarize(client: SupervisorClient, elf: ElfFile) -> dict[str, Any]:
-    """Read the guest from outside: run state, each vCPU's position, planted globals."""
-    status = client.call("status")
-    cpus = []
-    for cpu in client.call("read_registers")["cpus"]:
-        regs = cpu["registers"]
-        rip = regs.get("rip", 0)
-        cpus.append({"cpu": cpu["cpu"], "rip": rip, "function": elf.symbolize(rip),
-                     "rsp": regs.get("rsp"), "cr3": regs.get("cr3")})
-    planted = {}
-    for name in PLANTED_GLOBALS:
-        sym = elf.symbol(name)
-        if sym is not None:
-            raw = base64.b64decode(client.call("read_memory", address=sym.address, size=8)["data"])
-            planted[name] = struct.unpack("<Q", raw)[0]
-    console = [escape(line) for line in tail_lines(Path(status["console"]), 6)]
-    return {"status": status, "cpus": cpus, "globals": planted, "console_tail": console}
+def summarize(session: SessionDir) -> dict[str, Any]:
+    """Read the guest from outside at one moment (it is held still for the read): run
+    state, the guest's own threads and what each vCPU runs, the planted globals."""
+    from undebug.os import provider_for
+    from undebug.target import LiveTarget
+
+    with SupervisorClient(session) as client:
+        status = client.call("status")
+    with LiveTarget(session) as target:
+        snapshot = provider_for(target).threads()
+        names = {t.id: t.name for t in snapshot.threads}
+        threads = [{"id": t.id, "name": t.name, "state": t.state, "cpu": t.cpu,
+                    "function": target.elf.symbolize(t.registers.get("rip", 0))}
+                   for t in snapshot.threads]
+        cpus = []
+        for cpu in range(target.cpu_count()):
+            rip = target.registers(cpu).get("rip", 0)
+            on = snapshot.vcpus.get(cpu)
+            cpus.append({"cpu": cpu, "rip": rip, "function": target.elf.symbolize(rip),
+                         "thread": names.get(on) if on is not None else None})
+        planted = {name: target.read_int(address) for name in PLANTED_GLOBALS
+                   if (address := target.address_of(name)) is not None}
+        warnings = [*target.warnings, *snapshot.warnings]
+    console = [escape(line) for line in tail_lines(Path(status["console"]), 5)]
+    return {"status": status, "cpus": cpus, "threads": threads, "globals": planted,
+            "console_tail": console, "warnings": warnings}
 
 
 def render(summary: dict[str, Any]) -> list[str]:
@@ -93,8 +97,19 @@ def render(summary: dict[str, Any]) -> list[str]:
     lines = [f"guest {escape(status['name'])}: {status['state']}, {status['smp']} vCPU, "
              f"{status['memory_mb']} MiB, {status['accel']} ({escape(status['accel_reason'])}), "
              f"up {status['uptime_s']:.1f} s", ""]
-    lines += [f"  vCPU {c['cpu']}: rip {c['rip']:#x} in {escape(c['function'] or '?')}"
-              for c in summary["cpus"]]
+    for c in summary["cpus"]:
+        who = f"thread {escape(c['thread'])}" if c["thread"] else "no known thread"
+        lines.append(f"  vCPU {c['cpu']}: {who}, rip {c['rip']:#x} in "
+                     f"{escape(c['function'] or '?')}")
+    states: dict[str, int] = {}
+    for t in summary["threads"]:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    lines += ["", f"  {len(summary['threads'])} guest threads: " +
+              ", ".join(f"{n} {state}" for state, n in sorted(states.items()))]
+    lines += [f"    {t['id']:>4}  {escape(t['name']):<22} {t['state']:<9} "
+              f"{escape(t['function'] or '?')}" for t in summary["threads"][:10]]
+    if len(summary["threads"]) > 10:
+        lines.append(f"    ... {len(summary['threads']) - 10} more (undebug threads NAME)")
     lines += [""] + [f"  {name} = {value:#x} ({value})"
                      for name, value in summary["globals"].items()]
     lines += ["", "  console:"] + [f"    {line}" for line in summary["console_tail"]]
@@ -103,7 +118,6 @@ def render(summary: dict[str, Any]) -> list[str]:
 
 @command("demo", "build and boot the reference guest and show what undebug sees", _arguments)
 def demo(args: argparse.Namespace) -> Report:
-    from undebug.elf import ElfFile
     from undebug.session.launcher import LaunchRequest, launch_guest
 
     image = build_guest()
@@ -113,23 +127,23 @@ def demo(args: argparse.Namespace) -> Report:
             client.call("kill")
     session, _ = launch_guest(LaunchRequest(
         image=image, name=args.name, smp=args.smp, append=f"threads={args.threads}"))
-    elf = ElfFile(image)
     live = sys.stdout.isatty() and not args.once and not args.json
     try:
         with SupervisorClient(session) as client:
             client.call("own")  # the guest ends with this command
             _wait_ready(session)
-            summary = summarize(client, elf)
+            summary = summarize(session)
             try:
                 while live:
                     sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(render(summary)) +
                                      "\n\n  (Ctrl-C ends the guest)\n")
                     sys.stdout.flush()
                     time.sleep(1.0)
-                    summary = summarize(client, elf)
+                    summary = summarize(session)
             except KeyboardInterrupt:  # the way a live demo ends: not an error
                 sys.stdout.write("\n")
             client.call("kill")
     finally:
         session.remove()
-    return Report(data=summary, render=lambda: render(summary))
+    warnings = summary.pop("warnings")
+    return Report(data=summary, warnings=warnings, render=lambda: render(summary))
