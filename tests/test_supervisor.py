@@ -181,3 +181,28 @@ def test_foreground_run_ends_its_guest_when_it_goes(guest_image: Path, how: int)
     finally:
         proc.kill()
         undebug("kill", name)
+
+
+def test_foreground_run_keeps_a_crashed_guest_paused_until_ctrl_c(guest_image: Path) -> None:
+    name = "fg-crash"
+    proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "run", "--name", name,
+                             "--append", "crash=panic crash_after=100", str(guest_image)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while next((g["state"] for g in undebug("ps", "--json").json()["guests"]
+                    if g["name"] == name), None) != "guest-panicked":
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still there: the crash is left for inspection
+        assert undebug("bt", name, "--all").code == 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 130
+        err = proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert "guest panicked: PANIC: planted panic" in err
+        assert f"paused for inspection as '{name}'" in err
+        assert "PANIC: planted panic (crash=panic)" in proc.stdout.read().decode()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        undebug("kill", name)
