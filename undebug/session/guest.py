@@ -240,13 +240,11 @@ class Guest(RunControl):
         assert self.qemu is not None
         status = await self.qemu.wait()
         log.info("QEMU exited with status %s", status)
-        if self.outcome is None or self.outcome.run_state is not None:
-            # The guest's own exit (or a crash QEMU was then quit from): keep the first
-            # verdict, but record that QEMU is gone.
-            first = self.outcome
-            ended = outcomes.from_exit_status(status, self._qemu_error(), self._console_crash())
-            self.outcome = ended if first is None else Outcome(
-                first.kind, first.reason, first.ok, first.exit_code, None)
+        if self.outcome is None:  # the guest's own exit, or QEMU's failure
+            self.outcome = outcomes.from_exit_status(status, self._qemu_error(),
+                                                     self._console_crash())
+        elif self.outcome.run_state is not None:  # a crash it was paused at: now gone too
+            self.outcome = dataclasses.replace(self.outcome, run_state=None)
         self._finish()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
