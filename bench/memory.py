@@ -21,7 +21,6 @@ while paused) read by undebug (physical and virtual) must equal gdb's dump and t
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.threads import GUEST, PlainGuest, UndebugGuest, ensure_guest, median
+from bench.threads import GUEST, PlainGuest, UndebugGuest, ensure_guest, median, teardown
 
 ROUNDS = 3
 APPEND = "threads=4"
@@ -150,11 +149,7 @@ def run() -> dict[str, Any]:
         check["identical"] = {k: v == text_bytes for k, v in blobs.items()}
         check["all_identical"] = all(check["identical"].values())
     finally:
-        if ud is not None:
-            ud.close()
-        if plain is not None:
-            plain.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        teardown(tmp, ud, plain)
 
     med = {k: median(v) for k, v in samples.items()}
 

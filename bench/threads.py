@@ -175,6 +175,14 @@ class UndebugGuest:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
+def teardown(tmp: Path, *guests: UndebugGuest | PlainGuest | None) -> None:
+    """End the guests a benchmark started (by PID or undebug kill) and its temp dir."""
+    for guest in guests:
+        if guest is not None:
+            guest.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -279,11 +287,7 @@ def run() -> dict[str, Any]:
                 check = compare(inproc, gdb_side)
                 check["threads_undebug_cli"] = cli_count
     finally:
-        if ud is not None:
-            ud.close()
-        if plain is not None:
-            plain.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        teardown(tmp, ud, plain)
 
     med = {k: median(v) for k, v in samples.items()}
     n = check.get("threads_gdb") or 1007

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from undebug.output import Report
 
-__all__ = ["COMMANDS", "Command", "command"]
+__all__ = ["COMMANDS", "Command", "add_elf_arguments", "command"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,18 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+
+
+def add_elf_arguments(parser: argparse.ArgumentParser, force: bool = True) -> None:
+    """``--elf`` (and ``--force`` for a build-id mismatch), the same for every command
+    that reads a live guest through its ELF."""
+    from pathlib import Path
+
+    parser.add_argument("--elf", type=Path,
+                        help="the guest's ELF (default: the image it booted)")
+    if force:
+        parser.add_argument("--force", action="store_true",
+                            help="go on even when the ELF's build-id differs from the guest's")
 
 
 def command(

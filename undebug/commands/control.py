@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from undebug.commands import command
+from undebug.commands import add_elf_arguments, command
 from undebug.errors import EXIT_CHECK_FAILED, SessionError, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
@@ -23,7 +23,7 @@ from undebug.text import escape
 def _name(p: argparse.ArgumentParser, elf: bool = True) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
     if elf:
-        p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
+        add_elf_arguments(p, force=False)
 
 
 def _describe_stop(session: SessionDir, stop: dict[str, Any], elf: Path | None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
-from undebug.commands import command
+from undebug.commands import add_elf_arguments, command
 from undebug.errors import EXIT_ENVIRONMENT, EnvironmentMissing, SessionError, UndebugError, UsageError
 from undebug.output import Report
 from undebug.text import escape
@@ -176,9 +176,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thread", type=int, metavar="ID",
                    help="evaluate in guest thread ID (its registers and frame 0; see undebug "
                    "threads); default: the thread gdb reports at the stop")
-    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
-    p.add_argument("--force", action="store_true",
-                   help="go on even when the ELF's build-id differs from the guest's")
+    add_elf_arguments(p)
 
 
 @command("eval", "evaluate a C expression in the guest (with gdb)", _arguments,

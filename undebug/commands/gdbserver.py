@@ -6,10 +6,9 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 
-from undebug.commands import command
+from undebug.commands import add_elf_arguments, command
 from undebug.output import Report
 from undebug.text import escape
 
@@ -22,9 +21,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --listen address (the protocol has no "
                    "authentication)")
-    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
-    p.add_argument("--force", action="store_true",
-                   help="go on even when the ELF's build-id differs from the guest's")
+    add_elf_arguments(p)
     p.add_argument("--verbose", action="store_true", help="log every packet to stderr")
 
 

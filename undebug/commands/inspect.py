@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from undebug.commands import command
+from undebug.commands import add_elf_arguments, command
 from undebug.errors import UsageError
 from undebug.output import Report
 from undebug.text import escape
@@ -25,9 +24,7 @@ if TYPE_CHECKING:  # the real imports are lazy, for start-up time
 
 def _target_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
-    p.add_argument("--elf", type=Path, help="the guest's ELF (default: the image it booted)")
-    p.add_argument("--force", action="store_true",
-                   help="go on even when the ELF's build-id differs from the guest's")
+    add_elf_arguments(p)
     p.add_argument("--no-stop", action="store_true",
                    help="do not pause a running guest (what is read may be torn)")
 
