@@ -82,7 +82,9 @@ def threads_body(target: Target, args: argparse.Namespace) -> Report:
 
 command("threads", "list the guest's own threads", _target_arguments,
         description="List the guest OS's threads (not QEMU's vCPUs): id, name, state, the "
-        "vCPU running it, what it waits for, and where it is.")(_with_target(threads_body))
+        "vCPU running it, what it waits for, and where it is. For an OS undebug does not "
+        "know, or an ELF without DWARF, the vCPUs, with a warning saying what is missing."
+        )(_with_target(threads_body))
 
 
 # ---- bt -----------------------------------------------------------------------------
