@@ -271,8 +271,8 @@ def test_corrupt_thread_list_is_served_with_warnings_and_the_end_stops_the_serve
 
 def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from undebug.gdb import proxy_threads
     from undebug.gdb.tdesc import Register
+    from undebug.gdbserver import threads as proxy_threads
     from undebug.os.provider import GuestThread, ThreadSnapshot
 
     def thread(tid: int, name: str, cpu: int | None = None) -> GuestThread:

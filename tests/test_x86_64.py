@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from undebug.os.x86_64 import Translation, TranslationError, is_canonical, translate
+from undebug.arch.x86_64 import Translation, TranslationError, is_canonical, translate
 
 P, W, U, PS = 1, 2, 4, 0x80
 NX = 1 << 63

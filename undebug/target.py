@@ -18,9 +18,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 
+from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
 from undebug.elf import ElfFile
 from undebug.errors import SessionError, UndebugError, UsageError
-from undebug.os.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
 from undebug.session.client import SupervisorClient
 from undebug.session.store import SessionDir
 

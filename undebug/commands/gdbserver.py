@@ -46,8 +46,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
          "One debugger at a time; gdb's detach deletes its breakpoints and lets the guest "
          "run. Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
-    from undebug.gdb.proxy import GdbServer, parse_listen
-    from undebug.gdb.proxy_backend import LiveBackend
+    from undebug.gdbserver.backend import LiveBackend
+    from undebug.gdbserver.server import GdbServer, parse_listen
     from undebug.session.store import SessionDir
 
     address = parse_listen(args.listen, args.allow_remote)

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from undebug.gdb.proxy_backend import LiveBackend
-from undebug.gdb.proxy_wire import GdbConnection
+from undebug.gdbserver.backend import LiveBackend
+from undebug.gdbserver.wire import GdbConnection
 from undebug.text import escape
 
 __all__ = ["SIGINT", "SIGTRAP", "Stop", "stop_from_event", "stop_from_status", "wait_for_stop"]

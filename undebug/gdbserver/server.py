@@ -4,11 +4,11 @@ QEMU's gdbstub shows vCPUs. This RSP *server* sits in front of a guest's supervi
 a raw socket to QEMU, whose single connection the supervisor owns) and serves the guest's
 threads instead, the way pyOCD's and OpenOCD's RTOS-aware gdbservers do:
 
-- :mod:`undebug.gdb.proxy_wire`: the connection (packets, acks, the 0x03 interrupt);
-- :mod:`undebug.gdb.proxy_threads`: guest threads as gdb sees them, registers encoded;
-- :mod:`undebug.gdb.proxy_session`: the packets answered, thread ids translated;
-- :mod:`undebug.gdb.proxy_run`: run control: waiting for a stop, and why it happened;
-- :mod:`undebug.gdb.proxy_backend`: the guest behind it (a Target per stop + supervisor).
+- :mod:`undebug.gdbserver.wire`: the connection (packets, acks, the 0x03 interrupt);
+- :mod:`undebug.gdbserver.threads`: guest threads as gdb sees them, registers encoded;
+- :mod:`undebug.gdbserver.session`: the packets answered, thread ids translated;
+- :mod:`undebug.gdbserver.runstate`: run control: waiting for a stop, and why it happened;
+- :mod:`undebug.gdbserver.backend`: the guest behind it (a Target per stop + supervisor).
 
 This module listens (loopback TCP or a unix socket) and serves one debugger at a time.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 
 from undebug.errors import SessionError, UsageError
 from undebug.gdb.packets import RspException
-from undebug.gdb.proxy_backend import LiveBackend
-from undebug.gdb.proxy_session import GdbSession
-from undebug.gdb.proxy_wire import GdbConnection
 from undebug.gdb.tdesc import TargetDescription, parse_target_xml
+from undebug.gdbserver.backend import LiveBackend
+from undebug.gdbserver.session import GdbSession
+from undebug.gdbserver.wire import GdbConnection
 
 __all__ = ["GdbServer", "ListenAddress", "parse_listen"]
 

@@ -1,7 +1,7 @@
 """One debugger's session with the gdbserver proxy: the packets, answered.
 
 Thread ids are translated at this edge: the debugger sees guest threads (see
-:mod:`undebug.gdb.proxy_threads`), the supervisor is asked about vCPUs. Reads come from the
+:mod:`undebug.gdbserver.threads`), the supervisor is asked about vCPUs. Reads come from the
 backend's Target, run control and breakpoints from the supervisor. The proxy is all-stop,
 like QEMU: a stop stops every vCPU, and it reports the guest thread running on the vCPU
 that stopped.
@@ -20,11 +20,11 @@ import time
 
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.gdb.packets import decode
-from undebug.gdb.proxy_backend import LiveBackend
-from undebug.gdb.proxy_run import SIGTRAP, Stop, stop_from_event, stop_from_status, wait_for_stop
-from undebug.gdb.proxy_threads import ProxyThread, ThreadView, encode_register, encode_registers
-from undebug.gdb.proxy_wire import ClientGone, GdbConnection, parse_thread_id, to_hex_text
 from undebug.gdb.tdesc import TargetDescription
+from undebug.gdbserver.backend import LiveBackend
+from undebug.gdbserver.runstate import SIGTRAP, Stop, stop_from_event, stop_from_status, wait_for_stop
+from undebug.gdbserver.threads import ProxyThread, ThreadView, encode_register, encode_registers
+from undebug.gdbserver.wire import ClientGone, GdbConnection, parse_thread_id, to_hex_text
 from undebug.target import ReadError, Target
 
 __all__ = ["GdbSession"]
