@@ -29,18 +29,13 @@ def _target_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not pause a running guest (what is read may be torn)")
 
 
-def open_target(args: argparse.Namespace) -> Target:
-    from undebug.session.store import SessionDir
-    from undebug.target import LiveTarget
-
-    return LiveTarget(SessionDir.named(args.target), args.elf, stop=not args.no_stop,
-                      force=args.force)
-
-
 def _with_target(body: Callable[[Target, argparse.Namespace], Report]) \
         -> Callable[[argparse.Namespace], Report]:
     def run(args: argparse.Namespace) -> Report:
-        with open_target(args) as target:
+        from undebug.target import open_target
+
+        with open_target(args.target, args.elf, stop=not args.no_stop,
+                         force=args.force) as target:
             report = body(target, args)
             report.warnings[:0] = target.warnings
         return report
@@ -252,26 +247,31 @@ command("mem", "read guest memory", _mem_arguments)(_with_target(mem_body))
 # ---- sym ----------------------------------------------------------------------------
 
 def _sym_arguments(p: argparse.ArgumentParser) -> None:
-    _target_arguments(p)
+    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    add_elf_arguments(p, force=False)
     p.add_argument("what", metavar="NAME|ADDR", help="a symbol name, or an address to look up")
 
 
-def sym_body(target: Target, args: argparse.Namespace) -> Report:
-    elf = target.elf
+@command("sym", "look up a symbol or an address (reads only the ELF: the guest runs on)",
+         _sym_arguments)
+def sym(args: argparse.Namespace) -> Report:
+    from undebug.target import guest_elf
+
+    elf = guest_elf(args.target, args.elf)
     data: dict[str, Any]
     if args.what[:1].isdigit():
         address = _number(args.what, "address")
-        symbol = elf.function_at(address - target.load_offset)
-        line = elf.line_at(address - target.load_offset)
+        symbol = elf.function_at(address)
+        line = elf.line_at(address)
         data = {"address": address, "symbol": symbol.name if symbol else None,
-                "offset": address - target.load_offset - symbol.address if symbol else None,
+                "offset": address - symbol.address if symbol else None,
                 "file": line[0] if line else None, "line": line[1] if line else None}
     else:
         symbol = elf.symbol(args.what)
         if symbol is None:
             raise UsageError(f"no symbol {args.what!r} in {elf.path}")
         line = elf.line_at(symbol.address)
-        data = {"address": symbol.address + target.load_offset, "symbol": symbol.name,
+        data = {"address": symbol.address, "symbol": symbol.name,
                 "offset": 0, "size": symbol.size, "kind": symbol.kind,
                 "file": line[0] if line else None, "line": line[1] if line else None}
 
@@ -284,5 +284,3 @@ def sym_body(target: Target, args: argparse.Namespace) -> Report:
 
     return Report(data=data, render=render)
 
-
-command("sym", "look up a symbol or an address", _sym_arguments)(_with_target(sym_body))
