@@ -257,3 +257,18 @@ def test_python_api(shared_guest: str) -> None:
         assert guest.symbol("planted_counter") is not None
     planted = {"main", "sleeper", "blocked", "short-lived", "evil\x1b]0;owned\x07"}
     assert planted <= set(threads), sorted(threads)  # raw guest text, read by name
+
+
+def test_thread_states_from_a_hostile_elf_are_escaped(shared_guest: str, guest_image: Path,
+                                                      tmp_path: Path) -> None:
+    """A state name is ELF text (the DWARF enumerator): an ELF whose enumerator carries an
+    escape sequence (patched here in place of THREAD_SLEEPING, same length, so the
+    build-id still matches) must not reach the terminal raw."""
+    data = guest_image.read_bytes()
+    assert data.count(b"THREAD_SLEEPING\0") == 1
+    hostile = tmp_path / "hostile.elf"
+    hostile.write_bytes(data.replace(b"THREAD_SLEEPING\0", b"THREAD_\x1b]0;\x07ING\0"))
+    for args in (("threads",), ("bt", "--all")):
+        out = undebug(*args, shared_guest, "--elf", str(hostile)).stdout
+        assert "\\x1b]0;\\x07ing" in out
+        assert "\x1b" not in out and "\x07" not in out

@@ -84,12 +84,24 @@ command("threads", "list the guest's own threads", _target_arguments,
 
 # ---- bt -----------------------------------------------------------------------------
 
+def _frame_limit(text: str) -> int:
+    """--max-frames N: at least one frame, refused by argparse (exit 2) before any guest
+    is touched, whatever state it is in."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _bt_arguments(p: argparse.ArgumentParser) -> None:
     _target_arguments(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--thread", type=int, metavar="ID", help="one guest thread (see threads)")
     which.add_argument("--all", action="store_true", help="every guest thread")
-    p.add_argument("--max-frames", type=int, default=64, metavar="N", help="depth limit (64)")
+    p.add_argument("--max-frames", type=_frame_limit, default=64, metavar="N", help="depth limit (64)")
 
 
 def _frames_json(trace: Backtrace) -> list[dict[str, Any]]:
