@@ -269,8 +269,7 @@ def test_corrupt_thread_list_is_served_with_warnings_and_the_end_stops_the_serve
     assert not (runtime_dir / "gdb.sock").exists()
 
 
-def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> None:
     from undebug.gdb.tdesc import Register
     from undebug.gdbserver import threads as proxy_threads
     from undebug.os.provider import GuestThread, ThreadSnapshot
@@ -283,10 +282,6 @@ def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped(
     snapshot = ThreadSnapshot([thread(7, "a", 0), thread(7, "b\x1b[2J"), thread(0, "c"),
                                thread(1 << 40, "d")], {0: 7, 1: None}, ["list looks odd"])
 
-    class Provider:
-        def threads(self) -> ThreadSnapshot:
-            return snapshot
-
     class FakeTarget:
         def cpu_count(self) -> int:
             return 2
@@ -294,8 +289,8 @@ def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped(
         def registers(self, cpu: int) -> dict[str, int]:
             return {"rip": 0xC0DE00 + cpu, "rsp": 0x8000}
 
-    monkeypatch.setattr("undebug.os.provider_for", lambda target: Provider())
-    view = proxy_threads.ThreadView.from_target(FakeTarget())  # type: ignore[arg-type]
+    view = proxy_threads.ThreadView.from_target(FakeTarget(),  # type: ignore[arg-type]
+                                                lambda target: snapshot)
     ids = [t.gdb_id for t in view.threads]
     assert len(set(ids)) == 5 and ids[0] == 7 and all(0 < i < 1 << 31 for i in ids)
     assert view.threads[1].name == "b\\x1b[2J" and b"\x1b" not in view.xml()

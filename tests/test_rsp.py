@@ -420,3 +420,37 @@ def test_live_killing_qemu_mid_call_raises_disconnected(qemu: Qemu) -> None:
         killer.join()
         with pytest.raises(RspDisconnected):
             client.read_memory(0, 1)
+
+
+# ---- layers ------------------------------------------------------------------------------
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, also lazily inside functions."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "undebug"
+
+
+def test_the_gdb_package_is_protocol_code_only() -> None:
+    for path in sorted((PACKAGE / "gdb").glob("*.py")):
+        bad = {m for m in _imports(path) if m.split(".")[:2] in (
+            ["undebug", "session"], ["undebug", "os"], ["undebug", "target"],
+            ["undebug", "gdbserver"])}
+        assert not bad, (path.name, bad)
+
+
+def test_the_gdbserver_knows_no_os_and_only_its_live_backend_knows_the_supervisor() -> None:
+    for path in sorted((PACKAGE / "gdbserver").glob("*.py")):
+        layers = {".".join(m.split(".")[:2]) for m in _imports(path)}
+        assert "undebug.os" not in layers, path.name
+        if path.name != "live.py":
+            assert "undebug.session" not in layers, path.name

@@ -46,8 +46,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
          "One debugger at a time; gdb's detach deletes its breakpoints and lets the guest "
          "run. Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
-    from undebug.gdbserver.backend import LiveBackend
+    from undebug.gdbserver.live import LiveBackend
     from undebug.gdbserver.server import GdbServer, parse_listen
+    from undebug.os import provider_for
     from undebug.session.store import SessionDir
 
     address = parse_listen(args.listen, args.allow_remote)
@@ -60,7 +61,7 @@ def gdbserver(args: argparse.Namespace) -> Report:
     backend = LiveBackend(SessionDir.named(args.target), args.elf, force=args.force)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        server = GdbServer(backend, address)
+        server = GdbServer(backend, lambda target: provider_for(target).threads(), address)
         try:
             print(f"listening on {server.where} (gdb: target remote {server.where})",
                   flush=True)

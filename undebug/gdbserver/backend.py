@@ -1,127 +1,157 @@
-"""What the gdbserver proxy serves: a live guest, through its supervisor.
+"""What the gdbserver serves: a :class:`Backend` (the guest behind the server) and a
+:data:`ThreadProvider` (its threads), both given to it by the command that starts it.
 
-Reads go through a :class:`~undebug.target.Target` (guest RAM mapped from QEMU, page
-tables walked here) opened at each stop, so its caches and the thread snapshot key on one
-run token; run control, breakpoints and writes go to the supervisor, which owns them. A
-dump bundle would be a second backend with the same reads and no run control.
+The server never asks where the guest is. A live session (:mod:`undebug.gdbserver.live`)
+has reads, run control, breakpoints and writes; a dump has reads only, and answers run
+control and writes with :class:`~undebug.errors.SessionError` (gdb then reports the
+refusal and stays where it is). Reads go through a :class:`~undebug.target.Target` held
+still from :meth:`Backend.target` until :meth:`Backend.release`, so caches and the
+thread view key on one stop.
+
+Threads come from an injected callable (the command layer passes the OS awareness), so
+this package imports nothing from :mod:`undebug.os`: it only needs the fields below.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import logging
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from undebug.errors import SessionError, UndebugError
-from undebug.session.client import SupervisorClient
-from undebug.session.store import SessionDir
-from undebug.target import LiveTarget, Target
+from undebug.target import Target
 
-__all__ = ["LiveBackend"]
+__all__ = ["SIGABRT", "SIGINT", "SIGKILL", "SIGSEGV", "SIGTRAP", "Backend", "Event",
+           "GuestState", "ServedBreakpoint", "Snapshot", "Stop", "ThreadInfo",
+           "ThreadProvider"]
 
-log = logging.getLogger("undebug.gdbserver")
+SIGINT, SIGTRAP, SIGABRT, SIGKILL, SIGSEGV = 2, 5, 6, 9, 11  # gdb's signal numbers
 
 
-class LiveBackend:
-    """One guest's supervisor: a subscribed control connection and a Target per stop."""
+@dataclass(frozen=True)
+class Stop:
+    """A stop to report: ``signal`` on the guest thread of vCPU ``cpu``, or the end."""
 
-    def __init__(self, session: SessionDir, elf: Path | None = None, *, force: bool = False) -> None:
-        self.session = session
-        self.elf = elf
-        self.force = force
-        self.client = SupervisorClient(session)
-        self.client.call("subscribe")
-        self.ended = False
-        self._lost = False  # the supervisor has gone (after its last event)
-        self._target: LiveTarget | None = None
-        self._warned: set[str] = set()
+    signal: int
+    cpu: int | None = None
+    breakpoint: int | None = None  # the backend's breakpoint id
+    message: str | None = None  # for the debugger's console (escaped)
+    exit_reply: bytes | None = None  # W/X: the guest has ended
 
-    def close(self) -> None:
-        self.release()
-        self.client.close()
 
-    # ---- reading ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GuestState:
+    """The guest now: running, stopped (``stop`` says why, if known), crashed, ended."""
+
+    running: bool
+    ended: bool
+    crashed: bool  # stopped for good: it cannot run on
+    user_paused: bool  # stopped by someone, to stay stopped (undebug stop, a breakpoint)
+    stop: Stop | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened while the guest ran. For ``crashed``, :meth:`Backend.state`
+    may know more a moment later (the vCPU that faulted)."""
+
+    kind: Literal["stopped", "crashed", "ended"]
+    time: float  # when (time.time()); stops before a resume are stale
+    stop: Stop
+
+
+@dataclass(frozen=True)
+class ServedBreakpoint:
+    id: int
+    address: int
+    hardware: bool
+
+
+class Backend(Protocol):
+    """The guest behind the server. Run control and writes may raise SessionError."""
+
+    @property
+    def ended(self) -> bool:
+        """The guest has gone: the server stops serving."""
+        ...
 
     def target(self) -> Target:
-        """The guest for reads, held still until :meth:`release` (one run token)."""
-        if self._target is None:
-            self._target = LiveTarget(self.session, self.elf, force=self.force)
-            for warning in self._target.warnings:
-                self.warn_once(warning)
-        return self._target
+        """The guest for reads, held still until :meth:`release` (one stop)."""
+        ...
 
     def release(self) -> None:
-        """Let go of the Target before the guest runs (its caches would be stale)."""
-        if self._target is not None:
-            target, self._target = self._target, None
-            with contextlib.suppress(UndebugError):
-                target.close()
+        """Let go of the Target before the guest runs or changes (its caches go stale)."""
+        ...
+
+    def close(self) -> None: ...
 
     def warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            log.warning("%s", message)
+        """Tell the user (once) what the debugger cannot show them."""
+        ...
 
     def target_xml(self) -> dict[str, str]:
-        files = self.client.call("target_xml")["files"]
-        return {str(k): str(v) for k, v in files.items()}
+        """The register layout's files (``target.xml`` and what it includes)."""
+        ...
 
-    # ---- state and run control ----------------------------------------------------------
+    def state(self) -> GuestState: ...
 
-    def status(self) -> dict[str, Any]:
-        status = self.client.call("status")
-        self.ended = self.ended or status.get("state") == "ended"
-        return status
+    def pause(self) -> None: ...
 
-    def pause(self) -> None:
-        self.client.call("pause")
+    def resume(self) -> None: ...
 
-    def resume(self) -> None:
-        self.release()
-        self.client.call("resume")
+    def step(self, cpu: int) -> Stop:
+        """One instruction on vCPU ``cpu``."""
+        ...
 
-    def step(self, cpu: int) -> dict[str, Any]:
-        self.release()
-        return self.client.call("step", cpu=cpu)
-
-    def next_event(self, timeout: float) -> dict[str, Any] | None:
-        """The next supervisor event within ``timeout`` seconds, or None. A supervisor that
-        has gone is one last ``ended`` event."""
-        if self._lost:
-            return None
-        try:
-            event = self.client.next_event(timeout)
-        except SessionError:
-            self._lost = self.ended = True
-            return {"type": "ended", "outcome": None}
-        if event is not None and event.get("type") == "ended":
-            self.ended = True
-        return event
+    def next_event(self, timeout: float) -> Event | None: ...
 
     def drain_events(self) -> None:
-        """Drop what has happened so far; an ``ended`` event is remembered in ``ended``."""
-        while self.next_event(0.001) is not None:
-            pass
+        """Drop what has happened so far (an end is remembered in :attr:`ended`)."""
+        ...
 
-    # ---- breakpoints and writes ---------------------------------------------------------
+    def insert_breakpoint(self, address: int, hardware: bool, location: str) -> ServedBreakpoint:
+        """A breakpoint that lives as long as this backend's connection (UsageError: one is
+        there already)."""
+        ...
 
-    def insert_breakpoint(self, address: int, hardware: bool, location: str) -> dict[str, Any]:
-        return self.client.call("break_insert", address=address, hardware=hardware,
-                                location=location)
+    def delete_breakpoint(self, bp_id: int) -> None: ...
 
-    def delete_breakpoint(self, bp_id: int) -> None:
-        self.client.call("break_delete", id=bp_id)
+    def breakpoints(self) -> list[ServedBreakpoint]: ...
 
-    def breakpoints(self) -> list[dict[str, Any]]:
-        return list(self.status().get("breakpoints") or [])
+    def write_registers(self, cpu: int, values: dict[str, int]) -> None: ...
 
-    def write_registers(self, cpu: int, values: dict[str, int]) -> None:
-        self.client.call("write_registers", cpu=cpu, registers=values)
-        self.release()
+    def write_memory(self, address: int, data: bytes) -> None: ...
 
-    def write_memory(self, address: int, data: bytes) -> None:
-        self.client.call("write_memory", address=address,
-                         data=base64.b64encode(data).decode())
-        self.release()  # the run token moved: reopen for the next read
+
+class ThreadInfo(Protocol):
+    """One guest thread, as the OS awareness reads it (``name``: raw guest text)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def cpu(self) -> int | None: ...
+
+    @property
+    def registers(self) -> Mapping[str, int]: ...
+
+    @property
+    def wait_reason(self) -> str | None: ...
+
+
+class Snapshot(Protocol):
+    """The guest's threads at one stop, with what looked wrong while reading them."""
+
+    @property
+    def threads(self) -> Sequence[ThreadInfo]: ...
+
+    @property
+    def warnings(self) -> Sequence[str]: ...
+
+
+ThreadProvider = Callable[[Target], Snapshot]

@@ -1,14 +1,16 @@
 """A thread-aware gdbserver: stock gdb, VS Code or CLion see the guest OS's own threads.
 
-QEMU's gdbstub shows vCPUs. This RSP *server* sits in front of a guest's supervisor (never
-a raw socket to QEMU, whose single connection the supervisor owns) and serves the guest's
-threads instead, the way pyOCD's and OpenOCD's RTOS-aware gdbservers do:
+QEMU's gdbstub shows vCPUs. This RSP *server* sits in front of a backend (a live guest's
+supervisor, never a raw socket to QEMU, whose single connection the supervisor owns; later
+a dump) and serves the guest's threads instead, the way pyOCD's and OpenOCD's RTOS-aware gdbservers do:
 
 - :mod:`undebug.gdbserver.wire`: the connection (packets, acks, the 0x03 interrupt);
 - :mod:`undebug.gdbserver.threads`: guest threads as gdb sees them, registers encoded;
 - :mod:`undebug.gdbserver.session`: the packets answered, thread ids translated;
-- :mod:`undebug.gdbserver.runstate`: run control: waiting for a stop, and why it happened;
-- :mod:`undebug.gdbserver.backend`: the guest behind it (a Target per stop + supervisor).
+- :mod:`undebug.gdbserver.runstate`: run control: waiting for a stop;
+- :mod:`undebug.gdbserver.backend`: what the guest behind it offers (a Target per stop, run
+  control, breakpoints), and the thread provider the command injects;
+- :mod:`undebug.gdbserver.live`: that backend for a live guest (its supervisor).
 
 This module listens (loopback TCP or a unix socket) and serves one debugger at a time.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 from undebug.errors import SessionError, UsageError
 from undebug.gdb.packets import RspException
 from undebug.gdb.tdesc import TargetDescription, parse_target_xml
-from undebug.gdbserver.backend import LiveBackend
+from undebug.gdbserver.backend import Backend, ThreadProvider
 from undebug.gdbserver.session import GdbSession
 from undebug.gdbserver.wire import GdbConnection
 
@@ -122,8 +124,10 @@ def _remove_stale_socket(path: Path) -> None:
 class GdbServer:
     """Listens on one address and serves one debugger at a time until the guest ends."""
 
-    def __init__(self, backend: LiveBackend, address: ListenAddress) -> None:
+    def __init__(self, backend: Backend, provider: ThreadProvider,
+                 address: ListenAddress) -> None:
         self.backend = backend
+        self.provider = provider
         try:
             self.xml_files = backend.target_xml()
             files = {name: text.encode() for name, text in self.xml_files.items()}
@@ -157,8 +161,8 @@ class GdbServer:
             sock, peer = self.listener.accept()
             log.info("debugger connected%s", f" from {peer[0]}:{peer[1]}"
                      if isinstance(peer, tuple) else "")
-            session = GdbSession(GdbConnection(sock, self.listener), self.backend, self.layout,
-                                 self.xml_files)
+            session = GdbSession(GdbConnection(sock, self.listener), self.backend,
+                                 self.provider, self.layout, self.xml_files)
             session.run()
             log.info("debugger disconnected; waiting for the next one")
         log.info("the guest has ended")

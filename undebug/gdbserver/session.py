@@ -1,8 +1,8 @@
-"""One debugger's session with the gdbserver proxy: the packets, answered.
+"""One debugger's session with the gdbserver: the packets, answered.
 
 Thread ids are translated at this edge: the debugger sees guest threads (see
-:mod:`undebug.gdbserver.threads`), the supervisor is asked about vCPUs. Reads come from the
-backend's Target, run control and breakpoints from the supervisor. The proxy is all-stop,
+:mod:`undebug.gdbserver.threads`), the backend is asked about vCPUs. Reads come from the
+backend's Target, run control and breakpoints from the backend too. The server is all-stop,
 like QEMU: a stop stops every vCPU, and it reports the guest thread running on the vCPU
 that stopped.
 
@@ -21,8 +21,8 @@ import time
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.gdb.packets import decode
 from undebug.gdb.tdesc import TargetDescription
-from undebug.gdbserver.backend import LiveBackend
-from undebug.gdbserver.runstate import SIGTRAP, Stop, stop_from_event, stop_from_status, wait_for_stop
+from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
+from undebug.gdbserver.runstate import wait_for_stop
 from undebug.gdbserver.threads import ProxyThread, ThreadView, encode_register, encode_registers
 from undebug.gdbserver.wire import ClientGone, GdbConnection, parse_thread_id, to_hex_text
 from undebug.target import ReadError, Target
@@ -48,10 +48,11 @@ class PacketError(Exception):
 class GdbSession:
     """Answers one connected debugger until it detaches or goes away."""
 
-    def __init__(self, conn: GdbConnection, backend: LiveBackend, layout: TargetDescription,
-                 xml_files: dict[str, str]) -> None:
+    def __init__(self, conn: GdbConnection, backend: Backend, provider: ThreadProvider,
+                 layout: TargetDescription, xml_files: dict[str, str]) -> None:
         self.conn = conn
         self.backend = backend
+        self.provider = provider
         self.layout = layout
         self.xml_files = {name: text.encode() for name, text in xml_files.items()}
         self.done = False
@@ -88,21 +89,20 @@ class GdbSession:
 
     def _attach(self) -> None:
         """The debugger expects a stopped target: stop the guest (all vCPUs)."""
-        status = self.backend.status()
-        if status.get("state") == "ended":
+        state = self.backend.state()
+        if state.ended:
             self.done = True
             return
-        if status.get("state") == "running":
+        if state.running:
             self.backend.pause()
-            status = self.backend.status()
-        stop = stop_from_status(status)
-        if stop is not None and stop.exit_reply is None:
-            self.last_stop = stop
+            state = self.backend.state()
+        if state.stop is not None and state.stop.exit_reply is None:
+            self.last_stop = state.stop
 
     def _check_guest(self) -> None:
         """While the debugger is idle: notice the guest's end and let it know."""
         while (event := self.backend.next_event(0.001)) is not None:
-            if event.get("type") == "ended":
+            if event.kind == "ended":
                 log.info("the guest has ended: closing the debugger's connection")
                 self.done = True
                 return
@@ -230,7 +230,7 @@ class GdbSession:
         """The threads at this stop, rebuilt whenever the backend reopened its Target."""
         target = self.backend.target()
         if self._view is None or self._view_of is not target:
-            self._view, self._view_of = ThreadView.from_target(target), target
+            self._view, self._view_of = ThreadView.from_target(target, self.provider), target
             for warning in self._view.warnings:
                 self.backend.warn_once(warning)
         return self._view
@@ -347,14 +347,14 @@ class GdbSession:
         try:
             bp = self.backend.insert_breakpoint(address, kind == 1, location)
         except UsageError as exc:  # one there already (`undebug break`): use it, leave it
-            there = [b for b in self.backend.breakpoints() if b.get("address") == address]
+            there = [b for b in self.backend.breakpoints() if b.address == address]
             if not there:
                 raise PacketError(exc.message) from None
             self.adopted.add(key)
-            self.hardware[int(there[0]["id"])] = bool(there[0].get("hardware"))
+            self.hardware[there[0].id] = there[0].hardware
             return b"OK"
-        self.owned[key] = int(bp["id"])
-        self.hardware[int(bp["id"])] = bool(bp["hardware"])
+        self.owned[key] = bp.id
+        self.hardware[bp.id] = bp.hardware
         return b"OK"
 
     # ---- run control --------------------------------------------------------------------
@@ -381,7 +381,7 @@ class GdbSession:
                     "only a running thread can be stepped (break where it will run, then "
                     "continue)")
             try:
-                return self._report(stop_from_event(self.backend.step(thread.cpu)))
+                return self._report(self.backend.step(thread.cpu))
             except SessionError as exc:
                 return self._refuse_run(exc.message)
         since = time.time()
@@ -389,7 +389,7 @@ class GdbSession:
         try:
             self.backend.resume()
         except SessionError as exc:  # a crashed guest cannot run on: it stays stopped
-            stop = stop_from_status(self.backend.status())
+            stop = self.backend.state().stop
             return self._report(stop) if stop else self._refuse_run(exc.message)
         return self._report(wait_for_stop(self.backend, self.conn, since))
 
@@ -427,8 +427,8 @@ class GdbSession:
         """gdb's detach lets the program run: delete our breakpoints and resume."""
         self._remove_breakpoints()
         self.backend.release()
-        status = self.backend.status()
-        if status.get("state") != "ended" and not status.get("outcome"):
+        state = self.backend.state()
+        if not state.ended and not state.crashed:
             with contextlib.suppress(SessionError):
                 self.backend.resume()
         self.done = True

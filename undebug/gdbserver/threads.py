@@ -1,14 +1,15 @@
 """Guest threads as the debugger sees them at one stop: ids, names, registers.
 
-QEMU's gdbstub knows only vCPUs. The proxy shows the guest OS's own threads instead (from
-:func:`undebug.os.provider_for`), under the guest's own thread ids, so that ``info threads``
-and ``undebug threads`` agree. A thread on a vCPU has that vCPU's registers; a sleeping
-one has the context it saved (rip, rsp, rbp and the callee-saved registers on x86-64), and
-every other register is sent as unavailable (``xx``). A vCPU that runs no known guest
-thread (early boot, no OS awareness) appears as a thread of its own, ``vCPU N``.
+QEMU's gdbstub knows only vCPUs. The server shows the guest OS's own threads instead (from
+the injected :data:`~undebug.gdbserver.backend.ThreadProvider`), under the guest's own
+thread ids, so that ``info threads`` and ``undebug threads`` agree. A thread on a vCPU has
+that vCPU's registers; a sleeping one has the context it saved (rip, rsp, rbp and the
+callee-saved registers on x86-64), and every other register is sent as unavailable
+(``xx``). A vCPU that runs no known guest thread (early boot, no OS awareness) appears as
+a thread of its own, ``vCPU N``.
 
-Names are guest text: control characters are escaped before they reach the debugger,
-which shows them raw.
+Names are guest text: control characters are escaped before they reach the debugger, which
+shows them raw.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from xml.sax.saxutils import quoteattr
 
 from undebug.errors import UndebugError
 from undebug.gdb.tdesc import Register
+from undebug.gdbserver.backend import ThreadProvider
 from undebug.target import Target
 from undebug.text import escape
 
@@ -66,13 +68,11 @@ class ThreadView:
         self._xml: bytes | None = None
 
     @classmethod
-    def from_target(cls, target: Target) -> ThreadView:
-        from undebug.os import provider_for
-
+    def from_target(cls, target: Target, provider: ThreadProvider) -> ThreadView:
         warnings: list[str] = []
         threads: list[ProxyThread] = []
         try:
-            snapshot = provider_for(target).threads()
+            snapshot = provider(target)
         except UndebugError as exc:
             warnings.append(f"no guest threads ({exc.message}): showing the vCPUs instead")
         else:
