@@ -64,7 +64,7 @@ def threads_body(target: Target, args: argparse.Namespace) -> Report:
     def render() -> list[str]:
         table = [("ID", "NAME", "STATE", "CPU", "WAIT", "WHERE")]
         for r in rows:
-            table.append((str(r["id"]), escape(r["name"]), r["state"],
+            table.append((str(r["id"]), escape(r["name"]), escape(r["state"]),
                           "-" if r["cpu"] is None else str(r["cpu"]),
                           escape(r["wait_reason"] or "-"), escape(r["function"] or hex(r["pc"]))))
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -150,7 +150,7 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
         for t in traces:
             th = t["thread"]
             cpu = f", vCPU {th['cpu']}" if th["cpu"] is not None else ""
-            lines.append(f"thread {th['id']} {escape(th['name'])} ({th['state']}{cpu})")
+            lines.append(f"thread {th['id']} {escape(th['name'])} ({escape(th['state'])}{cpu})")
             lines += [_frame_line(f) for f in t["frames"]] or ["  (exited: no stack)"]
             if not t["complete"]:
                 lines.append("  (backtrace incomplete: see warnings)")
@@ -194,7 +194,7 @@ def regs_body(target: Target, args: argparse.Namespace) -> Report:
         lines = [f"registers of {who} ({subject['source']})"]
         for name, value in registers.items():
             where = f"  {escape(_where(target, value))}" if name == "rip" else ""
-            lines.append(f"  {name:<10} {value:#018x}{where}")
+            lines.append(f"  {escape(name):<10} {value:#018x}{where}")
         return lines
 
     return Report(data={**subject, "registers": registers}, warnings=warnings, render=render)
