@@ -92,6 +92,16 @@ def test_bt_human_output_names_files_and_lines(shared_guest: str) -> None:
     assert " in nap" in out and "main.c:" in out
 
 
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_bt_refuses_fewer_than_one_frame(shared_guest: str, limit: str) -> None:
+    # A sleeping thread has a stack: a zero limit once printed it as "(exited: no stack)".
+    sleeper = by_name(threads_of(shared_guest))["sleeper"]
+    result = undebug("bt", shared_guest, "--thread", str(sleeper["id"]), "--max-frames", limit)
+    assert result.code == 2, result.stdout
+    assert "--max-frames: must be at least 1" in result.stderr
+    assert result.stdout == ""
+
+
 def test_regs_of_a_sleeping_thread_and_of_a_vcpu(shared_guest: str) -> None:
     threads = by_name(threads_of(shared_guest))
     saved = undebug("regs", shared_guest, "--thread", str(threads["sleeper"]["id"]), "--json")
