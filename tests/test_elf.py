@@ -119,7 +119,7 @@ def test_member_details(guest_image: Path) -> None:
     assert (rip.size, rip.type_name, rip.array_length) == (8, "uint64_t", None)
     with pytest.raises(MemberNotFound, match=r"struct thread has no member 'ctx\.rax'"):
         thread.member("ctx.rax")
-    with pytest.raises(KeyError):  # callers that expect a KeyError still get one
+    with pytest.raises(UsageError, match="struct thread has no member 'nope'"):
         thread.member("nope")
 
 
@@ -241,3 +241,46 @@ def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert undebug.elf.cache_dir() == tmp_path / "undebug" / "elf"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert undebug.elf.cache_dir() == Path(os.path.expanduser("~")) / ".cache" / "undebug" / "elf"
+
+
+# -- structs of an ELF the test builds ---------------------------------------------------
+
+SOURCE = r"""
+struct empty {};                                /* GNU C: sizeof == 0 */
+struct huge { char bytes[1UL << 30]; };         /* 1 GiB */
+struct small { unsigned long id; char name[16]; };
+struct empty empty_one;
+struct huge *huge_pointer;
+struct small small_one;
+int main(void) { return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny program with an empty, a 1 GiB and a normal struct in its DWARF (gcc -g)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    folder = tmp_path_factory.mktemp("structs")
+    (folder / "structs.c").write_text(SOURCE)
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(folder / "structs"), str(folder / "structs.c")],
+                   check=True, capture_output=True)
+    return folder / "structs"
+
+
+def test_a_missing_member_is_a_usage_error_naming_struct_and_member(built: Path) -> None:
+    from undebug.os.provider import StructValue
+
+    small = ElfFile(built).struct("small")
+    assert small is not None and small.size == 24  # 8 + 16, no padding
+    value = StructValue(small, 0x1000, bytes(range(24)))
+    assert value.int("id") == int.from_bytes(bytes(range(8)), "little")
+    with pytest.raises(UsageError, match=r"struct small has no member 'next'") as caught:
+        value.int("next")
+    assert caught.value.hint and "--elf" in caught.value.hint
+
+
+@pytest.mark.parametrize(("struct", "size"), [("empty", 0), ("huge", 1 << 30)])
+def test_impossible_struct_sizes_are_refused(built: Path, struct: str, size: int) -> None:
+    with pytest.raises(UsageError, match=rf"struct {struct} .* impossible size .*: {size} bytes"):
+        ElfFile(built).struct(struct)

@@ -27,9 +27,10 @@ from undebug.errors import UsageError
 
 NT_GNU_BUILD_ID = 3
 
-__all__ = ["ElfFile", "Member", "MemberNotFound", "Section", "StructLayout", "Symbol",
-           "cache_dir"]
+__all__ = ["MAX_STRUCT_SIZE", "ElfFile", "Member", "MemberNotFound", "Section", "StructLayout",
+           "Symbol", "cache_dir"]
 
+MAX_STRUCT_SIZE = 1 << 20  # larger than any struct an OS helper reads per object: corrupt DWARF
 CACHE_VERSION = 1  # bump when the index format changes: old files are then ignored
 _ARCH = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
          "EM_ARM": "arm", "EM_RISCV": "riscv"}
@@ -64,15 +65,14 @@ class Member:
     array_length: int | None
 
 
-class MemberNotFound(KeyError):
+class MemberNotFound(UsageError):
     """A struct has no member of that name: the guest's sources differ from what we expect."""
 
     def __init__(self, struct: str, path: str) -> None:
-        super().__init__(f"struct {struct} has no member {path!r} in the DWARF")
+        super().__init__(f"struct {struct} has no member {path!r} in the DWARF",
+                         hint="the guest was built from sources this OS's undebug support "
+                         "does not know; pass the ELF it was built from (--elf)")
         self.struct, self.path = struct, path
-
-    def __str__(self) -> str:
-        return str(self.args[0])  # KeyError would quote the message
 
 
 @dataclass(frozen=True)
@@ -382,7 +382,8 @@ class ElfFile:
         return None if best is None else best[1]
 
     def struct(self, name: str) -> StructLayout | None:
-        """The layout of ``struct name`` (or a typedef of a struct), or None without DWARF."""
+        """The layout of ``struct name`` (or a typedef of a struct), or None without DWARF;
+        a size of 0 or above :data:`MAX_STRUCT_SIZE` is a :class:`UsageError`."""
         name = name.removeprefix("struct ").removeprefix("union ").strip()
         if name in self._structs:
             return self._structs[name]
@@ -393,7 +394,14 @@ class ElfFile:
         members = {path: Member(path, int(o), int(s), str(t), bool(p),
                                 None if n is None else int(n))
                    for path, (o, s, t, p, n) in raw["members"].items()}
-        layout = StructLayout(name, int(raw["size"]), members)
+        size = int(raw["size"])
+        if not 0 < size <= MAX_STRUCT_SIZE:
+            # 0 would divide by zero (array counts), a huge size would be read from the guest.
+            raise UsageError(f"struct {name} in {self.path} has an impossible size in the "
+                             f"DWARF: {size} bytes (allowed: 1 .. {MAX_STRUCT_SIZE})",
+                             hint="the ELF's debug info is corrupt or not the guest's: pass "
+                             "the guest's own ELF")
+        layout = StructLayout(name, size, members)
         self._structs[name] = layout
         return layout
 
