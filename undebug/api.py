@@ -49,7 +49,7 @@ class Session:
     def backtrace(self, thread_id: int, max_frames: int = 64) -> Backtrace:
         thread = self.thread(thread_id)
         return unwind(self.target.elf, self.target.read, thread.registers, thread.stack,
-                      max_frames=max_frames)
+                      max_frames=max_frames, trap_frames=self.provider.trap_frame)
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
         return self.target.registers(cpu)

@@ -18,12 +18,20 @@ import bisect
 import struct
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from undebug.elf import ElfFile
+from undebug.trapframe import (
+    PAGE_FAULT,
+    Trap,
+    TrapFrame,
+    TrapFrameHook,
+    exception_name,
+    read_trap_frame,
+)
 
-__all__ = ["Backtrace", "Frame", "unwind"]
+__all__ = ["Backtrace", "Frame", "Trap", "TrapFrame", "TrapFrameHook", "unwind"]
 
 MAX_STACK_READ = 1 << 20
 MASK = (1 << 64) - 1
@@ -47,7 +55,9 @@ class Frame:
     offset: int | None  # pc - function start
     file: str | None
     line: int | None
-    method: str  # how this frame was found: "registers" (frame 0), "cfi", "fp"
+    method: str  # how it was found: "registers" (frame 0), "cfi", "fp", "trap-frame";
+    # "exception" for the frame between a handler and the code it interrupted
+    trap: Trap | None = None  # that frame's vector, error code, cr2
 
 
 @dataclass
@@ -161,15 +171,28 @@ class _ReadFailed(Exception):
 
 
 class _Memory:
-    """8-byte loads, served from one bulk read of the stack when its bounds are known."""
+    """8-byte loads, served from bulk reads of the stacks whose bounds are known."""
 
-    def __init__(self, read: Callable[[int, int], bytes], base: int, data: bytes) -> None:
-        self.read, self.base, self.data = read, base, data
+    def __init__(self, read: Callable[[int, int], bytes], warnings: list[str]) -> None:
+        self.read, self.warnings = read, warnings
+        self.regions: list[tuple[int, bytes]] = []
+
+    def load(self, low: int, high: int) -> None:
+        """Read [low, high) in one access (at most MAX_STACK_READ), unless it is held."""
+        if any(base <= low and low + 8 <= base + len(data) for base, data in self.regions):
+            return
+        size = min(high - low, MAX_STACK_READ)
+        try:
+            self.regions.append((low, bytes(self.read(low, size))))
+        except Exception as exc:
+            self.warnings.append(f"cannot read the stack [{low:#x}, {low + size:#x}) at once "
+                                 f"({exc}); reading word by word")
 
     def u64(self, address: int) -> int:
-        at = address - self.base
-        if at >= 0 and at + 8 <= len(self.data):
-            return int(struct.unpack_from("<Q", self.data, at)[0])
+        for base, data in self.regions:
+            at = address - base
+            if at >= 0 and at + 8 <= len(data):
+                return int(struct.unpack_from("<Q", data, at)[0])
         try:
             raw = self.read(address, 8)
         except Exception as exc:  # any reader, any failure: the caller makes it a warning
@@ -177,20 +200,6 @@ class _Memory:
         if len(raw) != 8:
             raise _ReadFailed(f"short read at {address:#x} ({len(raw)} bytes)")
         return int.from_bytes(raw, "little")
-
-
-def _stack_memory(read: Callable[[int, int], bytes], sp: int, stack: tuple[int, int] | None,
-                  warnings: list[str]) -> _Memory:
-    if stack is None or not stack[0] <= sp < stack[1]:
-        return _Memory(read, 0, b"")
-    size = min(stack[1] - sp, MAX_STACK_READ)
-    try:
-        data = read(sp, size)
-    except Exception as exc:
-        warnings.append(f"cannot read the stack [{sp:#x}, {sp + size:#x}) at once ({exc}); "
-                        "reading word by word")
-        data = b""
-    return _Memory(read, sp, bytes(data))
 
 
 class _Stop(Exception):
@@ -262,12 +271,76 @@ def _step_fp(regs: list[int | None], memory: _Memory, name: str) -> tuple[int, l
     return (rbp + 16) & MASK, caller
 
 
+class _Stacks:
+    """Which stack the walk is on, and its bounds. On the thread's own stack every CFA must
+    stay inside it; frame 0 of a thread on its vCPU may be on another one (an interrupt or
+    exception stack: the #PF of a stack overflow runs on its own), bounded there by
+    MAX_STACK_READ above where the walk came onto it, until an exception frame (or a CFA)
+    leads back. A walk that never gets back says so at its end."""
+
+    def __init__(self, memory: _Memory, stack: tuple[int, int] | None) -> None:
+        self.memory, self.stack = memory, stack
+        self.bounds: tuple[int, int] | None = None
+        self.last_cfa: int | None = None
+        self.outside: str | None = None  # the warning a walk that never gets back ends with
+
+    def enter(self, sp: int, first: bool = False) -> None:
+        """The walk is at ``sp`` now: frame 0, or the code an exception frame interrupted."""
+        self.last_cfa = None
+        if self.stack is None:
+            self.bounds = None
+        elif self.stack[0] <= sp <= self.stack[1]:
+            self._home(sp)
+        else:
+            self.bounds = (sp, sp + MAX_STACK_READ)
+            if first:
+                self.outside = (f"rsp {sp:#x} is outside the stack [{self.stack[0]:#x}, "
+                                f"{self.stack[1]:#x}) and no exception frame leads back to it")
+
+    def _home(self, sp: int) -> None:
+        assert self.stack is not None
+        self.bounds, self.outside = self.stack, None
+        self.memory.load(sp, self.stack[1])
+
+    def check(self, cfa: int, label: str) -> None:
+        """A frame's CFA grows within one stack and stays inside its bounds."""
+        if self.last_cfa is not None and cfa <= self.last_cfa:
+            raise _Stop(f"CFA {cfa:#x} of {label} does not grow (previous {self.last_cfa:#x}): "
+                        "a loop or a corrupt stack")
+        stack = self.stack
+        if stack is not None and self.bounds != stack and stack[0] < cfa <= stack[1]:
+            self._home(cfa)  # e.g. a fault in the guard page: its CFA is on the stack
+        elif self.bounds is not None and not self.bounds[0] < cfa <= self.bounds[1]:
+            low, high = self.bounds
+            raise _Stop(f"the stack pointer of {label}'s caller ({cfa:#x}) leaves the "
+                        f"stack [{low:#x}, {high:#x})")
+        self.last_cfa = cfa
+
+
+def _trap(frame: TrapFrame | None, read: Callable[[int, int], bytes], cr2: int | None,
+          label: str) -> tuple[Trap, dict[str, int]]:
+    """The exception frame's details (and the OS's saved registers) from its block."""
+    if frame is None:
+        return Trap(None, None, None, None), {}
+    try:
+        saved, vector, error = read_trap_frame(frame, read)
+    except Exception as exc:  # a failed read, a member the DWARF lacks: stop with a warning
+        raise _Stop(f"the trap frame of {label} at {frame.address:#x} is unreadable: "
+                    f"{exc}") from None
+    return Trap(vector, None if vector is None else exception_name(vector), error,
+                cr2 if vector == PAGE_FAULT else None), saved
+
+
 def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[str, int],
-           stack: tuple[int, int] | None = None, max_frames: int = 64) -> Backtrace:
+           stack: tuple[int, int] | None = None, max_frames: int = 64,
+           trap_frames: TrapFrameHook | None = None) -> Backtrace:
     """Walk the stack of one thread from its registers (gdb's x86-64 names).
 
     ``read(address, size)`` reads guest virtual memory and raises on failure; ``stack`` is
     the thread's [low, high) if known: then [rsp, high) is read once and bounds every frame.
+    Exception frames are stepped through by their signal-frame CFI or, where the trap entry
+    has none, by ``trap_frames``, the OS's hook (:mod:`undebug.trapframe`); the hook also
+    gives the vector and error code. ``registers["cr2"]``, if there, is the newest #PF's.
     """
     tables = _tables(elf)
     result = Backtrace([], list(tables.errors))
@@ -276,43 +349,65 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
     if pc is None or sp is None:
         result.warnings.append("rip or rsp missing from the registers: nothing to unwind")
         return result
-    memory = _stack_memory(read, sp, stack, result.warnings)
-    exact, method, last_cfa = True, "registers", None
+    stacks = _Stacks(_Memory(read, result.warnings), stack)
+    stacks.enter(sp, first=True)
+    cr2 = registers.get("cr2")
+    exact, method = True, "registers"
     for index in range(max_frames):
         lookup = pc if exact else pc - 1  # a return address points after its call
         function, offset, file, line = tables.place(lookup, pc)
         fde = tables.find(lookup)
         label = function or f"{pc:#x}"
         cfa: int | None = None
+        frame = Frame(index, pc, None, function, offset, file, line, method)
         try:
-            if index == 0 and stack is not None and not stack[0] <= sp <= stack[1]:
-                raise _Stop(f"rsp {sp:#x} is outside the stack [{stack[0]:#x}, {stack[1]:#x})")
             if function is None and fde is None and not elf.in_text(lookup):
                 raise _Stop(f"pc {pc:#x} is not inside any known function: stopped there")
-            if fde is not None:
-                cfa, caller = _step_cfi(fde, lookup, regs, memory, label)
+            block, frame_sp = None, regs[RSP]
+            if trap_frames is not None and function is not None and not exact and \
+                    frame_sp is not None:
+                block = trap_frames(function, pc, frame_sp)
+            trap: Trap | None = None
+            if fde is not None and fde.signal:  # the entry's CFI steps, the OS says why
+                cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
+                trap, _ = _trap(block, read, cr2, label)
+                next_method = "cfi"
+            elif block is not None:  # no CFI: the registers come from the OS's block
+                trap, saved = _trap(block, read, cr2, label)
+                caller = [saved.get(name) for name in REGISTERS]
+                if caller[RA] is None or caller[RSP] is None:
+                    raise _Stop(f"the trap frame of {label} has no rip or rsp")
+                cfa, next_method = block.address + block.layout.size, "trap-frame"
+            elif fde is not None:
+                cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
+                next_method = "cfi"
             else:
-                cfa, caller = _step_fp(regs, memory, label)
-            if last_cfa is not None and cfa <= last_cfa:
-                raise _Stop(f"CFA {cfa:#x} of {label} does not grow (previous {last_cfa:#x}): "
-                            "a loop or a corrupt stack")
-            if stack is not None and not stack[0] < cfa <= stack[1]:
-                raise _Stop(f"the stack pointer of {label}'s caller ({cfa:#x}) leaves the "
-                            f"stack [{stack[0]:#x}, {stack[1]:#x})")
+                cfa, caller = _step_fp(regs, stacks.memory, label)
+                next_method = "fp"
+            if trap is not None:
+                frame = Frame(index, pc, cfa, None, None, None, None, "exception", trap)
+                cr2 = None  # a later (outer) #PF's address is gone from the CPU
+            stacks.check(cfa, label)
             next_pc = caller[RA]
         except _Stop as stop:
-            result.frames.append(Frame(index, pc, cfa, function, offset, file, line, method))
+            result.frames.append(replace(frame, cfa=cfa))
             if stop.warning:
                 result.warnings.append(stop.warning)
             result.complete = stop.complete
-            return result
-        result.frames.append(Frame(index, pc, cfa, function, offset, file, line, method))
+            break
+        result.frames.append(replace(frame, cfa=cfa))
         if next_pc is None or next_pc == 0:
             result.complete = next_pc == 0
             if next_pc is None:
                 result.warnings.append(f"the return address of {label} is not known")
-            return result
-        pc, regs, last_cfa = next_pc, caller, cfa
-        exact, method = fde is not None and fde.signal, "cfi" if fde is not None else "fp"
-    result.warnings.append(f"stopped after {max_frames} frames (max_frames)")
+            break
+        caller_sp = caller[RSP]
+        if trap is not None and caller_sp is not None:
+            stacks.enter(caller_sp)
+        pc, regs, method = next_pc, caller, next_method
+        exact = trap is not None or (fde is not None and fde.signal)
+    else:
+        result.warnings.append(f"stopped after {max_frames} frames (max_frames)")
+    if stacks.outside:
+        result.warnings.append(stacks.outside)
     return result

@@ -106,11 +106,19 @@ def _bt_arguments(p: argparse.ArgumentParser) -> None:
 
 def _frames_json(trace: Backtrace) -> list[dict[str, Any]]:
     return [{"index": f.index, "pc": f.pc, "cfa": f.cfa, "function": f.function,
-             "offset": f.offset, "file": f.file, "line": f.line, "method": f.method}
+             "offset": f.offset, "file": f.file, "line": f.line, "method": f.method,
+             "exception": None if f.trap is None else
+             {"vector": f.trap.vector, "name": f.trap.name, "error_code": f.trap.error_code,
+              "cr2": f.trap.cr2}}
             for f in trace.frames]
 
 
 def _frame_line(f: dict[str, Any]) -> str:
+    trap = f["exception"]
+    if trap is not None:  # gdb's "<signal handler called>", with what the OS saved
+        what = "".join(f" {part}" for part in (
+            trap["name"], None if trap["cr2"] is None else f"cr2={trap['cr2']:#x}") if part)
+        return f"  #{f['index']:<2} <exception{what}>"
     where = escape(f["function"] or "??")
     if f["offset"]:
         where += f"+{f['offset']:#x}"
@@ -122,7 +130,8 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
     from undebug.os import provider_for
     from undebug.unwind import unwind
 
-    snapshot = provider_for(target).threads()
+    provider = provider_for(target)
+    snapshot = provider.threads()
     if args.all:
         chosen = snapshot.threads
     elif args.thread is not None:
@@ -140,7 +149,7 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
                            "complete": True})
             continue
         trace = unwind(target.elf, target.read, thread.registers, thread.stack,
-                       max_frames=args.max_frames)
+                       max_frames=args.max_frames, trap_frames=provider.trap_frame)
         warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
         traces.append({"thread": _thread_json(target, thread), "frames": _frames_json(trace),
                        "complete": trace.complete})
@@ -162,7 +171,8 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
 
 command("bt", "backtraces of guest threads", _bt_arguments,
         description="Unwind guest threads from their saved context (or their vCPU when "
-        "running) with DWARF CFI, frame pointers as fallback.")(_with_target(bt_body))
+        "running) with DWARF CFI, frame pointers as fallback, through exception frames "
+        "(shown as <exception #PF cr2=0x...>) into the interrupted code.")(_with_target(bt_body))
 
 
 # ---- regs ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import ClassVar
 from undebug.elf import ElfFile, StructLayout
 from undebug.errors import UsageError
 from undebug.target import ReadError, Target
+from undebug.trapframe import TrapFrame
 
 __all__ = ["GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot", "read_struct"]
 
@@ -108,6 +109,12 @@ class ThreadProvider(ABC):
     @abstractmethod
     def walk(self) -> ThreadSnapshot:
         """Read every thread from guest memory now."""
+
+    def trap_frame(self, function: str, pc: int, sp: int) -> TrapFrame | None:
+        """Where this OS's trap handler ``function`` saved the registers it interrupted,
+        when the unwinder is in that handler at ``pc`` with ``sp`` (a
+        :data:`~undebug.trapframe.TrapFrameHook`); None: not a trap handler it knows."""
+        return None
 
     @abstractmethod
     def check(self) -> None:

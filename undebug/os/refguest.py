@@ -3,7 +3,9 @@
 ``thread_list`` is a singly linked list of ``struct thread`` (``next``); each sleeping
 thread's callee-saved registers, rsp and rip are in its ``ctx``, written by
 ``switch_context`` (rip points back into ``schedule()``). Each vCPU's GS base points at
-its ``struct percpu`` entry, whose ``current`` is the thread it runs.
+its ``struct percpu`` entry, whose ``current`` is the thread it runs. An exception or
+interrupt enters ``isr_common`` (isr.S), which pushes a ``struct irq_frame`` and calls
+``isr_dispatch(frame)``: the trap frame the unwinder steps through.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from undebug.os.provider import (
     read_struct,
 )
 from undebug.target import ReadError
+from undebug.trapframe import TrapFrame
 
 __all__ = ["RefguestProvider"]
 
 SAVED_REGISTERS = ("rip", "rsp", "rbp", "rbx", "r12", "r13", "r14", "r15")
+TRAP_ENTRY = "isr_common"  # its rsp after the call to isr_dispatch is the struct irq_frame
+TRAP_SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+              "r12", "r13", "r14", "r15", "rip", "rsp")  # irq_frame members, gdb's names
 MAX_STACK = 64 << 20
 
 
@@ -32,6 +38,16 @@ class RefguestProvider(ThreadProvider):
     def check(self) -> None:
         for struct in ("thread", "percpu"):
             self.need_struct(struct)
+
+    def trap_frame(self, function: str, pc: int, sp: int) -> TrapFrame | None:
+        if function != TRAP_ENTRY:
+            return None
+        layout = self.target.elf.struct("irq_frame")
+        if layout is None:
+            return None
+        return TrapFrame(sp, layout, {r: r for r in TRAP_SAVED if layout.has_member(r)},
+                         vector="vector" if layout.has_member("vector") else None,
+                         error_code="error" if layout.has_member("error") else None)
 
     def _running(self, warnings: list[str]) -> dict[int, int]:
         """Thread struct address -> the vCPU running it, through each vCPU's GS base."""
@@ -118,7 +134,8 @@ class RefguestProvider(ThreadProvider):
                 warnings.append(f"thread {thread_id} is marked running but no vCPU runs it: "
                                 "showing its last saved context")
         sp = registers.get("rsp", 0)
-        if stack is not None and not stack[0] <= sp <= stack[1]:
+        # On a vCPU it may be on an interrupt stack (a #PF runs on its own): bt tells.
+        if cpu is None and stack is not None and not stack[0] <= sp <= stack[1]:
             warnings.append(f"thread {thread_id}: stack pointer {sp:#x} outside its stack "
                             f"[{stack[0]:#x}, {stack[1]:#x})")
         wait_reason = None
