@@ -91,6 +91,16 @@ def guest_image() -> Path:
 
 
 @pytest.fixture(scope="session")
+def nocfi_image(guest_image: Path) -> Path:
+    """build/refguest-nocfi.elf: the reference guest whose trap entry has no CFI (the same
+    make builds it beside refguest.elf)."""
+    image = GUEST.with_name("refguest-nocfi.elf")
+    if not image.exists():
+        subprocess.run(["make", "-s", "guest"], cwd=ROOT, check=True)
+    return image
+
+
+@pytest.fixture(scope="session")
 def shared_guest(guest_image: Path) -> Iterator[str]:
     """One running reference guest (-smp 2, 8 workers) for tests that do not change it."""
     name = "shared"

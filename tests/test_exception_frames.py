@@ -13,26 +13,16 @@ unwinder must find the saved registers through the OS provider's trap-frame hook
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, undebug, wait_for_console
+from tests.conftest import undebug, wait_for_console
 
 CALLERS = ["handle_request", "worker_main", "thread_entry", "thread_trampoline"]
 PAGE = 4096
-
-
-@pytest.fixture(scope="session")
-def nocfi_image(guest_image: Path) -> Path:
-    """build/refguest-nocfi.elf (made by the same make as refguest.elf)."""
-    image = ROOT / "build" / "refguest-nocfi.elf"
-    if not image.exists():
-        subprocess.run(["make", "-s", "guest"], cwd=ROOT, check=True)
-    return image
 
 
 @dataclass

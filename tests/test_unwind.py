@@ -8,7 +8,9 @@ saved context in, walks the frames, restores) so the tests compare the two.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,7 @@ import pytest
 
 from undebug.elf import ElfFile
 from undebug.gdb.rsp import RspClient
-from undebug.unwind import Backtrace, unwind
+from undebug.unwind import Backtrace, TrapFrame, TrapFrameHook, unwind
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ("rip", "rsp", "rbp", "rbx", "r12", "r13", "r14", "r15")
@@ -38,7 +40,9 @@ gdb.execute("target remote " + SOCKET)
 def walk():
     out, frame = [], gdb.newest_frame()
     while frame is not None and len(out) < 64:
-        if frame.type() != gdb.INLINE_FRAME:
+        if frame.type() == gdb.SIGTRAMP_FRAME:  # "<signal handler called>"
+            out.append([frame.pc(), "<exception>"])
+        elif frame.type() != gdb.INLINE_FRAME:
             out.append([frame.pc(), frame.name()])
         try:
             frame = frame.older()
@@ -136,28 +140,47 @@ def _gdb(elf: Path, socket_path: Path, contexts: dict[int, dict[str, int]],
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def walked(guest_image: Path) -> Iterator[Walked]:
+@contextlib.contextmanager
+def _qemu(image: Path, append: str, smp: int) -> Iterator[tuple[Path, Path, Path]]:
+    """A reference guest in QEMU with its gdbstub on a unix socket (this test's own, not a
+    session's); yields (socket, console log, temp dir). A crash pauses it (pvpanic)."""
     if shutil.which("gdb") is None or shutil.which("qemu-system-x86_64") is None:
         pytest.skip("needs gdb and qemu-system-x86_64")
     tmp = Path(tempfile.mkdtemp(prefix="ud-unw-"))  # short: unix socket paths < 108 bytes
     sock, console = tmp / "gdb.sock", tmp / "console.log"
     qemu = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "128", "-smp", "2",
-         "-display", "none", "-vga", "none", "-nodefaults", "-S",
+        ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "128", "-smp", str(smp),
+         "-display", "none", "-vga", "none", "-nodefaults", "-no-reboot",
+         "-action", "reboot=shutdown,shutdown=pause,panic=pause", "-device", "pvpanic",
          "-chardev", f"socket,id=gdb0,path={sock},server=on,wait=off", "-gdb", "chardev:gdb0",
-         "-serial", f"file:{console}", "-kernel", str(guest_image), "-append", "threads=8"],
+         "-serial", f"file:{console}", "-kernel", str(image), "-append", append],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
             assert qemu.poll() is None and time.monotonic() < deadline, qemu.stderr
             time.sleep(0.02)
+        yield sock, console, tmp
+    finally:
+        qemu.send_signal(signal.SIGKILL)
+        qemu.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_console(console: Path, needle: bytes, timeout: float = 30) -> bytes:
+    deadline = time.monotonic() + timeout
+    while needle not in (text := console.read_bytes() if console.exists() else b""):
+        assert time.monotonic() < deadline, f"guest never printed {needle!r}: {text!r}"
+        time.sleep(0.05)
+    return text
+
+
+@pytest.fixture(scope="module")
+def walked(guest_image: Path) -> Iterator[Walked]:
+    with _qemu(guest_image, "threads=8", 2) as (sock, console, tmp):
+        _wait_console(console, b"refguest: ready")
         client = RspClient.connect(sock)
         client.cont()
-        while b"refguest: ready" not in (console.read_bytes() if console.exists() else b""):
-            assert time.monotonic() < deadline, "guest never printed ready"
-            time.sleep(0.05)
         time.sleep(0.3)  # let the workers settle into their sleep/request loop
         client.interrupt(timeout=5)
         elf = ElfFile(guest_image)
@@ -188,14 +211,17 @@ def walked(guest_image: Path) -> Iterator[Walked]:
             {int(k): [(pc, name) for pc, name in v] for k, v in result["threads"].items()},
             {int(k): [(pc, name) for pc, name in v] for k, v in result["vcpus"].items()},
             rate)
-    finally:
-        qemu.send_signal(signal.SIGKILL)
-        qemu.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _names(bt: Backtrace) -> list[str | None]:
     return [f.function for f in bt.frames]
+
+
+def _as_gdb(bt: Backtrace) -> list[tuple[int, str | None]]:
+    """(pc, function) per frame, an exception frame named as the gdb script names its
+    signal frames."""
+    return [(f.pc, "<exception>" if f.method == "exception" else f.function)
+            for f in bt.frames]
 
 
 def _by_name(walked: Walked, name: str) -> Backtrace:
@@ -243,7 +269,7 @@ def test_saved_contexts_agree_with_gdb(walked: Walked) -> None:
     assert set(walked.gdb_threads) == set(walked.ours)
     for thread_id, bt in walked.ours.items():
         theirs = walked.gdb_threads[thread_id]
-        assert [(f.pc, f.function) for f in bt.frames] == theirs, (thread_id, bt, theirs)
+        assert _as_gdb(bt) == theirs, (thread_id, bt, theirs)
 
 
 def test_running_vcpus_agree_with_gdb(walked: Walked) -> None:
@@ -256,13 +282,59 @@ def test_running_vcpus_agree_with_gdb(walked: Walked) -> None:
             theirs = theirs[:-1]
             assert bt.complete, bt
         assert bt.frames, bt
-        assert [(f.pc, f.function) for f in bt.frames] == theirs, (number, bt, theirs)
+        assert _as_gdb(bt) == theirs, (number, bt, theirs)
 
 
 def test_unwinding_is_fast_after_warm_up(walked: Walked) -> None:
     # 1000 threads x 5 frames in well under a second needs > 5,000 frames/s; ask for 4x.
     assert walked.frames_per_second > 20_000, walked.frames_per_second
     print(f"unwind: {walked.frames_per_second:,.0f} frames/s")
+
+
+# -- through an exception frame, by the trap entry's CFI alone, as gdb does ---------------
+
+@dataclass
+class Crashed:
+    ours: Backtrace  # vCPU 0, no OS trap-frame hook: CFI only
+    gdb: list[tuple[int, str | None]]
+    rip: int  # the faulting rip, from the guest's own EXCEPTION line
+
+
+@pytest.fixture(scope="module")
+def crashed(guest_image: Path) -> Iterator[Crashed]:
+    """crash=null on one vCPU, paused by the panic: our unwind of vCPU 0 and gdb's."""
+    with _qemu(guest_image, "threads=2 crash=null crash_after=200", 1) as (sock, console, tmp):
+        text = _wait_console(console, b"PANIC:")
+        rip = re.search(rb"EXCEPTION vector=14 .* rip=(0x[0-9a-f]+)", text)
+        assert rip is not None, text
+        client = RspClient.connect(sock)
+        read, _ = _paged(client)
+        ours = unwind(ElfFile(guest_image), read, client.registers(client.threads()[0]))
+        client.close()
+        result = _gdb(guest_image, sock, {}, tmp)
+        yield Crashed(ours, [(pc, name) for pc, name in result["vcpus"]["1"]],
+                      int(rip.group(1), 16))
+
+
+def test_cfi_alone_unwinds_through_the_exception_frame(crashed: Crashed) -> None:
+    frames = crashed.ours.frames
+    marker = next(i for i, f in enumerate(frames) if f.method == "exception")
+    assert "isr_dispatch" in [f.function for f in frames[:marker]]
+    trap = frames[marker].trap
+    assert trap is not None and frames[marker].function is None
+    # CFI says where the registers are, not which vector fired: that needs the OS.
+    assert (trap.vector, trap.name, trap.error_code, trap.cr2) == (None, None, None, None)
+    assert [f.function for f in frames[marker + 1 :]] == [
+        "crash_null", "handle_request", "worker_main", "thread_entry", "thread_trampoline"]
+    assert frames[marker + 1].pc == crashed.rip and frames[marker + 1].method == "cfi"
+    assert crashed.ours.complete and not crashed.ours.warnings, crashed.ours
+
+
+def test_gdb_unwinds_through_the_same_exception_frame(crashed: Crashed) -> None:
+    # Stock gdb on the ELF follows the same .cfi_signal_frame ("<signal handler called>").
+    assert "<exception>" in [name for _, name in crashed.gdb], crashed.gdb
+    theirs = crashed.gdb[:-1] if crashed.gdb[-1] == (0, None) else crashed.gdb
+    assert _as_gdb(crashed.ours) == theirs
 
 
 # -- hostile input ----------------------------------------------------------------------
@@ -368,3 +440,52 @@ def test_unwinding_the_bulk_stack_uses_one_read(guest_image: Path) -> None:
     assert calls == [(0x8ff8, 0xa000 - 0x8ff8)]
     assert bt.complete, bt
 
+
+
+def _trap_hook(elf: ElfFile) -> TrapFrameHook:
+    """The refguest's trap entry as its provider describes it: in isr_common, the struct
+    irq_frame is at the frame's rsp (a hook over the ELF alone, for fake memory)."""
+    layout = elf.struct("irq_frame")
+    assert layout is not None
+    names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+             "r12", "r13", "r14", "r15", "rip", "rsp")
+
+    def hook(function: str, pc: int, sp: int) -> TrapFrame | None:
+        if function != "isr_common":
+            return None
+        return TrapFrame(sp, layout, {r: r for r in names}, "vector", "error")
+
+    return hook
+
+
+def _into_trap_entry(elf: ElfFile) -> tuple[dict[str, int], dict[int, int]]:
+    """nap's frame (rbp 0x9000) returning into isr_common; its irq_frame would be at 0x9010."""
+    nap, entry = elf.symbol("nap"), elf.symbol("isr_common")
+    assert nap is not None and entry is not None
+    memory = {0x9000: 0x9100, 0x9008: entry.address + entry.size // 2}
+    return {"rip": nap.address + 8, "rsp": 0x8ff0, "rbp": 0x9000}, memory
+
+
+def test_an_unreadable_trap_frame_stops_with_a_warning(nocfi_image: Path) -> None:
+    elf = ElfFile(nocfi_image)
+    registers, memory = _into_trap_entry(elf)
+    bt = unwind(elf, _fake(memory), registers, trap_frames=_trap_hook(elf))
+    assert [f.method for f in bt.frames] == ["registers", "exception"] and not bt.complete
+    assert any("trap frame of isr_common at 0x9010 is unreadable" in w for w in bt.warnings)
+
+
+def test_exception_frames_that_loop_are_stopped(nocfi_image: Path) -> None:
+    elf = ElfFile(nocfi_image)
+    registers, memory = _into_trap_entry(elf)
+    layout = elf.struct("irq_frame")
+    assert layout is not None
+    for offset in range(0, layout.size, 8):
+        memory[0x9010 + offset] = 0
+    # The saved state is nap's frame again: a guest that lies about what it interrupted.
+    for name in ("rip", "rsp", "rbp"):
+        memory[0x9010 + layout.member(name).offset] = registers[name]
+    memory[0x9010 + layout.member("vector").offset] = 14
+    bt = unwind(elf, _fake(memory), registers, trap_frames=_trap_hook(elf), max_frames=50)
+    assert len(bt.frames) < 10 and not bt.complete, bt
+    assert bt.frames[1].trap is not None and bt.frames[1].trap.name == "#PF"
+    assert any("loop" in w for w in bt.warnings), bt

@@ -283,6 +283,7 @@ class _Stacks:
         self.bounds: tuple[int, int] | None = None
         self.last_cfa: int | None = None
         self.outside: str | None = None  # the warning a walk that never gets back ends with
+        self.traps: set[int] = set()  # CFAs of the exception frames passed
 
     def enter(self, sp: int, first: bool = False) -> None:
         """The walk is at ``sp`` now: frame 0, or the code an exception frame interrupted."""
@@ -302,6 +303,13 @@ class _Stacks:
         self.bounds, self.outside = self.stack, None
         self.memory.load(sp, self.stack[1])
 
+    def trapped(self, cfa: int, label: str) -> None:
+        """An exception frame switches stacks, so its CFA need not grow; it must be new."""
+        if cfa in self.traps:
+            raise _Stop(f"the exception frame at {cfa:#x} ({label}) was seen before: "
+                        "exception frames that loop (a corrupt stack)")
+        self.traps.add(cfa)
+
     def check(self, cfa: int, label: str) -> None:
         """A frame's CFA grows within one stack and stays inside its bounds."""
         if self.last_cfa is not None and cfa <= self.last_cfa:
@@ -317,11 +325,14 @@ class _Stacks:
         self.last_cfa = cfa
 
 
+_UNKNOWN = Trap(None, None, None, None)
+
+
 def _trap(frame: TrapFrame | None, read: Callable[[int, int], bytes], cr2: int | None,
           label: str) -> tuple[Trap, dict[str, int]]:
     """The exception frame's details (and the OS's saved registers) from its block."""
     if frame is None:
-        return Trap(None, None, None, None), {}
+        return _UNKNOWN, {}
     try:
         saved, vector, error = read_trap_frame(frame, read)
     except Exception as exc:  # a failed read, a member the DWARF lacks: stop with a warning
@@ -368,16 +379,19 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
                     frame_sp is not None:
                 block = trap_frames(function, pc, frame_sp)
             trap: Trap | None = None
+            if block is not None or (fde is not None and fde.signal):
+                frame = Frame(index, pc, None, None, None, None, None, "exception", _UNKNOWN)
             if fde is not None and fde.signal:  # the entry's CFI steps, the OS says why
                 cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
                 trap, _ = _trap(block, read, cr2, label)
                 next_method = "cfi"
             elif block is not None:  # no CFI: the registers come from the OS's block
+                cfa = block.address + block.layout.size
                 trap, saved = _trap(block, read, cr2, label)
                 caller = [saved.get(name) for name in REGISTERS]
                 if caller[RA] is None or caller[RSP] is None:
                     raise _Stop(f"the trap frame of {label} has no rip or rsp")
-                cfa, next_method = block.address + block.layout.size, "trap-frame"
+                next_method = "trap-frame"
             elif fde is not None:
                 cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
                 next_method = "cfi"
@@ -385,8 +399,9 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
                 cfa, caller = _step_fp(regs, stacks.memory, label)
                 next_method = "fp"
             if trap is not None:
-                frame = Frame(index, pc, cfa, None, None, None, None, "exception", trap)
+                frame = replace(frame, trap=trap)
                 cr2 = None  # a later (outer) #PF's address is gone from the CPU
+                stacks.trapped(cfa, label)
             stacks.check(cfa, label)
             next_pc = caller[RA]
         except _Stop as stop:
