@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import undebug, wait_for_console
+from undebug.elf import ElfFile
 
 CALLERS = ["handle_request", "worker_main", "thread_entry", "thread_trampoline"]
 PAGE = 4096
@@ -32,6 +33,7 @@ class Crash:
     console: dict[str, str]  # the guest's own EXCEPTION line, parsed
     trace: dict  # bt --json of the faulting thread
     warnings: list[str]
+    image: Path
 
 
 def _crash(name: str, image: Path, kind: str) -> Iterator[Crash]:
@@ -50,7 +52,7 @@ def _crash(name: str, image: Path, kind: str) -> Iterator[Crash]:
         doc = result.json()
         faulting = [t for t in doc["backtraces"] if t["thread"]["name"] == console["thread"]]
         assert len(faulting) == 1, doc
-        yield Crash(name, kind, console, faulting[0], doc["warnings"])
+        yield Crash(name, kind, console, faulting[0], doc["warnings"], image)
     finally:
         undebug("kill", name)
 
@@ -121,7 +123,12 @@ def test_a_stack_overflow_unwinds_off_the_exception_stack(overflow_crash: Crash)
     depth = names.index("crash_stack_overflow")
     assert depth >= 1 and set(names[:depth]) == {"recurse_forever"}, names
     assert names[depth + 1 :] == CALLERS
-    assert interrupted[0]["pc"] == int(overflow_crash.console["rip"], 16)
+    rip = int(overflow_crash.console["rip"], 16)
+    assert interrupted[0]["pc"] == rip
+    # The line of the faulting instruction itself (a return address would be looked up at
+    # pc-1, which here is on an earlier line).
+    assert (interrupted[0]["file"], interrupted[0]["line"]) == \
+        ElfFile(overflow_crash.image).line_at(rip)
     assert all(low < f["cfa"] <= high for f in interrupted[:-1])  # back on the thread's stack
     assert overflow_crash.trace["complete"]
     assert not [w for w in overflow_crash.warnings if "stack" in w], overflow_crash.warnings
