@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import undebug, wait_for_console
+from tests.test_schema import check
 from undebug.elf import ElfFile
 
 CALLERS = ["handle_request", "worker_main", "thread_entry", "thread_trampoline"]
@@ -50,6 +51,7 @@ def _crash(name: str, image: Path, kind: str) -> Iterator[Crash]:
         result = undebug("bt", name, "--all", "--json", "--max-frames", "500")
         assert result.code == 0, result.stderr
         doc = result.json()
+        check("bt", doc)  # the exception frame is in the documented --json schema
         faulting = [t for t in doc["backtraces"] if t["thread"]["name"] == console["thread"]]
         assert len(faulting) == 1, doc
         yield Crash(name, kind, console, faulting[0], doc["warnings"], image)

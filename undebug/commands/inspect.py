@@ -19,7 +19,7 @@ from undebug.text import escape
 if TYPE_CHECKING:  # the real imports are lazy, for start-up time
     from undebug.os.provider import GuestThread
     from undebug.target import Target
-    from undebug.unwind import Backtrace
+    from undebug.unwind import Frame
 
 
 def _target_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,17 +104,18 @@ def _bt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=_frame_limit, default=64, metavar="N", help="depth limit (64)")
 
 
-def _frames_json(trace: Backtrace) -> list[dict[str, Any]]:
-    return [{"index": f.index, "pc": f.pc, "cfa": f.cfa, "function": f.function,
-             "offset": f.offset, "file": f.file, "line": f.line, "method": f.method,
-             "exception": None if f.trap is None else
-             {"vector": f.trap.vector, "name": f.trap.name, "error_code": f.trap.error_code,
-              "cr2": f.trap.cr2}}
-            for f in trace.frames]
+def _frame_json(f: Frame) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": f.index, "pc": f.pc, "cfa": f.cfa, "function": f.function,
+                           "offset": f.offset, "file": f.file, "line": f.line,
+                           "method": f.method}
+    if f.trap is not None:  # only the exception frame has the key
+        out["exception"] = {"vector": f.trap.vector, "name": f.trap.name,
+                            "error_code": f.trap.error_code, "cr2": f.trap.cr2}
+    return out
 
 
 def _frame_line(f: dict[str, Any]) -> str:
-    trap = f["exception"]
+    trap = f.get("exception")
     if trap is not None:  # gdb's "<signal handler called>", with what the OS saved
         what = "".join(f" {part}" for part in (
             trap["name"], None if trap["cr2"] is None else f"cr2={trap['cr2']:#x}") if part)
@@ -151,7 +152,8 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
         trace = unwind(target.elf, target.read, thread.registers, thread.stack,
                        max_frames=args.max_frames, trap_frames=provider.trap_frame)
         warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
-        traces.append({"thread": _thread_json(target, thread), "frames": _frames_json(trace),
+        traces.append({"thread": _thread_json(target, thread),
+                       "frames": [_frame_json(f) for f in trace.frames],
                        "complete": trace.complete})
 
     def render() -> list[str]:
