@@ -18,7 +18,7 @@ import bisect
 import struct
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from undebug.elf import ElfFile
@@ -342,6 +342,27 @@ def _trap(frame: TrapFrame | None, read: Callable[[int, int], bytes], cr2: int |
                 cr2 if vector == PAGE_FAULT else None), saved
 
 
+def _step(fde: _Fde | None, block: TrapFrame | None, lookup: int, regs: list[int | None],
+          stacks: _Stacks, read: Callable[[int, int], bytes], cr2: int | None,
+          label: str) -> tuple[int, list[int | None], str, Trap | None]:
+    """One frame: its CFA, the caller's registers, how they were found, and what an
+    exception frame says (None for any other frame)."""
+    if fde is not None and fde.signal:  # the entry's CFI steps, the OS says which trap
+        cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
+        return cfa, caller, "cfi", _trap(block, read, cr2, label)[0]
+    if block is not None:  # no CFI: the registers come from the OS's saved block
+        trap, saved = _trap(block, read, cr2, label)
+        caller = [saved.get(name) for name in REGISTERS]
+        if caller[RA] is None or caller[RSP] is None:
+            raise _Stop(f"the trap frame of {label} has no rip or rsp")
+        return block.address + block.layout.size, caller, "trap-frame", trap
+    if fde is not None:
+        cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
+        return cfa, caller, "cfi", None
+    cfa, caller = _step_fp(regs, stacks.memory, label)
+    return cfa, caller, "fp", None
+
+
 def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[str, int],
            stack: tuple[int, int] | None = None, max_frames: int = 64,
            trap_frames: TrapFrameHook | None = None) -> Backtrace:
@@ -369,54 +390,38 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
         function, offset, file, line = tables.place(lookup, pc)
         fde = tables.find(lookup)
         label = function or f"{pc:#x}"
+        block, frame_sp = None, regs[RSP]
+        if trap_frames is not None and function is not None and not exact and \
+                frame_sp is not None:
+            block = trap_frames(function, pc, frame_sp)
+        trap = _UNKNOWN if block is not None or (fde is not None and fde.signal) else None
         cfa: int | None = None
-        frame = Frame(index, pc, None, function, offset, file, line, method)
+        stop: _Stop | None = None
         try:
             if function is None and fde is None and not elf.in_text(lookup):
                 raise _Stop(f"pc {pc:#x} is not inside any known function: stopped there")
-            block, frame_sp = None, regs[RSP]
-            if trap_frames is not None and function is not None and not exact and \
-                    frame_sp is not None:
-                block = trap_frames(function, pc, frame_sp)
-            trap: Trap | None = None
-            if block is not None or (fde is not None and fde.signal):
-                frame = Frame(index, pc, None, None, None, None, None, "exception", _UNKNOWN)
-            if fde is not None and fde.signal:  # the entry's CFI steps, the OS says why
-                cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
-                trap, _ = _trap(block, read, cr2, label)
-                next_method = "cfi"
-            elif block is not None:  # no CFI: the registers come from the OS's block
-                cfa = block.address + block.layout.size
-                trap, saved = _trap(block, read, cr2, label)
-                caller = [saved.get(name) for name in REGISTERS]
-                if caller[RA] is None or caller[RSP] is None:
-                    raise _Stop(f"the trap frame of {label} has no rip or rsp")
-                next_method = "trap-frame"
-            elif fde is not None:
-                cfa, caller = _step_cfi(fde, lookup, regs, stacks.memory, label)
-                next_method = "cfi"
-            else:
-                cfa, caller = _step_fp(regs, stacks.memory, label)
-                next_method = "fp"
+            cfa, caller, next_method, trap = _step(fde, block, lookup, regs, stacks, read, cr2,
+                                                   label)
             if trap is not None:
-                frame = replace(frame, trap=trap)
-                cr2 = None  # a later (outer) #PF's address is gone from the CPU
+                cr2 = None  # an outer #PF's address is gone from the CPU
                 stacks.trapped(cfa, label)
             stacks.check(cfa, label)
-            next_pc = caller[RA]
-        except _Stop as stop:
-            result.frames.append(replace(frame, cfa=cfa))
+        except _Stop as stopped:
+            stop = stopped
+        result.frames.append(
+            Frame(index, pc, cfa, function, offset, file, line, method) if trap is None else
+            Frame(index, pc, cfa, None, None, None, None, "exception", trap))
+        if stop is not None:
             if stop.warning:
                 result.warnings.append(stop.warning)
             result.complete = stop.complete
             break
-        result.frames.append(replace(frame, cfa=cfa))
+        next_pc, caller_sp = caller[RA], caller[RSP]
         if next_pc is None or next_pc == 0:
             result.complete = next_pc == 0
             if next_pc is None:
                 result.warnings.append(f"the return address of {label} is not known")
             break
-        caller_sp = caller[RSP]
         if trap is not None and caller_sp is not None:
             stacks.enter(caller_sp)
         pc, regs, method = next_pc, caller, next_method
