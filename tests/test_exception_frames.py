@@ -144,3 +144,13 @@ def test_without_cfi_the_os_trap_frame_leads_to_the_same_chain(nocfi_crash: Cras
     assert interrupted[0]["method"] == "trap-frame"  # struct irq_frame, not CFI
     assert interrupted[0]["pc"] == int(nocfi_crash.console["rip"], 16)
     assert nocfi_crash.trace["complete"]
+
+
+def test_the_python_api_unwinds_through_the_same_exception_frame(null_crash: Crash) -> None:
+    import undebug
+
+    with undebug.attach(null_crash.name) as guest:
+        trace = guest.backtrace(null_crash.trace["thread"]["id"])
+    marker = next(f for f in trace.frames if f.method == "exception")
+    assert marker.trap is not None and (marker.trap.vector, marker.trap.cr2) == (14, 0)
+    assert [f.pc for f in trace.frames] == [f["pc"] for f in null_crash.trace["frames"]]
