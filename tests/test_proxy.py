@@ -301,3 +301,28 @@ def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> No
     eflags = Register("eflags", 32, 17, 8, "int", None, "core")
     assert proxy_threads.encode_registers(view.threads[1].registers, (rip, eflags)) == \
         "0710000000000000" + "xx" * 4
+
+
+def test_gdb_attaches_to_a_crashed_guest_and_bt_shows_the_planted_crash_chain(
+        guest_image: Path) -> None:
+    # One vCPU: the crashing worker is the thread on it (QEMU reports a panic pause on
+    # its current vCPU, not on the one that panicked).
+    name = "gdbcrash"
+    assert undebug("run", "-d", "--name", name, "--smp", "1", "--append",
+                   "threads=2 crash=panic crash_after=100", str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "PANIC: planted panic")
+        server = start_proxy(name)
+        try:
+            out = gdb(server, "bt").decode()
+        finally:
+            log = stop_proxy(server)
+    finally:
+        undebug("kill", name)
+    assert "Unknown remote qXfer reply" not in out and "No stack." not in out, out
+    # The README's crash path: worker_main -> handle_request -> crash_panic -> panic
+    chain = re.findall(r"^#\d+ +(?:0x[0-9a-f]+ in )?(\w+) \(", out, re.M)
+    assert "panic" in chain, out
+    at = chain.index("crash_panic")
+    assert chain[at - 1] == "panic" and chain[at + 1 : at + 3] == ["handle_request", "worker_main"], out
+    assert "the guest crashed: guest panicked: PANIC: planted panic" in log

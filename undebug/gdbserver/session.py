@@ -151,8 +151,8 @@ class GdbSession:
             self.conn.send(b"OK")
             self.conn.no_ack = True
             return None
-        if kind == "?":
-            return self._report(self.last_stop)
+        if kind == "?":  # the target is stopped: no console text
+            return self._report(self.last_stop, running=False)
         if kind == "H":
             return self._set_thread(text[1:2], parse_thread_id(text[2:]))
         if kind == "T":
@@ -399,10 +399,14 @@ class GdbSession:
         self._console(f"undebug: {message}\n")
         return self._error(PacketError(message))
 
-    def _report(self, stop: Stop) -> bytes:
-        """The stop reply, in the guest thread running on the vCPU that stopped."""
-        if stop.message:
+    def _report(self, stop: Stop, running: bool = True) -> bytes:
+        """The stop reply, in the guest thread running on the vCPU that stopped. Its
+        message goes to gdb's console only if gdb is waiting for the target to stop
+        (``running``): an ``O`` packet at any other time would be read as the reply."""
+        if stop.message and running:
             self._console(f"undebug: {stop.message}\n")
+        elif stop.message:
+            log.info("%s", stop.message)
         if stop.exit_reply is not None:
             self.done = True
             return stop.exit_reply
