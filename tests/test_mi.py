@@ -441,6 +441,37 @@ def test_eval_interrupted_by_ctrl_c_leaves_neither_gdb_nor_the_proxy(shared_gues
     assert status["state"] == "running"  # gdb detached even so: the guest runs as before
 
 
+@live
+@proxy
+def test_eval_killed_by_sigkill_leaves_no_gdbserver_gdb_or_files(shared_guest: str,
+                                                                 runtime_dir: Path) -> None:
+    session = runtime_dir / shared_guest
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.iterdir())
+    proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "eval", shared_guest,
+                             "planted_counter"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children: set[int] = set()
+    deadline = time.monotonic() + 15
+    # Kill it once its gdbserver listens (gdb is connecting), as a user's kill -9 would.
+    while proc.poll() is None and time.monotonic() < deadline and \
+            not list(session.glob("eval-*.sock")) and not list(temp.glob("ud-eval-*/gdb.sock")):
+        children.update(_children(proc.pid))
+        time.sleep(0.005)
+    children.update(_children(proc.pid))
+    assert proc.poll() is None and len(children) == 2, "eval ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(pid) for pid in children), [Path(f"/proc/{p}/cmdline").read_bytes()
+                                                for p in children if not gone(p)]
+    assert list(session.glob("eval-*.sock")) == []  # the server removed its socket
+    assert [p for p in set(temp.iterdir()) - before if p.name.startswith("ud-eval-")] == []
+    # The guest is usable: another eval works (nothing holds it).
+    assert undebug("eval", shared_guest, "1+1").stdout == "1+1 = 2 (int)\n"
+
+
 # ---- recording (python -m tests.test_mi record) ---------------------------------------
 
 def record() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -23,6 +25,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    "authentication)")
     add_elf_arguments(p)
     p.add_argument("--verbose", action="store_true", help="log every packet to stderr")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # undebug eval's child
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -40,6 +43,19 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM (our clean end) when ``parent`` dies, even by SIGKILL; at once if it has
+    died already (before the prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        raise _Terminated
+
+
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
          description="Listen for gdb (target remote HOST:PORT) and serve the guest with its "
          "OS's own threads: info threads, thread apply all bt, breakpoints, continue, step. "
@@ -51,27 +67,30 @@ def gdbserver(args: argparse.Namespace) -> Report:
     from undebug.os import provider_for
     from undebug.session.store import SessionDir
 
-    address = parse_listen(args.listen, args.allow_remote)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EscapingFormatter("gdbserver: %(message)s"))
     logger = logging.getLogger("undebug.gdbserver")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logger.propagate = False
-    backend = LiveBackend(SessionDir.named(args.target), args.elf, force=args.force)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    backend: LiveBackend | None = None
+    server: GdbServer | None = None
     try:
+        if args.parent_pid is not None:
+            _end_with_parent(args.parent_pid)
+        address = parse_listen(args.listen, args.allow_remote)
+        backend = LiveBackend(SessionDir.named(args.target), args.elf, force=args.force)
         server = GdbServer(backend, lambda target: provider_for(target).threads(), address)
-        try:
-            print(f"listening on {server.where} (gdb: target remote {server.where})",
-                  flush=True)
-            server.serve()
-        except (KeyboardInterrupt, _Terminated):
-            logger.info("stopped; the guest stays as it is")
-        finally:
-            server.close()
+        print(f"listening on {server.where} (gdb: target remote {server.where})", flush=True)
+        server.serve()
+    except (KeyboardInterrupt, _Terminated):
+        logger.info("stopped; the guest stays as it is")
     finally:
+        if server is not None:
+            server.close()
+        if backend is not None:
+            backend.close()
         signal.signal(signal.SIGTERM, previous)
-        backend.close()
         logger.removeHandler(handler)
     return Report()
