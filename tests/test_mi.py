@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -404,14 +405,86 @@ def test_eval_of_a_bad_expression_is_exit_2_with_gdbs_message(shared_guest: str)
     assert result.code == 2 and 'No symbol "nosuch" in current context' in result.stderr
 
 
+@pytest.fixture
+def paused_guest(guest_image: Path) -> Iterator[str]:
+    """A reference guest (-smp 2, 4 workers) stopped by `undebug stop`, so that a sleeping
+    thread's saved registers stay put between two readers."""
+    name = "eval-thread"
+    assert undebug("run", "-d", "--name", name, "--smp", "2", "--append", "threads=4",
+                   str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "refguest: ready")
+        assert undebug("stop", name).code == 0
+        yield name
+    finally:
+        undebug("kill", name)
+
+
+def _saved_registers(name: str, thread: int) -> dict[str, int]:
+    """`undebug regs --thread`: the independent reader of a thread's registers."""
+    regs = undebug("regs", name, "--thread", str(thread), "--json").json()
+    assert regs["source"] == "saved context"
+    return {"rsp": regs["registers"]["rsp"], "pc": regs["registers"]["rip"]}
+
+
+def _sleeping_workers(name: str) -> list[dict]:
+    threads = undebug("threads", name, "--json").json()["threads"]
+    return [t for t in threads if t["name"].startswith("worker-") and t["cpu"] is None]
+
+
 @live
 @proxy
-def test_eval_in_a_guest_thread_sees_that_threads_frame(shared_guest: str) -> None:
-    threads = undebug("threads", shared_guest, "--json").json()["threads"]
-    worker = next(t for t in threads if t["name"].startswith("worker-") and t["cpu"] is None)
-    result = undebug("eval", shared_guest, "$_thread", "--thread", str(worker["id"]), "--json")
-    assert result.code == 0, result.stderr
-    assert result.json()["value"] == str(worker["id"]) and result.json()["thread"] == worker["id"]
+def test_eval_in_a_guest_thread_reads_that_threads_registers(paused_guest: str) -> None:
+    workers = _sleeping_workers(paused_guest)
+    assert len(workers) >= 2, workers
+    for worker in workers[:2]:  # two: a selection that is ignored cannot give both
+        got = {}
+        for reg in ("rsp", "pc"):
+            result = undebug("eval", paused_guest, f"(unsigned long)${reg}", "--thread",
+                             str(worker["id"]), "--json")
+            assert result.code == 0, result.stderr
+            assert result.json()["thread"] == worker["id"]
+            got[reg] = int(result.json()["value"])
+        assert got == _saved_registers(paused_guest, worker["id"]), worker
+
+
+@live
+@proxy
+def test_eval_thread_is_the_guest_id_where_gdbs_thread_numbers_differ(
+        paused_guest: str, runtime_dir: Path) -> None:
+    # An OS whose thread list runs newest first (a list that inserts at its head) and not
+    # in id order: gdb numbers threads in list order, so its numbers are not the guest's
+    # ids. The server is undebug's own, with its thread provider reordering the real list.
+    from dataclasses import replace
+
+    from undebug.commands.eval import evaluate_at
+    from undebug.gdbserver.live import LiveBackend
+    from undebug.gdbserver.server import GdbServer
+    from undebug.os import provider_for
+    from undebug.os.provider import ThreadSnapshot
+    from undebug.session.store import SessionDir
+    from undebug.target import Target
+
+    def newest_first(target: Target) -> ThreadSnapshot:
+        snapshot = provider_for(target).threads()
+        return replace(snapshot, threads=snapshot.threads[::-1])
+
+    ids = [t["id"] for t in undebug("threads", paused_guest, "--json").json()["threads"]][::-1]
+    worker = next(w for w in _sleeping_workers(paused_guest) if ids.index(w["id"]) + 1 != w["id"])
+    backend = LiveBackend(SessionDir.named(paused_guest))
+    server = GdbServer(backend, newest_first, runtime_dir / "newest-first.sock")
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    try:
+        got = {reg: int(evaluate_at(server.where, GUEST, f"(unsigned long)${reg}",
+                                    thread=worker["id"], resume=False)[0])
+               for reg in ("rsp", "pc")}
+    finally:
+        server.stop()
+        serving.join(timeout=10)
+        server.close()
+        backend.close()
+    assert got == _saved_registers(paused_guest, worker["id"])
 
 
 def _children(pid: int) -> list[int]:

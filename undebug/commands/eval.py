@@ -135,7 +135,8 @@ def evaluate_at(address: str, elf: Path | None, expression: str, thread: int | N
 def evaluate_with(mi: MiSession, address: str, expression: str, thread: int | None = None,
                   warnings: list[str] | None = None, *, resume: bool = True) -> tuple[str, str | None]:
     """Connect ``mi``'s gdb to the gdbserver at ``address`` and evaluate ``expression``
-    (in gdb thread ``thread``). Returns gdb's value and type; gdb's errors are usage
+    (in the thread the server calls ``thread``: for undebug's gdbserver a guest thread id,
+    which need not be gdb's own thread number). Returns gdb's value and type; gdb's errors are usage
     errors. Then gdb detaches (the target runs on) if ``resume``, else it disconnects and
     leaves the target stopped. gdb's warnings are added to ``warnings``."""
     from undebug.gdb.mi import GdbExited, MiError, MiTimeout
@@ -145,7 +146,7 @@ def evaluate_with(mi: MiSession, address: str, expression: str, thread: int | No
         mi.connect(address)
         if thread is not None:
             try:
-                mi.select_thread(thread)
+                mi.select_thread(mi.thread_number(thread))
             except MiError as exc:
                 if isinstance(exc, (MiTimeout, GdbExited)):
                     raise

@@ -138,6 +138,7 @@ class GdbServer:
         backend.target()  # the ELF and its build-id are checked now, not at gdb's connect
         backend.release()
         self.address = address
+        self.stopping = False
         self.listener = _listen(address)
         if isinstance(address, tuple):
             bound = self.listener.getsockname()
@@ -152,8 +153,9 @@ class GdbServer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def serve(self) -> None:
-        """Accept debuggers one after the other; return when the guest has ended."""
-        while not self.backend.ended:
+        """Accept debuggers one after the other; return when the guest has ended (or after
+        :meth:`stop`, once the debugger connected then has gone)."""
+        while not self.backend.ended and not self.stopping:
             ready, _, _ = select.select([self.listener], [], [], 0.5)
             if not ready:
                 self.backend.drain_events()  # only the guest's end matters meanwhile
@@ -166,6 +168,10 @@ class GdbServer:
             session.run()
             log.info("debugger disconnected; waiting for the next one")
         log.info("the guest has ended")
+
+    def stop(self) -> None:
+        """Make :meth:`serve` return (from another thread), within half a second."""
+        self.stopping = True
 
     def close(self) -> None:
         self.listener.close()
