@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -40,10 +41,11 @@ class Proxy:
         return self.proc.stderr.read().decode(errors="backslashreplace")
 
 
-def start_proxy(guest: str, *extra: str, listen: str = "127.0.0.1:0") -> Proxy:
+def start_proxy(guest: str, *extra: str, listen: str | None = "127.0.0.1:0") -> Proxy:
+    """``undebug gdbserver GUEST`` (``listen`` None: its default, a unix socket)."""
+    where = [] if listen is None else ["--listen", listen]
     proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", guest,
-                             "--listen", listen, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             *where, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     match = re.fullmatch(r"listening on (\S+) \(gdb: target remote (\S+)\)\n", line)
@@ -179,8 +181,13 @@ class RawClient:
     """A hand-driven RSP client, for what gdb never sends."""
 
     def __init__(self, where: str) -> None:
-        host, _, port = where.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        if "/" in where:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(where)
+        else:
+            host, _, port = where.rpartition(":")
+            self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.buffer = b""
         self.ack = True
 
@@ -326,3 +333,59 @@ def test_gdb_attaches_to_a_crashed_guest_and_bt_shows_the_planted_crash_chain(
     at = chain.index("crash_panic")
     assert chain[at - 1] == "panic" and chain[at + 1 : at + 3] == ["handle_request", "worker_main"], out
     assert "the guest crashed: guest panicked: PANIC: planted panic" in log
+
+
+def listed_breakpoints(guest: str) -> list[dict]:
+    result = undebug("break", guest, "--list", "--json")
+    assert result.code == 0, result.stderr
+    return result.json()["breakpoints"]
+
+
+def test_default_listen_is_a_0600_unix_socket_in_the_session_dir(proxy: Proxy,
+                                                                  runtime_dir: Path) -> None:
+    server = start_proxy(proxy.guest, listen=None)
+    path = runtime_dir / proxy.guest / "gdbserver.sock"
+    try:
+        assert server.where == str(path)
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, oct(mode)
+        assert path.stat().st_uid == os.getuid()
+        assert "main" in gdb_threads(gdb(server, "info threads").decode())
+        second = undebug("gdbserver", proxy.guest)  # the same default: in use
+        assert second.code == 2 and "another server is listening there" in second.stderr
+    finally:
+        stop_proxy(server)
+    assert not path.exists()
+
+
+def test_a_killed_gdbservers_breakpoints_are_deleted_and_the_clis_stay(proxy: Proxy) -> None:
+    from undebug.elf import ElfFile
+
+    elf = ElfFile(Path(__file__).resolve().parents[1] / "build" / "refguest.elf")
+    symbol = elf.symbol("checksum_block")
+    assert symbol is not None
+    address = symbol.address
+    assert undebug("break", proxy.guest, "handle_request").code == 0
+    server = start_proxy(proxy.guest, listen=None)
+    try:
+        client = RawClient(server.where)
+        client.ask(b"qSupported:swbreak+")
+        assert client.ask(b"Z0,%x,1" % address) == b"OK"
+        mine = [bp for bp in listed_breakpoints(proxy.guest) if bp["owner"] == "gdb"]
+        assert mine == [{"id": mine[0]["id"], "address": address, "location": "checksum_block",
+                         "hardware": False, "owner": "gdb"}], mine
+        server.proc.kill()  # SIGKILL: the server cannot clean up; the supervisor does
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(bp["owner"] == "gdb" for bp in listed_breakpoints(proxy.guest)):
+            assert time.monotonic() < deadline, listed_breakpoints(proxy.guest)
+            time.sleep(0.1)
+        left = listed_breakpoints(proxy.guest)
+        assert [(bp["location"], bp["owner"]) for bp in left] == [("handle_request", "cli")]
+        client.sock.close()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+        undebug("delete", proxy.guest, "--all")
+        undebug("cont", proxy.guest)  # the attach stopped it

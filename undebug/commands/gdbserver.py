@@ -17,9 +17,10 @@ from undebug.text import escape
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
-    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT|PATH",
-                   help="where gdb connects: a loopback address (default 127.0.0.1 and a "
-                   "free port) or a unix socket path")
+    p.add_argument("--listen", metavar="HOST:PORT|PATH",
+                   help="where gdb connects instead of the default, a 0600 unix socket in "
+                   "the guest's session directory: a loopback TCP address (port 0: a free "
+                   "one) or another unix socket path")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --listen address (the protocol has no "
                    "authentication)")
@@ -44,6 +45,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+GDB_SOCKET = "gdbserver.sock"  # the default, in the session directory (0700); gdb.sock is QEMU's
 
 
 def _end_with_parent(parent: int) -> None:
@@ -57,10 +59,11 @@ def _end_with_parent(parent: int) -> None:
 
 
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
-         description="Listen for gdb (target remote HOST:PORT) and serve the guest with its "
-         "OS's own threads: info threads, thread apply all bt, breakpoints, continue, step. "
-         "One debugger at a time; gdb's detach deletes its breakpoints and lets the guest "
-         "run. Ctrl-C ends the server and leaves the guest as it is.", json=False)
+         description="Listen for gdb (target remote PATH: a 0600 unix socket in the guest's "
+         "session directory, or --listen HOST:PORT) and serve the guest with its OS's own "
+         "threads: info threads, thread apply all bt, breakpoints, continue, step. One "
+         "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
+         "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
     from undebug.gdbserver.live import LiveBackend
     from undebug.gdbserver.server import GdbServer, parse_listen
@@ -79,8 +82,10 @@ def gdbserver(args: argparse.Namespace) -> Report:
     try:
         if args.parent_pid is not None:
             _end_with_parent(args.parent_pid)
-        address = parse_listen(args.listen, args.allow_remote)
-        backend = LiveBackend(SessionDir.named(args.target), args.elf, force=args.force)
+        session = SessionDir.named(args.target)
+        address = parse_listen(args.listen, args.allow_remote) if args.listen else \
+            session.path / GDB_SOCKET
+        backend = LiveBackend(session, args.elf, force=args.force)
         server = GdbServer(backend, lambda target: provider_for(target).threads(), address)
         print(f"listening on {server.where} (gdb: target remote {server.where})", flush=True)
         server.serve()

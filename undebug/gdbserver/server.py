@@ -12,7 +12,8 @@ a dump) and serves the guest's threads instead, the way pyOCD's and OpenOCD's RT
   control, breakpoints), and the thread provider the command injects;
 - :mod:`undebug.gdbserver.live`: that backend for a live guest (its supervisor).
 
-This module listens (loopback TCP or a unix socket) and serves one debugger at a time.
+This module listens (a 0600 unix socket, or loopback TCP if asked) and serves one debugger
+at a time.
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ def _listen(address: ListenAddress) -> socket.socket:
     if isinstance(address, Path):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         _remove_stale_socket(address)
+        old_umask = os.umask(0o177)  # 0600 from its creation: no window for others
         try:
             sock.bind(str(address))
-            os.chmod(address, 0o600)
         except OSError as exc:
             sock.close()
             raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
     else:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

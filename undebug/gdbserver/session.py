@@ -7,9 +7,11 @@ like QEMU: a stop stops every vCPU, and it reports the guest thread running on t
 that stopped.
 
 Ending a session: ``D`` (detach; also ``k``, which never kills the guest) deletes the
-proxy's breakpoints and lets the guest run, as gdb's detach does. A debugger that goes
-away without detaching (killed, or the proxy is stopped) also loses its breakpoints, but
-the guest stays as it was left (stopped, if it was): ``undebug cont`` resumes it.
+server's breakpoints and lets the guest run, as gdb's detach does. A debugger that goes
+away without detaching (killed, or the server is stopped) also loses its breakpoints, but
+the guest stays as it was left (stopped, if it was): ``undebug cont`` resumes it. The
+breakpoints belong to the backend's connection too, so they go even when the server is
+killed (the supervisor deletes a connection's ``gdb`` breakpoints when it closes).
 """
 
 from __future__ import annotations
@@ -343,7 +345,7 @@ class GdbSession:
         if key in self.owned or key in self.adopted:
             return b"OK"
         symbol = self.backend.target().elf.symbolize(address)
-        location = f"gdb: {symbol}" if symbol else f"gdb: {address:#x}"
+        location = symbol or f"{address:#x}"
         try:
             bp = self.backend.insert_breakpoint(address, kind == 1, location)
         except UsageError as exc:  # one there already (`undebug break`): use it, leave it
