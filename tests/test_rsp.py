@@ -287,17 +287,16 @@ def test_replays_recorded_qemu_7_2_attach() -> None:
 
 # -- live: real QEMU 7.2, TCG only -----------------------------------------------------------
 
-QEMU = shutil.which("qemu-system-x86_64")
-live = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
 
 
 class Qemu:
     def __init__(self, smp: int) -> None:
         self.dir = tempfile.mkdtemp(prefix="rsp-")  # short: unix socket paths max 107 bytes
         self.gdb, self.qmp = f"{self.dir}/gdb.sock", f"{self.dir}/qmp.sock"
-        assert QEMU is not None
+        qemu = shutil.which("qemu-system-x86_64")
+        assert qemu is not None, "qemu-system-x86_64 is not installed (make setup installs it)"
         self.proc = subprocess.Popen([
-            QEMU, "-M", "pc", "-accel", "tcg", "-m", "64", "-smp", str(smp), "-display", "none",
+            qemu, "-M", "pc", "-accel", "tcg", "-m", "64", "-smp", str(smp), "-display", "none",
             "-vga", "none", "-nodefaults", "-no-user-config", "-S",
             "-chardev", f"socket,id=gdb0,path={self.gdb},server=on,wait=off",
             "-gdb", "chardev:gdb0", "-qmp", f"unix:{self.qmp},server=on,wait=off",
@@ -336,7 +335,6 @@ def qemu(request: pytest.FixtureRequest) -> Iterator[Qemu]:
     yield vm
 
 
-@live
 def test_live_attach_sees_the_reset_state(qemu: Qemu) -> None:
     with RspClient.connect(qemu.gdb, timeout=5.0) as client:
         assert client.packet_size == 4096 and client.features["qXfer:features:read"] is True
@@ -355,7 +353,6 @@ def test_live_attach_sees_the_reset_state(qemu: Qemu) -> None:
         assert bytes(int(b, 16) for b in re.findall(r"0x([0-9a-f]{2})\b", xp.split(":", 1)[1])) == reset
 
 
-@live
 def test_live_large_read_is_chunked_and_matches_its_pieces(qemu: Qemu) -> None:
     with RspClient.connect(qemu.gdb) as client:
         with pytest.raises(RspError) as e:
@@ -366,7 +363,6 @@ def test_live_large_read_is_chunked_and_matches_its_pieces(qemu: Qemu) -> None:
         assert len(whole) == 0x10000 and whole == pieces and whole[-16:][0] == 0xEA
 
 
-@live
 @pytest.mark.parametrize("qemu", [2], indirect=True)
 def test_live_two_vcpus_are_two_threads_each_selectable(qemu: Qemu) -> None:
     with RspClient.connect(qemu.gdb) as client:
@@ -379,7 +375,6 @@ def test_live_two_vcpus_are_two_threads_each_selectable(qemu: Qemu) -> None:
         assert [client.registers(t)["rip"] for t in threads] == [0xE05B, 0xFFF0]
 
 
-@live
 def test_live_breakpoint_cont_and_interrupt(qemu: Qemu) -> None:
     with RspClient.connect(qemu.gdb) as client:
         client.add_breakpoint(0xFE05B, BreakpointType.HARDWARE)  # target of the reset jmp
@@ -393,7 +388,6 @@ def test_live_breakpoint_cont_and_interrupt(qemu: Qemu) -> None:
         assert client.interrupt(timeout=5).signal == 2
 
 
-@live
 def test_live_qmp_stop_sends_an_unsolicited_stop_reply(qemu: Qemu) -> None:
     seen: list[StopReply] = []
     with RspClient.connect(qemu.gdb, on_stop=seen.append) as client:
@@ -407,7 +401,6 @@ def test_live_qmp_stop_sends_an_unsolicited_stop_reply(qemu: Qemu) -> None:
         assert client.registers()["rip"] == client.read_register("rip")
 
 
-@live
 def test_live_killing_qemu_mid_call_raises_disconnected(qemu: Qemu) -> None:
     with RspClient.connect(qemu.gdb) as client:
         client.cont()
