@@ -235,6 +235,8 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     assert client.sock.recv(1) == b"-"
     assert client.ask(b"QStartNoAckMode") == b"OK"
     client.ack = False
+    client.send_raw(b"$qC#00")  # no-ack mode: nothing is sent again, so an error reply
+    assert client.read() == b"E16"
     client.send_raw(b"garbage+++\x00\xff")
     assert client.ask(b"mzzzz,10").startswith(b"E")
     assert client.ask(b"m0,10").startswith(b"E")  # page 0 is unmapped in the guest

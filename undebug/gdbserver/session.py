@@ -26,7 +26,7 @@ from undebug.gdb.tdesc import TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
 from undebug.gdbserver.runstate import wait_for_stop
 from undebug.gdbserver.threads import ProxyThread, ThreadView, encode_register, encode_registers
-from undebug.gdbserver.wire import ClientGone, GdbConnection, parse_thread_id, to_hex_text
+from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, parse_thread_id, to_hex_text
 from undebug.target import ReadError, Target
 
 __all__ = ["GdbSession"]
@@ -77,7 +77,11 @@ class GdbSession:
         try:
             self._attach()
             while not self.done:
-                packet = self.conn.receive(0.5)
+                try:
+                    packet = self.conn.receive(0.5)
+                except BadPacket as exc:
+                    self.conn.send(self._error(PacketError(str(exc), EINVAL)))
+                    continue
                 if packet is None:
                     self._check_guest()
                     continue
