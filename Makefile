@@ -34,6 +34,7 @@ demo: setup guest
 	$(VENV)/bin/undebug demo
 
 test: setup guest
+	$(VENV)/bin/lint-imports --no-cache
 	$(VPY) -m pytest -q
 
 bench: setup guest
@@ -42,6 +43,7 @@ bench: setup guest
 lint: setup
 	$(VENV)/bin/ruff check undebug tracers tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(BUILD)

@@ -40,6 +40,19 @@ def undebug(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+PLANTED_SEED = 0x5EED000000000000  # planted_counter at boot (guest-stubs/refguest/README.md)
+
+
+def check_planted_counter(counter: int, requests_handled: int, cpus: int) -> None:
+    """``planted_counter`` read at one stop is the boot seed plus the requests handled
+    (both incremented per request, requests_handled first), short by at most one request
+    per vCPU caught between the two increments. ``requests_handled`` is a second variable
+    read independently, so a wrong address or a stale read cannot pass."""
+    assert 0 <= PLANTED_SEED + requests_handled - counter <= cpus, (
+        f"planted_counter {counter:#x} vs seed + requests_handled "
+        f"{PLANTED_SEED + requests_handled:#x}")
+
+
 def wait_for_console(name: str, needle: str, timeout: float = 60) -> str:
     """Poll a guest's console until ``needle`` appears; returns the escaped log."""
     deadline = time.monotonic() + timeout

@@ -1,6 +1,5 @@
 """Bad input gets a clear message and its documented exit code, never a traceback."""
 
-import json
 import os
 import shutil
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import undebug
+from tests.test_schema import check
 from undebug.cli import build_parser
 from undebug.commands import COMMANDS
 
@@ -94,4 +94,4 @@ def test_ps_json_lists_the_shared_guest(shared_guest: str) -> None:
     names = {g["name"]: g for g in doc["guests"]}
     assert names[shared_guest]["smp"] == 2
     assert names[shared_guest]["accel"] in ("tcg", "kvm")
-    assert json.dumps(doc)  # plain JSON types only
+    check("ps", doc)  # the documented schema, field types included

@@ -34,9 +34,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     calls: list[object] = []
     real = undebug.elf._parse
 
-    def counting(elf: object) -> dict[str, object]:
+    def counting(elf: object, data: bytes) -> dict[str, object]:
         calls.append(elf)
-        return real(elf)
+        return real(elf, data)
 
     monkeypatch.setattr(undebug.elf, "_parse", counting)
     return calls

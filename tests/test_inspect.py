@@ -4,7 +4,7 @@ symbols, through the CLI and the Python API."""
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 import undebug as api
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import check_planted_counter, undebug, wait_for_console
 from undebug.elf import ElfFile
 from undebug.errors import SessionError
 from undebug.session.store import SessionDir
 from undebug.target import LiveTarget
 
-PLANTED_MAGIC = 0x5EED000000000000
 EVIL = "evil\x1b]0;owned\x07"
 
 
@@ -108,15 +107,22 @@ def test_regs_of_a_sleeping_thread_and_of_a_vcpu(shared_guest: str) -> None:
 def test_mem_and_sym(shared_guest: str, guest_image: Path) -> None:
     symbol = ElfFile(guest_image).symbol("planted_counter")
     assert symbol is not None
-    doc = undebug("mem", shared_guest, "planted_counter", "8", "--json").json()
+    assert undebug("stop", shared_guest).code == 0  # every read below sees one moment
+    try:
+        doc = undebug("mem", shared_guest, "planted_counter", "8", "--json").json()
+        phys = undebug("mem", shared_guest, hex(symbol.address), "8", "--phys", "--json").json()
+        raw = subprocess.run([sys.executable, "-m", "undebug.cli", "mem", shared_guest,
+                              "planted_counter", "8", "--format", "raw"],
+                             capture_output=True, check=True).stdout
+        requests = undebug("mem", shared_guest, "requests_handled", "8", "--json").json()
+    finally:
+        assert undebug("cont", shared_guest).code == 0
     assert doc["address"] == symbol.address
-    assert int.from_bytes(bytes.fromhex(doc["hex"]), "little") >= PLANTED_MAGIC
-    phys = undebug("mem", shared_guest, hex(symbol.address), "8", "--phys", "--json").json()
-    assert int.from_bytes(bytes.fromhex(phys["hex"]), "little") >= PLANTED_MAGIC
-    raw = subprocess.run([sys.executable, "-m", "undebug.cli", "mem", shared_guest,
-                          "planted_counter", "8", "--format", "raw"],
-                         capture_output=True, check=True).stdout
-    assert len(raw) == 8 and int.from_bytes(raw, "little") >= PLANTED_MAGIC
+    counter = int.from_bytes(bytes.fromhex(doc["hex"]), "little")
+    check_planted_counter(counter, int.from_bytes(bytes.fromhex(requests["hex"]), "little"),
+                          cpus=2)
+    assert int.from_bytes(bytes.fromhex(phys["hex"]), "little") == counter
+    assert len(raw) == 8 and int.from_bytes(raw, "little") == counter
     hexdump = undebug("mem", shared_guest, "planted_counter", "16").stdout
     assert hexdump.startswith(f"{symbol.address:016x}  ")
     found = undebug("sym", shared_guest, "checksum_block", "--json").json()
@@ -152,13 +158,16 @@ def test_no_stop_reads_a_running_guest_and_says_so(shared_guest: str) -> None:
 def test_each_read_path_sees_the_runtime_counter(shared_guest: str, guest_image: Path) -> None:
     """mmap'd shared RAM, the gdbstub's virtual and physical reads: all see the value the
     guest wrote at run time (0 in the ELF's .bss, so a file fallback would show 0)."""
-    address = ElfFile(guest_image).symbol("planted_counter").address  # type: ignore[union-attr]
+    elf = ElfFile(guest_image)
+    address = elf.symbol("planted_counter").address  # type: ignore[union-attr]
+    requests_at = elf.symbol("requests_handled").address  # type: ignore[union-attr]
     with LiveTarget(SessionDir.named(shared_guest)) as target:
         assert target._ram is not None  # the fast path was chosen
         mapped = target.read_int(address)
         via_stub = target._rpc_read("read_memory", address, 8)
         via_phys = target._rpc_read("read_physical", address, 8)
-    assert mapped >= PLANTED_MAGIC
+        requests = target.read_int(requests_at)
+    check_planted_counter(mapped, requests, cpus=2)
     assert int.from_bytes(via_stub, "little") == mapped  # frozen: one consistent moment
     assert int.from_bytes(via_phys, "little") == mapped
 
@@ -256,4 +265,23 @@ def test_python_api(shared_guest: str) -> None:
         assert "sleeper_main" in [f.function for f in trace.frames]
         assert guest.registers(1)["rip"] > 0
         assert guest.symbol("planted_counter") is not None
-    assert json.dumps([t.name for t in threads.values()])
+    planted = {"main", "sleeper", "blocked", "short-lived", "evil\x1b]0;owned\x07"}
+    assert planted <= set(threads), sorted(threads)  # raw guest text, read by name
+
+
+def test_thread_states_from_a_hostile_elf_are_escaped(shared_guest: str, guest_image: Path,
+                                                      tmp_path: Path) -> None:
+    """A state name is ELF text (the DWARF enumerator): an ELF whose enumerator carries an
+    escape sequence (patched here in place of THREAD_SLEEPING, same length, so the
+    build-id still matches) must not reach the terminal raw."""
+    data = guest_image.read_bytes()
+    assert data.count(b"THREAD_SLEEPING\0") == 1
+    hostile = tmp_path / "hostile.elf"
+    hostile.write_bytes(data.replace(b"THREAD_SLEEPING\0", b"THREAD_\x1b]0;\x07ING\0"))
+    # The ELF index cache keys on the build-id and headers, which a post-link patch keeps
+    # (a linker gives changed code a new build-id): read the patched file afresh.
+    env = {**os.environ, "UNDEBUG_CACHE_DIR": str(tmp_path / "cache")}
+    for args in (("threads",), ("bt", "--all")):
+        out = undebug(*args, shared_guest, "--elf", str(hostile), env=env).stdout
+        assert "\\x1b]0;\\x07ing" in out
+        assert "\x1b" not in out and "\x07" not in out

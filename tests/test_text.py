@@ -27,3 +27,17 @@ def test_bidi_overrides_are_escaped() -> None:
 def test_newlines_kept_only_when_asked() -> None:
     assert escape("a\nb") == "a\\nb"
     assert escape("a\nb\x1b", keep_newlines=True) == "a\nb\\x1b"
+
+
+def test_a_backslash_is_doubled_so_the_guest_cannot_forge_an_escape() -> None:
+    assert escape("a\\x1bb") == "a\\\\x1bb"
+    assert escape(b"a\\x1b\x1b") == "a\\\\x1b\\x1b"
+
+
+def test_line_separators_and_bidi_marks_are_escaped() -> None:
+    hostile = "a\u2028b\u2029c\u200fd\u061ce\ufefff\u2066g"
+    assert escape(hostile) == "a\\u2028b\\u2029c\\u200fd\\u061ce\\ufefff\\u2066g"
+
+
+def test_plain_unicode_text_is_kept() -> None:
+    assert escape("naïve — 東京 ✓") == "naïve — 東京 ✓"

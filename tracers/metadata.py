@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tracers.format import RESERVED_FIRST
 from tracers.records import Session
+from undebug.elf_headers import PT_LOAD, ElfHeaderError, program_headers
 from undebug.errors import UsageError
 
 __all__ = ["ARG_BOOL", "ARG_CHAR", "ARG_POINTER", "ARG_SIGNED", "ARG_UNSIGNED", "KIND_EVENT",
@@ -30,7 +31,6 @@ KIND_NAMES = {KIND_EVENT: "event", KIND_SPAN_BEGIN: "span-begin", KIND_SPAN_END:
               KIND_LOG: "log"}
 MAX_STRING = 4096
 _RECORD = struct.Struct("<IBBBBII QQQQ 16x")
-_PT_LOAD = 1
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,12 @@ class _Image:
         self.segments: list[tuple[int, int, int]] = []  # (vaddr, file offset, file size)
         if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
             raise UsageError("not a little-endian ELF64 file")
-        phoff, = struct.unpack_from("<Q", data, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-        if phentsize < 56 or phoff + phnum * phentsize > len(data):
-            raise UsageError("program headers lie outside the file (truncated?)")
-        for i in range(phnum):
-            p_type, _, offset, vaddr, _, filesz = struct.unpack_from(
-                "<IIQQQQ", data, phoff + i * phentsize)
-            if p_type == _PT_LOAD and offset + filesz <= len(data):
-                self.segments.append((vaddr, offset, filesz))
+        try:
+            headers = program_headers(data)
+        except ElfHeaderError as exc:
+            raise UsageError(str(exc)) from None
+        self.segments = [(h.vaddr, h.offset, h.filesz) for h in headers
+                         if h.type == PT_LOAD and h.offset + h.filesz <= len(data)]
 
     def string(self, address: int, *, count: int = 1) -> list[str] | None:
         """``count`` NUL-terminated strings back to back at ``address``, or None."""

@@ -14,8 +14,7 @@ from types import TracebackType
 from undebug.elf import Symbol
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
-from undebug.session.store import SessionDir
-from undebug.target import LiveTarget, Target
+from undebug.target import Target, open_target
 from undebug.unwind import Backtrace, unwind
 
 __all__ = ["Session", "attach"]
@@ -78,6 +77,5 @@ class Session:
 def attach(name: str, elf: str | Path | None = None, *, stop: bool = True,
            force: bool = False) -> Session:
     """Open the guest ``name`` (see ``undebug ps``) for inspection."""
-    target = LiveTarget(SessionDir.named(name), Path(elf) if elf else None, stop=stop,
-                        force=force)
+    target = open_target(name, Path(elf) if elf else None, stop=stop, force=force)
     return Session(target)

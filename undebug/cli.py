@@ -28,9 +28,35 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMAND_GROUP = "undebug.cli"  # entry points of front-end commands that live outside undebug/
+
+
+def _register_builtin() -> None:
+    """Import every module of undebug/commands/: each registers its commands."""
     for module in pkgutil.iter_modules(commands.__path__):
         importlib.import_module(f"{commands.__name__}.{module.name}")
+
+
+def _register_plugins() -> None:
+    """Load the ``undebug.cli`` entry points: front-end commands that live outside
+    undebug/ (e.g. ``tui``), which undebug itself must not import."""
+    import importlib.metadata  # ~20 ms with the scan: only when a plugin may be wanted
+
+    for entry in importlib.metadata.entry_points(group=COMMAND_GROUP):
+        try:
+            entry.load()
+        except ImportError as exc:  # a front end whose toolkit is missing: say so, go on
+            sys.stderr.write(f"undebug: warning: commands of {escape(entry.value)} are "
+                             f"unavailable: {escape(str(exc))}\n")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line. An ``argv`` whose first word is a built-in command spares
+    the plugins' entry points (start-up time)."""
+    _register_builtin()
+    first = next((word for word in argv or [] if not word.startswith("-")), None)
+    if argv is None or first not in commands.COMMANDS:
+        _register_plugins()
     parser = _Parser(
         prog="undebug",
         description="Debug and observe unikernels running under QEMU.",
@@ -50,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

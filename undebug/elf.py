@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from undebug.elf_headers import PT_LOAD, ElfHeaderError, notes, program_headers
 from undebug.errors import UsageError
+
+NT_GNU_BUILD_ID = 3
 
 __all__ = ["ElfFile", "Member", "MemberNotFound", "Section", "StructLayout", "Symbol",
            "cache_dir"]
@@ -113,21 +116,17 @@ def _check_bounds(elf: Any, size: int) -> None:
             raise UsageError(f"section {section.name} lies past the end of the file (truncated?)")
 
 
-def _build_id(elf: Any) -> tuple[str | None, int | None]:
+def _build_id(data: bytes) -> tuple[str | None, int | None]:
     """The GNU build-id and the virtual address of its bytes (where the guest has them)."""
-    for segment in elf.iter_segments():
-        if segment["p_type"] != "PT_NOTE":
+    segments = program_headers(data)
+    for note in notes(data, segments):
+        if note.type != NT_GNU_BUILD_ID or note.name != b"GNU":
             continue
-        for note in segment.iter_notes():
-            if note["n_type"] != "NT_GNU_BUILD_ID" or note["n_name"] != "GNU":
-                continue
-            desc_offset = note["n_offset"] + 12 + ((note["n_namesz"] + 3) & ~3)
-            address = None
-            for load in elf.iter_segments():
-                start = load["p_offset"]
-                if load["p_type"] == "PT_LOAD" and start <= desc_offset < start + load["p_filesz"]:
-                    address = load["p_vaddr"] + desc_offset - start
-            return str(note["n_desc"]), address
+        address = None
+        for load in segments:
+            if load.type == PT_LOAD and load.offset <= note.desc_offset < load.offset + load.filesz:
+                address = load.vaddr + note.desc_offset - load.offset
+        return note.desc.hex(), address
     return None, None
 
 
@@ -166,15 +165,15 @@ def _open(data: bytes) -> tuple[Any, str]:
     start, count = header["e_shoff"], header["e_shnum"] * header["e_shentsize"]
     digest = hashlib.sha256(data[: header["e_ehsize"]] + data[start : start + count])
     digest.update(struct.pack("<Q", len(data)))
-    build_id, _ = _build_id(elf)
+    build_id, _ = _build_id(data)
     return elf, f"{build_id or 'no-build-id'}-{digest.hexdigest()[:16]}"
 
 
-def _parse(elf: Any) -> dict[str, Any]:
+def _parse(elf: Any, data: bytes) -> dict[str, Any]:
     """Everything slow, once: the index that is cached on disk."""
     from undebug.dwarf import index_dwarf
 
-    build_id, build_id_address = _build_id(elf)
+    build_id, build_id_address = _build_id(data)
     sections = [[s.name, s["sh_addr"], s["sh_size"], s["sh_offset"], s["sh_flags"]]
                 for s in elf.iter_sections() if s.name]
     dwarf = index_dwarf(elf)
@@ -215,11 +214,12 @@ class ElfFile:
             index = self._read_cache(cache)
             self.loaded_from_cache = index is not None
             if index is None:
-                index = _parse(elf)
+                index = _parse(elf, data)
                 self._unpack(index)
                 self._write_cache(cache, index)
-        except UsageError as exc:
-            raise UsageError(f"ELF {self.path} is corrupt: {exc.message}",
+        except (UsageError, ElfHeaderError) as exc:
+            message = exc.message if isinstance(exc, UsageError) else str(exc)
+            raise UsageError(f"ELF {self.path} is corrupt: {message}",
                              hint="pass the guest's own, complete ELF") from None
         except Exception as exc:  # pyelftools on hostile input raises anything at all
             raise UsageError(f"ELF {self.path} is corrupt or unsupported: "

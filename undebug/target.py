@@ -24,9 +24,30 @@ from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
 from undebug.session.store import SessionDir
 
-__all__ = ["LiveTarget", "ReadError", "Target"]
+__all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target"]
 
 MAX_RPC_READ = 16 << 20
+
+
+def open_target(spec: str, elf: Path | None = None, *, stop: bool = True,
+                force: bool = False) -> Target:
+    """The guest the user named, as a Target: the one place user input becomes one.
+
+    ``spec`` is what was typed: a session name (see ``undebug ps``); a dump bundle's path
+    joins here when undebug writes them. ``elf`` overrides the ELF the session remembers.
+    """
+    return LiveTarget(SessionDir.named(spec), elf, stop=stop, force=force)
+
+
+def guest_elf(spec: str, elf: Path | None = None) -> ElfFile:
+    """The ELF of the guest ``spec`` without touching the guest (for symbol look-ups):
+    ``elf`` if given, else the one its session remembers."""
+    if elf is not None:
+        return ElfFile(elf)
+    remembered = SessionDir.named(spec).read_record().get("elf")
+    if not isinstance(remembered, str):
+        raise UsageError(f"no ELF known for guest {spec!r}", hint="pass --elf")
+    return ElfFile(Path(remembered))
 
 
 class ReadError(UndebugError):

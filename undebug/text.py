@@ -2,6 +2,8 @@
 
 Guest-controlled bytes never reach a terminal raw: a hostile thread name such as
 ``"evil\\x1b]0;owned\\x07"`` would otherwise retitle or reprogram the user's terminal.
+The escaping is unambiguous: a backslash is doubled, so the guest cannot forge an escape
+(the four characters ``\\x1b`` in guest text print as ``\\\\x1b``).
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ import re
 
 __all__ = ["escape"]
 
-# C0 controls except tab, DEL, C1 controls (0x80-0x9f, which some terminals obey) and the
-# bidirectional overrides that make text display differently from what it is.
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\x07": "\\x07"}
+# Backslash (so escapes cannot be forged), C0 controls except tab, DEL, C1 controls
+# (0x80-0x9f, which some terminals obey), the bytes of invalid UTF-8 (decoded as lone
+# surrogates), and the Unicode controls that make text display differently from what it
+# is: bidi marks, embeddings, overrides and isolates, the line and paragraph separators,
+# and the byte-order mark.
+_UNSAFE = re.compile("[\\\\\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e"
+                     "\u2066-\u2069\ufeff\udc80-\udcff]")
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\x07": "\\x07"}
 
 
 def _replace(match: re.Match[str]) -> str:
     char = match.group(0)
     code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, from surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
     return _NAMED.get(char, f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
 
 
@@ -29,7 +37,7 @@ def escape(value: str | bytes, *, keep_newlines: bool = False) -> str:
     ``keep_newlines`` a ``\\n`` passes through (for multi-line console text).
     """
     if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="backslashreplace")
+        value = value.decode("utf-8", errors="surrogateescape")
     if keep_newlines:
         return "\n".join(_UNSAFE.sub(_replace, line) for line in value.split("\n"))
     return _UNSAFE.sub(_replace, value)

@@ -29,10 +29,10 @@ def _name(p: argparse.ArgumentParser, elf: bool = True) -> None:
 def _describe_stop(session: SessionDir, stop: dict[str, Any], elf: Path | None) -> dict[str, Any]:
     """The stop with the guest thread on its vCPU and the source location of its pc."""
     from undebug.os import provider_for
-    from undebug.target import LiveTarget
+    from undebug.target import open_target
 
     info = dict(stop)
-    with LiveTarget(session, elf) as target:
+    with open_target(session.name, elf) as target:
         pc = stop.get("pc")
         if pc is not None:
             info["function"] = target.elf.symbolize(pc)
@@ -84,23 +84,21 @@ def _breakpoint_line(bp: dict[str, Any]) -> str:
          "cont`. --list shows every breakpoint with who set it: cli (undebug break) or gdb "
          "(a debugger through undebug gdbserver; those go when it disconnects).")
 def break_(args: argparse.Namespace) -> Report:
-    from undebug.elf import ElfFile
     from undebug.locations import resolve_location
+    from undebug.target import guest_elf
 
     if args.list == (args.location is not None) or (args.list and args.hardware):
         raise UsageError("give a LOCATION to set a breakpoint, or --list (alone) to list them")
     session = SessionDir.named(args.target)
     with SupervisorClient(session) as client:
-        status = client.call("status")
         if args.list:
-            bps = list(status.get("breakpoints") or [])
+            bps = list(client.call("status").get("breakpoints") or [])
             return Report(data={"breakpoints": bps}, render=lambda: [
                 _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
-        elf_path = args.elf or (Path(status["elf"]) if status.get("elf") else None)
-        if elf_path is None and not args.location[:1].isdigit():
-            raise UsageError("no ELF known for this guest", hint="pass --elf or an address")
-        address = resolve_location(ElfFile(elf_path), args.location) if elf_path else \
-            int(args.location, 0)
+        if args.location[:1].isdigit():
+            address = int(args.location, 0)
+        else:
+            address = resolve_location(guest_elf(args.target, args.elf), args.location)
         bp = client.call("break_insert", address=address, hardware=args.hardware,
                          location=args.location)
     return Report(data={"breakpoint": bp}, render=lambda: [_breakpoint_line(bp)])
@@ -139,9 +137,9 @@ def step(args: argparse.Namespace) -> Report:
     cpu = None
     if args.thread is not None:
         from undebug.os import provider_for
-        from undebug.target import LiveTarget
+        from undebug.target import open_target
 
-        with LiveTarget(session, args.elf) as target:
+        with open_target(args.target, args.elf) as target:
             thread = provider_for(target).threads().find(args.thread)
         if thread.cpu is None:
             raise UsageError(f"thread {args.thread} is not on a vCPU ({thread.state}): only a "

@@ -68,11 +68,11 @@ def summarize(session: SessionDir) -> dict[str, Any]:
     """Read the guest from outside at one moment (it is held still for the read): run
     state, the guest's own threads and what each vCPU runs, the planted globals."""
     from undebug.os import provider_for
-    from undebug.target import LiveTarget
+    from undebug.target import open_target
 
     with SupervisorClient(session) as client:
         status = client.call("status")
-    with LiveTarget(session) as target:
+    with open_target(session.name) as target:
         snapshot = provider_for(target).threads()
         names = {t.id: t.name for t in snapshot.threads}
         threads = [{"id": t.id, "name": t.name, "state": t.state, "cpu": t.cpu,

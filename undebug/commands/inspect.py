@@ -29,18 +29,13 @@ def _target_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not pause a running guest (what is read may be torn)")
 
 
-def open_target(args: argparse.Namespace) -> Target:
-    from undebug.session.store import SessionDir
-    from undebug.target import LiveTarget
-
-    return LiveTarget(SessionDir.named(args.target), args.elf, stop=not args.no_stop,
-                      force=args.force)
-
-
 def _with_target(body: Callable[[Target, argparse.Namespace], Report]) \
         -> Callable[[argparse.Namespace], Report]:
     def run(args: argparse.Namespace) -> Report:
-        with open_target(args) as target:
+        from undebug.target import open_target
+
+        with open_target(args.target, args.elf, stop=not args.no_stop,
+                         force=args.force) as target:
             report = body(target, args)
             report.warnings[:0] = target.warnings
         return report
@@ -69,7 +64,7 @@ def threads_body(target: Target, args: argparse.Namespace) -> Report:
     def render() -> list[str]:
         table = [("ID", "NAME", "STATE", "CPU", "WAIT", "WHERE")]
         for r in rows:
-            table.append((str(r["id"]), escape(r["name"]), r["state"],
+            table.append((str(r["id"]), escape(r["name"]), escape(r["state"]),
                           "-" if r["cpu"] is None else str(r["cpu"]),
                           escape(r["wait_reason"] or "-"), escape(r["function"] or hex(r["pc"]))))
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -89,12 +84,24 @@ command("threads", "list the guest's own threads", _target_arguments,
 
 # ---- bt -----------------------------------------------------------------------------
 
+def _frame_limit(text: str) -> int:
+    """--max-frames N: at least one frame, refused by argparse (exit 2) before any guest
+    is touched, whatever state it is in."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _bt_arguments(p: argparse.ArgumentParser) -> None:
     _target_arguments(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--thread", type=int, metavar="ID", help="one guest thread (see threads)")
     which.add_argument("--all", action="store_true", help="every guest thread")
-    p.add_argument("--max-frames", type=int, default=64, metavar="N", help="depth limit (64)")
+    p.add_argument("--max-frames", type=_frame_limit, default=64, metavar="N", help="depth limit (64)")
 
 
 def _frames_json(trace: Backtrace) -> list[dict[str, Any]]:
@@ -143,7 +150,7 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
         for t in traces:
             th = t["thread"]
             cpu = f", vCPU {th['cpu']}" if th["cpu"] is not None else ""
-            lines.append(f"thread {th['id']} {escape(th['name'])} ({th['state']}{cpu})")
+            lines.append(f"thread {th['id']} {escape(th['name'])} ({escape(th['state'])}{cpu})")
             lines += [_frame_line(f) for f in t["frames"]] or ["  (exited: no stack)"]
             if not t["complete"]:
                 lines.append("  (backtrace incomplete: see warnings)")
@@ -187,7 +194,7 @@ def regs_body(target: Target, args: argparse.Namespace) -> Report:
         lines = [f"registers of {who} ({subject['source']})"]
         for name, value in registers.items():
             where = f"  {escape(_where(target, value))}" if name == "rip" else ""
-            lines.append(f"  {name:<10} {value:#018x}{where}")
+            lines.append(f"  {escape(name):<10} {value:#018x}{where}")
         return lines
 
     return Report(data={**subject, "registers": registers}, warnings=warnings, render=render)
@@ -252,26 +259,31 @@ command("mem", "read guest memory", _mem_arguments)(_with_target(mem_body))
 # ---- sym ----------------------------------------------------------------------------
 
 def _sym_arguments(p: argparse.ArgumentParser) -> None:
-    _target_arguments(p)
+    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    add_elf_arguments(p, force=False)
     p.add_argument("what", metavar="NAME|ADDR", help="a symbol name, or an address to look up")
 
 
-def sym_body(target: Target, args: argparse.Namespace) -> Report:
-    elf = target.elf
+@command("sym", "look up a symbol or an address (reads only the ELF: the guest runs on)",
+         _sym_arguments)
+def sym(args: argparse.Namespace) -> Report:
+    from undebug.target import guest_elf
+
+    elf = guest_elf(args.target, args.elf)
     data: dict[str, Any]
     if args.what[:1].isdigit():
         address = _number(args.what, "address")
-        symbol = elf.function_at(address - target.load_offset)
-        line = elf.line_at(address - target.load_offset)
+        symbol = elf.function_at(address)
+        line = elf.line_at(address)
         data = {"address": address, "symbol": symbol.name if symbol else None,
-                "offset": address - target.load_offset - symbol.address if symbol else None,
+                "offset": address - symbol.address if symbol else None,
                 "file": line[0] if line else None, "line": line[1] if line else None}
     else:
         symbol = elf.symbol(args.what)
         if symbol is None:
             raise UsageError(f"no symbol {args.what!r} in {elf.path}")
         line = elf.line_at(symbol.address)
-        data = {"address": symbol.address + target.load_offset, "symbol": symbol.name,
+        data = {"address": symbol.address, "symbol": symbol.name,
                 "offset": 0, "size": symbol.size, "kind": symbol.kind,
                 "file": line[0] if line else None, "line": line[1] if line else None}
 
@@ -284,5 +296,3 @@ def sym_body(target: Target, args: argparse.Namespace) -> Report:
 
     return Report(data=data, render=render)
 
-
-command("sym", "look up a symbol or an address", _sym_arguments)(_with_target(sym_body))

@@ -216,13 +216,12 @@ def _load_flight_recorder(args: argparse.Namespace) -> _Loaded:
     from tracers.channel import read_flight_recorder
     from tracers.decode import decode
     from tracers.metadata import for_stream, load_tracepoints
-    from undebug.session.store import SessionDir
-    from undebug.target import LiveTarget
+    from undebug.target import open_target
 
     if _is_file(args.source):
         raise UsageError("--flight-recorder reads a live guest's memory: pass its name",
                          hint="a recorded file is read without --flight-recorder")
-    with LiveTarget(SessionDir.named(args.source), args.elf, force=args.force) as target:
+    with open_target(args.source, args.elf, force=args.force) as target:
         recording = read_flight_recorder(target)
         warnings = list(target.warnings) + recording.warnings
         elf_path = target.elf.path

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from undebug.elf_headers import ElfHeaderError, notes
 from undebug.errors import UsageError
 
 __all__ = ["BootImage", "inspect_image"]
@@ -31,43 +32,6 @@ class BootImage:
     boot: str  # "pvh", "multiboot" or "linux"
     description: str  # e.g. "ELF64 x86-64 with a PVH entry note"
     is_elf64: bool
-
-
-def _elf_notes(data: bytes, is64: bool, little: bool) -> list[tuple[bytes, int, bytes]]:
-    """(name, type, desc) of every note in the PT_NOTE segments, skipping malformed ones."""
-    end = "<" if little else ">"
-    if is64:
-        phoff, = struct.unpack_from(end + "Q", data, 0x20)
-        phentsize, phnum = struct.unpack_from(end + "HH", data, 0x36)
-    else:
-        phoff, = struct.unpack_from(end + "I", data, 0x1C)
-        phentsize, phnum = struct.unpack_from(end + "HH", data, 0x2A)
-    notes = []
-    for i in range(min(phnum, 256)):
-        at = phoff + i * phentsize
-        if at + (56 if is64 else 32) > len(data):
-            break
-        p_type, = struct.unpack_from(end + "I", data, at)
-        if p_type != 4:  # PT_NOTE
-            continue
-        if is64:
-            offset, = struct.unpack_from(end + "Q", data, at + 8)
-            size, = struct.unpack_from(end + "Q", data, at + 32)
-        else:
-            offset, = struct.unpack_from(end + "I", data, at + 4)
-            size, = struct.unpack_from(end + "I", data, at + 16)
-        pos, stop = offset, min(offset + size, len(data))
-        while pos + 12 <= stop:
-            namesz, descsz, ntype = struct.unpack_from(end + "III", data, pos)
-            name_at = pos + 12
-            desc_at = name_at + (namesz + 3) // 4 * 4
-            nxt = desc_at + (descsz + 3) // 4 * 4
-            if nxt > stop:
-                break
-            notes.append((data[name_at : name_at + namesz].rstrip(b"\0"), ntype,
-                          data[desc_at : desc_at + descsz]))
-            pos = nxt
-    return notes
 
 
 def _has_multiboot_header(data: bytes) -> bool:
@@ -106,10 +70,10 @@ def inspect_image(path: Path) -> BootImage:
     if machine not in (3, 62):
         raise UsageError(f"image {path} is an {kind} executable; undebug boots x86 guests")
     try:
-        notes = _elf_notes(data, is64, little)
-    except struct.error:
-        raise UsageError(f"image {path}: {kind} with corrupt program headers") from None
-    if any(name == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY for name, ntype, _ in notes):
+        elf_notes = notes(data)
+    except ElfHeaderError as exc:
+        raise UsageError(f"image {path}: {kind} with corrupt program headers ({exc})") from None
+    if any(n.name == b"Xen" and n.type == XEN_ELFNOTE_PHYS32_ENTRY for n in elf_notes):
         return BootImage(path, "pvh", f"{kind} with a PVH entry note", is64)
     if _has_multiboot_header(data):
         if is64:

@@ -1,0 +1,78 @@
+"""The one program-header reader: agrees with readelf on ELFs gcc builds here (64- and
+32-bit), and turns hostile headers into ElfHeaderError, never a struct.error."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from undebug.elf_headers import PT_LOAD, PT_NOTE, ElfHeaderError, notes, program_headers
+
+READELF = shutil.which("readelf")
+pytestmark = pytest.mark.skipif(READELF is None, reason="readelf (binutils) is not installed")
+
+
+def _readelf_loads(path: Path) -> list[tuple[int, int, int, int]]:
+    """(offset, vaddr, filesz, memsz) of each LOAD, as readelf -lW prints them."""
+    out = subprocess.run([str(READELF), "-lW", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    rows = re.findall(r"^\s+LOAD\s+(0x\w+)\s+(0x\w+)\s+0x\w+\s+(0x\w+)\s+(0x\w+)", out, re.M)
+    return [tuple(int(v, 16) for v in row) for row in rows]  # type: ignore[misc]
+
+
+def _build(tmp_path: Path, *flags: str) -> Path:
+    source = tmp_path / "prog.c"
+    source.write_text("int counter = 7;\nint main(void) { return counter; }\n")
+    out = tmp_path / f"prog{''.join(flags)}"
+    subprocess.run(["gcc", *flags, "-Wl,--build-id=sha1", "-o", str(out), str(source)],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_loads_agree_with_readelf_on_the_reference_guest(guest_image: Path) -> None:
+    segments = program_headers(guest_image.read_bytes())
+    loads = [(s.offset, s.vaddr, s.filesz, s.memsz) for s in segments if s.type == PT_LOAD]
+    assert loads == _readelf_loads(guest_image)
+    assert any(s.type == PT_NOTE for s in segments)
+
+
+def test_build_id_note_agrees_with_readelf(guest_image: Path) -> None:
+    text = subprocess.run([str(READELF), "-n", str(guest_image)], capture_output=True,
+                          text=True, check=True).stdout
+    expected = re.search(r"Build ID: (\w+)", text)
+    assert expected is not None
+    gnu = [n for n in notes(guest_image.read_bytes()) if n.name == b"GNU" and n.type == 3]
+    assert [n.desc.hex() for n in gnu] == [expected.group(1)]
+
+
+def test_a_32_bit_elf_is_read_too(tmp_path: Path) -> None:
+    try:
+        image = _build(tmp_path, "-m32", "-static", "-nostdlib", "-e", "main")
+    except subprocess.CalledProcessError:
+        pytest.skip("gcc cannot build 32-bit code here (no multilib)")
+    loads = [(s.offset, s.vaddr, s.filesz, s.memsz) for s in program_headers(image.read_bytes())
+             if s.type == PT_LOAD]
+    assert loads == _readelf_loads(image)
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    (lambda d: d[:0x20] + struct.pack("<Q", len(d)) + d[0x28:], "past the end of the file"),
+    (lambda d: d[:0x36] + struct.pack("<H", 8) + d[0x38:], "entries of 8 bytes"),
+    (lambda d: d[:4] + b"\x09" + d[5:], "bad ELF class 9"),
+    (lambda d: d[:0x30], "not an ELF file"),
+])
+def test_hostile_headers_are_named_errors(guest_image: Path, patch, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ElfHeaderError, match=message):
+        notes(patch(guest_image.read_bytes()))
+
+
+def test_a_note_running_past_its_segment_ends_the_list(guest_image: Path) -> None:
+    data = bytearray(guest_image.read_bytes())
+    note = next(s for s in program_headers(bytes(data)) if s.type == PT_NOTE)
+    struct.pack_into("<I", data, note.offset + 4, 0xFFFFFFF0)  # descsz: far past the end
+    assert notes(bytes(data), [note]) == []
