@@ -48,7 +48,7 @@ def test_breakpoint_stops_the_worker_and_cont_goes_on(guest: str, hardware: bool
     assert undebug("cont", guest).code == 0
     second = wait(guest)  # steps over the breakpoint, then hits it again later
     assert second["breakpoint"] == made["id"]
-    assert undebug("delete", guest).code == 0
+    assert undebug("delete", guest, "--all").code == 0
     assert undebug("cont", guest).code == 0
     assert undebug("wait", guest, "--timeout", "2").code == 1  # no breakpoint left
 
@@ -59,7 +59,7 @@ def test_step_moves_one_instruction_on_the_stopped_vcpu(guest: str) -> None:
     first = undebug("step", guest, "--json").json()["stop"]
     assert first["reason"] == "step" and first["cpu"] == stop["cpu"]
     assert first["pc"] != stop["pc"] and first["thread"] == stop["thread"]
-    undebug("delete", guest)
+    undebug("delete", guest, "--all")
 
 
 def test_bad_locations_and_ids(guest: str) -> None:
@@ -71,3 +71,34 @@ def test_bad_locations_and_ids(guest: str) -> None:
     assert result.code == 2 and "no breakpoint 42" in result.stderr
     result = undebug("step", guest)
     assert result.code == 2 and "stop it first" in result.stderr
+    result = undebug("delete", guest)  # neither an id nor --all
+    assert result.code == 2 and "one of the arguments ID --all is required" in result.stderr
+    for args in ([], ["checksum_block", "--list"], ["--list", "--hardware"]):
+        result = undebug("break", guest, *args)
+        assert result.code == 2 and "or --list (alone)" in result.stderr, args
+
+
+def test_break_list_shows_each_breakpoint_and_delete_all_removes_them(guest: str) -> None:
+    from undebug.elf import ElfFile
+
+    elf = ElfFile(Path(__file__).resolve().parents[1] / "build" / "refguest.elf")
+    assert undebug("break", guest, "--list").stdout == "no breakpoints\n"
+    made = [undebug("break", guest, "worker_main", "--json").json()["breakpoint"],
+            undebug("break", guest, "handle_request", "--hardware", "--json").json()["breakpoint"]]
+    listed = undebug("break", guest, "--list", "--json").json()["breakpoints"]
+    expected = []
+    for bp, (name, hardware) in zip(made, [("worker_main", False), ("handle_request", True)],
+                                    strict=True):
+        symbol = elf.symbol(name)
+        assert symbol is not None
+        expected.append({"id": bp["id"], "address": symbol.address, "location": name,
+                         "hardware": hardware, "owner": "cli"})
+    assert listed == expected
+    text = undebug("break", guest, "--list").stdout.splitlines()
+    assert text == [f"breakpoint {made[0]['id']} at {expected[0]['address']:#x} (worker_main, "
+                    "software, set by cli)",
+                    f"breakpoint {made[1]['id']} at {expected[1]['address']:#x} (handle_request, "
+                    "hardware, set by cli)"]
+    deleted = undebug("delete", guest, "--all", "--json").json()["deleted"]
+    assert sorted(bp["id"] for bp in deleted) == sorted(bp["id"] for bp in made)
+    assert undebug("break", guest, "--list", "--json").json()["breakpoints"] == []

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -22,10 +22,10 @@ import pytest
 from tests.conftest import undebug, wait_for_console
 from undebug.gdb.packets import frame
 
-pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
-
 EVIL_ESCAPED = "evil\\x1b]0;owned\\x07"
 WORKERS = [f"worker-{i}" for i in range(16)]
+# gdb 13 has no error-message+ feature: a refused register write shows as E01 in gdb
+REFUSED_WRITE = "Could not write register \"rax\"; remote failure reply 'E01'"
 
 
 @dataclass
@@ -34,16 +34,29 @@ class Proxy:
     where: str  # what gdb's target remote takes
     guest: str
 
+    logged: bytes = b""
+
+    def log_so_far(self) -> str:
+        """What the proxy has logged until now (it runs on)."""
+        assert self.proc.stderr is not None
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        try:
+            self.logged += self.proc.stderr.read() or b""
+        finally:
+            os.set_blocking(self.proc.stderr.fileno(), True)
+        return self.logged.decode(errors="backslashreplace")
+
     def stderr(self) -> str:
         """Everything the proxy logged (it must have exited)."""
         assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="backslashreplace")
+        return (self.logged + self.proc.stderr.read()).decode(errors="backslashreplace")
 
 
-def start_proxy(guest: str, *extra: str, listen: str = "127.0.0.1:0") -> Proxy:
+def start_proxy(guest: str, *extra: str, listen: str | None = "127.0.0.1:0") -> Proxy:
+    """``undebug gdbserver GUEST`` (``listen`` None: its default, a unix socket)."""
+    where = [] if listen is None else ["--listen", listen]
     proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", guest,
-                             "--listen", listen, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             *where, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     match = re.fullmatch(r"listening on (\S+) \(gdb: target remote (\S+)\)\n", line)
@@ -144,10 +157,13 @@ def test_a_sleeping_worker_shows_its_saved_context_frames_and_locals(proxy: Prox
     assert re.search(r"^rax +<unavailable>", out, re.M), out  # not saved by switch_context
     assert re.search(r"^#2 .* in worker_main \(", out, re.M), out
     assert re.search(r"^w = 0x[0-9a-f]+$", out, re.M), out  # worker_main's local
-    # Writing or stepping a thread that is not on a vCPU is refused, with the reason.
-    assert "Could not assign" in out or "E01" in out, out
-    assert f"thread {worker['id']} ({worker['name']}) is sleeping" in out, out
-    assert "only a running thread can be stepped" in out
+    # Writing or stepping a thread that is not on a vCPU is refused, with the reason: on
+    # gdb's console for the step (gdb waits for a stop then), in the log for the write.
+    assert REFUSED_WRITE in out, out
+    assert f"thread {worker['id']} ({worker['name']}) is sleeping (sleep), not on a vCPU: " \
+        "only a running thread can be stepped" in out, out
+    assert f"thread {worker['id']} ({worker['name']}) is not on a vCPU: its registers are " \
+        "the context it saved" in proxy.log_so_far()
 
 
 def test_breakpoint_stops_in_a_worker_and_continue_goes_on(proxy: Proxy) -> None:
@@ -170,7 +186,9 @@ def test_register_write_on_the_stopped_vcpu_and_refused_on_a_sleeping_thread(
     out = gdb(proxy, "break checksum_block", "continue", "set $rax = 0x5eedcafe", "p/x $rax",
               "thread 4", "set $rax = 1").decode()
     assert "$1 = 0x5eedcafe" in out, out  # rax is scratch at the function's entry
-    assert "is not on a vCPU" in out or "E01" in out, out  # thread 4: the sleeper
+    assert out.index(REFUSED_WRITE) > out.index("$1 = 0x5eedcafe"), out
+    # thread 4: the sleeper (guest-stubs/refguest/README.md: ids in creation order)
+    assert "thread 4 (sleeper) is not on a vCPU" in proxy.log_so_far()
     mine = next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == proxy.guest)
     assert mine["breakpoints"] == []
 
@@ -179,8 +197,13 @@ class RawClient:
     """A hand-driven RSP client, for what gdb never sends."""
 
     def __init__(self, where: str) -> None:
-        host, _, port = where.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        if "/" in where:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(where)
+        else:
+            host, _, port = where.rpartition(":")
+            self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.buffer = b""
         self.ack = True
 
@@ -212,6 +235,8 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     assert client.sock.recv(1) == b"-"
     assert client.ask(b"QStartNoAckMode") == b"OK"
     client.ack = False
+    client.send_raw(b"$qC#00")  # no-ack mode: nothing is sent again, so an error reply
+    assert client.read() == b"E16"
     client.send_raw(b"garbage+++\x00\xff")
     assert client.ask(b"mzzzz,10").startswith(b"E")
     assert client.ask(b"m0,10").startswith(b"E")  # page 0 is unmapped in the guest
@@ -301,3 +326,84 @@ def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> No
     eflags = Register("eflags", 32, 17, 8, "int", None, "core")
     assert proxy_threads.encode_registers(view.threads[1].registers, (rip, eflags)) == \
         "0710000000000000" + "xx" * 4
+
+
+def test_gdb_attaches_to_a_crashed_guest_and_bt_shows_the_planted_crash_chain(
+        guest_image: Path) -> None:
+    # One vCPU: the crashing worker is the thread on it (QEMU reports a panic pause on
+    # its current vCPU, not on the one that panicked).
+    name = "gdbcrash"
+    assert undebug("run", "-d", "--name", name, "--smp", "1", "--append",
+                   "threads=2 crash=panic crash_after=100", str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "PANIC: planted panic")
+        server = start_proxy(name)
+        try:
+            out = gdb(server, "bt").decode()
+        finally:
+            log = stop_proxy(server)
+    finally:
+        undebug("kill", name)
+    assert "Unknown remote qXfer reply" not in out and "No stack." not in out, out
+    # The README's crash path: worker_main -> handle_request -> crash_panic -> panic
+    chain = re.findall(r"^#\d+ +(?:0x[0-9a-f]+ in )?(\w+) \(", out, re.M)
+    assert "panic" in chain, out
+    at = chain.index("crash_panic")
+    assert chain[at - 1] == "panic" and chain[at + 1 : at + 3] == ["handle_request", "worker_main"], out
+    assert "the guest crashed: guest panicked: PANIC: planted panic" in log
+
+
+def listed_breakpoints(guest: str) -> list[dict]:
+    result = undebug("break", guest, "--list", "--json")
+    assert result.code == 0, result.stderr
+    return result.json()["breakpoints"]
+
+
+def test_default_listen_is_a_0600_unix_socket_in_the_session_dir(proxy: Proxy,
+                                                                  runtime_dir: Path) -> None:
+    server = start_proxy(proxy.guest, listen=None)
+    path = runtime_dir / proxy.guest / "gdbserver.sock"
+    try:
+        assert server.where == str(path)
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, oct(mode)
+        assert path.stat().st_uid == os.getuid()
+        assert "main" in gdb_threads(gdb(server, "info threads").decode())
+        second = undebug("gdbserver", proxy.guest)  # the same default: in use
+        assert second.code == 2 and "another server is listening there" in second.stderr
+    finally:
+        stop_proxy(server)
+    assert not path.exists()
+
+
+def test_a_killed_gdbservers_breakpoints_are_deleted_and_the_clis_stay(proxy: Proxy) -> None:
+    from undebug.elf import ElfFile
+
+    elf = ElfFile(Path(__file__).resolve().parents[1] / "build" / "refguest.elf")
+    symbol = elf.symbol("checksum_block")
+    assert symbol is not None
+    address = symbol.address
+    assert undebug("break", proxy.guest, "handle_request").code == 0
+    server = start_proxy(proxy.guest, listen=None)
+    try:
+        client = RawClient(server.where)
+        client.ask(b"qSupported:swbreak+")
+        assert client.ask(b"Z0,%x,1" % address) == b"OK"
+        mine = [bp for bp in listed_breakpoints(proxy.guest) if bp["owner"] == "gdb"]
+        assert mine == [{"id": mine[0]["id"], "address": address, "location": "checksum_block",
+                         "hardware": False, "owner": "gdb"}], mine
+        server.proc.kill()  # SIGKILL: the server cannot clean up; the supervisor does
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(bp["owner"] == "gdb" for bp in listed_breakpoints(proxy.guest)):
+            assert time.monotonic() < deadline, listed_breakpoints(proxy.guest)
+            time.sleep(0.1)
+        left = listed_breakpoints(proxy.guest)
+        assert [(bp["location"], bp["owner"]) for bp in left] == [("handle_request", "cli")]
+        client.sock.close()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+        undebug("delete", proxy.guest, "--all")
+        undebug("cont", proxy.guest)  # the attach stopped it

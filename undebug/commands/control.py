@@ -64,40 +64,55 @@ def _stop_line(info: dict[str, Any]) -> str:
 
 def _break_arguments(p: argparse.ArgumentParser) -> None:
     _name(p)
-    p.add_argument("location", metavar="LOCATION",
+    p.add_argument("location", metavar="LOCATION", nargs="?",
                    help="a function (its first instruction), FILE:LINE or an address")
     p.add_argument("--hardware", action="store_true",
                    help="a hardware breakpoint (debug registers) instead of a software one")
+    p.add_argument("--list", action="store_true",
+                   help="list the guest's breakpoints instead (yours and gdb's)")
 
 
-@command("break", "set a breakpoint the supervisor keeps", _break_arguments,
+def _breakpoint_line(bp: dict[str, Any]) -> str:
+    kind = "hardware" if bp["hardware"] else "software"
+    return f"breakpoint {bp['id']} at {bp['address']:#x} ({escape(bp['location'])}, {kind}, " \
+        f"set by {bp.get('owner', 'cli')})"
+
+
+@command("break", "set a breakpoint the supervisor keeps (or --list them)", _break_arguments,
          description="Set a breakpoint in the guest. It stays until `undebug delete`, across "
-         "CLI calls and gdb sessions. When it is hit the whole guest stops; see `undebug "
-         "wait`, then `undebug cont`.")
+         "CLI calls. When it is hit the whole guest stops; see `undebug wait`, then `undebug "
+         "cont`. --list shows every breakpoint with who set it: cli (undebug break) or gdb "
+         "(a debugger through undebug gdbserver; those go when it disconnects).")
 def break_(args: argparse.Namespace) -> Report:
     from undebug.locations import resolve_location
     from undebug.target import guest_elf
 
+    if args.list == (args.location is not None) or (args.list and args.hardware):
+        raise UsageError("give a LOCATION to set a breakpoint, or --list (alone) to list them")
     session = SessionDir.named(args.target)
     with SupervisorClient(session) as client:
+        if args.list:
+            bps = list(client.call("status").get("breakpoints") or [])
+            return Report(data={"breakpoints": bps}, render=lambda: [
+                _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
         if args.location[:1].isdigit():
             address = int(args.location, 0)
         else:
             address = resolve_location(guest_elf(args.target, args.elf), args.location)
         bp = client.call("break_insert", address=address, hardware=args.hardware,
                          location=args.location)
-    kind = "hardware" if bp["hardware"] else "software"
-    return Report(data={"breakpoint": bp}, render=lambda: [
-        f"breakpoint {bp['id']} at {bp['address']:#x} ({escape(bp['location'])}, {kind})"])
+    return Report(data={"breakpoint": bp}, render=lambda: [_breakpoint_line(bp)])
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:
     _name(p, elf=False)
-    p.add_argument("id", type=int, nargs="?", metavar="ID",
-                   help="the breakpoint to delete (default: all)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", metavar="ID",
+                       help="the breakpoint to delete (see undebug break TARGET --list)")
+    which.add_argument("--all", action="store_true", help="delete every breakpoint")
 
 
-@command("delete", "delete a breakpoint (or all)", _delete_arguments)
+@command("delete", "delete a breakpoint (or --all)", _delete_arguments)
 def delete(args: argparse.Namespace) -> Report:
     with SupervisorClient(SessionDir.named(args.target)) as client:
         ids = [args.id] if args.id is not None else \

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,21 +37,26 @@ _LISTENING = re.compile(r"listening on (\S+)")
 
 
 class Gdbserver:
-    """``undebug gdbserver TARGET`` as a child process on a unix socket in a private
-    directory; ended with SIGINT (its clean Ctrl-C path), then harder if need be.
-    It starts in the background: :meth:`listening` waits until gdb can connect."""
+    """``undebug gdbserver TARGET`` as a child process on a unix socket in the guest's
+    session directory (0700: only we can connect); ended with SIGINT (its clean Ctrl-C
+    path), then harder if need be. If we are killed (even by SIGKILL) it ends too: it
+    gets SIGTERM when its parent dies (``--parent-pid``), and nothing named is left
+    behind but its socket, which it removes. It starts in the background:
+    :meth:`listening` waits until gdb can connect."""
 
-    def __init__(self, target: str, *, elf: Path | None = None, force: bool = False) -> None:
-        self.dir = tempfile.mkdtemp(prefix="ud-eval-")  # 0700: only we can connect
-        self.address = os.path.join(self.dir, "gdb.sock")
-        argv = [sys.executable, "-m", "undebug.cli", "gdbserver", target, "--listen", self.address]
+    def __init__(self, target: str, session_dir: Path, *, elf: Path | None = None,
+                 force: bool = False) -> None:
+        self.address = str(session_dir / f"eval-{os.getpid()}.sock")
+        argv = [sys.executable, "-m", "undebug.cli", "gdbserver", target, "--listen", self.address,
+                "--parent-pid", str(os.getpid())]
         if elf is not None:
             argv += ["--elf", str(elf)]
         if force:
             argv.append("--force")
-        # Files, not pipes: nobody has to drain them while gdb works.
-        self._stdout: IO[bytes] = open(os.path.join(self.dir, "stdout"), "w+b")  # noqa: SIM115
-        self._stderr: IO[bytes] = open(os.path.join(self.dir, "stderr"), "w+b")  # noqa: SIM115
+        # Unnamed files, not pipes: nobody has to drain them while gdb works, and nothing
+        # is left on disk whoever dies first.
+        self._stdout: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
                                       stderr=self._stderr, start_new_session=True)
         self._listening = False
@@ -62,7 +66,7 @@ class Gdbserver:
         exited instead."""
         deadline = time.monotonic() + timeout
         while not self._listening:
-            first = Path(self._stdout.name).read_bytes().split(b"\n", 1)
+            first = os.pread(self._stdout.fileno(), 4096, 0).split(b"\n", 1)
             if len(first) == 2:
                 line = first[0].decode("utf-8", "replace")
                 found = _TARGET_IN_LINE.search(line) or _LISTENING.search(line)
@@ -92,8 +96,9 @@ class Gdbserver:
 
     def stderr_lines(self) -> list[str]:
         with contextlib.suppress(OSError, ValueError):
-            return Path(self._stderr.name).read_bytes()[-16_000:].decode("utf-8", "replace") \
-                .splitlines()
+            size = os.fstat(self._stderr.fileno()).st_size
+            tail = os.pread(self._stderr.fileno(), 16_000, max(0, size - 16_000))
+            return tail.decode("utf-8", "replace").splitlines()
         return []
 
     def close(self, timeout: float = 5.0) -> None:
@@ -106,7 +111,8 @@ class Gdbserver:
         self._proc.wait()
         self._stdout.close()
         self._stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # if it was killed before it could
+            os.unlink(self.address)
 
     def __enter__(self) -> Gdbserver:
         return self
@@ -129,7 +135,8 @@ def evaluate_at(address: str, elf: Path | None, expression: str, thread: int | N
 def evaluate_with(mi: MiSession, address: str, expression: str, thread: int | None = None,
                   warnings: list[str] | None = None, *, resume: bool = True) -> tuple[str, str | None]:
     """Connect ``mi``'s gdb to the gdbserver at ``address`` and evaluate ``expression``
-    (in gdb thread ``thread``). Returns gdb's value and type; gdb's errors are usage
+    (in the thread the server calls ``thread``: for undebug's gdbserver a guest thread id,
+    which need not be gdb's own thread number). Returns gdb's value and type; gdb's errors are usage
     errors. Then gdb detaches (the target runs on) if ``resume``, else it disconnects and
     leaves the target stopped. gdb's warnings are added to ``warnings``."""
     from undebug.gdb.mi import GdbExited, MiError, MiTimeout
@@ -139,7 +146,7 @@ def evaluate_with(mi: MiSession, address: str, expression: str, thread: int | No
         mi.connect(address)
         if thread is not None:
             try:
-                mi.select_thread(thread)
+                mi.select_thread(mi.thread_number(thread))
             except MiError as exc:
                 if isinstance(exc, (MiTimeout, GdbExited)):
                     raise
@@ -190,7 +197,8 @@ def eval_(args: argparse.Namespace) -> Report:
 
     gdb_path()  # before anything starts: no gdb is exit 3
     c_string(args.expression)  # one line of text, or exit 2
-    with SupervisorClient(SessionDir.named(args.target)) as client:
+    session = SessionDir.named(args.target)
+    with SupervisorClient(session) as client:
         status = client.call("status")
     elf = args.elf or (Path(status["elf"]) if status.get("elf") else None)
     if elf is None:
@@ -201,7 +209,7 @@ def eval_(args: argparse.Namespace) -> Report:
     # before (paused, at a breakpoint): then gdb disconnects instead and it stays stopped.
     was_running = status.get("state") == "running"
     # gdb starts (and reads the ELF) while the proxy starts: they do not need each other yet
-    with Gdbserver(args.target, elf=args.elf, force=args.force) as proxy, \
+    with Gdbserver(args.target, session.path, elf=args.elf, force=args.force) as proxy, \
             MiSession.start(elf) as mi:
         value, type_ = evaluate_with(mi, proxy.listening(), args.expression, args.thread,
                                      warnings, resume=was_running)

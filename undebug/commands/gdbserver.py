@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -15,14 +17,16 @@ from undebug.text import escape
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
-    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT|PATH",
-                   help="where gdb connects: a loopback address (default 127.0.0.1 and a "
-                   "free port) or a unix socket path")
+    p.add_argument("--listen", metavar="HOST:PORT|PATH",
+                   help="where gdb connects instead of the default, a 0600 unix socket in "
+                   "the guest's session directory: a loopback TCP address (port 0: a free "
+                   "one) or another unix socket path")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --listen address (the protocol has no "
                    "authentication)")
     add_elf_arguments(p)
     p.add_argument("--verbose", action="store_true", help="log every packet to stderr")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # undebug eval's child
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -40,38 +44,58 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+GDB_SOCKET = "gdbserver.sock"  # the default, in the session directory (0700); gdb.sock is QEMU's
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM (our clean end) when ``parent`` dies, even by SIGKILL; at once if it has
+    died already (before the prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        raise _Terminated
+
+
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
-         description="Listen for gdb (target remote HOST:PORT) and serve the guest with its "
-         "OS's own threads: info threads, thread apply all bt, breakpoints, continue, step. "
-         "One debugger at a time; gdb's detach deletes its breakpoints and lets the guest "
-         "run. Ctrl-C ends the server and leaves the guest as it is.", json=False)
+         description="Listen for gdb (target remote PATH: a 0600 unix socket in the guest's "
+         "session directory, or --listen HOST:PORT) and serve the guest with its OS's own "
+         "threads: info threads, thread apply all bt, breakpoints, continue, step. One "
+         "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
+         "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
     from undebug.gdbserver.live import LiveBackend
     from undebug.gdbserver.server import GdbServer, parse_listen
     from undebug.os import provider_for
     from undebug.session.store import SessionDir
 
-    address = parse_listen(args.listen, args.allow_remote)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EscapingFormatter("gdbserver: %(message)s"))
     logger = logging.getLogger("undebug.gdbserver")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logger.propagate = False
-    backend = LiveBackend(SessionDir.named(args.target), args.elf, force=args.force)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    backend: LiveBackend | None = None
+    server: GdbServer | None = None
     try:
+        if args.parent_pid is not None:
+            _end_with_parent(args.parent_pid)
+        session = SessionDir.named(args.target)
+        address = parse_listen(args.listen, args.allow_remote) if args.listen else \
+            session.path / GDB_SOCKET
+        backend = LiveBackend(session, args.elf, force=args.force)
         server = GdbServer(backend, lambda target: provider_for(target).threads(), address)
-        try:
-            print(f"listening on {server.where} (gdb: target remote {server.where})",
-                  flush=True)
-            server.serve()
-        except (KeyboardInterrupt, _Terminated):
-            logger.info("stopped; the guest stays as it is")
-        finally:
-            server.close()
+        print(f"listening on {server.where} (gdb: target remote {server.where})", flush=True)
+        server.serve()
+    except (KeyboardInterrupt, _Terminated):
+        logger.info("stopped; the guest stays as it is")
     finally:
+        if server is not None:
+            server.close()
+        if backend is not None:
+            backend.close()
         signal.signal(signal.SIGTERM, previous)
-        backend.close()
         logger.removeHandler(handler)
     return Report()

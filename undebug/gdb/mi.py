@@ -42,6 +42,7 @@ from pygdbmi.gdbmiparser import parse_response
 from undebug.errors import EnvironmentMissing, UndebugError, UsageError
 from undebug.gdb.mi_records import (
     ExitEvent,
+    GdbThread,
     MiEvent,
     MiResult,
     NotifyEvent,
@@ -249,7 +250,22 @@ class MiSession:
         self.command("-target-disconnect", timeout)
 
     def select_thread(self, thread: int) -> None:
+        """Select gdb's thread number ``thread`` (see :meth:`thread_number`)."""
         self.command(f"-thread-select {int(thread)}")
+
+    def threads(self) -> list[GdbThread]:
+        """gdb's threads (``-thread-info``), with the target's id for each."""
+        rows = self.command("-thread-info").payload.get("threads")
+        found = [GdbThread.from_mi(row) for row in rows] if isinstance(rows, list) else []
+        return [t for t in found if t is not None]
+
+    def thread_number(self, remote_id: int) -> int:
+        """gdb's number for the thread the stub calls ``remote_id``: gdb numbers threads
+        in the order it learns of them, which need not be the stub's ids."""
+        for thread in self.threads():
+            if thread.remote_id == remote_id:
+                return thread.number
+        raise MiError(f"gdb has no thread the target calls {remote_id}")
 
     def evaluate(self, expression: str, thread: int | None = None) -> Value:
         """``expression``'s value (``-data-evaluate-expression``) and type (``whatis``),

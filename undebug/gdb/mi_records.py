@@ -10,12 +10,14 @@ turns one parsed record into a typed value, so no raw MI dict leaves the session
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "ExitEvent",
     "Frame",
+    "GdbThread",
     "MiEvent",
     "MiResult",
     "NotifyEvent",
@@ -118,6 +120,30 @@ class Value:
     value: str  # gdb's text, e.g. "6840123409045652310" or "\"main\", '\\000' <repeats 27 times>"
     type: str | None  # as `whatis` prints it, e.g. "volatile uint64_t", "char [32]"
     thread: int | None = None
+
+
+_REMOTE_THREAD = re.compile(r"Thread (?:\d+\.)?(\d+)")  # "Thread 7", "Thread 1.2" (pid.tid)
+
+
+@dataclass(frozen=True)
+class GdbThread:
+    """One row of ``-thread-info``: gdb's own thread number, and what the target calls it."""
+
+    number: int  # gdb's (1, 2, ... in the order gdb learnt of them): -thread-select takes it
+    target_id: str  # "Thread 7" from a remote stub: the stub's thread id, in decimal
+    name: str | None
+
+    @property
+    def remote_id(self) -> int | None:
+        """The stub's thread id (for undebug's gdbserver: the guest's thread id)."""
+        match = _REMOTE_THREAD.match(self.target_id)
+        return int(match.group(1)) if match else None
+
+    @classmethod
+    def from_mi(cls, mi: Any) -> GdbThread | None:
+        if not isinstance(mi, dict) or _int(mi.get("id")) is None:
+            return None
+        return cls(_int(mi.get("id")) or 0, _str(mi.get("target-id")) or "", _str(mi.get("name")))
 
 
 def event_from_record(prefix: str, record: dict[str, Any]) -> MiEvent:

@@ -42,7 +42,12 @@ from undebug.gdb.packets import (
     frame,
     parse_features,
 )
-from undebug.gdb.tdesc import TargetDescription, decode_registers, parse_target_xml
+from undebug.gdb.tdesc import (
+    TargetDescription,
+    decode_registers,
+    fetch_target_xml,
+    parse_target_xml,
+)
 
 __all__ = ["RspClient", "RspException"]  # RspException: callers catch it next to the client
 
@@ -53,6 +58,8 @@ OnStop = Callable[[StopReply], None] | None
 _T = TypeVar("_T")
 
 _STOP_QUEUE_LEN = 64  # a supervisor that only uses on_stop never drains the queue
+_CORRUPT = b"\x00corrupt"  # stands for a reply that arrived with a bad checksum (no-ack)
+MAX_THREADS = 65536  # vCPUs: QEMU takes at most 4096
 _ERROR = re.compile(rb"E[0-9a-fA-F]{2}")
 _HEX = re.compile(rb"[0-9a-fA-F]+")
 _FRAMING = re.compile(rb"[$#]")
@@ -192,6 +199,13 @@ class RspClient:
             if not self.no_ack:
                 self._sendall(b"-")  # the stub retransmits
                 return
+            # No-ack mode: nobody retransmits. The pending command fails (a corrupt stop
+            # reply is dropped: the next stop, or the command's timeout, follows).
+            log.warning("dropping a packet with a bad checksum (no-ack mode): %r", body[:60])
+            with self._cond:
+                self._replies.append(_CORRUPT)
+                self._cond.notify_all()
+            return
         payload = decode(body)
         if payload and payload[0] in b"STWX":
             try:
@@ -268,6 +282,9 @@ class RspClient:
             self._send(payload)
             while True:
                 reply = self._wait(self._replies, timeout, f"reply to {payload[:60]!r}")
+                if reply is _CORRUPT:
+                    raise RspException(f"the reply to {payload[:60]!r} had a bad checksum "
+                                       "(no-ack mode: it is not sent again)")
                 if not _is_console(reply):
                     break
                 if console is not None:
@@ -314,11 +331,17 @@ class RspClient:
                 piece = data[off : off + chunk]
                 self._supported(f"M{addr + off:x},{len(piece):x}:{piece.hex()}")
 
+    def target_xml_files(self) -> dict[str, bytes]:
+        """target.xml and the files it includes, as the stub sends them (bounded)."""
+        with self._lock:
+            return fetch_target_xml(lambda annex: self.read_xfer("features", annex))
+
     def target_description(self) -> TargetDescription:
         """The register layout from qXfer target.xml (fetched once, then cached)."""
         with self._lock:
             if self._tdesc is None:
-                self._tdesc = parse_target_xml(lambda annex: self.read_xfer("features", annex))
+                files = self.target_xml_files()
+                self._tdesc = parse_target_xml(files.__getitem__)
             return self._tdesc
 
     def read_xfer(self, obj: str, annex: str) -> bytes:
@@ -362,14 +385,23 @@ class RspClient:
         return value[name]
 
     def threads(self) -> list[ThreadId]:
-        """All threads (vCPUs in QEMU) from qfThreadInfo/qsThreadInfo."""
-        out: list[ThreadId] = []
+        """All threads (vCPUs in QEMU) from qfThreadInfo/qsThreadInfo. Each ``m`` reply
+        must bring new threads: a stub that repeats itself (or sends none) is an error,
+        not an endless loop."""
+        out: dict[str, ThreadId] = {}
         with self._lock:
             reply = self._supported("qfThreadInfo")
-            while reply[:1] == b"m" and len(out) < 65536:
-                out += [ThreadId.parse(t) for t in reply[1:].decode("ascii").split(",") if t]
+            while reply[:1] == b"m":
+                ids = [t for t in reply[1:].decode("ascii", "replace").split(",") if t]
+                new = [t for t in ids if t not in out]
+                if not new:
+                    raise RspException(f"qsThreadInfo brought no new thread ({reply[:60]!r}): "
+                                       "the stub repeats its list")
+                out.update((t, ThreadId.parse(t)) for t in new)
+                if len(out) > MAX_THREADS:
+                    raise RspException(f"the stub lists more than {MAX_THREADS} threads")
                 reply = self._supported("qsThreadInfo")
-        return out
+        return list(out.values())
 
     def current_thread(self) -> ThreadId:
         """The stub's current thread (``qC``)."""

@@ -168,7 +168,7 @@ class LiveBackend:
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str) -> ServedBreakpoint:
         return _breakpoint(self.client.call("break_insert", address=address, hardware=hardware,
-                                            location=location))
+                                            location=location, owner="gdb"))
 
     def delete_breakpoint(self, bp_id: int) -> None:
         self.client.call("break_delete", id=bp_id)

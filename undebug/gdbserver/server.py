@@ -12,7 +12,8 @@ a dump) and serves the guest's threads instead, the way pyOCD's and OpenOCD's RT
   control, breakpoints), and the thread provider the command injects;
 - :mod:`undebug.gdbserver.live`: that backend for a live guest (its supervisor).
 
-This module listens (loopback TCP or a unix socket) and serves one debugger at a time.
+This module listens (a 0600 unix socket, or loopback TCP if asked) and serves one debugger
+at a time.
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ def _listen(address: ListenAddress) -> socket.socket:
     if isinstance(address, Path):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         _remove_stale_socket(address)
+        old_umask = os.umask(0o177)  # 0600 from its creation: no window for others
         try:
             sock.bind(str(address))
-            os.chmod(address, 0o600)
         except OSError as exc:
             sock.close()
             raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
     else:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -138,6 +141,7 @@ class GdbServer:
         backend.target()  # the ELF and its build-id are checked now, not at gdb's connect
         backend.release()
         self.address = address
+        self.stopping = False
         self.listener = _listen(address)
         if isinstance(address, tuple):
             bound = self.listener.getsockname()
@@ -152,8 +156,9 @@ class GdbServer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def serve(self) -> None:
-        """Accept debuggers one after the other; return when the guest has ended."""
-        while not self.backend.ended:
+        """Accept debuggers one after the other; return when the guest has ended (or after
+        :meth:`stop`, once the debugger connected then has gone)."""
+        while not self.backend.ended and not self.stopping:
             ready, _, _ = select.select([self.listener], [], [], 0.5)
             if not ready:
                 self.backend.drain_events()  # only the guest's end matters meanwhile
@@ -166,6 +171,10 @@ class GdbServer:
             session.run()
             log.info("debugger disconnected; waiting for the next one")
         log.info("the guest has ended")
+
+    def stop(self) -> None:
+        """Make :meth:`serve` return (from another thread), within half a second."""
+        self.stopping = True
 
     def close(self) -> None:
         self.listener.close()

@@ -7,9 +7,11 @@ like QEMU: a stop stops every vCPU, and it reports the guest thread running on t
 that stopped.
 
 Ending a session: ``D`` (detach; also ``k``, which never kills the guest) deletes the
-proxy's breakpoints and lets the guest run, as gdb's detach does. A debugger that goes
-away without detaching (killed, or the proxy is stopped) also loses its breakpoints, but
-the guest stays as it was left (stopped, if it was): ``undebug cont`` resumes it.
+server's breakpoints and lets the guest run, as gdb's detach does. A debugger that goes
+away without detaching (killed, or the server is stopped) also loses its breakpoints, but
+the guest stays as it was left (stopped, if it was): ``undebug cont`` resumes it. The
+breakpoints belong to the backend's connection too, so they go even when the server is
+killed (the supervisor deletes a connection's ``gdb`` breakpoints when it closes).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from undebug.gdb.tdesc import TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
 from undebug.gdbserver.runstate import wait_for_stop
 from undebug.gdbserver.threads import ProxyThread, ThreadView, encode_register, encode_registers
-from undebug.gdbserver.wire import ClientGone, GdbConnection, parse_thread_id, to_hex_text
+from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, parse_thread_id, to_hex_text
 from undebug.target import ReadError, Target
 
 __all__ = ["GdbSession"]
@@ -75,7 +77,11 @@ class GdbSession:
         try:
             self._attach()
             while not self.done:
-                packet = self.conn.receive(0.5)
+                try:
+                    packet = self.conn.receive(0.5)
+                except BadPacket as exc:
+                    self.conn.send(self._error(PacketError(str(exc), EINVAL)))
+                    continue
                 if packet is None:
                     self._check_guest()
                     continue
@@ -151,8 +157,8 @@ class GdbSession:
             self.conn.send(b"OK")
             self.conn.no_ack = True
             return None
-        if kind == "?":
-            return self._report(self.last_stop)
+        if kind == "?":  # the target is stopped: no console text
+            return self._report(self.last_stop, running=False)
         if kind == "H":
             return self._set_thread(text[1:2], parse_thread_id(text[2:]))
         if kind == "T":
@@ -343,7 +349,7 @@ class GdbSession:
         if key in self.owned or key in self.adopted:
             return b"OK"
         symbol = self.backend.target().elf.symbolize(address)
-        location = f"gdb: {symbol}" if symbol else f"gdb: {address:#x}"
+        location = symbol or f"{address:#x}"
         try:
             bp = self.backend.insert_breakpoint(address, kind == 1, location)
         except UsageError as exc:  # one there already (`undebug break`): use it, leave it
@@ -399,10 +405,14 @@ class GdbSession:
         self._console(f"undebug: {message}\n")
         return self._error(PacketError(message))
 
-    def _report(self, stop: Stop) -> bytes:
-        """The stop reply, in the guest thread running on the vCPU that stopped."""
-        if stop.message:
+    def _report(self, stop: Stop, running: bool = True) -> bytes:
+        """The stop reply, in the guest thread running on the vCPU that stopped. Its
+        message goes to gdb's console only if gdb is waiting for the target to stop
+        (``running``): an ``O`` packet at any other time would be read as the reply."""
+        if stop.message and running:
             self._console(f"undebug: {stop.message}\n")
+        elif stop.message:
+            log.info("%s", stop.message)
         if stop.exit_reply is not None:
             self.done = True
             return stop.exit_reply

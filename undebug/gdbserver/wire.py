@@ -4,7 +4,8 @@ Framing, escaping and checksums come from :mod:`undebug.gdb.packets`; this modul
 what a server needs on top: acks until the client asks for no-ack mode, retransmitting on
 '-', the bare 0x03 byte a client sends to interrupt a running target, and refusing any
 other client that connects to the listening socket meanwhile (one debugger at a time).
-The client is untrusted: garbage is skipped, an oversized packet is dropped.
+The client is untrusted: garbage is skipped, an oversized packet is dropped, a corrupt
+packet is asked for again (or, in no-ack mode, answered with an error).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import deque
 
 from undebug.gdb.packets import MAX_PACKET, checksum, frame
 
-__all__ = ["ClientGone", "GdbConnection", "parse_thread_id", "to_hex_text"]
+__all__ = ["BadPacket", "ClientGone", "GdbConnection", "parse_thread_id", "to_hex_text"]
 
 log = logging.getLogger("undebug.gdbserver")
 
@@ -25,6 +26,11 @@ INTERRUPT = 0x03
 
 class ClientGone(Exception):
     """The debugger closed the connection (or it broke)."""
+
+
+class BadPacket(Exception):
+    """A packet with a bad checksum in no-ack mode: it will not be sent again, so the
+    client must be answered with an error rather than left waiting."""
 
 
 def parse_thread_id(text: str) -> int:
@@ -56,7 +62,7 @@ class GdbConnection:
         self.interrupted = False  # a 0x03 arrived since the last take_interrupt()
         self.bad_packets = 0
         self._buffer = bytearray()
-        self._packets: deque[bytes] = deque()
+        self._packets: deque[bytes | None] = deque()  # None: a corrupt packet (no-ack)
         self._last_sent = b""
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -67,10 +73,16 @@ class GdbConnection:
     # ---- receiving ----------------------------------------------------------------------
 
     def receive(self, timeout: float | None) -> bytes | None:
-        """The next packet's body (escapes not undone); None when ``timeout`` passes."""
+        """The next packet's body (escapes not undone); None when ``timeout`` passes.
+        BadPacket: the next one arrived corrupt in no-ack mode."""
         if not self._packets:
             self._pump(timeout)
-        return self._packets.popleft() if self._packets else None
+        if not self._packets:
+            return None
+        packet = self._packets.popleft()
+        if packet is None:
+            raise BadPacket("a packet with a bad checksum (no-ack mode)")
+        return packet
 
     def take_interrupt(self, timeout: float = 0.0) -> bool:
         """Whether the client sent 0x03 (Ctrl-C in gdb) since the last call."""
@@ -131,6 +143,9 @@ class GdbConnection:
                 if good:
                     self._ack(b"+")
                     self._packets.append(body)
+                elif self.no_ack:
+                    self.bad_packets += 1
+                    self._packets.append(None)
                 else:
                     self.bad_packets += 1
                     self._ack(b"-")  # the client sends it again

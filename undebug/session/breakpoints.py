@@ -1,4 +1,6 @@
-"""Breakpoints the supervisor owns, so they outlive every client (CLI calls, gdb proxies).
+"""Breakpoints the supervisor owns. A ``cli`` breakpoint (``undebug break``) outlives every
+client; a ``gdb`` one belongs to the connection that inserted it (a gdbserver serving a
+debugger) and goes when that connection closes, however its client ended.
 
 QEMU keeps gdbstub breakpoints itself (no guest memory is patched) and re-reports a
 breakpoint at once if the vCPU resumes on it, so resuming steps over it first.
@@ -7,9 +9,12 @@ breakpoint at once if the vCPU resumes on it, so resuming steps over it first.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Breakpoint", "BreakpointTable"]
+__all__ = ["OWNERS", "Breakpoint", "BreakpointTable", "Owner"]
+
+Owner = Literal["cli", "gdb"]
+OWNERS: tuple[Owner, ...] = ("cli", "gdb")
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,7 @@ class Breakpoint:
     address: int
     hardware: bool
     location: str  # what the user asked for: "checksum_block", "main.c:42", "0x100150"
+    owner: Owner = "cli"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -28,8 +34,8 @@ class BreakpointTable:
         self._by_id: dict[int, Breakpoint] = {}
         self._next = 1
 
-    def add(self, address: int, hardware: bool, location: str) -> Breakpoint:
-        bp = Breakpoint(self._next, address, hardware, location)
+    def add(self, address: int, hardware: bool, location: str, owner: Owner = "cli") -> Breakpoint:
+        bp = Breakpoint(self._next, address, hardware, location, owner)
         self._by_id[bp.id] = bp
         self._next += 1
         return bp

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Coroutine
@@ -291,13 +290,9 @@ class Guest(RunControl):
         gdbserver proxy to hand to gdb unchanged."""
         if not self._target_xml:
             async with self.paused() as rsp:
-                pending = ["target.xml"]
-                while pending:
-                    annex = pending.pop()
-                    text = (await self._stub(rsp.read_xfer, "features", annex)).decode()
-                    self._target_xml[annex] = text
-                    pending += [href for href in re.findall(r'href="([^"]+)"', text)
-                                if href not in self._target_xml][:16]
+                files = await self._stub(rsp.target_xml_files)  # bounded: the stub is untrusted
+            self._target_xml = {annex: text.decode("utf-8", "replace")
+                                for annex, text in files.items()}
         return dict(self._target_xml)
 
     async def write_memory(self, address: int, data: bytes) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from undebug.gdb.packets import BreakpointType, StopReply, ThreadId
 from undebug.gdb.rsp import RspClient, RspException
-from undebug.session.breakpoints import Breakpoint, BreakpointTable
+from undebug.session.breakpoints import Breakpoint, BreakpointTable, Owner
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 
@@ -224,12 +224,13 @@ class RunControl(ABC):
                 await self._stub(rsp.command, f"P{reg.regnum:x}={data}")
             self.run_token += 1  # what clients cached is stale now
 
-    async def insert_breakpoint(self, address: int, hardware: bool, location: str) -> Breakpoint:
+    async def insert_breakpoint(self, address: int, hardware: bool, location: str,
+                                owner: Owner = "cli") -> Breakpoint:
         async with self.paused() as rsp:
             if self.breakpoints.at(address) is not None:
                 raise RequestError(ErrorCode.BAD_REQUEST,
                                    f"a breakpoint at {address:#x} exists already")
-            bp = self.breakpoints.add(address, hardware, location)
+            bp = self.breakpoints.add(address, hardware, location, owner)
             try:
                 await self._stub(rsp.add_breakpoint, address, _kind(bp))
             except RequestError:

@@ -1,8 +1,8 @@
 """The per-guest supervisor process: a :class:`~undebug.session.guest.Guest` and the
 control server that lets any number of front ends use it over a 0600 unix socket
 (protocol: docs/protocol.md). Clients come and go without disturbing the guest: what a
-client held (a freeze) is released when it goes, and only an ``own`` client's end ends
-the guest.
+client held (a freeze, its ``gdb`` breakpoints) is released when it goes, and only an
+``own`` client's end ends the guest.
 
 Run it as ``python -m undebug.session.supervisor SESSION_DIR``; the directory holds
 ``spec.json`` written by the CLI. The first line on stdout says ready or why not.
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from undebug.errors import UndebugError
+from undebug.session.breakpoints import OWNERS
 from undebug.session.guest import Guest
 from undebug.session.protocol import (
     MAX_LINE,
@@ -71,8 +72,11 @@ class ControlServer:
             return {"cpus": await guest.read_registers(cpu)}
         if op == "break_insert":
             address = _int_arg(args, "address", 0, 2**64 - 1)
+            owner = args.get("owner", "cli")
+            if owner not in OWNERS:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"owner must be one of {OWNERS}")
             bp = await guest.insert_breakpoint(address, bool(args.get("hardware")),
-                                               str(args.get("location") or hex(address)))
+                                               str(args.get("location") or hex(address)), owner)
             return bp.to_json()
         if op == "break_delete":
             return (await guest.delete_breakpoint(_int_arg(args, "id", 1, 2**31))).to_json()
@@ -108,6 +112,7 @@ class ControlServer:
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         owner = False
         freezes = 0  # this connection's holds on the guest, released when it goes
+        breakpoints: set[int] = set()  # this connection's "gdb" breakpoints, deleted then
         events: asyncio.Queue[dict[str, Any] | None] | None = None
         write_lock = asyncio.Lock()
 
@@ -153,6 +158,8 @@ class ControlServer:
                             self.guest.subscribers.add(events)
                     else:
                         result = await self.handle(op, args)
+                    if op == "break_insert" and result.get("owner") == "gdb":
+                        breakpoints.add(result["id"])
                     await send({"id": request_id, "ok": True, "result": result}, fds)
                     if op == "subscribe" and pump_task is None and events is not None:
                         pump_task = asyncio.create_task(pump(events))
@@ -170,6 +177,9 @@ class ControlServer:
             if pump_task is not None:
                 pump_task.cancel()
             writer.close()
+            for bp_id in sorted(breakpoints):  # unless deleted meanwhile
+                with contextlib.suppress(RequestError):
+                    await self.guest.delete_breakpoint(bp_id)
             for _ in range(freezes):
                 with contextlib.suppress(RequestError):
                     await self.guest.thaw()
