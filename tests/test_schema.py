@@ -73,6 +73,9 @@ def test_run_control_commands_match_the_schema(guest_image: Path) -> None:
     try:
         wait_for_console(name, "refguest: ready")
         check("break", run_json("break", name, "checksum_block"))
+        listed = run_json("break", name, "--list")
+        check("break", listed)
+        assert [bp["owner"] for bp in listed["breakpoints"]] == ["cli"]
         check("wait", run_json("wait", name, "--timeout", "60"))
         check("step", run_json("step", name))
         check("delete", run_json("delete", name, "1"))
