@@ -102,3 +102,15 @@ def test_break_list_shows_each_breakpoint_and_delete_all_removes_them(guest: str
     deleted = undebug("delete", guest, "--all", "--json").json()["deleted"]
     assert sorted(bp["id"] for bp in deleted) == sorted(bp["id"] for bp in made)
     assert undebug("break", guest, "--list", "--json").json()["breakpoints"] == []
+
+
+@pytest.mark.parametrize(("address", "message"), [
+    ("0xdead000000000000", "0xdead000000000000 is not a canonical x86-64 address"),
+    ("0x1" + "0" * 16, "does not fit in 64 bits"),
+    ("0xzz", "bad address '0xzz'"),
+])
+def test_break_at_an_impossible_address_is_refused(guest: str, address: str,
+                                                   message: str) -> None:
+    result = undebug("break", guest, address)
+    assert result.code == 2 and message in result.stderr, result.stderr
+    assert undebug("break", guest, "--list", "--json").json()["breakpoints"] == []

@@ -95,10 +95,8 @@ def break_(args: argparse.Namespace) -> Report:
             bps = list(client.call("status").get("breakpoints") or [])
             return Report(data={"breakpoints": bps}, render=lambda: [
                 _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
-        if args.location[:1].isdigit():
-            address = int(args.location, 0)
-        else:
-            address = resolve_location(guest_elf(args.target, args.elf), args.location)
+        elf = None if args.location[:1].isdigit() else guest_elf(args.target, args.elf)
+        address = resolve_location(elf, args.location)
         bp = client.call("break_insert", address=address, hardware=args.hardware,
                          location=args.location)
     return Report(data={"breakpoint": bp}, render=lambda: [_breakpoint_line(bp)])

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from undebug.arch.x86_64 import is_canonical
 from undebug.gdb.packets import BreakpointType, StopReply, ThreadId
 from undebug.gdb.rsp import RspClient, RspException
 from undebug.session.breakpoints import Breakpoint, BreakpointTable, Owner
@@ -226,6 +227,10 @@ class RunControl(ABC):
 
     async def insert_breakpoint(self, address: int, hardware: bool, location: str,
                                 owner: Owner = "cli") -> Breakpoint:
+        if not is_canonical(address, five_level=True):  # no paging mode maps it
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"{address:#x} is not a canonical x86-64 address: no code can "
+                               "be there")
         async with self.paused() as rsp:
             if self.breakpoints.at(address) is not None:
                 raise RequestError(ErrorCode.BAD_REQUEST,
