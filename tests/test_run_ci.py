@@ -2,11 +2,17 @@
 kind gives its documented console signature and host-side verdict, with the guest still
 there, paused, at the moment of the verdict."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import undebug
+from undebug.session.store import runtime_dir
 
 CRASHES = [
     # kind, console signature, outcome kind, QEMU run state at the verdict
@@ -84,3 +90,31 @@ def test_a_guest_that_never_boots_times_out_with_its_console(tmp_path: Path) -> 
     assert result.stdout.strip() == (
         "undebug: FAIL: no shutdown within 2 s (guest paused); last console line: "
         "(console empty)")
+
+
+def test_parallel_runs_with_the_default_name(guest_image: Path, tmp_path: Path) -> None:
+    """8 at once, 3 rounds: each its own name and a right verdict; no session directory
+    and no guest RAM file left. The image gets a name of its own, so the sessions (and
+    RAM files, named after them) are this test's."""
+    image = tmp_path / "parallel-ci.elf"
+    shutil.copy(guest_image, image)
+    command = [sys.executable, "-m", "undebug.cli", "run", "--ci", "--json", "--accel", "tcg",
+               "--timeout", "30", "--append", "crash=panic crash_after=300", str(image)]
+    verdicts = []
+    for _ in range(3):
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(8)]
+        names = set()
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert "Traceback" not in err, err
+            assert proc.returncode == 1, err
+            doc = json.loads(out)
+            names.add(doc["name"])
+            verdicts.append((doc["outcome"]["kind"], doc["outcome"]["reason"]))
+        assert len(names) == 8, names
+    assert verdicts == [("panic", "guest panicked: PANIC: planted panic (crash=panic)")] * 24
+    assert [p.name for p in runtime_dir().iterdir() if "parallel-ci" in p.name] == []
+    shm = Path(f"/dev/shm/undebug-{os.getuid()}")
+    if shm.is_dir():
+        assert [p.name for p in shm.iterdir() if p.name.startswith("parallel-ci")] == []

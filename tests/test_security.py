@@ -20,7 +20,7 @@ def test_session_files_are_private(shared_guest: str) -> None:
     assert mode(runtime_dir()) == 0o700
     assert mode(session.path) == 0o700
     for name in ("control.sock", "qmp.sock", "gdb.sock", "trace.sock", "console.log",
-                 "session.json", "spec.json", "supervisor.log", "trace.utrace"):
+                 "session.json", "spec.json", "supervisor.log", "trace.utrace", "lock"):
         assert mode(session.path / name) & 0o077 == 0, name
 
 

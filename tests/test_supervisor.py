@@ -4,6 +4,7 @@ go without disturbing the guest, reads see run-time memory, nothing is orphaned.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import struct
@@ -206,3 +207,105 @@ def test_foreground_run_keeps_a_crashed_guest_paused_until_ctrl_c(guest_image: P
     finally:
         proc.kill()
         undebug("kill", name)
+
+
+def test_parallel_runs_with_one_name_one_wins(guest_image: Path) -> None:
+    """An ended session of the name is there (its supervisor was killed); six runs race
+    to replace it: one gets the name, the others a clear refusal, no traceback."""
+    name = "contested"
+    assert undebug("run", "-d", "--name", name, str(guest_image)).code == 0
+    status = guest_status(name)
+    os.kill(status["supervisor_pid"], signal.SIGKILL)
+    assert gone(status["supervisor_pid"]) and gone(status["qemu_pid"])
+    command = [sys.executable, "-m", "undebug.cli", "run", "-d", "--name", name,
+               "--accel", "tcg", str(guest_image)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    try:
+        results = [(proc.communicate(timeout=60)[1], proc.returncode) for proc in procs]
+        assert sorted(code for _, code in results) == [0, 2, 2, 2, 2, 2], results
+        for err, code in results:
+            assert "Traceback" not in err
+            if code == 2:
+                assert err.startswith(f"undebug: error: a guest named '{name}' is already "
+                                      "running\n"), err
+        mine = [g for g in undebug("ps", "--json").json()["guests"] if g["name"] == name]
+        assert len(mine) == 1 and mine[0]["state"] == "running"
+        assert mine[0]["supervisor_pid"] != status["supervisor_pid"]
+    finally:
+        undebug("kill", name)
+
+
+def _processes() -> dict[int, tuple[int, str, bytes]]:
+    """pid -> (parent pid, command name, command line) of every process we can see."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                cmdline = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            found[int(entry.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), comm, cmdline)
+    return found
+
+
+def _wait_for(find, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while (found := find()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    return found
+
+
+def _ram_links(pid: int) -> list[str]:
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return [link for link in links if "memfd:" in link or link.startswith("/dev/shm/")]
+
+
+def test_a_supervisor_killed_as_qemu_starts_leaves_no_ram_file(guest_image: Path) -> None:
+    """kill -9 of the supervisor once QEMU holds the guest's RAM, before the supervisor
+    could do anything more about it: no RAM file is left, then or after the next run."""
+    name = "ram-kill"
+    session = SessionDir.named(name)
+    run = subprocess.Popen([sys.executable, "-m", "undebug.cli", "run", "-d", "--name", name,
+                            str(guest_image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        marker = os.fsencode(session.path)
+
+        def supervisor() -> int | None:
+            return next((pid for pid, (_, _, cmd) in _processes().items()
+                         if b"undebug.session.supervisor" in cmd and marker in cmd), None)
+
+        supervisor_pid = _wait_for(supervisor)
+
+        def qemu() -> int | None:
+            return next((pid for pid, (ppid, comm, _) in _processes().items()
+                         if ppid == supervisor_pid and comm.startswith("qemu-system")), None)
+
+        qemu_pid = _wait_for(qemu)
+        os.kill(supervisor_pid, signal.SIGSTOP)
+        _wait_for(lambda: _ram_links(qemu_pid) or None)
+        os.kill(supervisor_pid, signal.SIGKILL)
+        assert gone(qemu_pid)
+        err = run.communicate(timeout=60)[1]
+        assert run.returncode == 2 and "Traceback" not in err, err
+        assert "the supervisor failed to start" in err
+    finally:
+        run.kill()
+    assert ram_files(name) == []
+    assert undebug("run", "--ci", "--name", name, "--append", "run_for=100",
+                   str(guest_image)).code == 0
+    assert ram_files(name) == []
+
+
+def ram_files(name: str) -> list[str]:
+    """Files named after session ``name`` in the tmpfs directory undebug once kept guest
+    RAM in (``/dev/shm/undebug-$UID``)."""
+    shm = Path(f"/dev/shm/undebug-{os.getuid()}")
+    return [p.name for p in shm.iterdir() if p.name.startswith(name)] if shm.is_dir() else []

@@ -8,7 +8,7 @@ from pathlib import Path
 from undebug.commands import command
 from undebug.errors import UsageError
 from undebug.output import Report
-from undebug.session.store import SessionDir, validate_name
+from undebug.session.store import SessionDir
 from undebug.text import escape
 
 
@@ -36,13 +36,14 @@ def attach(args: argparse.Namespace) -> Report:
         raise UsageError(f"--elf {args.elf} is not an ELF file")
     if args.qmp and not Path(args.qmp).exists():
         raise UsageError(f"--qmp {args.qmp} does not exist")
-    session = SessionDir.named(validate_name(args.name))
-    session.create()
+    claim = SessionDir.named(args.name).claim()
+    session = claim.session
     spec = SessionSpec(mode="attach", elf=str(args.elf.resolve()), gdb=args.gdb, qmp=args.qmp)
     try:
-        status = start_supervisor(session, spec)
+        status = start_supervisor(claim, spec)
     except BaseException:
-        session.remove()
+        claim.remove()
         raise
+    claim.release()  # the supervisor holds the session now
     return Report(data={"name": session.name, "status": status},
                   render=lambda: [f"{escape(session.name)}: attached ({status['state']})"])

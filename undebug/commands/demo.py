@@ -125,8 +125,10 @@ def demo(args: argparse.Namespace) -> Report:
     if old.path.exists() and old.is_alive():
         with SupervisorClient(old) as client:
             client.call("kill")
-    session, _ = launch_guest(LaunchRequest(
+        old.remove_ended(wait=10)
+    claim, _ = launch_guest(LaunchRequest(
         image=image, name=args.name, smp=args.smp, append=f"threads={args.threads}"))
+    session = claim.session
     live = sys.stdout.isatty() and not args.once and not args.json
     try:
         with SupervisorClient(session) as client:
@@ -144,6 +146,6 @@ def demo(args: argparse.Namespace) -> Report:
                 sys.stdout.write("\n")
             client.call("kill")
     finally:
-        session.remove()
+        claim.remove()
     warnings = summary.pop("warnings")
     return Report(data=summary, warnings=warnings, render=lambda: render(summary))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any
 
 from undebug.commands import command
@@ -93,16 +92,13 @@ command("cont", "resume a paused guest", _name_argument)(_run_control("resume", 
          "session, console log included.")
 def kill(args: argparse.Namespace) -> Report:
     session = SessionDir.named(args.name)
-    pid = session.read_record().get("supervisor_pid")  # "no guest named ..." if none
+    session.read_record()  # "no guest named ..." if none
     outcome = None
     try:
         with SupervisorClient(session) as client:
             outcome = client.call("kill").get("outcome")
     except SessionError:
         pass  # already ended: only the directory is left
-    deadline = time.monotonic() + 10
-    while _process_exists(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)  # it writes its last record on the way out
-    session.remove()
+    session.remove_ended(wait=10)  # the supervisor writes its last record on the way out
     return Report(data={"name": args.name, "outcome": outcome},
                   render=lambda: [f"{escape(args.name)}: killed"])

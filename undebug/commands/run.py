@@ -16,7 +16,7 @@ from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome, from_timeout
-from undebug.session.store import SessionDir
+from undebug.session.store import SessionClaim, SessionDir
 from undebug.text import escape
 
 CONSOLE_TAIL = 20
@@ -47,7 +47,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="with --ci: wall-clock limit in seconds (default 300)")
 
 
-def launch(args: argparse.Namespace) -> tuple[SessionDir, dict[str, Any]]:
+def launch(args: argparse.Namespace) -> tuple[SessionClaim, dict[str, Any]]:
     from undebug.session.launcher import LaunchRequest, launch_guest
 
     if args.timeout is not None and not args.ci:
@@ -100,12 +100,13 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
             return from_timeout(args.timeout or 300.0, escape(line) or "(console empty)", state)
 
 
-def _finish_ci(session: SessionDir, client: SupervisorClient, outcome: Outcome) -> dict[str, Any]:
+def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome) -> dict[str, Any]:
     """The verdict with the console tail; then end the guest (dump bundles come later)."""
+    session = claim.session
     tail = [escape(line) for line in tail_lines(session.console_log, CONSOLE_TAIL)]
     if outcome.run_state is not None:
         client.call("kill")
-    session.remove()
+    claim.remove()
     return {"name": session.name, "outcome": outcome.to_json(), "console_tail": tail}
 
 
@@ -114,22 +115,27 @@ def _finish_ci(session: SessionDir, client: SupervisorClient, outcome: Outcome) 
          "console streams to stdout and Ctrl-C ends the guest; with -d it runs on, named; "
          "with --ci the exit code tells whether it shut down cleanly.")
 def run(args: argparse.Namespace) -> Report:
-    session, status = launch(args)
+    claim, status = launch(args)
+    session = claim.session
     if args.detach:
+        claim.release()  # the supervisor holds the session now
         return Report(data={"name": session.name, "status": status},
                       render=lambda: [session.name])
-    with SupervisorClient(session) as client:
-        client.call("own")
-        client.call("subscribe")
-        try:
-            outcome = _watch(session, client, args)
-        except KeyboardInterrupt:
-            client.call("kill")
-            raise
-        if args.ci:
-            data = _finish_ci(session, client, outcome)
-        else:
-            data = {"name": session.name, "outcome": outcome.to_json()}
+    try:
+        with SupervisorClient(session) as client:
+            client.call("own")
+            client.call("subscribe")
+            try:
+                outcome = _watch(session, client, args)
+            except KeyboardInterrupt:
+                client.call("kill")
+                raise
+            if args.ci:
+                data = _finish_ci(claim, client, outcome)
+            else:
+                data = {"name": session.name, "outcome": outcome.to_json()}
+    finally:
+        claim.release()
     verdict = "PASS" if outcome.ok else "FAIL"
     return Report(
         data=data, exit_code=0 if outcome.ok else EXIT_CHECK_FAILED,

@@ -31,13 +31,26 @@ from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 from undebug.session.runcontrol import RequestError, RunControl
 from undebug.session.spec import SessionSpec
-from undebug.session.store import SessionDir, shared_memory_dir
+from undebug.session.store import SessionDir
 from undebug.text import escape
 from undebug.vm.qemu import find_qemu, ram_layout
 
 __all__ = ["Guest"]
 
 log = logging.getLogger("undebug.supervisor")
+
+
+def _guest_ram(size: int) -> int | None:
+    """An anonymous file (memfd) for QEMU's guest RAM, shared with undebug for direct
+    reads. It has no name in any file system, so it can never outlive QEMU and us, even
+    when both are killed by SIGKILL."""
+    try:
+        fd = os.memfd_create("undebug-guest-ram", os.MFD_CLOEXEC)
+    except OSError as exc:
+        log.warning("no shared RAM (memfd: %s): reads go through the gdbstub", exc)
+        return None
+    os.ftruncate(fd, size)
+    return fd
 
 
 def _die_with_parent() -> None:
@@ -68,8 +81,7 @@ class Guest(RunControl):
             "accel": spec.accel, "accel_reason": spec.accel_reason, "smp": spec.smp,
             "memory_mb": spec.memory_mb} if spec.mode == "launch" else {
             "accel": None, "accel_reason": "unknown without --qmp", "smp": None, "memory_mb": None}
-        self.ram_path: Path | None = None
-        self.ram_fd: int | None = None
+        self.ram_fd: int | None = None  # guest RAM (a memfd QEMU maps), read-only
         self._shutting_down = False
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -81,7 +93,6 @@ class Guest(RunControl):
         if self.spec.mode == "launch":
             await self._launch_qemu()
         await self._connect_qmp()
-        self._take_ram_file()
         await self._connect_trace()
         await self._connect_rsp()
         if self.spec.mode == "launch" and not self.spec.start_paused:
@@ -89,18 +100,20 @@ class Guest(RunControl):
         self.write_record()
 
     async def _launch_qemu(self) -> None:
-        shm = shared_memory_dir()
-        if shm is not None:
-            self.ram_path = shm / f"{self.session.name}-{os.getpid()}.ram"
-        config = dataclasses.replace(self.spec.qemu_config(self.session.path),
-                                     ram_file=self.ram_path)
+        ram = _guest_ram(self.spec.memory_mb << 20)
+        config = dataclasses.replace(self.spec.qemu_config(self.session.path), ram_fd=ram)
         command = config.command_line(find_qemu())
         log.info("starting %s", " ".join(command))
         stderr = (self.session.path / "qemu.stderr").open("wb")
-        self.qemu = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr, preexec_fn=_die_with_parent)
-        stderr.close()
+        try:
+            self.qemu = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr, preexec_fn=_die_with_parent, pass_fds=() if ram is None else (ram,))
+        finally:
+            stderr.close()
+            if ram is not None:  # QEMU has its own; clients get a read-only one
+                self.ram_fd = os.open(f"/proc/self/fd/{ram}", os.O_RDONLY | os.O_CLOEXEC)
+                os.close(ram)
         self.spawn(self._watch_qemu())
         deadline = time.monotonic() + QEMU_START_TIMEOUT
         while not (config.qmp_socket.exists() and config.gdb_socket.exists()):
@@ -172,19 +185,6 @@ class Guest(RunControl):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(line)
-
-    def _take_ram_file(self) -> None:
-        """Keep an fd of QEMU's RAM file and unlink it: clients get the fd, and the RAM
-        can never outlive QEMU and us in tmpfs, even after a kill -9."""
-        if self.ram_path is None:
-            return
-        try:
-            self.ram_fd = os.open(self.ram_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.warning("no shared RAM (%s): reads go through the gdbstub", exc)
-        finally:
-            with contextlib.suppress(OSError):
-                self.ram_path.unlink()
 
     async def _describe_adopted(self) -> None:
         """An adopted QEMU's machine is not in our spec: ask QMP what it is."""
@@ -309,20 +309,19 @@ class Guest(RunControl):
         return data
 
     async def _pmemsave(self, address: int, size: int) -> bytes:
-        """Bulk physical reads through QMP: QEMU writes the range into tmpfs at memory
-        speed, where the gdbstub would take a packet per 2 KiB."""
-        directory = shared_memory_dir() or self.session.path
-        path = directory / f"{self.session.name}-{os.getpid()}.pmem"
+        """Bulk physical reads through QMP: QEMU writes the range at memory speed, where
+        the gdbstub would take a packet per 2 KiB. It writes into a memfd of ours that it
+        opens by its /proc path, so no file is left behind whatever happens."""
+        fd = os.memfd_create("undebug-pmemsave", os.MFD_CLOEXEC)
         try:
             await self.qmp.execute("pmemsave", {"val": address, "size": size,
-                                                "filename": str(path)})
-            return path.read_bytes()
+                                                "filename": f"/proc/{os.getpid()}/fd/{fd}"})
+            return os.pread(fd, size, 0)
         except Exception as exc:
             raise RequestError(ErrorCode.STUB, f"pmemsave of {size} bytes at {address:#x} "
                                f"failed: {exc}") from None
         finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            os.close(fd)
 
     async def read_registers(self, cpu: int | None) -> list[dict[str, Any]]:
         """Registers of one vCPU (or all), by the names of the stub's target description."""
@@ -385,7 +384,12 @@ class Guest(RunControl):
         return status
 
     def write_record(self) -> None:
-        self.session.write_record(self.status())
+        """Keep session.json current; a failed write (the directory removed as the guest
+        ends, a full disk) is logged and never stops run control."""
+        try:
+            self.session.write_record(self.status())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.session.record_file, exc)
 
     def broadcast(self, event: dict[str, Any]) -> None:
         event = {"time": time.time(), **event}

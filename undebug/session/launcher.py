@@ -18,26 +18,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from undebug.errors import UndebugError, UsageError
+from undebug.errors import UsageError
 from undebug.session.spec import SessionSpec
-from undebug.session.store import SessionDir, validate_name
+from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
 from undebug.vm.accel import choose_accel
 from undebug.vm.image import inspect_image
-from undebug.vm.qemu import Forward, QemuConfig, find_qemu
+from undebug.vm.qemu import Forward, find_qemu
 
 __all__ = ["LaunchRequest", "launch_guest", "start_supervisor"]
 
 READY_TIMEOUT = 30.0
 
 
-def start_supervisor(session: SessionDir, spec: SessionSpec) -> dict[str, Any]:
-    """Launch the supervisor for ``spec`` in ``session`` and return its first status."""
+def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> dict[str, Any]:
+    """Launch the supervisor for ``spec`` in the claimed session and return its first
+    status. It inherits the claim's lock, so the session stays held as long as it lives."""
+    session = claim.session
     spec.save(session.path)
     log = os.fdopen(os.open(session.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                             0o600), "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "undebug.session.supervisor", str(session.path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+        [sys.executable, "-m", "undebug.session.supervisor", str(session.path), str(claim.fd)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, pass_fds=(claim.fd,),
         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log.close()
@@ -48,9 +50,8 @@ def start_supervisor(session: SessionDir, spec: SessionSpec) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         ready, _, _ = select.select([process.stdout], [], [], max(0.0, remaining))
         if not ready:
-            process.kill()
-            raise UndebugError(f"the supervisor did not start within {READY_TIMEOUT:g} s "
-                               f"(log: {session.supervisor_log})")
+            _reap(process, 0)
+            raise _failed(session, f"the supervisor did not start within {READY_TIMEOUT:g} s")
         chunk = os.read(process.stdout.fileno(), 4096)
         if not chunk:
             break
@@ -59,15 +60,31 @@ def start_supervisor(session: SessionDir, spec: SessionSpec) -> dict[str, Any]:
     try:
         message = json.loads(line)
     except ValueError:
-        process.wait(5)
-        raise UndebugError(f"the supervisor failed to start (log: {session.supervisor_log})") \
-            from None
+        _reap(process, 5)
+        raise _failed(session, "the supervisor failed to start") from None
     if not message.get("ready"):
-        process.wait(5)
-        raise UsageError(str(message.get("error", "unknown error")),
-                         hint=f"supervisor log: {session.supervisor_log}")
+        _reap(process, 5)
+        raise _failed(session, str(message.get("error", "unknown error")), message.get("hint"))
     status: dict[str, Any] = message["status"]
     return status
+
+
+def _reap(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Wait ``grace`` seconds for a supervisor that failed to go, then kill it."""
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _failed(session: SessionDir, message: str, hint: str | None = None) -> UsageError:
+    """The error for a supervisor that did not start; its log is kept (the session
+    directory goes) and named only if there is one."""
+    kept = keep_log(session.supervisor_log, f"{session.name}-supervisor")
+    if kept is not None:
+        hint = f"{hint}; supervisor log: {kept}" if hint else f"supervisor log: {kept}"
+    return UsageError(message, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -86,20 +103,19 @@ class LaunchRequest:
     trace_file: Path | None = None
 
 
-def _default_name(image: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", image.stem).lstrip("-._")[:40] or "guest"
-    for n in range(1, 1000):
-        name = stem if n == 1 else f"{stem}-{n}"
-        session = SessionDir.named(name)
-        if not session.path.exists() or not session.is_alive():
-            return name
-    raise UsageError(f"no free name for {image.stem}; pass --name")
+def _claim(request: LaunchRequest) -> SessionClaim:
+    if request.name is not None:
+        return SessionDir.named(request.name).claim()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", request.image.stem).lstrip("-._")[:40] or "guest"
+    return claim_default_name(stem)
 
 
-def launch_guest(request: LaunchRequest) -> tuple[SessionDir, dict[str, Any]]:
-    """Check everything a user could get wrong, then start the guest's supervisor."""
+def launch_guest(request: LaunchRequest) -> tuple[SessionClaim, dict[str, Any]]:
+    """Check everything a user could get wrong, then start the guest's supervisor. The
+    caller holds the returned claim (releasing it leaves the session to the supervisor)."""
     image = inspect_image(request.image)
-    forwards = tuple(Forward.parse(f) for f in request.forwards)
+    for forward in request.forwards:
+        Forward.parse(forward)
     find_qemu()
     accel = choose_accel(request.accel)
     if request.trace_file is not None:
@@ -108,11 +124,7 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionDir, dict[str, Any]]:
         if not request.trace_file.parent.is_dir():
             raise UsageError(f"--trace-file {request.trace_file}: no directory "
                              f"{request.trace_file.parent}")
-    name = validate_name(request.name) if request.name else _default_name(request.image)
-    session = SessionDir.named(name)
-    QemuConfig(image.path, accel, session.path, request.memory_mb, request.smp,
-               request.append, forwards).validate()
-    session.create()
+    claim = _claim(request)
     spec = SessionSpec(
         mode="launch", image=str(image.path.resolve()), accel=accel.name,
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
@@ -120,8 +132,8 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionDir, dict[str, Any]]:
         trace=request.trace,
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
     try:
-        return session, start_supervisor(session, spec)
+        spec.qemu_config(claim.session.path).validate()
+        return claim, start_supervisor(claim, spec)
     except BaseException:
-        if not session.is_alive():
-            session.remove()
+        claim.remove()
         raise

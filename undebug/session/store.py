@@ -3,34 +3,48 @@
 A session directory holds the supervisor's control socket, QEMU's QMP and gdbstub
 sockets, the console log and ``session.json``, the record the supervisor keeps current
 (run state, outcome) so ``ps`` and ``logs`` work even after the guest has ended.
+
+Many ``undebug run`` may start at once, so a directory is claimed, never checked for and
+then made: names are taken under one lock (``.lock`` in the runtime dir), and a session's
+``lock`` file is held (``flock``) for as long as its guest lives, by the command that
+created it and then by its supervisor, which inherits the same open file. A session whose
+lock nobody holds has ended, even when its supervisor died by ``kill -9``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import stat
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from undebug.errors import EnvironmentMissing, SessionError, UsageError
 
 __all__ = [
+    "SessionClaim",
     "SessionDir",
+    "claim_default_name",
+    "keep_log",
+    "log_path",
     "private_dir",
     "runtime_dir",
     "sessions",
-    "shared_memory_dir",
     "validate_name",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
+KEEP_LOGS = 20
 
 
 def runtime_dir() -> Path:
@@ -44,17 +58,6 @@ def runtime_dir() -> Path:
     if os.environ.get("XDG_RUNTIME_DIR"):
         return private_dir(Path(os.environ["XDG_RUNTIME_DIR"]) / "undebug")
     return private_dir(Path(f"/tmp/undebug-{os.getuid()}"))
-
-
-def shared_memory_dir() -> Path | None:
-    """A private directory in tmpfs for guest RAM files, or None where there is none."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK | os.X_OK):
-        return None
-    try:
-        return private_dir(shm / f"undebug-{os.getuid()}")
-    except EnvironmentMissing:
-        return None
 
 
 def private_dir(base: Path) -> Path:
@@ -119,22 +122,62 @@ class SessionDir:
     def supervisor_log(self) -> Path:
         return self.path / "supervisor.log"
 
-    def create(self) -> None:
-        """Make a fresh directory, replacing an ended session of the same name."""
-        if self.path.exists():
-            if self.is_alive():
+    @property
+    def lock_file(self) -> Path:
+        """Held (flock) while the guest lives: see the module docstring."""
+        return self.path / "lock"
+
+    def claim(self) -> SessionClaim:
+        """Make this session's directory and hold it, replacing an ended session of the
+        same name; a guest of that name that is running (or starting) is refused."""
+        with _names_lock():
+            try:
+                return self._claim_new()
+            except FileExistsError:
+                pass
+            if self._is_held():
                 raise UsageError(
                     f"a guest named {self.name!r} is already running",
                     hint=f"pick another --name, or end it with: undebug kill {self.name}",
-                )
-            shutil.rmtree(self.path)
-        longest = self.path / "control.sock"
-        if len(os.fsencode(longest)) > UNIX_PATH_MAX:
+                ) from None
+            aside = self._move_aside()
+            claim = self._claim_new()
+        shutil.rmtree(aside, ignore_errors=True)
+        return claim
+
+    def _claim_new(self) -> SessionClaim:
+        """mkdir (FileExistsError if the name is taken), then hold its lock; called with
+        the names lock held, so no one sees the directory before its lock is held."""
+        if len(os.fsencode(self.control_socket)) > UNIX_PATH_MAX:
             raise EnvironmentMissing(
-                f"session path {longest} is too long for a unix socket",
+                f"session path {self.control_socket} is too long for a unix socket",
                 hint="set UNDEBUG_RUNTIME_DIR to a shorter directory",
             )
         self.path.mkdir(mode=0o700)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return SessionClaim(self, fd)
+
+    def _is_held(self) -> bool:
+        """Whether a live command or supervisor holds the session (names lock held)."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _move_aside(self) -> Path:
+        """Rename the directory out of the way (atomic; names lock held) and return where
+        it went, to be deleted without the lock. Hidden names are never sessions."""
+        aside = self.path.with_name(f".ended-{self.name}-{secrets.token_hex(4)}")
+        self.path.rename(aside)
+        return aside
 
     def read_record(self) -> dict[str, Any]:
         try:
@@ -166,12 +209,97 @@ class SessionDir:
                 return False
         return True
 
+    def remove_ended(self, wait: float = 0.0) -> bool:
+        """Delete the session once its guest has ended (waiting up to ``wait`` seconds
+        for its supervisor and the command that started it to go); one that is running,
+        or that a new guest of the same name holds by now, stays. True if deleted."""
+        deadline = time.monotonic() + wait
+        while True:
+            with _names_lock():
+                if not self.path.exists():
+                    return False
+                if not self._is_held():
+                    aside = self._move_aside()
+                    break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+
+@dataclass
+class SessionClaim:
+    """A session directory this process made and holds until :meth:`release`. The
+    supervisor it starts inherits ``fd`` and with it the hold."""
+
+    session: SessionDir
+    fd: int
+    _open: bool = field(default=True, repr=False)
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            os.close(self.fd)
+
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the session (nobody can have replaced it: we hold it), then release."""
+        with _names_lock():
+            aside = self.session._move_aside() if self.session.path.exists() else None
+        self.release()
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _names_lock() -> Iterator[None]:
+    """One creator or remover of session directories at a time, across processes."""
+    fd = os.open(runtime_dir() / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def claim_default_name(stem: str) -> SessionClaim:
+    """The first of ``stem``, ``stem-2``, ... that no session, running or ended, has."""
+    with _names_lock():
+        for n in range(1, 1000):
+            session = SessionDir.named(stem if n == 1 else f"{stem}-{n}")
+            with contextlib.suppress(FileExistsError):
+                return session._claim_new()
+    raise UsageError(f"no free name for {stem}: end old guests (undebug ps) or pass --name")
+
+
+def keep_log(path: Path, label: str) -> Path | None:
+    """Move ``path`` into the runtime dir's ``logs/`` (the newest few are kept), to name
+    it in an error after its session directory is gone; None if there is no such file."""
+    kept = log_path(label)
+    try:
+        path.rename(kept)
+    except OSError:
+        return None
+    return kept
+
+
+def log_path(label: str) -> Path:
+    """A new file name in the runtime dir's ``logs/`` for a log worth keeping (a failed
+    start, an internal error); older ones beyond the newest :data:`KEEP_LOGS` go."""
+    directory = private_dir(runtime_dir() / "logs")
+    logs = []
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):  # another undebug may be pruning too
+            logs.append((path.stat().st_mtime, path))
+    for _, stale in sorted(logs)[: max(0, len(logs) - KEEP_LOGS + 1)]:
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return directory / f"{stamp}-{label}-{os.getpid()}.log"
 
 
 def sessions() -> Iterator[SessionDir]:
     """Every session directory, alive or ended, by name."""
     for path in sorted(runtime_dir().iterdir()):
-        if path.is_dir() and (path / "session.json").exists():
+        if _NAME.match(path.name) and path.is_dir() and (path / "session.json").exists():
             yield SessionDir(path)

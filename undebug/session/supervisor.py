@@ -232,7 +232,8 @@ async def run(session: SessionDir) -> int:
     except (UndebugError, RequestError) as exc:
         message = exc.message if isinstance(exc, UndebugError) else str(exc)
         log.error("start failed: %s", message)
-        _report_ready({"ready": False, "error": message})
+        _report_ready({"ready": False, "error": message,
+                       "hint": exc.hint if isinstance(exc, UndebugError) else None})
         return 1
     except Exception as exc:
         log.exception("supervisor failed")
@@ -260,8 +261,11 @@ def _report_ready(message: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    """``SESSION_DIR LOCK_FD``: the fd holds the session's lock (store.py); it stays open,
+    never inherited by QEMU, until this process ends."""
     os.umask(0o077)
     session = SessionDir(Path(sys.argv[1]))
+    os.set_inheritable(int(sys.argv[2]), False)
     logging.basicConfig(filename=session.supervisor_log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     return asyncio.run(run(session))

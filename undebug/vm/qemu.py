@@ -100,7 +100,7 @@ class QemuConfig:
     smp: int = 1
     append: str = ""
     forwards: tuple[Forward, ...] = field(default_factory=tuple)
-    ram_file: Path | None = None  # guest RAM shared as this file, for direct reads
+    ram_fd: int | None = None  # guest RAM in this memfd (passed to QEMU), for direct reads
     trace: bool = True  # a virtio-serial port for the guest tracing stub
 
     @property
@@ -148,9 +148,10 @@ class QemuConfig:
             args += ["-device", "virtio-serial-pci,id=vser0",
                      "-chardev", f"socket,id=trace0,path={self.trace_socket},server=on,wait=off",
                      "-device", "virtserialport,bus=vser0.0,chardev=trace0,name=undebug.trace,nr=1"]
-        if self.ram_file is not None:
+        if self.ram_fd is not None:
             args += ["-object", f"memory-backend-file,id=pc.ram,size={self.memory_mb}M,"
-                     f"mem-path={self.ram_file},share=on", "-machine", "memory-backend=pc.ram"]
+                     f"mem-path=/proc/self/fd/{self.ram_fd},share=on",
+                     "-machine", "memory-backend=pc.ram"]
         if self.forwards:
             netdev = ",".join(["user", "id=net0", *(f.hostfwd() for f in self.forwards)])
             args += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
