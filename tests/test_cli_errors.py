@@ -2,15 +2,17 @@
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug
+from tests.conftest import Result, undebug
 from tests.test_schema import check
 from undebug.cli import build_parser
 from undebug.commands import COMMANDS
+from undebug.session.store import runtime_dir
 
 
 def test_every_command_has_help() -> None:
@@ -95,3 +97,40 @@ def test_ps_json_lists_the_shared_guest(shared_guest: str) -> None:
     assert names[shared_guest]["smp"] == 2
     assert names[shared_guest]["accel"] in ("tcg", "kvm")
     check("ps", doc)  # the documented schema, field types included
+
+
+def in_read_only_runtime_dir(tmp_path: Path, mode: str, *args: str) -> Result:
+    """undebug with UNDEBUG_RUNTIME_DIR on a read-only file system: a tmpfs mounted
+    read-only in a mount namespace of its own (``unshare -rm``: no root needed, and
+    root's permission bypass does not apply to a read-only mount)."""
+    runtime = tmp_path / "ro"
+    runtime.mkdir(parents=True)
+    script = 'mount -t tmpfs -o ro,mode="$1" none "$2" && shift 2 && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", mode, str(runtime),
+         sys.executable, "-m", "undebug.cli", *args],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "UNDEBUG_RUNTIME_DIR": str(runtime)})
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(("mode", "problem"), [
+    ("0700", "is not writable (mode 0700, or a read-only file system)"),
+    ("0755", "private (mode 0755): Read-only file system"),
+], ids=["read-only", "wrong-mode"])
+def test_unusable_runtime_dir_exits_3_naming_it(guest_image: Path, tmp_path: Path, mode: str,
+                                                 problem: str) -> None:
+    for args in (["run", "-d", str(guest_image)], ["ps"]):
+        result = in_read_only_runtime_dir(tmp_path / args[0], mode, *args)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.code == 3, result.stderr
+        assert result.stderr.startswith("undebug: error: ")
+        assert f"{tmp_path / args[0] / 'ro'} " in result.stderr and problem in result.stderr
+
+
+def test_trace_file_that_is_a_directory_is_refused(guest_image: Path, tmp_path: Path) -> None:
+    before = sorted(runtime_dir().iterdir())
+    result = undebug("run", "-d", "--trace-file", str(tmp_path), str(guest_image))
+    assert result.code == 2
+    assert result.stderr.startswith(f"undebug: error: --trace-file {tmp_path} is a directory\n")
+    assert sorted(runtime_dir().iterdir()) == before  # refused before any session was made

@@ -103,6 +103,19 @@ class LaunchRequest:
     trace_file: Path | None = None
 
 
+def _check_trace_file(path: Path) -> None:
+    """What the supervisor would fail on later, said now: it opens the file for writing."""
+    where = f"--trace-file {path}"
+    if path.is_dir():
+        raise UsageError(f"{where} is a directory", hint="name a file to write the stream to")
+    if not path.parent.is_dir():
+        raise UsageError(f"{where}: no directory {path.parent}")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{where} is not a regular file")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise UsageError(f"{where} is not writable")
+
+
 def _claim(request: LaunchRequest) -> SessionClaim:
     if request.name is not None:
         return SessionDir.named(request.name).claim()
@@ -121,9 +134,7 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionClaim, dict[str, Any]]:
     if request.trace_file is not None:
         if not request.trace:
             raise UsageError("--trace-file needs the trace port: drop --no-trace")
-        if not request.trace_file.parent.is_dir():
-            raise UsageError(f"--trace-file {request.trace_file}: no directory "
-                             f"{request.trace_file.parent}")
+        _check_trace_file(request.trace_file)
     claim = _claim(request)
     spec = SessionSpec(
         mode="launch", image=str(image.path.resolve()), accel=accel.name,

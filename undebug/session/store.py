@@ -73,8 +73,18 @@ def private_dir(base: Path) -> Path:
             f"{base} is not a directory owned by you",
             hint="remove it or set UNDEBUG_RUNTIME_DIR to a private directory",
         )
-    if info.st_mode & 0o077:
-        base.chmod(0o700)
+    try:
+        if info.st_mode & 0o077:
+            base.chmod(0o700)
+    except OSError as exc:
+        raise EnvironmentMissing(f"cannot make {base} private (mode {stat.S_IMODE(info.st_mode):04o}): "
+                                 f"{exc.strerror}") from None
+    if not os.access(base, os.R_OK | os.W_OK | os.X_OK):
+        raise EnvironmentMissing(
+            f"{base} is not writable (mode {stat.S_IMODE(info.st_mode):04o}, or a read-only "
+            "file system)",
+            hint=f"chmod 700 {base}, or set UNDEBUG_RUNTIME_DIR to a private directory",
+        )
     return base
 
 
