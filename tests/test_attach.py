@@ -41,7 +41,7 @@ class Qmp:
 
 
 @pytest.fixture
-def foreign_qemu(guest_image: Path) -> Iterator[tuple[int, Path, Path, Qmp]]:
+def foreign_qemu(guest_image: Path) -> Iterator[tuple[int, Path, Path, Qmp, subprocess.Popen]]:
     """A QEMU started by hand, as a user's existing VM would be."""
     tmp = Path(runtime_dir()) / "foreign"
     tmp.mkdir(exist_ok=True)
@@ -60,7 +60,7 @@ def foreign_qemu(guest_image: Path) -> Iterator[tuple[int, Path, Path, Qmp]]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         qmp = Qmp(tmp / "test.qmp")
-        yield port, tmp / "undebug.qmp", console, qmp
+        yield port, tmp / "undebug.qmp", console, qmp, proc
     finally:
         proc.kill()
         proc.wait()
@@ -74,7 +74,7 @@ def heartbeats(console: Path) -> int:
 
 
 def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -> None:
-    port, qmp_path, console, qmp = foreign_qemu
+    port, qmp_path, console, qmp, _ = foreign_qemu
     time.sleep(1.5)
     result = undebug("attach", "--name", "adopted", "--gdb", f"127.0.0.1:{port}",
                      "--qmp", str(qmp_path), "--elf", str(guest_image), "--json")
@@ -117,3 +117,25 @@ def test_attach_to_nothing_fails_clearly(guest_image: Path) -> None:
     assert result.code == 2
     assert "cannot connect to the gdbstub" in result.stderr
     assert "nobody" not in undebug("ps").stdout
+
+
+@pytest.mark.parametrize("with_qmp", [True, False], ids=["qmp", "gdbstub-only"])
+def test_an_adopted_qemu_that_exits_ends_the_guest(foreign_qemu, guest_image: Path,
+                                                   with_qmp: bool) -> None:
+    port, qmp_path, _, _, proc = foreign_qemu
+    name = f"gone-{with_qmp}".lower()
+    qmp = ["--qmp", str(qmp_path)] if with_qmp else []
+    assert undebug("attach", "--name", name, "--gdb", f"127.0.0.1:{port}", *qmp,
+                   "--elf", str(guest_image)).code == 0
+    try:
+        proc.kill()
+        deadline = time.monotonic() + 10
+        while (mine := next(g for g in undebug("ps", "--json").json()["guests"]
+                            if g["name"] == name))["state"] != "ended":
+            assert time.monotonic() < deadline, mine
+            time.sleep(0.2)
+        assert mine["outcome"]["kind"] == "exit" and mine["outcome"]["ok"] is False
+        assert mine["outcome"]["reason"].startswith("the adopted QEMU has gone (exit status "
+                                                    "unknown): ")
+    finally:
+        undebug("kill", name)

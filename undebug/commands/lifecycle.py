@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from undebug.commands import command
 from undebug.errors import SessionError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
+from undebug.session.outcome import from_supervisor_death
 from undebug.session.store import SessionDir, sessions
 from undebug.text import escape
 
@@ -26,19 +26,9 @@ def _live_status(session: SessionDir) -> dict[str, Any]:
     except SessionError:
         record = session.read_record()
         record["state"] = "ended"
+        if record.get("outcome") is None:
+            record["outcome"] = from_supervisor_death(record.get("supervisor_pid")).to_json()
         return record
-
-
-def _process_exists(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _uptime(seconds: float) -> str:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 Address = str | os.PathLike[str] | tuple[str, int]
 OnStop = Callable[[StopReply], None] | None
+OnClose = Callable[[str], None] | None
 _T = TypeVar("_T")
 
 _STOP_QUEUE_LEN = 64  # a supervisor that only uses on_stop never drains the queue
@@ -83,6 +84,7 @@ class RspClient:
         """Wrap a connected socket and start the reader; ``connect`` also handshakes."""
         self.timeout = timeout
         self.on_stop = on_stop  # runs on the reader thread: keep it short, never call the client
+        self.on_close: OnClose = None  # once, with the reason, when the connection goes
         self.features: dict[str, str | bool] = {}
         self.packet_size = 4096
         self.no_ack = False
@@ -229,12 +231,18 @@ class RspClient:
 
     def _die(self, reason: str) -> None:
         with self._cond:
-            if self._dead is None:
+            first = self._dead is None
+            if first:
                 self._dead = reason
             self._cond.notify_all()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        if first and self.on_close is not None:
+            try:
+                self.on_close(reason)
+            except Exception:
+                log.exception("on_close callback failed")
 
     def _sendall(self, data: bytes) -> None:
         with self._send_lock:

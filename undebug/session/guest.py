@@ -210,6 +210,7 @@ class Guest(RunControl):
         # an attach puts it back as it was.
         stopped_by_connect = self.rsp.drain_stops()
         self.rsp.on_stop = self._stop_arrived
+        self.rsp.on_close = self._stub_closed_elsewhere
         if self.spec.mode == "attach" and (was_running or stopped_by_connect):
             self.user_paused = False
             await self._resume()
@@ -243,6 +244,22 @@ class Guest(RunControl):
             self.outcome = outcomes.from_exit_status(status, self._qemu_error(),
                                                      self._console_crash())
         elif self.outcome.run_state is not None:  # a crash it was paused at: now gone too
+            self.outcome = dataclasses.replace(self.outcome, run_state=None)
+        self._finish()
+
+    def _stub_closed_elsewhere(self, reason: str) -> None:
+        """on_close runs on the RSP reader thread: go to the loop."""
+        self._loop.call_soon_threadsafe(self._stub_closed, reason)
+
+    def _stub_closed(self, reason: str) -> None:
+        """The gdbstub connection went. A QEMU we started is watched as our child; an
+        adopted one has ended when its stub closes on us (it exited or was killed)."""
+        if self.spec.mode != "attach" or self._shutting_down or self.ended.is_set():
+            return
+        log.info("gdbstub connection lost: %s", reason)
+        if self.outcome is None:
+            self.outcome = outcomes.from_adopted_exit(reason)
+        elif self.outcome.run_state is not None:
             self.outcome = dataclasses.replace(self.outcome, run_state=None)
         self._finish()
 
@@ -424,6 +441,7 @@ class Guest(RunControl):
 
     async def close(self) -> None:
         if self.rsp is not None:
+            self.rsp.on_close = None
             self.rsp.close()
         if self.ram_fd is not None:
             os.close(self.ram_fd)

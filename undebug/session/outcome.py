@@ -11,7 +11,8 @@ from typing import Any
 
 from undebug.vm.qemu import guest_exit_code
 
-__all__ = ["Outcome", "from_exit_status", "from_panic", "from_shutdown", "from_timeout"]
+__all__ = ["Outcome", "from_adopted_exit", "from_exit_status", "from_panic", "from_shutdown",
+           "from_supervisor_death", "from_timeout"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,18 @@ def from_exit_status(status: int, qemu_error: str | None, console: str | None) -
     if code is not None:
         return Outcome("exit", _with_console(f"guest exited with code {code}", console), False, code)
     return Outcome("killed", f"QEMU exited with status {status}", False)
+
+
+def from_adopted_exit(reason: str) -> Outcome:
+    """An adopted QEMU (``attach``) went away: it is not our child, so its exit status
+    is unknown; its gdbstub closing is all we see."""
+    return Outcome("exit", f"the adopted QEMU has gone (exit status unknown): {reason}", False)
+
+
+def from_supervisor_death(pid: object) -> Outcome:
+    """The supervisor ended without recording an outcome: it was killed (its QEMU dies
+    with it, by PR_SET_PDEATHSIG)."""
+    return Outcome("killed", f"supervisor died (pid {pid})", False)
 
 
 def from_timeout(seconds: float, last_line: str, run_state: str | None) -> Outcome:

@@ -48,6 +48,17 @@ class ControlServer:
 
     def __init__(self, guest: Guest) -> None:
         self.guest = guest
+        self._pumps: set[asyncio.Task[None]] = set()  # each subscriber's event sender
+
+    async def quiesce(self, timeout: float) -> None:
+        """Let the last events (the guest's end) and replies out before the process
+        ends: the pumps finish once they have sent the end; a few loop turns flush the
+        replies already written."""
+        pumps = [task for task in self._pumps if not task.done()]
+        if pumps:
+            await asyncio.wait(pumps, timeout=timeout)
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         guest = self.guest
@@ -163,6 +174,8 @@ class ControlServer:
                     await send({"id": request_id, "ok": True, "result": result}, fds)
                     if op == "subscribe" and pump_task is None and events is not None:
                         pump_task = asyncio.create_task(pump(events))
+                        self._pumps.add(pump_task)
+                        pump_task.add_done_callback(self._pumps.discard)
                         if self.guest.ended.is_set():
                             events.put_nowait(None)
                 except (ProtocolError, RequestError) as exc:
@@ -227,7 +240,7 @@ async def run(session: SessionDir) -> int:
             server_for_clients.serve_client, path=str(session.control_socket), limit=MAX_LINE)
         _report_ready({"ready": True, "status": guest.status()})
         await guest.ended.wait()
-        await asyncio.sleep(0.2)  # let the last events reach their subscribers
+        await server_for_clients.quiesce(0.5)
         return 0
     except (UndebugError, RequestError) as exc:
         message = exc.message if isinstance(exc, UndebugError) else str(exc)
