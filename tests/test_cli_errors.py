@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,8 +72,7 @@ def test_missing_qemu_exits_3_with_the_install_command(guest_image: Path, tmp_pa
 
 
 @pytest.mark.parametrize("args", [["--memory", "1"], ["--smp", "0"], ["--forward", "tcp:80"],
-                                  ["--forward", "tcp:99999:80"], ["--timeout", "5"],
-                                  ["--name", "../escape"]])
+                                  ["--forward", "tcp:99999:80"], ["--timeout", "5"]])
 def test_bad_options_exit_2(guest_image: Path, args: list[str]) -> None:
     result = undebug("run", "-d", *args, str(guest_image))
     assert result.code == 2, result.stderr
@@ -134,3 +135,52 @@ def test_trace_file_that_is_a_directory_is_refused(guest_image: Path, tmp_path: 
     assert result.code == 2
     assert result.stderr.startswith(f"undebug: error: --trace-file {tmp_path} is a directory\n")
     assert sorted(runtime_dir().iterdir()) == before  # refused before any session was made
+
+
+def test_logs_tail_zero_prints_nothing(shared_guest: str) -> None:
+    assert undebug("logs", shared_guest).stdout  # there is a console to leave out
+    result = undebug("logs", shared_guest, "-n", "0")
+    assert (result.code, result.stdout) == (0, "")
+
+
+@pytest.fixture(scope="module")
+def crashed_guest(guest_image: Path) -> Iterator[str]:
+    name = "input-crashed"
+    assert undebug("run", "-d", "--name", name, "--append", "crash=panic crash_after=50",
+                   str(guest_image)).code == 0
+    deadline = time.monotonic() + 30
+    while next(g["state"] for g in undebug("ps", "--json").json()["guests"]
+               if g["name"] == name) != "guest-panicked":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    yield name
+    undebug("kill", name)
+
+
+@pytest.mark.parametrize("state", ["running", "crashed"])
+@pytest.mark.parametrize(("args", "message"), [
+    (["logs", "{name}", "-n", "-5"], "argument -n/--tail: must be at least 0, not -5"),
+    (["wait", "{name}", "--timeout", "-1"], "argument --timeout: must be at least 0, not -1"),
+    (["wait", "{name}", "--timeout", "nan"], "argument --timeout: must be at least 0, not nan"),
+])
+def test_bad_numbers_are_refused_at_parsing(shared_guest: str, crashed_guest: str, state: str,
+                                            args: list[str], message: str) -> None:
+    name = shared_guest if state == "running" else crashed_guest
+    result = undebug(*[a.format(name=name) for a in args])
+    assert result.code == 2, result.stderr
+    assert f"undebug {args[0]}: error: {message}\n" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("name", ["", "../escape"])
+@pytest.mark.parametrize("command", [["run", "-d"], ["attach", "--gdb", "127.0.0.1:1",
+                                                     "--elf", "{image}"], ["demo", "--once"]])
+def test_a_bad_or_empty_name_is_refused(guest_image: Path, command: list[str],
+                                        name: str) -> None:
+    args = [a.format(image=guest_image) for a in command]
+    before = sorted(runtime_dir().iterdir())
+    result = undebug(*args, "--name", name, *([str(guest_image)] if args[0] == "run" else []))
+    assert result.code == 2, result.stderr
+    assert f"undebug {args[0]}: error: argument --name: bad session name {name!r} (use 1-48 " \
+        "letters" in result.stderr
+    assert sorted(runtime_dir().iterdir()) == before

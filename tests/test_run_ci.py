@@ -118,3 +118,17 @@ def test_parallel_runs_with_the_default_name(guest_image: Path, tmp_path: Path) 
     shm = Path(f"/dev/shm/undebug-{os.getuid()}")
     if shm.is_dir():
         assert [p.name for p in shm.iterdir() if p.name.startswith("parallel-ci")] == []
+
+
+def test_a_command_line_too_long_for_the_guest_is_said_on_its_console(guest_image: Path) -> None:
+    """The guest keeps the first sizeof(boot_cmdline) - 1 bytes (its DWARF says how big
+    the buffer is); past that it must say so, not drop the rest silently."""
+    from undebug.elf import ElfFile
+
+    buffer = ElfFile(guest_image).symbol("boot_cmdline")
+    assert buffer is not None and buffer.size > 0
+    append = "run_for=100 " + "x" * buffer.size
+    doc = run_ci(guest_image, append)
+    assert doc["exit"] == 0  # the options inside the limit still apply
+    assert (f"refguest: warning: command line too long: {len(append)} bytes, only the first "
+            f"{buffer.size - 1} are used") in doc["console_tail"]

@@ -145,8 +145,10 @@ void kprintf(const char *fmt, ...)
 	va_start(ap, fmt);
 	int r = kvsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
-	if (r > (int)sizeof buf - 1)
+	if (r > (int)sizeof buf - 1) {  /* cut short: say so, and keep the line a line */
 		r = sizeof buf - 1;
+		memcpy(buf + r - 4, "...\n", 4);
+	}
 	console_write(buf, (size_t)r);
 }
 

@@ -19,6 +19,7 @@ static const char *const crash_names[] = {
 
 /* parsed command line */
 char boot_cmdline[1024];
+#define CMDLINE_SCAN_MAX (64u << 10)     /* how far past it we look for the given one's end */
 unsigned opt_threads = 4;
 enum crash_kind opt_crash = CRASH_NONE;
 uint64_t opt_crash_after = 500;
@@ -388,9 +389,18 @@ void kmain(struct hvm_start_info *si)
 	planted_counter = PLANTED_COUNTER_SEED;
 	serial_init();
 
-	if (si && si->magic == 0x336ec578 && si->cmdline_paddr)
-		strlcpy0(boot_cmdline, (const char *)si->cmdline_paddr, sizeof boot_cmdline);
+	size_t cmdline_len = 0;
+	if (si && si->magic == 0x336ec578 && si->cmdline_paddr) {
+		const char *given = (const char *)si->cmdline_paddr;
+		strlcpy0(boot_cmdline, given, sizeof boot_cmdline);
+		while (cmdline_len < CMDLINE_SCAN_MAX && given[cmdline_len])
+			cmdline_len++;
+	}
 	kprintf("refguest: boot cmdline=\"%s\"\n", boot_cmdline);
+	if (cmdline_len >= sizeof boot_cmdline)  /* never silently: the rest is not parsed */
+		kprintf("refguest: warning: command line too long: %s%lu bytes, only the first %lu "
+			"are used\n", cmdline_len == CMDLINE_SCAN_MAX ? "at least " : "",
+			(unsigned long)cmdline_len, (unsigned long)(sizeof boot_cmdline - 1));
 	parse_cmdline();
 
 	acpi_init(si && si->magic == 0x336ec578 ? si->rsdp_paddr : 0);

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from undebug.output import Report
 
-__all__ = ["COMMANDS", "Command", "add_elf_arguments", "command"]
+__all__ = ["COMMANDS", "Command", "add_elf_arguments", "command", "number_at_least",
+           "session_name"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,33 @@ def add_elf_arguments(parser: argparse.ArgumentParser, force: bool = True) -> No
     if force:
         parser.add_argument("--force", action="store_true",
                             help="go on even when the ELF's build-id differs from the guest's")
+
+
+def number_at_least(low: float, kind: Callable[[str], float] = int) -> Callable[[str], float]:
+    """An argparse ``type``: a number no smaller than ``low``. Refused at parsing (exit 2)
+    before any guest is asked, so a guest's state never changes what a bad value gives."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= low:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, not {text}")
+        return value
+
+    return parse
+
+
+def session_name(text: str) -> str:
+    """An argparse ``type`` for a new guest's ``--name`` (an empty one is not "default")."""
+    from undebug.errors import UsageError
+    from undebug.session.store import validate_name
+
+    try:
+        return validate_name(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message} ({exc.hint})") from None
 
 
 def command(

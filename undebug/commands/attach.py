@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from undebug.commands import command
+from undebug.commands import command, session_name
 from undebug.errors import UsageError
 from undebug.output import Report
 from undebug.session.store import SessionDir
@@ -13,7 +13,7 @@ from undebug.text import escape
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="the name to give the guest")
+    p.add_argument("--name", required=True, type=session_name, help="the name to give the guest")
     p.add_argument("--gdb", required=True, metavar="HOST:PORT",
                    help="QEMU's gdbstub (its -gdb tcp::PORT), or a unix socket path")
     p.add_argument("--qmp", metavar="PATH", help="QEMU's QMP unix socket, for events and status")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from undebug.commands import add_elf_arguments, command
+from undebug.commands import add_elf_arguments, command, number_at_least
 from undebug.errors import EXIT_CHECK_FAILED, SessionError, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
@@ -151,7 +151,7 @@ def step(args: argparse.Namespace) -> Report:
 
 def _wait_arguments(p: argparse.ArgumentParser) -> None:
     _name(p)
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
+    p.add_argument("--timeout", type=number_at_least(0, float), default=None, metavar="S",
                    help="give up after S seconds (exit 1)")
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from undebug.commands import command
+from undebug.commands import command, session_name
 from undebug.console import tail_lines
 from undebug.errors import EnvironmentMissing, SessionError
 from undebug.output import Report
@@ -28,7 +28,8 @@ PLANTED_GLOBALS = ("planted_counter", "requests_handled")
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default="demo", help="the guest's name (default: demo)")
+    p.add_argument("--name", default="demo", type=session_name,
+                   help="the guest's name (default: demo)")
     p.add_argument("--threads", type=int, default=8, help="worker threads in the guest (8)")
     p.add_argument("--smp", type=int, default=2, help="vCPUs (2)")
     p.add_argument("--once", action="store_true", help="print one summary and end the guest")

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from undebug.commands import command
+from undebug.commands import command, number_at_least
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.output import Report
 from undebug.session.store import SessionDir
@@ -17,8 +17,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="the guest's name (see undebug ps)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new output until the guest ends or Ctrl-C")
-    p.add_argument("-n", "--tail", type=int, default=None, metavar="N",
-                   help="only the last N lines (default: all)")
+    p.add_argument("-n", "--tail", type=number_at_least(0), default=None, metavar="N",
+                   help="only the last N lines (default: all; 0: none, e.g. with -f)")
 
 
 @command("logs", "print a guest's console output", _arguments, json=False,
@@ -28,7 +28,7 @@ def logs(args: argparse.Namespace) -> Report:
     session = SessionDir.named(args.name)
     session.read_record()  # "no guest named ..." when there is none
     if args.tail is not None:
-        for line in tail_lines(session.console_log, max(args.tail, 0)):
+        for line in tail_lines(session.console_log, args.tail) if args.tail else []:
             sys.stdout.write(escape(line) + "\n")
         follower = ConsoleFollower(session.console_log, start_at_end=True)
     else:

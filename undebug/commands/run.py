@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from undebug.commands import command
+from undebug.commands import command, session_name
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
@@ -27,7 +27,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", type=Path, help="the kernel image to boot (ELF)")
     p.add_argument("-d", "--detach", action="store_true",
                    help="start the guest and return; inspect it by name later")
-    p.add_argument("--name", help="the guest's name (default: from the image file name)")
+    p.add_argument("--name", type=session_name,
+                   help="the guest's name (default: from the image file name)")
     p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
                    help="auto = KVM when the host has hardware KVM, else TCG (default: auto)")
     p.add_argument("--memory", type=int, default=128, metavar="MB", help="RAM in MiB (128)")
