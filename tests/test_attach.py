@@ -112,11 +112,22 @@ def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -
 
 
 def test_attach_to_nothing_fails_clearly(guest_image: Path) -> None:
-    result = undebug("attach", "--name", "nobody", "--gdb", f"127.0.0.1:{free_port()}",
+    """One error line, said once, and a hint naming a supervisor log that exists (the
+    session directory is gone by then)."""
+    port = free_port()
+    result = undebug("attach", "--name", "nobody", "--gdb", f"127.0.0.1:{port}",
                      "--elf", str(guest_image))
     assert result.code == 2
-    assert "cannot connect to the gdbstub" in result.stderr
+    error, hint = result.stderr.splitlines()
+    assert error == (f"undebug: error: cannot connect to the gdbstub at 127.0.0.1:{port}: "
+                     "Connection refused")
+    prefix = "  hint: is QEMU running with -gdb tcp::PORT (or a unix socket) there?; " \
+        "supervisor log: "
+    assert hint.startswith(prefix)
+    log = Path(hint.removeprefix(prefix))
+    assert "cannot connect to the gdbstub" in log.read_text()
     assert "nobody" not in undebug("ps").stdout
+    assert not (runtime_dir() / "nobody").exists()
 
 
 @pytest.mark.parametrize("with_qmp", [True, False], ids=["qmp", "gdbstub-only"])

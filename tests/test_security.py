@@ -1,11 +1,18 @@
-"""Security defaults: private runtime dir and sockets, forwards on loopback only."""
+"""Security defaults: private runtime dir and sockets, forwards on loopback only, guest
+text escaped in what the Python API prints."""
 
 from __future__ import annotations
 
+import re
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+import undebug as api
 from tests.conftest import undebug, wait_for_console
 from tests.test_attach import free_port
 from undebug.session.store import SessionDir, runtime_dir
@@ -47,3 +54,31 @@ def test_forward_binds_loopback_only(guest_image: Path) -> None:
             pass
     finally:
         undebug("kill", "fwd")
+
+
+def _python_examples() -> list[tuple[str, str]]:
+    """Every ```python block of the README and docs/cli.md, as (where, code)."""
+    found = []
+    for doc in ("README.md", "docs/cli.md"):
+        text = (Path(__file__).resolve().parents[1] / doc).read_text()
+        found += [(doc, code) for code in re.findall(r"```python\n(.*?)```", text, re.S)]
+    return found
+
+
+@pytest.mark.parametrize(("doc", "code"), _python_examples(), ids=lambda v: str(v)[:12])
+def test_documented_python_examples_are_terminal_safe(shared_guest: str, doc: str,
+                                                      code: str) -> None:
+    """Run as a user would copy them, against the guest with the hostile thread name:
+    its escape sequence reaches stdout only escaped."""
+    proc = subprocess.run([sys.executable, "-c", code.replace('"web"', repr(shared_guest))],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"evil\\x1b]0;owned\\x07" in proc.stdout
+    assert b"\x1b" not in proc.stdout and b"\x07" not in proc.stdout
+
+
+def test_guest_text_compares_raw_and_prints_escaped(shared_guest: str) -> None:
+    with api.attach(shared_guest) as guest:
+        evil = next(t for t in guest.threads() if t.name.startswith("evil"))
+    assert evil.name == "evil\x1b]0;owned\x07" == evil.name.raw
+    assert str(evil.name) == f"{evil.name}" == "evil\\x1b]0;owned\\x07"

@@ -4,20 +4,56 @@
 >>> with undebug.attach("web") as guest:
 ...     for thread in guest.threads():
 ...         print(thread.id, thread.name, guest.backtrace(thread.id).frames[0].function)
+
+Text that comes from the guest or its ELF (thread names, states, function and file
+names) is a :class:`GuestText`: it compares as the text itself, but prints escaped, so
+the example above is safe on a terminal whatever the guest put in its memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from undebug.elf import Symbol
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
 from undebug.target import Target, open_target
+from undebug.text import escape
 from undebug.unwind import Backtrace, unwind
 
-__all__ = ["Session", "attach"]
+__all__ = ["GuestText", "Session", "attach"]
+
+_D = TypeVar("_D")
+
+
+class GuestText(str):
+    """Untrusted text: equal to (and hashed as) what the guest wrote, but ``str()``,
+    ``print`` and f-strings give it escaped (undebug.text.escape). ``.raw`` is the text
+    as it is, for a program that means to handle it itself."""
+
+    __slots__ = ()
+
+    @property
+    def raw(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return escape(self.raw)
+
+    def __format__(self, spec: str) -> str:
+        return format(escape(self.raw), spec)
+
+
+def _safe(record: _D) -> _D:
+    """``record`` (a dataclass) with each of its text fields made a :class:`GuestText`."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        if type(value := getattr(record, f.name)) is str:
+            changes[f.name] = GuestText(value)
+    return dataclasses.replace(record, **changes)  # type: ignore[type-var]
 
 
 class Session:
@@ -41,15 +77,16 @@ class Session:
     def threads(self) -> list[GuestThread]:
         snapshot = self.provider.threads()
         self.target.warnings.extend(w for w in snapshot.warnings if w not in self.target.warnings)
-        return snapshot.threads
+        return [_safe(thread) for thread in snapshot.threads]
 
     def thread(self, thread_id: int) -> GuestThread:
-        return self.provider.threads().find(thread_id)
+        return _safe(self.provider.threads().find(thread_id))
 
     def backtrace(self, thread_id: int, max_frames: int = 64) -> Backtrace:
         thread = self.thread(thread_id)
-        return unwind(self.target.elf, self.target.read, thread.registers, thread.stack,
-                      max_frames=max_frames, trap_frames=self.provider.trap_frame)
+        trace = unwind(self.target.elf, self.target.read, thread.registers, thread.stack,
+                       max_frames=max_frames, trap_frames=self.provider.trap_frame)
+        return dataclasses.replace(trace, frames=[_safe(frame) for frame in trace.frames])
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
         return self.target.registers(cpu)
@@ -61,7 +98,8 @@ class Session:
         return self.target.read_physical(address, size)
 
     def symbol(self, name: str) -> Symbol | None:
-        return self.target.elf.symbol(name)
+        symbol = self.target.elf.symbol(name)
+        return _safe(symbol) if symbol is not None else None
 
     def close(self) -> None:
         self.target.close()

@@ -204,7 +204,15 @@ class Guest(RunControl):
         try:
             self.rsp = await asyncio.to_thread(RspClient.connect, address, 10.0)
         except (OSError, RspException) as exc:
-            raise UndebugError(f"cannot connect to the gdbstub at {address}: {exc}") from None
+            # The client's own message already says "cannot connect ...": say it once,
+            # with the address as the user wrote it and the system's reason.
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else exc
+            shown = self.spec.gdb if self.spec.mode == "attach" else address
+            raise UndebugError(
+                f"cannot connect to the gdbstub at {shown}: {reason}",
+                hint="is QEMU running with -gdb tcp::PORT (or a unix socket) there?"
+                if self.spec.mode == "attach" else None) from None
         self._vcpus = await self._stub(self.rsp.threads)
         # Connecting paused a running guest (QEMU then sends an unsolicited stop reply);
         # an attach puts it back as it was.
