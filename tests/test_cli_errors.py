@@ -1,7 +1,9 @@
 """Bad input gets a clear message and its documented exit code, never a traceback."""
 
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -184,3 +186,24 @@ def test_a_bad_or_empty_name_is_refused(guest_image: Path, command: list[str],
     assert f"undebug {args[0]}: error: argument --name: bad session name {name!r} (use 1-48 " \
         "letters" in result.stderr
     assert sorted(runtime_dir().iterdir()) == before
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
+def test_an_internal_error_exits_4_with_the_traceback_in_a_private_file(
+        json_flag: list[str]) -> None:
+    """A real failure no command expects: stdout is /dev/full, so writing the report
+    fails with ENOSPC. Exit 4 (never 1: CI reads that as a crash), no traceback."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "undebug.cli", "ps", *json_flag],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    error, hint = proc.stderr.splitlines()
+    assert error == "undebug: internal error: OSError: [Errno 28] No space left on device"
+    match = re.fullmatch(r"  hint: the traceback is in (.+); please report it", hint)
+    assert match is not None, hint
+    log = Path(match[1])
+    assert log.parent == runtime_dir() / "logs"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "No space left on device" in text

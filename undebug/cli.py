@@ -2,19 +2,24 @@
 
 Every command follows docs/cli.md: ``--help``, ``--json`` where it returns data (schema
 ``undebug/1`` with ``warnings``), and exit codes 0 ok, 1 guest crashed or check failed,
-2 usage or input error, 3 environment missing. No traceback reaches the user.
+2 usage or input error, 3 environment missing, 4 undebug itself failed. No traceback
+reaches the user: the last resort in :func:`main` keeps it in a file and names it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import pkgutil
 import sys
+import tempfile
+import traceback
 
 from undebug import __version__, commands
-from undebug.errors import EXIT_USAGE, UndebugError
+from undebug.errors import EXIT_USAGE, InternalError, UndebugError
 from undebug.output import SCHEMA, emit
 from undebug.text import escape
 
@@ -61,7 +66,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="undebug",
         description="Debug and observe unikernels running under QEMU.",
         epilog="Exit codes: 0 ok, 1 the guest crashed or a check failed, 2 usage or input "
-               "error, 3 environment missing, 130 interrupted. See docs/cli.md.",
+               "error, 3 environment missing, 4 undebug itself failed (an internal error), "
+               "130 interrupted. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"undebug {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -76,29 +82,70 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
-    cmd = commands.COMMANDS[args.command]
+    as_json = False
     try:
-        report = cmd.run(args)
-        return emit(report, as_json=getattr(args, "json", False))
+        parser = build_parser(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        as_json = getattr(args, "json", False)
+        return emit(commands.COMMANDS[args.command].run(args), as_json=as_json)
     except UndebugError as exc:
-        if getattr(args, "json", False):
-            error = {"schema": SCHEMA, "error": {"message": exc.message, "hint": exc.hint,
-                                                 "exit_code": exc.exit_code}, "warnings": []}
-            print(json.dumps(error, indent=2))
-        sys.stderr.write(f"undebug: error: {escape(exc.message)}\n")
-        if exc.hint:
-            sys.stderr.write(f"  hint: {escape(exc.hint)}\n")
-        return exc.exit_code
+        return _report(exc, as_json)
     except KeyboardInterrupt:
         sys.stderr.write("undebug: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except Exception as exc:  # the last resort: a bug of ours, or a machine we did not foresee
+        return _report(_internal_error(exc), as_json)
+
+
+def _report(exc: UndebugError, as_json: bool) -> int:
+    """The error as one line (and a hint) on stderr, and the JSON document under --json."""
+    if as_json:
+        error = {"schema": SCHEMA, "error": {"message": exc.message, "hint": exc.hint,
+                                             "exit_code": exc.exit_code}, "warnings": []}
+        try:
+            print(json.dumps(error, indent=2), flush=True)
+        except OSError:  # stdout itself may be what failed
+            _silence_stdout()
+    sys.stderr.write(f"undebug: {exc.label}: {escape(exc.message)}\n")
+    if exc.hint:
+        sys.stderr.write(f"  hint: {escape(exc.hint)}\n")
+    return exc.exit_code
+
+
+def _internal_error(exc: Exception) -> InternalError:
+    """Keep the traceback in a 0600 file under the runtime dir (never on the terminal)
+    and say where it is."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        from undebug.session.store import log_path
+
+        path = str(log_path("internal-error"))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except Exception:  # the runtime dir may be the trouble: a private temp file then
+        fd, path = tempfile.mkstemp(prefix="undebug-internal-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"undebug {__version__}: {' '.join(sys.argv)}\n{text}")
+    _silence_stdout()
+    return InternalError(f"{type(exc).__name__}: {exc}",
+                         hint=f"the traceback is in {path}; please report it")
+
+
+def _silence_stdout() -> None:
+    """After stdout failed (a full disk, a closed pipe), drop what is still buffered:
+    Python's own flush at exit would print a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        return
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # the guest crashed, hung, or a check failed
 EXIT_USAGE = 2  # bad arguments or bad input (images, names, files)
 EXIT_ENVIRONMENT = 3  # something the machine lacks (QEMU, gdb, a runtime dir)
+EXIT_INTERNAL = 4  # undebug itself failed: never 1, which CI reads as "the guest crashed"
 
 
 class UndebugError(Exception):
     """An error with a message for the user, an optional hint, and an exit code."""
 
     exit_code = EXIT_USAGE
+    label = "error"  # how the front end introduces it: "undebug: error: ..."
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -41,7 +43,8 @@ class SessionError(UndebugError):
     exit_code = EXIT_USAGE
 
 
-class GuestFailed(UndebugError):
-    """The guest crashed, hung or exited non-zero (``run --ci``)."""
+class InternalError(UndebugError):
+    """undebug itself failed (a bug, or a machine it did not foresee), not the guest."""
 
-    exit_code = EXIT_CHECK_FAILED
+    exit_code = EXIT_INTERNAL
+    label = "internal error"

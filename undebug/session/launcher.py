@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from undebug.errors import UsageError
+from undebug.errors import InternalError, UndebugError, UsageError
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
 from undebug.vm.accel import choose_accel
@@ -64,7 +64,8 @@ def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> dict[str, Any]:
         raise _failed(session, "the supervisor failed to start") from None
     if not message.get("ready"):
         _reap(process, 5)
-        raise _failed(session, str(message.get("error", "unknown error")), message.get("hint"))
+        raise _failed(session, str(message.get("error", "unknown error")), message.get("hint"),
+                      internal=bool(message.get("internal")))
     status: dict[str, Any] = message["status"]
     return status
 
@@ -78,13 +79,15 @@ def _reap(process: subprocess.Popen[bytes], grace: float) -> None:
         process.wait()
 
 
-def _failed(session: SessionDir, message: str, hint: str | None = None) -> UsageError:
-    """The error for a supervisor that did not start; its log is kept (the session
-    directory goes) and named only if there is one."""
+def _failed(session: SessionDir, message: str, hint: str | None = None,
+            internal: bool = False) -> UndebugError:
+    """The error for a supervisor that did not start (an internal one is undebug's own
+    failure, exit 4); its log is kept (the session directory goes) and named only if
+    there is one."""
     kept = keep_log(session.supervisor_log, f"{session.name}-supervisor")
     if kept is not None:
         hint = f"{hint}; supervisor log: {kept}" if hint else f"supervisor log: {kept}"
-    return UsageError(message, hint=hint)
+    return (InternalError if internal else UsageError)(message, hint=hint)
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,8 @@ async def run(session: SessionDir) -> int:
         return 1
     except Exception as exc:
         log.exception("supervisor failed")
-        _report_ready({"ready": False, "error": f"internal error in the supervisor: {exc!r}"})
+        _report_ready({"ready": False, "internal": True,
+                       "error": f"internal error in the supervisor: {exc!r}"})
         return 1
     finally:
         if server is not None:
