@@ -101,7 +101,7 @@ class Guest(RunControl):
 
     async def _launch_qemu(self) -> None:
         ram = _guest_ram(self.spec.memory_mb << 20)
-        config = dataclasses.replace(self.spec.qemu_config(self.session.path), ram_fd=ram)
+        config = dataclasses.replace(self.spec.qemu_config(self.session), ram_fd=ram)
         command = config.command_line(find_qemu())
         log.info("starting %s", " ".join(command))
         stderr = (self.session.path / "qemu.stderr").open("wb")
@@ -116,7 +116,7 @@ class Guest(RunControl):
                 os.close(ram)
         self.spawn(self._watch_qemu())
         deadline = time.monotonic() + QEMU_START_TIMEOUT
-        while not (config.qmp_socket.exists() and config.gdb_socket.exists()):
+        while not (config.files.qmp_socket.exists() and config.files.gdb_socket.exists()):
             if self.qemu.returncode is not None or self.ended.is_set():
                 raise UndebugError(f"QEMU failed to start: {self._qemu_error() or 'no message'}")
             if time.monotonic() > deadline:
@@ -124,7 +124,7 @@ class Guest(RunControl):
             await asyncio.sleep(0.01)
 
     async def _connect_qmp(self) -> None:
-        address = self.spec.qmp_address(self.session.path)
+        address = self.spec.qmp_address(self.session)
         if address is None:
             return
         from qemu.qmp import QMPClient
@@ -143,7 +143,7 @@ class Guest(RunControl):
         what a guest writes to a port nobody is connected to."""
         if self.spec.mode != "launch" or not self.spec.trace:
             return
-        path = self.spec.qemu_config(self.session.path).trace_socket
+        path = self.session.qemu_files.trace_socket
         reader, writer = await asyncio.open_unix_connection(str(path))
         outputs = [self.session.trace_file]
         if self.spec.trace_file:
@@ -196,7 +196,7 @@ class Guest(RunControl):
                         "memory_mb": int(memory.get("base-memory", 0)) >> 20}
 
     async def _connect_rsp(self) -> None:
-        address = self.spec.gdb_address(self.session.path)
+        address = self.spec.gdb_address(self.session)
         was_running = False
         if self.spec.mode == "attach" and self.qmp is not None:
             status = await self.qmp.execute("query-status")

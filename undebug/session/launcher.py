@@ -146,7 +146,7 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionClaim, dict[str, Any]]:
         trace=request.trace,
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
     try:
-        spec.qemu_config(claim.session.path).validate()
+        spec.qemu_config(claim.session).validate()
         return claim, start_supervisor(claim, spec)
     except BaseException:
         claim.remove()

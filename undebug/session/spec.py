@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from undebug.session.store import SessionDir
 from undebug.vm.accel import Accel
 from undebug.vm.qemu import Forward, QemuConfig
 
@@ -44,22 +45,22 @@ class SessionSpec:
         data: dict[str, Any] = json.loads((session_path / "spec.json").read_text())
         return cls(**data)
 
-    def qemu_config(self, session_path: Path) -> QemuConfig:
+    def qemu_config(self, session: SessionDir) -> QemuConfig:
         assert self.image is not None
         return QemuConfig(
             image=Path(self.image), accel=Accel(self.accel, self.accel_reason),
-            session_dir=session_path, memory_mb=self.memory_mb, smp=self.smp,
+            files=session.qemu_files, memory_mb=self.memory_mb, smp=self.smp,
             append=self.append, forwards=tuple(Forward.parse(f) for f in self.forwards),
             trace=self.trace)
 
-    def gdb_address(self, session_path: Path) -> str | tuple[str, int]:
+    def gdb_address(self, session: SessionDir) -> str | tuple[str, int]:
         if self.mode == "launch":
-            return str(self.qemu_config(session_path).gdb_socket)
+            return str(session.qemu_files.gdb_socket)
         assert self.gdb is not None
         host, sep, port = self.gdb.rpartition(":")
         return (host, int(port)) if sep and port.isdigit() else self.gdb
 
-    def qmp_address(self, session_path: Path) -> str | None:
+    def qmp_address(self, session: SessionDir) -> str | None:
         if self.mode == "launch":
-            return str(self.qemu_config(session_path).qmp_socket)
+            return str(session.qemu_files.qmp_socket)
         return self.qmp

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from undebug.errors import EnvironmentMissing, SessionError, UsageError
+from undebug.vm.qemu import QemuFiles
 
 __all__ = [
     "SessionClaim",
@@ -122,6 +123,12 @@ class SessionDir:
     @property
     def console_log(self) -> Path:
         return self.path / "console.log"
+
+    @property
+    def qemu_files(self) -> QemuFiles:
+        """QEMU's sockets (QMP, gdbstub, the trace port) and console, in this directory."""
+        return QemuFiles(qmp_socket=self.path / "qmp.sock", gdb_socket=self.path / "gdb.sock",
+                         trace_socket=self.path / "trace.sock", console_log=self.console_log)
 
     @property
     def trace_file(self) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from undebug.errors import EnvironmentMissing, UsageError
 from undebug.vm.accel import Accel
 
-__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "RamRegion", "find_qemu",
+__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "QemuFiles", "RamRegion", "find_qemu",
            "guest_exit_code", "ram_layout"]
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -90,34 +90,29 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class QemuFiles:
+    """Where QEMU puts its sockets and console: paths the caller chose (a session
+    directory's layout is session/store.py's; this module only uses them)."""
+
+    qmp_socket: Path
+    gdb_socket: Path
+    trace_socket: Path
+    console_log: Path
+
+
+@dataclass(frozen=True)
 class QemuConfig:
     """Everything that decides one guest's QEMU command line."""
 
     image: Path
     accel: Accel
-    session_dir: Path
+    files: QemuFiles
     memory_mb: int = 128
     smp: int = 1
     append: str = ""
     forwards: tuple[Forward, ...] = field(default_factory=tuple)
     ram_fd: int | None = None  # guest RAM in this memfd (passed to QEMU), for direct reads
     trace: bool = True  # a virtio-serial port for the guest tracing stub
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.session_dir / "qmp.sock"
-
-    @property
-    def gdb_socket(self) -> Path:
-        return self.session_dir / "gdb.sock"
-
-    @property
-    def trace_socket(self) -> Path:
-        return self.session_dir / "trace.sock"
-
-    @property
-    def console_log(self) -> Path:
-        return self.session_dir / "console.log"
 
     def validate(self) -> None:
         if not 16 <= self.memory_mb <= 1 << 20:
@@ -126,17 +121,18 @@ class QemuConfig:
             raise UsageError(f"--smp {self.smp} is out of range (1 .. 255)")
 
     def command_line(self, qemu: str) -> list[str]:
+        files = self.files
         args = [
             qemu, "-M", "pc", *self.accel.qemu_args,
             "-m", str(self.memory_mb), "-smp", str(self.smp),
             "-display", "none", "-vga", "none", "-nodefaults", "-no-user-config",
             "-no-reboot", "-action", "reboot=shutdown,shutdown=pause,panic=pause",
             "-S",
-            "-chardev", f"socket,id=gdb0,path={self.gdb_socket},server=on,wait=off",
+            "-chardev", f"socket,id=gdb0,path={files.gdb_socket},server=on,wait=off",
             "-gdb", "chardev:gdb0",
-            "-chardev", f"socket,id=qmp0,path={self.qmp_socket},server=on,wait=off",
+            "-chardev", f"socket,id=qmp0,path={files.qmp_socket},server=on,wait=off",
             "-mon", "chardev=qmp0,mode=control",
-            "-chardev", f"file,id=con0,path={self.console_log}",
+            "-chardev", f"file,id=con0,path={files.console_log}",
             "-serial", "chardev:con0",
             "-device", "pvpanic",
             "-device", f"isa-debug-exit,iobase={ISA_DEBUG_EXIT_PORT:#x},iosize=0x04",
@@ -146,7 +142,7 @@ class QemuConfig:
             args += ["-append", self.append]
         if self.trace:  # tracers/FORMAT.md section 7: port 1, named undebug.trace
             args += ["-device", "virtio-serial-pci,id=vser0",
-                     "-chardev", f"socket,id=trace0,path={self.trace_socket},server=on,wait=off",
+                     "-chardev", f"socket,id=trace0,path={files.trace_socket},server=on,wait=off",
                      "-device", "virtserialport,bus=vser0.0,chardev=trace0,name=undebug.trace,nr=1"]
         if self.ram_fd is not None:
             args += ["-object", f"memory-backend-file,id=pc.ram,size={self.memory_mb}M,"
