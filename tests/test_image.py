@@ -91,3 +91,37 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         inspect_image(tmp_path / "nope.elf")
     with pytest.raises(UsageError, match="is a directory"):
         inspect_image(tmp_path)
+
+
+def linux_header(tmp_path: Path, version: int, cmdline_size: int) -> Path:
+    """The setup header of an x86 Linux bzImage (Documentation/arch/x86/boot.rst) and
+    nothing behind it: enough for QEMU to load it and for undebug to read the limits."""
+    import struct
+
+    data = bytearray(0x4000)
+    data[0x1F1] = 4  # setup_sects
+    data[0x1FE:0x200] = b"\x55\xaa"
+    data[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", data, 0x206, version)
+    data[0x211] = 1  # loadflags: LOADED_HIGH
+    struct.pack_into("<I", data, 0x238, cmdline_size)
+    path = tmp_path / "bzImage"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_linux_command_line_limit_from_the_boot_protocol(tmp_path: Path) -> None:
+    assert inspect_image(linux_header(tmp_path, 0x20F, 64)).cmdline_max == 64
+    assert inspect_image(linux_header(tmp_path, 0x205, 64)).cmdline_max == 255  # before 2.06
+    assert inspect_image(build(tmp_path, "pvh", PVH_NOTE + ENTRY, 64)).cmdline_max is None
+
+
+def test_an_append_longer_than_the_image_takes_is_warned_about(tmp_path: Path) -> None:
+    from tests.conftest import undebug
+
+    image = linux_header(tmp_path, 0x20F, 64)
+    result = undebug("run", "--ci", "--timeout", "2", "--append", "a" * 65, str(image))
+    assert ("warning: --append is 65 bytes but this Linux bzImage takes at most 64: the rest "
+            "is dropped\n") in result.stderr
+    fits = undebug("run", "--ci", "--timeout", "2", "--append", "a" * 64, str(image))
+    assert "warning" not in fits.stderr

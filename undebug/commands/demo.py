@@ -127,8 +127,8 @@ def demo(args: argparse.Namespace) -> Report:
         with SupervisorClient(old) as client:
             client.call("kill")
         old.remove_ended(wait=10)
-    claim, _ = launch_guest(LaunchRequest(
-        image=image, name=args.name, smp=args.smp, append=f"threads={args.threads}"))
+    claim = launch_guest(LaunchRequest(
+        image=image, name=args.name, smp=args.smp, append=f"threads={args.threads}")).claim
     session = claim.session
     live = sys.stdout.isatty() and not args.once and not args.json
     try:

@@ -8,7 +8,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from undebug.commands import command, session_name
 from undebug.console import ConsoleFollower, tail_lines
@@ -18,6 +18,9 @@ from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome, from_timeout
 from undebug.session.store import SessionClaim, SessionDir
 from undebug.text import escape
+
+if TYPE_CHECKING:  # the launcher is imported when a guest is started, not before
+    from undebug.session.launcher import Launched
 
 CONSOLE_TAIL = 20
 POLL_S = 0.05
@@ -48,7 +51,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="with --ci: wall-clock limit in seconds (default 300)")
 
 
-def launch(args: argparse.Namespace) -> tuple[SessionClaim, dict[str, Any]]:
+def launch(args: argparse.Namespace) -> Launched:
     from undebug.session.launcher import LaunchRequest, launch_guest
 
     if args.timeout is not None and not args.ci:
@@ -116,12 +119,14 @@ def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome) 
          "console streams to stdout and Ctrl-C ends the guest; with -d it runs on, named; "
          "with --ci the exit code tells whether it shut down cleanly.")
 def run(args: argparse.Namespace) -> Report:
-    claim, status = launch(args)
-    session = claim.session
+    launched = launch(args)
+    claim, session = launched.claim, launched.claim.session
     if args.detach:
         claim.release()  # the supervisor holds the session now
-        return Report(data={"name": session.name, "status": status},
-                      render=lambda: [session.name])
+        return Report(data={"name": session.name, "status": launched.status},
+                      warnings=launched.warnings, render=lambda: [session.name])
+    for warning in launched.warnings if not args.json else []:  # now, not after the run
+        sys.stderr.write(f"warning: {escape(warning)}\n")
     try:
         with SupervisorClient(session) as client:
             client.call("own")
@@ -139,5 +144,6 @@ def run(args: argparse.Namespace) -> Report:
         claim.release()
     verdict = "PASS" if outcome.ok else "FAIL"
     return Report(
-        data=data, exit_code=0 if outcome.ok else EXIT_CHECK_FAILED,
+        data=data, warnings=launched.warnings if args.json else [],
+        exit_code=0 if outcome.ok else EXIT_CHECK_FAILED,
         render=lambda: [f"undebug: {verdict}: {escape(outcome.reason)}"])

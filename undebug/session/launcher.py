@@ -25,7 +25,7 @@ from undebug.vm.accel import choose_accel
 from undebug.vm.image import inspect_image
 from undebug.vm.qemu import Forward, find_qemu
 
-__all__ = ["LaunchRequest", "launch_guest", "start_supervisor"]
+__all__ = ["LaunchRequest", "Launched", "launch_guest", "start_supervisor"]
 
 READY_TIMEOUT = 30.0
 
@@ -126,10 +126,24 @@ def _claim(request: LaunchRequest) -> SessionClaim:
     return claim_default_name(stem)
 
 
-def launch_guest(request: LaunchRequest) -> tuple[SessionClaim, dict[str, Any]]:
-    """Check everything a user could get wrong, then start the guest's supervisor. The
-    caller holds the returned claim (releasing it leaves the session to the supervisor)."""
+@dataclass
+class Launched:
+    """A started guest: the caller holds ``claim`` (releasing it leaves the session to the
+    supervisor); ``warnings`` are what looked wrong but did not stop the start."""
+
+    claim: SessionClaim
+    status: dict[str, Any]
+    warnings: list[str]
+
+
+def launch_guest(request: LaunchRequest) -> Launched:
+    """Check everything a user could get wrong, then start the guest's supervisor."""
     image = inspect_image(request.image)
+    warnings = []
+    if image.cmdline_max is not None and len(request.append.encode()) > image.cmdline_max:
+        warnings.append(f"--append is {len(request.append.encode())} bytes but this "
+                        f"{image.description} takes at most {image.cmdline_max}: the rest "
+                        "is dropped")
     for forward in request.forwards:
         Forward.parse(forward)
     find_qemu()
@@ -147,7 +161,7 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionClaim, dict[str, Any]]:
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
     try:
         spec.qemu_config(claim.session).validate()
-        return claim, start_supervisor(claim, spec)
+        return Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:
         claim.remove()
         raise

@@ -32,6 +32,15 @@ class BootImage:
     boot: str  # "pvh", "multiboot" or "linux"
     description: str  # e.g. "ELF64 x86-64 with a PVH entry note"
     is_elf64: bool
+    cmdline_max: int | None = None  # the longest command line it takes, where it says
+
+
+def _linux_cmdline_max(data: bytes) -> int:
+    """The x86 Linux boot protocol's ``cmdline_size`` (at 0x238 from version 2.06; 255
+    before): the longest command line the kernel reads, without the NUL."""
+    if len(data) >= 0x23C and struct.unpack_from("<H", data, 0x206)[0] >= 0x206:
+        return int(struct.unpack_from("<I", data, 0x238)[0])
+    return 255
 
 
 def _has_multiboot_header(data: bytes) -> bool:
@@ -54,7 +63,7 @@ def inspect_image(path: Path) -> BootImage:
     except OSError as exc:
         raise UsageError(f"cannot read image {path}: {exc.strerror}") from None
     if len(data) >= 0x206 and data[0x202:0x206] == b"HdrS":
-        return BootImage(path, "linux", "Linux bzImage", False)
+        return BootImage(path, "linux", "Linux bzImage", False, _linux_cmdline_max(data))
     if data[:4] != b"\x7fELF":
         found = "an empty file" if not data else f"a file starting with {data[:8]!r}"
         raise UsageError(
