@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import undebug, wait_for_console
 from undebug.elf import ElfFile
 from undebug.session.client import SupervisorClient
-from undebug.session.store import SessionDir
+from undebug.session.store import SessionDir, runtime_dir
 
 PLANTED_MAGIC = 0x5EED000000000000
 
@@ -111,7 +111,7 @@ def test_two_clients_at_once(shared_guest: str) -> None:
 CLIENT_SCRIPT = """
 import sys, time
 from undebug.session.client import SupervisorClient
-from undebug.session.store import SessionDir
+from undebug.session.store import SessionDir, runtime_dir
 c = SupervisorClient(SessionDir.named(sys.argv[1]))
 c.call("subscribe")
 print("connected", flush=True)
@@ -332,3 +332,22 @@ def ram_files(name: str) -> list[str]:
     RAM in (``/dev/shm/undebug-$UID``)."""
     shm = Path(f"/dev/shm/undebug-{os.getuid()}")
     return [p.name for p in shm.iterdir() if p.name.startswith(name)] if shm.is_dir() else []
+
+
+def test_leftovers_of_killed_commands_are_taken_over(guest_image: Path, tmp_path: Path) -> None:
+    """What a run killed at the wrong moment leaves: a session directory with no lock
+    held and no record (killed before its supervisor started), and a directory moved
+    aside to be deleted (killed between the rename and the delete). The next run takes
+    the name over and deletes the rest."""
+    image = tmp_path / "leftover.elf"
+    image.write_bytes(guest_image.read_bytes())
+    never_started = runtime_dir() / "leftover"
+    never_started.mkdir()
+    (never_started / "spec.json").write_text("{}")
+    aside = runtime_dir() / ".ended-leftover-0badc0de"
+    aside.mkdir()
+    (aside / "trace.utrace").write_bytes(b"\0" * 4096)
+    result = undebug("run", "--ci", "--json", "--append", "run_for=100", str(image))
+    assert result.code == 0, result.stderr
+    assert result.json()["name"] == "leftover"
+    assert not aside.exists() and not never_started.exists()

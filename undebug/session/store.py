@@ -157,9 +157,9 @@ class SessionDir:
                     f"a guest named {self.name!r} is already running",
                     hint=f"pick another --name, or end it with: undebug kill {self.name}",
                 ) from None
-            aside = self._move_aside()
+            self._move_aside()
             claim = self._claim_new()
-        shutil.rmtree(aside, ignore_errors=True)
+        _delete_aside()
         return claim
 
     def _claim_new(self) -> SessionClaim:
@@ -280,13 +280,34 @@ def _names_lock() -> Iterator[None]:
 
 
 def claim_default_name(stem: str) -> SessionClaim:
-    """The first of ``stem``, ``stem-2``, ... that no session, running or ended, has."""
+    """The first of ``stem``, ``stem-2``, ... that no session, running or ended, has. A
+    directory whose guest never started (the command that made it died first: no lock
+    held, no record) does not count."""
     with _names_lock():
         for n in range(1, 1000):
             session = SessionDir.named(stem if n == 1 else f"{stem}-{n}")
-            with contextlib.suppress(FileExistsError):
+            try:
                 return session._claim_new()
-    raise UsageError(f"no free name for {stem}: end old guests (undebug ps) or pass --name")
+            except FileExistsError:
+                if session.record_file.exists() or session._is_held():
+                    continue
+            session._move_aside()
+            claim = session._claim_new()
+            break
+        else:
+            raise UsageError(f"no free name for {stem}: end old guests (undebug ps) or pass "
+                             "--name")
+    _delete_aside()
+    return claim
+
+
+def _delete_aside() -> None:
+    """Delete the directories moved aside (``.ended-*``): the mover deletes its own at
+    once, so these are what a killed one left, or what it is deleting right now, which
+    two can do together."""
+    for path in runtime_dir().iterdir():
+        if path.name.startswith(".ended-"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def keep_log(path: Path, label: str) -> Path | None:
