@@ -4,19 +4,19 @@ QEMU's gdbstub takes a single client, pauses the guest when one connects and res
 (and drops its breakpoints) on detach. So the :class:`Guest` is the one owner: it starts
 QEMU (or adopts one), keeps the run state the user chose, tells the guest's end from
 QMP events and QEMU's exit, and reads memory and registers with the guest held still.
-The control server (``supervisor.py``) turns client requests into calls on it.
+The control server (``supervisor.py``) turns client requests into calls on it. The
+parts it holds are modules of their own: the QEMU child (``qemu_process.py``), QMP
+(``qmp_link.py``), guest RAM (``ram.py``) and run control (``runcontrol.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -29,39 +29,20 @@ from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
+from undebug.session.qemu_process import QemuProcess
+from undebug.session.qmp_link import QmpLink
+from undebug.session.ram import memory_fd_reply
 from undebug.session.runcontrol import RequestError, RunControl
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionDir
 from undebug.text import escape
-from undebug.vm.qemu import find_qemu, ram_layout
 
 __all__ = ["Guest"]
 
 log = logging.getLogger("undebug.supervisor")
 
 
-def _guest_ram(size: int) -> int | None:
-    """An anonymous file (memfd) for QEMU's guest RAM, shared with undebug for direct
-    reads. It has no name in any file system, so it can never outlive QEMU and us, even
-    when both are killed by SIGKILL."""
-    try:
-        fd = os.memfd_create("undebug-guest-ram", os.MFD_CLOEXEC)
-    except OSError as exc:
-        log.warning("no shared RAM (memfd: %s): reads go through the gdbstub", exc)
-        return None
-    os.ftruncate(fd, size)
-    return fd
-
-
-def _die_with_parent() -> None:
-    """In QEMU's child process: get SIGKILL when the supervisor dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-PR_SET_PDEATHSIG = 1
 PMEMSAVE_MIN = 64 << 10  # below this one gdbstub round trip is cheaper
-QEMU_START_TIMEOUT = 10.0
 QEMU_QUIT_TIMEOUT = 5.0
 
 
@@ -75,13 +56,12 @@ class Guest(RunControl):
         self.session = session
         self.spec = spec
         self.started = time.time()
-        self.qemu: asyncio.subprocess.Process | None = None
-        self.qmp: Any = None  # qemu.qmp.QMPClient, imported lazily
+        self.qemu: QemuProcess | None = None  # the QEMU we started (None: adopted)
+        self.qmp: QmpLink | None = None
         self.machine: dict[str, Any] = {
             "accel": spec.accel, "accel_reason": spec.accel_reason, "smp": spec.smp,
             "memory_mb": spec.memory_mb} if spec.mode == "launch" else {
             "accel": None, "accel_reason": "unknown without --qmp", "smp": None, "memory_mb": None}
-        self.ram_fd: int | None = None  # guest RAM (a memfd QEMU maps), read-only
         self._shutting_down = False
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -100,43 +80,20 @@ class Guest(RunControl):
         self.write_record()
 
     async def _launch_qemu(self) -> None:
-        ram = _guest_ram(self.spec.memory_mb << 20)
-        config = dataclasses.replace(self.spec.qemu_config(self.session), ram_fd=ram)
-        command = config.command_line(find_qemu())
-        log.info("starting %s", " ".join(command))
-        stderr = (self.session.path / "qemu.stderr").open("wb")
-        try:
-            self.qemu = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr, preexec_fn=_die_with_parent, pass_fds=() if ram is None else (ram,))
-        finally:
-            stderr.close()
-            if ram is not None:  # QEMU has its own; clients get a read-only one
-                self.ram_fd = os.open(f"/proc/self/fd/{ram}", os.O_RDONLY | os.O_CLOEXEC)
-                os.close(ram)
+        self.qemu = QemuProcess(self.session.path / "qemu.stderr")
+        await self.qemu.start(self.spec.qemu_config(self.session))
         self.spawn(self._watch_qemu())
-        deadline = time.monotonic() + QEMU_START_TIMEOUT
-        while not (config.files.qmp_socket.exists() and config.files.gdb_socket.exists()):
-            if self.qemu.returncode is not None or self.ended.is_set():
-                raise UndebugError(f"QEMU failed to start: {self._qemu_error() or 'no message'}")
-            if time.monotonic() > deadline:
-                raise UndebugError("QEMU did not open its sockets within 10 s")
-            await asyncio.sleep(0.01)
+        files = self.session.qemu_files
+        await self.qemu.wait_for_sockets(files.qmp_socket, files.gdb_socket)
 
     async def _connect_qmp(self) -> None:
         address = self.spec.qmp_address(self.session)
         if address is None:
             return
-        from qemu.qmp import QMPClient
-
-        self.qmp = QMPClient(self.session.name)
-        try:
-            await asyncio.wait_for(self.qmp.connect(address), 10)
-        except (TimeoutError, OSError, Exception) as exc:
-            raise UndebugError(f"cannot connect to QMP at {address}: {exc}") from None
-        self.spawn(self._watch_qmp())
+        self.qmp = await QmpLink.connect(self.session.name, address)
+        self.spawn(self._watch_qmp(self.qmp))
         if self.spec.mode == "attach":
-            await self._describe_adopted()
+            self.machine = await self.qmp.machine()
 
     async def _connect_trace(self) -> None:
         """Connect the trace port before the guest's first instruction: QEMU discards
@@ -186,21 +143,11 @@ class Guest(RunControl):
             with os.fdopen(fd, "w") as f:
                 f.write(line)
 
-    async def _describe_adopted(self) -> None:
-        """An adopted QEMU's machine is not in our spec: ask QMP what it is."""
-        kvm = await self.qmp.execute("query-kvm")
-        cpus = await self.qmp.execute("query-cpus-fast")
-        memory = await self.qmp.execute("query-memory-size-summary")
-        self.machine = {"accel": "kvm" if kvm.get("enabled") else "tcg",
-                        "accel_reason": "as the adopted QEMU runs", "smp": len(cpus),
-                        "memory_mb": int(memory.get("base-memory", 0)) >> 20}
-
     async def _connect_rsp(self) -> None:
         address = self.spec.gdb_address(self.session)
         was_running = False
         if self.spec.mode == "attach" and self.qmp is not None:
-            status = await self.qmp.execute("query-status")
-            was_running = bool(status.get("running"))
+            was_running = bool((await self.qmp.status()).get("running"))
         try:
             self.rsp = await asyncio.to_thread(RspClient.connect, address, 10.0)
         except (OSError, RspException) as exc:
@@ -223,16 +170,8 @@ class Guest(RunControl):
             self.user_paused = False
             await self._resume()
 
-    async def _watch_qmp(self) -> None:
-        from qemu.qmp import EventListener
-
-        listener = EventListener(("STOP", "RESUME", "GUEST_PANICKED", "SHUTDOWN"))
-        self.qmp.register_listener(listener)
-        async for event in listener:
-            name = str(event["event"])
-            raw = event.get("data")
-            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            log.info("QMP event %s %s", name, data)
+    async def _watch_qmp(self, qmp: QmpLink) -> None:
+        async for name, data in qmp.events():
             if name == "GUEST_PANICKED":
                 self._set_outcome(outcomes.from_panic(self._console_crash(), "guest-panicked"))
             elif name == "SHUTDOWN":
@@ -247,9 +186,8 @@ class Guest(RunControl):
     async def _watch_qemu(self) -> None:
         assert self.qemu is not None
         status = await self.qemu.wait()
-        log.info("QEMU exited with status %s", status)
         if self.outcome is None:  # the guest's own exit, or QEMU's failure
-            self.outcome = outcomes.from_exit_status(status, self._qemu_error(),
+            self.outcome = outcomes.from_exit_status(status, self.qemu.error(),
                                                      self._console_crash())
         elif self.outcome.run_state is not None:  # a crash it was paused at: now gone too
             self.outcome = dataclasses.replace(self.outcome, run_state=None)
@@ -296,14 +234,6 @@ class Guest(RunControl):
         line = crash_line(self.session.console_log)
         return escape(line) if line is not None else None
 
-    def _qemu_error(self) -> str | None:
-        try:
-            text = (self.session.path / "qemu.stderr").read_bytes()[-2000:]
-        except OSError:
-            return None
-        lines = [escape(line) for line in text.decode(errors="replace").splitlines() if line]
-        return lines[-1] if lines else None
-
     async def read_memory(self, address: int, size: int) -> bytes:
         """Guest-virtual memory through the gdbstub (the vCPU's page tables)."""
         async with self.paused() as rsp:
@@ -329,24 +259,9 @@ class Guest(RunControl):
     async def read_physical(self, address: int, size: int) -> bytes:
         async with self.paused() as rsp:
             if self.qmp is not None and size >= PMEMSAVE_MIN:
-                return await self._pmemsave(address, size)
+                return await self.qmp.pmemsave(address, size)
             data: bytes = await self._stub(rsp.read_physical, address, size)
         return data
-
-    async def _pmemsave(self, address: int, size: int) -> bytes:
-        """Bulk physical reads through QMP: QEMU writes the range at memory speed, where
-        the gdbstub would take a packet per 2 KiB. It writes into a memfd of ours that it
-        opens by its /proc path, so no file is left behind whatever happens."""
-        fd = os.memfd_create("undebug-pmemsave", os.MFD_CLOEXEC)
-        try:
-            await self.qmp.execute("pmemsave", {"val": address, "size": size,
-                                                "filename": f"/proc/{os.getpid()}/fd/{fd}"})
-            return os.pread(fd, size, 0)
-        except Exception as exc:
-            raise RequestError(ErrorCode.STUB, f"pmemsave of {size} bytes at {address:#x} "
-                               f"failed: {exc}") from None
-        finally:
-            os.close(fd)
 
     async def read_registers(self, cpu: int | None) -> list[dict[str, Any]]:
         """Registers of one vCPU (or all), by the names of the stub's target description."""
@@ -363,11 +278,9 @@ class Guest(RunControl):
         return cpus
 
     def memory_fd(self) -> tuple[dict[str, Any], list[int]]:
-        if self.ram_fd is None or self.ended.is_set():
+        if self.qemu is None or self.qemu.ram_fd is None or self.ended.is_set():
             raise RequestError(ErrorCode.UNSUPPORTED, "guest RAM is not shared with undebug")
-        layout = ram_layout(int(self.machine["memory_mb"]))
-        return {"size": os.fstat(self.ram_fd).st_size,
-                "layout": [[r.physical, r.offset, r.size] for r in layout]}, [self.ram_fd]
+        return memory_fd_reply(self.qemu.ram_fd, int(self.machine["memory_mb"]))
 
     def status(self) -> dict[str, Any]:
         if self.ended.is_set():
@@ -396,7 +309,7 @@ class Guest(RunControl):
             "last_stop": self.last_stop,
             "breakpoints": [bp.to_json() for bp in self.breakpoints.all()],
             "frozen": self._freezes > 0,
-            "shared_ram": self.ram_fd is not None,
+            "shared_ram": self.qemu is not None and self.qemu.ram_fd is not None,
         }
 
     async def live_status(self) -> dict[str, Any]:
@@ -404,8 +317,7 @@ class Guest(RunControl):
         status = self.status()
         if self.qmp is not None and not self.ended.is_set():
             with contextlib.suppress(Exception):
-                reply = await asyncio.wait_for(self.qmp.execute("query-status"), 2)
-                status["qemu_state"] = reply.get("status")
+                status["qemu_state"] = (await self.qmp.status(timeout=2)).get("status")
         return status
 
     def write_record(self) -> None:
@@ -437,10 +349,10 @@ class Guest(RunControl):
             return
         if self.outcome is None:
             self.outcome = Outcome("killed", "killed by undebug", False)
-        if self.qemu is not None and self.qemu.returncode is None:
+        if self.qemu is not None and self.qemu.running:
             if self.qmp is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.qmp.execute("quit"), 2)
+                    await self.qmp.quit(timeout=2)
             try:
                 await asyncio.wait_for(self.ended.wait(), QEMU_QUIT_TIMEOUT)
             except TimeoutError:
@@ -451,11 +363,10 @@ class Guest(RunControl):
         if self.rsp is not None:
             self.rsp.on_close = None
             self.rsp.close()
-        if self.ram_fd is not None:
-            os.close(self.ram_fd)
-            self.ram_fd = None
+        if self.qemu is not None:
+            self.qemu.close()
         if self.qmp is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.qmp.disconnect(), 2)
+                await self.qmp.disconnect(timeout=2)
         for task in list(self._tasks):
             task.cancel()

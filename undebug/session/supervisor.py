@@ -4,8 +4,9 @@ control server that lets any number of front ends use it over a 0600 unix socket
 client held (a freeze, its ``gdb`` breakpoints) is released when it goes, and only an
 ``own`` client's end ends the guest.
 
-Run it as ``python -m undebug.session.supervisor SESSION_DIR``; the directory holds
-``spec.json`` written by the CLI. The first line on stdout says ready or why not.
+Run it as ``python -m undebug.session.supervisor SESSION_DIR LOCK_FD``; the directory
+holds ``spec.json`` written by the CLI, the fd the session's lock the CLI holds (store.py).
+The first line on stdout says ready or why not.
 """
 
 from __future__ import annotations

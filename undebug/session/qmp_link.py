@@ -1,0 +1,77 @@
+"""The supervisor's QMP connection to QEMU: run-state events, queries, ``quit``.
+
+QMP is how the supervisor hears that the guest panicked (pvpanic), reset or powered off,
+and how it learns what an adopted QEMU's machine is. ``qemu.qmp`` is imported only when
+a connection is made (start-up time of everything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from undebug.errors import UndebugError
+from undebug.session.ram import pmemsave
+
+__all__ = ["EVENTS", "QmpLink"]
+
+log = logging.getLogger("undebug.supervisor")
+
+EVENTS = ("STOP", "RESUME", "GUEST_PANICKED", "SHUTDOWN")
+CONNECT_TIMEOUT = 10.0
+
+
+class QmpLink:
+    """One QMP connection (a ``qemu.qmp.QMPClient``)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    async def connect(cls, name: str, address: str) -> QmpLink:
+        from qemu.qmp import QMPClient
+
+        client = QMPClient(name)
+        try:
+            await asyncio.wait_for(client.connect(address), CONNECT_TIMEOUT)
+        except Exception as exc:
+            raise UndebugError(f"cannot connect to QMP at {address}: {exc}") from None
+        return cls(client)
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(name, data) of each run-state event (:data:`EVENTS`), as QEMU sends them."""
+        from qemu.qmp import EventListener
+
+        listener = EventListener(EVENTS)
+        self.client.register_listener(listener)
+        async for event in listener:
+            raw = event.get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            log.info("QMP event %s %s", event["event"], data)
+            yield str(event["event"]), data
+
+    async def machine(self) -> dict[str, Any]:
+        """What an adopted QEMU runs (our spec does not say): accelerator, vCPUs, RAM."""
+        kvm = await self.client.execute("query-kvm")
+        cpus = await self.client.execute("query-cpus-fast")
+        memory = await self.client.execute("query-memory-size-summary")
+        return {"accel": "kvm" if kvm.get("enabled") else "tcg",
+                "accel_reason": "as the adopted QEMU runs", "smp": len(cpus),
+                "memory_mb": int(memory.get("base-memory", 0)) >> 20}
+
+    async def status(self, timeout: float | None = None) -> dict[str, Any]:
+        """``query-status``: ``running`` and ``status`` (QEMU's run state)."""
+        reply: dict[str, Any] = await asyncio.wait_for(
+            self.client.execute("query-status"), timeout)
+        return reply
+
+    async def quit(self, timeout: float) -> None:
+        await asyncio.wait_for(self.client.execute("quit"), timeout)
+
+    async def pmemsave(self, address: int, size: int) -> bytes:
+        return await pmemsave(self.client, address, size)
+
+    async def disconnect(self, timeout: float) -> None:
+        await asyncio.wait_for(self.client.disconnect(), timeout)
