@@ -125,3 +125,16 @@ def test_an_append_longer_than_the_image_takes_is_warned_about(tmp_path: Path) -
             "is dropped\n") in result.stderr
     fits = undebug("run", "--ci", "--timeout", "2", "--append", "a" * 64, str(image))
     assert "warning" not in fits.stderr
+
+
+def test_an_image_qemu_refuses_says_what_qemu_said(tmp_path: Path) -> None:
+    """QEMU makes its sockets, then refuses the kernel and exits: the error is QEMU's
+    reason, not the QMP connection that was refused after it."""
+    from tests.conftest import undebug
+
+    image = tmp_path / "bzImage"  # a setup header of protocol 1.00 and nothing else
+    image.write_bytes(bytes(0x202) + b"HdrS" + (0x100).to_bytes(2, "little") + bytes(0x1F8))
+    result = undebug("run", "--ci", "--timeout", "5", str(image))
+    assert result.code == 2
+    assert result.stderr.startswith("undebug: error: QEMU failed to start: qemu: invalid "
+                                    "kernel header\n"), result.stderr

@@ -90,7 +90,12 @@ class Guest(RunControl):
         address = self.spec.qmp_address(self.session)
         if address is None:
             return
-        self.qmp = await QmpLink.connect(self.session.name, address)
+        try:
+            self.qmp = await QmpLink.connect(self.session.name, address)
+        except UndebugError:
+            if self.qemu is not None and (reason := await self.qemu.failed()):
+                raise UndebugError(reason) from None  # not QMP's "connection refused"
+            raise
         self.spawn(self._watch_qmp(self.qmp))
         if self.spec.mode == "attach":
             self.machine = await self.qmp.machine()

@@ -85,6 +85,16 @@ class QemuProcess:
         log.info("QEMU exited with status %s", status)
         return status
 
+    async def failed(self, within: float = 1.0) -> str | None:
+        """Why QEMU ended, if it ends within ``within`` seconds (a start that failed
+        after it made its sockets); None while it runs."""
+        assert self.process is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), within)
+        except TimeoutError:
+            return None
+        return f"QEMU failed to start: {self.error() or 'no message'}"
+
     def kill(self) -> None:
         if self.running:
             assert self.process is not None
