@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug
+from tests.conftest import check_planted_counter, undebug
 from undebug.session.store import runtime_dir
 
 
@@ -91,15 +91,18 @@ def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -
     from undebug.session.store import SessionDir
     from undebug.target import LiveTarget
 
-    counter = ElfFile(guest_image).symbol("planted_counter")
-    assert counter is not None
-    with LiveTarget(SessionDir.named("adopted")) as target:
+    elf = ElfFile(guest_image)
+    counter, requests = elf.symbol("planted_counter"), elf.symbol("requests_handled")
+    assert counter is not None and requests is not None
+    with LiveTarget(SessionDir.named("adopted")) as target:  # the guest held still
         assert target._ram is None
         bulk = target.read_physical(counter.address & ~0xFFFF, 1 << 20)  # pmemsave
         small = target.read_physical(counter.address, 8)  # gdbstub, physical mode
+        handled = target.read_physical(requests.address, 8)
     at = counter.address & 0xFFFF
     assert bulk[at : at + 8] == small
-    assert int.from_bytes(small, "little") >= 0x5EED000000000000
+    check_planted_counter(int.from_bytes(small, "little"), int.from_bytes(handled, "little"),
+                          cpus=1)
 
     assert undebug("stop", "adopted").code == 0
     assert qmp.execute("query-status")["return"]["status"] == "paused"

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import check_planted_counter, undebug, wait_for_console
 from undebug.elf import ElfFile
 from undebug.session.client import SupervisorClient
 from undebug.session.store import SessionDir, runtime_dir
-
-PLANTED_MAGIC = 0x5EED000000000000
 
 
 def client(name: str) -> SupervisorClient:
@@ -64,14 +62,20 @@ def test_hostile_thread_name_is_escaped_in_logs(shared_guest: str) -> None:
 
 def test_planted_counter_is_read_from_guest_memory(shared_guest: str, guest_image: Path) -> None:
     """The counter lives in .bss (zero in the file): a reader that fell back to the
-    ELF would see 0, a frozen guest the same value twice."""
-    symbol = ElfFile(guest_image).symbol("planted_counter")
-    assert symbol is not None
+    ELF would see 0, a frozen guest the same value twice. At one stop it is the seed plus
+    requests_handled, a second variable read at the same stop."""
+    elf = ElfFile(guest_image)
+    symbol, requests = elf.symbol("planted_counter"), elf.symbol("requests_handled")
+    assert symbol is not None and requests is not None
     with client(shared_guest) as c:
-        first = read_u64(c, symbol.address)
+        c.call("pause")
+        try:
+            first = read_u64(c, symbol.address)
+            check_planted_counter(first, read_u64(c, requests.address), cpus=2)
+        finally:
+            c.call("resume")
         time.sleep(0.5)
         second = read_u64(c, symbol.address)
-    assert first >= PLANTED_MAGIC
     assert second > first
 
 
