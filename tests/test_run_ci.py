@@ -115,6 +115,15 @@ def test_parallel_runs_with_the_default_name(guest_image: Path, tmp_path: Path) 
         assert len(names) == 8, names
     assert verdicts == [("panic", "guest panicked: PANIC: planted panic (crash=panic)")] * 24
     assert [p.name for p in runtime_dir().iterdir() if "parallel-ci" in p.name] == []
+    mine = os.fsencode(runtime_dir() / "parallel-ci")
+    left = []  # no QEMU or supervisor of these guests runs on unseen
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mine in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+        except OSError:
+            continue
+    assert left == []
     shm = Path(f"/dev/shm/undebug-{os.getuid()}")
     if shm.is_dir():
         assert [p.name for p in shm.iterdir() if p.name.startswith("parallel-ci")] == []

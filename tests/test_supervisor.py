@@ -355,3 +355,26 @@ def test_leftovers_of_killed_commands_are_taken_over(guest_image: Path, tmp_path
     assert result.code == 0, result.stderr
     assert result.json()["name"] == "leftover"
     assert not aside.exists() and not never_started.exists()
+
+
+def test_ctrl_c_while_the_guest_starts_leaves_nothing_running(guest_image: Path) -> None:
+    """SIGINT to `run` once its supervisor exists but before it is ready: exit 130, and
+    the supervisor (in a session of its own, so the SIGINT is not its) and QEMU go too."""
+    name = "interrupted-start"
+    session = SessionDir.named(name)
+    run = subprocess.Popen([sys.executable, "-m", "undebug.cli", "run", "--name", name,
+                            str(guest_image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        marker = os.fsencode(session.path)
+        supervisor_pid = _wait_for(lambda: next(
+            (pid for pid, (_, _, cmd) in _processes().items()
+             if b"undebug.session.supervisor" in cmd and marker in cmd), None))
+        assert not session.record_file.exists()  # not ready yet
+        run.send_signal(signal.SIGINT)
+        assert run.wait(30) == 130
+        assert gone(supervisor_pid)
+        assert [pid for pid, (_, _, cmd) in _processes().items() if marker in cmd] == []
+        assert name not in undebug("ps").stdout
+    finally:
+        run.kill()
+        undebug("kill", name)

@@ -43,20 +43,14 @@ def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> dict[str, Any]:
         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log.close()
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([process.stdout], [], [], max(0.0, remaining))
-        if not ready:
-            _reap(process, 0)
-            raise _failed(session, f"the supervisor did not start within {READY_TIMEOUT:g} s")
-        chunk = os.read(process.stdout.fileno(), 4096)
-        if not chunk:
-            break
-        line += chunk
-    process.stdout.close()
+    try:
+        line = _ready_line(process)
+    except BaseException:  # Ctrl-C while it starts: no guest is left running unowned
+        _reap(process, 0)
+        raise
+    if line is None:
+        _reap(process, 0)
+        raise _failed(session, f"the supervisor did not start within {READY_TIMEOUT:g} s")
     try:
         message = json.loads(line)
     except ValueError:
@@ -68,6 +62,27 @@ def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> dict[str, Any]:
                       internal=bool(message.get("internal")))
     status: dict[str, Any] = message["status"]
     return status
+
+
+def _ready_line(process: subprocess.Popen[bytes]) -> bytes | None:
+    """The supervisor's first line on stdout (b"" or a partial line if it died first), or
+    None when :data:`READY_TIMEOUT` passed."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    line = b""
+    try:
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([process.stdout], [], [], max(0.0, remaining))
+            if not ready:
+                return None
+            chunk = os.read(process.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            line += chunk
+    finally:
+        process.stdout.close()
+    return line
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float) -> None:

@@ -259,13 +259,11 @@ class SessionClaim:
             self._open = False
             os.close(self.fd)
 
-    def remove(self) -> None:
-        """Delete the session (nobody can have replaced it: we hold it), then release."""
-        with _names_lock():
-            aside = self.session._move_aside() if self.session.path.exists() else None
+    def remove(self, wait: float = 10.0) -> None:
+        """Let go of the session and delete it once its supervisor, too, has gone (at
+        most ``wait`` seconds), so that no process of it outlives the caller."""
         self.release()
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        self.session.remove_ended(wait)
 
 
 @contextlib.contextmanager
