@@ -207,3 +207,16 @@ def test_an_internal_error_exits_4_with_the_traceback_in_a_private_file(
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "No space left on device" in text
+
+
+def test_a_refused_run_leaves_an_ended_session_of_its_name_alone(guest_image: Path) -> None:
+    """Bad options are refused before the name is taken: the ended guest's session (its
+    console log) is still there to read."""
+    name = "ended-kept"
+    assert undebug("run", "--name", name, "--append", "run_for=50", str(guest_image)).code == 0
+    result = undebug("run", "-d", "--name", name, "--memory", "1", str(guest_image))
+    assert result.code == 2 and "--memory 1 MiB is out of range" in result.stderr
+    try:
+        assert "refguest: shutdown code=0" in undebug("logs", name).stdout
+    finally:
+        undebug("kill", name)

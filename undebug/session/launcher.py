@@ -23,7 +23,7 @@ from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
 from undebug.vm.accel import choose_accel
 from undebug.vm.image import inspect_image
-from undebug.vm.qemu import Forward, find_qemu
+from undebug.vm.qemu import Forward, check_machine, find_qemu
 
 __all__ = ["LaunchRequest", "Launched", "launch_guest", "start_supervisor"]
 
@@ -161,6 +161,7 @@ def launch_guest(request: LaunchRequest) -> Launched:
                         "is dropped")
     for forward in request.forwards:
         Forward.parse(forward)
+    check_machine(request.memory_mb, request.smp)
     find_qemu()
     accel = choose_accel(request.accel)
     if request.trace_file is not None:
@@ -175,7 +176,6 @@ def launch_guest(request: LaunchRequest) -> Launched:
         trace=request.trace,
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
     try:
-        spec.qemu_config(claim.session).validate()
         return Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:
         claim.remove()

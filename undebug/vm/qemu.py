@@ -18,8 +18,8 @@ from pathlib import Path
 from undebug.errors import EnvironmentMissing, UsageError
 from undebug.vm.accel import Accel
 
-__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "QemuFiles", "RamRegion", "find_qemu",
-           "guest_exit_code", "ram_layout"]
+__all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "QemuFiles", "RamRegion",
+           "check_machine", "find_qemu", "guest_exit_code", "ram_layout"]
 
 QEMU_BINARY = "qemu-system-x86_64"
 ISA_DEBUG_EXIT_PORT = 0xF4
@@ -89,6 +89,14 @@ class Forward:
         return f"hostfwd={self.proto}:127.0.0.1:{self.host_port}-:{self.guest_port}"
 
 
+def check_machine(memory_mb: int, smp: int) -> None:
+    """Refuse a machine QEMU's ``-m``/``-smp`` would not take, before anything starts."""
+    if not 16 <= memory_mb <= 1 << 20:
+        raise UsageError(f"--memory {memory_mb} MiB is out of range (16 .. 1048576)")
+    if not 1 <= smp <= 255:
+        raise UsageError(f"--smp {smp} is out of range (1 .. 255)")
+
+
 @dataclass(frozen=True)
 class QemuFiles:
     """Where QEMU puts its sockets and console: paths the caller chose (a session
@@ -113,12 +121,6 @@ class QemuConfig:
     forwards: tuple[Forward, ...] = field(default_factory=tuple)
     ram_fd: int | None = None  # guest RAM in this memfd (passed to QEMU), for direct reads
     trace: bool = True  # a virtio-serial port for the guest tracing stub
-
-    def validate(self) -> None:
-        if not 16 <= self.memory_mb <= 1 << 20:
-            raise UsageError(f"--memory {self.memory_mb} MiB is out of range (16 .. 1048576)")
-        if not 1 <= self.smp <= 255:
-            raise UsageError(f"--smp {self.smp} is out of range (1 .. 255)")
 
     def command_line(self, qemu: str) -> list[str]:
         files = self.files
