@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import check_planted_counter, undebug, wait_for_console
 from undebug.elf import ElfFile
 from undebug.session.client import SupervisorClient
+from undebug.session.replies import Reply, parse_status
 from undebug.session.store import SessionDir, runtime_dir
 
 
@@ -108,8 +109,33 @@ def test_two_clients_at_once(shared_guest: str) -> None:
         while {"stop", "resume"} - set(seen) and time.monotonic() < deadline:
             event = watcher.next_event(1.0)
             if event:
-                seen.append(event["type"])
+                seen.append(event.type)
         assert {"stop", "resume"} <= set(seen)
+
+
+def test_typed_replies_of_the_real_supervisor_give_back_its_json(shared_guest: str) -> None:
+    """What the client parses from a real supervisor is what the supervisor sent: the
+    dataclasses lose no field (``ps --json`` and ``stop --json`` show ``to_json()``)."""
+    with client(shared_guest) as c:
+        c.subscribe()
+        raw = c.call("status")
+        assert parse_status(Reply(raw, "status")).to_json() == raw
+        status = c.status()
+        assert (status.name, status.smp, status.append) == (shared_guest, 2, "threads=8")
+        assert status.supervisor_pid == SessionDir.named(shared_guest).read_record()[
+            "supervisor_pid"] and status.qemu_state == "running"
+        paused = c.pause()
+        assert paused.state == "paused" and paused.qemu_state is None  # pause asks no QEMU
+        assert "qemu_state" not in paused.to_json()
+        cpus = c.read_registers()
+        c.resume()
+        deadline = time.monotonic() + 10
+        events = []
+        while len(events) < 2 and time.monotonic() < deadline:
+            if (event := c.next_event(1.0)) is not None:
+                events.append(event)
+    assert [e.type for e in events] == ["stop", "resume"]
+    assert [c.cpu for c in cpus] == [0, 1] and all(c.registers["rip"] > 0 for c in cpus)
 
 
 CLIENT_SCRIPT = """

@@ -10,7 +10,6 @@ when there is no RAM mapping to translate into.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import mmap
 import os
@@ -22,6 +21,7 @@ from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
 from undebug.elf import ElfFile
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
+from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
 
 __all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target"]
@@ -44,8 +44,8 @@ def guest_elf(spec: str, elf: Path | None = None) -> ElfFile:
     ``elf`` if given, else the one its session remembers."""
     if elf is not None:
         return ElfFile(elf)
-    remembered = SessionDir.named(spec).read_record().get("elf")
-    if not isinstance(remembered, str):
+    remembered = recorded_status(SessionDir.named(spec)).elf
+    if remembered is None:
         raise UsageError(f"no ELF known for guest {spec!r}", hint="pass --elf")
     return ElfFile(Path(remembered))
 
@@ -105,9 +105,9 @@ class Target(ABC):
 class _SharedRam:
     """Guest RAM mapped read-only from the file QEMU keeps it in."""
 
-    def __init__(self, fd: int, layout: list[list[int]]) -> None:
+    def __init__(self, fd: int, layout: list[tuple[int, int, int]]) -> None:
         self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        self.regions = [(phys, offset, size) for phys, offset, size in layout]
+        self.regions = layout
 
     def read(self, address: int, size: int) -> bytes:
         for phys, offset, length in self.regions:  # the common case: one slice, one copy
@@ -139,11 +139,11 @@ class LiveTarget(Target):
                  force: bool = False) -> None:
         self.client = SupervisorClient(session)
         try:
-            status = self.client.call("status")
-            if status.get("state") == "ended":
+            status = self.client.status()
+            if status.ended:
                 raise SessionError(f"guest {session.name!r} has ended",
                                    hint=f"see undebug logs {session.name}")
-            path = elf_path or (Path(status["elf"]) if status.get("elf") else None)
+            path = elf_path or (Path(status.elf) if status.elf else None)
             if path is None:
                 raise UsageError("no ELF known for this guest", hint="pass --elf")
             super().__init__(ElfFile(path))
@@ -151,7 +151,7 @@ class LiveTarget(Target):
             self._stopped = stop
             self._warned_torn = False
             if stop:
-                self._token = self.client.call("freeze")["run_token"]
+                self._token = self.client.freeze()
             self._ram = self._map_ram()
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
@@ -162,11 +162,11 @@ class LiveTarget(Target):
 
     def _map_ram(self) -> _SharedRam | None:
         try:
-            result, fd = self.client.call_with_fd("memory_fd")
+            layout, fd = self.client.memory_fd()
         except SessionError:
             return None
         try:
-            return _SharedRam(fd, result["layout"])
+            return _SharedRam(fd, layout)
         except (OSError, ValueError):
             return None
         finally:
@@ -207,7 +207,7 @@ class LiveTarget(Target):
             self._ram.close()
         if self._stopped:
             with contextlib.suppress(SessionError):
-                self.client.call("thaw")
+                self.client.thaw()
         self.client.close()
 
     # ---- registers ----
@@ -218,9 +218,7 @@ class LiveTarget(Target):
     def _all_registers(self) -> dict[int, dict[str, int]]:
         self._reading()
         if self._registers is None or not self._stopped:
-            cpus = self.client.call("read_registers")["cpus"]
-            self._registers = {c["cpu"]: {k: int(v) for k, v in c["registers"].items()}
-                               for c in cpus}
+            self._registers = {c.cpu: dict(c.registers) for c in self.client.read_registers()}
         return self._registers
 
     def registers(self, cpu: int) -> dict[str, int]:
@@ -231,23 +229,22 @@ class LiveTarget(Target):
 
     # ---- memory ----
 
-    def _rpc_read(self, op: str, address: int, size: int) -> bytes:
+    def _rpc_read(self, address: int, size: int, *, physical: bool) -> bytes:
         out = bytearray()
         while len(out) < size:
             take = min(MAX_RPC_READ, size - len(out))
             try:
-                reply = self.client.call(op, address=address + len(out), size=take)
+                out += self.client.read_memory(address + len(out), take, physical=physical)
             except SessionError as exc:
                 raise ReadError(f"cannot read {size} bytes at {address:#x}: {exc.message}") \
                     from None
-            out += base64.b64decode(reply["data"])
         return bytes(out)
 
     def read_physical(self, address: int, size: int) -> bytes:
         self._reading()
         if self._ram is not None:
             return self._ram.read(address, size)
-        return self._rpc_read("read_physical", address, size)
+        return self._rpc_read(address, size, physical=True)
 
     def _translate_page(self, page: int) -> int:
         if not self._stopped:
@@ -270,7 +267,7 @@ class LiveTarget(Target):
             raise ReadError(f"cannot read {size} bytes at {address:#x}: outside the address space")
         self._reading()
         if self._ram is None:
-            return self._rpc_read("read_memory", address, size)
+            return self._rpc_read(address, size, physical=False)
         chunks, at, end = [], address, address + size
         while at < end:  # one physical read per run of physically contiguous pages
             physical = self._translate_page(at & ~(PAGE_SIZE - 1)) + (at & (PAGE_SIZE - 1))

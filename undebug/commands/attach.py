@@ -45,5 +45,5 @@ def attach(args: argparse.Namespace) -> Report:
         claim.remove()
         raise
     claim.release()  # the supervisor holds the session now
-    return Report(data={"name": session.name, "status": status},
-                  render=lambda: [f"{escape(session.name)}: attached ({status['state']})"])
+    return Report(data={"name": session.name, "status": status.to_json()},
+                  render=lambda: [f"{escape(session.name)}: attached ({escape(status.state)})"])

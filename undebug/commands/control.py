@@ -15,7 +15,9 @@ from typing import Any
 from undebug.commands import add_elf_arguments, command, number_at_least
 from undebug.errors import EXIT_CHECK_FAILED, SessionError, UsageError
 from undebug.output import Report
+from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient
+from undebug.session.replies import Stop
 from undebug.session.store import SessionDir
 from undebug.text import escape
 
@@ -26,14 +28,14 @@ def _name(p: argparse.ArgumentParser, elf: bool = True) -> None:
         add_elf_arguments(p, force=False)
 
 
-def _describe_stop(session: SessionDir, stop: dict[str, Any], elf: Path | None) -> dict[str, Any]:
+def _describe_stop(session: SessionDir, stop: Stop, elf: Path | None) -> dict[str, Any]:
     """The stop with the guest thread on its vCPU and the source location of its pc."""
     from undebug.os import provider_for
     from undebug.target import open_target
 
-    info = dict(stop)
+    info = stop.to_json()
     with open_target(session.name, elf) as target:
-        pc = stop.get("pc")
+        pc = stop.pc
         if pc is not None:
             info["function"] = target.elf.symbolize(pc)
             line = target.elf.line_at(pc)
@@ -43,8 +45,8 @@ def _describe_stop(session: SessionDir, stop: dict[str, Any], elf: Path | None) 
         except UsageError:
             snapshot = None
         thread = None
-        if snapshot is not None and stop.get("cpu") is not None:
-            thread_id = snapshot.vcpus.get(stop["cpu"])
+        if snapshot is not None and stop.cpu is not None:
+            thread_id = snapshot.vcpus.get(stop.cpu)
             thread = snapshot.find(thread_id) if thread_id is not None else None
         info["thread"] = {"id": thread.id, "name": thread.name} if thread else None
     return info
@@ -72,10 +74,10 @@ def _break_arguments(p: argparse.ArgumentParser) -> None:
                    help="list the guest's breakpoints instead (yours and gdb's)")
 
 
-def _breakpoint_line(bp: dict[str, Any]) -> str:
-    kind = "hardware" if bp["hardware"] else "software"
-    return f"breakpoint {bp['id']} at {bp['address']:#x} ({escape(bp['location'])}, {kind}, " \
-        f"set by {bp.get('owner', 'cli')})"
+def _breakpoint_line(bp: Breakpoint) -> str:
+    kind = "hardware" if bp.hardware else "software"
+    return f"breakpoint {bp.id} at {bp.address:#x} ({escape(bp.location)}, {kind}, " \
+        f"set by {bp.owner})"
 
 
 @command("break", "set a breakpoint the supervisor keeps (or --list them)", _break_arguments,
@@ -92,14 +94,13 @@ def break_(args: argparse.Namespace) -> Report:
     session = SessionDir.named(args.target)
     with SupervisorClient(session) as client:
         if args.list:
-            bps = list(client.call("status").get("breakpoints") or [])
-            return Report(data={"breakpoints": bps}, render=lambda: [
+            bps = client.status().breakpoints
+            return Report(data={"breakpoints": [bp.to_json() for bp in bps]}, render=lambda: [
                 _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
         elf = None if args.location[:1].isdigit() else guest_elf(args.target, args.elf)
         address = resolve_location(elf, args.location)
-        bp = client.call("break_insert", address=address, hardware=args.hardware,
-                         location=args.location)
-    return Report(data={"breakpoint": bp}, render=lambda: [_breakpoint_line(bp)])
+        bp = client.insert_breakpoint(address, args.hardware, args.location)
+    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [_breakpoint_line(bp)])
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,11 +114,10 @@ def _delete_arguments(p: argparse.ArgumentParser) -> None:
 @command("delete", "delete a breakpoint (or --all)", _delete_arguments)
 def delete(args: argparse.Namespace) -> Report:
     with SupervisorClient(SessionDir.named(args.target)) as client:
-        ids = [args.id] if args.id is not None else \
-            [bp["id"] for bp in client.call("status")["breakpoints"]]
-        deleted = [client.call("break_delete", id=bp_id) for bp_id in ids]
-    return Report(data={"deleted": deleted},
-                  render=lambda: [f"deleted breakpoint {bp['id']}" for bp in deleted])
+        ids = [args.id] if args.id is not None else [bp.id for bp in client.status().breakpoints]
+        deleted = [client.delete_breakpoint(bp_id) for bp_id in ids]
+    return Report(data={"deleted": [bp.to_json() for bp in deleted]},
+                  render=lambda: [f"deleted breakpoint {bp.id}" for bp in deleted])
 
 
 # ---- step / wait ----------------------------------------------------------------------
@@ -144,7 +144,7 @@ def step(args: argparse.Namespace) -> Report:
                              "running thread can be stepped")
         cpu = thread.cpu
     with SupervisorClient(session) as client:
-        stop = client.call("step", cpu=cpu)
+        stop = client.step(cpu)
     info = _describe_stop(session, stop, args.elf)
     return Report(data={"stop": info}, render=lambda: [_stop_line(info)])
 
@@ -163,9 +163,9 @@ def wait(args: argparse.Namespace) -> Report:
     session = SessionDir.named(args.target)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     with SupervisorClient(session) as client:
-        client.call("subscribe")
-        status = client.call("status")
-        stop, outcome = status.get("last_stop"), status.get("outcome")
+        client.subscribe()
+        status = client.status()
+        stop, outcome = status.last_stop, status.outcome
         while stop is None and outcome is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -175,17 +175,18 @@ def wait(args: argparse.Namespace) -> Report:
             event = client.next_event(left)
             if event is None:
                 continue
-            if event["type"] == "stopped":
-                stop = event
-            elif event.get("outcome"):
-                outcome = event["outcome"]
-        if outcome is None and status.get("state") != "ended":
+            if event.stop is not None:
+                stop = event.stop
+            elif event.outcome is not None:
+                outcome = event.outcome
+        if outcome is None and not status.ended:
             with contextlib.suppress(SessionError):  # a panic stops before QMP says why
                 time.sleep(0.1)
-                outcome = client.call("status").get("outcome")
+                outcome = client.status().outcome
     if outcome is not None:
-        return Report(data={"stop": None, "outcome": outcome}, exit_code=EXIT_CHECK_FAILED,
-                      render=lambda: [f"guest ended: {escape(outcome['reason'])}"])
+        return Report(data={"stop": None, "outcome": outcome.to_json()},
+                      exit_code=EXIT_CHECK_FAILED,
+                      render=lambda: [f"guest ended: {escape(outcome.reason)}"])
     assert stop is not None
     info = _describe_stop(session, stop, args.elf)
     return Report(data={"stop": info}, render=lambda: [_stop_line(info)])

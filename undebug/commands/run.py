@@ -83,13 +83,13 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
         event = client.next_event(POLL_S)
         if show:
             _print_console(follower.poll(), stream)
-        if event is not None and event.get("outcome"):
-            outcome = Outcome.from_json(event["outcome"])
-            if event["type"] == "ended" or args.ci:
+        if event is not None and event.outcome is not None:
+            outcome = event.outcome
+            if event.type == "ended" or args.ci:
                 if show:
                     _print_console(follower.poll(flush_partial=True), stream)
-                if event["type"] != "ended":  # what QEMU says now, not what we assume
-                    state = client.call("status").get("qemu_state", outcome.run_state)
+                if event.type != "ended":  # what QEMU says now, not what we assume
+                    state = client.status().qemu_state or outcome.run_state
                     outcome = dataclasses.replace(outcome, run_state=state)
                 return outcome
             if not told_crash:
@@ -98,8 +98,8 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
                     f"undebug: {escape(outcome.reason)}\nundebug: the guest is paused for "
                     f"inspection as {session.name!r}; press Ctrl-C to end it\n")
         if deadline is not None and time.monotonic() > deadline:
-            client.call("pause")
-            state = client.call("status").get("qemu_state", "paused")
+            client.pause()
+            state = client.status().qemu_state or "paused"
             line = (tail_lines(session.console_log, 1) or [b""])[0]
             return from_timeout(args.timeout or 300.0, escape(line) or "(console empty)", state)
 
@@ -109,7 +109,7 @@ def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome) 
     session = claim.session
     tail = [escape(line) for line in tail_lines(session.console_log, CONSOLE_TAIL)]
     if outcome.run_state is not None:
-        client.call("kill")
+        client.kill()
     claim.remove()
     return {"name": session.name, "outcome": outcome.to_json(), "console_tail": tail}
 
@@ -123,18 +123,18 @@ def run(args: argparse.Namespace) -> Report:
     claim, session = launched.claim, launched.claim.session
     if args.detach:
         claim.release()  # the supervisor holds the session now
-        return Report(data={"name": session.name, "status": launched.status},
+        return Report(data={"name": session.name, "status": launched.status.to_json()},
                       warnings=launched.warnings, render=lambda: [session.name])
     for warning in launched.warnings if not args.json else []:  # now, not after the run
         sys.stderr.write(f"warning: {escape(warning)}\n")
     try:
         with SupervisorClient(session) as client:
-            client.call("own")
-            client.call("subscribe")
+            client.own()
+            client.subscribe()
             try:
                 outcome = _watch(session, client, args)
             except KeyboardInterrupt:
-                client.call("kill")
+                client.kill()
                 raise
             if args.ci:
                 data = _finish_ci(claim, client, outcome)

@@ -2,18 +2,16 @@
 
 Reads go through a :class:`~undebug.target.LiveTarget` opened at each stop (guest RAM
 mapped from QEMU), so its caches and the thread view key on one run token; run control,
-breakpoints and writes go to the supervisor, which owns them. The supervisor's replies
-(dicts, docs/protocol.md) become the backend's dataclasses here and nowhere else.
+breakpoints and writes go to the supervisor, which owns them. The supervisor's typed
+replies (undebug/session/replies.py) become the backend's dataclasses here and nowhere else.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from undebug.errors import SessionError, UndebugError
 from undebug.gdbserver.backend import (
@@ -26,7 +24,11 @@ from undebug.gdbserver.backend import (
     ServedBreakpoint,
     Stop,
 )
+from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient
+from undebug.session.outcome import Outcome
+from undebug.session.replies import GuestStatus
+from undebug.session.replies import Stop as SupervisorStop
 from undebug.session.store import SessionDir
 from undebug.target import LiveTarget, Target
 from undebug.text import escape
@@ -36,27 +38,26 @@ __all__ = ["LiveBackend"]
 log = logging.getLogger("undebug.gdbserver")
 
 
-def _stop_from_event(event: dict[str, Any]) -> Stop:
-    """A ``stopped`` event, or a status's ``last_stop``."""
-    return Stop(int(event.get("signal") or SIGTRAP), event.get("cpu"), event.get("breakpoint"))
+def _stop_from(stop: SupervisorStop) -> Stop:
+    """A ``stopped`` event, a step, or a status's ``last_stop``."""
+    return Stop(stop.signal or SIGTRAP, stop.cpu, stop.breakpoint)
 
 
-def _outcome_stop(outcome: dict[str, Any] | None, ended: bool, cpu: int | None = None) -> Stop:
+def _outcome_stop(outcome: Outcome | None, ended: bool, cpu: int | None = None) -> Stop:
     """A crash (the guest is still there, paused; ``cpu``: the vCPU the gdbstub reported)
     or the guest's end."""
-    outcome = outcome or {}
-    reason = escape(str(outcome.get("reason") or "no reason given"))
+    reason = escape(outcome.reason if outcome and outcome.reason else "no reason given")
     if ended:
-        code = outcome.get("exit_code")
-        reply = b"X%02x" % SIGKILL if code is None and not outcome.get("ok") else \
+        code = outcome.exit_code if outcome else None
+        reply = b"X%02x" % SIGKILL if code is None and not (outcome and outcome.ok) else \
             b"W%02x" % ((code or 0) & 0xFF)
         return Stop(SIGKILL, message=f"the guest has ended: {reason}", exit_reply=reply)
-    signal = SIGABRT if outcome.get("kind") == "panic" else SIGSEGV
+    signal = SIGABRT if outcome and outcome.kind == "panic" else SIGSEGV
     return Stop(signal, cpu, message=f"the guest crashed: {reason}")
 
 
-def _breakpoint(bp: dict[str, Any]) -> ServedBreakpoint:
-    return ServedBreakpoint(int(bp["id"]), int(bp["address"]), bool(bp.get("hardware")))
+def _breakpoint(bp: Breakpoint) -> ServedBreakpoint:
+    return ServedBreakpoint(bp.id, bp.address, bp.hardware)
 
 
 class LiveBackend:
@@ -69,7 +70,7 @@ class LiveBackend:
         self.elf = elf
         self.force = force
         self.client = SupervisorClient(session)
-        self.client.call("subscribe")
+        self.client.subscribe()
         self._ended = False
         self._lost = False  # the supervisor has gone (after its last event)
         self._target: LiveTarget | None = None
@@ -104,38 +105,36 @@ class LiveBackend:
             log.warning("%s", message)
 
     def target_xml(self) -> dict[str, str]:
-        files = self.client.call("target_xml")["files"]
-        return {str(k): str(v) for k, v in files.items()}
+        return self.client.target_xml()
 
     # ---- state and run control ----------------------------------------------------------
 
-    def _status(self) -> dict[str, Any]:
-        status = self.client.call("status")
-        self._ended = self._ended or status.get("state") == "ended"
+    def _status(self) -> GuestStatus:
+        status = self.client.status()
+        self._ended = self._ended or status.ended
         return status
 
     def state(self) -> GuestState:
         status = self._status()
-        ended = status.get("state") == "ended"
-        outcome, last = status.get("outcome"), status.get("last_stop")
-        if ended or outcome:
-            stop: Stop | None = _outcome_stop(outcome, ended, (last or {}).get("cpu"))
+        outcome, last = status.outcome, status.last_stop
+        if status.ended or outcome:
+            stop: Stop | None = _outcome_stop(outcome, status.ended, last.cpu if last else None)
         else:
-            stop = _stop_from_event(last) if last else None
-        return GuestState(running=status.get("state") == "running", ended=ended,
-                          crashed=bool(outcome) and not ended,
-                          user_paused=bool(status.get("user_paused")), stop=stop)
+            stop = _stop_from(last) if last else None
+        return GuestState(running=status.running, ended=status.ended,
+                          crashed=outcome is not None and not status.ended,
+                          user_paused=status.user_paused, stop=stop)
 
     def pause(self) -> None:
-        self.client.call("pause")
+        self.client.pause()
 
     def resume(self) -> None:
         self.release()
-        self.client.call("resume")
+        self.client.resume()
 
     def step(self, cpu: int) -> Stop:
         self.release()
-        return _stop_from_event(self.client.call("step", cpu=cpu))
+        return _stop_from(self.client.step(cpu))
 
     def next_event(self, timeout: float) -> Event | None:
         """The next supervisor event within ``timeout`` seconds, or None. A supervisor that
@@ -150,14 +149,14 @@ class LiveBackend:
                 return Event("ended", time.time(), _outcome_stop(None, ended=True))
             if event is None:
                 return None
-            kind, when = event.get("type"), float(event.get("time") or time.time())
-            if kind == "stopped":
-                return Event("stopped", when, _stop_from_event(event))
+            kind, when = event.type, event.time
+            if kind == "stopped" and event.stop is not None:
+                return Event("stopped", when, _stop_from(event.stop))
             if kind == "crashed":
-                return Event("crashed", when, _outcome_stop(event.get("outcome"), ended=False))
+                return Event("crashed", when, _outcome_stop(event.outcome, ended=False))
             if kind == "ended":
                 self._ended = True
-                return Event("ended", when, _outcome_stop(event.get("outcome"), ended=True))
+                return Event("ended", when, _outcome_stop(event.outcome, ended=True))
             timeout = 0.001  # running, paused, ...: nothing the server reports
 
     def drain_events(self) -> None:
@@ -167,20 +166,18 @@ class LiveBackend:
     # ---- breakpoints and writes ---------------------------------------------------------
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str) -> ServedBreakpoint:
-        return _breakpoint(self.client.call("break_insert", address=address, hardware=hardware,
-                                            location=location, owner="gdb"))
+        return _breakpoint(self.client.insert_breakpoint(address, hardware, location, owner="gdb"))
 
     def delete_breakpoint(self, bp_id: int) -> None:
-        self.client.call("break_delete", id=bp_id)
+        self.client.delete_breakpoint(bp_id)
 
     def breakpoints(self) -> list[ServedBreakpoint]:
-        return [_breakpoint(bp) for bp in self._status().get("breakpoints") or []]
+        return [_breakpoint(bp) for bp in self._status().breakpoints]
 
     def write_registers(self, cpu: int, values: dict[str, int]) -> None:
-        self.client.call("write_registers", cpu=cpu, registers=values)
+        self.client.write_registers(cpu, values)
         self.release()
 
     def write_memory(self, address: int, data: bytes) -> None:
-        self.client.call("write_memory", address=address,
-                         data=base64.b64encode(data).decode())
+        self.client.write_memory(address, data)
         self.release()  # the run token moved: reopen for the next read

@@ -2,18 +2,37 @@
 
 Any number of clients may talk to one supervisor at once; a client that goes away
 (even killed) leaves the guest exactly as it was, unless it took ownership with ``own``.
+Its typed methods return the dataclasses of :mod:`undebug.session.replies`, parsed here
+once; :meth:`SupervisorClient.call` is the raw request they are built on.
 """
 
 from __future__ import annotations
 
 import array
+import base64
 import itertools
 import os
 import socket
 from typing import Any
 
 from undebug.errors import SessionError, UsageError
+from undebug.session.breakpoints import Breakpoint, Owner
+from undebug.session.outcome import Outcome
 from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode, encode
+from undebug.session.replies import (
+    CpuRegisters,
+    GuestStatus,
+    Reply,
+    Stop,
+    SupervisorEvent,
+    parse_breakpoint,
+    parse_event,
+    parse_outcome,
+    parse_ram_layout,
+    parse_registers,
+    parse_status,
+    parse_stop,
+)
 from undebug.session.store import SessionDir
 
 __all__ = ["SupervisorClient"]
@@ -25,7 +44,7 @@ class SupervisorClient:
     def __init__(self, session: SessionDir, timeout: float = 60.0) -> None:
         self.session = session
         self._timeout = timeout
-        self._pending_events: list[dict[str, Any]] = []
+        self._pending_events: list[object] = []
         self._fds: list[int] = []  # file descriptors received with replies (SCM_RIGHTS)
         self._sock = socket.socket(socket.AF_UNIX)
         self._sock.settimeout(timeout)
@@ -53,7 +72,7 @@ class SupervisorClient:
         self._fds.clear()
         self._sock.close()
 
-    def call_with_fd(self, op: str, **args: Any) -> tuple[dict[str, Any], int]:
+    def _call_with_fd(self, op: str, **args: Any) -> tuple[dict[str, Any], int]:
         """A request whose reply carries a file descriptor; the caller owns the fd."""
         result = self.call(op, **args)
         if not self._fds:
@@ -111,18 +130,105 @@ class SupervisorClient:
                 break
         if message.get("ok"):
             result = message.get("result", {})
-            return result if isinstance(result, dict) else {}
-        error = message.get("error") or {}
+            if not isinstance(result, dict):
+                raise SessionError(f"guest {self.session.name!r}: the {op} reply is malformed: "
+                                   "its result is not an object")
+            return result
+        error = message.get("error")
+        error = error if isinstance(error, dict) else {}
         code, text = error.get("code"), str(error.get("message", "unknown error"))
         if code == ErrorCode.BAD_REQUEST:
             raise UsageError(text)
         raise SessionError(f"guest {self.session.name!r}: {text}")
 
-    def next_event(self, timeout: float | None) -> dict[str, Any] | None:
+    def _reply(self, op: str, **args: Any) -> Reply:
+        return Reply(self.call(op, **args), f"guest {self.session.name!r}: the {op} reply")
+
+    # ---- typed requests (docs/protocol.md, "Ops") ---------------------------------------
+
+    def status(self) -> GuestStatus:
+        """The guest's status, with QEMU's own run state (``qemu_state``)."""
+        return parse_status(self._reply("status"))
+
+    def pause(self) -> GuestStatus:
+        return parse_status(self._reply("pause"))
+
+    def resume(self) -> GuestStatus:
+        return parse_status(self._reply("resume"))
+
+    def kill(self) -> Outcome | None:
+        """End the guest; its outcome once QEMU has ended (or been detached from)."""
+        outcome = self._reply("kill").opt_object("outcome")
+        return parse_outcome(outcome) if outcome else None
+
+    def own(self) -> None:
+        """The guest ends when this connection closes."""
+        self.call("own")
+
+    def subscribe(self) -> None:
+        """Events on this connection from now on: see :meth:`next_event`."""
+        self.call("subscribe")
+
+    def freeze(self) -> int:
+        """Hold the guest still until :meth:`thaw` or the connection closes; the run token."""
+        return self._reply("freeze").integer("run_token")
+
+    def thaw(self) -> None:
+        self.call("thaw")
+
+    def read_registers(self) -> list[CpuRegisters]:
+        """Every vCPU's registers."""
+        return parse_registers(self._reply("read_registers"))
+
+    def write_registers(self, cpu: int, registers: dict[str, int]) -> None:
+        self.call("write_registers", cpu=cpu, registers=registers)
+
+    def read_memory(self, address: int, size: int, *, physical: bool = False) -> bytes:
+        """Guest-virtual (or guest-physical) memory, at most 16 MiB a request."""
+        op = "read_physical" if physical else "read_memory"
+        return self._reply(op, address=address, size=size).base64_bytes("data")
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        self.call("write_memory", address=address, data=base64.b64encode(data).decode())
+
+    def memory_fd(self) -> tuple[list[tuple[int, int, int]], int]:
+        """Guest RAM's layout and a read-only descriptor of it (the caller closes it);
+        SessionError when RAM is not shared."""
+        result, fd = self._call_with_fd("memory_fd")
+        try:
+            return parse_ram_layout(Reply(result, f"guest {self.session.name!r}: the memory_fd "
+                                                  "reply")), fd
+        except SessionError:
+            os.close(fd)
+            raise
+
+    def insert_breakpoint(self, address: int, hardware: bool, location: str,
+                          owner: Owner = "cli") -> Breakpoint:
+        """A ``gdb`` breakpoint belongs to this connection and goes when it closes."""
+        return parse_breakpoint(self._reply("break_insert", address=address, hardware=hardware,
+                                            location=location, owner=owner))
+
+    def delete_breakpoint(self, bp_id: int) -> Breakpoint:
+        return parse_breakpoint(self._reply("break_delete", id=bp_id))
+
+    def step(self, cpu: int | None = None) -> Stop:
+        """One instruction on ``cpu`` (default: the vCPU that stopped last)."""
+        return parse_stop(self._reply("step", cpu=cpu))
+
+    def target_xml(self) -> dict[str, str]:
+        """QEMU's target description: annex to XML text."""
+        return self._reply("target_xml").text_map("files")
+
+    def next_event(self, timeout: float | None) -> SupervisorEvent | None:
         """The next event after ``subscribe`` (None after ``timeout`` seconds)."""
         if self._pending_events:
-            return self._pending_events.pop(0)
+            return self._event(self._pending_events.pop(0))
         while True:
             message = self._read(timeout)
-            if message is None or "event" in message:
-                return message["event"] if message else None
+            if message is None:
+                return None
+            if "event" in message:
+                return self._event(message["event"])
+
+    def _event(self, event: object) -> SupervisorEvent:
+        return parse_event(Reply(event, f"guest {self.session.name!r}: an event"))

@@ -16,9 +16,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from undebug.errors import InternalError, UndebugError, UsageError
+from undebug.session.replies import GuestStatus, Reply, parse_status
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
 from undebug.vm.accel import choose_accel
@@ -30,7 +30,7 @@ __all__ = ["LaunchRequest", "Launched", "launch_guest", "start_supervisor"]
 READY_TIMEOUT = 30.0
 
 
-def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> dict[str, Any]:
+def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> GuestStatus:
     """Launch the supervisor for ``spec`` in the claimed session and return its first
     status. It inherits the claim's lock, so the session stays held as long as it lives."""
     session = claim.session
@@ -60,8 +60,12 @@ def start_supervisor(claim: SessionClaim, spec: SessionSpec) -> dict[str, Any]:
         _reap(process, 5)
         raise _failed(session, str(message.get("error", "unknown error")), message.get("hint"),
                       internal=bool(message.get("internal")))
-    status: dict[str, Any] = message["status"]
-    return status
+    try:
+        return parse_status(Reply(message.get("status"), f"guest {session.name!r}: the "
+                                  "supervisor's first status"))
+    except UndebugError:  # it runs a guest no one could use: end it, as on Ctrl-C
+        _reap(process, 0)
+        raise
 
 
 def _ready_line(process: subprocess.Popen[bytes]) -> bytes | None:
@@ -147,7 +151,7 @@ class Launched:
     supervisor); ``warnings`` are what looked wrong but did not stop the start."""
 
     claim: SessionClaim
-    status: dict[str, Any]
+    status: GuestStatus
     warnings: list[str]
 
 

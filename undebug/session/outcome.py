@@ -28,11 +28,6 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Outcome:
-        return cls(str(data.get("kind")), str(data.get("reason")), bool(data.get("ok")),
-                   data.get("exit_code"), data.get("run_state"))
-
 
 def _with_console(reason: str, console: str | None) -> str:
     return f"{reason}: {console}" if console else reason
