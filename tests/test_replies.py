@@ -208,3 +208,27 @@ def test_a_command_reports_a_malformed_breakpoint_list_not_a_traceback(
     assert result.code == EXIT_USAGE, result.stderr
     assert "the status reply is malformed: field 'breakpoints[0].hardware' is missing" \
         in result.stderr
+
+
+def test_ps_shows_an_ended_guest_from_its_record_with_unknown_fields(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record of a guest whose supervisor was killed: listed as ended, with why, and
+    with every field it holds (a newer supervisor's too); a corrupt one is a warning."""
+    monkeypatch.setenv("UNDEBUG_RUNTIME_DIR", str(tmp_path / "rt"))
+    for name, record in [("old", status_with(name="old", state="running", supervisor_pid=77,
+                                             trace_dropped_chunks=3)),
+                         ("bad", status_with(name="bad", smp="two"))]:
+        session = SessionDir.named(name)
+        session.path.mkdir(parents=True)
+        session.write_record(record)
+    result = undebug("ps", "--json")
+    assert result.code == 0, result.stderr
+    document = result.json()
+    [guest] = document["guests"]
+    expected = status_with(name="old", state="ended", supervisor_pid=77,
+                           trace_dropped_chunks=3, outcome={
+                               "kind": "killed", "reason": "supervisor died (pid 77)",
+                               "ok": False, "exit_code": None, "run_state": None})
+    assert guest == expected
+    assert document["warnings"] == ["the session record of 'bad' is malformed: field 'smp' "
+                                    "must be an integer or null (got a string)"]

@@ -72,7 +72,7 @@ def summarize(session: SessionDir) -> dict[str, Any]:
     from undebug.target import open_target
 
     with SupervisorClient(session) as client:
-        status = client.call("status")
+        status = client.status()
     with open_target(session.name) as target:
         snapshot = provider_for(target).threads()
         names = {t.id: t.name for t in snapshot.threads}
@@ -88,8 +88,8 @@ def summarize(session: SessionDir) -> dict[str, Any]:
         planted = {name: target.read_int(address) for name in PLANTED_GLOBALS
                    if (address := target.address_of(name)) is not None}
         warnings = [*target.warnings, *snapshot.warnings]
-    console = [escape(line) for line in tail_lines(Path(status["console"]), 5)]
-    return {"status": status, "cpus": cpus, "threads": threads, "globals": planted,
+    console = [escape(line) for line in tail_lines(Path(status.console), 5)]
+    return {"status": status.to_json(), "cpus": cpus, "threads": threads, "globals": planted,
             "console_tail": console, "warnings": warnings}
 
 
@@ -125,7 +125,7 @@ def demo(args: argparse.Namespace) -> Report:
     old = SessionDir.named(args.name)
     if old.path.exists() and old.is_alive():
         with SupervisorClient(old) as client:
-            client.call("kill")
+            client.kill()
         old.remove_ended(wait=10)
     claim = launch_guest(LaunchRequest(
         image=image, name=args.name, smp=args.smp, append=f"threads={args.threads}")).claim
@@ -133,7 +133,7 @@ def demo(args: argparse.Namespace) -> Report:
     live = sys.stdout.isatty() and not args.once and not args.json
     try:
         with SupervisorClient(session) as client:
-            client.call("own")  # the guest ends with this command
+            client.own()  # the guest ends with this command
             _wait_ready(session)
             summary = summarize(session)
             try:
@@ -145,7 +145,7 @@ def demo(args: argparse.Namespace) -> Report:
                     summary = summarize(session)
             except KeyboardInterrupt:  # the way a live demo ends: not an error
                 sys.stdout.write("\n")
-            client.call("kill")
+            client.kill()
     finally:
         claim.remove()
     warnings = summary.pop("warnings")

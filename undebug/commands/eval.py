@@ -199,15 +199,15 @@ def eval_(args: argparse.Namespace) -> Report:
     c_string(args.expression)  # one line of text, or exit 2
     session = SessionDir.named(args.target)
     with SupervisorClient(session) as client:
-        status = client.call("status")
-    elf = args.elf or (Path(status["elf"]) if status.get("elf") else None)
+        status = client.status()
+    elf = args.elf or (Path(status.elf) if status.elf else None)
     if elf is None:
         raise UsageError(f"no ELF known for guest {args.target!r}",
                          hint="pass --elf with the guest's ELF (symbols and DWARF)")
     warnings: list[str] = []
     # Connecting stops the guest; gdb's detach would resume it even if it was stopped
     # before (paused, at a breakpoint): then gdb disconnects instead and it stays stopped.
-    was_running = status.get("state") == "running"
+    was_running = status.running
     # gdb starts (and reads the ELF) while the proxy starts: they do not need each other yet
     with Gdbserver(args.target, session.path, elf=args.elf, force=args.force) as proxy, \
             MiSession.start(elf) as mi:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
+from collections.abc import Callable
 
 from undebug.commands import command
 from undebug.errors import SessionError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import from_supervisor_death
+from undebug.session.replies import GuestStatus, recorded_status
 from undebug.session.store import SessionDir, sessions
 from undebug.text import escape
 
@@ -18,17 +20,15 @@ def _name_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="the guest's name (see undebug ps)")
 
 
-def _live_status(session: SessionDir) -> dict[str, Any]:
+def _live_status(session: SessionDir) -> GuestStatus:
     """The supervisor's answer if it is alive, else the last record it left."""
     try:
         with SupervisorClient(session, timeout=5.0) as client:
-            return client.call("status")
+            return client.status()
     except SessionError:
-        record = session.read_record()
-        record["state"] = "ended"
-        if record.get("outcome") is None:
-            record["outcome"] = from_supervisor_death(record.get("supervisor_pid")).to_json()
-        return record
+        record = recorded_status(session)
+        return dataclasses.replace(record, state="ended", outcome=record.outcome or
+                                   from_supervisor_death(record.supervisor_pid))
 
 
 def _uptime(seconds: float) -> str:
@@ -49,32 +49,34 @@ def ps(args: argparse.Namespace) -> Report:
     def render() -> list[str]:
         rows = [("NAME", "STATE", "ACCEL", "CPUS", "MEM", "UPTIME", "IMAGE")]
         for g in guests:
-            state = g.get("state", "?")
-            if g.get("outcome") and state != "running":
-                state = f"{state} ({g['outcome'].get('kind')})"
-            memory = f"{g['memory_mb']}M" if g.get("memory_mb") else "-"
-            rows.append((escape(str(g.get("name"))), state, str(g.get("accel") or "-"),
-                         str(g.get("smp") or "-"), memory,
-                         _uptime(g.get("uptime_s", 0)), escape(str(g.get("image") or ""))))
+            state = g.state
+            if g.outcome and state != "running":
+                state = f"{state} ({g.outcome.kind})"
+            memory = f"{g.memory_mb}M" if g.memory_mb else "-"
+            rows.append((escape(g.name), escape(state), str(g.accel or "-"), str(g.smp or "-"),
+                         memory, _uptime(g.uptime_s), escape(g.image or "")))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
                 for r in rows]
 
-    return Report(data={"guests": guests}, warnings=warnings, render=render)
+    return Report(data={"guests": [g.to_json() for g in guests]}, warnings=warnings,
+                  render=render)
 
 
-def _run_control(op: str, verb: str) -> Any:
+def _run_control(act: Callable[[SupervisorClient], GuestStatus],
+                 verb: str) -> Callable[[argparse.Namespace], Report]:
     def run(args: argparse.Namespace) -> Report:
         with SupervisorClient(SessionDir.named(args.name)) as client:
-            status = client.call(op)
-        return Report(data={"name": args.name, "status": status},
-                      render=lambda: [f"{escape(args.name)}: {verb} ({status['state']})"])
+            status = act(client)
+        return Report(data={"name": args.name, "status": status.to_json()},
+                      render=lambda: [f"{escape(args.name)}: {verb} ({escape(status.state)})"])
     return run
 
 
 command("stop", "pause a guest (it stays paused until cont)", _name_argument)(
-    _run_control("pause", "paused"))
-command("cont", "resume a paused guest", _name_argument)(_run_control("resume", "resumed"))
+    _run_control(SupervisorClient.pause, "paused"))
+command("cont", "resume a paused guest", _name_argument)(
+    _run_control(SupervisorClient.resume, "resumed"))
 
 
 @command("kill", "end a guest and forget it", _name_argument,
@@ -86,9 +88,9 @@ def kill(args: argparse.Namespace) -> Report:
     outcome = None
     try:
         with SupervisorClient(session) as client:
-            outcome = client.call("kill").get("outcome")
+            outcome = client.kill()
     except SessionError:
         pass  # already ended: only the directory is left
     session.remove_ended(wait=10)  # the supervisor writes its last record on the way out
-    return Report(data={"name": args.name, "outcome": outcome},
+    return Report(data={"name": args.name, "outcome": outcome.to_json() if outcome else None},
                   render=lambda: [f"{escape(args.name)}: killed"])
