@@ -232,3 +232,13 @@ def test_ps_shows_an_ended_guest_from_its_record_with_unknown_fields(
     assert guest == expected
     assert document["warnings"] == ["the session record of 'bad' is malformed: field 'smp' "
                                     "must be an integer or null (got a string)"]
+
+
+def test_ps_does_not_call_a_guest_ended_when_its_live_status_is_malformed(
+        fake_supervisor: list[Any]) -> None:
+    SessionDir.named("fake").write_record(status_with(name="fake", state="running"))
+    fake_supervisor.append(status_with(name="fake", smp="two"))
+    document = undebug("ps", "--json").json()
+    assert document["guests"] == []
+    assert document["warnings"] == ["guest 'fake': the status reply is malformed: field 'smp' "
+                                    "must be an integer or null (got a string)"]

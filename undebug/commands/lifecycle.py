@@ -11,7 +11,7 @@ from undebug.errors import SessionError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import from_supervisor_death
-from undebug.session.replies import GuestStatus, recorded_status
+from undebug.session.replies import GuestStatus, MalformedReply, recorded_status
 from undebug.session.store import SessionDir, sessions
 from undebug.text import escape
 
@@ -25,6 +25,8 @@ def _live_status(session: SessionDir) -> GuestStatus:
     try:
         with SupervisorClient(session, timeout=5.0) as client:
             return client.status()
+    except MalformedReply:
+        raise  # it is alive: its record would say "ended"
     except SessionError:
         record = recorded_status(session)
         return dataclasses.replace(record, state="ended", outcome=record.outcome or

@@ -27,7 +27,7 @@ from undebug.gdbserver.backend import (
 from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome
-from undebug.session.replies import GuestStatus
+from undebug.session.replies import GuestStatus, MalformedReply
 from undebug.session.replies import Stop as SupervisorStop
 from undebug.session.store import SessionDir
 from undebug.target import LiveTarget, Target
@@ -144,6 +144,10 @@ class LiveBackend:
         while True:
             try:
                 event = self.client.next_event(timeout)
+            except MalformedReply as exc:  # the supervisor is there: not the guest's end
+                self.warn_once(exc.message)
+                timeout = 0.001
+                continue
             except SessionError:
                 self._lost = self._ended = True
                 return Event("ended", time.time(), _outcome_stop(None, ended=True))

@@ -22,6 +22,7 @@ from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode,
 from undebug.session.replies import (
     CpuRegisters,
     GuestStatus,
+    MalformedReply,
     Reply,
     Stop,
     SupervisorEvent,
@@ -131,8 +132,8 @@ class SupervisorClient:
         if message.get("ok"):
             result = message.get("result", {})
             if not isinstance(result, dict):
-                raise SessionError(f"guest {self.session.name!r}: the {op} reply is malformed: "
-                                   "its result is not an object")
+                raise MalformedReply(f"guest {self.session.name!r}: the {op} reply is "
+                                     "malformed: its result is not an object")
             return result
         error = message.get("error")
         error = error if isinstance(error, dict) else {}

@@ -22,12 +22,16 @@ from undebug.session.breakpoints import OWNERS, Breakpoint, Owner
 from undebug.session.outcome import Outcome
 from undebug.session.store import SessionDir
 
-__all__ = ["CpuRegisters", "GuestStatus", "Reply", "Stop", "SupervisorEvent", "parse_breakpoint",
-           "parse_event", "parse_outcome", "parse_ram_layout", "parse_registers",
+__all__ = ["CpuRegisters", "GuestStatus", "MalformedReply", "Reply", "Stop", "SupervisorEvent",
+           "parse_breakpoint", "parse_event", "parse_outcome", "parse_ram_layout", "parse_registers",
            "parse_status", "parse_stop", "recorded_status"]
 
 _T = TypeVar("_T")
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+class MalformedReply(SessionError):
+    """A reply (or record) of the wrong shape: the supervisor answered, but not sense."""
 
 
 class Reply:
@@ -40,8 +44,8 @@ class Reply:
             raise self.error(f"{path or 'the reply'} must be an object (got {_kind(data)})")
         self.data: dict[str, Any] = data
 
-    def error(self, text: str) -> SessionError:
-        return SessionError(f"{self.where} is malformed: {text}",
+    def error(self, text: str) -> MalformedReply:
+        return MalformedReply(f"{self.where} is malformed: {text}",
                             hint="the supervisor and this undebug may be different versions")
 
     def _name(self, key: str) -> str:
