@@ -174,8 +174,8 @@ def test_each_read_path_sees_the_runtime_counter(shared_guest: str, guest_image:
     with LiveTarget(SessionDir.named(shared_guest)) as target:
         assert target._ram is not None  # the fast path was chosen
         mapped = target.read_int(address)
-        via_stub = target._rpc_read("read_memory", address, 8)
-        via_phys = target._rpc_read("read_physical", address, 8)
+        via_stub = target._rpc_read(address, 8, physical=False)
+        via_phys = target._rpc_read(address, 8, physical=True)
         requests = target.read_int(requests_at)
     check_planted_counter(mapped, requests, cpus=2)
     assert int.from_bytes(via_stub, "little") == mapped  # frozen: one consistent moment
