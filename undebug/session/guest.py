@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
+from undebug.session.recorder import TraceRecorder
 from undebug.session.runcontrol import RequestError, RunControl
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionDir, shared_memory_dir
@@ -136,43 +136,7 @@ class Guest(RunControl):
         outputs = [self.session.trace_file]
         if self.spec.trace_file:
             outputs.append(Path(self.spec.trace_file))
-        fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-               for p in outputs]
-        self.spawn(self._record_trace(reader, writer, fds))
-
-    async def _record_trace(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            fds: list[int]) -> None:
-        """Append the stream to disk as it arrives: nothing received is lost if QEMU or
-        undebug dies later."""
-        anchored = False
-        try:
-            while chunk := await reader.read(1 << 20):
-                if not anchored:  # the stream header: tracers/FORMAT.md section 9
-                    anchored = True
-                    self._write_trace_anchor(time.time_ns())
-                for fd in fds:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-        except (ConnectionError, OSError) as exc:
-            log.warning("trace stream: %s", exc)
-        finally:
-            writer.close()
-            for fd in fds:
-                os.close(fd)
-
-    def _write_trace_anchor(self, unix_ns: int) -> None:
-        """When the stream header arrived, by the host's clock: it pins the guest's TSC
-        to wall-clock time (FORMAT.md section 9), next to every copy of the stream."""
-        line = json.dumps({"offset": 0, "received_unix_ns": unix_ns}) + "\n"
-        outputs = [self.session.trace_file]
-        if self.spec.trace_file:
-            outputs.append(Path(self.spec.trace_file))
-        for output in outputs:
-            path = output.with_name(output.name + ".anchors")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(line)
+        self.spawn(TraceRecorder(outputs).record(reader, writer))
 
     def _take_ram_file(self) -> None:
         """Keep an fd of QEMU's RAM file and unlink it: clients get the fd, and the RAM
