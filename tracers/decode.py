@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracers.fastpath import read_fast
+from tracers.fastpath import read_fast, record_dtype
 from tracers.format import (
     HEADER_SIZE,
     ID_FAULT,
@@ -48,7 +48,6 @@ from tracers.format import (
     TSC_WINDOW_S,
     Data,
     StreamHeader,
-    record_dtype,
 )
 from tracers.records import Columns, Damage, Decoded, Records, Session, Truncation
 
