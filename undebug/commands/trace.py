@@ -213,8 +213,8 @@ def _load(args: argparse.Namespace) -> _Loaded:
 
 
 def _load_flight_recorder(args: argparse.Namespace) -> _Loaded:
-    from tracers.channel import read_flight_recorder
     from tracers.decode import decode
+    from tracers.flight import read_flight_recorder
     from tracers.metadata import for_stream, load_tracepoints
     from undebug.session.store import SessionDir
     from undebug.target import LiveTarget
