@@ -92,6 +92,16 @@ def trace(args: argparse.Namespace) -> Report:
     return _stats(args)
 
 
+def trace_size(text: str) -> int:
+    """A --trace-max-size: bytes, with an optional K, M or G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = text[:-1] if text[-1:].isalpha() else text, text[-1:].upper() \
+        if text[-1:].isalpha() else ""
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M, 1G, 0)")
+    return int(number) * units[unit]
+
+
 # ---- sources ---------------------------------------------------------------------------
 
 @dataclass

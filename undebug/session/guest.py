@@ -77,6 +77,8 @@ class Guest(RunControl):
         self._target_xml: dict[str, str] = {}
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
+        self.recorder: TraceRecorder | None = None
+        self.record_error: str | None = None  # why session.json could not be written
 
     async def start(self) -> None:
         if self.spec.mode == "launch":
@@ -136,7 +138,8 @@ class Guest(RunControl):
         outputs = [self.session.trace_file]
         if self.spec.trace_file:
             outputs.append(Path(self.spec.trace_file))
-        self.spawn(TraceRecorder(outputs).record(reader, writer))
+        self.recorder = TraceRecorder(outputs, self.spec.trace_max_size)
+        self.spawn(self.recorder.record(reader, writer))
 
     def _take_ram_file(self) -> None:
         """Keep an fd of QEMU's RAM file and unlink it: clients get the fd, and the RAM
@@ -342,6 +345,9 @@ class Guest(RunControl):
             "breakpoints": [bp.to_json() for bp in self.breakpoints.all()],
             "frozen": self._freezes > 0,
             "shared_ram": self.ram_fd is not None,
+            "trace": self.recorder.status() if self.recorder else None,
+            "warnings": (self.recorder.warnings() if self.recorder else [])
+            + ([self.record_error] if self.record_error else []),
         }
 
     async def live_status(self) -> dict[str, Any]:
@@ -354,7 +360,15 @@ class Guest(RunControl):
         return status
 
     def write_record(self) -> None:
-        self.session.write_record(self.status())
+        """Keep session.json current; a failure (a full disk) is a warning in the status,
+        never a failed stop or cont."""
+        try:
+            self.session.write_record(self.status())
+        except OSError as exc:
+            self.record_error = f"cannot write {self.session.record_file}: {exc.strerror}"
+            log.warning("%s", self.record_error)
+        else:
+            self.record_error = None
 
     def broadcast(self, event: dict[str, Any]) -> None:
         event = {"time": time.time(), **event}

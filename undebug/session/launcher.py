@@ -84,6 +84,7 @@ class LaunchRequest:
     paused: bool = False
     trace: bool = True
     trace_file: Path | None = None
+    trace_max_size: int = 256 << 20  # run --trace-max-size (0: no limit)
 
 
 def _default_name(image: Path) -> str:
@@ -118,7 +119,8 @@ def launch_guest(request: LaunchRequest) -> tuple[SessionDir, dict[str, Any]]:
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
         append=request.append, forwards=list(request.forwards), start_paused=request.paused,
         trace=request.trace,
-        trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
+        trace_file=str(request.trace_file.resolve()) if request.trace_file else None,
+        trace_max_size=request.trace_max_size)
     try:
         return session, start_supervisor(session, spec)
     except BaseException:
