@@ -92,6 +92,11 @@ class StreamDecoder:
 
     # ---- public ------------------------------------------------------------------------
 
+    @property
+    def truncated(self) -> Truncation | None:
+        """Where the stream ends inside a record, once ``finish`` has said so."""
+        return self._truncated
+
     def feed(self, data: bytes) -> Decoded:
         """Decode what ``data`` completes; a partial record waits for the next feed."""
         buf = self._pending + data if self._pending else data

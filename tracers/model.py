@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,16 @@ from tracers.format import ID_LOST, ID_SYNC, ID_THREAD_NAME, RESERVED_FIRST, RES
 from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END, Tracepoints
 from tracers.records import Decoded, Records
 
-__all__ = ["CpuLoss", "Span", "TraceModel", "UnmatchedEnd"]
+__all__ = ["CpuLoss", "CpuRows", "Span", "SpanMatcher", "TraceModel", "UnmatchedEnd", "cpu_loss",
+           "tracepoint_name"]
+
+
+def tracepoint_name(tracepoints: Tracepoints | None, ident: int) -> str:
+    """A record id's name: a reserved record's, a tracepoint's, or ``tp#ID``."""
+    if ident >= RESERVED_FIRST:
+        return RESERVED_NAMES.get(ident, f"reserved#{ident:#06x}")
+    tp = tracepoints.get(ident) if tracepoints else None
+    return tp.name if tp else f"tp#{ident}"
 
 
 @dataclass(frozen=True)
@@ -157,10 +167,7 @@ class TraceModel:
         return names
 
     def tracepoint_name(self, ident: int) -> str:
-        if ident >= RESERVED_FIRST:
-            return RESERVED_NAMES.get(ident, f"reserved#{ident:#06x}")
-        tp = self.tracepoints.get(ident) if self.tracepoints else None
-        return tp.name if tp else f"tp#{ident}"
+        return tracepoint_name(self.tracepoints, ident)
 
     def counts_by_tracepoint(self) -> dict[int, int]:
         ids, counts = np.unique(self.records.id[self.is_event], return_counts=True)
@@ -184,42 +191,9 @@ class TraceModel:
 
     @cached_property
     def _spans(self) -> tuple[list[Span], list[UnmatchedEnd]]:
-        tps = self.tracepoints
-        if tps is None:
-            return [], []
-        kinds = {tp.id: tp.kind for tp in tps.by_id.values()
-                 if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END)}
-        if not kinds:
-            return [], []
-        r = self.records
-        ordered = self.order
-        marks = np.isin(r.id[ordered], np.fromiter(kinds, np.uint16))
-        spans: list[Span] = []
-        unmatched: list[UnmatchedEnd] = []
-        # (session, tid) -> name -> stack of open spans (begin index, tsc, depth)
-        open_: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
-        depth: dict[tuple[int, int], int] = {}
-        for i in ordered[marks].tolist():
-            ident = int(r.id[i])
-            tp = tps.by_id[ident]
-            key = (int(r.session[i]), int(r.tid[i]))
-            stacks = open_.setdefault(key, {})
-            if kinds[ident] == KIND_SPAN_BEGIN:
-                stacks.setdefault(tp.name, []).append((i, int(r.tsc[i]), depth.get(key, 0)))
-                depth[key] = depth.get(key, 0) + 1
-                continue
-            stack = stacks.get(tp.name)
-            if not stack:
-                unmatched.append(UnmatchedEnd(tp.name, key[0], key[1], r.start + i))
-                continue
-            begin, tsc, d = stack.pop()
-            depth[key] = max(depth.get(key, 1) - 1, 0)
-            spans.append(Span(tp.name, key[0], key[1], d, r.start + begin, r.start + i, tsc,
-                              int(r.tsc[i])))
-        for (session, tid), stacks in open_.items():
-            for name, stack in stacks.items():
-                for begin, tsc, d in stack:
-                    spans.append(Span(name, session, tid, d, r.start + begin, None, tsc, None))
+        matcher = SpanMatcher(self.tracepoints)
+        spans, unmatched = matcher.feed(self)
+        spans += matcher.unterminated()
         spans.sort(key=lambda s: (s.session, s.begin_tsc, s.begin))
         return spans, unmatched
 
@@ -236,13 +210,17 @@ class TraceModel:
 
     def loss(self) -> list[CpuLoss]:
         """Per (session, CPU): host-counted gaps vs in-band LOST totals (FORMAT.md 3.1)."""
+        return [cpu_loss(rows) for rows in self.cpu_rows()]
+
+    def cpu_rows(self) -> list[CpuRows]:
+        """What loss counting needs of each (session, CPU)'s records, in stream order."""
         r = self.records
-        damage_at = np.sort(np.array([d.record_index - r.start for d in self.decoded.damage],
-                                     np.int64))
-        out: list[CpuLoss] = []
+        damage_at = np.sort(np.array([d.record_index for d in self.decoded.damage], np.int64))
+        out: list[CpuRows] = []
         # a session's records are contiguous in the stream; group each by CPU (u8: a
         # stable radix sort), keeping stream order inside a CPU
         cuts = np.flatnonzero(r.session[1:] != r.session[:-1]) + 1
+        width = r.args.shape[1]
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(r)], strict=True):
             if a == b:
                 continue
@@ -251,64 +229,144 @@ class TraceModel:
             starts = np.flatnonzero(np.concatenate(([True], cpus[1:] != cpus[:-1])))
             ends = np.concatenate((starts[1:], [len(by_cpu)]))
             for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                out.append(self._cpu_loss(by_cpu[s:e], damage_at))
+                rows = by_cpu[s:e]
+
+                def word(k: int, rows: npt.NDArray[np.intp] = rows) -> npt.NDArray[np.uint64]:
+                    return r.args[rows, k] if width > k else np.zeros(len(rows), np.uint64)
+
+                out.append(CpuRows(
+                    int(r.session[rows[0]]), int(r.cpu[rows[0]]), r.seq[rows].astype(np.int64),
+                    r.id[rows], word(0), word(2), word(3),
+                    np.searchsorted(damage_at, rows + r.start, side="right")))
         return out
 
-    def _exact_gaps(self, rows: npt.NDArray[np.intp], gap: npt.NDArray[np.int64],
-                    across: npt.NDArray[np.bool_]
-                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """Gaps with the multiples of 65536 the 16-bit wire seq cannot show put back.
 
-        Every SYNC carries the CPU's full 64-bit seq (and the stub writes one right after
-        each LOST), so between two SYNCs the host knows exactly how many records are
-        missing (FORMAT.md 3.2); the difference from the 16-bit gaps belongs to the
-        largest gap in between, the drop a LOST reports. Gaps across damage stay as seen.
-        Also returns which gaps a pair of SYNCs checked (the rest are only known mod 65536).
-        """
-        r = self.records
-        exact = gap.copy()
-        checked = np.zeros(len(gap), np.bool_)
-        syncs = np.flatnonzero(r.id[rows] == ID_SYNC)
-        if r.args.shape[1] < 3 or syncs.size < 2:
-            return exact, checked
-        full = r.args[rows[syncs], 2].astype(np.int64)
-        for i in range(syncs.size - 1):
-            a, b, full_a, full_b = int(syncs[i]), int(syncs[i + 1]), full[i], full[i + 1]
-            if b - a < 1 or across[a:b].any():
+class SpanMatcher:
+    """Pairs span-begin and span-end records batch by batch (spans nest per thread,
+    FORMAT.md section 6): what is open carries over to the next batch."""
+
+    def __init__(self, tracepoints: Tracepoints | None) -> None:
+        self.tracepoints = tracepoints
+        self.kinds = {tp.id: tp.kind for tp in tracepoints.by_id.values()
+                      if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END)} if tracepoints else {}
+        # (session, tid) -> name -> stack of open spans (begin index, tsc, depth)
+        self.open: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
+        self.depth: dict[tuple[int, int], int] = {}
+
+    def feed(self, model: TraceModel) -> tuple[list[Span], list[UnmatchedEnd]]:
+        """The spans that end in this batch and the ends that match no begin."""
+        tps, kinds = self.tracepoints, self.kinds
+        if tps is None or not kinds:
+            return [], []
+        r = model.records
+        ordered = model.order
+        marks = np.isin(r.id[ordered], np.fromiter(kinds, np.uint16))
+        spans: list[Span] = []
+        unmatched: list[UnmatchedEnd] = []
+        open_, depth = self.open, self.depth
+        for i in ordered[marks].tolist():
+            ident = int(r.id[i])
+            tp = tps.by_id[ident]
+            key = (int(r.session[i]), int(r.tid[i]))
+            stacks = open_.setdefault(key, {})
+            if kinds[ident] == KIND_SPAN_BEGIN:
+                stacks.setdefault(tp.name, []).append((r.start + i, int(r.tsc[i]),
+                                                       depth.get(key, 0)))
+                depth[key] = depth.get(key, 0) + 1
                 continue
-            missing = int(full_b - full_a) - int(b - a) - int(gap[a:b].sum())
-            if missing >= 0 and missing % 65536 == 0:
-                exact[a + int(np.argmax(gap[a:b]))] += missing
-                checked[a:b] = True
-        return exact, checked
+            stack = stacks.get(tp.name)
+            if not stack:
+                unmatched.append(UnmatchedEnd(tp.name, key[0], key[1], r.start + i))
+                continue
+            begin, tsc, d = stack.pop()
+            depth[key] = max(depth.get(key, 1) - 1, 0)
+            spans.append(Span(tp.name, key[0], key[1], d, begin, r.start + i, tsc,
+                              int(r.tsc[i])))
+        return spans, unmatched
 
-    def _cpu_loss(self, rows: npt.NDArray[np.intp], damage_at: npt.NDArray[np.int64]) -> CpuLoss:
-        """Loss of one CPU in one session; ``rows`` are its records in stream order."""
-        r = self.records
-        seq = r.seq[rows].astype(np.int64)
-        gap = (seq[1:] - seq[:-1] - 1) % 65536
-        if damage_at.size:
-            regions = np.searchsorted(damage_at, rows, side="right")
-            across = regions[1:] != regions[:-1]  # a damage region lies between the two
-        else:
-            across = np.zeros(len(gap), np.bool_)
-        exact, checked = self._exact_gaps(rows, gap, across)
-        lost = np.flatnonzero(r.id[rows[1:]] == ID_LOST)  # pairs whose second is a LOST
-        n_lost = r.args[rows[1:][lost], 0] if r.args.shape[1] else np.zeros(len(lost), np.uint64)
-        explained = np.zeros(len(gap), np.bool_)
-        explained[lost] = np.where(
-            checked[lost], n_lost.astype(np.int64) == exact[lost],  # exact, from SYNCs
-            (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost])  # only mod 65536
-        gap = exact
-        loss_gap = (gap > 0) & (~across | explained)
-        damage_gap = (gap > 0) & across & ~explained
-        first = int(rows[0])
-        syncs = rows[r.id[rows] == ID_SYNC]
-        guest_total = int(r.args[syncs[-1], 3]) if syncs.size and r.args.shape[1] > 3 else None
-        return CpuLoss(
-            session=int(r.session[first]), cpu=int(r.cpu[first]), records=len(rows),
-            gaps=int(gap[loss_gap].sum()), lost_records=int(n_lost.sum()),
-            damage_gaps=int(gap[damage_gap].sum()),
-            lost_before_base=int(r.args[first, 0]) if r.id[first] == ID_LOST else 0,
-            agree=bool(np.all(explained[loss_gap]) and np.all(explained[lost])),
-            guest_lost_total=guest_total)
+    def unterminated(self) -> list[Span]:
+        """The spans still open."""
+        return [Span(name, session, tid, d, begin, None, tsc, None)
+                for (session, tid), stacks in self.open.items()
+                for name, stack in stacks.items() for begin, tsc, d in stack]
+
+
+@dataclass(frozen=True)
+class CpuRows:
+    """One CPU's records in one session, in stream order, as loss counting sees them:
+    seq, id, payload words 0, 2, 3 and the damage regions before each (a count)."""
+
+    session: int
+    cpu: int
+    seq: npt.NDArray[np.int64]
+    id: npt.NDArray[np.uint16]
+    w0: npt.NDArray[np.uint64]
+    w2: npt.NDArray[np.uint64]
+    w3: npt.NDArray[np.uint64]
+    region: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.seq.shape[0])
+
+    def __getitem__(self, part: slice) -> CpuRows:
+        return CpuRows(self.session, self.cpu, self.seq[part], self.id[part], self.w0[part],
+                       self.w2[part], self.w3[part], self.region[part])
+
+    def then(self, more: CpuRows) -> CpuRows:
+        """These rows followed by ``more`` (the same CPU, later in the stream)."""
+        def cat(name: str) -> Any:
+            return np.concatenate((getattr(self, name), getattr(more, name)))
+
+        return CpuRows(self.session, self.cpu, cat("seq"), cat("id"), cat("w0"), cat("w2"),
+                       cat("w3"), cat("region"))
+
+
+def _exact_gaps(rows: CpuRows, gap: npt.NDArray[np.int64], across: npt.NDArray[np.bool_]
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Gaps with the multiples of 65536 the 16-bit wire seq cannot show put back.
+
+    Every SYNC carries the CPU's full 64-bit seq (and the stub writes one right after
+    each LOST), so between two SYNCs the host knows exactly how many records are
+    missing (FORMAT.md 3.2); the difference from the 16-bit gaps belongs to the
+    largest gap in between, the drop a LOST reports. Gaps across damage stay as seen.
+    Also returns which gaps a pair of SYNCs checked (the rest are only known mod 65536).
+    """
+    exact = gap.copy()
+    checked = np.zeros(len(gap), np.bool_)
+    syncs = np.flatnonzero(rows.id == ID_SYNC)
+    if syncs.size < 2:
+        return exact, checked
+    full = rows.w2[syncs].astype(np.int64)
+    for i in range(syncs.size - 1):
+        a, b, full_a, full_b = int(syncs[i]), int(syncs[i + 1]), full[i], full[i + 1]
+        if b - a < 1 or across[a:b].any():
+            continue
+        missing = int(full_b - full_a) - int(b - a) - int(gap[a:b].sum())
+        if missing >= 0 and missing % 65536 == 0:
+            exact[a + int(np.argmax(gap[a:b]))] += missing
+            checked[a:b] = True
+    return exact, checked
+
+
+def cpu_loss(rows: CpuRows) -> CpuLoss:
+    """Loss of one CPU in one session (FORMAT.md 3.1, 3.2)."""
+    gap = (rows.seq[1:] - rows.seq[:-1] - 1) % 65536
+    across = rows.region[1:] != rows.region[:-1]  # a damage region lies between the two
+    exact, checked = _exact_gaps(rows, gap, across)
+    lost = np.flatnonzero(rows.id[1:] == ID_LOST)  # pairs whose second is a LOST
+    n_lost = rows.w0[1:][lost]
+    explained = np.zeros(len(gap), np.bool_)
+    explained[lost] = np.where(
+        checked[lost], n_lost.astype(np.int64) == exact[lost],  # exact, from SYNCs
+        (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost])  # only mod 65536
+    gap = exact
+    loss_gap = (gap > 0) & (~across | explained)
+    damage_gap = (gap > 0) & across & ~explained
+    syncs = np.flatnonzero(rows.id == ID_SYNC)
+    return CpuLoss(
+        session=rows.session, cpu=rows.cpu, records=len(rows),
+        gaps=int(gap[loss_gap].sum()), lost_records=int(n_lost.sum()),
+        damage_gaps=int(gap[damage_gap].sum()),
+        lost_before_base=int(rows.w0[0]) if len(rows) and rows.id[0] == ID_LOST else 0,
+        agree=bool(np.all(explained[loss_gap]) and np.all(explained[lost])),
+        guest_lost_total=int(rows.w3[syncs[-1]]) if syncs.size else None)

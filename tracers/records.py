@@ -8,15 +8,16 @@ can use these types without importing the state machine, and so that both decodi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tracers.chunks import Dropped
 from tracers.format import MAX_ARGS, StreamHeader
 
-__all__ = ["Columns", "Damage", "Decoded", "Records", "Session", "Truncation"]
+__all__ = ["Columns", "Damage", "Decoded", "Records", "Session", "StreamSummary", "Truncation"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,24 @@ class Decoded:
     @property
     def damaged_bytes(self) -> int:
         return sum(d.skipped for d in self.damage)
+
+
+@dataclass
+class StreamSummary:
+    """What a whole stream (decoded batch by batch) had beyond its records: sessions,
+    damage, a cut-short end, and what its recording dropped to rotation."""
+
+    sessions: list[Session]
+    damage: list[Damage]
+    truncated: Truncation | None
+    dropped: Dropped | None = None
+
+    @property
+    def damaged_bytes(self) -> int:
+        return sum(d.skipped for d in self.damage)
+
+    def dropped_json(self) -> dict[str, Any] | None:
+        return None if self.dropped is None else asdict(self.dropped)
 
 
 class Columns:
