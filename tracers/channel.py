@@ -58,13 +58,18 @@ class FileChannel:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
     def read(self, size: int = 1 << 20) -> bytes:
+        buf = bytearray(size)
+        return bytes(buf[: self.readinto(memoryview(buf))])
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` with the next bytes (fewer at the current end); 0 at the end."""
         while True:
-            data = os.read(self._fd, size)
-            if data:
-                self.offset += len(data)
-                return data
+            n = os.readv(self._fd, [buf])
+            if n:
+                self.offset += n
+                return n
             if not self._next_chunk():
-                return b""
+                return 0
 
     def _next_chunk(self) -> bool:
         """At the end of the chunk being read: go on in the next one if there is one."""

@@ -102,6 +102,18 @@ class StreamDecoder:
         buf = self._pending + data if self._pending else data
         return self._run(buf, final=False)
 
+    @property
+    def pending(self) -> bytes:
+        """The bytes the last ``feed`` left for the next (a record cut at its end)."""
+        return self._pending
+
+    def feed_buffer(self, buf: bytearray) -> Decoded:
+        """``feed`` for a buffer that already starts with ``pending``: a reader that
+        fills one buffer again and again saves copying each window."""
+        if buf[: len(self._pending)] != self._pending:
+            raise ValueError("the buffer does not start with the pending bytes")
+        return self._run(buf, final=False)
+
     def finish(self) -> Decoded:
         """The end of the stream: a record cut short and open damage are reported."""
         return self._run(self._pending, final=True)

@@ -48,7 +48,7 @@ SLOT_STRUCT = struct.Struct("<QHBBHH")  # a record's header slot: tsc id cpu nsl
 _HEADER = struct.Struct("<QHHIQQHBBHH32sQ")
 _TRANSPORTS = {0: "memory", 1: "virtio-serial", 2: "uart", 3: "debugcon"}
 
-Data = bytes | mmap.mmap  # a stream's bytes: a buffer, or a file mapped read-only
+Data = bytes | bytearray | mmap.mmap  # a stream's bytes: a buffer, or a file mapped read-only
 
 
 @dataclass(frozen=True)

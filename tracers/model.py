@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -158,11 +157,16 @@ class TraceModel:
         return self.records.id < RESERVED_FIRST
 
     @cached_property
+    def reserved(self) -> npt.NDArray[np.intp]:
+        """Indexes of the reserved (in-band) records: few, so most work starts here."""
+        return np.flatnonzero(self.records.id >= RESERVED_FIRST)
+
+    @cached_property
     def thread_names(self) -> dict[int, bytes]:
         """Thread id (low 16 bits, as records carry it) -> its latest name (raw bytes)."""
         r = self.records
         names: dict[int, bytes] = {}
-        for i in np.flatnonzero(r.id == ID_THREAD_NAME).tolist():
+        for i in self.reserved[r.id[self.reserved] == ID_THREAD_NAME].tolist():
             names[int(r.args[i, 0]) & 0xFFFF] = r.strings.get(r.start + i, b"")
         return names
 
@@ -220,25 +224,39 @@ class TraceModel:
         # a session's records are contiguous in the stream; group each by CPU (u8: a
         # stable radix sort), keeping stream order inside a CPU
         cuts = np.flatnonzero(r.session[1:] != r.session[:-1]) + 1
-        width = r.args.shape[1]
+        ids = r.id
+        special = self.reserved[np.isin(ids[self.reserved], (ID_SYNC, ID_LOST))]
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(r)], strict=True):
             if a == b:
                 continue
-            by_cpu = np.argsort(r.cpu[a:b], kind="stable") + a
-            cpus = r.cpu[by_cpu]
-            starts = np.flatnonzero(np.concatenate(([True], cpus[1:] != cpus[:-1])))
-            ends = np.concatenate((starts[1:], [len(by_cpu)]))
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                rows = by_cpu[s:e]
-
-                def word(k: int, rows: npt.NDArray[np.intp] = rows) -> npt.NDArray[np.uint64]:
-                    return r.args[rows, k] if width > k else np.zeros(len(rows), np.uint64)
-
+            for rows in _by_cpu(r.cpu, a, b):
+                mine = special[(special >= a) & (special < b)]
+                mine = mine[r.cpu[mine] == r.cpu[rows[0]]]
+                marks = np.searchsorted(rows, mine)  # rows are ascending
+                at = rows[marks]
+                region = np.searchsorted(damage_at, rows + r.start, side="right") \
+                    if damage_at.size else None
                 out.append(CpuRows(
                     int(r.session[rows[0]]), int(r.cpu[rows[0]]), r.seq[rows].astype(np.int64),
-                    r.id[rows], word(0), word(2), word(3),
-                    np.searchsorted(damage_at, rows + r.start, side="right")))
+                    region, marks, ids[at], *(_word(r, at, k) for k in (0, 2, 3))))
         return out
+
+
+def _by_cpu(cpu: npt.NDArray[np.uint8], a: int, b: int) -> list[npt.NDArray[np.intp]]:
+    """Row indexes in [a, b) of each CPU, ascending: a pass per CPU for a few CPUs,
+    else one stable (radix) sort on the u8."""
+    present = np.flatnonzero(np.bincount(cpu[a:b], minlength=256))
+    if len(present) <= 4:
+        return [np.flatnonzero(cpu[a:b] == c) + a for c in present.tolist()]
+    by_cpu = np.argsort(cpu[a:b], kind="stable") + a
+    cpus = cpu[by_cpu]
+    starts = np.flatnonzero(np.concatenate(([True], cpus[1:] != cpus[:-1])))
+    return np.split(by_cpu, starts[1:])
+
+
+def _word(r: Records, rows: npt.NDArray[np.intp], k: int) -> npt.NDArray[np.uint64]:
+    """Payload word ``k`` of ``rows`` (0 where the columns are narrower)."""
+    return r.args[:, k][rows] if r.args.shape[1] > k else np.zeros(len(rows), np.uint64)
 
 
 class SpanMatcher:
@@ -293,32 +311,48 @@ class SpanMatcher:
 
 @dataclass(frozen=True)
 class CpuRows:
-    """One CPU's records in one session, in stream order, as loss counting sees them:
-    seq, id, payload words 0, 2, 3 and the damage regions before each (a count)."""
+    """One CPU's records in one session, in stream order, as loss counting sees them: the
+    seq of each, the damage regions before each (a count; None: no damage), and where the
+    SYNC and LOST records are (``marks``, indexes into the rows) with their id and
+    payload words 0, 2 and 3."""
 
     session: int
     cpu: int
     seq: npt.NDArray[np.int64]
-    id: npt.NDArray[np.uint16]
+    region: npt.NDArray[np.int64] | None
+    marks: npt.NDArray[np.intp]
+    mid: npt.NDArray[np.uint16]
     w0: npt.NDArray[np.uint64]
     w2: npt.NDArray[np.uint64]
     w3: npt.NDArray[np.uint64]
-    region: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return int(self.seq.shape[0])
 
-    def __getitem__(self, part: slice) -> CpuRows:
-        return CpuRows(self.session, self.cpu, self.seq[part], self.id[part], self.w0[part],
-                       self.w2[part], self.w3[part], self.region[part])
+    def tail(self, start: int) -> CpuRows:
+        """The rows from ``start`` on."""
+        keep = self.marks >= start
+        return CpuRows(self.session, self.cpu, self.seq[start:],
+                       None if self.region is None else self.region[start:],
+                       self.marks[keep] - start, self.mid[keep], self.w0[keep],
+                       self.w2[keep], self.w3[keep])
 
     def then(self, more: CpuRows) -> CpuRows:
         """These rows followed by ``more`` (the same CPU, later in the stream)."""
-        def cat(name: str) -> Any:
-            return np.concatenate((getattr(self, name), getattr(more, name)))
+        if self.region is None and more.region is None:
+            region = None
+        else:
+            region = np.concatenate([np.zeros(len(x), np.int64) if x.region is None
+                                     else x.region for x in (self, more)])
+        return CpuRows(self.session, self.cpu, np.concatenate((self.seq, more.seq)), region,
+                       np.concatenate((self.marks, more.marks + len(self))),
+                       np.concatenate((self.mid, more.mid)), np.concatenate((self.w0, more.w0)),
+                       np.concatenate((self.w2, more.w2)), np.concatenate((self.w3, more.w3)))
 
-        return CpuRows(self.session, self.cpu, cat("seq"), cat("id"), cat("w0"), cat("w2"),
-                       cat("w3"), cat("region"))
+    def syncs(self) -> npt.NDArray[np.intp]:
+        """Indexes (into the rows) of the SYNC records."""
+        found: npt.NDArray[np.intp] = self.marks[self.mid == ID_SYNC]
+        return found
 
 
 def _exact_gaps(rows: CpuRows, gap: npt.NDArray[np.int64], across: npt.NDArray[np.bool_]
@@ -333,28 +367,46 @@ def _exact_gaps(rows: CpuRows, gap: npt.NDArray[np.int64], across: npt.NDArray[n
     """
     exact = gap.copy()
     checked = np.zeros(len(gap), np.bool_)
-    syncs = np.flatnonzero(rows.id == ID_SYNC)
+    is_sync = rows.mid == ID_SYNC
+    syncs = rows.marks[is_sync]
     if syncs.size < 2:
         return exact, checked
-    full = rows.w2[syncs].astype(np.int64)
-    for i in range(syncs.size - 1):
-        a, b, full_a, full_b = int(syncs[i]), int(syncs[i + 1]), full[i], full[i + 1]
+    full = rows.w2[is_sync].astype(np.int64)
+    # the 16-bit gaps alone already account for most pairs: look only where they do not
+    summed = np.concatenate(([0], np.cumsum(gap)))
+    missing = (full[1:] - full[:-1]) - (syncs[1:] - syncs[:-1]) \
+        - (summed[syncs[1:]] - summed[syncs[:-1]])
+    for i in np.flatnonzero(missing != 0).tolist() if not across.any() else \
+            range(syncs.size - 1):
+        a, b = int(syncs[i]), int(syncs[i + 1])
         if b - a < 1 or across[a:b].any():
             continue
-        missing = int(full_b - full_a) - int(b - a) - int(gap[a:b].sum())
-        if missing >= 0 and missing % 65536 == 0:
-            exact[a + int(np.argmax(gap[a:b]))] += missing
-            checked[a:b] = True
+        extra = int(missing[i])
+        if extra >= 0 and extra % 65536 == 0:
+            exact[a + int(np.argmax(gap[a:b]))] += extra
+    ok = (missing >= 0) & (missing % 65536 == 0)
+    if across.any():
+        crossed = np.concatenate(([0], np.cumsum(across)))
+        ok &= crossed[syncs[1:]] == crossed[syncs[:-1]]
+    # the gaps between each checked pair of SYNCs are exact
+    mark = np.zeros(len(gap) + 1, np.int64)
+    good = np.flatnonzero(ok & (syncs[1:] > syncs[:-1]))
+    np.add.at(mark, syncs[:-1][good], 1)
+    np.add.at(mark, syncs[1:][good], -1)
+    checked = np.cumsum(mark)[: len(gap)] > 0
     return exact, checked
 
 
 def cpu_loss(rows: CpuRows) -> CpuLoss:
     """Loss of one CPU in one session (FORMAT.md 3.1, 3.2)."""
     gap = (rows.seq[1:] - rows.seq[:-1] - 1) % 65536
-    across = rows.region[1:] != rows.region[:-1]  # a damage region lies between the two
+    # across: a damage region lies between the two records
+    across = np.zeros(len(gap), np.bool_) if rows.region is None else \
+        rows.region[1:] != rows.region[:-1]
     exact, checked = _exact_gaps(rows, gap, across)
-    lost = np.flatnonzero(rows.id[1:] == ID_LOST)  # pairs whose second is a LOST
-    n_lost = rows.w0[1:][lost]
+    is_lost = (rows.mid == ID_LOST) & (rows.marks >= 1)
+    lost = rows.marks[is_lost] - 1  # gaps whose second record is a LOST
+    n_lost = rows.w0[is_lost]
     explained = np.zeros(len(gap), np.bool_)
     explained[lost] = np.where(
         checked[lost], n_lost.astype(np.int64) == exact[lost],  # exact, from SYNCs
@@ -362,11 +414,12 @@ def cpu_loss(rows: CpuRows) -> CpuLoss:
     gap = exact
     loss_gap = (gap > 0) & (~across | explained)
     damage_gap = (gap > 0) & across & ~explained
-    syncs = np.flatnonzero(rows.id == ID_SYNC)
+    syncs = np.flatnonzero(rows.mid == ID_SYNC)
+    first_lost = rows.marks.size > 0 and rows.marks[0] == 0 and rows.mid[0] == ID_LOST
     return CpuLoss(
         session=rows.session, cpu=rows.cpu, records=len(rows),
         gaps=int(gap[loss_gap].sum()), lost_records=int(n_lost.sum()),
         damage_gaps=int(gap[damage_gap].sum()),
-        lost_before_base=int(rows.w0[0]) if len(rows) and rows.id[0] == ID_LOST else 0,
+        lost_before_base=int(rows.w0[0]) if first_lost else 0,
         agree=bool(np.all(explained[loss_gap]) and np.all(explained[lost])),
         guest_lost_total=int(rows.w3[syncs[-1]]) if syncs.size else None)

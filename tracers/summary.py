@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 
-from tracers.format import ID_SYNC
+from tracers.format import RESERVED_FIRST
 from tracers.metadata import Tracepoints
 from tracers.model import CpuLoss, CpuRows, SpanMatcher, TraceModel, cpu_loss
 from tracers.records import Session
@@ -54,9 +55,9 @@ class LossCounter:
                     agree=total.agree and whole.agree,
                     guest_lost_total=whole.guest_lost_total if whole.guest_lost_total
                     is not None else total.guest_lost_total)
-            syncs = np.flatnonzero(combined.id == ID_SYNC)
+            syncs = combined.syncs()
             at = max(int(syncs[-1]) if syncs.size else 0, len(combined) - CARRY)
-            self._carry[key] = combined[at:]
+            self._carry[key] = combined.tail(at)
         newest = max((s for s, _ in self._carry), default=0)
         for key in [k for k in self._carry if k[0] < newest]:  # that session has ended
             del self._carry[key]
@@ -85,17 +86,19 @@ class StatsAccumulator:
         self.records += len(r)
         if not len(r):
             return
-        events = model.is_event
-        self.by_id += np.bincount(r.id[events], minlength=1 << 16)
-        self.by_tid += np.bincount(r.tid[events], minlength=1 << 16)
+        # counted over all records, then the few reserved ones taken out: no gathers
+        reserved = model.reserved
+        self.by_id += np.bincount(r.id, minlength=1 << 16)
+        self.by_id[RESERVED_FIRST:] = 0
+        self.by_tid += np.bincount(r.tid, minlength=1 << 16)
+        self.by_tid -= np.bincount(r.tid[reserved], minlength=1 << 16)
         self.names.update(model.thread_names)
         one = r.session[0] == r.session[-1] and len(model.sessions) <= r.session[0] + 1
         for s in [int(r.session[0])] if one else np.unique(r.session).tolist():
-            tsc = r.tsc[events] if one else r.tsc[events & (r.session == s)]
-            if tsc.size:
-                lo, hi = int(tsc.min()), int(tsc.max())
-                old = self.tsc_range.get(s, (lo, hi))
-                self.tsc_range[s] = (min(old[0], lo), max(old[1], hi))
+            lo_hi = _event_tsc_range(model, None if one else r.session == s)
+            if lo_hi is not None:
+                old = self.tsc_range.get(s, lo_hi)
+                self.tsc_range[s] = (min(old[0], lo_hi[0]), max(old[1], lo_hi[1]))
         closed, unmatched = self.spans.feed(model)
         self.span_count += len(closed)
         self.unmatched_ends += len(unmatched)
@@ -130,3 +133,16 @@ class StatsAccumulator:
 def _ns(ticks: int, hz: int) -> int:
     """TSC ticks to ns as TraceModel.ns_since_boot rounds them."""
     return ticks // hz * 1_000_000_000 + ticks % hz * 1_000_000_000 // hz
+
+
+def _event_tsc_range(model: TraceModel, mask: npt.NDArray[np.bool_] | None
+                     ) -> tuple[int, int] | None:
+    """The first and last TSC of the events (of one session, ``mask``): min and max over
+    all records are the events' unless a reserved record holds one of them."""
+    r, events = model.records, model.is_event
+    if mask is None and len(r):
+        lo, hi = int(r.tsc.argmin()), int(r.tsc.argmax())
+        if events[lo] and events[hi]:
+            return int(r.tsc[lo]), int(r.tsc[hi])
+    tsc = r.tsc[events if mask is None else events & mask]
+    return (int(tsc.min()), int(tsc.max())) if tsc.size else None

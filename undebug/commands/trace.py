@@ -210,19 +210,28 @@ class _Source:
             yield self._start(self.data[:80]).decode(self.data)
             return
         channel = self.channel
+        buf = bytearray()
         while True:
+            # one buffer, refilled after the bytes the decoder left pending: no copies
+            pending = self.decoder.pending if self.decoder else b""
+            if len(buf) != len(pending) + window:
+                buf = bytearray(len(pending) + window)
+            buf[: len(pending)] = pending
             try:
-                chunk = channel.read(window)
+                n = channel.readinto(memoryview(buf)[len(pending):])
+                if not n and follow and channel.finished():
+                    n = channel.readinto(memoryview(buf)[len(pending):])  # the last bytes
             except OSError as exc:
                 raise UsageError(f"cannot read {self.label}: {exc.strerror}") from None
-            if not chunk:
-                if not follow or (channel.finished() and not (chunk := channel.read(window))):
+            if not n:
+                if not follow or channel.finished():
                     break
-                if not chunk:
-                    time.sleep(0.1)
-                    continue
-            decoder = self.decoder or self._start(chunk)
-            yield decoder.feed(chunk)
+                time.sleep(0.1)
+                continue
+            if n < window:
+                del buf[len(pending) + n :]
+            decoder = self.decoder or self._start(bytes(buf[:80]))
+            yield decoder.feed_buffer(buf)
         yield (self.decoder or self._start(b"")).finish()
 
     def _start(self, head: bytes) -> StreamDecoder:
