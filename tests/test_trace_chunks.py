@@ -179,3 +179,29 @@ def test_stats_and_show_memory_does_not_grow_with_the_file(tmp_path: Path) -> No
         a = peak_rss_mib("trace", command[0], str(files[small]), *command[1:])
         b = peak_rss_mib("trace", command[0], str(files[large]), *command[1:])
         assert b < a + 40 and b < 200, (command, a, b)
+
+
+def test_cli_stats_over_many_windows_equal_the_whole_stream_at_once(tmp_path: Path) -> None:
+    """A damaged, lossy stream of ~3 stats windows through the CLI (one buffer refilled,
+    arrays reused) counts what decoding it whole counts."""
+    data = bytearray(long_stream(400_000, seed=5).bytes())
+    rnd = random.Random(9)
+    for _ in range(6):  # damage here and there, across window edges too
+        at = rnd.randrange(1000, len(data) - 1000)
+        data[at : at + 7] = b"\xee" * 7
+    path = tmp_path / "damaged.utrace"
+    path.write_bytes(bytes(data))
+    assert len(data) > 2 * (4 << 20)
+    whole = TraceModel(decode(bytes(data)))
+    result = undebug("trace", "stats", str(path), "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert doc["damage"] == [{"offset": d.offset, "skipped": d.skipped,
+                              "record_index": d.record_index, "reason": d.reason}
+                             for d in whole.decoded.damage] != []
+    assert doc["records"] == len(whole.records)
+    assert {t["id"]: t["count"] for t in doc["tracepoints"]} == whole.counts_by_tracepoint()
+    assert [(x["cpu"], x["records"], x["lost_gaps"], x["lost_records"], x["damage_gaps"],
+             x["agree"]) for x in doc["loss"]] == \
+        [(x.cpu, x.records, x.gaps, x.lost_records, x.damage_gaps, x.agree)
+         for x in whole.loss()]

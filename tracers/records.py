@@ -149,6 +149,17 @@ class Columns:
         self.width = 0  # payload words used by the widest record
         self.strings: dict[int, bytes] = {}
 
+    @property
+    def capacity(self) -> int:
+        return int(self.tsc.shape[0])
+
+    def clear(self) -> None:
+        """Empty again for reuse: argument words a record does not fill must read 0."""
+        self.args[: self.width, : self.n] = 0
+        self.n = 0
+        self.width = 0
+        self.strings = {}
+
     def finish(self, start: int, session_starts: list[tuple[int, int]], last_session: int) \
             -> Records:
         n = self.n

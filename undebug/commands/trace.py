@@ -247,7 +247,8 @@ class _Source:
                                  hint="pass a file written by undebug (run --trace-file, "
                                  "trace record) or a guest's name")
         self.tracepoints = for_stream(self.all_tracepoints, _peek_header(head))[0]
-        self.decoder = StreamDecoder(self.tracepoints.count if self.tracepoints else None)
+        self.decoder = StreamDecoder(self.tracepoints.count if self.tracepoints else None,
+                                     reuse=True)  # each batch is used before the next
         return self.decoder
 
     def anchors(self, sessions: list[Session]) -> dict[int, int]:
