@@ -205,3 +205,19 @@ def test_cli_stats_over_many_windows_equal_the_whole_stream_at_once(tmp_path: Pa
              x["agree"]) for x in doc["loss"]] == \
         [(x.cpu, x.records, x.gaps, x.lost_records, x.damage_gaps, x.agree)
          for x in whole.loss()]
+
+
+def test_show_json_is_one_document_when_the_stream_header_comes_late(tmp_path: Path) -> None:
+    """Junk before the stream header, more than a show window of it: the events and spans
+    still form one JSON document, with the junk reported as damage."""
+    enc = Encoder(1).header()
+    for i in range(3000):
+        enc.event(1, 0, i)
+    path = tmp_path / "late.utrace"
+    path.write_bytes(random.Random(2).randbytes(3 << 20) + enc.bytes())
+    result = undebug("trace", "show", str(path), "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert [e["words"][0] for e in doc["events"]] == list(range(3000))
+    assert doc["damage"][0]["offset"] == 0 and doc["spans"] == []
+    assert len(doc["sessions"]) == 1 and doc["sessions"][0]["offset"] >= 3 << 20

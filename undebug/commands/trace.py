@@ -390,7 +390,9 @@ def _show(args: argparse.Namespace) -> Report:
     # the spans wait on disk until the events are out
     spans = tempfile.TemporaryFile("w+") if args.json else None  # noqa: SIM115
     held: list[str] = []  # output before the first stream header: it may be no trace
-    first_event = True
+    opening = (f'{{"schema": {json.dumps(SCHEMA)}, "source": {json.dumps(source.label)}, '
+               '"events": [')
+    started = any_event = False  # the JSON document's opening written; an event written
     try:
         for batch in source.batches(SHOW_WINDOW, follow=args.follow):
             if printer is None:
@@ -412,14 +414,11 @@ def _show(args: argparse.Namespace) -> Report:
             if not batch.sessions:
                 held += lines
                 continue
-            if args.json:
-                if first_event and not held:
-                    out.write(f'{{"schema": {json.dumps(SCHEMA)}, "source": '
-                              f'{json.dumps(source.label)}, "events": [')
-                    held = ["started"]
-                for event in printer.events:
-                    out.write(("" if first_event else ",") + json.dumps(event))
-                    first_event = False
+            if args.json:  # one write per batch (stdout may be unbuffered)
+                events = ",".join(json.dumps(event) for event in printer.events)
+                out.write(("" if started else opening)
+                          + ("," if any_event and events else "") + events)
+                started, any_event = True, any_event or bool(events)
                 printer.events.clear()
             else:
                 out.write("".join(line + "\n" for line in held + lines))
@@ -441,15 +440,13 @@ def _show(args: argparse.Namespace) -> Report:
         out.write("".join(line + "\n" for line in held + printer.unterminated()))
         return Report(warnings=warnings)
     assert spans is not None
-    if first_event:
-        out.write(f'{{"schema": {json.dumps(SCHEMA)}, "source": {json.dumps(source.label)}, '
-                  '"events": [')
+    ended_spans = spans.tell() > 0
     spans.seek(0)
-    out.write('], "spans": [')
+    out.write(("" if started else opening) + '], "spans": [')
     shutil.copyfileobj(spans, out)
     rest = [span_json(span) for span in matcher.unterminated()]
     if rest:
-        out.write(("," if spans.tell() else "") + json.dumps(rest)[1:-1])
+        out.write(("," if ended_spans else "") + json.dumps(rest)[1:-1])
     spans.close()
     tail = {**show_json_tail(stream), "warnings": warnings}
     out.write("], " + json.dumps(tail)[1:] + "\n")
