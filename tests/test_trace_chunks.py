@@ -221,3 +221,74 @@ def test_show_json_is_one_document_when_the_stream_header_comes_late(tmp_path: P
     assert [e["words"][0] for e in doc["events"]] == list(range(3000))
     assert doc["damage"][0]["offset"] == 0 and doc["spans"] == []
     assert len(doc["sessions"]) == 1 and doc["sessions"][0]["offset"] >= 3 << 20
+
+
+def test_follow_goes_on_across_rotations(tmp_path: Path) -> None:
+    """``trace show -f`` of a recording that rotates while it is read prints every event
+    once, in order per CPU, and no damage (the joined chunks are the stream)."""
+    import signal
+    import threading
+    import time
+
+    enc = Encoder(2).header()
+    expected: dict[int, list[int]] = {0: [], 1: []}
+    for i in range(12_000):
+        cpu = i % 2
+        if enc.seq[cpu] % 200 == 0:
+            enc.sync(cpu)
+        enc.event(1, cpu, i)
+        expected[cpu].append(i)
+    data = enc.bytes()
+    path = tmp_path / "rotating.utrace"
+    writer = ChunkWriter(path, 256 << 10)
+    writer.write(data[:80])
+
+    def write_slowly() -> None:
+        for at in range(80, len(data), 4000):
+            writer.write(data[at : at + 4000])
+            time.sleep(0.01)
+        writer.close()
+
+    printed = tmp_path / "printed.txt"
+    with printed.open("w") as sink:  # a file: a pipe nobody reads would block the follower
+        follower = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "show",
+                                     "-f", str(path)], stdout=sink, stderr=subprocess.PIPE,
+                                    text=True)
+        time.sleep(1)  # it has started (and is reading the first chunk)
+        thread = threading.Thread(target=write_slowly)
+        thread.start()
+        thread.join()
+        time.sleep(2)  # the follower polls every 0.1 s
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    out = printed.read_text()
+    assert writer.dropped.dropped_chunks > 0  # it did rotate under the reader
+    assert "damage" not in out and out.count("-- session") == 1
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    for line in out.splitlines():
+        if " tp#1 " in line:
+            cpu = int(line.split()[1][3:])
+            seen[cpu].append(int(line.split("a0=")[1].split()[0], 16))
+    assert seen == expected
+
+
+def test_a_reader_that_fell_behind_goes_on_with_the_oldest_chunk_left(tmp_path: Path) -> None:
+    """The chunk being read is rotated and deleted before the reader notices: it reads
+    what it holds open, then goes on with the oldest chunk left (a new session there)."""
+    data = long_stream(60_000).bytes()
+    path = tmp_path / "behind.utrace"
+    writer = ChunkWriter(path, 256 << 10)
+    writer.write(data[:1000])
+    channel = FileChannel(path)
+    first = channel.read(500)
+    writer.write(data[1000:])  # many rotations: the chunk the reader holds is deleted
+    writer.close()
+    joined = first + b"".join(iter(channel.read, b""))
+    assert channel.skipped_chunks > 0
+    assert joined.startswith(data[:1000])
+    decoded = decode(joined)
+    assert decoded.damage == [] and decoded.truncated is None and len(decoded.sessions) == 2
+    rest = joined[decoded.sessions[1].offset + 80 :]
+    assert data.endswith(rest)  # from the oldest chunk left to the end
+    channel.close()

@@ -88,7 +88,12 @@ class FileChannel:
                     if path != self.path and path.stat().st_ino == ours:
                         self._number, self._live = number, False
                         return True  # read what came before the rename, then move on
-            return False  # the rename is still to come
+            if not self.path.exists():
+                return False  # between the writer's two renames
+            # renamed and already deleted (this reader fell behind): what was appended
+            # before the rename is still readable here, then the oldest chunk left
+            self._live = False
+            return True
         later = [(n, p) for n, p in chunk_paths(self.path) if n > self._number]
         if not later:
             return False

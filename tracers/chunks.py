@@ -104,16 +104,17 @@ class ChunkWriter:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (any piece of the stream), rotating where a chunk is full."""
-        cut = self._cut(data)
-        if cut is None:
-            self._note_headers(data)
-            self._append(data)
-            return
-        self._note_headers(data[:cut])
-        self._append(data[:cut])
-        self._rotate()
-        self._note_headers(data[cut:])
-        self._append(data[cut:])
+        while (cut := self._cut(data)) is not None:  # a large write may fill several
+            self._note_headers(data[:cut])
+            self._append(data[:cut])
+            self._rotate()
+            data = data[cut:]
+            if self._failed:  # no new chunk: the rest waits for the next write's SYNC
+                self.dropped.unwritten_bytes += len(data)
+                self._note_headers(data)
+                return
+        self._note_headers(data)
+        self._append(data)
 
     def close(self) -> None:
         if self._fd is not None:
