@@ -292,3 +292,21 @@ def test_a_reader_that_fell_behind_goes_on_with_the_oldest_chunk_left(tmp_path: 
     rest = joined[decoded.sessions[1].offset + 80 :]
     assert data.endswith(rest)  # from the oldest chunk left to the end
     channel.close()
+
+
+def test_follow_warns_of_a_build_id_mismatch(tmp_path: Path, guest_image: Path) -> None:
+    import signal
+    import time
+
+    enc = Encoder(1, build_id=b"\x01" * 20).header()  # not the reference guest's
+    enc.event(1, 0, 7)
+    path = tmp_path / "other.utrace"
+    path.write_bytes(enc.bytes())
+    follower = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "show", "-f",
+                                 str(path), "--elf", str(guest_image)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    follower.send_signal(signal.SIGINT)
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert "build-id mismatch" in err and "tp#1  a0=0x7" in out

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -203,6 +203,7 @@ class _Source:
     channel: FileChannel | None = None
     data: bytes = b""  # the flight recorder's stream
     tracepoints: Tracepoints | None = None  # those usable with the stream's build-id
+    first_notes: list[str] = field(default_factory=list)  # why not, from the first header
     decoder: StreamDecoder | None = None
 
     def batches(self, window: int, follow: bool = False) -> Iterator[Decoded]:
@@ -246,7 +247,8 @@ class _Source:
                                  "it does not start with the UDBTRACE magic)",
                                  hint="pass a file written by undebug (run --trace-file, "
                                  "trace record) or a guest's name")
-        self.tracepoints = for_stream(self.all_tracepoints, _peek_header(head))[0]
+        self.tracepoints, self.first_notes = for_stream(self.all_tracepoints,
+                                                        _peek_header(head))
         self.decoder = StreamDecoder(self.tracepoints.count if self.tracepoints else None,
                                      reuse=True)  # each batch is used before the next
         return self.decoder
@@ -399,6 +401,9 @@ def _show(args: argparse.Namespace) -> Report:
                 printer = EventPrinter(source.tracepoints, args.filter,
                                        wall_clock=args.wall_clock)
                 matcher = SpanMatcher(source.tracepoints)
+                if args.follow:  # (without --follow, summary() notes every session's)
+                    for w in source.first_notes:
+                        sys.stderr.write(f"warning: {escape(w)}\n")
             assert matcher is not None
             model = TraceModel(batch, printer.tracepoints, source.anchors(batch.sessions))
             printer.names.update(model.thread_names)
