@@ -78,8 +78,9 @@ class ChunkWriter:
     A chunk is cut at a record boundary found cheaply: the start of the first SYNC record
     past its size (the stub sends one at least every 4096 records per CPU, so a chunk
     overshoots by at most that much); with none in twice the chunk size it is cut where
-    the data happens to end (a chunk read alone then starts with damage). A write error (ENOSPC) is kept in
-    ``dropped`` and never raised: data is discarded until a new chunk can be written."""
+    the data happens to end (a chunk read alone then starts with damage). A write error
+    (ENOSPC) is kept in ``dropped`` and never raised: data is discarded (and counted)
+    until a new chunk can be written."""
 
     def __init__(self, path: Path, max_size: int) -> None:
         self.path = path
