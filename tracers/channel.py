@@ -1,75 +1,135 @@
-"""Where trace bytes come from: a recorded file (read as it grows), a live guest's
-recording, or the flight recorder in guest memory (FORMAT.md section 5).
+"""Where a recorded trace stream comes from: a file or a live guest's recording, read
+oldest chunk first and as it grows (the flight recorder is tracers/flight.py).
 
 A live guest's supervisor appends the virtio-serial stream to ``trace.utrace`` in the
-session directory as it arrives, so following a guest is following that file. The
-flight recorder is read through a :class:`~undebug.target.Target` and returned as a
-stream (the in-memory header followed by each ring's records) for the same decoder.
+session directory as it arrives (rotated in chunks, tracers/chunks.py), so following a
+guest is following that recording.
 """
 
 from __future__ import annotations
 
-import bisect
+import contextlib
 import json
 import os
-import struct
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tracers.format import HEADER_SIZE, MAGIC, SLOT, StreamHeader
+from tracers.chunks import CONTINUED, Dropped, chunk_paths, read_dropped
+from tracers.format import HEADER_SIZE, StreamHeader
 from tracers.records import Session
 from undebug.errors import UsageError
 
 if TYPE_CHECKING:
     from undebug.session.store import SessionDir
-    from undebug.target import Target
 
-__all__ = ["FileChannel", "FlightRecording", "RingState", "guest_channel", "read_anchors",
-           "read_flight_recorder"]
-
-RING_SIZE = 128
-RING_MAGIC = 0x474E5255  # "URNG"
-_RING = struct.Struct("<IHBBQQQQQQQQQQQQH")
-MAX_RING_BYTES = 1 << 30
+__all__ = ["FileChannel", "guest_channel", "session_anchors"]
 
 
 class FileChannel:
-    """A trace file read from the start, as it grows. ``read()`` returns b"" at the
-    current end; ``finished()`` says whether more can come (a live guest's recording
-    ends with its guest; a plain file can always grow, so only Ctrl-C ends a follow).
+    """A recording read from its oldest chunk on, as it grows (tracers/chunks.py).
+    ``read()`` returns b"" at the current end; ``finished()`` says whether more can come
+    (a live guest's recording ends with its guest; a plain file can always grow, so only
+    Ctrl-C ends a follow).
 
-    Bytes read after the channel first caught up with the end arrived while we watched:
-    their host receive time is kept, which anchors the wall clock of a stream header
-    among them (``received_at``)."""
+    The chunks are one stream: a chunk that follows the one read before it loses its
+    copy of the stream header; when the writer rotates the chunk being read, reading
+    goes on in the next. ``offset`` counts bytes of that stream; ``skipped_chunks``
+    those deleted by rotation before this reader got to them."""
 
     def __init__(self, path: Path, session: SessionDir | None = None) -> None:
         self.path = path
         self.session = session
+        self.offset = 0
+        self.skipped_chunks = 0
+        self._anchors: dict[int, int] = {}  # stream offset -> host ns its header arrived
+        chunks = chunk_paths(path)
+        if not chunks:
+            chunks = [(1, path)]  # not a file: let open() say why
+        number, first = chunks[0]
+        self._fd = self._open(first)
+        self._number, self._live = number, first == path
+        self._start, self._skip = 0, 0  # stream offset of this chunk, header bytes dropped
+        self._note_anchors()
+
+    def _open(self, path: Path) -> int:
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        self.offset = 0
-        self._caught_up = False
-        self._chunks: list[tuple[int, int, int]] = []  # (start, end, wall ns) read live
 
     def read(self, size: int = 1 << 20) -> bytes:
-        data = os.read(self._fd, size)
-        if not data:
-            self._caught_up = True
-        elif self._caught_up:
-            self._chunks.append((self.offset, self.offset + len(data), time.time_ns()))
-        self.offset += len(data)
-        return data
+        buf = bytearray(size)
+        return bytes(buf[: self.readinto(memoryview(buf))])
 
-    def received_at(self, offset: int) -> int | None:
-        """Wall clock (ns) when the byte at ``offset`` arrived, if it arrived live."""
-        at = bisect.bisect_right(self._chunks, (offset, 1 << 62, 0)) - 1
-        if at >= 0 and self._chunks[at][0] <= offset < self._chunks[at][1]:
-            return self._chunks[at][2]
-        return None
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` with the next bytes (fewer at the current end); 0 at the end."""
+        while True:
+            n = os.readv(self._fd, [buf])
+            if n:
+                self.offset += n
+                return n
+            if not self._next_chunk():
+                return 0
+
+    def _next_chunk(self) -> bool:
+        """At the end of the chunk being read: go on in the next one if there is one."""
+        if self._live:
+            try:
+                rotated = os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                rotated = True  # between the writer's two renames
+            except OSError:
+                return False
+            if not rotated:
+                return False
+            ours = os.fstat(self._fd).st_ino
+            for number, path in chunk_paths(self.path):
+                with contextlib.suppress(OSError):
+                    if path != self.path and path.stat().st_ino == ours:
+                        self._number, self._live = number, False
+                        return True  # read what came before the rename, then move on
+            if not self.path.exists():
+                return False  # between the writer's two renames
+            # renamed and already deleted (this reader fell behind): what was appended
+            # before the rename is still readable here, then the oldest chunk left
+            self._live = False
+            return True
+        later = [(n, p) for n, p in chunk_paths(self.path) if n > self._number]
+        if not later:
+            return False
+        number, path = later[0]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        os.close(self._fd)
+        contiguous = number == self._number + 1
+        self.skipped_chunks += number - self._number - 1
+        self._fd, self._number, self._live = fd, number, path == self.path
+        self._start, self._skip = self.offset, 0
+        head = os.pread(fd, HEADER_SIZE, 0)
+        header = StreamHeader.parse(head) if len(head) == HEADER_SIZE else None
+        if contiguous and isinstance(header, StreamHeader) and header.flags & CONTINUED:
+            self._skip = header.header_size  # the copy of the header already in effect
+            os.lseek(fd, self._skip, os.SEEK_SET)
+        self._note_anchors()
+        return True
+
+    def _note_anchors(self) -> None:
+        name = self.path.name if self._live else f"{self.path.name}.{self._number}"
+        for offset, unix_ns in _anchor_lines(self.path.with_name(name + ".anchors")):
+            if offset >= self._skip:
+                self._anchors[self._start + offset - self._skip] = unix_ns
+
+    def anchors(self) -> dict[int, int]:
+        """Stream offset of a stream header -> host Unix ns it arrived (FORMAT.md 9), from
+        the ``.anchors`` files of the chunks read so far (a live one's is read again)."""
+        self._note_anchors()
+        return dict(self._anchors)
+
+    def dropped(self) -> Dropped | None:
+        """What rotation took from this recording (None: it never rotated)."""
+        return read_dropped(self.path)
 
     def finished(self) -> bool:
         """True once nothing more can be appended (the guest's supervisor is gone)."""
@@ -99,131 +159,24 @@ def guest_channel(name: str) -> FileChannel:
     return FileChannel(path, session)
 
 
-# ---- the flight recorder ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RingState:
-    """One ring header as read (FORMAT.md section 5) and what was copied out of it."""
-
-    index: int
-    cpu: int
-    mode: int  # 0 flight recorder, 1 streaming
-    busy: bool
-    size: int
-    head: int
-    tail: int
-    seq: int
-    lost_total: int
-    overwritten: int
-    written: int
-    copied: int  # bytes of records taken from [tail, head)
-
-
-@dataclass
-class FlightRecording:
-    """The in-memory header followed by every ring's records: a stream for ``decode``."""
-
-    data: bytes
-    header: StreamHeader
-    rings: list[RingState]
-    warnings: list[str] = field(default_factory=list)
-
-
-def _symbol(target: Target, name: str) -> int:
-    address = target.address_of(name)
-    if address is None:
-        raise UsageError(f"{target.elf.path} has no symbol {name}: the guest was not built "
-                         "with the undebug tracing stub", hint="pass the guest's ELF with --elf")
-    return address
-
-
-def _ring_bytes(target: Target, data: int, size: int, start: int, end: int) -> bytes:
-    """Bytes at positions [start, end) of a ring (they may wrap around its end)."""
-    at, length = start % size, end - start
-    first = min(length, size - at)
-    out = target.read(data + at, first)
-    if first < length:
-        out += target.read(data, length - first)
-    return out
-
-
-def read_flight_recorder(target: Target) -> FlightRecording:
-    """Copy [tail, head) of every ring in use. For a running guest, head and tail are read
-    again afterwards and what was overwritten meanwhile is dropped."""
-    from undebug.target import ReadError
-
-    header_at = _symbol(target, "undebug_trace_header")
-    rings_at = _symbol(target, "undebug_trace_rings")
-    _symbol(target, "undebug_trace_ring_data")
+def _anchor_lines(path: Path) -> list[tuple[int, int]]:
+    """(offset, received_unix_ns) of an ``.anchors`` file; bad lines are skipped."""
     try:
-        raw = target.read(header_at, HEADER_SIZE)
-    except ReadError as exc:
-        raise UsageError(f"cannot read the trace header: {exc.message}") from None
-    if int.from_bytes(raw[:8], "little") != MAGIC:
-        raise UsageError("the guest's tracing stub is not initialised (no UDBTRACE magic at "
-                         "undebug_trace_header)", hint="let the guest run past its trace init")
-    header = StreamHeader.parse(raw)
-    if isinstance(header, str):
-        raise UsageError(f"the trace header in guest memory is invalid: {header}")
-    warnings: list[str] = []
-    rings: list[RingState] = []
-    chunks = [raw[: header.header_size] if header.header_size == HEADER_SIZE else
-              raw + bytes(header.header_size - HEADER_SIZE)]
-    count = min(header.ring_count, 256)
-    for i in range(count):
-        try:
-            fields = _RING.unpack_from(target.read(rings_at + i * RING_SIZE, RING_SIZE))
-        except ReadError as exc:
-            warnings.append(f"ring {i}: unreadable header ({exc.message})")
-            continue
-        (magic, cpu, mode, busy, data, size, head, tail, _ctail, _spos, seq, lost_total,
-         overwritten, _pending, _first, written, _tid) = fields
-        if magic != RING_MAGIC:
-            continue
-        if size < SLOT or size & (size - 1) or size > MAX_RING_BYTES:
-            warnings.append(f"ring {i}: bad size {size}, skipped")
-            continue
-        if tail > head or head - tail > size or tail % SLOT or head % SLOT:
-            warnings.append(f"ring {i}: inconsistent positions tail={tail} head={head}; "
-                            "reading the newest bytes and resynchronising")
-            tail = max(head - size, 0) if head >= size else 0
-            head = max(head, tail)
-        try:
-            copy = _ring_bytes(target, data, size, tail, head)
-            again = _RING.unpack_from(target.read(rings_at + i * RING_SIZE, RING_SIZE))
-        except ReadError as exc:
-            warnings.append(f"ring {i}: unreadable data ({exc.message})")
-            continue
-        new_tail = again[7]
-        if new_tail > tail:  # the guest ran and overwrote the oldest records meanwhile
-            lost = min(new_tail - tail, len(copy))
-            warnings.append(f"ring {i}: {lost} bytes were overwritten while being read")
-            copy = copy[lost:]
-        chunks.append(copy)
-        rings.append(RingState(i, cpu, mode, bool(busy), size, head, tail, seq, lost_total,
-                               overwritten, written, len(copy)))
-    return FlightRecording(b"".join(chunks), header, rings, warnings)
-
-
-def read_anchors(path: Path, sessions: list[Session]) -> tuple[dict[int, int], list[str]]:
-    """Session index -> host Unix ns its header arrived, from ``PATH.anchors``
-    (FORMAT.md section 9). A missing file means no wall clock; bad lines are warnings."""
-    anchors: dict[int, int] = {}
-    warnings: list[str] = []
-    by_offset = {s.offset: s.index for s in sessions}
-    try:
-        text = path.with_name(path.name + ".anchors").read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except OSError:
-        return anchors, warnings
-    for number, line in enumerate(text.splitlines()[:10_000], 1):
+        return []
+    out = []
+    for line in text.splitlines()[:10_000]:
         try:
             entry = json.loads(line)
             offset, unix_ns = entry["offset"], entry["received_unix_ns"]
-            if not (isinstance(offset, int) and isinstance(unix_ns, int)):
-                raise TypeError
         except (ValueError, KeyError, TypeError):
-            warnings.append(f"{path}.anchors line {number}: not an anchor; ignored")
             continue
-        if offset in by_offset:
-            anchors[by_offset[offset]] = unix_ns
-    return anchors, warnings
+        if isinstance(offset, int) and isinstance(unix_ns, int):
+            out.append((offset, unix_ns))
+    return out
+
+
+def session_anchors(anchors: dict[int, int], sessions: list[Session]) -> dict[int, int]:
+    """Session index -> host Unix ns its header arrived, for sessions with an anchor."""
+    return {s.index: anchors[s.offset] for s in sessions if s.offset in anchors}

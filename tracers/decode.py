@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracers.fastpath import read_fast
+from tracers.fastpath import read_fast, record_dtype
 from tracers.format import (
     HEADER_SIZE,
     ID_FAULT,
@@ -48,7 +48,6 @@ from tracers.format import (
     TSC_WINDOW_S,
     Data,
     StreamHeader,
-    record_dtype,
 )
 from tracers.records import Columns, Damage, Decoded, Records, Session, Truncation
 
@@ -68,10 +67,14 @@ class StreamDecoder:
     ``fast=False`` decodes every record on the careful path (for tests and checking).
     """
 
-    def __init__(self, tracepoint_count: int | None = None, *, fast: bool = True) -> None:
+    def __init__(self, tracepoint_count: int | None = None, *, fast: bool = True,
+                 reuse: bool = False) -> None:
         self.limit = RESERVED_FIRST if tracepoint_count is None else \
             max(0, min(tracepoint_count, RESERVED_FIRST))
         self.fast = fast
+        # reuse: each feed's records live in the same arrays, valid until the next feed
+        # (a reader that folds each batch and drops it saves allocating them each time)
+        self._spare: Columns | None = Columns(0) if reuse else None
         self.sessions: list[Session] = []
         self.damage: list[Damage] = []
         self.warnings: list[str] = []
@@ -93,9 +96,26 @@ class StreamDecoder:
 
     # ---- public ------------------------------------------------------------------------
 
+    @property
+    def truncated(self) -> Truncation | None:
+        """Where the stream ends inside a record, once ``finish`` has said so."""
+        return self._truncated
+
     def feed(self, data: bytes) -> Decoded:
         """Decode what ``data`` completes; a partial record waits for the next feed."""
         buf = self._pending + data if self._pending else data
+        return self._run(buf, final=False)
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes the last ``feed`` left for the next (a record cut at its end)."""
+        return self._pending
+
+    def feed_buffer(self, buf: bytearray) -> Decoded:
+        """``feed`` for a buffer that already starts with ``pending``: a reader that
+        fills one buffer again and again saves copying each window."""
+        if buf[: len(self._pending)] != self._pending:
+            raise ValueError("the buffer does not start with the pending bytes")
         return self._run(buf, final=False)
 
     def finish(self) -> Decoded:
@@ -110,7 +130,7 @@ class StreamDecoder:
 
     def _run(self, data: Data, *, final: bool) -> Decoded:
         n = len(data)
-        self._out = out = Columns(n // SLOT + 1)
+        self._out = out = self._columns(n // SLOT + 1)
         self._folded = 0
         self._new_sessions = []
         warnings_before = len(self.warnings)
@@ -192,6 +212,15 @@ class StreamDecoder:
         return Decoded(records, list(self.sessions), self.damage[damage_before:],
                        self.warnings[warnings_before:], self._truncated, self.problem,
                        self._base)
+
+    def _columns(self, capacity: int) -> Columns:
+        spare = self._spare
+        if spare is None:
+            return Columns(capacity)
+        if spare.capacity < capacity:
+            self._spare = spare = Columns(capacity)
+        spare.clear()
+        return spare
 
     def _try_header(self, data: Data, p: int, final: bool) -> tuple[str, int, str]:
         n = len(data)

@@ -23,11 +23,9 @@ from tracers.format import (
     MAGIC,
     MAX_ARGS,
     MAX_SLOTS,
-    RECORD_DTYPES,
     RESERVED_FIRST,
     RESERVED_SLOTS,
     SLOT,
-    SLOT_DTYPE,
     SLOT_STRUCT,
     SYNC_W0,
     SYNC_W1,
@@ -38,7 +36,27 @@ from tracers.format import (
 )
 from tracers.records import Columns
 
-__all__ = ["FastResult", "read_fast"]
+__all__ = ["RECORD_DTYPES", "SLOT_DTYPE", "FastResult", "read_fast", "record_dtype"]
+
+SLOT_DTYPE = np.dtype([("tsc", "<u8"), ("id", "<u2"), ("cpu", "u1"), ("nslots", "u1"),
+                       ("seq", "<u2"), ("tid", "<u2")])
+
+def record_dtype(k: int) -> np.dtype[Any]:
+    """A record of ``k`` slots as one structured item: header fields plus payload words."""
+    names = ["tsc", "id", "cpu", "nslots", "seq", "tid"]
+    formats: list[Any] = ["<u8", "<u2", "u1", "u1", "<u2", "<u2"]
+    offsets = [0, 8, 10, 11, 12, 14]
+    if k > 1:
+        names.append("w")
+        formats.append(("<u8", (2 * (k - 1),)))
+        offsets.append(16)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": SLOT * k})
+
+
+# by nslots: RECORD_DTYPES[k] is a record of k slots (index 0 is the bare header slot)
+RECORD_DTYPES = [SLOT_DTYPE] + [record_dtype(k) for k in range(1, MAX_SLOTS + 1)]
+
+
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The trace wire format (tracers/FORMAT.md, version 1): constants, the stream header and
-the record layouts as numpy dtypes.
+the record layout (its numpy dtypes are the fast path's, tracers/fastpath.py).
 
 It exists so that everything that reads the bytes (the decoder, its fast path, the
-channels, the flight-recorder reader) takes the layout from one place, and so that code
-that only needs the record ids (the model, ``trace show``) need not import the decoder.
+channels, the flight-recorder reader, the supervisor's recorder) takes the layout from one
+place, and so that code that only needs the record ids need not import the decoder (nor
+numpy: the supervisor imports this).
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 
 __all__ = ["HEADER_SIZE", "ID_FAULT", "ID_INVALID", "ID_LOG_STR", "ID_LOST", "ID_PANIC",
            "ID_SYNC", "ID_THREAD_NAME", "ID_THREAD_SWITCH", "MAGIC", "MAGIC_BYTES", "MAX_ARGS",
-           "MAX_SLOTS", "RECORD_DTYPES", "RESERVED_FIRST", "RESERVED_NAMES", "RESERVED_SLOTS",
-           "SLOT", "SLOT_DTYPE", "SLOT_STRUCT", "STRING_IDS", "SYNC_PATTERN", "SYNC_W0",
-           "SYNC_W1", "TSC_WINDOW_S", "U64_MAX", "VERSION", "Data", "StreamHeader",
-           "record_dtype"]
+           "MAX_SLOTS", "RESERVED_FIRST", "RESERVED_NAMES", "RESERVED_SLOTS",
+           "SLOT", "SLOT_STRUCT", "STRING_IDS", "SYNC_PATTERN", "SYNC_W0",
+           "SYNC_W1", "TSC_WINDOW_S", "U64_MAX", "VERSION", "Data", "StreamHeader"]
 
 MAGIC = 0x4543415254424455  # "UDBTRACE"
 MAGIC_BYTES = b"UDBTRACE"
@@ -47,29 +44,11 @@ RESERVED_SLOTS = {ID_SYNC: (3, 3), ID_LOST: (2, 2), ID_THREAD_NAME: (2, 4),
                   ID_LOG_STR: (2, 9)}
 STRING_IDS = (ID_THREAD_NAME, ID_PANIC, ID_LOG_STR)  # records with a string payload
 
-SLOT_DTYPE = np.dtype([("tsc", "<u8"), ("id", "<u2"), ("cpu", "u1"), ("nslots", "u1"),
-                       ("seq", "<u2"), ("tid", "<u2")])
 SLOT_STRUCT = struct.Struct("<QHBBHH")  # a record's header slot: tsc id cpu nslots seq tid
 _HEADER = struct.Struct("<QHHIQQHBBHH32sQ")
 _TRANSPORTS = {0: "memory", 1: "virtio-serial", 2: "uart", 3: "debugcon"}
 
-Data = bytes | mmap.mmap  # a stream's bytes: a buffer, or a file mapped read-only
-
-
-def record_dtype(k: int) -> np.dtype[Any]:
-    """A record of ``k`` slots as one structured item: header fields plus payload words."""
-    names = ["tsc", "id", "cpu", "nslots", "seq", "tid"]
-    formats: list[Any] = ["<u8", "<u2", "u1", "u1", "<u2", "<u2"]
-    offsets = [0, 8, 10, 11, 12, 14]
-    if k > 1:
-        names.append("w")
-        formats.append(("<u8", (2 * (k - 1),)))
-        offsets.append(16)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": SLOT * k})
-
-
-# by nslots: RECORD_DTYPES[k] is a record of k slots (index 0 is the bare header slot)
-RECORD_DTYPES = [SLOT_DTYPE] + [record_dtype(k) for k in range(1, MAX_SLOTS + 1)]
+Data = bytes | bytearray | mmap.mmap  # a stream's bytes: a buffer, or a file mapped read-only
 
 
 @dataclass(frozen=True)

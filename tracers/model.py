@@ -19,7 +19,16 @@ from tracers.format import ID_LOST, ID_SYNC, ID_THREAD_NAME, RESERVED_FIRST, RES
 from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END, Tracepoints
 from tracers.records import Decoded, Records
 
-__all__ = ["CpuLoss", "Span", "TraceModel", "UnmatchedEnd"]
+__all__ = ["CpuLoss", "CpuRows", "Span", "SpanMatcher", "TraceModel", "UnmatchedEnd", "cpu_loss",
+           "tracepoint_name"]
+
+
+def tracepoint_name(tracepoints: Tracepoints | None, ident: int) -> str:
+    """A record id's name: a reserved record's, a tracepoint's, or ``tp#ID``."""
+    if ident >= RESERVED_FIRST:
+        return RESERVED_NAMES.get(ident, f"reserved#{ident:#06x}")
+    tp = tracepoints.get(ident) if tracepoints else None
+    return tp.name if tp else f"tp#{ident}"
 
 
 @dataclass(frozen=True)
@@ -148,19 +157,21 @@ class TraceModel:
         return self.records.id < RESERVED_FIRST
 
     @cached_property
+    def reserved(self) -> npt.NDArray[np.intp]:
+        """Indexes of the reserved (in-band) records: few, so most work starts here."""
+        return np.flatnonzero(self.records.id >= RESERVED_FIRST)
+
+    @cached_property
     def thread_names(self) -> dict[int, bytes]:
         """Thread id (low 16 bits, as records carry it) -> its latest name (raw bytes)."""
         r = self.records
         names: dict[int, bytes] = {}
-        for i in np.flatnonzero(r.id == ID_THREAD_NAME).tolist():
+        for i in self.reserved[r.id[self.reserved] == ID_THREAD_NAME].tolist():
             names[int(r.args[i, 0]) & 0xFFFF] = r.strings.get(r.start + i, b"")
         return names
 
     def tracepoint_name(self, ident: int) -> str:
-        if ident >= RESERVED_FIRST:
-            return RESERVED_NAMES.get(ident, f"reserved#{ident:#06x}")
-        tp = self.tracepoints.get(ident) if self.tracepoints else None
-        return tp.name if tp else f"tp#{ident}"
+        return tracepoint_name(self.tracepoints, ident)
 
     def counts_by_tracepoint(self) -> dict[int, int]:
         ids, counts = np.unique(self.records.id[self.is_event], return_counts=True)
@@ -184,42 +195,9 @@ class TraceModel:
 
     @cached_property
     def _spans(self) -> tuple[list[Span], list[UnmatchedEnd]]:
-        tps = self.tracepoints
-        if tps is None:
-            return [], []
-        kinds = {tp.id: tp.kind for tp in tps.by_id.values()
-                 if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END)}
-        if not kinds:
-            return [], []
-        r = self.records
-        ordered = self.order
-        marks = np.isin(r.id[ordered], np.fromiter(kinds, np.uint16))
-        spans: list[Span] = []
-        unmatched: list[UnmatchedEnd] = []
-        # (session, tid) -> name -> stack of open spans (begin index, tsc, depth)
-        open_: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
-        depth: dict[tuple[int, int], int] = {}
-        for i in ordered[marks].tolist():
-            ident = int(r.id[i])
-            tp = tps.by_id[ident]
-            key = (int(r.session[i]), int(r.tid[i]))
-            stacks = open_.setdefault(key, {})
-            if kinds[ident] == KIND_SPAN_BEGIN:
-                stacks.setdefault(tp.name, []).append((i, int(r.tsc[i]), depth.get(key, 0)))
-                depth[key] = depth.get(key, 0) + 1
-                continue
-            stack = stacks.get(tp.name)
-            if not stack:
-                unmatched.append(UnmatchedEnd(tp.name, key[0], key[1], r.start + i))
-                continue
-            begin, tsc, d = stack.pop()
-            depth[key] = max(depth.get(key, 1) - 1, 0)
-            spans.append(Span(tp.name, key[0], key[1], d, r.start + begin, r.start + i, tsc,
-                              int(r.tsc[i])))
-        for (session, tid), stacks in open_.items():
-            for name, stack in stacks.items():
-                for begin, tsc, d in stack:
-                    spans.append(Span(name, session, tid, d, r.start + begin, None, tsc, None))
+        matcher = SpanMatcher(self.tracepoints)
+        spans, unmatched = matcher.feed(self)
+        spans += matcher.unterminated()
         spans.sort(key=lambda s: (s.session, s.begin_tsc, s.begin))
         return spans, unmatched
 
@@ -236,79 +214,212 @@ class TraceModel:
 
     def loss(self) -> list[CpuLoss]:
         """Per (session, CPU): host-counted gaps vs in-band LOST totals (FORMAT.md 3.1)."""
+        return [cpu_loss(rows) for rows in self.cpu_rows()]
+
+    def cpu_rows(self) -> list[CpuRows]:
+        """What loss counting needs of each (session, CPU)'s records, in stream order."""
         r = self.records
-        damage_at = np.sort(np.array([d.record_index - r.start for d in self.decoded.damage],
-                                     np.int64))
-        out: list[CpuLoss] = []
+        damage_at = np.sort(np.array([d.record_index for d in self.decoded.damage], np.int64))
+        out: list[CpuRows] = []
         # a session's records are contiguous in the stream; group each by CPU (u8: a
         # stable radix sort), keeping stream order inside a CPU
         cuts = np.flatnonzero(r.session[1:] != r.session[:-1]) + 1
+        ids = r.id
+        special = self.reserved[np.isin(ids[self.reserved], (ID_SYNC, ID_LOST))]
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(r)], strict=True):
             if a == b:
                 continue
-            by_cpu = np.argsort(r.cpu[a:b], kind="stable") + a
-            cpus = r.cpu[by_cpu]
-            starts = np.flatnonzero(np.concatenate(([True], cpus[1:] != cpus[:-1])))
-            ends = np.concatenate((starts[1:], [len(by_cpu)]))
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                out.append(self._cpu_loss(by_cpu[s:e], damage_at))
+            for rows in _by_cpu(r.cpu, a, b):
+                mine = special[(special >= a) & (special < b)]
+                mine = mine[r.cpu[mine] == r.cpu[rows[0]]]
+                marks = np.searchsorted(rows, mine)  # rows are ascending
+                at = rows[marks]
+                region = np.searchsorted(damage_at, rows + r.start, side="right") \
+                    if damage_at.size else None
+                out.append(CpuRows(
+                    int(r.session[rows[0]]), int(r.cpu[rows[0]]), r.seq[rows].astype(np.int64),
+                    region, marks, ids[at], *(_word(r, at, k) for k in (0, 2, 3))))
         return out
 
-    def _exact_gaps(self, rows: npt.NDArray[np.intp], gap: npt.NDArray[np.int64],
-                    across: npt.NDArray[np.bool_]
-                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """Gaps with the multiples of 65536 the 16-bit wire seq cannot show put back.
 
-        Every SYNC carries the CPU's full 64-bit seq (and the stub writes one right after
-        each LOST), so between two SYNCs the host knows exactly how many records are
-        missing (FORMAT.md 3.2); the difference from the 16-bit gaps belongs to the
-        largest gap in between, the drop a LOST reports. Gaps across damage stay as seen.
-        Also returns which gaps a pair of SYNCs checked (the rest are only known mod 65536).
-        """
-        r = self.records
-        exact = gap.copy()
-        checked = np.zeros(len(gap), np.bool_)
-        syncs = np.flatnonzero(r.id[rows] == ID_SYNC)
-        if r.args.shape[1] < 3 or syncs.size < 2:
-            return exact, checked
-        full = r.args[rows[syncs], 2].astype(np.int64)
-        for i in range(syncs.size - 1):
-            a, b, full_a, full_b = int(syncs[i]), int(syncs[i + 1]), full[i], full[i + 1]
-            if b - a < 1 or across[a:b].any():
+def _by_cpu(cpu: npt.NDArray[np.uint8], a: int, b: int) -> list[npt.NDArray[np.intp]]:
+    """Row indexes in [a, b) of each CPU, ascending: a pass per CPU for a few CPUs,
+    else one stable (radix) sort on the u8."""
+    present = np.flatnonzero(np.bincount(cpu[a:b], minlength=256))
+    if len(present) <= 4:
+        return [np.flatnonzero(cpu[a:b] == c) + a for c in present.tolist()]
+    by_cpu = np.argsort(cpu[a:b], kind="stable") + a
+    cpus = cpu[by_cpu]
+    starts = np.flatnonzero(np.concatenate(([True], cpus[1:] != cpus[:-1])))
+    return np.split(by_cpu, starts[1:])
+
+
+def _word(r: Records, rows: npt.NDArray[np.intp], k: int) -> npt.NDArray[np.uint64]:
+    """Payload word ``k`` of ``rows`` (0 where the columns are narrower)."""
+    return r.args[:, k][rows] if r.args.shape[1] > k else np.zeros(len(rows), np.uint64)
+
+
+class SpanMatcher:
+    """Pairs span-begin and span-end records batch by batch (spans nest per thread,
+    FORMAT.md section 6): what is open carries over to the next batch."""
+
+    def __init__(self, tracepoints: Tracepoints | None) -> None:
+        self.tracepoints = tracepoints
+        self.kinds = {tp.id: tp.kind for tp in tracepoints.by_id.values()
+                      if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END)} if tracepoints else {}
+        # (session, tid) -> name -> stack of open spans (begin index, tsc, depth)
+        self.open: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
+        self.depth: dict[tuple[int, int], int] = {}
+
+    def feed(self, model: TraceModel) -> tuple[list[Span], list[UnmatchedEnd]]:
+        """The spans that end in this batch and the ends that match no begin."""
+        tps, kinds = self.tracepoints, self.kinds
+        if tps is None or not kinds:
+            return [], []
+        r = model.records
+        ordered = model.order
+        marks = np.isin(r.id[ordered], np.fromiter(kinds, np.uint16))
+        spans: list[Span] = []
+        unmatched: list[UnmatchedEnd] = []
+        open_, depth = self.open, self.depth
+        for i in ordered[marks].tolist():
+            ident = int(r.id[i])
+            tp = tps.by_id[ident]
+            key = (int(r.session[i]), int(r.tid[i]))
+            stacks = open_.setdefault(key, {})
+            if kinds[ident] == KIND_SPAN_BEGIN:
+                stacks.setdefault(tp.name, []).append((r.start + i, int(r.tsc[i]),
+                                                       depth.get(key, 0)))
+                depth[key] = depth.get(key, 0) + 1
                 continue
-            missing = int(full_b - full_a) - int(b - a) - int(gap[a:b].sum())
-            if missing >= 0 and missing % 65536 == 0:
-                exact[a + int(np.argmax(gap[a:b]))] += missing
-                checked[a:b] = True
-        return exact, checked
+            stack = stacks.get(tp.name)
+            if not stack:
+                unmatched.append(UnmatchedEnd(tp.name, key[0], key[1], r.start + i))
+                continue
+            begin, tsc, d = stack.pop()
+            depth[key] = max(depth.get(key, 1) - 1, 0)
+            spans.append(Span(tp.name, key[0], key[1], d, begin, r.start + i, tsc,
+                              int(r.tsc[i])))
+        return spans, unmatched
 
-    def _cpu_loss(self, rows: npt.NDArray[np.intp], damage_at: npt.NDArray[np.int64]) -> CpuLoss:
-        """Loss of one CPU in one session; ``rows`` are its records in stream order."""
-        r = self.records
-        seq = r.seq[rows].astype(np.int64)
-        gap = (seq[1:] - seq[:-1] - 1) % 65536
-        if damage_at.size:
-            regions = np.searchsorted(damage_at, rows, side="right")
-            across = regions[1:] != regions[:-1]  # a damage region lies between the two
+    def unterminated(self) -> list[Span]:
+        """The spans still open."""
+        return [Span(name, session, tid, d, begin, None, tsc, None)
+                for (session, tid), stacks in self.open.items()
+                for name, stack in stacks.items() for begin, tsc, d in stack]
+
+
+@dataclass(frozen=True)
+class CpuRows:
+    """One CPU's records in one session, in stream order, as loss counting sees them: the
+    seq of each, the damage regions before each (a count; None: no damage), and where the
+    SYNC and LOST records are (``marks``, indexes into the rows) with their id and
+    payload words 0, 2 and 3."""
+
+    session: int
+    cpu: int
+    seq: npt.NDArray[np.int64]
+    region: npt.NDArray[np.int64] | None
+    marks: npt.NDArray[np.intp]
+    mid: npt.NDArray[np.uint16]
+    w0: npt.NDArray[np.uint64]
+    w2: npt.NDArray[np.uint64]
+    w3: npt.NDArray[np.uint64]
+
+    def __len__(self) -> int:
+        return int(self.seq.shape[0])
+
+    def tail(self, start: int) -> CpuRows:
+        """The rows from ``start`` on."""
+        keep = self.marks >= start
+        return CpuRows(self.session, self.cpu, self.seq[start:],
+                       None if self.region is None else self.region[start:],
+                       self.marks[keep] - start, self.mid[keep], self.w0[keep],
+                       self.w2[keep], self.w3[keep])
+
+    def then(self, more: CpuRows) -> CpuRows:
+        """These rows followed by ``more`` (the same CPU, later in the stream)."""
+        if self.region is None and more.region is None:
+            region = None
         else:
-            across = np.zeros(len(gap), np.bool_)
-        exact, checked = self._exact_gaps(rows, gap, across)
-        lost = np.flatnonzero(r.id[rows[1:]] == ID_LOST)  # pairs whose second is a LOST
-        n_lost = r.args[rows[1:][lost], 0] if r.args.shape[1] else np.zeros(len(lost), np.uint64)
-        explained = np.zeros(len(gap), np.bool_)
-        explained[lost] = np.where(
-            checked[lost], n_lost.astype(np.int64) == exact[lost],  # exact, from SYNCs
-            (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost])  # only mod 65536
-        gap = exact
-        loss_gap = (gap > 0) & (~across | explained)
-        damage_gap = (gap > 0) & across & ~explained
-        first = int(rows[0])
-        syncs = rows[r.id[rows] == ID_SYNC]
-        guest_total = int(r.args[syncs[-1], 3]) if syncs.size and r.args.shape[1] > 3 else None
-        return CpuLoss(
-            session=int(r.session[first]), cpu=int(r.cpu[first]), records=len(rows),
-            gaps=int(gap[loss_gap].sum()), lost_records=int(n_lost.sum()),
-            damage_gaps=int(gap[damage_gap].sum()),
-            lost_before_base=int(r.args[first, 0]) if r.id[first] == ID_LOST else 0,
-            agree=bool(np.all(explained[loss_gap]) and np.all(explained[lost])),
-            guest_lost_total=guest_total)
+            region = np.concatenate([np.zeros(len(x), np.int64) if x.region is None
+                                     else x.region for x in (self, more)])
+        return CpuRows(self.session, self.cpu, np.concatenate((self.seq, more.seq)), region,
+                       np.concatenate((self.marks, more.marks + len(self))),
+                       np.concatenate((self.mid, more.mid)), np.concatenate((self.w0, more.w0)),
+                       np.concatenate((self.w2, more.w2)), np.concatenate((self.w3, more.w3)))
+
+    def syncs(self) -> npt.NDArray[np.intp]:
+        """Indexes (into the rows) of the SYNC records."""
+        found: npt.NDArray[np.intp] = self.marks[self.mid == ID_SYNC]
+        return found
+
+
+def _exact_gaps(rows: CpuRows, gap: npt.NDArray[np.int64], across: npt.NDArray[np.bool_]
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Gaps with the multiples of 65536 the 16-bit wire seq cannot show put back.
+
+    Every SYNC carries the CPU's full 64-bit seq (and the stub writes one right after
+    each LOST), so between two SYNCs the host knows exactly how many records are
+    missing (FORMAT.md 3.2); the difference from the 16-bit gaps belongs to the
+    largest gap in between, the drop a LOST reports. Gaps across damage stay as seen.
+    Also returns which gaps a pair of SYNCs checked (the rest are only known mod 65536).
+    """
+    exact = gap.copy()
+    checked = np.zeros(len(gap), np.bool_)
+    is_sync = rows.mid == ID_SYNC
+    syncs = rows.marks[is_sync]
+    if syncs.size < 2:
+        return exact, checked
+    full = rows.w2[is_sync].astype(np.int64)
+    # the 16-bit gaps alone already account for most pairs: look only where they do not
+    summed = np.concatenate(([0], np.cumsum(gap)))
+    missing = (full[1:] - full[:-1]) - (syncs[1:] - syncs[:-1]) \
+        - (summed[syncs[1:]] - summed[syncs[:-1]])
+    for i in np.flatnonzero(missing != 0).tolist() if not across.any() else \
+            range(syncs.size - 1):
+        a, b = int(syncs[i]), int(syncs[i + 1])
+        if b - a < 1 or across[a:b].any():
+            continue
+        extra = int(missing[i])
+        if extra >= 0 and extra % 65536 == 0:
+            exact[a + int(np.argmax(gap[a:b]))] += extra
+    ok = (missing >= 0) & (missing % 65536 == 0)
+    if across.any():
+        crossed = np.concatenate(([0], np.cumsum(across)))
+        ok &= crossed[syncs[1:]] == crossed[syncs[:-1]]
+    # the gaps between each checked pair of SYNCs are exact
+    mark = np.zeros(len(gap) + 1, np.int64)
+    good = np.flatnonzero(ok & (syncs[1:] > syncs[:-1]))
+    np.add.at(mark, syncs[:-1][good], 1)
+    np.add.at(mark, syncs[1:][good], -1)
+    checked = np.cumsum(mark)[: len(gap)] > 0
+    return exact, checked
+
+
+def cpu_loss(rows: CpuRows) -> CpuLoss:
+    """Loss of one CPU in one session (FORMAT.md 3.1, 3.2)."""
+    gap = (rows.seq[1:] - rows.seq[:-1] - 1) % 65536
+    # across: a damage region lies between the two records
+    across = np.zeros(len(gap), np.bool_) if rows.region is None else \
+        rows.region[1:] != rows.region[:-1]
+    exact, checked = _exact_gaps(rows, gap, across)
+    is_lost = (rows.mid == ID_LOST) & (rows.marks >= 1)
+    lost = rows.marks[is_lost] - 1  # gaps whose second record is a LOST
+    n_lost = rows.w0[is_lost]
+    explained = np.zeros(len(gap), np.bool_)
+    explained[lost] = np.where(
+        checked[lost], n_lost.astype(np.int64) == exact[lost],  # exact, from SYNCs
+        (n_lost % np.uint64(65536)).astype(np.int64) == gap[lost])  # only mod 65536
+    gap = exact
+    loss_gap = (gap > 0) & (~across | explained)
+    damage_gap = (gap > 0) & across & ~explained
+    syncs = np.flatnonzero(rows.mid == ID_SYNC)
+    first_lost = rows.marks.size > 0 and rows.marks[0] == 0 and rows.mid[0] == ID_LOST
+    return CpuLoss(
+        session=rows.session, cpu=rows.cpu, records=len(rows),
+        gaps=int(gap[loss_gap].sum()), lost_records=int(n_lost.sum()),
+        damage_gaps=int(gap[damage_gap].sum()),
+        lost_before_base=int(rows.w0[0]) if first_lost else 0,
+        agree=bool(np.all(explained[loss_gap]) and np.all(explained[lost])),
+        guest_lost_total=int(rows.w3[syncs[-1]]) if syncs.size else None)

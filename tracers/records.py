@@ -8,15 +8,16 @@ can use these types without importing the state machine, and so that both decodi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tracers.chunks import Dropped
 from tracers.format import MAX_ARGS, StreamHeader
 
-__all__ = ["Columns", "Damage", "Decoded", "Records", "Session", "Truncation"]
+__all__ = ["Columns", "Damage", "Decoded", "Records", "Session", "StreamSummary", "Truncation"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,24 @@ class Decoded:
         return sum(d.skipped for d in self.damage)
 
 
+@dataclass
+class StreamSummary:
+    """What a whole stream (decoded batch by batch) had beyond its records: sessions,
+    damage, a cut-short end, and what its recording dropped to rotation."""
+
+    sessions: list[Session]
+    damage: list[Damage]
+    truncated: Truncation | None
+    dropped: Dropped | None = None
+
+    @property
+    def damaged_bytes(self) -> int:
+        return sum(d.skipped for d in self.damage)
+
+    def dropped_json(self) -> dict[str, Any] | None:
+        return None if self.dropped is None else asdict(self.dropped)
+
+
 class Columns:
     """The decoder's output arrays while it fills them, allocated for the most records the
     data can hold; ``finish`` makes them :class:`Records`. ``np.zeros`` is calloc: pages
@@ -129,6 +148,17 @@ class Columns:
         self.n = 0
         self.width = 0  # payload words used by the widest record
         self.strings: dict[int, bytes] = {}
+
+    @property
+    def capacity(self) -> int:
+        return int(self.tsc.shape[0])
+
+    def clear(self) -> None:
+        """Empty again for reuse: argument words a record does not fill must read 0."""
+        self.args[: self.width, : self.n] = 0
+        self.n = 0
+        self.width = 0
+        self.strings = {}
 
     def finish(self, start: int, session_starts: list[tuple[int, int]], last_session: int) \
             -> Records:

@@ -34,11 +34,13 @@ from tracers.metadata import (
     Tracepoint,
     Tracepoints,
 )
-from tracers.model import Span, TraceModel
-from tracers.records import Decoded, Session
+from tracers.model import Span, TraceModel, tracepoint_name
+from tracers.records import Damage, Session, StreamSummary, Truncation
+from tracers.summary import StatsAccumulator
 from undebug.text import escape
 
-__all__ = ["EventPrinter", "TraceStats", "damage_warnings", "show_json", "trace_stats"]
+__all__ = ["EventPrinter", "TraceStats", "damage_warnings", "show_json_tail", "span_json",
+           "trace_stats"]
 
 _LEVELS = {0: "error", 1: "warning", 2: "info", 3: "debug"}
 
@@ -201,12 +203,15 @@ class EventPrinter:
                 f"({len(stack)} open) --" for (s, tid, name), stack in self.open.items() if stack]
 
 
-def show_json(label: str, model: TraceModel, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``trace show --json`` document's fields; ``events`` as an EventPrinter collected."""
-    decoded = model.decoded
-    return {"source": label, "sessions": _sessions_json(decoded), "events": events,
-            "damage": _damage_json(decoded), "truncated": _truncated_json(decoded),
-            "spans": [_span_json(s) for s in model.spans]}
+def show_json_tail(stream: StreamSummary) -> dict[str, Any]:
+    """The ``trace show --json`` fields known only at the end of the stream."""
+    return {"sessions": _sessions_json(stream.sessions), "damage": _damage_json(stream.damage),
+            "truncated": _truncated_json(stream.truncated), "rotation": stream.dropped_json()}
+
+
+def span_json(span: Span) -> dict[str, Any]:
+    return {"name": span.name, "session": span.session, "tid": span.tid, "depth": span.depth,
+            "begin": span.begin, "end": span.end, "unterminated": span.unterminated}
 
 
 # ---- stats -----------------------------------------------------------------------------
@@ -254,63 +259,66 @@ class TraceStats:
         return lines
 
 
-def trace_stats(label: str, model: TraceModel) -> TraceStats:
-    """Events per tracepoint and thread, loss per CPU, spans, damage and the event rate."""
-    decoded, tps = model.decoded, model.tracepoints
-    names = model.thread_names
-    events = int(model.is_event.sum())
-    duration = model.duration_s()
+def trace_stats(label: str, acc: StatsAccumulator, stream: StreamSummary) -> TraceStats:
+    """Events per tracepoint and thread, loss per CPU, spans, damage and the event rate,
+    from the batches folded into ``acc``."""
+    tps, names = acc.tracepoints, acc.names
+    events = acc.events
+    duration = acc.duration_s(stream.sessions)
     tracepoints: list[dict[str, Any]] = [
-        {"id": i, "name": model.tracepoint_name(i), "count": c,
+        {"id": i, "name": tracepoint_name(tps, i), "count": c,
          "kind": tp.kind_name if tps and (tp := tps.get(i)) else None}
-        for i, c in sorted(model.counts_by_tracepoint().items(), key=lambda x: -x[1])]
+        for i, c in sorted(acc.counts_by_tracepoint().items(), key=lambda x: -x[1])]
     threads: list[dict[str, Any]] = [
         {"tid": t, "name": names[t].decode("utf-8", "backslashreplace") if t in names else None,
-         "count": c} for t, c in sorted(model.counts_by_thread().items(), key=lambda x: -x[1])]
+         "count": c} for t, c in sorted(acc.counts_by_thread().items(), key=lambda x: -x[1])]
     loss: list[dict[str, Any]] = [
         {"session": x.session, "cpu": x.cpu, "records": x.records, "lost_gaps": x.gaps,
          "lost_records": x.lost_records, "agree": x.agree, "damage_gaps": x.damage_gaps,
          "lost_before_base": x.lost_before_base, "guest_lost_total": x.guest_lost_total}
-        for x in model.loss()]
-    spans = model.spans
+        for x in acc.loss.result()]
+    unterminated = acc.unterminated_spans()
     data: dict[str, Any] = {
-        "source": label, "sessions": _sessions_json(decoded), "records": len(decoded.records),
+        "source": label, "sessions": _sessions_json(stream.sessions), "records": acc.records,
         "events": events, "duration_s": round(duration, 9),
         "rate_per_s": round(events / duration, 1) if duration > 0 else None,
         "tracepoints": tracepoints, "threads": threads, "loss": loss,
-        "spans": {"count": len(spans), "unterminated": sum(s.unterminated for s in spans),
-                  "unmatched_ends": len(model.unmatched_ends)},
-        "damage": _damage_json(decoded), "damaged_bytes": decoded.damaged_bytes,
-        "truncated": _truncated_json(decoded)}
+        "spans": {"count": acc.span_count + unterminated, "unterminated": unterminated,
+                  "unmatched_ends": acc.unmatched_ends},
+        "damage": _damage_json(stream.damage), "damaged_bytes": stream.damaged_bytes,
+        "truncated": _truncated_json(stream.truncated),
+        "rotation": stream.dropped_json()}
     return TraceStats(data, duration)
 
 
 # ---- JSON pieces -----------------------------------------------------------------------
 
-def damage_warnings(decoded: Decoded) -> list[str]:
-    """One warning summing up the damage, or none."""
-    if not decoded.damage:
-        return []
-    return [f"{len(decoded.damage)} damaged region(s), {decoded.damaged_bytes} bytes skipped"]
+def damage_warnings(stream: StreamSummary) -> list[str]:
+    """One warning summing up the damage, and one for what rotation dropped."""
+    out = []
+    if stream.damage:
+        out.append(f"{len(stream.damage)} damaged region(s), {stream.damaged_bytes} bytes "
+                   "skipped")
+    d = stream.dropped
+    if d is not None and (d.dropped_chunks or d.unwritten_bytes):
+        out.append(f"the recording lost its oldest {d.dropped_chunks} chunk(s) "
+                   f"({d.dropped_bytes} bytes) to its size cap ({d.max_size} bytes)"
+                   + (f"; {d.unwritten_bytes} bytes were never written ("
+                      f"{d.write_error or 'a write failed'})" if d.unwritten_bytes else ""))
+    return out
 
 
-def _sessions_json(decoded: Decoded) -> list[dict[str, Any]]:
+def _sessions_json(sessions: list[Session]) -> list[dict[str, Any]]:
     return [{"index": s.index, "offset": s.offset, "cpu_count": s.header.cpu_count,
              "tsc_hz": s.header.tsc_hz, "boot_tsc": s.header.boot_tsc,
              "build_id": s.header.build_id.hex(), "transport": s.header.transport_name,
-             "first_record": s.first_record} for s in decoded.sessions]
+             "first_record": s.first_record} for s in sessions]
 
 
-def _damage_json(decoded: Decoded) -> list[dict[str, Any]]:
+def _damage_json(damage: list[Damage]) -> list[dict[str, Any]]:
     return [{"offset": d.offset, "skipped": d.skipped, "record_index": d.record_index,
-             "reason": d.reason} for d in decoded.damage]
+             "reason": d.reason} for d in damage]
 
 
-def _truncated_json(decoded: Decoded) -> dict[str, int] | None:
-    t = decoded.truncated
+def _truncated_json(t: Truncation | None) -> dict[str, int] | None:
     return None if t is None else {"offset": t.offset, "bytes": t.size}
-
-
-def _span_json(span: Span) -> dict[str, Any]:
-    return {"name": span.name, "session": span.session, "tid": span.tid, "depth": span.depth,
-            "begin": span.begin, "end": span.end, "unterminated": span.unterminated}

@@ -12,6 +12,9 @@
  *                   "refguest: trace_bench done events=<n> cycles=<c>"
  *   trace_flood=N   same without waiting (overload: drops are counted);
  *                   prints "refguest: trace_flood done events=<n> cycles=<c> lost=<l> loop_cycles=<s>"
+ *                   and, over trace=uart|e9, "refguest: trace flush polls=<p>
+ *                   deferred=<d> stalled=<s> bytes=<b> max_poll_us=<u>" (the flusher's
+ *                   per-poll budget at work; undebug_trace_flush_stats())
  * cycles: TSC cycles from the first generator thread's start to the last
  * one's end; loop_cycles: sum over threads of their own loop time. */
 #include "kernel.h"
@@ -156,6 +159,13 @@ static void bench_main(void *arg)
 		if (bench_flood)
 			kprintf("refguest: trace_flood done events=%lu cycles=%lu lost=%lu loop_cycles=%lu\n",
 				bench_events, cycles, undebug_trace_lost_total(), bench_loop_cycles);
+		if (bench_flood && (opt_trace == TRACE_UART || opt_trace == TRACE_E9)) {
+			struct undebug_trace_flush_stats f;
+			undebug_trace_flush_stats(&f);
+			kprintf("refguest: trace flush polls=%lu deferred=%lu stalled=%lu bytes=%lu "
+				"max_poll_us=%lu\n", f.polls, f.deferred_polls, f.stalled_polls,
+				f.bytes_sent, f.max_poll_cycles * 1000 / (tsc_khz ? tsc_khz : 1));
+		}
 		else
 			kprintf("refguest: trace_bench done events=%lu cycles=%lu\n",
 				bench_events, cycles);

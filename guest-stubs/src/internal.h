@@ -21,6 +21,10 @@
 #define UNDEBUG_HDR_NESTED_DROP 2u
 
 _Static_assert((UNDEBUG_RING_BYTES & (UNDEBUG_RING_BYTES - 1)) == 0, "ring size: power of two");
+/* the slow path may need room for a LOST (2 slots) and a SYNC (3) before the largest
+ * record (16): a ring must hold them all at once, or such a record is never written */
+_Static_assert(UNDEBUG_RING_BYTES >= (2u + 3u + UNDEBUG_MAX_SLOTS) * UNDEBUG_SLOT,
+	       "ring size: too small for the largest record");
 
 struct undebug_stream_header {       /* 80 bytes, FORMAT.md section 1 */
 	uint64_t magic;
@@ -37,11 +41,14 @@ _Static_assert(sizeof(struct undebug_stream_header) == 80, "stream header");
 
 enum { RING_FLIGHT = 0, RING_STREAM = 1 };
 
+/* Fields another CPU reads or writes (mode, busy, positions, lost_total, sync_req) are
+ * only accessed with __atomic builtins; the rest belong to one side.  attn and sync_at
+ * are the producer's: the consumer asks for a SYNC by bumping sync_req. */
 struct undebug_ring {                /* 128 bytes, FORMAT.md section 5 */
 	uint32_t magic;
 	uint16_t cpu;
-	volatile uint8_t mode;           /* written by the consumer */
-	volatile uint8_t busy;           /* producer is inside an emit */
+	uint8_t mode;                    /* consumer writes, producer reads (atomic) */
+	uint8_t busy;                    /* producer is inside an emit (atomic) */
 	uint8_t *data;
 	uint64_t size;
 	uint64_t head;                   /* producer, published with release */
@@ -49,7 +56,7 @@ struct undebug_ring {                /* 128 bytes, FORMAT.md section 5 */
 	uint64_t ctail;                  /* consumer: released by the host */
 	uint64_t spos;                   /* consumer: handed to the transport */
 	uint64_t seq;
-	uint64_t lost_total;
+	uint64_t lost_total;             /* producer writes, anyone reads (atomic) */
 	uint64_t overwritten;
 	uint64_t lost_pending;
 	uint64_t lost_first;
@@ -57,9 +64,11 @@ struct undebug_ring {                /* 128 bytes, FORMAT.md section 5 */
 	uint16_t tid;
 	uint8_t tid_known;
 	uint8_t attached;                /* consumer */
-	volatile uint32_t nested_pending;
-	uint64_t attn;                   /* seq at which the slow path runs */
-	uint64_t sync_at;                /* seq at which the next SYNC is due */
+	uint16_t nested_pending;         /* interrupts of this CPU add, the emit takes (atomic) */
+	uint8_t sync_req;                /* consumer: bumped to ask for a SYNC (atomic) */
+	uint8_t sync_seen;               /* producer: the last sync_req it acted on */
+	uint64_t attn;                   /* producer: seq at which the slow path runs */
+	uint64_t sync_at;                /* producer: seq at which the next SYNC is due */
 } __attribute__((aligned(64)));
 _Static_assert(sizeof(struct undebug_ring) == 128, "ring header");
 
@@ -74,6 +83,12 @@ int undebug__try_attach(struct undebug_ring *r);
 void undebug__settle_lost(void);
 
 static inline void undebug__barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+/* One CPU's own flag, also read by other CPUs: relaxed atomics plus compiler barriers
+ * order it against the emit's plain stores on that CPU (an interrupt of the same CPU
+ * sees program order); make_room() and undebug__try_attach() pair their fences. */
+static inline uint8_t undebug__load8(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void undebug__store8(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
 #if defined(__x86_64__) || defined(__i386__)
 static inline void undebug__outb(uint16_t p, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(p)); }

@@ -66,7 +66,7 @@ int undebug_trace_init(uint64_t tsc_hz, uint64_t boot_tsc, unsigned cpu_count,
 		r->cpu = (uint16_t)i;
 		r->data = undebug_trace_ring_data[i];
 		r->size = UNDEBUG_RING_BYTES;
-		r->mode = RING_FLIGHT;
+		undebug__store8(&r->mode, RING_FLIGHT);
 		r->attn = 0;                 /* first emit: SYNC */
 		r->magic = UNDEBUG_RING_MAGIC;
 	}
@@ -98,12 +98,12 @@ static __attribute__((noinline)) int make_room(struct undebug_ring *r, uint64_t 
 	 * see mode == STREAM here or the consumer sees busy and retries. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	uint64_t head = r->head;
-	if (r->mode == RING_STREAM) {
+	int flight = undebug__load8(&r->mode) != RING_STREAM;   /* read once */
+	if (!flight) {
 		uint64_t ct = __atomic_load_n(&r->ctail, __ATOMIC_ACQUIRE);
 		if (head + need - ct > r->size)
 			return 0;
 	}
-	int flight = r->mode != RING_STREAM;
 	uint64_t tail = r->tail;
 	/* Free at least 1/16 of the ring at a time (not just `need`), so a full
 	 * flight recorder takes this slow path once per ~1/16 ring, not per
@@ -167,15 +167,29 @@ static void drop(struct undebug_ring *r, uint64_t n)
 	if (!r->lost_pending)
 		r->lost_first = r->seq;
 	r->lost_pending += n;
-	r->lost_total += n;
+	/* the only writer; others read it (undebug_trace_lost_total) */
+	__atomic_store_n(&r->lost_total, __atomic_load_n(&r->lost_total, __ATOMIC_RELAXED) + n,
+			 __ATOMIC_RELAXED);
 	r->seq += n;
 	r->attn = 0;
 }
 
-/* seq reached attn: pending LOST report and/or SYNC.  Returns 0 if the
- * caller's record (need bytes) must be dropped. */
+/* The consumer asked for a SYNC (it attached this ring): only the producer moves
+ * sync_at and attn, so it takes the request here. */
+static inline int sync_requested(struct undebug_ring *r)
+{
+	return __atomic_load_n(&r->sync_req, __ATOMIC_RELAXED) != r->sync_seen;
+}
+
+/* seq reached attn (or a SYNC was asked for): pending LOST report and/or SYNC.
+ * Returns 0 if the caller's record (need bytes) must be dropped. */
 static __attribute__((noinline)) int attention(struct undebug_ring *r, uint64_t need)
 {
+	uint8_t req = __atomic_load_n(&r->sync_req, __ATOMIC_ACQUIRE);
+	if (req != r->sync_seen) {
+		r->sync_seen = req;
+		r->sync_at = r->seq;         /* SYNC soon after attach */
+	}
 	if (!r->tid_known) {
 		r->tid = (uint16_t)undebug_os_thread();
 		r->tid_known = 1;
@@ -191,7 +205,7 @@ static __attribute__((noinline)) int attention(struct undebug_ring *r, uint64_t 
 	if (r->seq >= r->sync_at) {
 		if (room(r, 3 * UNDEBUG_SLOT + need)) {
 			uint64_t w[4] = { UNDEBUG_SYNC_MAGIC, ~UNDEBUG_SYNC_MAGIC, r->seq,
-					  r->lost_total };
+					  __atomic_load_n(&r->lost_total, __ATOMIC_RELAXED) };
 			put(r, UNDEBUG_ID_SYNC, 3, w, 4);
 			r->sync_at = r->seq + UNDEBUG_SYNC_EVERY;
 		}
@@ -203,15 +217,15 @@ static __attribute__((noinline)) int attention(struct undebug_ring *r, uint64_t 
 static __attribute__((noinline)) void settle_nested(struct undebug_ring *r)
 {
 	do {
-		r->busy = 1;
+		undebug__store8(&r->busy, 1);
 		undebug__barrier();
-		uint32_t n = __atomic_exchange_n(&r->nested_pending, 0, __ATOMIC_RELAXED);
+		uint16_t n = __atomic_exchange_n(&r->nested_pending, 0, __ATOMIC_RELAXED);
 		if (n)
 			drop(r, n);
 		undebug__barrier();
-		r->busy = 0;
+		undebug__store8(&r->busy, 0);
 		undebug__barrier();
-	} while (r->nested_pending);
+	} while (__atomic_load_n(&r->nested_pending, __ATOMIC_RELAXED));
 }
 
 /* Drops are reported by the next emit that finds room; a CPU that went quiet with a
@@ -223,15 +237,15 @@ void undebug__settle_lost(void)
 	if (cpu >= undebug__ncpus)
 		return;
 	struct undebug_ring *r = &undebug_trace_rings[cpu];
-	if (r->busy || !r->lost_pending)
+	if (undebug__load8(&r->busy) || !r->lost_pending)
 		return;
-	r->busy = 1;
+	undebug__store8(&r->busy, 1);
 	undebug__barrier();
 	attention(r, 0);
 	undebug__barrier();
-	r->busy = 0;
+	undebug__store8(&r->busy, 0);
 	undebug__barrier();
-	if (r->nested_pending)
+	if (__atomic_load_n(&r->nested_pending, __ATOMIC_RELAXED))
 		settle_nested(r);
 }
 
@@ -242,25 +256,25 @@ emit(uint16_t id, const uint64_t *w, unsigned nw)
 	if (__builtin_expect(cpu >= undebug__ncpus, 0))
 		return;
 	struct undebug_ring *r = &undebug_trace_rings[cpu];
-	if (__builtin_expect(r->busy, 0)) {
+	if (__builtin_expect(undebug__load8(&r->busy), 0)) {
 		__atomic_fetch_add(&r->nested_pending, 1, __ATOMIC_RELAXED);
 		return;
 	}
-	r->busy = 1;
+	undebug__store8(&r->busy, 1);
 	undebug__barrier();
 	unsigned nslots = 1 + (nw + 1) / 2;
 	uint64_t need = nslots * UNDEBUG_SLOT;
 	int ok = 1;
-	if (__builtin_expect(r->seq >= r->attn, 0))
+	if (__builtin_expect(r->seq >= r->attn || sync_requested(r), 0))
 		ok = attention(r, need);
 	if (__builtin_expect(ok, 1) && room(r, need))
 		put(r, id, nslots, w, nw);
 	else
 		drop(r, 1);
 	undebug__barrier();
-	r->busy = 0;
+	undebug__store8(&r->busy, 0);
 	undebug__barrier();
-	if (__builtin_expect(r->nested_pending != 0, 0))
+	if (__builtin_expect(__atomic_load_n(&r->nested_pending, __ATOMIC_RELAXED) != 0, 0))
 		settle_nested(r);
 }
 
@@ -390,7 +404,7 @@ uint64_t undebug_trace_room(void)
 	if (cpu >= undebug__ncpus)
 		return 0;
 	struct undebug_ring *r = &undebug_trace_rings[cpu];
-	if (r->mode != RING_STREAM)
+	if (undebug__load8(&r->mode) != RING_STREAM)
 		return r->size;
 	uint64_t used = r->head - __atomic_load_n(&r->ctail, __ATOMIC_ACQUIRE);
 	return used >= r->size ? 0 : r->size - used;
@@ -407,19 +421,23 @@ uint64_t undebug_trace_lost_total(void)
 /* ---- consumer-side attach/detach (transport lock held) --------------------- */
 
 /* Switch ring r to streaming from its oldest record.  Returns 0 if its CPU
- * is inside an emit right now (retry later). */
+ * is inside an emit right now (retry later); the ring then stays a flight
+ * recorder meanwhile (left in streaming mode unattached, it would drop every
+ * record once full, with nobody to release room). */
 int undebug__try_attach(struct undebug_ring *r)
 {
 	__atomic_store_n(&r->ctail, __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE), __ATOMIC_RELEASE);
-	r->mode = RING_STREAM;
+	undebug__store8(&r->mode, RING_STREAM);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (r->busy)
+	if (undebug__load8(&r->busy)) {
+		undebug__store8(&r->mode, RING_FLIGHT);
 		return 0;
+	}
 	uint64_t t = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
 	r->spos = t;
 	__atomic_store_n(&r->ctail, t, __ATOMIC_RELEASE);
-	r->sync_at = 0;              /* SYNC soon after attach */
-	r->attn = 0;
+	/* SYNC soon after attach: the producer moves its own attn/sync_at */
+	__atomic_store_n(&r->sync_req, (uint8_t)(r->sync_req + 1), __ATOMIC_RELEASE);
 	r->attached = 1;
 	return 1;
 }
@@ -436,6 +454,6 @@ void undebug__detach_all(void)
 	for (unsigned i = 0; i < undebug__ncpus; i++) {
 		struct undebug_ring *r = &undebug_trace_rings[i];
 		r->attached = 0;
-		r->mode = RING_FLIGHT;
+		undebug__store8(&r->mode, RING_FLIGHT);
 	}
 }

@@ -4,8 +4,20 @@
  *
  * One consumer at a time: whoever wins the transport try-lock.  The flusher
  * only ever sends a ring up to its committed head, which is a record
- * boundary, so byte streams of different CPUs never interleave mid-record. */
+ * boundary, so byte streams of different CPUs never interleave mid-record.
+ *
+ * The byte transports write a byte at a time from the poll (a timer tick), so
+ * a poll sends at most UNDEBUG_FLUSH_BUDGET bytes, whole records, rings in
+ * turn; a UART that stays busy or a custom writer that takes nothing ends the
+ * poll and the next one resumes that record first.  Nothing is dropped here:
+ * what is not sent stays in the ring, whose producer drops (and counts, in
+ * LOST records) what no longer fits. */
 #include "internal.h"
+
+#ifndef UNDEBUG_FLUSH_BUDGET
+#define UNDEBUG_FLUSH_BUDGET 2048u       /* bytes per poll over UART / 0xE9 / custom */
+#endif
+#define UART_SPINS 2000u                 /* pauses waiting for the THR before giving up */
 
 /* virtio.c */
 void undebug__virtio_poll(int draining);
@@ -16,7 +28,10 @@ static volatile uint32_t tlock;
 static enum undebug_transport transport;
 static uint16_t uart_base;
 static size_t (*custom_write)(const void *, size_t);
-static int sync_hdr_sent;
+static int sync_hdr_sent;                /* 0, then 1 + header bytes sent */
+static struct undebug_trace_flush_stats flush_stats;
+static unsigned sync_next;               /* ring the next poll starts with */
+static uint64_t sync_rest;               /* bytes of a record a stall left unsent, ring sync_next */
 
 static int trylock(void)
 {
@@ -46,62 +61,144 @@ int undebug_trace_connected(void)
 }
 
 /* ---- synchronous byte transports ----------------------------------------------- */
-static void sync_write(const void *buf, size_t n)
+/* Bytes written, < n when the device stays busy (the rest is for a later poll). */
+static size_t sync_write(const void *buf, size_t n)
 {
 	const uint8_t *p = buf;
+	size_t done = 0;
 	switch (transport) {
 #ifdef UNDEBUG_HAVE_PIO
-	case UNDEBUG_TRANSPORT_E9:
-		__asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"((uint16_t)0xe9) : "memory");
+	case UNDEBUG_TRANSPORT_E9: {
+		size_t left = n;
+		__asm__ volatile("rep outsb" : "+S"(p), "+c"(left) : "d"((uint16_t)0xe9) : "memory");
+		done = n;
 		break;
+	}
 	case UNDEBUG_TRANSPORT_UART:
-		for (size_t i = 0; i < n; i++) {
-			for (unsigned spins = 0; !(undebug__inb(uart_base + 5) & 0x20) && spins < 100000; spins++)
+		for (; done < n; done++) {
+			unsigned spins = 0;
+			while (!(undebug__inb(uart_base + 5) & 0x20)) {
+				if (++spins > UART_SPINS)
+					return done;          /* the THR stays full: not now */
 				__asm__ volatile("pause");
-			undebug__outb(uart_base, p[i]);
+			}
+			undebug__outb(uart_base, p[done]);
 		}
 		break;
 #endif
 	case UNDEBUG_TRANSPORT_CUSTOM:
-		while (n) {
-			size_t w = custom_write(p, n);
+		while (done < n) {
+			size_t w = custom_write(p + done, n - done);
 			if (!w)
-				return;               /* the OS gave up: bytes are lost */
-			p += w;
-			n -= w;
+				break;                /* the OS takes nothing now: later */
+			done += w;
 		}
 		break;
 	default:
+		done = n;
 		break;
 	}
+	return done;
+}
+
+/* Send [spos, end) of ring r; false when the transport stopped short (the rest of
+ * that record is sent first by the next poll). */
+static int sync_send(struct undebug_ring *r, uint64_t end)
+{
+	while (r->spos < end) {
+		uint64_t off = r->spos & (r->size - 1);
+		uint64_t n = end - r->spos;
+		if (n > r->size - off)
+			n = r->size - off;
+		size_t w = sync_write(r->data + off, n);
+		r->spos += w;
+		flush_stats.bytes_sent += w;
+		if (w < n)
+			return 0;
+	}
+	return 1;
+}
+
+/* Where whole records from spos up to head fit in `budget` bytes (at least one). */
+static uint64_t sync_records_end(struct undebug_ring *r, uint64_t head, uint64_t budget)
+{
+	uint64_t end = r->spos;
+	while (end < head) {
+		unsigned k = r->data[(end & (r->size - 1)) + 11];
+		uint64_t len = (uint64_t)k * UNDEBUG_SLOT;
+		if (k == 0 || k > UNDEBUG_MAX_SLOTS || end + len > head)
+			return head;              /* a damaged ring: send what is there */
+		if (end + len - r->spos > budget && end > r->spos)
+			break;
+		end += len;
+	}
+	return end;
 }
 
 static void sync_poll(void)
 {
+	static struct undebug_stream_header h;
 	if (!sync_hdr_sent) {
-		struct undebug_stream_header h = undebug_trace_header;
+		h = undebug_trace_header;
 		h.flags |= UNDEBUG_HDR_STREAMING;
 		h.transport = (uint8_t)transport;
 		h.header_tsc = undebug__tsc();
-		sync_write(&h, sizeof h);
 		sync_hdr_sent = 1;
 	}
+	if (sync_hdr_sent <= (int)sizeof h) {     /* the header first, whole */
+		size_t at = (size_t)sync_hdr_sent - 1;
+		size_t w = sync_write((const uint8_t *)&h + at, sizeof h - at);
+		flush_stats.bytes_sent += w;
+		sync_hdr_sent += (int)w;
+		if (sync_hdr_sent <= (int)sizeof h)
+			return;
+	}
 	undebug__attach_all();
-	for (unsigned i = 0; i < undebug__ncpus; i++) {
+	uint64_t t0 = undebug__tsc();
+	uint64_t budget = UNDEBUG_FLUSH_BUDGET;
+	unsigned n = undebug__ncpus, first = sync_next < n ? sync_next : 0;
+	int stalled = 0;
+	flush_stats.polls++;
+	for (unsigned j = 0; j < n && budget && !stalled; j++) {
+		unsigned i = (first + j) % n;
 		struct undebug_ring *r = &undebug_trace_rings[i];
 		if (!r->attached)
 			continue;
-		uint64_t h = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
-		while (r->spos < h) {
-			uint64_t off = r->spos & (r->size - 1);
-			uint64_t n = h - r->spos;
-			if (n > r->size - off)
-				n = r->size - off;
-			sync_write(r->data + off, n);
-			r->spos += n;
+		uint64_t before = r->spos;
+		if (sync_rest) {                  /* finish the record a stall cut */
+			stalled = !sync_send(r, r->spos + sync_rest);
+			sync_rest -= r->spos - before;
 		}
+		if (!stalled) {
+			uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+			uint64_t end = sync_records_end(r, head, budget);
+			if (!sync_send(r, end)) {
+				stalled = 1;
+				sync_rest = end - r->spos;
+			}
+		}
+		uint64_t sent = r->spos - before;
+		budget = sent >= budget ? 0 : budget - sent;
 		__atomic_store_n(&r->ctail, r->spos, __ATOMIC_RELEASE);
+		sync_next = stalled ? i : (i + 1) % n;
 	}
+	if (stalled)
+		flush_stats.stalled_polls++;
+	for (unsigned i = 0; i < n; i++) {
+		struct undebug_ring *r = &undebug_trace_rings[i];
+		if (r->attached && r->spos != __atomic_load_n(&r->head, __ATOMIC_ACQUIRE)) {
+			flush_stats.deferred_polls++;     /* bytes left for a later poll */
+			break;
+		}
+	}
+	uint64_t took = undebug__tsc() - t0;
+	if (took > flush_stats.max_poll_cycles)
+		flush_stats.max_poll_cycles = took;
+}
+
+void undebug_trace_flush_stats(struct undebug_trace_flush_stats *out)
+{
+	*out = flush_stats;
 }
 
 int undebug_trace_use_uart(uint16_t io_base)

@@ -44,7 +44,9 @@ def ps(args: argparse.Namespace) -> Report:
     guests, warnings = [], []
     for session in sessions():
         try:
-            guests.append(_live_status(session))
+            guest = _live_status(session)
+            guests.append(guest)
+            warnings += [f"{guest.name}: {w}" for w in guest.extra.get("warnings") or []]
         except SessionError as exc:
             warnings.append(exc.message)
 

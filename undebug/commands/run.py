@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from undebug.commands import command, session_name
+from undebug.commands.trace import trace_size
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
@@ -43,6 +44,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="hold the guest before its first instruction (resume with cont)")
     p.add_argument("--trace-file", type=Path, metavar="FILE",
                    help="also write the guest's trace stream to FILE as it arrives")
+    p.add_argument("--trace-max-size", type=trace_size, default=trace_size("256M"),
+                   metavar="SIZE", help="keep at most SIZE bytes of each trace recording "
+                   "(K, M, G suffixes; default 256M; 0: no limit): the oldest chunks go first")
     p.add_argument("--no-trace", action="store_true",
                    help="no virtio-serial trace port (for guests that mind the device)")
     p.add_argument("--ci", action="store_true",
@@ -63,7 +67,8 @@ def launch(args: argparse.Namespace) -> Launched:
     return launch_guest(LaunchRequest(
         image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
         smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=args.paused,
-        trace=not args.no_trace, trace_file=args.trace_file))
+        trace=not args.no_trace, trace_file=args.trace_file,
+        trace_max_size=args.trace_max_size))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:

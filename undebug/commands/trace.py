@@ -11,9 +11,15 @@ opens the source and does the I/O.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +31,9 @@ from undebug.text import escape
 
 if TYPE_CHECKING:
     from tracers.channel import FileChannel
-    from tracers.decode import Decoded, Session
+    from tracers.decode import Decoded, Session, StreamDecoder
     from tracers.metadata import Tracepoints
+    from tracers.records import StreamSummary
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +56,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                          "before the next is read.")
     rec.add_argument("source", metavar="TARGET", help="a guest's name (see undebug ps)")
     rec.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    rec.add_argument("--trace-max-size", type=trace_size, default=trace_size("256M"),
+                     metavar="SIZE", help="keep at most SIZE bytes (K, M, G suffixes; default "
+                     "256M; 0: no limit): the oldest chunks are deleted first")
     rec.add_argument("--json", action="store_true", help=f"print one JSON document ({SCHEMA})")
 
     show = sub.add_parser("show", help="print trace events, one per line",
@@ -92,24 +102,31 @@ def trace(args: argparse.Namespace) -> Report:
     return _stats(args)
 
 
+def trace_size(text: str) -> int:
+    """A --trace-max-size: bytes, with an optional K, M or G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = text[:-1] if text[-1:].isalpha() else text, text[-1:].upper() \
+        if text[-1:].isalpha() else ""
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M, 1G, 0)")
+    return int(number) * units[unit]
+
+
 # ---- sources ---------------------------------------------------------------------------
 
-@dataclass
-class _Loaded:
-    """A decoded source with its names."""
-
-    label: str
-    decoded: Decoded
-    tracepoints: Tracepoints | None
-    warnings: list[str] = field(default_factory=list)
-    anchors: dict[int, int] = field(default_factory=dict)
+# bytes decoded at a time: memory is bounded by this, not by the file (stats keep numpy
+# columns only; show makes Python objects for each event, so it reads less at a time)
+STATS_WINDOW = 4 << 20
+SHOW_WINDOW = 1 << 20
 
 
 def _is_file(source: str) -> bool:
     path = Path(source)
     if path.is_dir():
         raise UsageError(f"{source} is a directory, not a trace file")
-    return path.exists()
+    from tracers.chunks import chunk_paths
+
+    return path.exists() or bool(chunk_paths(path))
 
 
 def _channel(source: str) -> FileChannel:
@@ -175,47 +192,110 @@ def _peek_header(data: bytes) -> list[Session]:
     return [] if isinstance(header, str) else [Session(0, header, 0, 0)]
 
 
-def _check_problem(decoded: Decoded, label: str) -> None:
-    if decoded.problem and not decoded.sessions:
-        raise UsageError(f"{label}: {decoded.problem}",
-                         hint="pass a file written by undebug (run --trace-file, trace "
-                         "record) or a guest's name")
+@dataclass
+class _Source:
+    """A stream decoded batch by batch (a window of bytes at a time): a recording (read
+    oldest chunk first, followed as it grows with ``follow``) or a flight recorder."""
+
+    label: str
+    all_tracepoints: Tracepoints | None
+    warnings: list[str]
+    channel: FileChannel | None = None
+    data: bytes = b""  # the flight recorder's stream
+    tracepoints: Tracepoints | None = None  # those usable with the stream's build-id
+    first_notes: list[str] = field(default_factory=list)  # why not, from the first header
+    decoder: StreamDecoder | None = None
+
+    def batches(self, window: int, follow: bool = False) -> Iterator[Decoded]:
+        if self.channel is None:
+            yield self._start(self.data[:80]).decode(self.data)
+            return
+        channel = self.channel
+        buf = bytearray()
+        while True:
+            # one buffer, refilled after the bytes the decoder left pending: no copies
+            pending = self.decoder.pending if self.decoder else b""
+            if len(buf) != len(pending) + window:
+                buf = bytearray(len(pending) + window)
+            buf[: len(pending)] = pending
+            try:
+                n = channel.readinto(memoryview(buf)[len(pending):])
+                if not n and follow and channel.finished():
+                    n = channel.readinto(memoryview(buf)[len(pending):])  # the last bytes
+            except OSError as exc:
+                raise UsageError(f"cannot read {self.label}: {exc.strerror}") from None
+            if not n:
+                if not follow or channel.finished():
+                    break
+                time.sleep(0.1)
+                continue
+            if n < window:
+                del buf[len(pending) + n :]
+            decoder = self.decoder or self._start(bytes(buf[:80]))
+            yield decoder.feed_buffer(buf)
+        yield (self.decoder or self._start(b"")).finish()
+
+    def _start(self, head: bytes) -> StreamDecoder:
+        """The decoder, once the first bytes say which tracepoints the stream can use."""
+        from tracers.decode import MAGIC, StreamDecoder
+        from tracers.metadata import for_stream
+
+        if self.channel is not None and head and head[:8] != MAGIC.to_bytes(8, "little"):
+            mode = os.stat(self.channel.path).st_mode
+            if not stat.S_ISREG(mode):  # a device or a pipe may never end: refuse now
+                raise UsageError(f"{self.label}: not an undebug trace (no stream header: "
+                                 "it does not start with the UDBTRACE magic)",
+                                 hint="pass a file written by undebug (run --trace-file, "
+                                 "trace record) or a guest's name")
+        self.tracepoints, self.first_notes = for_stream(self.all_tracepoints,
+                                                        _peek_header(head))
+        self.decoder = StreamDecoder(self.tracepoints.count if self.tracepoints else None,
+                                     reuse=True)  # each batch is used before the next
+        return self.decoder
+
+    def anchors(self, sessions: list[Session]) -> dict[int, int]:
+        from tracers.channel import session_anchors
+
+        return session_anchors(self.channel.anchors(), sessions) if self.channel else {}
+
+    def summary(self) -> StreamSummary:
+        """At the end: what the whole stream had besides records. Refuses a stream with
+        no session at all (not a trace); notes build-id mismatches of every session."""
+        from tracers.metadata import for_stream
+        from tracers.records import StreamSummary
+
+        decoder = self.decoder
+        assert decoder is not None
+        if not decoder.sessions:
+            raise UsageError(f"{self.label}: {decoder.problem or 'no stream header'}",
+                             hint="pass a file written by undebug (run --trace-file, trace "
+                             "record) or a guest's name")
+        self.warnings += for_stream(self.all_tracepoints, decoder.sessions)[1]
+        return StreamSummary(list(decoder.sessions), list(decoder.damage), decoder.truncated,
+                             self.channel.dropped() if self.channel else None)
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
 
 
-def _load(args: argparse.Namespace) -> _Loaded:
-    """Decode the whole source: a file, a guest's recording, or its flight recorder."""
-    from tracers.decode import decode_file
-    from tracers.metadata import for_stream
-
-    warnings: list[str] = []
+def _open_source(args: argparse.Namespace) -> _Source:
+    """The source the user named: a file, a guest's recording, or its flight recorder."""
     if getattr(args, "flight_recorder", False):
-        return _load_flight_recorder(args)
-    with _channel(args.source) as channel:
-        label = str(channel.path)
+        return _flight_recorder_source(args)
+    channel = _channel(args.source)
+    warnings: list[str] = []
+    try:
         tps = _tracepoints(args, warnings)
-        try:
-            with open(channel.path, "rb") as f:
-                first = f.read(80)
-        except OSError as exc:
-            raise UsageError(f"cannot read {label}: {exc.strerror}") from None
-        usable, notes = for_stream(tps, _peek_header(first))
-        count = usable.count if usable else None
-        try:
-            decoded = decode_file(channel.path, tracepoint_count=count)
-        except OSError as exc:
-            raise UsageError(f"cannot read {label}: {exc.strerror}") from None
-    _check_problem(decoded, label)
-    usable, notes = for_stream(tps, decoded.sessions)
-    from tracers.channel import read_anchors
-
-    anchors, anchor_notes = read_anchors(channel.path, decoded.sessions)
-    return _Loaded(label, decoded, usable, warnings + notes + anchor_notes, anchors)
+    except BaseException:
+        channel.close()
+        raise
+    return _Source(str(channel.path), tps, warnings, channel)
 
 
-def _load_flight_recorder(args: argparse.Namespace) -> _Loaded:
-    from tracers.channel import read_flight_recorder
-    from tracers.decode import decode
-    from tracers.metadata import for_stream, load_tracepoints
+def _flight_recorder_source(args: argparse.Namespace) -> _Source:
+    from tracers.flight import read_flight_recorder
+    from tracers.metadata import load_tracepoints
     from undebug.target import open_target
 
     if _is_file(args.source):
@@ -230,17 +310,15 @@ def _load_flight_recorder(args: argparse.Namespace) -> _Loaded:
     except UsageError as exc:
         warnings.append(f"no tracepoint names: {exc.message}")
         tps = None
-    usable, notes = for_stream(tps, _peek_header(recording.data[:80]))
-    decoded = decode(recording.data, tracepoint_count=usable.count if usable else None)
-    _check_problem(decoded, f"flight recorder of {args.source}")
-    warnings += (tps.warnings if tps else []) + notes
-    return _Loaded(f"flight recorder of {args.source}", decoded, usable, warnings)
+    warnings += tps.warnings if tps else []
+    return _Source(f"flight recorder of {args.source}", tps, warnings, data=recording.data)
 
 
 # ---- record ----------------------------------------------------------------------------
 
 def _record(args: argparse.Namespace) -> Report:
     from tracers.channel import guest_channel
+    from tracers.chunks import ChunkWriter
     from tracers.decode import StreamDecoder
 
     if _is_file(args.source):
@@ -248,14 +326,13 @@ def _record(args: argparse.Namespace) -> Report:
                          hint="give the guest's name (see undebug ps)")
     channel = guest_channel(args.source)
     try:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        writer = ChunkWriter(args.output, args.trace_max_size)
     except OSError as exc:
         channel.close()
         raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
-    os.fchmod(fd, 0o600)
     decoder = StreamDecoder()
     written = records = 0
-    interrupted = False
+    interrupted = anchored = False
     try:
         while True:
             chunk = channel.read()
@@ -266,43 +343,36 @@ def _record(args: argparse.Namespace) -> Report:
             if not chunk:
                 time.sleep(0.05)
                 continue
-            view = memoryview(chunk)
-            while view:  # all of it on disk before the next read
-                view = view[os.write(fd, view):]
+            if not anchored and 0 in (anchors := channel.anchors()):
+                anchored = True  # the recording starts at the stream's first byte
+                writer.anchor(json.dumps({"offset": 0, "received_unix_ns": anchors[0]}) + "\n")
+            writer.write(chunk)  # all of it on disk before the next read
             written += len(chunk)
             records += len(decoder.feed(chunk).records)
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C is how a recording normally stops
     finally:
-        os.close(fd)
+        writer.close()
         channel.close()
-    _copy_anchors(channel.path, args.output)
     end = decoder.finish()
+    dropped = writer.dropped
     data = {"target": args.source, "file": str(args.output), "bytes": written,
             "records": records + len(end.records), "sessions": len(end.sessions),
-            "ended_by": "interrupt" if interrupted else "guest ended"}
-    return Report(data=data, warnings=[], render=lambda: [
+            "ended_by": "interrupt" if interrupted else "guest ended",
+            "rotation": dataclasses.asdict(dropped)}
+    warnings = [dropped.write_error] if dropped.write_error else []
+    return Report(data=data, warnings=warnings, render=lambda: [
         f"recorded {written} bytes ({data['records']} records) of {escape(args.source)} to "
-        f"{escape(str(args.output))} ({data['ended_by']})"])
-
-
-def _copy_anchors(source: Path, output: Path) -> None:
-    """The recording starts at the stream's first byte, so its anchors hold as they are."""
-    try:
-        text = source.with_name(source.name + ".anchors").read_bytes()
-    except OSError:
-        return
-    fd = os.open(output.with_name(output.name + ".anchors"),
-                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text)
+        f"{escape(str(args.output))} ({data['ended_by']})"
+        + (f"; the oldest {dropped.dropped_chunks} chunk(s) ({dropped.dropped_bytes} bytes) "
+           "were dropped to stay under --trace-max-size" if dropped.dropped_chunks else "")])
 
 
 # ---- show ------------------------------------------------------------------------------
 
 def _show(args: argparse.Namespace) -> Report:
-    from tracers.model import TraceModel
-    from tracers.report import EventPrinter, damage_warnings, show_json
+    from tracers.model import SpanMatcher, TraceModel
+    from tracers.report import EventPrinter, damage_warnings, show_json_tail, span_json
 
     if args.follow:
         if args.json:
@@ -310,68 +380,82 @@ def _show(args: argparse.Namespace) -> Report:
                              "document", hint="drop --json, or drop --follow")
         if args.flight_recorder:
             raise UsageError("--flight-recorder reads memory once; it cannot --follow")
-        return _follow(args)
-    loaded = _load(args)
-    model = TraceModel(loaded.decoded, loaded.tracepoints, loaded.anchors)
-    printer = EventPrinter(loaded.tracepoints, args.filter, model.thread_names,
-                           wall_clock=args.wall_clock)
-    lines = printer.lines(model, collect=args.json)
-    lines += printer.unterminated()
-    warnings = loaded.warnings + loaded.decoded.warnings + damage_warnings(loaded.decoded)
-    data = show_json(loaded.label, model, printer.events)
-    return Report(data=data, warnings=warnings, render=lambda: lines)
-
-
-def _follow(args: argparse.Namespace) -> Report:
-    from tracers.channel import read_anchors
-    from tracers.decode import StreamDecoder
-    from tracers.metadata import for_stream
-    from tracers.model import TraceModel
-    from tracers.report import EventPrinter
-
-    warnings: list[str] = []
-    tps_all = _tracepoints(args, warnings)
-    for w in warnings:
-        sys.stderr.write(f"warning: {escape(w)}\n")
-    decoder: StreamDecoder | None = None
+    source = _open_source(args)
+    if args.follow:
+        for w in source.warnings:
+            sys.stderr.write(f"warning: {escape(w)}\n")
+        source.warnings = []
+    out = sys.stdout
     printer: EventPrinter | None = None
-    checked = False
-    anchors: dict[int, int] = {}
+    matcher: SpanMatcher | None = None
+    # the spans wait on disk until the events are out
+    spans = tempfile.TemporaryFile("w+") if args.json else None  # noqa: SIM115
+    held: list[str] = []  # output before the first stream header: it may be no trace
+    opening = (f'{{"schema": {json.dumps(SCHEMA)}, "source": {json.dumps(source.label)}, '
+               '"events": [')
+    started = any_event = False  # the JSON document's opening written; an event written
     try:
-        with _channel(args.source) as channel:
-            while True:
-                chunk = channel.read()
-                ended = not chunk and channel.finished()
-                if not chunk and not ended:
-                    time.sleep(0.1)
-                    continue
-                if decoder is None:
-                    if not chunk:
-                        break
-                    head = chunk
-                    usable, notes = for_stream(tps_all, _peek_header(head))
-                    for w in notes:
+        for batch in source.batches(SHOW_WINDOW, follow=args.follow):
+            if printer is None:
+                printer = EventPrinter(source.tracepoints, args.filter,
+                                       wall_clock=args.wall_clock)
+                matcher = SpanMatcher(source.tracepoints)
+                if args.follow:  # (without --follow, summary() notes every session's)
+                    for w in source.first_notes:
                         sys.stderr.write(f"warning: {escape(w)}\n")
-                    decoder = StreamDecoder(usable.count if usable else None)
-                    printer = EventPrinter(usable, args.filter, wall_clock=args.wall_clock)
-                assert printer is not None
-                batch = decoder.feed(chunk) if chunk else decoder.finish()
-                if not checked and batch.problem and not batch.sessions:
-                    raise UsageError(f"{channel.path}: {batch.problem}")
-                checked = checked or bool(batch.sessions)
-                anchors.update(read_anchors(channel.path, batch.sessions)[0])
-                for line in printer.lines(TraceModel(batch, printer.tracepoints, anchors)):
-                    sys.stdout.write(line + "\n")
-                sys.stdout.flush()
+            assert matcher is not None
+            model = TraceModel(batch, printer.tracepoints, source.anchors(batch.sessions))
+            printer.names.update(model.thread_names)
+            lines = printer.lines(model, collect=args.json)
+            if spans is not None:
+                for span in matcher.feed(model)[0]:
+                    spans.write(("," if spans.tell() else "") + json.dumps(span_json(span)))
+            if args.follow:
                 for w in batch.warnings:
                     sys.stderr.write(f"warning: {escape(w)}\n")
-                if ended:
-                    break
+            else:
+                source.warnings += batch.warnings
+            if not batch.sessions:
+                held += lines
+                continue
+            if args.json:  # one write per batch (stdout may be unbuffered)
+                events = ",".join(json.dumps(event) for event in printer.events)
+                out.write(("" if started else opening)
+                          + ("," if any_event and events else "") + events)
+                started, any_event = True, any_event or bool(events)
+                printer.events.clear()
+            else:
+                out.write("".join(line + "\n" for line in held + lines))
+                held = []
+            out.flush()
     except KeyboardInterrupt:
-        pass  # Ctrl-C ends a follow normally
-    if printer is not None:
-        for line in printer.unterminated():
-            sys.stdout.write(line + "\n")
+        if not args.follow:
+            raise
+    finally:
+        source.close()
+    if args.follow:
+        if printer is not None:
+            out.write("".join(line + "\n" for line in printer.unterminated()))
+        return Report()
+    stream = source.summary()
+    assert printer is not None and matcher is not None
+    warnings = source.warnings + damage_warnings(stream)
+    if not args.json:
+        out.write("".join(line + "\n" for line in held + printer.unterminated()))
+        return Report(warnings=warnings)
+    assert spans is not None
+    ended_spans = spans.tell() > 0
+    spans.seek(0)
+    out.write(("" if started else opening) + '], "spans": [')
+    shutil.copyfileobj(spans, out)
+    rest = [span_json(span) for span in matcher.unterminated()]
+    if rest:
+        out.write(("," if ended_spans else "") + json.dumps(rest)[1:-1])
+    spans.close()
+    tail = {**show_json_tail(stream), "warnings": warnings}
+    out.write("], " + json.dumps(tail)[1:] + "\n")
+    out.flush()
+    args.json = False  # the document is written as it was made: nothing left to emit
     return Report()
 
 
@@ -380,10 +464,19 @@ def _follow(args: argparse.Namespace) -> Report:
 def _stats(args: argparse.Namespace) -> Report:
     from tracers.model import TraceModel
     from tracers.report import damage_warnings, trace_stats
+    from tracers.summary import StatsAccumulator
 
-    loaded = _load(args)
-    stats = trace_stats(loaded.label, TraceModel(loaded.decoded, loaded.tracepoints,
-                                                 loaded.anchors))
-    warnings = loaded.warnings + loaded.decoded.warnings + damage_warnings(loaded.decoded)
-    warnings += stats.warnings()
+    source = _open_source(args)
+    acc: StatsAccumulator | None = None
+    try:
+        for batch in source.batches(STATS_WINDOW):
+            acc = acc or StatsAccumulator(source.tracepoints)
+            acc.add(TraceModel(batch, source.tracepoints))
+            source.warnings += batch.warnings
+    finally:
+        source.close()
+    stream = source.summary()
+    assert acc is not None
+    stats = trace_stats(source.label, acc, stream)
+    warnings = source.warnings + damage_warnings(stream) + stats.warnings()
     return Report(data=stats.data, warnings=warnings, render=stats.lines)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from undebug.session.protocol import ErrorCode
 from undebug.session.qemu_process import QemuProcess
 from undebug.session.qmp_link import QmpLink
 from undebug.session.ram import memory_fd_reply
+from undebug.session.recorder import TraceRecorder
 from undebug.session.runcontrol import RequestError, RunControl
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionDir
@@ -68,6 +68,8 @@ class Guest(RunControl):
         self._target_xml: dict[str, str] = {}
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
+        self.recorder: TraceRecorder | None = None
+        self.record_error: str | None = None  # why session.json could not be written
 
     async def start(self) -> None:
         if self.spec.mode == "launch":
@@ -110,43 +112,8 @@ class Guest(RunControl):
         outputs = [self.session.trace_file]
         if self.spec.trace_file:
             outputs.append(Path(self.spec.trace_file))
-        fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-               for p in outputs]
-        self.spawn(self._record_trace(reader, writer, fds))
-
-    async def _record_trace(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            fds: list[int]) -> None:
-        """Append the stream to disk as it arrives: nothing received is lost if QEMU or
-        undebug dies later."""
-        anchored = False
-        try:
-            while chunk := await reader.read(1 << 20):
-                if not anchored:  # the stream header: tracers/FORMAT.md section 9
-                    anchored = True
-                    self._write_trace_anchor(time.time_ns())
-                for fd in fds:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-        except (ConnectionError, OSError) as exc:
-            log.warning("trace stream: %s", exc)
-        finally:
-            writer.close()
-            for fd in fds:
-                os.close(fd)
-
-    def _write_trace_anchor(self, unix_ns: int) -> None:
-        """When the stream header arrived, by the host's clock: it pins the guest's TSC
-        to wall-clock time (FORMAT.md section 9), next to every copy of the stream."""
-        line = json.dumps({"offset": 0, "received_unix_ns": unix_ns}) + "\n"
-        outputs = [self.session.trace_file]
-        if self.spec.trace_file:
-            outputs.append(Path(self.spec.trace_file))
-        for output in outputs:
-            path = output.with_name(output.name + ".anchors")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(line)
+        self.recorder = TraceRecorder(outputs, self.spec.trace_max_size)
+        self.spawn(self.recorder.record(reader, writer))
 
     async def _connect_rsp(self) -> None:
         address = self.spec.gdb_address(self.session)
@@ -315,6 +282,9 @@ class Guest(RunControl):
             "breakpoints": [bp.to_json() for bp in self.breakpoints.all()],
             "frozen": self._freezes > 0,
             "shared_ram": self.qemu is not None and self.qemu.ram_fd is not None,
+            "trace": self.recorder.status() if self.recorder else None,
+            "warnings": (self.recorder.warnings() if self.recorder else [])
+            + ([self.record_error] if self.record_error else []),
         }
 
     async def live_status(self) -> dict[str, Any]:
@@ -326,12 +296,15 @@ class Guest(RunControl):
         return status
 
     def write_record(self) -> None:
-        """Keep session.json current; a failed write (the directory removed as the guest
-        ends, a full disk) is logged and never stops run control."""
+        """Keep session.json current; a failure (a full disk; the directory removed as the
+        guest ends) is logged and a warning in the status, never a failed stop or cont."""
         try:
             self.session.write_record(self.status())
         except OSError as exc:
-            log.warning("cannot write %s: %s", self.session.record_file, exc)
+            self.record_error = f"cannot write {self.session.record_file}: {exc.strerror}"
+            log.warning("%s", self.record_error)
+        else:
+            self.record_error = None
 
     def broadcast(self, event: dict[str, Any]) -> None:
         event = {"time": time.time(), **event}

@@ -123,6 +123,7 @@ class LaunchRequest:
     paused: bool = False
     trace: bool = True
     trace_file: Path | None = None
+    trace_max_size: int = 256 << 20  # run --trace-max-size (0: no limit)
 
 
 def _check_trace_file(path: Path) -> None:
@@ -178,7 +179,8 @@ def launch_guest(request: LaunchRequest) -> Launched:
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
         append=request.append, forwards=list(request.forwards), start_paused=request.paused,
         trace=request.trace,
-        trace_file=str(request.trace_file.resolve()) if request.trace_file else None)
+        trace_file=str(request.trace_file.resolve()) if request.trace_file else None,
+        trace_max_size=request.trace_max_size)
     try:
         return Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:

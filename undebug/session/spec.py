@@ -32,6 +32,7 @@ class SessionSpec:
     start_paused: bool = False
     trace: bool = True  # offer the guest a virtio-serial trace port and record its stream
     trace_file: str | None = None  # also write the stream here (run --trace-file)
+    trace_max_size: int = 256 << 20  # bytes kept per recording, in chunks (0: no limit)
     gdb: str | None = None  # attach: HOST:PORT or a unix socket path
     qmp: str | None = None  # attach: QMP unix socket path, optional
 

@@ -212,9 +212,13 @@ class SessionDir:
         """Replace session.json atomically so a reader never sees half a record."""
         tmp = self.record_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-        tmp.replace(self.record_file)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f, indent=2)
+            tmp.replace(self.record_file)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written copy
+            raise
 
     def is_alive(self) -> bool:
         """Whether a supervisor answers on the control socket."""

@@ -135,6 +135,16 @@ uint64_t undebug_trace_room(void);
 /* Records dropped so far on all CPUs (streaming overflow + nested). */
 uint64_t undebug_trace_lost_total(void);
 
+/* What the UART / 0xE9 / custom flusher did (not virtio): polls, polls that left
+ * bytes for later (the per-poll budget, UNDEBUG_FLUSH_BUDGET), polls the device
+ * stopped short (a busy UART, a custom writer taking nothing), bytes sent, and the
+ * longest poll in timestamp cycles.  Unsent bytes stay in the rings: nothing is
+ * dropped by the flusher; the producers count what they drop (LOST records). */
+struct undebug_trace_flush_stats {
+	uint64_t polls, deferred_polls, stalled_polls, bytes_sent, max_poll_cycles;
+};
+void undebug_trace_flush_stats(struct undebug_trace_flush_stats *out);
+
 /* ---- OS hooks ------------------------------------------------------------------ */
 /* Call on the CPU doing the switch, right before switching from thread
  * `from` to thread `to` (interrupts off is fine). */
