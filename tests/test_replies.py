@@ -5,6 +5,7 @@ back the same JSON, a newer supervisor's unknown fields included."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -38,7 +39,10 @@ STATUS: dict[str, Any] = {
     "last_stop": {"cpu": 1, "pc": 4096, "signal": 5, "reason": "breakpoint", "breakpoint": 2},
     "breakpoints": [{"id": 2, "address": 4096, "hardware": False, "location": "main",
                      "owner": "gdb"}],
-    "frozen": False, "shared_ram": True, "qemu_state": "paused",
+    "frozen": False, "shared_ram": True,
+    "trace": {"received_bytes": 64, "recordings": [{"file": "/run/g/trace.utrace",
+                                                     "dropped_chunks": 0}]},
+    "warnings": [], "qemu_state": "paused",
 }
 
 
@@ -70,11 +74,27 @@ def test_a_status_without_qemu_state_stays_without_it() -> None:
     assert "qemu_state" not in parse_status(Reply(raw, "test")).to_json()
 
 
+def test_to_json_keeps_the_order_and_the_values_now_held() -> None:
+    raw = dict(reversed(list(status_with(future={"x": 1}).items())))
+    status = parse_status(Reply(raw, "test"))
+    assert json.dumps(status.to_json()) == json.dumps(raw)
+    ended = dataclasses.replace(status, state="ended").to_json()
+    assert list(ended) == list(raw) and ended["state"] == "ended"
+
+
+def test_status_warnings_are_typed() -> None:
+    status = parse_status(Reply(status_with(warnings=["trace recording: disk full"]), "t"))
+    assert status.warnings == ("trace recording: disk full",)
+    with pytest.raises(SessionError, match="field 'warnings' must be a list of strings"):
+        parse_status(Reply(status_with(warnings=[3]), "test"))
+
+
 def test_unknown_fields_pass_through_to_json() -> None:
     raw = status_with(trace_dropped_bytes=4096, disk_full={"path": "/x"})
     raw["last_stop"]["thread_hint"] = "x"
     status = parse_status(Reply(raw, "test"))
-    assert status.extra == {"trace_dropped_bytes": 4096, "disk_full": {"path": "/x"}}
+    assert status.extra == {"trace": STATUS["trace"], "trace_dropped_bytes": 4096,
+                            "disk_full": {"path": "/x"}}
     assert status.to_json() == raw
     assert status.to_json()["last_stop"]["thread_hint"] == "x"
 
@@ -216,7 +236,7 @@ def test_ps_shows_an_ended_guest_from_its_record_with_unknown_fields(
     with every field it holds (a newer supervisor's too); a corrupt one is a warning."""
     monkeypatch.setenv("UNDEBUG_RUNTIME_DIR", str(tmp_path / "rt"))
     for name, record in [("old", status_with(name="old", state="running", supervisor_pid=77,
-                                             trace_dropped_chunks=3)),
+                                             trace_dropped_chunks=3, warnings=["disk full"])),
                          ("bad", status_with(name="bad", smp="two"))]:
         session = SessionDir.named(name)
         session.path.mkdir(parents=True)
@@ -226,12 +246,13 @@ def test_ps_shows_an_ended_guest_from_its_record_with_unknown_fields(
     document = result.json()
     [guest] = document["guests"]
     expected = status_with(name="old", state="ended", supervisor_pid=77,
-                           trace_dropped_chunks=3, outcome={
+                           trace_dropped_chunks=3, warnings=["disk full"], outcome={
                                "kind": "killed", "reason": "supervisor died (pid 77)",
                                "ok": False, "exit_code": None, "run_state": None})
     assert guest == expected
     assert document["warnings"] == ["the session record of 'bad' is malformed: field 'smp' "
-                                    "must be an integer or null (got a string)"]
+                                    "must be an integer or null (got a string)",
+                                    "old: disk full"]
 
 
 def test_ps_does_not_call_a_guest_ended_when_its_live_status_is_malformed(

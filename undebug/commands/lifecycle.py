@@ -46,7 +46,7 @@ def ps(args: argparse.Namespace) -> Report:
         try:
             guest = _live_status(session)
             guests.append(guest)
-            warnings += [f"{guest.name}: {w}" for w in guest.extra.get("warnings") or []]
+            warnings += [f"{guest.name}: {w}" for w in guest.warnings]
         except SessionError as exc:
             warnings.append(exc.message)
 

@@ -129,6 +129,18 @@ class Reply:
         rest = {k: v for k, v in self.data.items() if k not in known}
         return MappingProxyType(rest) if rest else _NO_EXTRA
 
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.data)
+
+
+def _write_back(known: dict[str, Any], extra: Mapping[str, Any],
+                keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON of a parsed object: its ``keys`` in their order (a field the reply did not
+    have stays absent), the values now held; one built in code (no keys): every field."""
+    if not keys:
+        return {**known, **extra}
+    return {k: known[k] if k in known else extra[k] for k in keys if k in known or k in extra}
+
 
 def _kind(value: object) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
@@ -163,15 +175,18 @@ class Stop:
     reason: str  # "breakpoint", "step", "signal N"
     breakpoint: int | None  # the breakpoint's id, when one was hit
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
+    keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
     def to_json(self) -> dict[str, Any]:
-        return {"cpu": self.cpu, "pc": self.pc, "signal": self.signal, "reason": self.reason,
-                "breakpoint": self.breakpoint, **self.extra}
+        return _write_back({"cpu": self.cpu, "pc": self.pc, "signal": self.signal,
+                            "reason": self.reason, "breakpoint": self.breakpoint},
+                           self.extra, self.keys)
 
 
 def parse_stop(reply: Reply) -> Stop:
     return Stop(reply.opt_integer("cpu"), reply.opt_integer("pc"), reply.opt_integer("signal"),
-                reply.string("reason"), reply.opt_integer("breakpoint"), reply.extra(_STOP_FIELDS))
+                reply.string("reason"), reply.opt_integer("breakpoint"), reply.extra(_STOP_FIELDS),
+                reply.keys())
 
 
 # ---- the guest's status -----------------------------------------------------------------
@@ -182,7 +197,7 @@ _STATUS_FIELDS = (
     "name", "state", "user_paused", "mode", "image", "elf", "accel", "accel_reason", "smp",
     "memory_mb", "append", "forwards", "supervisor_pid", "qemu_pid", "started", "uptime_s",
     "outcome", "console", "run_token", "last_stop", "breakpoints", "frozen", "shared_ram",
-    "qemu_state")
+    "warnings", "qemu_state")
 
 
 @dataclass(frozen=True)
@@ -213,8 +228,10 @@ class GuestStatus:
     breakpoints: tuple[Breakpoint, ...]
     frozen: bool
     shared_ram: bool
+    warnings: tuple[str, ...] = ()  # what looks wrong (a trace recording the disk refused)
     qemu_state: str | None = None  # QMP's run state; only the live ``status`` asks QEMU
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
+    keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
     @property
     def running(self) -> bool:
@@ -236,10 +253,9 @@ class GuestStatus:
             "console": self.console, "run_token": self.run_token,
             "last_stop": self.last_stop.to_json() if self.last_stop else None,
             "breakpoints": [bp.to_json() for bp in self.breakpoints],
-            "frozen": self.frozen, "shared_ram": self.shared_ram}
-        if self.qemu_state is not None:
-            data["qemu_state"] = self.qemu_state
-        return {**data, **self.extra}
+            "frozen": self.frozen, "shared_ram": self.shared_ram,
+            "warnings": list(self.warnings), "qemu_state": self.qemu_state}
+        return _write_back(data, self.extra, self.keys)
 
 
 def parse_status(reply: Reply) -> GuestStatus:
@@ -257,8 +273,9 @@ def parse_status(reply: Reply) -> GuestStatus:
         run_token=reply.integer("run_token"), last_stop=parse_stop(last_stop) if last_stop else None,
         breakpoints=tuple(parse_breakpoint(bp) for bp in reply.items("breakpoints")),
         frozen=reply.boolean("frozen"), shared_ram=reply.boolean("shared_ram"),
+        warnings=tuple(reply.strings("warnings")) if "warnings" in reply.data else (),
         qemu_state=reply.opt_string("qemu_state") if "qemu_state" in reply.data else None,
-        extra=reply.extra(_STATUS_FIELDS))
+        extra=reply.extra(_STATUS_FIELDS), keys=reply.keys())
 
 
 # ---- registers --------------------------------------------------------------------------
