@@ -1,6 +1,6 @@
 """A GDB Remote Serial Protocol client for the one connection QEMU's gdbstub allows.
 
-A reader thread splits the byte stream into packets. Stop replies (``S``, ``T``, ``W``,
+A reader thread splits the byte stream into packets (``PacketSplitter``). Stop replies (``S``, ``T``, ``W``,
 ``X``) go to a stop queue and to ``on_stop``, because QEMU sends one unsolicited whenever
 the VM stops (QMP ``stop``, a pvpanic pause, a breakpoint). Every other packet answers the
 pending command. Commands are synchronous, serialised by one lock, and bounded by a timeout.
@@ -31,13 +31,17 @@ from undebug.gdb.packets import (
     MAX_PACKET,
     QEMU_MAX_READ,
     BreakpointType,
+    Control,
+    Dropped,
+    Event,
+    Packet,
+    PacketSplitter,
     RspDisconnected,
     RspError,
     RspException,
     RspTimeout,
     StopReply,
     ThreadId,
-    checksum,
     decode,
     frame,
     parse_features,
@@ -62,7 +66,6 @@ _CORRUPT = b"\x00corrupt"  # stands for a reply that arrived with a bad checksum
 MAX_THREADS = 65536  # vCPUs: QEMU takes at most 4096
 _ERROR = re.compile(rb"E[0-9a-fA-F]{2}")
 _HEX = re.compile(rb"[0-9a-fA-F]+")
-_FRAMING = re.compile(rb"[$#]")
 
 
 def _unhex(reply: bytes, command: bytes) -> bytes:
@@ -142,15 +145,14 @@ class RspClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        buf = bytearray()
-        scan = 0
+        splitter = PacketSplitter()
         try:
             while True:
                 data = self._sock.recv(65536)
                 if not data:
                     raise RspDisconnected("the gdbstub closed the connection (did QEMU exit?)")
-                buf += data
-                scan = self._parse(buf, scan)
+                for event in splitter.feed(data):
+                    self._on_event(event)
         except RspDisconnected as e:
             reason = str(e)
         except OSError as e:
@@ -160,38 +162,23 @@ class RspClient:
             reason = f"gdbstub reader failed: {e!r}"
         self._die(reason)
 
-    def _parse(self, buf: bytearray, scan: int) -> int:
-        """Consume whole packets and acks from ``buf``; return where to resume seeking '#'."""
-        while buf:
-            if buf[0] != 0x24:  # not '$': acks, or junk between packets
-                start = buf.find(b"$")
-                junk = bytes(buf if start < 0 else buf[:start])
-                del buf[: len(buf) if start < 0 else start]
-                if b"-" in junk:
-                    self.naks += 1
-                    if not self.no_ack and self._last_sent and self.naks < 100:
-                        self._sendall(self._last_sent)
-                scan = 1
-                continue
-            match = _FRAMING.search(buf, max(scan, 1))
-            if match is not None and match.group() == b"$":  # a new packet cut this one short
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case Packet():
+                self._on_packet(event)
+            case Control.NACK:
+                self.naks += 1
+                if not self.no_ack and self._last_sent and self.naks < 100:
+                    self._sendall(self._last_sent)
+            case Dropped(oversized=True):
+                raise RspDisconnected(f"gdbstub sent over {MAX_PACKET} bytes without '#'")
+            case Dropped():  # cut short by the next packet
                 self.bad_checksums += 1
-                del buf[: match.start()]
-                scan = 1
-                continue
-            end = -1 if match is None else match.start()
-            if end < 0 or len(buf) < end + 3:
-                if len(buf) > MAX_PACKET:
-                    raise RspDisconnected(f"gdbstub sent over {MAX_PACKET} bytes without '#'")
-                return len(buf) if end < 0 else end
-            body, sent = bytes(buf[1:end]), bytes(buf[end + 1 : end + 3])
-            del buf[: end + 3]
-            scan = 1
-            self._on_packet(body, sent)
-        return 1
+            case _:  # acks; a stub's 0x03 means nothing
+                pass
 
-    def _on_packet(self, body: bytes, sent_checksum: bytes) -> None:
-        if _HEX.fullmatch(sent_checksum) and int(sent_checksum, 16) == checksum(body):
+    def _on_packet(self, packet: Packet) -> None:
+        if packet.checksum_ok:
             if not self.no_ack:
                 self._sendall(b"+")
         else:
@@ -201,12 +188,13 @@ class RspClient:
                 return
             # No-ack mode: nobody retransmits. The pending command fails (a corrupt stop
             # reply is dropped: the next stop, or the command's timeout, follows).
-            log.warning("dropping a packet with a bad checksum (no-ack mode): %r", body[:60])
+            log.warning("dropping a packet with a bad checksum (no-ack mode): %r",
+                        packet.body[:60])
             with self._cond:
                 self._replies.append(_CORRUPT)
                 self._cond.notify_all()
             return
-        payload = decode(body)
+        payload = decode(packet.body)
         if payload and payload[0] in b"STWX":
             try:
                 stop = StopReply.parse(payload)
