@@ -297,6 +297,7 @@ def test_corrupt_thread_list_is_served_with_warnings_and_the_end_stops_the_serve
 
 
 def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> None:
+    from undebug.gdb.registers import encode_registers
     from undebug.gdb.tdesc import Register
     from undebug.gdbserver import threads as proxy_threads
     from undebug.os.provider import GuestThread, ThreadSnapshot
@@ -326,7 +327,7 @@ def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> No
     assert view.on_cpu(1) is not None and view.on_cpu(1).name == "vCPU 1"  # type: ignore[union-attr]
     rip = Register("rip", 64, 16, 0, "code_ptr", None, "core")
     eflags = Register("eflags", 32, 17, 8, "int", None, "core")
-    assert proxy_threads.encode_registers(view.threads[1].registers, (rip, eflags)) == \
+    assert encode_registers(view.threads[1].registers, (rip, eflags)) == \
         "0710000000000000" + "xx" * 4
 
 

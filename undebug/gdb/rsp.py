@@ -24,7 +24,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Literal, TypeVar
 
 from undebug.gdb.packets import (
@@ -46,12 +45,8 @@ from undebug.gdb.packets import (
     frame,
     parse_features,
 )
-from undebug.gdb.tdesc import (
-    TargetDescription,
-    decode_registers,
-    fetch_target_xml,
-    parse_target_xml,
-)
+from undebug.gdb.registers import decode_register, decode_registers, encode_register
+from undebug.gdb.tdesc import TargetDescription, fetch_target_xml, parse_target_xml
 
 __all__ = ["RspClient", "RspException"]  # RspException: callers catch it next to the client
 
@@ -352,13 +347,15 @@ class RspClient:
         self._supported(f"H{op}{thread}")
 
     def registers(self, thread: ThreadId | None = None) -> dict[str, int]:
-        """All registers of ``thread`` (or the current g-thread), by name, from one ``g``."""
+        """The available registers of ``thread`` (or the current g-thread), by name, from
+        one ``g``."""
         layout = self.target_description().registers
         with self._lock:
             if thread is not None:
                 self.select_thread(thread, "g")
             reply = self._supported("g")
-        return decode_registers(reply.decode("ascii", "replace"), layout)
+        values = decode_registers(reply.decode("ascii", "replace"), layout)
+        return {name: value for name, value in values.items() if value is not None}
 
     def read_register(self, name: str, thread: ThreadId | None = None) -> int:
         """One register by name, with ``p``; raises if the stub reports it unavailable."""
@@ -367,10 +364,19 @@ class RspClient:
             if thread is not None:
                 self.select_thread(thread, "g")
             reply = self._supported(f"p{reg.regnum:x}")
-        value = decode_registers(reply.decode("ascii", "replace"), (replace(reg, offset=0),))
-        if name not in value:
+        value = decode_register(reply.decode("ascii", "replace"), reg)
+        if value is None:
             raise RspException(f"register {name} is unavailable ({reply[:40]!r})")
-        return value[name]
+        return value
+
+    def write_register(self, name: str, value: int, thread: ThreadId | None = None) -> None:
+        """Set one register by name, with ``P`` (truncated to its width); KeyError names
+        the registers that exist."""
+        reg = self.target_description().find(name)
+        with self._lock:
+            if thread is not None:
+                self.select_thread(thread, "g")
+            self._supported(f"P{reg.regnum:x}={encode_register(value, reg)}")
 
     def threads(self) -> list[ThreadId]:
         """All threads (vCPUs in QEMU) from qfThreadInfo/qsThreadInfo. Each ``m`` reply

@@ -21,11 +21,17 @@ import logging
 import time
 
 from undebug.errors import SessionError, UndebugError, UsageError
-from undebug.gdb.packets import decode
-from undebug.gdb.tdesc import TargetDescription
+from undebug.gdb.packets import RspException, decode
+from undebug.gdb.registers import (
+    decode_register,
+    decode_registers,
+    encode_register,
+    encode_registers,
+)
+from undebug.gdb.tdesc import Register, TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
 from undebug.gdbserver.runstate import wait_for_stop
-from undebug.gdbserver.threads import ProxyThread, ThreadView, encode_register, encode_registers
+from undebug.gdbserver.threads import ProxyThread, ThreadView
 from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, parse_thread_id, to_hex_text
 from undebug.target import ReadError, Target
 
@@ -269,11 +275,15 @@ class GdbSession:
             raise PacketError(f"unknown H operation {op!r}", EINVAL)
         return b"OK"
 
-    def _read_register(self, regnum: int) -> bytes:
+    def _register(self, regnum: int) -> Register:
         for reg in self.layout.registers:
             if reg.regnum == regnum:
-                return encode_register(self._selected().registers.get(reg.name), reg).encode()
-        raise PacketError(f"no register number {regnum} in the target description", EINVAL)
+                return reg
+        raise PacketError(f"no register number {regnum:#x} in the target description", EINVAL)
+
+    def _read_register(self, regnum: int) -> bytes:
+        reg = self._register(regnum)
+        return encode_register(self._selected().registers.get(reg.name), reg).encode()
 
     def _write_registers(self, kind: str, args: str) -> bytes:
         """``P n=value`` or ``G`` (all registers): only for a thread on a vCPU."""
@@ -282,26 +292,18 @@ class GdbSession:
             raise PacketError(f"thread {thread.gdb_id} ({thread.name}) is not on a vCPU: its "
                               "registers are the context it saved in guest memory, which "
                               "undebug does not rewrite")
-        values: dict[str, int] = {}
-        if kind == "P":
-            number, _, data = args.partition("=")
-            reg = next((r for r in self.layout.registers if r.regnum == int(number, 16)), None)
-            if reg is None:
-                raise PacketError(f"no register number {number} in the target description",
-                                  EINVAL)
-            values[reg.name] = int.from_bytes(bytes.fromhex(data), "little")
-        else:
-            needed = sum((reg.bitsize + 7) // 8 * 2 for reg in self.layout.registers)
-            if len(args) != needed:
-                raise PacketError(f"G packet has {len(args)} hex digits; the target "
-                                  f"description needs {needed}", EINVAL)
-            at = 0
-            for reg in self.layout.registers:
-                width = (reg.bitsize + 7) // 8 * 2
-                chunk = args[at : at + width]
-                at += width
-                if len(chunk) == width and "x" not in chunk:
-                    values[reg.name] = int.from_bytes(bytes.fromhex(chunk), "little")
+        try:
+            if kind == "P":
+                number, _, data = args.partition("=")
+                reg = self._register(int(number, 16))
+                decoded = {reg.name: decode_register(data, reg)}
+                if decoded[reg.name] is None:
+                    raise PacketError(f"P cannot set {reg.name} to unavailable", EINVAL)
+            else:
+                decoded = decode_registers(args, self.layout.registers, whole=True)
+        except RspException as exc:
+            raise PacketError(f"{kind}: {exc}", EINVAL) from None
+        values = {name: value for name, value in decoded.items() if value is not None}
         self.backend.write_registers(thread.cpu, values)
         return b"OK"
 
