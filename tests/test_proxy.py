@@ -244,6 +244,8 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     assert client.ask(b"m0,10").startswith(b"E")  # page 0 is unmapped in the guest
     assert client.ask(b"Zq") .startswith(b"E")
     assert client.ask(b"Hg123456") == b"E01"  # no such thread
+    assert client.ask(b"Hgpzz.1") == client.ask(b"Hg-5") == b"E16"  # malformed thread ids
+    assert client.ask(b"P10=0100") == b"E16"  # rip is 8 bytes wide, not 2
     assert client.ask(b"T99999") == b"E01"
     assert client.ask(b"vNoSuchPacket;1") == b""
     assert client.ask(b"Z2,1000,8") == b""  # watchpoints: not supported

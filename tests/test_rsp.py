@@ -135,6 +135,10 @@ def test_stop_reply_and_thread_id_parsing() -> None:
     assert (w.kind, w.signal, w.exit_status, w.info) == ("exited", None, 1, {"process": "1"})
     assert StopReply.parse(b"X09").kind == "terminated"
     assert ThreadId.parse("p1.-1").tid == -1 and ThreadId.parse("0a") == ThreadId("0a", None, 10)
+    assert ThreadId.parse("p1").tid == -1 and ThreadId.parse("0").tid == 0
+    for malformed in ("-5", "p1.-2", "pzz.1", "", "p.1"):
+        with pytest.raises(RspException, match="malformed thread id"):
+            ThreadId.parse(malformed)
 
 
 def test_ack_mode_then_no_ack_mode_when_the_stub_offers_it() -> None:

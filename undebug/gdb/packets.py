@@ -189,12 +189,17 @@ class PacketSplitter:
 
 
 def _thread_num(text: str) -> int:
-    return -1 if text == "-1" else int(text, 16)
+    if text == "-1":
+        return -1
+    if (value := int(text, 16)) < 0:
+        raise ValueError(f"negative thread number {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
 class ThreadId:
-    """A thread (a vCPU in QEMU) as the stub names it; ``raw`` is what to send back."""
+    """A thread as the stub (a vCPU in QEMU) or the debugger names it; ``raw`` is what to
+    send back."""
 
     raw: str
     pid: int | None

@@ -185,9 +185,7 @@ class RspClient:
             # reply is dropped: the next stop, or the command's timeout, follows).
             log.warning("dropping a packet with a bad checksum (no-ack mode): %r",
                         packet.body[:60])
-            with self._cond:
-                self._replies.append(_CORRUPT)
-                self._cond.notify_all()
+            self._reply(_CORRUPT)
             return
         payload = decode(packet.body)
         if payload and payload[0] in b"STWX":
@@ -206,9 +204,12 @@ class RspClient:
                 except Exception:
                     log.exception("on_stop callback failed for %r", stop.raw)
         else:
-            with self._cond:
-                self._replies.append(payload)
-                self._cond.notify_all()
+            self._reply(payload)
+
+    def _reply(self, payload: bytes) -> None:
+        with self._cond:
+            self._replies.append(payload)
+            self._cond.notify_all()
 
     def _die(self, reason: str) -> None:
         with self._cond:
@@ -346,24 +347,24 @@ class RspClient:
         """``Hg`` (thread for g/p/m) or ``Hc`` (thread for c/s)."""
         self._supported(f"H{op}{thread}")
 
+    def _on_thread(self, thread: ThreadId | None, payload: str) -> bytes:
+        """``payload`` for ``thread`` (``Hg`` first), or for the current g-thread."""
+        with self._lock:
+            if thread is not None:
+                self.select_thread(thread, "g")
+            return self._supported(payload)
+
     def registers(self, thread: ThreadId | None = None) -> dict[str, int]:
         """The available registers of ``thread`` (or the current g-thread), by name, from
         one ``g``."""
         layout = self.target_description().registers
-        with self._lock:
-            if thread is not None:
-                self.select_thread(thread, "g")
-            reply = self._supported("g")
-        values = decode_registers(reply.decode("ascii", "replace"), layout)
+        values = decode_registers(self._on_thread(thread, "g").decode("ascii", "replace"), layout)
         return {name: value for name, value in values.items() if value is not None}
 
     def read_register(self, name: str, thread: ThreadId | None = None) -> int:
         """One register by name, with ``p``; raises if the stub reports it unavailable."""
         reg = self.target_description().find(name)
-        with self._lock:
-            if thread is not None:
-                self.select_thread(thread, "g")
-            reply = self._supported(f"p{reg.regnum:x}")
+        reply = self._on_thread(thread, f"p{reg.regnum:x}")
         value = decode_register(reply.decode("ascii", "replace"), reg)
         if value is None:
             raise RspException(f"register {name} is unavailable ({reply[:40]!r})")
@@ -373,10 +374,7 @@ class RspClient:
         """Set one register by name, with ``P`` (truncated to its width); KeyError names
         the registers that exist."""
         reg = self.target_description().find(name)
-        with self._lock:
-            if thread is not None:
-                self.select_thread(thread, "g")
-            self._supported(f"P{reg.regnum:x}={encode_register(value, reg)}")
+        self._on_thread(thread, f"P{reg.regnum:x}={encode_register(value, reg)}")
 
     def threads(self) -> list[ThreadId]:
         """All threads (vCPUs in QEMU) from qfThreadInfo/qsThreadInfo. Each ``m`` reply

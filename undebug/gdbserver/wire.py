@@ -18,7 +18,7 @@ from collections import deque
 
 from undebug.gdb.packets import Control, Dropped, Event, Packet, PacketSplitter, frame
 
-__all__ = ["BadPacket", "ClientGone", "GdbConnection", "parse_thread_id", "to_hex_text"]
+__all__ = ["BadPacket", "ClientGone", "GdbConnection", "to_hex_text"]
 
 log = logging.getLogger("undebug.gdbserver")
 
@@ -29,20 +29,6 @@ class ClientGone(Exception):
 class BadPacket(Exception):
     """A packet with a bad checksum in no-ack mode: it will not be sent again, so the
     client must be answered with an error rather than left waiting."""
-
-
-def parse_thread_id(text: str) -> int:
-    """A thread id as gdb sends it: hex, ``-1`` (all), ``0`` (any) or ``pPID.TID``."""
-    if text.startswith("p"):
-        _, dot, text = text[1:].partition(".")
-        if not dot:
-            return -1  # a whole process: all its threads
-    if text == "-1":
-        return -1
-    value = int(text, 16)
-    if value < 0:
-        raise ValueError(f"bad thread id {text!r}")
-    return value
 
 
 def to_hex_text(text: str) -> bytes:
