@@ -1,16 +1,18 @@
 """A GDB Remote Serial Protocol client for the one connection QEMU's gdbstub allows.
 
-A reader thread splits the byte stream into packets (``PacketSplitter``). Stop replies (``S``, ``T``, ``W``,
-``X``) go to a stop queue and to ``on_stop``, because QEMU sends one unsolicited whenever
-the VM stops (QMP ``stop``, a pvpanic pause, a breakpoint). Every other packet answers the
-pending command. Commands are synchronous, serialised by one lock, and bounded by a timeout.
+A reader thread splits the byte stream into packets (``PacketSplitter``). Stop replies
+(``S``, ``T``, ``W``, ``X``) go to a stop queue and to ``on_stop``, because QEMU sends one
+unsolicited whenever the VM stops (QMP ``stop``, a pvpanic pause, a breakpoint). Every
+other packet answers the pending command. Commands are synchronous, serialised by one
+lock, and bounded by a timeout.
 
 QEMU 7.2 consumes any byte that arrives while the VM runs and only stops the VM, so a
 command sent then gets no reply: stop the VM first. The client refuses commands while it
 knows the VM runs (after ``cont``/``vcont``/``step`` until their stop reply).
 
 This module holds only the connection; the wire format and its values live in
-``undebug.gdb.packets``, the register layout in ``undebug.gdb.tdesc``.
+``undebug.gdb.packets``, the register layout in ``undebug.gdb.tdesc`` and the register
+values' encoding in ``undebug.gdb.registers``.
 """
 
 from __future__ import annotations

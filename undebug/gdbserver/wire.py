@@ -1,10 +1,10 @@
 """The server side of the GDB Remote Serial Protocol: one connection from a debugger.
 
 Framing, splitting the stream into packets, escaping and checksums come from
-:mod:`undebug.gdb.packets`; this module adds
-what a server needs on top: acks until the client asks for no-ack mode, retransmitting on
-'-', the bare 0x03 byte a client sends to interrupt a running target, and refusing any
-other client that connects to the listening socket meanwhile (one debugger at a time).
+:mod:`undebug.gdb.packets`; this module adds what a server needs on top: acks until the
+client asks for no-ack mode, retransmitting on '-', the bare 0x03 byte a client sends to
+interrupt a running target, and refusing any other client that connects to the listening
+socket meanwhile (one debugger at a time).
 The client is untrusted: garbage is skipped, an oversized packet is dropped, a corrupt
 packet is asked for again (or, in no-ack mode, answered with an error).
 """
@@ -21,6 +21,7 @@ from undebug.gdb.packets import Control, Dropped, Event, Packet, PacketSplitter,
 __all__ = ["BadPacket", "ClientGone", "GdbConnection", "to_hex_text"]
 
 log = logging.getLogger("undebug.gdbserver")
+
 
 class ClientGone(Exception):
     """The debugger closed the connection (or it broke)."""
