@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import undebug, wait_for_console
-from undebug.gdb.packets import frame
+from undebug.gdb.packets import MAX_PACKET, frame
+from undebug.gdbserver.wire import BadPacket, GdbConnection
 
 EVIL_ESCAPED = "evil\\x1b]0;owned\\x07"
 WORKERS = [f"worker-{i}" for i in range(16)]
@@ -242,6 +244,8 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     assert client.ask(b"m0,10").startswith(b"E")  # page 0 is unmapped in the guest
     assert client.ask(b"Zq") .startswith(b"E")
     assert client.ask(b"Hg123456") == b"E01"  # no such thread
+    assert client.ask(b"Hgpzz.1") == client.ask(b"Hg-5") == b"E16"  # malformed thread ids
+    assert client.ask(b"P10=0100") == b"E16"  # rip is 8 bytes wide, not 2
     assert client.ask(b"T99999") == b"E01"
     assert client.ask(b"vNoSuchPacket;1") == b""
     assert client.ask(b"Z2,1000,8") == b""  # watchpoints: not supported
@@ -295,6 +299,7 @@ def test_corrupt_thread_list_is_served_with_warnings_and_the_end_stops_the_serve
 
 
 def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> None:
+    from undebug.gdb.registers import encode_registers
     from undebug.gdb.tdesc import Register
     from undebug.gdbserver import threads as proxy_threads
     from undebug.os.provider import GuestThread, ThreadSnapshot
@@ -324,7 +329,7 @@ def test_unusable_guest_thread_ids_get_substitutes_and_names_are_escaped() -> No
     assert view.on_cpu(1) is not None and view.on_cpu(1).name == "vCPU 1"  # type: ignore[union-attr]
     rip = Register("rip", 64, 16, 0, "code_ptr", None, "core")
     eflags = Register("eflags", 32, 17, 8, "int", None, "core")
-    assert proxy_threads.encode_registers(view.threads[1].registers, (rip, eflags)) == \
+    assert encode_registers(view.threads[1].registers, (rip, eflags)) == \
         "0710000000000000" + "xx" * 4
 
 
@@ -407,3 +412,74 @@ def test_a_killed_gdbservers_breakpoints_are_deleted_and_the_clis_stay(proxy: Pr
             server.proc.wait()
         undebug("delete", proxy.guest, "--all")
         undebug("cont", proxy.guest)  # the attach stopped it
+
+
+# ---- the server's side of the wire (a socket pair stands in for gdb's connection) ----------
+
+@pytest.fixture
+def wire() -> Iterator[tuple[GdbConnection, socket.socket]]:
+    server, client = socket.socketpair()
+    conn = GdbConnection(server)
+    client.settimeout(2)
+    yield conn, client
+    conn.close()
+    client.close()
+
+
+def _receive(conn: GdbConnection, reads: int = 50) -> bytes | None:
+    """The next packet, reading at most ``reads`` times (each ``recv`` takes 64 KiB)."""
+    for _ in range(reads):
+        if (packet := conn.receive(0.05)) is not None:
+            return packet
+    return None
+
+
+def test_server_acks_packets_asks_again_for_corrupt_ones_and_resends_on_nak(
+        wire: tuple[GdbConnection, socket.socket]) -> None:
+    conn, client = wire
+    client.sendall(frame(b"qC")[:-2] + b"00" + frame(b"qC"))
+    assert _receive(conn) == b"qC" and conn.bad_packets == 1
+    assert client.recv(16) == b"-+"
+    conn.send(b"QC1")
+    assert client.recv(16) == frame(b"QC1")
+    client.sendall(b"-")
+    assert _receive(conn, reads=2) is None
+    assert client.recv(16) == frame(b"QC1")  # sent again
+
+
+def test_server_in_no_ack_mode_answers_a_corrupt_packet_with_an_error(
+        wire: tuple[GdbConnection, socket.socket]) -> None:
+    conn, client = wire
+    conn.no_ack = True
+    client.sendall(b"$g#00" + frame(b"g"))
+    with pytest.raises(BadPacket):
+        _receive(conn)
+    assert _receive(conn) == b"g"
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):  # no acks, no naks
+        client.recv(16)
+
+
+def test_server_sees_an_interrupt_between_packets_not_inside_one(
+        wire: tuple[GdbConnection, socket.socket]) -> None:
+    conn, client = wire
+    client.sendall(frame(b"X0,1:\x03") + b"\x03")
+    assert _receive(conn) == b"X0,1:\x03"
+    assert conn.take_interrupt(0.5) and not conn.take_interrupt(0.05)
+
+
+def test_server_skips_an_oversized_packet_to_its_end_and_takes_none_of_it_as_control(
+        wire: tuple[GdbConnection, socket.socket]) -> None:
+    conn, client = wire
+    conn.send(b"OK")
+    assert client.recv(16) == frame(b"OK")
+    sender = threading.Thread(target=client.sendall, args=(b"$X0,0:" + b"a" * MAX_PACKET,))
+    sender.start()  # more than the socket buffers: the server must read while it is sent
+    while sender.is_alive():
+        assert conn.receive(0.05) is None
+    assert _receive(conn, reads=8) is None  # what the socket still buffers
+    assert conn.bad_packets == 1  # dropped, not buffered without bound
+    client.sendall(b"\x03-\x03#00" + frame(b"g"))  # its tail: binary data, not Ctrl-C or a nak
+    assert _receive(conn) == b"g"
+    assert not conn.take_interrupt(0.05)
+    assert client.recv(16) == b"+"  # the ack for g, and no resent OK

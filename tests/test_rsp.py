@@ -29,7 +29,15 @@ from undebug.gdb.packets import (
     decode,
     frame,
 )
+from undebug.gdb.registers import (
+    decode_register,
+    decode_registers,
+    encode_register,
+    encode_registers,
+    registers_size,
+)
 from undebug.gdb.rsp import RspClient
+from undebug.gdb.tdesc import Register, parse_target_xml
 
 DATA = Path(__file__).parent / "data" / "rsp"
 
@@ -127,6 +135,10 @@ def test_stop_reply_and_thread_id_parsing() -> None:
     assert (w.kind, w.signal, w.exit_status, w.info) == ("exited", None, 1, {"process": "1"})
     assert StopReply.parse(b"X09").kind == "terminated"
     assert ThreadId.parse("p1.-1").tid == -1 and ThreadId.parse("0a") == ThreadId("0a", None, 10)
+    assert ThreadId.parse("p1").tid == -1 and ThreadId.parse("0").tid == 0
+    for malformed in ("-5", "p1.-2", "pzz.1", "", "p.1"):
+        with pytest.raises(RspException, match="malformed thread id"):
+            ThreadId.parse(malformed)
 
 
 def test_ack_mode_then_no_ack_mode_when_the_stub_offers_it() -> None:
@@ -381,6 +393,83 @@ def test_replays_recorded_qemu_7_2_attach() -> None:
         assert client.threads() == [ThreadId("p01.01", 1, 1)]
 
 
+# -- the register codec, on QEMU 7.2's own x86-64 target description (recorded above) ------
+
+def _recorded() -> dict[str, bytes]:
+    """Each recorded request's reply body (the '+' and '#cc' stripped, RLE undone)."""
+    out: dict[str, bytes] = {}
+    for entry in map(json.loads, (DATA / "qemu72_x86_64_attach.jsonl").read_text().splitlines()):
+        reply = entry["reply"].encode("latin-1")
+        out[entry["request"]] = decode(reply[reply.index(b"$") + 1 : reply.rindex(b"#")])
+    return out
+
+
+def _qemu72_layout() -> tuple[Register, ...]:
+    replies = _recorded()
+
+    def annex(name: str) -> bytes:  # the qXfer chunks of one file, joined
+        return b"".join(body[1:] for request, body in replies.items()
+                        if request.startswith(f"qXfer:features:read:{name}:"))
+
+    return parse_target_xml(annex).registers
+
+
+def test_the_recorded_g_reply_decodes_to_the_reset_state_and_encodes_back_the_same() -> None:
+    layout = _qemu72_layout()
+    g = _recorded()["g"].decode()
+    assert len(g) == 2 * registers_size(layout)  # QEMU sends every register it describes
+    values = decode_registers(g, layout, whole=True)
+    assert len(values) == len(layout) == 66
+    # the x86 reset state (Intel SDM vol. 3, 9.1.1: EIP fff0, CS selector f000, CR0 60000010)
+    assert (values["rip"], values["cs"], values["eflags"], values["cr0"]) == (
+        0xFFF0, 0xF000, 2, 0x60000010)
+    assert values["mxcsr"] == 0x1F80  # SDM vol. 1, 10.2.3.1: MXCSR's power-up value
+    assert encode_registers(values, layout) == g
+
+
+def test_register_encoding_is_little_endian_truncated_to_the_width_and_xx_when_unavailable() -> None:
+    layout = {reg.name: reg for reg in _qemu72_layout()}
+    rip, eflags, xmm0 = layout["rip"], layout["eflags"], layout["xmm0"]
+    assert (rip.size, eflags.size, xmm0.size) == (8, 4, 16)
+    assert encode_register(0x1122334455667788, rip) == "8877665544332211"
+    assert encode_register((1 << 40) | 0x246, eflags) == "46020000"
+    assert encode_register(None, xmm0) == "xx" * 16
+    assert decode_register("8877665544332211", rip) == 0x1122334455667788
+    assert decode_register("0100000000000000000000000000ff00", xmm0) == 0xFF << 112 | 1
+    assert decode_register("xxxxxxxx", eflags) is None
+
+
+def test_a_g_packet_sets_what_it_carries_and_leaves_out_the_unavailable() -> None:
+    layout = _qemu72_layout()
+    g = encode_registers({"rax": 0x5EED, "rip": 0x100000}, layout)
+    assert len(g) == 2 * registers_size(layout)
+    values = decode_registers(g, layout, whole=True)
+    assert {name: v for name, v in values.items() if v is not None} == {"rax": 0x5EED,
+                                                                         "rip": 0x100000}
+    with pytest.raises(RspException, match="hex digits"):
+        decode_registers(g[:-2], layout, whole=True)
+    short = decode_registers(g[: 2 * 8], layout)  # a stub may send fewer than it describes
+    assert short["rax"] == 0x5EED and short["rbx"] is None
+
+
+@pytest.mark.parametrize("text", ["88776655443322", "887766554433221100", "zz77665544332211",
+                                  " 877665544332211"])
+def test_a_register_value_of_the_wrong_width_or_not_hex_is_an_error(text: str) -> None:
+    rip = next(reg for reg in _qemu72_layout() if reg.name == "rip")
+    with pytest.raises(RspException, match="register rip"):
+        decode_register(text, rip)
+
+
+def test_a_g_reply_that_is_not_hex_fails_as_a_stub_error_not_a_crash() -> None:
+    xml = [(e["request"].encode(), e["reply"].encode("latin-1")) for e in map(
+        json.loads, (DATA / "qemu72_x86_64_attach.jsonl").read_text().splitlines())
+        if e["request"].startswith("qXfer:features")]
+    bad = _recorded()["g"].replace(b"b10f06", b"b1?f06")
+    with scripted([*xml, (b"g", acked(bad))]) as (client, _), \
+            pytest.raises(RspException, match="register rdx"):
+        client.registers()
+
+
 # -- live: real QEMU 7.2, TCG only -----------------------------------------------------------
 
 
@@ -447,6 +536,20 @@ def test_live_attach_sees_the_reset_state(qemu: Qemu) -> None:
         assert reset[0] == 0xEA  # jmp far f000:e05b
         xp = client.monitor("xp /16xb 0xffff0")
         assert bytes(int(b, 16) for b in re.findall(r"0x([0-9a-f]{2})\b", xp.split(":", 1)[1])) == reset
+
+
+def test_live_register_write_is_what_qemu_then_reports(qemu: Qemu) -> None:
+    with RspClient.connect(qemu.gdb) as client:
+        client.write_register("rbx", 0x1122334455667788)
+        client.write_register("rcx", (1 << 64) | 0xC0FFEE)  # truncated to its 64 bits
+        # outside long mode QEMU keeps the low 32 bits of a written register
+        # (x86_cpu_gdb_write_register, target/i386/gdbstub.c), as the monitor shows them
+        assert "EBX=55667788 ECX=00c0ffee" in client.monitor("info registers")
+        regs = client.registers()
+        assert (regs["rbx"], regs["rcx"]) == (0x55667788, 0xC0FFEE)
+        assert client.read_register("rbx") == 0x55667788
+        with pytest.raises(KeyError, match="no register 'rbz'"):
+            client.write_register("rbz", 1)
 
 
 def test_live_large_read_is_chunked_and_matches_its_pieces(qemu: Qemu) -> None:

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, undebug
+from tests.conftest import undebug
 from tracers.decode import (
     ID_FAULT,
     ID_LOG_STR,
@@ -505,21 +504,13 @@ def test_flight_recorder_drops_what_a_running_guest_overwrote_meanwhile() -> Non
 
 # ---- metadata --------------------------------------------------------------------------
 
-REFGUEST = ROOT / "build" / "refguest.elf"
-
-
-def _has_tracepoints(path: Path) -> bool:
-    from undebug.elf import ElfFile
-
-    return path.exists() and ElfFile(path).section("undebug_tracepoints") is not None
-
-
-@pytest.mark.skipif(not _has_tracepoints(REFGUEST), reason="no refguest with tracepoints")
-def test_metadata_of_the_reference_guest(tmp_path: Path) -> None:
+def test_metadata_of_the_reference_guest(guest_image: Path, tmp_path: Path) -> None:
+    """The reference guest links the stub: its ELF must carry tracepoint metadata (a
+    build without it is a failure here, not a skip)."""
     from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END, for_stream, load_tracepoints
 
     elf = tmp_path / "refguest.elf"
-    shutil.copy(REFGUEST, elf)  # the real one may be rebuilt while we read
+    shutil.copy(guest_image, elf)  # the real one may be rebuilt while we read
     tps = load_tracepoints(elf)
     assert tps.warnings == [] and tps.count == len(tps.by_id) > 0
     kinds = {tp.kind for tp in tps.by_id.values()}
@@ -534,13 +525,12 @@ def test_metadata_of_the_reference_guest(tmp_path: Path) -> None:
     assert usable is None and "mismatch" in warnings[0]
 
 
-@pytest.mark.skipif(not _has_tracepoints(REFGUEST), reason="no refguest with tracepoints")
-def test_bad_metadata_records_are_skipped_with_warnings(tmp_path: Path) -> None:
+def test_bad_metadata_records_are_skipped_with_warnings(guest_image: Path, tmp_path: Path) -> None:
     from tracers.metadata import load_tracepoints
     from undebug.elf import ElfFile
 
     elf = tmp_path / "bad.elf"
-    shutil.copy(REFGUEST, elf)
+    shutil.copy(guest_image, elf)
     section = ElfFile(elf).section("undebug_tracepoints")
     assert section is not None
     data = bytearray(elf.read_bytes())

@@ -28,6 +28,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     render: Callable[[], list[str]] | None = None
     exit_code: int = 0
+    written: bool = False  # the command streamed its document itself (trace show --json)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **self.data, "warnings": self.warnings}
@@ -35,6 +36,8 @@ class Report:
 
 def emit(report: Report, *, as_json: bool) -> int:
     """Print ``report`` as JSON or as text and return its exit code."""
+    if report.written:
+        return report.exit_code
     if as_json:
         # Pretty for a person, compact (and with the C encoder: fast) for a pipe; one
         # write either way, since unbuffered stdout would make a write per token.

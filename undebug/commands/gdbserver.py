@@ -36,8 +36,10 @@ class _EscapingFormatter(logging.Formatter):
         return escape(super().format(record))
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM, raised wherever the server is. A BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` on the way (a failed guest read becomes a warning)
+    swallows it and the server serves on after its parent died."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -455,8 +455,7 @@ def _show(args: argparse.Namespace) -> Report:
     tail = {**show_json_tail(stream), "warnings": warnings}
     out.write("], " + json.dumps(tail)[1:] + "\n")
     out.flush()
-    args.json = False  # the document is written as it was made: nothing left to emit
-    return Report()
+    return Report(written=True)  # the document was written as it was made
 
 
 # ---- stats -----------------------------------------------------------------------------

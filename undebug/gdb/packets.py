@@ -1,19 +1,22 @@
 """The GDB Remote Serial Protocol's wire format and the values it carries, without any I/O.
 
-Kept apart from the client so that framing, escaping, run-length decoding and the parsing
-of stop replies, thread ids and qSupported answers can be read and tested on their own, and
-so that the target-description code can share the exceptions without importing the client.
+Kept apart from the client so that framing, splitting a byte stream into packets, escaping,
+run-length decoding and the parsing of stop replies, thread ids and qSupported answers can
+be read and tested on their own, and shared by the client (``undebug.gdb.rsp``) and the
+server (``undebug.gdbserver.wire``), which each add only their own policy.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Literal
 
 __all__ = [  # noqa: RUF022 (grouped by role, not sorted)
     "MAX_PACKET", "QEMU_MAX_READ",
     "RspException", "RspError", "RspTimeout", "RspDisconnected",
+    "Control", "Packet", "Dropped", "Event", "PacketSplitter",
     "BreakpointType", "ThreadId", "StopReply",
     "checksum", "escape", "frame", "decode", "parse_features",
 ]
@@ -21,6 +24,9 @@ __all__ = [  # noqa: RUF022 (grouped by role, not sorted)
 MAX_PACKET = 1 << 20  # a packet this long without '#' is garbage, not data to buffer
 QEMU_MAX_READ = 2048  # QEMU 7.2 answers E22 to `m` above MAX_PACKET_LENGTH / 2
 _ESCAPED = frozenset(b"#$}*")
+_FRAMING = re.compile(rb"[$#]")
+_CONTROL = re.compile(rb"[+\-\x03]")
+_CHECKSUM = re.compile(rb"[0-9a-fA-F]{2}")
 
 
 class RspException(Exception):
@@ -91,13 +97,109 @@ def decode(body: bytes) -> bytes:
     return bytes(out)
 
 
+class Control(Enum):
+    """A byte outside packets that means something: the others there are noise."""
+
+    ACK = 0x2B  # '+': the peer received our packet intact
+    NACK = 0x2D  # '-': it arrived damaged; send it again (ack mode only)
+    INTERRUPT = 0x03  # a debugger's Ctrl-C: only a server acts on it
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One ``$body#cc``; ``body`` as sent: escapes and run-length encoding not undone."""
+
+    body: bytes
+    checksum_ok: bool
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A packet that never ended: cut short by the next ``$``, or ``oversized`` (more than
+    the splitter's limit before its ``#``; the rest of it, up to ``#cc``, is skipped)."""
+
+    oversized: bool
+
+
+Event = Packet | Control | Dropped
+
+
+class PacketSplitter:
+    """Splits an RSP byte stream, fed in pieces as they arrive, into :data:`Event` s.
+
+    The peer is untrusted: the buffer never holds more than ``limit`` body bytes, noise
+    between packets is skipped, and ``feed`` never raises. Each byte is looked at once, so a
+    packet that arrives a byte at a time costs no more than one that arrives whole.
+    """
+
+    def __init__(self, limit: int = MAX_PACKET) -> None:
+        self.limit = limit
+        self._body: bytearray | None = None  # inside a packet: its body so far
+        self._oversized = False  # inside a packet that was dropped: skip up to its end
+        self._checksum: bytearray | None = None  # after its '#': the checksum digits so far
+
+    def feed(self, data: bytes) -> list[Event]:
+        """The events that ``data`` completes, in stream order."""
+        events: list[Event] = []
+        at = 0
+        while at < len(data):
+            if self._checksum is not None:
+                at = self._take_checksum(data, at, events)
+            elif self._body is not None or self._oversized:
+                at = self._take_body(data, at, events)
+            else:
+                start = data.find(b"$", at)
+                end = len(data) if start < 0 else start
+                events += (Control(b[0]) for b in _CONTROL.findall(data, at, end))
+                if start < 0:
+                    break
+                self._body, at = bytearray(), start + 1
+        return events
+
+    def _take_body(self, data: bytes, at: int, events: list[Event]) -> int:
+        match = _FRAMING.search(data, at)
+        end = len(data) if match is None else match.start()
+        if self._body is not None:
+            if len(self._body) + end - at > self.limit:
+                events.append(Dropped(oversized=True))
+                self._body, self._oversized = None, True
+            else:
+                self._body += data[at:end]
+        if match is None:
+            return end
+        if match.group() == b"$":  # the next packet cut this one short
+            if self._body is not None:
+                events.append(Dropped(oversized=False))
+            self._body, self._oversized = bytearray(), False
+        else:
+            self._checksum = bytearray()
+        return end + 1
+
+    def _take_checksum(self, data: bytes, at: int, events: list[Event]) -> int:
+        assert self._checksum is not None
+        take = data[at : at + 2 - len(self._checksum)]
+        self._checksum += take
+        if len(self._checksum) == 2:
+            if self._body is not None:
+                body, sent = bytes(self._body), bytes(self._checksum)
+                ok = _CHECKSUM.fullmatch(sent) is not None and int(sent, 16) == checksum(body)
+                events.append(Packet(body, ok))
+            self._body, self._oversized, self._checksum = None, False, None
+        return at + len(take)
+
+
 def _thread_num(text: str) -> int:
-    return -1 if text == "-1" else int(text, 16)
+    if text == "-1":
+        return -1
+    if (value := int(text, 16)) < 0:
+        raise ValueError(f"negative thread number {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
 class ThreadId:
-    """A thread (a vCPU in QEMU) as the stub names it; ``raw`` is what to send back."""
+    """A thread as the stub (a vCPU in QEMU) or the debugger names it; ``raw`` is what to
+    send back."""
 
     raw: str
     pid: int | None

@@ -1,16 +1,18 @@
 """A GDB Remote Serial Protocol client for the one connection QEMU's gdbstub allows.
 
-A reader thread splits the byte stream into packets. Stop replies (``S``, ``T``, ``W``,
-``X``) go to a stop queue and to ``on_stop``, because QEMU sends one unsolicited whenever
-the VM stops (QMP ``stop``, a pvpanic pause, a breakpoint). Every other packet answers the
-pending command. Commands are synchronous, serialised by one lock, and bounded by a timeout.
+A reader thread splits the byte stream into packets (``PacketSplitter``). Stop replies
+(``S``, ``T``, ``W``, ``X``) go to a stop queue and to ``on_stop``, because QEMU sends one
+unsolicited whenever the VM stops (QMP ``stop``, a pvpanic pause, a breakpoint). Every
+other packet answers the pending command. Commands are synchronous, serialised by one
+lock, and bounded by a timeout.
 
 QEMU 7.2 consumes any byte that arrives while the VM runs and only stops the VM, so a
 command sent then gets no reply: stop the VM first. The client refuses commands while it
 knows the VM runs (after ``cont``/``vcont``/``step`` until their stop reply).
 
 This module holds only the connection; the wire format and its values live in
-``undebug.gdb.packets``, the register layout in ``undebug.gdb.tdesc``.
+``undebug.gdb.packets``, the register layout in ``undebug.gdb.tdesc`` and the register
+values' encoding in ``undebug.gdb.registers``.
 """
 
 from __future__ import annotations
@@ -24,30 +26,29 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Literal, TypeVar
 
 from undebug.gdb.packets import (
     MAX_PACKET,
     QEMU_MAX_READ,
     BreakpointType,
+    Control,
+    Dropped,
+    Event,
+    Packet,
+    PacketSplitter,
     RspDisconnected,
     RspError,
     RspException,
     RspTimeout,
     StopReply,
     ThreadId,
-    checksum,
     decode,
     frame,
     parse_features,
 )
-from undebug.gdb.tdesc import (
-    TargetDescription,
-    decode_registers,
-    fetch_target_xml,
-    parse_target_xml,
-)
+from undebug.gdb.registers import decode_register, decode_registers, encode_register
+from undebug.gdb.tdesc import TargetDescription, fetch_target_xml, parse_target_xml
 
 __all__ = ["RspClient", "RspException"]  # RspException: callers catch it next to the client
 
@@ -63,7 +64,6 @@ _CORRUPT = b"\x00corrupt"  # stands for a reply that arrived with a bad checksum
 MAX_THREADS = 65536  # vCPUs: QEMU takes at most 4096
 _ERROR = re.compile(rb"E[0-9a-fA-F]{2}")
 _HEX = re.compile(rb"[0-9a-fA-F]+")
-_FRAMING = re.compile(rb"[$#]")
 
 
 def _unhex(reply: bytes, command: bytes) -> bytes:
@@ -144,15 +144,14 @@ class RspClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        buf = bytearray()
-        scan = 0
+        splitter = PacketSplitter()
         try:
             while True:
                 data = self._sock.recv(65536)
                 if not data:
                     raise RspDisconnected("the gdbstub closed the connection (did QEMU exit?)")
-                buf += data
-                scan = self._parse(buf, scan)
+                for event in splitter.feed(data):
+                    self._on_event(event)
         except RspDisconnected as e:
             reason = str(e)
         except OSError as e:
@@ -162,38 +161,23 @@ class RspClient:
             reason = f"gdbstub reader failed: {e!r}"
         self._die(reason)
 
-    def _parse(self, buf: bytearray, scan: int) -> int:
-        """Consume whole packets and acks from ``buf``; return where to resume seeking '#'."""
-        while buf:
-            if buf[0] != 0x24:  # not '$': acks, or junk between packets
-                start = buf.find(b"$")
-                junk = bytes(buf if start < 0 else buf[:start])
-                del buf[: len(buf) if start < 0 else start]
-                if b"-" in junk:
-                    self.naks += 1
-                    if not self.no_ack and self._last_sent and self.naks < 100:
-                        self._sendall(self._last_sent)
-                scan = 1
-                continue
-            match = _FRAMING.search(buf, max(scan, 1))
-            if match is not None and match.group() == b"$":  # a new packet cut this one short
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case Packet():
+                self._on_packet(event)
+            case Control.NACK:
+                self.naks += 1
+                if not self.no_ack and self._last_sent and self.naks < 100:
+                    self._sendall(self._last_sent)
+            case Dropped(oversized=True):
+                raise RspDisconnected(f"gdbstub sent over {MAX_PACKET} bytes without '#'")
+            case Dropped():  # cut short by the next packet
                 self.bad_checksums += 1
-                del buf[: match.start()]
-                scan = 1
-                continue
-            end = -1 if match is None else match.start()
-            if end < 0 or len(buf) < end + 3:
-                if len(buf) > MAX_PACKET:
-                    raise RspDisconnected(f"gdbstub sent over {MAX_PACKET} bytes without '#'")
-                return len(buf) if end < 0 else end
-            body, sent = bytes(buf[1:end]), bytes(buf[end + 1 : end + 3])
-            del buf[: end + 3]
-            scan = 1
-            self._on_packet(body, sent)
-        return 1
+            case _:  # acks; a stub's 0x03 means nothing
+                pass
 
-    def _on_packet(self, body: bytes, sent_checksum: bytes) -> None:
-        if _HEX.fullmatch(sent_checksum) and int(sent_checksum, 16) == checksum(body):
+    def _on_packet(self, packet: Packet) -> None:
+        if packet.checksum_ok:
             if not self.no_ack:
                 self._sendall(b"+")
         else:
@@ -203,12 +187,11 @@ class RspClient:
                 return
             # No-ack mode: nobody retransmits. The pending command fails (a corrupt stop
             # reply is dropped: the next stop, or the command's timeout, follows).
-            log.warning("dropping a packet with a bad checksum (no-ack mode): %r", body[:60])
-            with self._cond:
-                self._replies.append(_CORRUPT)
-                self._cond.notify_all()
+            log.warning("dropping a packet with a bad checksum (no-ack mode): %r",
+                        packet.body[:60])
+            self._reply(_CORRUPT)
             return
-        payload = decode(body)
+        payload = decode(packet.body)
         if payload and payload[0] in b"STWX":
             try:
                 stop = StopReply.parse(payload)
@@ -225,9 +208,12 @@ class RspClient:
                 except Exception:
                     log.exception("on_stop callback failed for %r", stop.raw)
         else:
-            with self._cond:
-                self._replies.append(payload)
-                self._cond.notify_all()
+            self._reply(payload)
+
+    def _reply(self, payload: bytes) -> None:
+        with self._cond:
+            self._replies.append(payload)
+            self._cond.notify_all()
 
     def _die(self, reason: str) -> None:
         with self._cond:
@@ -371,26 +357,34 @@ class RspClient:
         """``Hg`` (thread for g/p/m) or ``Hc`` (thread for c/s)."""
         self._supported(f"H{op}{thread}")
 
-    def registers(self, thread: ThreadId | None = None) -> dict[str, int]:
-        """All registers of ``thread`` (or the current g-thread), by name, from one ``g``."""
-        layout = self.target_description().registers
+    def _on_thread(self, thread: ThreadId | None, payload: str) -> bytes:
+        """``payload`` for ``thread`` (``Hg`` first), or for the current g-thread."""
         with self._lock:
             if thread is not None:
                 self.select_thread(thread, "g")
-            reply = self._supported("g")
-        return decode_registers(reply.decode("ascii", "replace"), layout)
+            return self._supported(payload)
+
+    def registers(self, thread: ThreadId | None = None) -> dict[str, int]:
+        """The available registers of ``thread`` (or the current g-thread), by name, from
+        one ``g``."""
+        layout = self.target_description().registers
+        values = decode_registers(self._on_thread(thread, "g").decode("ascii", "replace"), layout)
+        return {name: value for name, value in values.items() if value is not None}
 
     def read_register(self, name: str, thread: ThreadId | None = None) -> int:
         """One register by name, with ``p``; raises if the stub reports it unavailable."""
         reg = self.target_description().find(name)
-        with self._lock:
-            if thread is not None:
-                self.select_thread(thread, "g")
-            reply = self._supported(f"p{reg.regnum:x}")
-        value = decode_registers(reply.decode("ascii", "replace"), (replace(reg, offset=0),))
-        if name not in value:
+        reply = self._on_thread(thread, f"p{reg.regnum:x}")
+        value = decode_register(reply.decode("ascii", "replace"), reg)
+        if value is None:
             raise RspException(f"register {name} is unavailable ({reply[:40]!r})")
-        return value[name]
+        return value
+
+    def write_register(self, name: str, value: int, thread: ThreadId | None = None) -> None:
+        """Set one register by name, with ``P`` (truncated to its width); KeyError names
+        the registers that exist."""
+        reg = self.target_description().find(name)
+        self._on_thread(thread, f"P{reg.regnum:x}={encode_register(value, reg)}")
 
     def threads(self) -> list[ThreadId]:
         """All threads (vCPUs in QEMU) from qfThreadInfo/qsThreadInfo. Each ``m`` reply

@@ -1,7 +1,8 @@
-"""The target's register layout: parsing ``target.xml`` and decoding ``g``/``p`` replies.
+"""The target's register layout, parsed from ``target.xml``.
 
 Kept apart from the client because it is pure data handling: it takes a function that
-fetches an annex and never touches the connection, so it can be tested on saved XML.
+fetches an annex and never touches the connection, so it can be tested on saved XML. The
+values in that layout are encoded and decoded by :mod:`undebug.gdb.registers`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 
 from undebug.gdb.packets import RspException
 
-__all__ = ["Register", "TargetDescription", "decode_registers", "fetch_target_xml",
-           "parse_target_xml"]
+__all__ = ["Register", "TargetDescription", "fetch_target_xml", "parse_target_xml"]
 
 _XI_INCLUDE = re.compile(r"<(/?)xi:include\b")  # QEMU omits the xmlns:xi declaration
 MAX_DEPTH = 8  # xi:include nesting (QEMU's x86-64 description: 1)
@@ -35,6 +35,11 @@ class Register:
     type: str
     group: str | None
     feature: str
+
+    @property
+    def size(self) -> int:
+        """Bytes it takes on the wire (a bitsize that is no multiple of 8 is rounded up)."""
+        return (self.bitsize + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -126,18 +131,8 @@ def parse_target_xml(fetch: Callable[[str], bytes], annex: str = "target.xml") -
                 raise ValueError(f"register {el.get('name')!r} has {bits} bits")
             name, kind = el.get("name", f"r{num}"), el.get("type", "int")
             regs.append(Register(name, bits, num, offset, kind, el.get("group"), feature))
-            offset += (bits + 7) // 8
+            offset += regs[-1].size
     except ValueError as e:
         raise RspException(f"malformed target description from the stub: {e}") from e
     return TargetDescription(arch[0] if arch else None, tuple(regs))
 
-
-def decode_registers(g_reply: str, registers: tuple[Register, ...]) -> dict[str, int]:
-    """Decode a ``g`` reply (little-endian); registers sent as ``xx`` or cut off are omitted."""
-    out: dict[str, int] = {}
-    for reg in registers:
-        start, end = 2 * reg.offset, 2 * (reg.offset + (reg.bitsize + 7) // 8)
-        text = g_reply[start:end]
-        if len(text) == end - start and "x" not in text.lower():
-            out[reg.name] = int.from_bytes(bytes.fromhex(text), "little")
-    return out

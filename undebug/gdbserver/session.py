@@ -21,12 +21,18 @@ import logging
 import time
 
 from undebug.errors import SessionError, UndebugError, UsageError
-from undebug.gdb.packets import decode
-from undebug.gdb.tdesc import TargetDescription
+from undebug.gdb.packets import RspException, ThreadId, decode, parse_features
+from undebug.gdb.registers import (
+    decode_register,
+    decode_registers,
+    encode_register,
+    encode_registers,
+)
+from undebug.gdb.tdesc import Register, TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
 from undebug.gdbserver.runstate import wait_for_stop
-from undebug.gdbserver.threads import ProxyThread, ThreadView, encode_register, encode_registers
-from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, parse_thread_id, to_hex_text
+from undebug.gdbserver.threads import ProxyThread, ThreadView
+from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, to_hex_text
 from undebug.target import ReadError, Target
 
 __all__ = ["GdbSession"]
@@ -135,7 +141,7 @@ class GdbSession:
             reply = self._dispatch(text, packet)
         except PacketError as exc:
             reply = self._error(exc)
-        except (ValueError, IndexError, KeyError, OverflowError):
+        except (ValueError, IndexError, KeyError, OverflowError, RspException):
             reply = self._error(PacketError(f"malformed packet {text[:40]!r}", EINVAL))
         except UndebugError as exc:
             reply = self._error(PacketError(exc.message))
@@ -160,9 +166,9 @@ class GdbSession:
         if kind == "?":  # the target is stopped: no console text
             return self._report(self.last_stop, running=False)
         if kind == "H":
-            return self._set_thread(text[1:2], parse_thread_id(text[2:]))
+            return self._set_thread(text[1:2], ThreadId.parse(text[2:]).tid)
         if kind == "T":
-            return b"OK" if self._views().get(parse_thread_id(text[1:])) else b"E01"
+            return b"OK" if self._views().get(ThreadId.parse(text[1:]).tid) else b"E01"
         if kind == "g":
             return encode_registers(self._selected().registers, self.layout.registers).encode()
         if kind == "p":
@@ -194,9 +200,9 @@ class GdbSession:
     def _query(self, text: str) -> bytes:
         name, _, args = text.partition(":")
         if name == "qSupported":
-            features = args.split(";")
-            self.error_messages = "error-message+" in features
-            self.swbreak = "swbreak+" in features
+            features = parse_features(args.encode("latin-1"))
+            self.error_messages = features.get("error-message") is True
+            self.swbreak = features.get("swbreak") is True
             return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read+;"
                     "QStartNoAckMode+;vContSupported+;swbreak+;hwbreak+").encode()
         if name == "qXfer" and args.startswith("features:read:"):
@@ -212,7 +218,7 @@ class GdbSession:
         if text == "qsThreadInfo":
             return self._more_threads()
         if text.startswith("qThreadExtraInfo,"):
-            thread = self._thread(parse_thread_id(text.partition(",")[2]))
+            thread = self._thread(ThreadId.parse(text.partition(",")[2]).tid)
             return to_hex_text(f"{thread.name}, {thread.state}")
         if text == "qC":
             return b"QC%x" % self._current().gdb_id
@@ -269,11 +275,15 @@ class GdbSession:
             raise PacketError(f"unknown H operation {op!r}", EINVAL)
         return b"OK"
 
-    def _read_register(self, regnum: int) -> bytes:
+    def _register(self, regnum: int) -> Register:
         for reg in self.layout.registers:
             if reg.regnum == regnum:
-                return encode_register(self._selected().registers.get(reg.name), reg).encode()
-        raise PacketError(f"no register number {regnum} in the target description", EINVAL)
+                return reg
+        raise PacketError(f"no register number {regnum:#x} in the target description", EINVAL)
+
+    def _read_register(self, regnum: int) -> bytes:
+        reg = self._register(regnum)
+        return encode_register(self._selected().registers.get(reg.name), reg).encode()
 
     def _write_registers(self, kind: str, args: str) -> bytes:
         """``P n=value`` or ``G`` (all registers): only for a thread on a vCPU."""
@@ -282,26 +292,18 @@ class GdbSession:
             raise PacketError(f"thread {thread.gdb_id} ({thread.name}) is not on a vCPU: its "
                               "registers are the context it saved in guest memory, which "
                               "undebug does not rewrite")
-        values: dict[str, int] = {}
-        if kind == "P":
-            number, _, data = args.partition("=")
-            reg = next((r for r in self.layout.registers if r.regnum == int(number, 16)), None)
-            if reg is None:
-                raise PacketError(f"no register number {number} in the target description",
-                                  EINVAL)
-            values[reg.name] = int.from_bytes(bytes.fromhex(data), "little")
-        else:
-            needed = sum((reg.bitsize + 7) // 8 * 2 for reg in self.layout.registers)
-            if len(args) != needed:
-                raise PacketError(f"G packet has {len(args)} hex digits; the target "
-                                  f"description needs {needed}", EINVAL)
-            at = 0
-            for reg in self.layout.registers:
-                width = (reg.bitsize + 7) // 8 * 2
-                chunk = args[at : at + width]
-                at += width
-                if len(chunk) == width and "x" not in chunk:
-                    values[reg.name] = int.from_bytes(bytes.fromhex(chunk), "little")
+        try:
+            if kind == "P":
+                number, _, data = args.partition("=")
+                reg = self._register(int(number, 16))
+                decoded = {reg.name: decode_register(data, reg)}
+                if decoded[reg.name] is None:
+                    raise PacketError(f"P cannot set {reg.name} to unavailable", EINVAL)
+            else:
+                decoded = decode_registers(args, self.layout.registers, whole=True)
+        except RspException as exc:
+            raise PacketError(f"{kind}: {exc}", EINVAL) from None
+        values = {name: value for name, value in decoded.items() if value is not None}
         self.backend.write_registers(thread.cpu, values)
         return b"OK"
 
@@ -370,7 +372,7 @@ class GdbSession:
         for action in actions.split(";"):
             verb, _, thread = action.partition(":")
             if verb[:1] in ("s", "S") and step is None:
-                step = parse_thread_id(thread) if thread else -1
+                step = ThreadId.parse(thread).tid if thread else -1
             elif verb[:1] not in ("c", "C"):
                 raise PacketError(f"vCont action {verb!r} is not supported", EINVAL)
         if step is not None and step <= 0:

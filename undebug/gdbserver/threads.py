@@ -20,12 +20,11 @@ from xml.sax.saxutils import escape as xml_escape
 from xml.sax.saxutils import quoteattr
 
 from undebug.errors import UndebugError
-from undebug.gdb.tdesc import Register
 from undebug.gdbserver.backend import ThreadProvider
 from undebug.target import Target
 from undebug.text import escape
 
-__all__ = ["ProxyThread", "ThreadView", "encode_register", "encode_registers"]
+__all__ = ["ProxyThread", "ThreadView"]
 
 log = logging.getLogger("undebug.gdbserver")
 
@@ -42,19 +41,6 @@ class ProxyThread:
     state: str  # "sleeping", "running on vCPU 1", "blocked (event)", ...
     cpu: int | None  # the vCPU running it now
     registers: dict[str, int] = field(repr=False)
-
-
-def encode_register(value: int | None, reg: Register) -> str:
-    """One register in target byte order (little-endian), ``xx`` bytes when unavailable."""
-    size = (reg.bitsize + 7) // 8
-    if value is None:
-        return "xx" * size
-    return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little").hex()
-
-
-def encode_registers(registers: dict[str, int], layout: tuple[Register, ...]) -> str:
-    """A ``g`` reply: every register of the target description, in its order."""
-    return "".join(encode_register(registers.get(reg.name), reg) for reg in layout)
 
 
 class ThreadView:

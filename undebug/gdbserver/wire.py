@@ -1,9 +1,10 @@
 """The server side of the GDB Remote Serial Protocol: one connection from a debugger.
 
-Framing, escaping and checksums come from :mod:`undebug.gdb.packets`; this module adds
-what a server needs on top: acks until the client asks for no-ack mode, retransmitting on
-'-', the bare 0x03 byte a client sends to interrupt a running target, and refusing any
-other client that connects to the listening socket meanwhile (one debugger at a time).
+Framing, splitting the stream into packets, escaping and checksums come from
+:mod:`undebug.gdb.packets`; this module adds what a server needs on top: acks until the
+client asks for no-ack mode, retransmitting on '-', the bare 0x03 byte a client sends to
+interrupt a running target, and refusing any other client that connects to the listening
+socket meanwhile (one debugger at a time).
 The client is untrusted: garbage is skipped, an oversized packet is dropped, a corrupt
 packet is asked for again (or, in no-ack mode, answered with an error).
 """
@@ -15,13 +16,11 @@ import select
 import socket
 from collections import deque
 
-from undebug.gdb.packets import MAX_PACKET, checksum, frame
+from undebug.gdb.packets import Control, Dropped, Event, Packet, PacketSplitter, frame
 
-__all__ = ["BadPacket", "ClientGone", "GdbConnection", "parse_thread_id", "to_hex_text"]
+__all__ = ["BadPacket", "ClientGone", "GdbConnection", "to_hex_text"]
 
 log = logging.getLogger("undebug.gdbserver")
-
-INTERRUPT = 0x03
 
 
 class ClientGone(Exception):
@@ -31,20 +30,6 @@ class ClientGone(Exception):
 class BadPacket(Exception):
     """A packet with a bad checksum in no-ack mode: it will not be sent again, so the
     client must be answered with an error rather than left waiting."""
-
-
-def parse_thread_id(text: str) -> int:
-    """A thread id as gdb sends it: hex, ``-1`` (all), ``0`` (any) or ``pPID.TID``."""
-    if text.startswith("p"):
-        _, dot, text = text[1:].partition(".")
-        if not dot:
-            return -1  # a whole process: all its threads
-    if text == "-1":
-        return -1
-    value = int(text, 16)
-    if value < 0:
-        raise ValueError(f"bad thread id {text!r}")
-    return value
 
 
 def to_hex_text(text: str) -> bytes:
@@ -61,7 +46,7 @@ class GdbConnection:
         self.no_ack = False
         self.interrupted = False  # a 0x03 arrived since the last take_interrupt()
         self.bad_packets = 0
-        self._buffer = bytearray()
+        self._splitter = PacketSplitter()
         self._packets: deque[bytes | None] = deque()  # None: a corrupt packet (no-ack)
         self._last_sent = b""
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -105,8 +90,8 @@ class GdbConnection:
             raise ClientGone(f"connection lost: {exc}") from None
         if not data:
             raise ClientGone("the debugger closed the connection")
-        self._buffer += data
-        self._split()
+        for event in self._splitter.feed(data):
+            self._on_event(event)
 
     def _refuse_another(self) -> None:
         try:
@@ -117,47 +102,28 @@ class GdbConnection:
             log.warning("refused a second debugger (%s): one at a time", peer or "unix socket")
             other.close()
 
-    def _split(self) -> None:
-        buf = self._buffer
-        while buf:
-            head = buf[0]
-            if head == 0x24:  # '$'
-                end = buf.find(b"#", 1)
-                restart = buf.find(b"$", 1, end if end >= 0 else len(buf))
-                if restart >= 0:  # a packet cut short by the next one: drop the fragment
-                    del buf[:restart]
-                    self.bad_packets += 1
-                    continue
-                if end < 0 or len(buf) < end + 3:
-                    if len(buf) > MAX_PACKET:
-                        log.warning("dropping %d bytes of a packet without an end", len(buf))
-                        buf.clear()
-                        self.bad_packets += 1
-                    return
-                body, sent = bytes(buf[1:end]), bytes(buf[end + 1 : end + 3])
-                del buf[: end + 3]
-                try:
-                    good = int(sent, 16) == checksum(body)
-                except ValueError:
-                    good = False
-                if good:
-                    self._ack(b"+")
-                    self._packets.append(body)
-                elif self.no_ack:
-                    self.bad_packets += 1
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case Packet(body, checksum_ok=True):
+                self._ack(b"+")
+                self._packets.append(body)
+            case Packet():
+                self.bad_packets += 1
+                if self.no_ack:
                     self._packets.append(None)
                 else:
-                    self.bad_packets += 1
                     self._ack(b"-")  # the client sends it again
-            elif head == INTERRUPT:
+            case Dropped(oversized):
+                self.bad_packets += 1
+                if oversized:
+                    log.warning("dropping a packet longer than %d bytes", self._splitter.limit)
+            case Control.INTERRUPT:
                 self.interrupted = True
-                del buf[0]
-            elif head == 0x2D:  # '-': our last packet arrived damaged
-                del buf[0]
+            case Control.NACK:  # our last packet arrived damaged
                 if not self.no_ack and self._last_sent:
                     self._write(self._last_sent)
-            else:  # '+' acks, or noise between packets
-                del buf[0]
+            case _:  # '+' acks
+                pass
 
     def _ack(self, ack: bytes) -> None:
         if not self.no_ack:

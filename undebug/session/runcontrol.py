@@ -213,16 +213,12 @@ class RunControl(ABC):
         """Set registers of vCPU ``cpu`` of a stopped guest (a debugger's ``set $rax``)."""
         async with self._lock:
             rsp = self._stopped_vcpu(cpu)
-            tdesc = await self._stub(rsp.target_description)
             await self._stub(rsp.select_thread, self._vcpus[cpu], "g")
             for name, value in values.items():
                 try:
-                    reg = tdesc.find(name)
+                    await self._stub(rsp.write_register, name, value)
                 except KeyError:
                     raise RequestError(ErrorCode.BAD_REQUEST, f"no register {name!r}") from None
-                size = (reg.bitsize + 7) // 8
-                data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little").hex()
-                await self._stub(rsp.command, f"P{reg.regnum:x}={data}")
             self.run_token += 1  # what clients cached is stale now
 
     async def insert_breakpoint(self, address: int, hardware: bool, location: str,
