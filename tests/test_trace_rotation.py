@@ -42,10 +42,30 @@ def test_a_flooding_guest_is_recorded_in_capped_chunks(guest_image: Path,
         wait_for_console(name, "trace_flood done")
         time.sleep(1)  # the workers go on: the recorder has rotated past the flood's end
         assert undebug("stop", name).code == 0  # the recording stops growing
-        time.sleep(1)
+        wait_until_still(copy)
         check_capped_recording(name, copy, cap, guest_image)
     finally:
         undebug("kill", name)
+
+
+def wait_until_still(recording: Path, timeout: float = 30) -> None:
+    """Until the recorder has written what QEMU still had buffered when the guest
+    stopped (under load that takes a while): the chunks' names and sizes hold for 0.5 s."""
+    def shape() -> list[tuple[str, int]]:
+        try:
+            return [(p.name, p.stat().st_size) for _, p in chunk_paths(recording)]
+        except FileNotFoundError:  # rotated away between the listing and the stat
+            return []
+
+    deadline = time.monotonic() + timeout
+    last = shape()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = shape()
+        if now == last:
+            return
+        last = now
+    raise AssertionError(f"{recording} still changing after {timeout}s: {last}")
 
 
 def check_capped_recording(name: str, copy: Path, cap: int, guest_image: Path) -> None:
