@@ -10,8 +10,10 @@ attach, thread walk, unwinding separately). Baseline: ``bench/gdb/osv_bt.py``, a
 script in the style of OSv's ``scripts/loader.py`` (swap rsp/rip/rbp and the callee-saved
 registers to each thread's saved context, ``bt``, restore), run by ``gdb -batch`` against
 an identical *second* QEMU started here (the supervisor owns the first guest's only gdbstub
-connection): timed end to end and, inside gdb, the walk alone. Interleaved rounds per size,
-medians; how both grow from size to size. The results also check that both see the same
+connection): timed end to end and, inside gdb, the walk alone. Both guests are paused
+(``undebug stop``, QMP ``stop``) so their busy workers do not load the host. Interleaved
+rounds per size, medians of wall time and of the command process's CPU time; how both
+grow from size to size. The results also check that both see the same
 threads and the same function-name chains. Goals (10,000 threads, end to end): under 1 s,
 at least 30x the gdb script, each checked only when its baseline was measured in the run.
 
@@ -25,6 +27,7 @@ import hashlib
 import itertools
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -218,15 +221,38 @@ print(json.dumps({"import_s": t1 - t0, "attach_s": t2 - t1, "threads_s": t3 - t2
 """
 
 
-def gdb_round(guest: PlainGuest) -> tuple[float, dict[str, Any]]:
+class Clock:
+    """Wall time and the CPU time (user + sys) of the child processes waited for meanwhile:
+    on a shared, loaded machine the wall time of a CPU-bound command grows with the load,
+    its CPU time much less."""
+
+    def __enter__(self) -> Clock:
+        self.wall = time.perf_counter()
+        self.cpu = self._children()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = self._children() - self.cpu
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+
+def gdb_round(guest: PlainGuest) -> tuple[Clock, dict[str, Any]]:
+    """One run of the gdb script on the stopped plain guest, stopped again after (the
+    script's detach resumes it)."""
+    with Clock() as clock:
+        done = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {guest.gdb_sock}",
+                               "-x", str(GDB_SCRIPT), str(GUEST)], capture_output=True,
+                              text=True, check=True, timeout=GDB_TIMEOUT_S)
     guest.stop()
-    start = time.perf_counter()
-    out = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {guest.gdb_sock}",
-                          "-x", str(GDB_SCRIPT), str(GUEST)], capture_output=True, text=True,
-                         check=True, timeout=GDB_TIMEOUT_S).stdout
-    wall = time.perf_counter() - start
-    line = next(x for x in out.splitlines() if x.startswith("OSVBT "))
-    return wall, json.loads(line[len("OSVBT "):])
+    line = next((x for x in done.stdout.splitlines() if x.startswith("OSVBT ")), None)
+    if line is None:
+        raise RuntimeError(f"the gdb script printed no result: {done.stderr.strip()[-500:]}")
+    return clock, json.loads(line[len("OSVBT "):])
 
 
 def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str, Any]:
@@ -259,10 +285,12 @@ def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str,
 
 def one_size(workers: int, tmp: Path) -> dict[str, Any]:
     """Both guests with ``threads=workers``, ROUNDS[workers] interleaved rounds; both are
-    ended (and ``tmp`` removed) before the next size boots."""
+    ended (and ``tmp`` removed) before the next size boots. Both stay paused while any
+    side is measured: 10,000 busy workers under TCG would take the host's two cores."""
     append = f"threads={workers}"
     samples: dict[str, list[float]] = {
-        "undebug_cli_s": [], "undebug_cli_clean_env_s": [], "undebug_inproc_total_s": [],
+        "undebug_cli_s": [], "undebug_cli_cpu_s": [], "undebug_cli_clean_env_s": [],
+        "undebug_cli_clean_env_cpu_s": [], "gdb_cpu_s": [], "undebug_inproc_total_s": [],
         "undebug_inproc_import_s": [], "undebug_inproc_attach_s": [],
         "undebug_inproc_threads_s": [], "undebug_inproc_backtraces_s": [], "gdb_wall_s": [],
         "gdb_walk_s": []}
@@ -277,17 +305,21 @@ def one_size(workers: int, tmp: Path) -> dict[str, Any]:
                           boot_timeout=BOOT_TIMEOUT_S)
         clean = clean_env(ud.env, tmp)
         undebug("bt", name, "--all", "--json", env=clean, capture_output=True)  # warm pycache
+        undebug("stop", name, env=ud.env, stdout=subprocess.DEVNULL)
         plain_dir = tmp / "plain"
         plain_dir.mkdir()
         plain = PlainGuest(plain_dir, append, memory=MEMORY_MB, boot_timeout=BOOT_TIMEOUT_S)
         for i in range(ROUNDS[workers]):
-            start = time.perf_counter()
-            out = undebug("bt", name, "--all", "--json", env=ud.env, capture_output=True).stdout
-            samples["undebug_cli_s"].append(time.perf_counter() - start)
+            with Clock() as clock:
+                out = undebug("bt", name, "--all", "--json", env=ud.env,
+                              capture_output=True).stdout
+            samples["undebug_cli_s"].append(clock.wall)
+            samples["undebug_cli_cpu_s"].append(clock.cpu)
             cli_count = len(json.loads(out)["backtraces"])
-            start = time.perf_counter()
-            undebug("bt", name, "--all", "--json", env=clean, capture_output=True)
-            samples["undebug_cli_clean_env_s"].append(time.perf_counter() - start)
+            with Clock() as clock:
+                undebug("bt", name, "--all", "--json", env=clean, capture_output=True)
+            samples["undebug_cli_clean_env_s"].append(clock.wall)
+            samples["undebug_cli_clean_env_cpu_s"].append(clock.cpu)
 
             inproc = json.loads(subprocess.run(
                 [sys.executable, "-c", IN_PROCESS, name], env=ud.env, check=True,
@@ -295,11 +327,15 @@ def one_size(workers: int, tmp: Path) -> dict[str, Any]:
             for key in ("total", "import", "attach", "threads", "backtraces"):
                 samples[f"undebug_inproc_{key}_s"].append(inproc[f"{key}_s"])
             try:
-                wall, gdb_side = gdb_round(plain)
+                clock, gdb_side = gdb_round(plain)
             except subprocess.TimeoutExpired:
                 notes.append(f"gdb round {i} timed out after {GDB_TIMEOUT_S} s")
                 continue
-            samples["gdb_wall_s"].append(wall)
+            except RuntimeError as exc:
+                notes.append(f"gdb round {i}: {exc}")
+                continue
+            samples["gdb_wall_s"].append(clock.wall)
+            samples["gdb_cpu_s"].append(clock.cpu)
             samples["gdb_walk_s"].append(gdb_side["walk_s"])
             if not check:
                 check = compare(inproc, gdb_side)
@@ -327,6 +363,7 @@ def one_size(workers: int, tmp: Path) -> dict[str, Any]:
         "speedup_cli_vs_gdb_end_to_end": ratio("gdb_wall_s", "undebug_cli_s"),
         "speedup_cli_clean_env_vs_gdb_end_to_end": ratio("gdb_wall_s", "undebug_cli_clean_env_s"),
         "speedup_in_process_vs_gdb_walk": ratio("gdb_walk_s", "undebug_inproc_total_s"),
+        "cpu_ratio_gdb_process_vs_cli": ratio("gdb_cpu_s", "undebug_cli_cpu_s"),
         "agreement": check,
     }
 
@@ -361,8 +398,11 @@ def run() -> dict[str, Any]:
         "sizes": {str(s["threads"]): {k: v for k, v in s.items() if k != "samples"}
                   for s in sizes},
         "growth": {key: growth(sizes, key) for key in (
-            "undebug_cli_s", "undebug_cli_clean_env_s", "undebug_inproc_total_s",
-            "gdb_wall_s", "gdb_walk_s")},
+            "undebug_cli_s", "undebug_cli_clean_env_s", "undebug_cli_cpu_s",
+            "undebug_inproc_total_s", "gdb_wall_s", "gdb_walk_s", "gdb_cpu_s")},
+        "cpu_note": "*_cpu_s: user+sys of the command's own process (gdb's CPU excludes the "
+                    "work of QEMU's gdbstub it waits for); the goals are on wall time",
+        "load_average_at_end": os.getloadavg(),
         "goal": f"at {big['threads']} threads: undebug bt --all --json end to end under "
                 f"{GOAL_CLI_S:g} s and >= {GOAL_SPEEDUP}x the gdb script end to end (same run)",
         "goal_met": {
