@@ -6,7 +6,8 @@ floor of any Python command), ``python -c "import undebug.cli"``, ``python -m un
 threads NAME`` (start to exit, output to a pipe), each in this machine's environment and in
 a "clean" one (no PYTHONUNBUFFERED / PYTHONDONTWRITEBYTECODE, bytecode cached in a private
 PYTHONPYCACHEPREFIX: what an installed undebug sees), plus ``undebug threads NAME``
-through whatever ``undebug`` is on PATH (here a pyenv shim). A child process times the
+through whatever ``undebug`` is on PATH (here a pyenv shim) and through the console script
+next to this Python (what ``pip install`` makes: no runpy). A child process times the
 phases of one command in-process (imports, parser, attach, thread walk, output, release),
 and ``python -X importtime`` lists the slowest imports.
 """
@@ -104,6 +105,9 @@ def run() -> dict[str, Any]:
             "import_undebug_cli": [sys.executable, "-c", "import undebug.cli"],
             "undebug_threads": [sys.executable, "-m", "undebug.cli", "threads", "lat"],
         }
+        script = Path(sys.executable).parent / "undebug"
+        if script.exists():
+            commands["undebug_threads_console_script"] = [str(script), "threads", "lat"]
         for _ in range(ROUNDS):
             for env_name, env in envs.items():
                 for cmd_name, argv in commands.items():
