@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -53,6 +52,8 @@ GDB_SOCKET = "gdbserver.sock"  # the default, in the session directory (0700); g
 def _end_with_parent(parent: int) -> None:
     """SIGTERM (our clean end) when ``parent`` dies, even by SIGKILL; at once if it has
     died already (before the prctl)."""
+    import ctypes  # here, not at the top: every command's start-up imports this module
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
