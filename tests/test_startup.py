@@ -17,8 +17,8 @@ from undebug.elf import ElfFile, _cache_key
 
 # Not needed to parse a command line or to list a guest's threads.
 NEVER = ("numpy", "qemu.qmp", "pygdbmi", "tracers", "undebug.gdb", "undebug.gdbserver",
-         "undebug.session.launcher", "undebug.session.supervisor", "undebug.session.outcome",
-         "subprocess", "ctypes", "logging")
+         "undebug.session.launcher", "undebug.session.supervisor", "subprocess", "ctypes",
+         "logging")
 # Also not needed by `threads` once the ELF's index is in the disk cache (--help scans the
 # plugins' entry points, and importlib.metadata imports tempfile).
 NOT_FOR_THREADS = ("elftools", "undebug.dwarf", "undebug.unwind", "tempfile")

@@ -16,12 +16,12 @@ from undebug.console import ConsoleFollower, tail_lines
 from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
+from undebug.session.outcome import Outcome, from_timeout
 from undebug.session.store import SessionClaim, SessionDir
 from undebug.text import escape
 
-if TYPE_CHECKING:  # imported where used, not at the start-up of every command
+if TYPE_CHECKING:  # the launcher is imported when a guest is started, not before
     from undebug.session.launcher import Launched
-    from undebug.session.outcome import Outcome
 
 CONSOLE_TAIL = 20
 POLL_S = 0.05
@@ -79,8 +79,6 @@ def _print_console(lines: list[bytes], stream: Any) -> None:
 
 def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespace) -> Outcome:
     """Stream the console until the guest ends, crashes (CI) or the timeout passes (CI)."""
-    from undebug.session.outcome import Outcome, from_timeout
-
     follower = ConsoleFollower(session.console_log)
     show = not args.json
     stream = sys.stdout if not args.ci else sys.stderr
