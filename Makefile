@@ -7,21 +7,29 @@ VPY        := $(VENV)/bin/python
 BUILD      := $(CURDIR)/build
 GUEST      := $(BUILD)/refguest.elf
 APT_TOOLS  := qemu-system-x86_64:qemu-system-x86 gdb:gdb gcc:gcc make:make tmux:tmux
+# The baselines `make bench` measures against (lttng-gen-tp comes with liblttng-ust-dev).
+BENCH_APT  := lttng-gen-tp:liblttng-ust-dev lttng-sessiond:lttng-tools babeltrace2:babeltrace2
 
-.PHONY: setup guest demo test bench lint clean
+.PHONY: setup guest demo test bench bench-deps lint clean
 
-# Debian tools only when missing (non-interactive), then the venv and the package.
-setup: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
-	@missing=""; for pair in $(APT_TOOLS); do \
+# Debian packages (non-interactive) whose command is missing: $(call apt_missing,WHO,PAIRS),
+# PAIRS "command:package".
+define apt_missing
+	@missing=""; for pair in $(2); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "setup: installing Debian packages:$$missing"; \
+	  echo "$(1): installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+# Debian tools only when missing, then the venv and the package.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(call apt_missing,setup,$(APT_TOOLS))
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]'
@@ -37,7 +45,11 @@ test: setup guest
 	$(VENV)/bin/lint-imports --no-cache
 	$(VPY) -m pytest -q
 
-bench: setup guest
+# The baselines' packages too, so that LTTng-UST and babeltrace2 are measured, not skipped.
+bench-deps:
+	$(call apt_missing,bench,$(BENCH_APT))
+
+bench: setup guest bench-deps
 	$(VPY) -m bench
 
 lint: setup

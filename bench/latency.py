@@ -6,7 +6,8 @@ floor of any Python command), ``python -c "import undebug.cli"``, ``python -m un
 threads NAME`` (start to exit, output to a pipe), each in this machine's environment and in
 a "clean" one (no PYTHONUNBUFFERED / PYTHONDONTWRITEBYTECODE, bytecode cached in a private
 PYTHONPYCACHEPREFIX: what an installed undebug sees), plus ``undebug threads NAME``
-through whatever ``undebug`` is on PATH (here a pyenv shim). A child process times the
+through whatever ``undebug`` is on PATH (here a pyenv shim) and through the console script
+next to this Python (what ``pip install`` makes: no runpy). A child process times the
 phases of one command in-process (imports, parser, attach, thread walk, output, release),
 and ``python -X importtime`` lists the slowest imports.
 """
@@ -24,9 +25,9 @@ from typing import Any
 
 from bench.threads import UndebugGuest, clean_env, ensure_guest, median, undebug
 
-ROUNDS = 15
+ROUNDS = 21
 APPEND = "threads=8"
-GOAL_S = 0.200
+GOAL_S = 0.100  # end to end, this machine's env and the clean one
 
 PHASES = r"""
 import io, json, sys, time
@@ -34,12 +35,14 @@ t0 = time.perf_counter()
 import undebug.cli
 from undebug.output import emit
 t1 = time.perf_counter()
-parser = undebug.cli.build_parser()
-args = parser.parse_args(["threads", sys.argv[1]])
+argv = ["threads", sys.argv[1]]
+parser = undebug.cli.build_parser(argv)
+args = parser.parse_args(argv)
 t2 = time.perf_counter()
-from undebug.commands.inspect import open_target, threads_body
+from undebug.commands.inspect import threads_body
+from undebug.target import open_target
 t3 = time.perf_counter()
-target = open_target(args)
+target = open_target(args.target, args.elf, stop=True, force=False)
 t4 = time.perf_counter()
 report = threads_body(target, args)
 t5 = time.perf_counter()
@@ -102,6 +105,9 @@ def run() -> dict[str, Any]:
             "import_undebug_cli": [sys.executable, "-c", "import undebug.cli"],
             "undebug_threads": [sys.executable, "-m", "undebug.cli", "threads", "lat"],
         }
+        script = Path(sys.executable).parent / "undebug"
+        if script.exists():
+            commands["undebug_threads_console_script"] = [str(script), "threads", "lat"]
         for _ in range(ROUNDS):
             for env_name, env in envs.items():
                 for cmd_name, argv in commands.items():

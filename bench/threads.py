@@ -1,17 +1,21 @@
-"""All-thread backtraces, threads=1000: undebug vs an OSv-style gdb script.
+"""All-thread backtraces at 100, 1,000 and 10,000 threads: undebug vs an OSv-style gdb script.
 
-The reference guest runs ``threads=1000`` on ``-smp 2 -m 256`` (1007 guest threads).
-undebug side, on a guest started by ``undebug run -d``: (a) ``undebug bt NAME --all
---json`` timed end to end as a subprocess, in this machine's environment and in a "clean"
-one (see ``clean_env``: without PYTHONUNBUFFERED / PYTHONDONTWRITEBYTECODE); (b) in a fresh
-Python process, ``undebug.attach(NAME)`` → ``threads()`` → ``backtrace(id)`` for every
-thread, timed inside the process (imports, attach, thread walk, unwinding separately).
-Baseline: ``bench/gdb/osv_bt.py``, a gdb Python script in the style of OSv's
-``scripts/loader.py`` (swap rsp/rip/rbp and the callee-saved registers to each thread's
-saved context, ``bt``, restore), run by ``gdb -batch`` against an identical *second* QEMU
-started here (the supervisor owns the first guest's only gdbstub connection): timed end to
-end and, inside gdb, the walk alone. Interleaved rounds, medians. The results also check
-that both see the same threads and the same function-name chains.
+The reference guest runs ``threads=N`` (N + 7 guest threads) on ``-smp 2 -m 512`` (10,000
+threads need ~200 MiB of stacks). undebug side, on a guest started by ``undebug run -d``:
+(a) ``undebug bt NAME --all --json`` timed end to end as a subprocess, in this machine's
+environment and in a "clean" one (see ``clean_env``: without PYTHONUNBUFFERED /
+PYTHONDONTWRITEBYTECODE); (b) in a fresh Python process, ``undebug.attach(NAME)`` →
+``threads()`` → ``backtrace(id)`` for every thread, timed inside the process (imports,
+attach, thread walk, unwinding separately). Baseline: ``bench/gdb/osv_bt.py``, a gdb Python
+script in the style of OSv's ``scripts/loader.py`` (swap rsp/rip/rbp and the callee-saved
+registers to each thread's saved context, ``bt``, restore), run by ``gdb -batch`` against
+an identical *second* QEMU started here (the supervisor owns the first guest's only gdbstub
+connection): timed end to end and, inside gdb, the walk alone. Both guests are paused
+(``undebug stop``, QMP ``stop``) so their busy workers do not load the host. Interleaved
+rounds per size, medians of wall time and of the command process's CPU time; how both
+grow from size to size. The results also check that both see the same
+threads and the same function-name chains. Goals (10,000 threads, end to end): under 1 s,
+at least 30x the gdb script, each checked only when its baseline was measured in the run.
 
 Shared helpers for bench/memory.py and bench/latency.py live here too (plain QEMU with a
 unix-socket gdbstub and QMP, guests under undebug with a private runtime directory).
@@ -20,8 +24,10 @@ unix-socket gdbstub and QMP, guests under undebug with a private runtime directo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -35,9 +41,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GUEST = ROOT / "build" / "refguest.elf"
 GDB_SCRIPT = Path(__file__).resolve().parent / "gdb" / "osv_bt.py"
-ROUNDS = 5
-APPEND = "threads=1000"
-ANCHOR_MS_PER_THREAD = (2.6, 4.0)  # FACTS.md: OSv-style gdb script on a real Unikraft image
+SIZES = (100, 1000, 10_000)
+ROUNDS = {100: 5, 1000: 5, 10_000: 3}  # the gdb script takes ~3.5 ms per thread
+MEMORY_MB = 512
+GDB_TIMEOUT_S = 600  # one gdb round at 10,000 threads: ~35-60 s on this machine
+BOOT_TIMEOUT_S = 300  # 10,000 threads under TCG on a loaded host
+GOAL_SPEEDUP = 30
+GOAL_CLI_S = 1.0
 
 
 # ---- shared helpers ------------------------------------------------------------------
@@ -106,7 +116,8 @@ class PlainGuest:
     """A second QEMU, identical to the one undebug starts, with a unix-socket gdbstub for
     gdb; started with ``-S``, let run to ``refguest: ready``, then stopped (QMP)."""
 
-    def __init__(self, directory: Path, append: str, memory: int = 256, smp: int = 2) -> None:
+    def __init__(self, directory: Path, append: str, memory: int = 256, smp: int = 2,
+                 boot_timeout: float = 60) -> None:
         self.dir = directory
         self.gdb_sock = directory / "gdb.sock"
         self.console = directory / "console.log"
@@ -120,7 +131,7 @@ class PlainGuest:
         try:
             self.qmp = Qmp(directory / "qmp.sock")
             self.qmp.execute("cont")
-            wait_ready(self.console)
+            wait_ready(self.console, boot_timeout)
             self.qmp.execute("stop")
         except BaseException:
             self.close()
@@ -159,13 +170,13 @@ class UndebugGuest:
     """A guest under ``undebug run -d`` in a private runtime dir; ``undebug kill`` at close."""
 
     def __init__(self, runtime: Path, name: str, append: str, memory: int = 256,
-                 smp: int = 2) -> None:
+                 smp: int = 2, boot_timeout: float = 60) -> None:
         self.name = name
         self.env = undebug_env(runtime)
         undebug("run", "-d", "--name", name, "--smp", str(smp), "--memory", str(memory),
                 "--append", append, str(GUEST), env=self.env, stdout=subprocess.DEVNULL)
         try:
-            wait_ready(runtime / name / "console.log")
+            wait_ready(runtime / name / "console.log", boot_timeout)
         except BaseException:
             self.close()
             raise
@@ -210,15 +221,38 @@ print(json.dumps({"import_s": t1 - t0, "attach_s": t2 - t1, "threads_s": t3 - t2
 """
 
 
-def gdb_round(guest: PlainGuest) -> tuple[float, dict[str, Any]]:
+class Clock:
+    """Wall time and the CPU time (user + sys) of the child processes waited for meanwhile:
+    on a shared, loaded machine the wall time of a CPU-bound command grows with the load,
+    its CPU time much less."""
+
+    def __enter__(self) -> Clock:
+        self.wall = time.perf_counter()
+        self.cpu = self._children()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = self._children() - self.cpu
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+
+def gdb_round(guest: PlainGuest) -> tuple[Clock, dict[str, Any]]:
+    """One run of the gdb script on the stopped plain guest, stopped again after (the
+    script's detach resumes it)."""
+    with Clock() as clock:
+        done = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {guest.gdb_sock}",
+                               "-x", str(GDB_SCRIPT), str(GUEST)], capture_output=True,
+                              text=True, check=True, timeout=GDB_TIMEOUT_S)
     guest.stop()
-    start = time.perf_counter()
-    out = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {guest.gdb_sock}",
-                          "-x", str(GDB_SCRIPT), str(GUEST)], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
-    wall = time.perf_counter() - start
-    line = next(x for x in out.splitlines() if x.startswith("OSVBT "))
-    return wall, json.loads(line[len("OSVBT "):])
+    line = next((x for x in done.stdout.splitlines() if x.startswith("OSVBT ")), None)
+    if line is None:
+        raise RuntimeError(f"the gdb script printed no result: {done.stderr.strip()[-500:]}")
+    return clock, json.loads(line[len("OSVBT "):])
 
 
 def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +272,7 @@ def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str,
             differ.append({"id": tid, "name": t["name"], "gdb": t["functions"],
                            "undebug": u_chains.get(tid)})
     planted = {}
-    for tid in (1, 4, 5, 7, 8, 508, 1007):
+    for tid in (1, 4, 5, 7, 8, len(g_threads) // 2, len(g_threads)):
         if tid in g_threads:
             planted[str(tid)] = {"name": g_threads[tid]["name"], "gdb": g_threads[tid]["functions"],
                                  "undebug": u_chains.get(tid)}
@@ -249,81 +283,135 @@ def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str,
             "sample": planted}
 
 
-def run() -> dict[str, Any]:
-    guest = ensure_guest()
-    tmp = Path(tempfile.mkdtemp(prefix="ud-"))
+def one_size(workers: int, tmp: Path) -> dict[str, Any]:
+    """Both guests with ``threads=workers``, ROUNDS[workers] interleaved rounds; both are
+    ended (and ``tmp`` removed) before the next size boots. Both stay paused while any
+    side is measured: 10,000 busy workers under TCG would take the host's two cores."""
+    append = f"threads={workers}"
     samples: dict[str, list[float]] = {
-        "undebug_cli_s": [], "undebug_cli_clean_env_s": [], "undebug_inproc_total_s": [],
-        "undebug_inproc_import_s": [],
-        "undebug_inproc_attach_s": [], "undebug_inproc_threads_s": [],
-        "undebug_inproc_backtraces_s": [], "gdb_wall_s": [], "gdb_walk_s": []}
-    plain = ud = None
+        "undebug_cli_s": [], "undebug_cli_cpu_s": [], "undebug_cli_clean_env_s": [],
+        "undebug_cli_clean_env_cpu_s": [], "gdb_cpu_s": [], "undebug_inproc_total_s": [],
+        "undebug_inproc_import_s": [], "undebug_inproc_attach_s": [],
+        "undebug_inproc_threads_s": [], "undebug_inproc_backtraces_s": [], "gdb_wall_s": [],
+        "gdb_walk_s": []}
+    notes: list[str] = []
     check: dict[str, Any] = {}
+    cli_count = 0
+    plain = ud = None
+    name = f"bt{workers}"
+    tmp.mkdir()
     try:
-        ud = UndebugGuest(tmp / "run", "bt", APPEND)
+        ud = UndebugGuest(tmp / "run", name, append, memory=MEMORY_MB,
+                          boot_timeout=BOOT_TIMEOUT_S)
         clean = clean_env(ud.env, tmp)
-        undebug("bt", "bt", "--all", "--json", env=clean, capture_output=True)  # warm its pycache
-        (tmp / "plain").mkdir()
-        plain = PlainGuest(tmp / "plain", APPEND)
-        for i in range(ROUNDS):
-            start = time.perf_counter()
-            out = undebug("bt", "bt", "--all", "--json", env=ud.env, capture_output=True).stdout
-            samples["undebug_cli_s"].append(time.perf_counter() - start)
+        undebug("bt", name, "--all", "--json", env=clean, capture_output=True)  # warm pycache
+        undebug("stop", name, env=ud.env, stdout=subprocess.DEVNULL)
+        plain_dir = tmp / "plain"
+        plain_dir.mkdir()
+        plain = PlainGuest(plain_dir, append, memory=MEMORY_MB, boot_timeout=BOOT_TIMEOUT_S)
+        for i in range(ROUNDS[workers]):
+            with Clock() as clock:
+                out = undebug("bt", name, "--all", "--json", env=ud.env,
+                              capture_output=True).stdout
+            samples["undebug_cli_s"].append(clock.wall)
+            samples["undebug_cli_cpu_s"].append(clock.cpu)
             cli_count = len(json.loads(out)["backtraces"])
-            start = time.perf_counter()
-            undebug("bt", "bt", "--all", "--json", env=clean, capture_output=True)
-            samples["undebug_cli_clean_env_s"].append(time.perf_counter() - start)
+            with Clock() as clock:
+                undebug("bt", name, "--all", "--json", env=clean, capture_output=True)
+            samples["undebug_cli_clean_env_s"].append(clock.wall)
+            samples["undebug_cli_clean_env_cpu_s"].append(clock.cpu)
 
             inproc = json.loads(subprocess.run(
-                [sys.executable, "-c", IN_PROCESS, "bt"], env=ud.env, check=True,
+                [sys.executable, "-c", IN_PROCESS, name], env=ud.env, check=True,
                 capture_output=True, text=True).stdout)
             for key in ("total", "import", "attach", "threads", "backtraces"):
                 samples[f"undebug_inproc_{key}_s"].append(inproc[f"{key}_s"])
-
-            wall, gdb_side = gdb_round(plain)
-            samples["gdb_wall_s"].append(wall)
+            try:
+                clock, gdb_side = gdb_round(plain)
+            except subprocess.TimeoutExpired:
+                notes.append(f"gdb round {i} timed out after {GDB_TIMEOUT_S} s")
+                continue
+            except RuntimeError as exc:
+                notes.append(f"gdb round {i}: {exc}")
+                continue
+            samples["gdb_wall_s"].append(clock.wall)
+            samples["gdb_cpu_s"].append(clock.cpu)
             samples["gdb_walk_s"].append(gdb_side["walk_s"])
-            if i == 0:
+            if not check:
                 check = compare(inproc, gdb_side)
                 check["threads_undebug_cli"] = cli_count
     finally:
         teardown(tmp, ud, plain)
+    med = {k: median(v) for k, v in samples.items() if v}
+    n = check.get("threads_gdb") or cli_count
 
-    med = {k: median(v) for k, v in samples.items()}
-    n = check.get("threads_gdb") or 1007
+    def per_thread(key: str) -> float | None:
+        return round(med[key] * 1000 / n, 3) if key in med else None
 
-    def per_thread(seconds: float) -> float:
-        return round(seconds * 1000 / n, 3)
+    def ratio(slow: str, fast: str) -> float | None:
+        return round(med[slow] / med[fast], 1) if slow in med and fast in med else None
 
     return {
-        "samples": samples,
-        "summary": {
-            "threads": n,
-            "guest": guest,
-            "baseline": "bench/gdb/osv_bt.py under gdb -batch, on an identical second QEMU "
-                        "(same ELF, -M pc -accel tcg -m 256 -smp 2, threads=1000)",
-            "median_s": {k: round(v, 4) for k, v in med.items()},
-            "ms_per_thread": {
-                "undebug_cli_end_to_end": per_thread(med["undebug_cli_s"]),
-                "undebug_cli_end_to_end_clean_env": per_thread(med["undebug_cli_clean_env_s"]),
-                "undebug_in_process": per_thread(med["undebug_inproc_total_s"]),
-                "gdb_end_to_end": per_thread(med["gdb_wall_s"]),
-                "gdb_walk_only": per_thread(med["gdb_walk_s"]),
-                "anchor_facts_md": list(ANCHOR_MS_PER_THREAD),
-            },
-            "speedup_cli_vs_gdb_end_to_end": round(med["gdb_wall_s"] / med["undebug_cli_s"], 1),
-            "speedup_cli_clean_env_vs_gdb_end_to_end": round(
-                med["gdb_wall_s"] / med["undebug_cli_clean_env_s"], 1),
-            "speedup_in_process_vs_gdb_walk": round(
-                med["gdb_walk_s"] / med["undebug_inproc_total_s"], 1),
-            "goal": "undebug >= 10x faster than the gdb script; total under 1 s",
-            "goal_met": {
-                "10x_end_to_end": med["gdb_wall_s"] / med["undebug_cli_s"] >= 10,
-                "10x_end_to_end_clean_env": med["gdb_wall_s"] / med["undebug_cli_clean_env_s"] >= 10,
-                "10x_in_process": med["gdb_walk_s"] / med["undebug_inproc_total_s"] >= 10,
-                "cli_under_1s": med["undebug_cli_s"] < 1.0,
-            },
-            "agreement": check,
-            "rounds": ROUNDS,
-        },
+        "workers": workers, "threads": n, "samples": samples, "notes": notes,
+        "median_s": {k: round(v, 4) for k, v in med.items()},
+        "ms_per_thread": {
+            "undebug_cli_end_to_end": per_thread("undebug_cli_s"),
+            "undebug_cli_end_to_end_clean_env": per_thread("undebug_cli_clean_env_s"),
+            "undebug_in_process": per_thread("undebug_inproc_total_s"),
+            "gdb_end_to_end": per_thread("gdb_wall_s"),
+            "gdb_walk_only": per_thread("gdb_walk_s")},
+        "speedup_cli_vs_gdb_end_to_end": ratio("gdb_wall_s", "undebug_cli_s"),
+        "speedup_cli_clean_env_vs_gdb_end_to_end": ratio("gdb_wall_s", "undebug_cli_clean_env_s"),
+        "speedup_in_process_vs_gdb_walk": ratio("gdb_walk_s", "undebug_inproc_total_s"),
+        "cpu_ratio_gdb_process_vs_cli": ratio("gdb_cpu_s", "undebug_cli_cpu_s"),
+        "agreement": check,
     }
+
+
+def growth(sizes: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+    """How a median grows from one size to the next (10x the threads each step)."""
+    out: dict[str, float | None] = {}
+    for small, big in itertools.pairwise(sizes):
+        a, b = small["median_s"].get(key), big["median_s"].get(key)
+        out[f"{big['workers']}/{small['workers']}"] = round(b / a, 1) if a and b else None
+    return out
+
+
+def run() -> dict[str, Any]:
+    guest = ensure_guest()
+    tmp = Path(tempfile.mkdtemp(prefix="ud-"))
+    try:
+        sizes = [one_size(workers, tmp / str(workers)) for workers in SIZES]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    big = sizes[-1]
+    med = big["median_s"]
+    gdb_measured = "gdb_wall_s" in med
+
+    def speedup_met(key: str) -> bool | None:  # None: the baseline was not measured
+        return med["gdb_wall_s"] / med[key] >= GOAL_SPEEDUP if gdb_measured else None
+
+    summary = {
+        "guest": guest,
+        "baseline": "bench/gdb/osv_bt.py under gdb -batch, on an identical second QEMU "
+                    f"(same ELF, -M pc -accel tcg -m {MEMORY_MB} -smp 2, same threads=N)",
+        "sizes": {str(s["threads"]): {k: v for k, v in s.items() if k != "samples"}
+                  for s in sizes},
+        "growth": {key: growth(sizes, key) for key in (
+            "undebug_cli_s", "undebug_cli_clean_env_s", "undebug_cli_cpu_s",
+            "undebug_inproc_total_s", "gdb_wall_s", "gdb_walk_s", "gdb_cpu_s")},
+        "cpu_note": "*_cpu_s: user+sys of the command's own process (gdb's CPU excludes the "
+                    "work of QEMU's gdbstub it waits for); the goals are on wall time",
+        "load_average_at_end": os.getloadavg(),
+        "goal": f"at {big['threads']} threads: undebug bt --all --json end to end under "
+                f"{GOAL_CLI_S:g} s and >= {GOAL_SPEEDUP}x the gdb script end to end (same run)",
+        "goal_met": {
+            "cli_under_1s": med["undebug_cli_s"] < GOAL_CLI_S,
+            "cli_clean_env_under_1s": med["undebug_cli_clean_env_s"] < GOAL_CLI_S,
+            "30x_end_to_end": speedup_met("undebug_cli_s"),
+            "30x_end_to_end_clean_env": speedup_met("undebug_cli_clean_env_s"),
+        },
+        "gdb_baseline": "measured" if gdb_measured else "not measured: " + "; ".join(big["notes"]),
+        "rounds": {str(k): v for k, v in ROUNDS.items()},
+    }
+    return {"samples": {str(s["threads"]): s["samples"] for s in sizes}, "summary": summary}

@@ -15,8 +15,6 @@ import json
 import os
 import pkgutil
 import sys
-import tempfile
-import traceback
 
 from undebug import __version__, commands
 from undebug.errors import EXIT_USAGE, InternalError, UndebugError
@@ -121,6 +119,9 @@ def _report(exc: UndebugError, as_json: bool) -> int:
 def _internal_error(exc: Exception) -> InternalError:
     """Keep the traceback in a 0600 file under the runtime dir (never on the terminal)
     and say where it is."""
+    import tempfile  # only when undebug itself failed: not on every command's start-up
+    import traceback
+
     text = "".join(traceback.format_exception(exc))
     try:
         from undebug.session.store import log_path

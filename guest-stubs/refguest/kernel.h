@@ -12,7 +12,7 @@
 #include <undebug/trace.h>
 
 #define MAX_CPUS          16
-#define MAX_WORKERS       1000
+#define MAX_WORKERS       10000
 #define PAGE_SIZE         4096UL
 #define THREAD_STACK_SIZE (16 * 1024)   /* usable stack per thread */
 #define BOOT_STACK_SIZE   (32 * 1024)   /* stack of the `main` (boot) thread */

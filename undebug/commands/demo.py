@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def build_guest() -> Path:
     """Build build/refguest.elf from the source tree (make is incremental)."""
+    import subprocess  # here, not at the top: every command's start-up imports this module
+
     source = SOURCE_ROOT / "guest-stubs" / "refguest"
     if not source.is_dir():
         raise EnvironmentMissing(

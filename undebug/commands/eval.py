@@ -12,10 +12,7 @@ import argparse
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +43,9 @@ class Gdbserver:
 
     def __init__(self, target: str, session_dir: Path, *, elf: Path | None = None,
                  force: bool = False) -> None:
+        import subprocess  # here, not at the top: every command's start-up imports this module
+        import tempfile
+
         self.address = str(session_dir / f"eval-{os.getpid()}.sock")
         argv = [sys.executable, "-m", "undebug.cli", "gdbserver", target, "--listen", self.address,
                 "--parent-pid", str(os.getpid())]
@@ -102,6 +102,9 @@ class Gdbserver:
         return []
 
     def close(self, timeout: float = 5.0) -> None:
+        import signal
+        import subprocess
+
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if self._proc.poll() is not None:
                 break

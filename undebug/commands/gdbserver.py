@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import logging
 import os
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from undebug.commands import add_elf_arguments, command
 from undebug.output import Report
 from undebug.text import escape
+
+if TYPE_CHECKING:  # imported by the command itself: logging is not for every start-up
+    import logging
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -29,11 +31,18 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # undebug eval's child
 
 
-class _EscapingFormatter(logging.Formatter):
-    """Log lines can carry guest text (names, crash reasons): never raw to a terminal."""
+def _log_handler() -> logging.Handler:
+    """stderr, escaped: log lines can carry guest text (names, crash reasons), never raw
+    to a terminal."""
+    import logging
 
-    def format(self, record: logging.LogRecord) -> str:
-        return escape(super().format(record))
+    class EscapingFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return escape(super().format(record))
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("gdbserver: %(message)s"))
+    return handler
 
 
 class _Terminated(BaseException):
@@ -53,6 +62,8 @@ GDB_SOCKET = "gdbserver.sock"  # the default, in the session directory (0700); g
 def _end_with_parent(parent: int) -> None:
     """SIGTERM (our clean end) when ``parent`` dies, even by SIGKILL; at once if it has
     died already (before the prctl)."""
+    import ctypes  # here, not at the top: every command's start-up imports this module
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
@@ -67,13 +78,14 @@ def _end_with_parent(parent: int) -> None:
          "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
          "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
+    import logging
+
     from undebug.gdbserver.live import LiveBackend
     from undebug.gdbserver.server import GdbServer, parse_listen
     from undebug.os import provider_for
     from undebug.session.store import SessionDir
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EscapingFormatter("gdbserver: %(message)s"))
+    handler = _log_handler()
     logger = logging.getLogger("undebug.gdbserver")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -389,6 +388,8 @@ def _show(args: argparse.Namespace) -> Report:
     out = sys.stdout
     printer: EventPrinter | None = None
     matcher: SpanMatcher | None = None
+    import tempfile  # here, not at the top: every command's start-up imports this module
+
     # the spans wait on disk until the events are out
     spans = tempfile.TemporaryFile("w+") if args.json else None  # noqa: SIM115
     held: list[str] = []  # output before the first stream header: it may be no trace

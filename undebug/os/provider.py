@@ -42,11 +42,17 @@ class ThreadSnapshot:
     threads: list[GuestThread]
     vcpus: dict[int, int | None]  # vCPU index -> id of the guest thread it runs
     warnings: list[str] = field(default_factory=list)
+    _by_id: dict[int, GuestThread] | None = field(default=None, init=False, repr=False,
+                                                  compare=False)
 
     def find(self, thread_id: int) -> GuestThread:
-        for thread in self.threads:
-            if thread.id == thread_id:
-                return thread
+        """The first thread with this id (a corrupt guest may repeat one); a dict, not a
+        scan: a backtrace of each of 10,000 threads looks each one up."""
+        if self._by_id is None:
+            self._by_id = {t.id: t for t in reversed(self.threads)}
+        found = self._by_id.get(thread_id)
+        if found is not None:
+            return found
         raise UsageError(f"no guest thread with id {thread_id}",
                          hint="list them with: undebug threads TARGET")
 
