@@ -254,7 +254,8 @@ def test_stub_gone_mid_command_is_a_clear_error(guest_image: Path) -> None:
         target = LiveTarget(SessionDir.named(name))
         try:
             subprocess.run(["kill", "-9", str(qemu_pid)], check=True)  # mid-command
-            with pytest.raises(SessionError, match=r"gdbstub lost|has ended|closed the connection|connection lost"):
+            with pytest.raises(SessionError, match=r"gdbstub lost|has ended|closed the "
+                               r"connection|connection lost"):
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
                     target.client.call("read_registers")
