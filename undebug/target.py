@@ -24,7 +24,7 @@ from undebug.session.client import SupervisorClient
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
 
-__all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target"]
+__all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
 
 MAX_RPC_READ = 16 << 20
 
@@ -42,12 +42,16 @@ def open_target(spec: str, elf: Path | None = None, *, stop: bool = True,
 def guest_elf(spec: str, elf: Path | None = None) -> ElfFile:
     """The ELF of the guest ``spec`` without touching the guest (for symbol look-ups):
     ``elf`` if given, else the one its session remembers."""
-    if elf is not None:
-        return ElfFile(elf)
-    remembered = recorded_status(SessionDir.named(spec)).elf
-    if remembered is None:
+    path = elf or remembered_elf(spec)
+    if path is None:
         raise UsageError(f"no ELF known for guest {spec!r}", hint="pass --elf")
-    return ElfFile(Path(remembered))
+    return ElfFile(path)
+
+
+def remembered_elf(spec: str) -> Path | None:
+    """The ELF the session of guest ``spec`` remembers (its record), if any."""
+    remembered = recorded_status(SessionDir.named(spec)).elf
+    return None if remembered is None else Path(remembered)
 
 
 class ReadError(UndebugError):

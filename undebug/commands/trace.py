@@ -158,11 +158,9 @@ def _channel(source: str) -> FileChannel:
 def _default_elf(args: argparse.Namespace) -> Path | None:
     if args.elf is not None or _is_file(args.source):
         return args.elf  # type: ignore[no-any-return]
-    from undebug.session.replies import recorded_status
-    from undebug.session.store import SessionDir
+    from undebug.target import remembered_elf
 
-    elf = recorded_status(SessionDir.named(args.source)).elf
-    return Path(elf) if elf is not None else None
+    return remembered_elf(args.source)
 
 
 def _tracepoints(args: argparse.Namespace, warnings: list[str]) -> Tracepoints | None:
