@@ -86,7 +86,8 @@ class Guest(RunControl):
         await self.qemu.start(self.spec.qemu_config(self.session))
         self.spawn(self._watch_qemu())
         files = self.session.qemu_files
-        await self.qemu.wait_for_sockets(files.qmp_socket, files.gdb_socket)
+        traced = (files.trace_socket,) if self.spec.trace else ()
+        await self.qemu.wait_for_sockets(files.qmp_socket, files.gdb_socket, *traced)
 
     async def _connect_qmp(self) -> None:
         address = self.spec.qmp_address(self.session)

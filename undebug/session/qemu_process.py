@@ -69,9 +69,10 @@ class QemuProcess:
                 os.close(ram)
 
     async def wait_for_sockets(self, *paths: Path) -> None:
-        """Until QEMU has made its sockets, or say why it did not."""
+        """Until QEMU listens on its sockets, or say why it does not. The file appears at
+        bind(), a moment before listen(): a connect in between is refused."""
         deadline = time.monotonic() + START_TIMEOUT
-        while not all(path.exists() for path in paths):
+        while not _listening(paths):
             if not self.running:
                 raise UndebugError(f"QEMU failed to start: {self.error() or 'no message'}")
             if time.monotonic() > deadline:
@@ -113,3 +114,22 @@ class QemuProcess:
         if self.ram_fd is not None:
             os.close(self.ram_fd)
             self.ram_fd = None
+
+
+_SO_ACCEPTCON = 0x10000  # the Flags bit of a listening socket in /proc/net/unix
+
+
+def _listening(paths: tuple[Path, ...]) -> bool:
+    """Whether a unix socket listens at every one of ``paths`` (/proc/net/unix; where
+    that cannot be read, whether the socket files exist)."""
+    try:
+        with open("/proc/net/unix") as table:
+            rows = table.read().splitlines()[1:]
+    except OSError:
+        return all(path.exists() for path in paths)
+    listening = set()
+    for row in rows:
+        fields = row.split(maxsplit=7)
+        if len(fields) == 8 and int(fields[3], 16) & _SO_ACCEPTCON:
+            listening.add(fields[7])
+    return all(str(path) in listening for path in paths)
