@@ -27,11 +27,11 @@ from undebug.errors import UsageError
 
 NT_GNU_BUILD_ID = 3
 
-__all__ = ["MAX_STRUCT_SIZE", "ElfFile", "Member", "MemberNotFound", "Section", "StructLayout",
+__all__ = ["MAX_STRUCT_SIZE", "ElfFile", "LoadedText", "Member", "MemberNotFound", "Section", "StructLayout",
            "Symbol", "cache_dir"]
 
 MAX_STRUCT_SIZE = 1 << 20  # larger than any struct an OS helper reads per object: corrupt DWARF
-CACHE_VERSION = 1  # bump when the index format changes: old files are then ignored
+CACHE_VERSION = 2  # bump when the index format changes: old files are then ignored
 _ARCH = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
          "EM_ARM": "arm", "EM_RISCV": "riscv"}
 _SHF_ALLOC, _SHF_EXECINSTR = 0x2, 0x4
@@ -51,6 +51,18 @@ class Section:
     address: int
     size: int
     file_offset: int
+
+
+@dataclass(frozen=True)
+class LoadedText:
+    """An executable section the guest loads: bytes it must hold unchanged if it runs this
+    ELF (what identifies an ELF without a build-id, as Unikraft's ``.dbg``)."""
+
+    vaddr: int
+    paddr: int
+    offset: int  # in the file
+    size: int
+    sha256: str  # of its file bytes
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,25 @@ def _build_id(data: bytes) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _loaded_text(elf: Any, data: bytes) -> list[list[Any]]:
+    """Every executable section the guest loads: [vaddr, paddr, offset, size, sha256].
+    Sections, not whole segments: a read-only segment also holds data the CPU itself
+    writes (the accessed bit of a GDT in .rodata)."""
+    loads = [s for s in program_headers(data) if s.type == PT_LOAD]
+    out: list[list[Any]] = []
+    for section in elf.iter_sections():
+        flags, size, offset = section["sh_flags"], section["sh_size"], section["sh_offset"]
+        if section["sh_type"] != "SHT_PROGBITS" or not flags & _SHF_ALLOC or \
+                not flags & _SHF_EXECINSTR or size <= 0:
+            continue
+        vaddr = section["sh_addr"]
+        paddr = next((load.paddr + vaddr - load.vaddr for load in loads
+                      if load.vaddr <= vaddr < load.vaddr + load.memsz), vaddr)
+        out.append([vaddr, paddr, offset, size,
+                    hashlib.sha256(data[offset : offset + size]).hexdigest()])
+    return out
+
+
 def _symbols(elf: Any) -> list[list[Any]]:
     from elftools.elf.sections import SymbolTableSection
 
@@ -149,7 +180,7 @@ def _symbols(elf: Any) -> list[list[Any]]:
 
 def _cache_key(data: bytes) -> str | None:
     """The build-id plus a digest of the ELF and section headers (strip keeps the build-id,
-    changes the latter), read with struct: a cache hit never imports pyelftools (~15-25 ms
+    changes the latter; without a build-id, of the loaded bytes too), read with struct: a cache hit never imports pyelftools (~15-25 ms
     of every command's start-up). None for a file whose headers do not parse: then there
     is no cache entry, and :func:`_open` says what is wrong."""
     try:
@@ -165,6 +196,11 @@ def _cache_key(data: bytes) -> str | None:
         return None
     digest = hashlib.sha256(data[:ehsize] + data[shoff : shoff + shnum * shentsize])
     digest.update(struct.pack("<Q", len(data)))
+    if build_id is None:  # nothing names the contents: two builds may share every header
+        for load in program_headers(data):
+            if load.type == PT_LOAD:
+                start, end = load.file_range(len(data))
+                digest.update(data[start:end])
     return f"{build_id or 'no-build-id'}-{digest.hexdigest()[:16]}"
 
 
@@ -193,7 +229,7 @@ def _parse(elf: Any, data: bytes) -> dict[str, Any]:
     dwarf = index_dwarf(elf)
     machine = str(elf.header["e_machine"])
     return {"version": CACHE_VERSION, "build_id": build_id,
-            "build_id_address": build_id_address,
+            "build_id_address": build_id_address, "loaded_text": _loaded_text(elf, data),
             "architecture": _ARCH.get(machine, machine.removeprefix("EM_").lower()),
             "symbols": _symbols(elf), "sections": sections, "dwarf": dwarf}
 
@@ -311,6 +347,12 @@ class ElfFile:
     def build_id_address(self) -> int | None:
         """Virtual address of the build-id bytes (inside a PT_LOAD, so the guest has them)."""
         return self._load()["build_id_address"]  # type: ignore[no-any-return]
+
+    @property
+    def loaded_text(self) -> list[LoadedText]:
+        """The executable sections, to compare with guest memory."""
+        return [LoadedText(int(v), int(p), int(o), int(n), str(h))
+                for v, p, o, n, h in self._load()["loaded_text"]]
 
     @property
     def architecture(self) -> str:

@@ -11,6 +11,7 @@ when there is no RAM mapping to translate into.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 from abc import ABC, abstractmethod
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
-from undebug.elf import ElfFile
+from undebug.elf import ElfFile, LoadedText
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
 from undebug.session.replies import recorded_status
@@ -27,6 +28,7 @@ from undebug.session.store import SessionDir
 __all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
 
 MAX_RPC_READ = 16 << 20
+CR0_PG = 1 << 31
 
 
 def open_target(spec: str, elf: Path | None = None, *, stop: bool = True,
@@ -159,7 +161,8 @@ class LiveTarget(Target):
             self._ram = self._map_ram()
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
-            self._check_build_id(force)
+            self._check_elf(force, [bp.address for bp in status.breakpoints
+                                    if not bp.hardware])
         except BaseException:
             self.client.close()
             raise
@@ -176,23 +179,68 @@ class LiveTarget(Target):
         finally:
             os.close(fd)
 
-    def _check_build_id(self, force: bool) -> None:
-        """Refuse an ELF that is not what the guest runs: every answer would be wrong."""
+    def _check_elf(self, force: bool, breakpoints: list[int]) -> None:
+        """Refuse an ELF that is not what the guest runs: every answer would be wrong. By
+        its GNU build-id; an ELF without one (Unikraft's ``.dbg``) by its loaded text."""
         expected, address = self.elf.build_id, self.elf.build_id_address
-        if expected is None or address is None:
-            self.warnings.append(f"{self.elf.path} has no build-id: cannot check that it is "
-                                 "the ELF the guest runs")
+        if expected is not None and address is not None:
+            try:
+                found = self.read(address + self.load_offset, len(expected) // 2).hex()
+            except ReadError as exc:
+                found = f"unreadable ({exc.message})"
+            problem = None if found == expected else \
+                f"build-id mismatch: {self.elf.path} has {expected}, the guest has {found}"
+        else:
+            problem = self._text_mismatch(breakpoints)
+        if problem is None:
             return
-        try:
-            found = self.read(address + self.load_offset, len(expected) // 2).hex()
-        except ReadError as exc:
-            found = f"unreadable ({exc.message})"
-        if found == expected:
-            return
-        message = f"build-id mismatch: {self.elf.path} has {expected}, the guest has {found}"
         if not force:
-            raise UsageError(message, hint="pass the guest's own ELF with --elf, or --force")
-        self.warnings.append(message + " (--force)")
+            raise UsageError(problem, hint="pass the guest's own ELF with --elf, or --force")
+        self.warnings.append(problem + " (--force)")
+
+    def _text_mismatch(self, breakpoints: list[int]) -> str | None:
+        """Why the ELF's executable sections are not the guest's bytes, or None
+        when they are. Read at their virtual address, or, before the guest turns paging
+        on (``run --paused``), at their physical one, where QEMU loaded them. Under KVM
+        QEMU plants a software breakpoint as an int3 in guest memory: those bytes are
+        taken from the ELF."""
+        segments = self.elf.loaded_text
+        if not segments:
+            self.warnings.append(f"{self.elf.path} has no build-id and no executable "
+                                 "section: cannot check that it is the ELF the guest runs")
+            return None
+        for segment in segments:
+            vaddr = segment.vaddr + self.load_offset
+            try:
+                data = self.read(vaddr, segment.size)
+            except ReadError as exc:
+                try:
+                    data = self.read_physical(segment.paddr, segment.size)
+                except ReadError:
+                    return (f"{self.elf.path} does not match the guest: its text at "
+                            f"{vaddr:#x} is unreadable in the guest ({exc.message})")
+            planted = [a - vaddr for a in breakpoints if vaddr <= a < vaddr + segment.size]
+            if planted and hashlib.sha256(data).hexdigest() != segment.sha256:
+                data = self._unplanted(data, segment, planted)
+            if hashlib.sha256(data).hexdigest() != segment.sha256:
+                return (f"{self.elf.path} is not the ELF the guest runs: the guest's "
+                        f"{segment.size} bytes of text at {vaddr:#x} differ from the ELF's "
+                        "(it has no build-id; its loaded text was compared)")
+        return None
+
+    def _unplanted(self, data: bytes, segment: LoadedText, planted: list[int]) -> bytes:
+        """``data`` with the ELF's own bytes where breakpoints are."""
+        try:
+            with self.elf.path.open("rb") as f:
+                f.seek(segment.offset)
+                original = f.read(segment.size)
+        except OSError:
+            return data
+        out = bytearray(data)
+        for at in planted:
+            if at < len(original):
+                out[at] = original[at]
+        return bytes(out)
 
     def _reading(self) -> None:
         if not self._stopped and not self._warned_torn:
@@ -256,6 +304,9 @@ class LiveTarget(Target):
         physical = self._pages.get(page)
         if physical is None:
             regs = self.registers(0)
+            if not regs.get("cr0", CR0_PG) & CR0_PG:  # paging off (early boot): identity
+                self._pages[page] = page
+                return page
             five_level = bool(regs.get("cr4", 0) & CR4_LA57)
             try:
                 t = translate(self.read_physical, regs.get("cr3", 0), page, five_level)

@@ -26,19 +26,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 def attach(args: argparse.Namespace) -> Report:
     from undebug.session.launcher import start_supervisor
     from undebug.session.spec import SessionSpec
+    from undebug.vm.image import check_debug_elf
 
-    try:
-        with args.elf.open("rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise UsageError(f"cannot read --elf {args.elf}: {exc.strerror}") from None
-    if magic != b"\x7fELF":
-        raise UsageError(f"--elf {args.elf} is not an ELF file")
+    elf = check_debug_elf(args.elf, "--elf")
     if args.qmp and not Path(args.qmp).exists():
         raise UsageError(f"--qmp {args.qmp} does not exist")
     claim = SessionDir.named(args.name).claim()
     session = claim.session
-    spec = SessionSpec(mode="attach", elf=str(args.elf.resolve()), gdb=args.gdb, qmp=args.qmp)
+    spec = SessionSpec(mode="attach", elf=str(elf), gdb=args.gdb, qmp=args.qmp)
     try:
         status = start_supervisor(claim, spec)
     except BaseException:

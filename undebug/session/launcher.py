@@ -22,7 +22,7 @@ from undebug.session.replies import GuestStatus, Reply, parse_status
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
 from undebug.vm.accel import choose_accel
-from undebug.vm.image import inspect_image
+from undebug.vm.image import check_debug_elf, debug_elf_beside, inspect_image
 from undebug.vm.qemu import Forward, check_machine, find_qemu
 
 __all__ = ["LaunchRequest", "Launched", "launch_guest", "start_supervisor"]
@@ -124,6 +124,7 @@ class LaunchRequest:
     trace: bool = True
     trace_file: Path | None = None
     trace_max_size: int = 256 << 20  # run --trace-max-size (0: no limit)
+    debug_elfs: tuple[Path, ...] = ()  # run --debug-elf (default: IMAGE.dbg, else IMAGE)
 
 
 def _check_trace_file(path: Path) -> None:
@@ -137,6 +138,21 @@ def _check_trace_file(path: Path) -> None:
         raise UsageError(f"{where} is not a regular file")
     if not os.access(path if path.exists() else path.parent, os.W_OK):
         raise UsageError(f"{where} is not writable")
+
+
+def _debug_elf(request: LaunchRequest) -> Path | None:
+    """The ELF with the guest's symbols, when it is not the image: ``--debug-elf``, else
+    ``IMAGE.dbg`` beside the image. The session remembers it for every later command."""
+    if len(request.debug_elfs) > 1:
+        raise UsageError("one --debug-elf per guest for now",
+                         hint="a kernel with separate program ELFs is not supported yet")
+    for given in request.debug_elfs:
+        if "@" in given.name and not given.exists():
+            raise UsageError(f"--debug-elf {given}: load addresses (FILE@ADDR) are not "
+                             "supported yet", hint="pass the ELF alone")
+        return check_debug_elf(given, "--debug-elf")
+    beside = debug_elf_beside(request.image)
+    return check_debug_elf(beside, "the debug ELF") if beside is not None else None
 
 
 def _claim(request: LaunchRequest) -> SessionClaim:
@@ -173,9 +189,11 @@ def launch_guest(request: LaunchRequest) -> Launched:
         if not request.trace:
             raise UsageError("--trace-file needs the trace port: drop --no-trace")
         _check_trace_file(request.trace_file)
+    debug_elf = _debug_elf(request)
     claim = _claim(request)
     spec = SessionSpec(
-        mode="launch", image=str(image.path.resolve()), accel=accel.name,
+        mode="launch", image=str(image.path.resolve()),
+        elf=str(debug_elf) if debug_elf is not None else None, accel=accel.name,
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
         append=request.append, forwards=list(request.forwards), start_paused=request.paused,
         trace=request.trace,

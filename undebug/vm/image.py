@@ -16,7 +16,7 @@ from pathlib import Path
 from undebug.elf_headers import ElfHeaderError, notes
 from undebug.errors import UsageError
 
-__all__ = ["BootImage", "inspect_image"]
+__all__ = ["BootImage", "check_debug_elf", "debug_elf_beside", "inspect_image"]
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 MULTIBOOT_MAGIC = 0x1BADB002
@@ -96,3 +96,24 @@ def inspect_image(path: Path) -> BootImage:
         f"image {path} is an {kind} executable but not bootable with -kernel: no PVH entry "
         "note (XEN_ELFNOTE_PHYS32_ENTRY) and no multiboot header in its first 8 KiB",
     )
+
+
+def check_debug_elf(path: Path, option: str) -> Path:
+    """``path`` resolved, if it is a readable ELF file (what ``option`` named)."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except IsADirectoryError:
+        raise UsageError(f"{option} {path} is a directory, not an ELF file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {option} {path}: {exc.strerror}") from None
+    if magic != b"\x7fELF":
+        raise UsageError(f"{option} {path} is not an ELF file")
+    return path.resolve()
+
+
+def debug_elf_beside(image: Path) -> Path | None:
+    """``IMAGE.dbg`` next to the image, where Unikraft's build leaves the symbols of a
+    stripped boot image, if it is there."""
+    candidate = image.with_name(image.name + ".dbg")
+    return candidate if candidate.is_file() else None
