@@ -264,7 +264,7 @@ def bare_run(tmp: Path, smp: int, n: int) -> dict[str, Any]:
         "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "128", "-smp", str(smp),
         "-display", "none", "-vga", "none", "-nodefaults", "-no-user-config", "-no-reboot",
         "-serial", f"file:{console}",
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-device", "isa-debug-exit,iobase=0x501,iosize=0x04",
         "-kernel", str(GUEST), "-append", f"threads=0 trace_bench={n}",
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=trace0,path={sock},server=on,wait=on",

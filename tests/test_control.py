@@ -92,7 +92,8 @@ def test_break_list_shows_each_breakpoint_and_delete_all_removes_them(guest: str
         symbol = elf.symbol(name)
         assert symbol is not None
         expected.append({"id": bp["id"], "address": symbol.address, "location": name,
-                         "hardware": hardware, "owner": "cli"})
+                         "hardware": hardware, "owner": "cli", "when_register": None,
+                         "when_value": None})
     assert listed == expected
     text = undebug("break", guest, "--list").stdout.splitlines()
     assert text == [f"breakpoint {made[0]['id']} at {expected[0]['address']:#x} (worker_main, "

@@ -27,7 +27,7 @@ def test_uart_flush_has_a_per_poll_budget_and_loss_is_counted(guest_image: Path,
     command = [find_qemu(), "-M", "pc", "-accel", "tcg", "-m", "128", "-smp", "2",
                "-display", "none", "-vga", "none", "-nodefaults", "-no-user-config",
                "-no-reboot", "-serial", f"file:{console}", "-serial", f"file:{trace}",
-               "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+               "-device", "isa-debug-exit,iobase=0x501,iosize=0x04",
                "-kernel", str(guest_image),
                "-append", "trace=uart threads=2 trace_flood=50000 run_for=3000"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -180,9 +180,10 @@ def _symbols(elf: Any) -> list[list[Any]]:
 
 def _cache_key(data: bytes) -> str | None:
     """The build-id plus a digest of the ELF and section headers (strip keeps the build-id,
-    changes the latter; without a build-id, of the loaded bytes too), read with struct: a cache hit never imports pyelftools (~15-25 ms
-    of every command's start-up). None for a file whose headers do not parse: then there
-    is no cache entry, and :func:`_open` says what is wrong."""
+    changes the latter; without a build-id, of the loaded bytes too), read with struct:
+    a cache hit never imports pyelftools (~15-25 ms of every command's start-up). None
+    for a file whose headers do not parse: then there is no cache entry, and
+    :func:`_open` says what is wrong."""
     try:
         build_id, _ = _build_id(data)  # checks the magic, class and program headers
         end = "<" if data[5] == 1 else ">"
@@ -199,8 +200,8 @@ def _cache_key(data: bytes) -> str | None:
     if build_id is None:  # nothing names the contents: two builds may share every header
         for load in program_headers(data):
             if load.type == PT_LOAD:
-                start, end = load.file_range(len(data))
-                digest.update(data[start:end])
+                first, last = load.file_range(len(data))
+                digest.update(data[first:last])
     return f"{build_id or 'no-build-id'}-{digest.hexdigest()[:16]}"
 
 

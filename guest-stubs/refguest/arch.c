@@ -443,6 +443,6 @@ void smp_boot(void)
 /* ---- isa-debug-exit ------------------------------------------------------------ */
 void exit_qemu(uint32_t code)
 {
-	outl(0xf4, code);   /* QEMU exits with status (code << 1) | 1 */
+	outl(0x501, code);  /* QEMU exits with status (code << 1) | 1 */
 	halt_forever();
 }

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from undebug.commands import command, session_name
+from undebug.commands.preflight import prepare_guest
 from undebug.commands.trace import trace_size
 from undebug.console import ConsoleFollower, tail_lines
-from undebug.errors import EXIT_CHECK_FAILED, SessionError, UsageError
+from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome, from_timeout
@@ -72,31 +73,9 @@ def launch(args: argparse.Namespace) -> Launched:
         raise UsageError("--timeout must be a positive number of seconds")
     return launch_guest(LaunchRequest(
         image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
-        smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=args.paused,
+        smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=True,
         trace=not args.no_trace, trace_file=args.trace_file,
         trace_max_size=args.trace_max_size, debug_elfs=tuple(args.debug_elf)))
-
-
-def _check_elf(launched: Launched, force: bool) -> None:
-    """Refuse now, not at the first inspection, a debug ELF that is not the booted image
-    (its build-id, or its loaded text when it has none): the guest is ended."""
-    from undebug.target import open_target
-
-    claim = launched.claim
-    elf = launched.status.elf
-    try:
-        with open(elf or "", "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return  # a Linux bzImage and no debug ELF: nothing to check against
-        with open_target(claim.session.name, force=force) as target:
-            launched.warnings.extend(target.warnings)
-    except (OSError, SessionError):
-        return  # no ELF to read, or the guest ended already: its outcome tells why
-    except UsageError:
-        with SupervisorClient(claim.session) as client:
-            client.kill()
-        claim.remove()
-        raise
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:
@@ -154,7 +133,7 @@ def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome) 
 def run(args: argparse.Namespace) -> Report:
     launched = launch(args)
     claim, session = launched.claim, launched.claim.session
-    _check_elf(launched, args.force)
+    prepare_guest(launched, args.force, args.paused)
     if args.detach:
         claim.release()  # the supervisor holds the session now
         return Report(data={"name": session.name, "status": launched.status.to_json()},

@@ -8,28 +8,38 @@ from typing import TYPE_CHECKING
 from undebug.errors import UsageError
 
 if TYPE_CHECKING:
+    from undebug.elf import ElfFile
     from undebug.os.provider import ThreadProvider
     from undebug.target import Target
 
-__all__ = ["provider_for"]
+__all__ = ["provider_class", "provider_for"]
+
+
+def _known() -> list[type[ThreadProvider]]:
+    from undebug.os.refguest import RefguestProvider
+
+    return [RefguestProvider]
+
+
+def provider_class(elf: ElfFile) -> type[ThreadProvider] | None:
+    """The provider of the OS ``elf`` is, from its symbols alone (no guest needed)."""
+    return next((p for p in _known() if p.detect(elf)), None)
 
 
 def provider_for(target: Target) -> ThreadProvider:
     """The thread provider for ``target``'s OS, detected from its ELF symbols; for an OS
     undebug does not know, or an ELF without what its provider needs, the vCPUs."""
-    from undebug.os.refguest import RefguestProvider
     from undebug.os.vcpus import VcpuProvider
 
-    providers: list[type[ThreadProvider]] = [RefguestProvider]
-    for provider in providers:
-        if provider.detect(target.elf):
-            found = provider(target)
-            try:
-                found.check()
-            except UsageError as exc:
-                return VcpuProvider(target, exc.message)
-            return found
-    known = ", ".join(p.name for p in providers)
+    provider = provider_class(target.elf)
+    if provider is not None:
+        found = provider(target)
+        try:
+            found.check()
+        except UsageError as exc:
+            return VcpuProvider(target, exc.message)
+        return found
+    known = ", ".join(p.name for p in _known())
     what = "it has no symbols (stripped?)" if not target.elf.has_symbols else \
         "it is none of the OSes undebug knows"
     return VcpuProvider(target, f"no guest threads for {target.elf.path}: {what} "

@@ -17,7 +17,8 @@ from undebug.errors import UsageError
 from undebug.target import ReadError, Target
 from undebug.trapframe import TrapFrame
 
-__all__ = ["GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot", "read_struct"]
+__all__ = ["CrashStop", "GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot",
+           "read_struct"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
 
@@ -55,6 +56,18 @@ class ThreadSnapshot:
             return found
         raise UsageError(f"no guest thread with id {thread_id}",
                          hint="list them with: undebug threads TARGET")
+
+
+@dataclass(frozen=True)
+class CrashStop:
+    """Where an OS enters its crash path: ``symbol``, when ``register`` holds ``value``
+    at its entry (None: always). ``run`` sets a crash breakpoint there, so the guest is
+    stopped and kept before the OS can end QEMU (Unikraft writes isa-debug-exit first)."""
+
+    symbol: str
+    label: str  # how the verdict names it: "ukplat_terminate(UKPLAT_CRASH)"
+    register: str | None = None
+    value: int | None = None
 
 
 class StructValue:
@@ -105,6 +118,17 @@ class ThreadProvider(ABC):
     @classmethod
     def detect(cls, elf: ElfFile) -> bool:
         return all(elf.symbol(name) is not None for name in cls.required_symbols)
+
+    @classmethod
+    def crash_stops(cls, elf: ElfFile) -> list[CrashStop]:
+        """Where this OS's crash path starts, for ``run`` to stop it there."""
+        return []
+
+    @classmethod
+    def exit_verdict(cls, code: int) -> tuple[bool, str] | None:
+        """What exit code ``code`` (isa-debug-exit) means for this OS: (ok, reason), or
+        None for the default (0 is a clean exit, anything else a failure)."""
+        return None
 
     def threads(self) -> ThreadSnapshot:
         token = self.target.run_token

@@ -1,6 +1,10 @@
 """Breakpoints the supervisor owns. A ``cli`` breakpoint (``undebug break``) outlives every
 client; a ``gdb`` one belongs to the connection that inserted it (a gdbserver serving a
-debugger) and goes when that connection closes, however its client ended.
+debugger) and goes when that connection closes, however its client ended. A ``crash`` one
+marks where the guest's OS enters its crash path (set by ``run`` from the OS provider,
+which knows the OS; the supervisor does not): the guest stops there as crashed, before
+the OS writes an exit device that would end QEMU, when ``when_register`` (if set) holds
+``when_value``; else it runs on.
 
 QEMU keeps gdbstub breakpoints itself (no guest memory is patched) and re-reports a
 breakpoint at once if the vCPU resumes on it, so resuming steps over it first.
@@ -13,8 +17,8 @@ from typing import Any, Literal
 
 __all__ = ["OWNERS", "Breakpoint", "BreakpointTable", "Owner"]
 
-Owner = Literal["cli", "gdb"]
-OWNERS: tuple[Owner, ...] = ("cli", "gdb")
+Owner = Literal["cli", "gdb", "crash"]
+OWNERS: tuple[Owner, ...] = ("cli", "gdb", "crash")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class Breakpoint:
     hardware: bool
     location: str  # what the user asked for: "checksum_block", "main.c:42", "0x100150"
     owner: Owner = "cli"
+    when_register: str | None = None  # a crash breakpoint's condition, e.g. ("rdi", 3)
+    when_value: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,8 +40,10 @@ class BreakpointTable:
         self._by_id: dict[int, Breakpoint] = {}
         self._next = 1
 
-    def add(self, address: int, hardware: bool, location: str, owner: Owner = "cli") -> Breakpoint:
-        bp = Breakpoint(self._next, address, hardware, location, owner)
+    def add(self, address: int, hardware: bool, location: str, owner: Owner = "cli",
+            when: tuple[str, int] | None = None) -> Breakpoint:
+        bp = Breakpoint(self._next, address, hardware, location, owner,
+                        *(when if when is not None else (None, None)))
         self._by_id[bp.id] = bp
         self._next += 1
         return bp

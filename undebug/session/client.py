@@ -204,10 +204,13 @@ class SupervisorClient:
             raise
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str,
-                          owner: Owner = "cli") -> Breakpoint:
-        """A ``gdb`` breakpoint belongs to this connection and goes when it closes."""
+                          owner: Owner = "cli", when: tuple[str, int] | None = None
+                          ) -> Breakpoint:
+        """A ``gdb`` breakpoint belongs to this connection and goes when it closes; a
+        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``)."""
+        condition = {"when_register": when[0], "when_value": when[1]} if when else {}
         return parse_breakpoint(self._reply("break_insert", address=address, hardware=hardware,
-                                            location=location, owner=owner))
+                                            location=location, owner=owner, **condition))
 
     def delete_breakpoint(self, bp_id: int) -> Breakpoint:
         return parse_breakpoint(self._reply("break_delete", id=bp_id))

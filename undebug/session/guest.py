@@ -26,6 +26,7 @@ from undebug.errors import UndebugError
 from undebug.gdb.packets import ThreadId
 from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
+from undebug.session.breakpoints import Breakpoint
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 from undebug.session.qemu_process import QemuProcess
@@ -148,9 +149,12 @@ class Guest(RunControl):
             if name == "GUEST_PANICKED":
                 self._set_outcome(outcomes.from_panic(self._console_crash(), "guest-panicked"))
             elif name == "SHUTDOWN":
+                # Unikraft powers off right after its pvpanic write: that shutdown is
+                # part of the crash, and the guest stays paused as crashed (shutdown=pause).
+                crashed = self.outcome is not None and self.outcome.kind == "panic"
                 result = outcomes.from_shutdown(data, self._console_crash(), "shutdown")
                 self._set_outcome(result)
-                if result.kind == "shutdown" or not data.get("guest"):
+                if not data.get("guest") or (result.kind == "shutdown" and not crashed):
                     self.spawn(self.shutdown())
             if name == "RESUME":
                 self.run_token += 1
@@ -193,6 +197,9 @@ class Guest(RunControl):
             self.write_record()
             self.broadcast({"type": "ended" if result.run_state is None else "crashed",
                             "outcome": result.to_json()})
+
+    def crash_stopped(self, bp: Breakpoint) -> None:
+        self._set_outcome(outcomes.from_crash_stop(bp.location, self._console_crash()))
 
     def _finish(self) -> None:
         if self.ended.is_set():

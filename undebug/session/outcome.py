@@ -11,8 +11,8 @@ from typing import Any
 
 from undebug.vm.qemu import guest_exit_code
 
-__all__ = ["Outcome", "from_adopted_exit", "from_exit_status", "from_panic", "from_shutdown",
-           "from_supervisor_death", "from_timeout"]
+__all__ = ["Outcome", "from_adopted_exit", "from_crash_stop", "from_exit_status", "from_panic",
+           "from_shutdown", "from_supervisor_death", "from_timeout"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ def _with_console(reason: str, console: str | None) -> str:
 def from_panic(console: str | None, run_state: str | None) -> Outcome:
     """pvpanic fired: QEMU paused the guest (``panic=pause``)."""
     return Outcome("panic", _with_console("guest panicked", console), False, None, run_state)
+
+
+def from_crash_stop(location: str, console: str | None) -> Outcome:
+    """The guest reached its OS's crash path (a ``crash`` breakpoint) and was stopped
+    there, before the OS could end QEMU; it is kept paused."""
+    return Outcome("panic", _with_console(f"guest crashed (stopped at {location})", console),
+                   False, None, "paused")
 
 
 def from_shutdown(event: dict[str, Any], console: str | None, run_state: str | None) -> Outcome:

@@ -157,7 +157,8 @@ def parse_outcome(reply: Reply) -> Outcome:
 def parse_breakpoint(reply: Reply) -> Breakpoint:
     owner: Owner = reply.choice("owner", OWNERS)
     return Breakpoint(reply.integer("id"), reply.integer("address"), reply.boolean("hardware"),
-                      reply.string("location"), owner)
+                      reply.string("location"), owner, reply.opt_string("when_register"),
+                      reply.opt_integer("when_value"))
 
 
 # ---- stops ------------------------------------------------------------------------------

@@ -61,6 +61,10 @@ class RunControl(ABC):
     def write_record(self) -> None: ...
 
     @abstractmethod
+    def crash_stopped(self, bp: Breakpoint) -> None:
+        """The guest stopped in its OS's crash path (a ``crash`` breakpoint)."""
+
+    @abstractmethod
     def broadcast(self, event: dict[str, Any]) -> None: ...
 
     @abstractmethod
@@ -158,13 +162,20 @@ class RunControl(ABC):
         """A breakpoint, or QEMU pausing the guest: it stays paused until ``resume``."""
         rsp = self._check_alive()
         cpu = self._vcpus.index(reply.thread) if reply.thread in self._vcpus else None
-        pc = None
+        registers: dict[str, int] = {}
         if cpu is not None:
-            pc = (await self._stub(rsp.registers, reply.thread)).get("rip")
+            registers = await self._stub(rsp.registers, reply.thread)
+        pc = registers.get("rip")
         bp = self.breakpoints.at(pc) if reply.signal == SIGTRAP else None
         self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal,
                           "reason": "breakpoint" if bp else f"signal {reply.signal}",
                           "breakpoint": bp.id if bp else None}
+        if bp is not None and bp.owner == "crash":
+            if bp.when_register is not None and registers.get(bp.when_register) != bp.when_value:
+                await self._resume()  # the same path without a crash (a clean halt)
+                return
+            self.last_stop["reason"] = "crash"
+            self.crash_stopped(bp)
         self.user_paused = True
         self._resume_after_freeze = False
         self.write_record()
@@ -222,7 +233,8 @@ class RunControl(ABC):
             self.run_token += 1  # what clients cached is stale now
 
     async def insert_breakpoint(self, address: int, hardware: bool, location: str,
-                                owner: Owner = "cli") -> Breakpoint:
+                                owner: Owner = "cli", when: tuple[str, int] | None = None
+                                ) -> Breakpoint:
         if not is_canonical(address, five_level=True):  # no paging mode maps it
             raise RequestError(ErrorCode.BAD_REQUEST,
                                f"{address:#x} is not a canonical x86-64 address: no code can "
@@ -231,7 +243,7 @@ class RunControl(ABC):
             if self.breakpoints.at(address) is not None:
                 raise RequestError(ErrorCode.BAD_REQUEST,
                                    f"a breakpoint at {address:#x} exists already")
-            bp = self.breakpoints.add(address, hardware, location, owner)
+            bp = self.breakpoints.add(address, hardware, location, owner, when)
             try:
                 await self._stub(rsp.add_breakpoint, address, _kind(bp))
             except RequestError:

@@ -87,8 +87,12 @@ class ControlServer:
             owner = args.get("owner", "cli")
             if owner not in OWNERS:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"owner must be one of {OWNERS}")
+            when = None
+            if args.get("when_register") is not None:
+                when = (str(args["when_register"]), _int_arg(args, "when_value", 0, 2**64 - 1))
             bp = await guest.insert_breakpoint(address, bool(args.get("hardware")),
-                                               str(args.get("location") or hex(address)), owner)
+                                               str(args.get("location") or hex(address)), owner,
+                                               when)
             return bp.to_json()
         if op == "break_delete":
             return (await guest.delete_breakpoint(_int_arg(args, "id", 1, 2**31))).to_json()

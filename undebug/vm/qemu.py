@@ -22,7 +22,7 @@ __all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "QemuFiles", "RamRegi
            "check_machine", "find_qemu", "guest_exit_code", "ram_layout"]
 
 QEMU_BINARY = "qemu-system-x86_64"
-ISA_DEBUG_EXIT_PORT = 0xF4
+ISA_DEBUG_EXIT_PORT = 0x501  # QEMU's default, where Unikraft and Nanos write their exit
 _FORWARD = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
 
 

@@ -1,0 +1,71 @@
+"""What ``run`` does between QEMU's start and the guest's first instruction: check that the
+debug ELF is the booted image, and set the OS's crash breakpoints, so a crash is kept.
+
+The guest is launched held (``-S``); this runs, then releases it (unless ``--paused``).
+OS knowledge stays here, in front of the supervisor, which is OS-agnostic: the provider
+says where its OS's crash path starts; the supervisor only sees ``crash`` breakpoints.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from undebug.errors import SessionError, UsageError
+from undebug.session.client import SupervisorClient
+
+if TYPE_CHECKING:
+    from undebug.session.launcher import Launched
+    from undebug.target import Target
+
+__all__ = ["prepare_guest"]
+
+
+def prepare_guest(launched: Launched, force: bool, paused: bool) -> None:
+    """Check the ELF (a mismatch ends the guest: exit 2 unless ``force``), arm the crash
+    breakpoints, then let the guest run unless ``paused``."""
+    from undebug.target import open_target
+
+    claim = launched.claim
+    with SupervisorClient(claim.session) as client:
+        if _is_elf(launched.status.elf):
+            try:
+                with open_target(claim.session.name, force=force) as target:
+                    launched.warnings.extend(target.warnings)
+                    launched.warnings.extend(_arm_crash_stops(client, target))
+            except SessionError:
+                return  # it ended already: its outcome tells why
+            except UsageError:
+                client.kill()
+                claim.remove()
+                raise
+        if not paused:
+            launched.status = client.resume()
+
+
+def _is_elf(path: str | None) -> bool:
+    try:
+        with open(path or "", "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False  # a Linux bzImage and no debug ELF: nothing to check against
+
+
+def _arm_crash_stops(client: SupervisorClient, target: Target) -> list[str]:
+    """One ``crash`` breakpoint per crash stop the OS provider names; what could not be set
+    is a warning (the crash then ends as the OS makes it: pvpanic, or QEMU exiting)."""
+    from undebug.os import provider_class
+
+    provider = provider_class(target.elf)
+    warnings = []
+    for stop in provider.crash_stops(target.elf) if provider else []:
+        address = target.address_of(stop.symbol)
+        if address is None:
+            warnings.append(f"no symbol {stop.symbol}: a crash through it is not stopped")
+            continue
+        when = (stop.register, stop.value) if stop.register is not None and \
+            stop.value is not None else None
+        try:
+            client.insert_breakpoint(address, False, stop.label, owner="crash", when=when)
+        except SessionError as exc:
+            warnings.append(f"cannot stop crashes at {stop.symbol}: {exc.message}")
+    return warnings
