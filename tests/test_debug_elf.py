@@ -31,12 +31,14 @@ def stripped(guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return image
 
 
-def _corrupt_text(source: Path, to: Path) -> Path:
-    """A copy whose loaded text differs in one byte (an ELF of another build)."""
+def _other_build(source: Path, to: Path) -> Path:
+    """A copy whose text differs in every 16th byte (6%): as far from the guest's bytes as
+    another build of it is (code moves), unlike the few an OS patches as it runs."""
     text = ElfFile(source).section(".text")
     assert text is not None
     data = bytearray(source.read_bytes())
-    data[text.file_offset + 0x40] ^= 0xFF
+    for at in range(text.file_offset, text.file_offset + text.size, 16):
+        data[at] ^= 0xFF
     to.write_bytes(bytes(data))
     return to
 
@@ -60,18 +62,15 @@ def test_the_debug_elf_beside_the_image_is_remembered(guest: str, stripped: Path
     assert not any("build-id" in w or "cannot check" in w for w in threads.json()["warnings"])
 
 
-def test_a_breakpoint_planted_in_guest_text_is_not_a_mismatch(guest: str) -> None:
-    """Under KVM QEMU writes an int3 into guest memory for a software breakpoint; TCG
-    does not, so the test writes it itself, once without a breakpoint there (a mismatch)
-    and once with one (none)."""
+def test_the_few_bytes_an_os_patches_in_its_text_are_no_mismatch(guest: str) -> None:
+    """Unikraft relocates itself and patches its boot trampoline (102 of 151,687 bytes of
+    text in a 0.17 image); QEMU plants an int3 for a software breakpoint under KVM. The
+    test writes such bytes into the guest's text: the ELF still matches."""
     address = undebug("sym", guest, "checksum_block", "--json").json()["address"]
     with SupervisorClient(SessionDir.named(guest)) as client:
-        original = client.read_memory(address, 1)
-        client.write_memory(address, b"\xcc")
+        original = client.read_memory(address, 16)
+        client.write_memory(address, b"\xcc" * 16)
     try:
-        refused = undebug("threads", guest)
-        assert refused.code == 2 and "not the ELF the guest runs" in refused.stderr
-        assert undebug("break", guest, "checksum_block").code == 0
         accepted = undebug("threads", guest)
         assert accepted.code == 0, accepted.stderr
     finally:
@@ -80,7 +79,7 @@ def test_a_breakpoint_planted_in_guest_text_is_not_a_mismatch(guest: str) -> Non
 
 
 def test_a_debug_elf_of_another_build_is_refused_at_run(stripped: Path, tmp_path: Path) -> None:
-    other = _corrupt_text(stripped.with_name(stripped.name + ".dbg"), tmp_path / "other.dbg")
+    other = _other_build(stripped.with_name(stripped.name + ".dbg"), tmp_path / "other.dbg")
     result = undebug("run", "-d", "--name", "wrong", "--debug-elf", str(other), str(stripped))
     assert result.code == 2
     assert "not the ELF the guest runs" in result.stderr and str(other) in result.stderr
