@@ -18,9 +18,10 @@ def provider_for(target: Target) -> ThreadProvider:
     """The thread provider for ``target``'s OS, detected from its ELF symbols; for an OS
     undebug does not know, or an ELF without what its provider needs, the vCPUs."""
     from undebug.os.refguest import RefguestProvider
+    from undebug.os.unikraft import UnikraftProvider
     from undebug.os.vcpus import VcpuProvider
 
-    providers: list[type[ThreadProvider]] = [RefguestProvider]
+    providers: list[type[ThreadProvider]] = [RefguestProvider, UnikraftProvider]
     for provider in providers:
         if provider.detect(target.elf):
             found = provider(target)
