@@ -36,7 +36,7 @@ from undebug.os.provider import (
     read_c_string,
     read_struct,
 )
-from undebug.target import ReadError
+from undebug.target import ReadError, Target
 from undebug.trapframe import TrapFrame
 
 __all__ = ["UnikraftProvider"]
@@ -79,6 +79,10 @@ class UnikraftProvider(ThreadProvider):
 
     name = "unikraft"
     required_symbols = ("uk_sched_head", "__uk_sched_thread_current")
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._resumes: dict[int, bool] = {}  # ctx.ip -> is it .Lresume (per walk)
 
     def check(self) -> None:
         for struct in ("uk_sched", "uk_thread"):
@@ -127,6 +131,7 @@ class UnikraftProvider(ThreadProvider):
 
     def walk(self) -> ThreadSnapshot:
         warnings: list[str] = []
+        self._resumes.clear()
         sched_layout = self.need_struct("uk_sched")
         running = self._running(warnings)
         now = self._clock()
@@ -235,10 +240,13 @@ class UnikraftProvider(ThreadProvider):
             -> tuple[dict[str, int], bool]:
         """Frame 0 of a switched-out thread, and whether ``ip`` is ``.Lresume`` (else the
         thread has not run yet: ip is its entry trampoline, sp its initial stack)."""
-        try:
-            resumes = self.target.read(ip, len(RESUME_CODE)) == RESUME_CODE
-        except ReadError:
-            resumes = False
+        resumes = self._resumes.get(ip)
+        if resumes is None:  # every switched-out thread has the same ip: read it once
+            try:
+                resumes = self.target.read(ip, len(RESUME_CODE)) == RESUME_CODE
+            except ReadError:
+                resumes = False
+            self._resumes[ip] = resumes
         if not resumes:
             return {"rip": ip, "rsp": sp}, False
         try:
