@@ -40,13 +40,16 @@ class TrapFrame:
     """Where an OS's trap entry saved the interrupted registers: a block of DWARF type
     ``layout`` at ``address``. ``registers`` maps gdb's register names (rip, rsp, rax, ...)
     to member paths of ``layout``; ``vector`` and ``error_code`` name the members holding
-    them, None where the OS does not save them."""
+    them, None where the OS does not save them. ``vector_number`` is the vector of an
+    entry that is one per vector and does not save it (Unikraft's ``asm_trap_page_fault``
+    is 14 by its name)."""
 
     address: int
     layout: StructLayout
     registers: Mapping[str, str]
     vector: str | None = None
     error_code: str | None = None
+    vector_number: int | None = None
 
 
 # (function name, pc, that frame's rsp) -> the block, or None for any other function.
@@ -77,5 +80,5 @@ def read_trap_frame(frame: TrapFrame, read: Callable[[int, int], bytes]) \
         return int.from_bytes(data[found.offset : found.offset + found.size], "little")
 
     registers = {name: member(path) for name, path in frame.registers.items()}
-    return (registers, None if frame.vector is None else member(frame.vector),
+    return (registers, frame.vector_number if frame.vector is None else member(frame.vector),
             None if frame.error_code is None else member(frame.error_code))

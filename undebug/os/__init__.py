@@ -17,8 +17,9 @@ __all__ = ["provider_class", "provider_for"]
 
 def _known() -> list[type[ThreadProvider]]:
     from undebug.os.refguest import RefguestProvider
+    from undebug.os.unikraft import UnikraftProvider
 
-    return [RefguestProvider]
+    return [RefguestProvider, UnikraftProvider]
 
 
 def provider_class(elf: ElfFile) -> type[ThreadProvider] | None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from undebug.elf import ElfFile, StructLayout
 from undebug.errors import UsageError
 from undebug.target import ReadError, Target
 from undebug.trapframe import TrapFrame
+
+if TYPE_CHECKING:
+    from undebug.os.crash import Crash
 
 __all__ = ["CrashStop", "GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot",
            "read_struct"]
@@ -144,6 +147,12 @@ class ThreadProvider(ABC):
         """Where this OS's trap handler ``function`` saved the registers it interrupted,
         when the unwinder is in that handler at ``pc`` with ``sp`` (a
         :data:`~undebug.trapframe.TrapFrameHook`); None: not a trap handler it knows."""
+        return None
+
+    def crash(self) -> Crash | None:
+        """Why this paused guest crashed, from its vCPUs' stacks and the OS's own records
+        (:mod:`undebug.os.crash`); None where this OS cannot tell, or nothing shows a
+        crash. Call it for a guest known to have crashed (pvpanic, a triple fault)."""
         return None
 
     @abstractmethod

@@ -5,11 +5,13 @@ thread's callee-saved registers, rsp and rip are in its ``ctx``, written by
 ``switch_context`` (rip points back into ``schedule()``). Each vCPU's GS base points at
 its ``struct percpu`` entry, whose ``current`` is the thread it runs. An exception or
 interrupt enters ``isr_common`` (isr.S), which pushes a ``struct irq_frame`` and calls
-``isr_dispatch(frame)``: the trap frame the unwinder steps through.
+``isr_dispatch(frame)``: the trap frame the unwinder steps through. A crash is an
+exception frame on a vCPU's stack, or a call of ``panic()`` (asserts and planted panics).
 """
 
 from __future__ import annotations
 
+from undebug.os.crash import Crash, find_crash
 from undebug.os.provider import (
     MAX_THREADS,
     GuestThread,
@@ -29,6 +31,7 @@ TRAP_ENTRY = "isr_common"  # its rsp after the call to isr_dispatch is the struc
 TRAP_SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
               "r12", "r13", "r14", "r15", "rip", "rsp")  # irq_frame members, gdb's names
 MAX_STACK = 64 << 20
+PANIC_FUNCTIONS = ("panic",)  # kernel.h: panic(fmt, ...), which ASSERT calls too
 
 
 class RefguestProvider(ThreadProvider):
@@ -48,6 +51,9 @@ class RefguestProvider(ThreadProvider):
         return TrapFrame(sp, layout, {r: r for r in TRAP_SAVED if layout.has_member(r)},
                          vector="vector" if layout.has_member("vector") else None,
                          error_code="error" if layout.has_member("error") else None)
+
+    def crash(self) -> Crash | None:
+        return find_crash(self, PANIC_FUNCTIONS)
 
     def _running(self, warnings: list[str]) -> dict[int, int]:
         """Thread struct address -> the vCPU running it, through each vCPU's GS base."""

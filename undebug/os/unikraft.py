@@ -1,0 +1,268 @@
+"""Threads of Unikraft (x86_64), read through DWARF member names.
+
+Checked against the sources of RELEASE-0.17.0 and staging (eaf6fda1, 2024-10-14; the
+structures and assembly below are the same in both):
+
+* ``uk_sched_head`` (lib/uksched/sched.c) starts the list of ``struct uk_sched``
+  (``next``); each has two TAILQs of ``struct uk_thread`` linked through their
+  ``thread_list`` entry: ``thread_list`` (idle, init, main and the app's threads) and
+  ``exited_threads`` (waiting to be garbage-collected).
+* ``struct uk_thread``: ``ctx`` (``struct ukarch_ctx {ip, sp}``), ``flags``,
+  ``wakeup_time`` (ns of ``ukplat_monotonic_clock``, 0: no timeout), ``name`` (a
+  pointer), ``_mem.stack`` (the stack's low end; its length is not stored).
+* ``__uk_sched_thread_current[lcpu]`` (UKPLAT_PER_LCPU_DEFINE) is the thread each logical
+  CPU runs; lcpu index = vCPU index (the boot CPU is 0, others start in MADT order).
+* ``ukarch_ctx_switch`` (arch/x86/x86_64/ctx.S) pushes rbp, rbx, r12-r15, saves rsp in
+  ``ctx.sp`` and ``.Lresume`` in ``ctx.ip``; ``.Lresume`` pops them back and returns. It
+  has no CFI, so a switched-out thread's frame 0 is built here as if the switch had just
+  returned: r15, r14, r13, r12, rbx, rbp at ctx.sp, the return address at ctx.sp + 48.
+* Traps (plat/kvm/x86/cpu_vectors_x86_64.S): ``asm_trap_<name>`` pushes the error code
+  (or 0) and the general registers, making a ``struct __regs`` at its rsp, and calls
+  ``do_<name>(regs, error_code)``; 0.17's entry has signal-frame CFI in .eh_frame, but
+  no vector in the block: :meth:`UnikraftProvider.trap_frame` gives it by name, and the
+  registers for builds without that CFI. ``struct uk_crash_descr`` (PR #1531) is in
+  neither release: a crash is read from the trap frame (:mod:`undebug.os.crash`).
+"""
+
+from __future__ import annotations
+
+from undebug.os.crash import Crash, find_crash
+from undebug.os.provider import (
+    MAX_THREADS,
+    GuestThread,
+    StructValue,
+    ThreadProvider,
+    ThreadSnapshot,
+    read_c_string,
+    read_struct,
+)
+from undebug.target import ReadError, Target
+from undebug.trapframe import TrapFrame
+
+__all__ = ["UnikraftProvider"]
+
+# lib/uksched/include/uk/thread.h: #defines, so not in the DWARF (no -g3 macro info).
+UK_THREADF_RUNNABLE = 0x008
+UK_THREADF_EXITED = 0x010
+# .Lresume in arch/x86/x86_64/ctx.S: pop %r15, %r14, %r13, %r12, %rbx, %rbp; ret
+RESUME_CODE = bytes.fromhex("415f415e415d415c5b5dc3")
+SWITCH_SAVED = ("r15", "r14", "r13", "r12", "rbx", "rbp")  # from ctx.sp up, then rip
+# STACK_SIZE: 2^CONFIG_STACK_SIZE_PAGE_ORDER pages (arch/Config.uk: default order 4); the
+# configured order is not in the ELF, so a stack pointer outside this guess drops the bounds.
+DEFAULT_STACK_SIZE = 4096 << 4
+MAX_SCHEDULERS = 64
+MAX_NAME = 64
+# plat/common/include/x86/traps.h: TRAP_<name> vectors of the asm_trap_<name> entries.
+TRAP_VECTORS = {"divide_error": 0, "debug": 1, "nmi": 2, "int3": 3, "overflow": 4,
+                "bounds": 5, "invalid_op": 6, "no_device": 7, "double_fault": 8,
+                "invalid_tss": 10, "no_segment": 11, "stack_error": 12, "gp_fault": 13,
+                "page_fault": 14, "coproc_error": 16, "alignment_check": 17,
+                "machine_check": 18, "simd_error": 19, "virt_error": 20,
+                "security_error": 21}
+IRQ_BASE = 32  # cpu_irq_<n> handles vector 32 + n
+REGS_SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+              "r12", "r13", "r14", "r15", "rip", "rsp")  # struct __regs members, gdb's names
+# UK_CRASH and UK_ASSERT end in ukplat_terminate(UKPLAT_CRASH) (lib/ukdebug/include/uk/
+# assert.h); do_page_fault and the other handlers also end in UK_CRASH.
+PANIC_FUNCTIONS = ("ukplat_terminate",)
+
+
+def _trap_vector(function: str) -> int | None:
+    if function.startswith("asm_trap_"):
+        return TRAP_VECTORS.get(function.removeprefix("asm_trap_"))
+    number = function.removeprefix("cpu_irq_")
+    return IRQ_BASE + int(number) if number != function and number.isdigit() else None
+
+
+class UnikraftProvider(ThreadProvider):
+    """Unikraft's threads (ids are their position in the walk, from 1: Unikraft has none)."""
+
+    name = "unikraft"
+    required_symbols = ("uk_sched_head", "__uk_sched_thread_current")
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._resumes: dict[int, bool] = {}  # ctx.ip -> is it .Lresume (per walk)
+
+    def check(self) -> None:
+        for struct in ("uk_sched", "uk_thread"):
+            self.need_struct(struct)
+
+    def trap_frame(self, function: str, pc: int, sp: int) -> TrapFrame | None:
+        vector = _trap_vector(function)
+        layout = self.target.elf.struct("__regs") if vector is not None else None
+        if vector is None or layout is None:
+            return None
+        return TrapFrame(sp, layout, {r: r for r in REGS_SAVED if layout.has_member(r)},
+                         error_code="orig_rax" if layout.has_member("orig_rax") else None,
+                         vector_number=vector)
+
+    def crash(self) -> Crash | None:
+        return find_crash(self, PANIC_FUNCTIONS, "crash (UK_CRASH or UK_ASSERT)")
+
+    def _running(self, warnings: list[str]) -> dict[int, int]:
+        """Thread struct address -> the vCPU running it."""
+        base = self.need_symbol("__uk_sched_thread_current")
+        symbol = self.target.elf.symbol("__uk_sched_thread_current")
+        count = min(self.target.cpu_count(), max(1, (symbol.size if symbol else 8) // 8))
+        try:
+            raw = self.target.read(base, 8 * count)
+        except ReadError as exc:
+            warnings.append(f"__uk_sched_thread_current unreadable: {exc.message}")
+            return {}
+        running: dict[int, int] = {}
+        for cpu in range(count):
+            current = int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little")
+            if current:
+                running.setdefault(current, cpu)
+        return running
+
+    def _clock(self) -> int | None:
+        """ns of the monotonic clock when it was last read (tscclock.c's ``time_base``,
+        which every reading updates: the scheduler reads it at each switch)."""
+        address = self.target.address_of("time_base")
+        symbol = self.target.elf.symbol("time_base")
+        if address is None or symbol is None or symbol.size != 8:
+            return None
+        try:
+            return self.target.read_int(address)
+        except ReadError:
+            return None
+
+    def walk(self) -> ThreadSnapshot:
+        warnings: list[str] = []
+        self._resumes.clear()
+        sched_layout = self.need_struct("uk_sched")
+        running = self._running(warnings)
+        now = self._clock()
+        threads: list[GuestThread] = []
+        seen: set[int] = set()
+        schedulers: set[int] = set()
+        try:
+            sched = self.target.read_int(self.need_symbol("uk_sched_head"))
+        except ReadError as exc:
+            warnings.append(f"uk_sched_head unreadable: {exc.message}")
+            sched = 0
+        while sched:
+            if sched in schedulers or len(schedulers) >= MAX_SCHEDULERS:
+                warnings.append(f"scheduler list loops or exceeds {MAX_SCHEDULERS} entries "
+                                f"at {sched:#x}: stopped there")
+                break
+            schedulers.add(sched)
+            try:
+                value = read_struct(self.target, sched_layout, sched)
+            except ReadError as exc:
+                warnings.append(f"scheduler at {sched:#x} unreadable: {exc.message}")
+                break
+            for queue in ("thread_list", "exited_threads"):
+                self._queue(value.int(f"{queue}.tqh_first"), f"{queue} of scheduler "
+                            f"{sched:#x}", running, now, threads, seen, warnings)
+            sched = value.int("next")
+        if not schedulers:
+            warnings.append("uk_sched_head is NULL: no scheduler has started yet")
+        vcpus: dict[int, int | None] = dict.fromkeys(range(self.target.cpu_count()))
+        for thread in threads:
+            if thread.cpu is not None:
+                vcpus[thread.cpu] = thread.id
+        return ThreadSnapshot(threads, vcpus, warnings)
+
+    def _queue(self, address: int, what: str, running: dict[int, int], now: int | None,
+               threads: list[GuestThread], seen: set[int], warnings: list[str]) -> None:
+        """One TAILQ of threads, bounded and cycle-safe across all queues."""
+        layout = self.need_struct("uk_thread")
+        while address:
+            if address in seen:
+                warnings.append(f"{what} loops back to {address:#x}: stopped there")
+                return
+            if len(threads) >= MAX_THREADS:
+                warnings.append(f"more than {MAX_THREADS} threads: stopped there")
+                return
+            seen.add(address)
+            try:
+                value = read_struct(self.target, layout, address)
+            except ReadError as exc:
+                warnings.append(f"{what} broken at {address:#x}: {exc.message}")
+                return
+            threads.append(self._thread(value, len(threads) + 1, running, now, warnings))
+            address = value.int("thread_list.tqe_next")
+
+    def _name(self, value: StructValue, warnings: list[str]) -> str:
+        pointer = value.int("name")
+        if not pointer:
+            return "<unnamed>"
+        try:
+            name, terminated = read_c_string(self.target, pointer, MAX_NAME)
+        except ReadError as exc:
+            warnings.append(f"thread at {value.address:#x}: name unreadable: {exc.message}")
+            return f"<name at {pointer:#x}>"
+        if not terminated:
+            warnings.append(f"thread at {value.address:#x}: name longer than {MAX_NAME} bytes")
+        return name
+
+    def _thread(self, value: StructValue, thread_id: int, running: dict[int, int],
+                now: int | None, warnings: list[str]) -> GuestThread:
+        flags = value.int("flags")
+        wakeup = value.int("wakeup_time", signed=True)
+        cpu = running.get(value.address)
+        ip, sp = value.int("ctx.ip"), value.int("ctx.sp")
+        wait_reason = None
+        if flags & UK_THREADF_EXITED:
+            state = "exited"
+        elif cpu is not None:
+            state = "running"
+        elif flags & UK_THREADF_RUNNABLE:
+            state = "ready"
+        elif wakeup > 0:
+            state, wait_reason = "sleeping", _until(wakeup, now)
+        else:
+            state, wait_reason = "blocked", "blocked with no timeout"
+        base = value.int("_mem.stack") if value.layout.has_member("_mem.stack") else 0
+        stack: tuple[int, int] | None = (base, base + DEFAULT_STACK_SIZE) if base else None
+        if cpu is not None:
+            registers = dict(self.target.registers(cpu))
+        elif state == "exited":
+            registers = {"rip": ip, "rsp": sp}
+        else:
+            registers, resumes = self._saved(ip, sp, thread_id, warnings)
+            if not resumes and state == "ready":
+                wait_reason = "not started yet"
+            rsp = registers["rsp"]
+            if stack is not None and not stack[0] <= rsp <= stack[1]:
+                warnings.append(f"thread {thread_id}: stack pointer {rsp:#x} outside "
+                                f"[{stack[0]:#x}, {stack[1]:#x}) (a stack size other than "
+                                f"{DEFAULT_STACK_SIZE} bytes?): unwinding it unbounded")
+                stack = None
+        return GuestThread(id=thread_id, name=self._name(value, warnings), state=state,
+                           cpu=cpu, registers=registers, stack=stack, wait_reason=wait_reason,
+                           address=value.address)
+
+    def _saved(self, ip: int, sp: int, thread_id: int, warnings: list[str]) \
+            -> tuple[dict[str, int], bool]:
+        """Frame 0 of a switched-out thread, and whether ``ip`` is ``.Lresume`` (else the
+        thread has not run yet: ip is its entry trampoline, sp its initial stack)."""
+        resumes = self._resumes.get(ip)
+        if resumes is None:  # every switched-out thread has the same ip: read it once
+            try:
+                resumes = self.target.read(ip, len(RESUME_CODE)) == RESUME_CODE
+            except ReadError:
+                resumes = False
+            self._resumes[ip] = resumes
+        if not resumes:
+            return {"rip": ip, "rsp": sp}, False
+        try:
+            raw = self.target.read(sp, 8 * (len(SWITCH_SAVED) + 1))
+        except ReadError as exc:
+            warnings.append(f"thread {thread_id}: saved context at {sp:#x} unreadable: "
+                            f"{exc.message}")
+            return {"rip": ip, "rsp": sp}, True
+        words = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
+        registers = dict(zip(SWITCH_SAVED, words, strict=False))
+        registers["rip"], registers["rsp"] = words[-1], sp + len(raw)
+        return registers, True
+
+
+def _until(wakeup: int, now: int | None) -> str:
+    """``sleeping until +12.3 ms`` from the clock's last reading, else since boot."""
+    if now is None or not 0 <= wakeup - now < 1 << 62:
+        return f"sleeping until {wakeup / 1e6:.1f} ms after boot"
+    return f"sleeping until +{(wakeup - now) / 1e6:.1f} ms"
