@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from undebug.commands import add_elf_arguments, command, number_at_least
+from undebug.commands.verdict import os_outcome
 from undebug.errors import EXIT_CHECK_FAILED, SessionError, UsageError
 from undebug.output import Report
 from undebug.session.breakpoints import Breakpoint
@@ -184,9 +185,11 @@ def wait(args: argparse.Namespace) -> Report:
                 time.sleep(0.1)
                 outcome = client.status().outcome
     if outcome is not None:
+        outcome = os_outcome(outcome, args.target, status.elf)
         return Report(data={"stop": None, "outcome": outcome.to_json()},
                       exit_code=EXIT_CHECK_FAILED,
-                      render=lambda: [f"guest ended: {escape(outcome.reason)}"])
+                      render=lambda: [f"guest {'ended' if outcome.run_state is None else 'crashed'}"
+                                      f": {escape(outcome.reason)}"])
     assert stop is not None
     info = _describe_stop(session, stop, args.elf)
     return Report(data={"stop": info}, render=lambda: [_stop_line(info)])

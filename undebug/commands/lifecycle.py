@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 
 from undebug.commands import command
+from undebug.commands.verdict import os_outcome
 from undebug.errors import SessionError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
@@ -45,6 +46,9 @@ def ps(args: argparse.Namespace) -> Report:
     for session in sessions():
         try:
             guest = _live_status(session)
+            if guest.outcome is not None:  # in the OS's words (a crash: what and where)
+                guest = dataclasses.replace(guest, outcome=os_outcome(
+                    guest.outcome, guest.name, guest.elf))
             guests.append(guest)
             warnings += [f"{guest.name}: {w}" for w in guest.warnings]
         except SessionError as exc:

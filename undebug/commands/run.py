@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from undebug.commands import command, session_name
 from undebug.commands.preflight import prepare_guest
 from undebug.commands.trace import trace_size
+from undebug.commands.verdict import os_outcome
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
@@ -84,7 +85,8 @@ def _print_console(lines: list[bytes], stream: Any) -> None:
     stream.flush()
 
 
-def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespace) -> Outcome:
+def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespace,
+           elf: str | None) -> Outcome:
     """Stream the console until the guest ends, crashes (CI) or the timeout passes (CI)."""
     follower = ConsoleFollower(session.console_log)
     show = not args.json
@@ -96,7 +98,7 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
         if show:
             _print_console(follower.poll(), stream)
         if event is not None and event.outcome is not None:
-            outcome = event.outcome
+            outcome = os_outcome(event.outcome, session.name, elf)
             if event.type == "ended" or args.ci:
                 if show:
                     _print_console(follower.poll(flush_partial=True), stream)
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> Report:
             client.own()
             client.subscribe()
             try:
-                outcome = _watch(session, client, args)
+                outcome = _watch(session, client, args, launched.status.elf)
             except KeyboardInterrupt:
                 client.kill()
                 raise

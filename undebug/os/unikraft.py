@@ -26,9 +26,11 @@ structures and assembly below are the same in both):
 
 from __future__ import annotations
 
+from undebug.elf import ElfFile
 from undebug.os.crash import Crash, find_crash
 from undebug.os.provider import (
     MAX_THREADS,
+    CrashStop,
     GuestThread,
     StructValue,
     ThreadProvider,
@@ -65,6 +67,8 @@ REGS_SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10"
 # UK_CRASH and UK_ASSERT end in ukplat_terminate(UKPLAT_CRASH) (lib/ukdebug/include/uk/
 # assert.h); do_page_fault and the other handlers also end in UK_CRASH.
 PANIC_FUNCTIONS = ("ukplat_terminate",)
+UKPLAT_CRASH = 3  # enum ukplat_gstate (include/uk/plat/bootstrap.h), when DWARF lacks it
+EXIT_NO_CRASH, EXIT_CRASH = 41, 42  # QEMU_ISA_DEBUG_EXIT_{NO_,}CRASH
 
 
 def _trap_vector(function: str) -> int | None:
@@ -96,6 +100,25 @@ class UnikraftProvider(ThreadProvider):
         return TrapFrame(sp, layout, {r: r for r in REGS_SAVED if layout.has_member(r)},
                          error_code="orig_rax" if layout.has_member("orig_rax") else None,
                          vector_number=vector)
+
+    @classmethod
+    def crash_stops(cls, elf: ElfFile) -> list[CrashStop]:
+        """``ukplat_terminate(UKPLAT_CRASH)``: every crash path (UK_CRASH, UK_ASSERT, the
+        trap handlers) ends there, and its ``system_off`` writes isa-debug-exit 42 first
+        (plat/common/x86/cpu_native.c), which ends QEMU before pvpanic."""
+        states = {name: value for value, name in (elf.enum("ukplat_gstate") or {}).items()}
+        crash = states.get("UKPLAT_CRASH", UKPLAT_CRASH)
+        return [CrashStop("ukplat_terminate", "ukplat_terminate(UKPLAT_CRASH)", "rdi", crash)]
+
+    @classmethod
+    def exit_verdict(cls, code: int) -> tuple[bool, str] | None:
+        """plat/common/x86/cpu_native.c: 42 on a crash, 41 on a halt whose ACPI power-off
+        failed (main's return value is not passed on)."""
+        if code == EXIT_NO_CRASH:
+            return True, f"Unikraft halted (isa-debug-exit code {code}: no crash)"
+        if code == EXIT_CRASH:
+            return False, f"Unikraft crashed (isa-debug-exit code {code}: UKPLAT_CRASH)"
+        return None
 
     def crash(self) -> Crash | None:
         return find_crash(self, PANIC_FUNCTIONS, "crash (UK_CRASH or UK_ASSERT)")
