@@ -20,8 +20,8 @@ structures and assembly below are the same in both):
   (or 0) and the general registers, making a ``struct __regs`` at its rsp, and calls
   ``do_<name>(regs, error_code)``; 0.17's entry has signal-frame CFI in .eh_frame, but
   no vector in the block: :meth:`UnikraftProvider.trap_frame` gives it by name, and the
-  registers for builds without that CFI. ``struct uk_crash_descr`` (PR #1531) is in
-  neither release: a crash is read from the trap frame (:mod:`undebug.os.crash`).
+  registers for builds without that CFI. ``struct uk_crash_desc`` (PR #1531, merged in
+  2025-10) is in neither: a crash is read from the trap frame (:mod:`undebug.os.crash`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ SWITCH_SAVED = ("r15", "r14", "r13", "r12", "rbx", "rbp")  # from ctx.sp up, the
 # configured order is not in the ELF, so a stack pointer outside this guess drops the bounds.
 DEFAULT_STACK_SIZE = 4096 << 4
 MAX_SCHEDULERS = 64
+MASK = (1 << 64) - 1
 MAX_NAME = 64
 # plat/common/include/x86/traps.h: TRAP_<name> vectors of the asm_trap_<name> entries.
 TRAP_VECTORS = {"divide_error": 0, "debug": 1, "nmi": 2, "int3": 3, "overflow": 4,
@@ -257,7 +258,7 @@ class UnikraftProvider(ThreadProvider):
             return {"rip": ip, "rsp": sp}, True
         words = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
         registers = dict(zip(SWITCH_SAVED, words, strict=False))
-        registers["rip"], registers["rsp"] = words[-1], sp + len(raw)
+        registers["rip"], registers["rsp"] = words[-1], (sp + len(raw)) & MASK
         return registers, True
 
 
