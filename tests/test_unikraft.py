@@ -146,6 +146,18 @@ def test_a_switched_out_thread_resumes_where_the_switch_returns(mirror: Mirror) 
     assert trace.complete and not trace.warnings
 
 
+def test_a_thread_that_never_ran_starts_at_its_entry(mirror: Mirror) -> None:
+    target = mirror.target()
+    provider = UnikraftProvider(target)
+    fresh = next(t for t in provider.threads().threads if t.name == "fresh")
+    entry = mirror.elf.symbol("worker_main")
+    assert entry is not None and fresh.registers["rip"] == entry.address
+    assert fresh.stack is not None and fresh.registers["rsp"] == fresh.stack[1] - 8
+    trace = unwind(target.elf, target.read, fresh.registers, fresh.stack,
+                   trap_frames=provider.trap_frame)
+    assert [f.function for f in trace.frames] == ["worker_main"] and trace.complete
+
+
 def test_the_faulting_thread_unwinds_through_the_regs_trap_frame(mirror: Mirror) -> None:
     target = mirror.target()
     provider = UnikraftProvider(target)

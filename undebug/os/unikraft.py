@@ -20,8 +20,8 @@ structures and assembly below are the same in both):
   (or 0) and the general registers, making a ``struct __regs`` at its rsp, and calls
   ``do_<name>(regs, error_code)``; 0.17's entry has signal-frame CFI in .eh_frame, but
   no vector in the block: :meth:`UnikraftProvider.trap_frame` gives it by name, and the
-  registers for builds without that CFI. ``struct uk_crash_descr`` (PR #1531) is in
-  neither release: a crash is read from the trap frame (:mod:`undebug.os.crash`).
+  registers for builds without that CFI. ``struct uk_crash_desc`` (PR #1531, merged in
+  2025-10) is in neither: a crash is read from the trap frame (:mod:`undebug.os.crash`).
 """
 
 from __future__ import annotations
@@ -49,10 +49,16 @@ UK_THREADF_EXITED = 0x010
 # .Lresume in arch/x86/x86_64/ctx.S: pop %r15, %r14, %r13, %r12, %rbx, %rbp; ret
 RESUME_CODE = bytes.fromhex("415f415e415d415c5b5dc3")
 SWITCH_SAVED = ("r15", "r14", "r13", "r12", "rbx", "rbp")  # from ctx.sp up, then rip
+# The entry trampolines of ctx.S: _ctx_x86_call0/1/2 (xorq %rbp,%rbp when frame pointers
+# are kept; pop 0, 1 or 2 arguments; ret), _ctx_x86_clearregs (starts xorq %rdi,%rdi).
+XOR_RBP = bytes.fromhex("4831ed")
+CALL_CODE = (bytes.fromhex("c3"), bytes.fromhex("5fc3"), bytes.fromhex("5e5fc3"))
+CLEAR_CODE = bytes.fromhex("4831ff")
 # STACK_SIZE: 2^CONFIG_STACK_SIZE_PAGE_ORDER pages (arch/Config.uk: default order 4); the
 # configured order is not in the ELF, so a stack pointer outside this guess drops the bounds.
 DEFAULT_STACK_SIZE = 4096 << 4
 MAX_SCHEDULERS = 64
+MASK = (1 << 64) - 1
 MAX_NAME = 64
 # plat/common/include/x86/traps.h: TRAP_<name> vectors of the asm_trap_<name> entries.
 TRAP_VECTORS = {"divide_error": 0, "debug": 1, "nmi": 2, "int3": 3, "overflow": 4,
@@ -271,7 +277,7 @@ class UnikraftProvider(ThreadProvider):
                 resumes = False
             self._resumes[ip] = resumes
         if not resumes:
-            return {"rip": ip, "rsp": sp}, False
+            return self._entry(ip, sp), False
         try:
             raw = self.target.read(sp, 8 * (len(SWITCH_SAVED) + 1))
         except ReadError as exc:
@@ -280,8 +286,31 @@ class UnikraftProvider(ThreadProvider):
             return {"rip": ip, "rsp": sp}, True
         words = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
         registers = dict(zip(SWITCH_SAVED, words, strict=False))
-        registers["rip"], registers["rsp"] = words[-1], sp + len(raw)
+        registers["rip"], registers["rsp"] = words[-1], (sp + len(raw)) & MASK
         return registers, True
+
+    def _entry(self, ip: int, sp: int) -> dict[str, int]:
+        """Frame 0 of a thread that has not run: at its entry function, as the trampoline
+        ``ctx.ip`` names will enter it (arch/x86/ctx.c ukarch_ctx_init_entry*: the stack
+        holds [_ctx_x86_clearregs' return,] the arguments, the entry, then 0 for "no
+        caller"); told apart by their code, as they have no symbol type. Unknown code:
+        ip and sp as saved."""
+        for _ in range(2):  # _ctx_x86_clearregs returns into one of the call trampolines
+            try:
+                code = self.target.read(ip, 8)
+                if code.startswith(CLEAR_CODE):
+                    ip, sp = self.target.read_int(sp), (sp + 8) & MASK
+                    continue
+                body = code.removeprefix(XOR_RBP)
+                popped = next((n for n, tail in enumerate(CALL_CODE) if body.startswith(tail)),
+                              None)
+                if popped is None:
+                    break
+                entry = self.target.read_int((sp + 8 * popped) & MASK)
+                return {"rip": entry, "rsp": (sp + 8 * popped + 8) & MASK}
+            except ReadError:
+                break
+        return {"rip": ip, "rsp": sp}
 
 
 def _until(wakeup: int, now: int | None) -> str:
