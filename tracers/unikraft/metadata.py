@@ -4,10 +4,11 @@ Each ``UK_TRACEPOINT(name, fmt, types...)`` puts a "TPde" record into
 ``.uk_tracepoints_list`` (lib/ukdebug/include/uk/trace.h, ``__UK_TRACE_REG``, 0.17):
 ``u32 magic, u32 size (of the record), u64 cookie (the record's own address), u8 args_nr,
 u8 name_len, u8 format_len, u8 sizes[args_nr], u8 types[args_nr], char name[name_len],
-char format[format_len]``, padded to the struct's alignment. That alignment is the
-compiler's (gcc gives a record of 32 bytes or more 32, a smaller one 16 on x86_64), so
-records are found where they are, by magic and their own size, not at a fixed stride
-(Unikraft's parse.py assumes 32: unikraft #1897). Samples name their tracepoint by the
+char format[format_len]``, padded to the struct's alignment. Where each record goes is the
+compiler's and the linker's choice (gcc on x86_64 aligned them to 32 bytes in the images
+and test programs built here, with zero padding between; other targets differ: unikraft
+#1897), so records are found where they are, by magic and their own size, not at a fixed
+stride (Unikraft's parse.py assumes 32). Samples name their tracepoint by the
 cookie. Types only say "integer" or "string"; the signedness of an integer is the format's
 (``%d`` signed, ``%u``/``%x`` unsigned; parse.py reads all as unsigned: #1897).
 ``.uk_trace_keyvals`` holds ``key = value`` strings (``format_version = 1``).
@@ -47,7 +48,8 @@ KEYVALS = ".uk_trace_keyvals"
 BUFFER_SYMBOL = "uk_trace_buffer"
 DEF_MAGIC = b"TPde"  # UK_TP_DEF_MAGIC 0x65645054, little-endian
 FORMAT_VERSION = 1  # the keyvals' format_version this reader knows
-MAX_SECTION = 16 << 20  # far more than any image's definitions: a bigger one is corrupt
+MAX_SECTION = 4 << 20  # ~80,000 records: far more than any image has; bigger is corrupt
+MAX_WARNINGS = 10  # about single records; the rest are counted in one line
 MAX_ARGS = 7  # UK_FOREACH7: the macros take at most 7 arguments
 _FIXED = 19  # magic, size, cookie, args_nr, name_len, format_len
 _UK_INT, _UK_STRING = 0, 1  # enum __uk_trace_arg_type
@@ -159,7 +161,11 @@ def parse_definitions(data: bytes, address: int, header: HeaderLayout = DEFAULT_
     warnings: list[str] = []
     by_cookie: dict[int, UkTracepoint] = {}
     at = 0
+    quiet = 0  # warnings not given beyond MAX_WARNINGS
     while at < len(data) and len(by_cookie) < RESERVED_FIRST:
+        if len(warnings) > MAX_WARNINGS:
+            quiet += len(warnings) - MAX_WARNINGS
+            del warnings[MAX_WARNINGS:]
         found = data.find(DEF_MAGIC, at)
         while found != -1 and found % 4:
             found = data.find(DEF_MAGIC, found + 1)
@@ -175,6 +181,10 @@ def parse_definitions(data: bytes, address: int, header: HeaderLayout = DEFAULT_
         else:
             by_cookie[uk.cookie] = uk
         at = found + max(size, 4)
+    quiet += max(len(warnings) - MAX_WARNINGS, 0)
+    del warnings[MAX_WARNINGS:]
+    if quiet:
+        warnings.append(f"{SECTION}: {quiet} more damaged record(s) or region(s) skipped")
     if at < len(data) and len(by_cookie) >= RESERVED_FIRST:
         warnings.append(f"{SECTION}: more than {RESERVED_FIRST} records; the rest ignored")
     tps = Tracepoints(None, len(by_cookie), {u.tracepoint.id: u.tracepoint
