@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from undebug.elf import Symbol
     from undebug.target import Target
 
-__all__ = ["FlightRecording", "RingState", "read_flight_recorder"]
+__all__ = ["HEADER_SYMBOL", "FlightRecording", "RingState", "read_flight_recorder"]
+
+HEADER_SYMBOL = "undebug_trace_header"  # the stub's in-memory stream header
 
 RING_SIZE = 128
 RING_MAGIC = 0x474E5255  # "URNG"
@@ -81,7 +83,7 @@ def read_flight_recorder(target: Target) -> FlightRecording:
     again afterwards and what was overwritten meanwhile is dropped."""
     from undebug.target import ReadError
 
-    header_at = _symbol(target, "undebug_trace_header").address + target.load_offset
+    header_at = _symbol(target, HEADER_SYMBOL).address + target.load_offset
     rings_sym = _symbol(target, "undebug_trace_rings")
     storage = _symbol(target, "undebug_trace_ring_data")
     rings_at = rings_sym.address + target.load_offset

@@ -18,8 +18,8 @@ from tracers.records import Session
 from undebug.elf_headers import PT_LOAD, ElfHeaderError, program_headers
 from undebug.errors import UsageError
 
-__all__ = ["ARG_BOOL", "ARG_CHAR", "ARG_POINTER", "ARG_SIGNED", "ARG_UNSIGNED", "KIND_EVENT",
-           "KIND_LOG", "KIND_SPAN_BEGIN", "KIND_SPAN_END", "SECTION", "Tracepoint",
+__all__ = ["ARG_BOOL", "ARG_CHAR", "ARG_POINTER", "ARG_SIGNED", "ARG_STRING", "ARG_UNSIGNED",
+           "KIND_EVENT", "KIND_LOG", "KIND_SPAN_BEGIN", "KIND_SPAN_END", "SECTION", "Tracepoint",
            "Tracepoints", "for_stream", "load_tracepoints", "parse_tracepoints"]
 
 SECTION = "undebug_tracepoints"
@@ -27,6 +27,9 @@ RECORD_SIZE = 64
 TP_MAGIC = 0x4D505455  # "UTPM"
 KIND_EVENT, KIND_SPAN_BEGIN, KIND_SPAN_END, KIND_LOG = 1, 2, 3, 4
 ARG_UNSIGNED, ARG_SIGNED, ARG_POINTER, ARG_BOOL, ARG_CHAR = 1, 2, 3, 4, 5
+# never in the stub's records: a Unikraft string argument, whose word is its ordinal among
+# the record's strings (Records.strings holds them NUL-separated; tracers/unikraft/)
+ARG_STRING = 6
 KIND_NAMES = {KIND_EVENT: "event", KIND_SPAN_BEGIN: "span-begin", KIND_SPAN_END: "span-end",
               KIND_LOG: "log"}
 MAX_STRING = 4096

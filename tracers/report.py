@@ -28,6 +28,7 @@ from tracers.metadata import (
     ARG_CHAR,
     ARG_POINTER,
     ARG_SIGNED,
+    ARG_STRING,
     ARG_UNSIGNED,
     KIND_SPAN_BEGIN,
     KIND_SPAN_END,
@@ -65,14 +66,19 @@ def _format_value(kind: int, value: int) -> str:
     return f"{value:#x}"
 
 
-def _event_args(tp: Tracepoint | None, words: list[int]) -> dict[str, str]:
+def _event_args(tp: Tracepoint | None, words: list[int], text: bytes) -> dict[str, str]:
     if tp is None:
         return {f"a{i}": f"{w:#x}" for i, w in enumerate(words)}
     out = {}
+    texts = text.split(b"\0") if ARG_STRING in tp.arg_types else []
     for i in range(tp.nargs):
         value = words[i] if i < len(words) else 0
-        out[escape(tp.arg_names[i] if i < len(tp.arg_names) else f"arg{i}")] = \
-            _format_value(tp.arg_types[i] if i < len(tp.arg_types) else 0, value)
+        kind = tp.arg_types[i] if i < len(tp.arg_types) else 0
+        name = escape(tp.arg_names[i] if i < len(tp.arg_names) else f"arg{i}")
+        if kind == ARG_STRING:  # a Unikraft string: the word is its ordinal in the text
+            out[name] = repr(escape(texts[value] if value < len(texts) else b""))
+        else:
+            out[name] = _format_value(kind, value)
     return out
 
 
@@ -155,7 +161,7 @@ class EventPrinter:
                 detail = escape(text)
             elif ident == ID_LOG_STR and words:
                 detail = f"{_LEVELS.get(words[0], str(words[0]))}: {escape(text)}"
-            args = _event_args(tp, words) if ident < RESERVED_FIRST else {}
+            args = _event_args(tp, words, text) if ident < RESERVED_FIRST else {}
             if args:
                 detail = " ".join(f"{k}={v}" for k, v in args.items())
             if tp is not None and tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END):

@@ -3,6 +3,8 @@
 ``SOURCE`` is a recorded file (a path that exists) or a live guest's name, whose stream
 its supervisor records in the session directory as it arrives. Names and arguments come
 from the ELF's ``undebug_tracepoints`` section, only when its build-id is the stream's.
+A Unikraft guest's own trace buffer (tracers/unikraft/) is read from its memory with
+``--flight-recorder`` when its ELF has no undebug stub, and instead of an empty recording.
 Guest text (thread names, panic and log messages, tracepoint names) is escaped. What
 ``show`` and ``stats`` print is made in tracers/report.py; this module parses arguments,
 opens the source and does the I/O.
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from tracers.decode import Decoded, Session, StreamDecoder
     from tracers.metadata import Tracepoints
     from tracers.records import StreamSummary
+    from undebug.target import Target
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -74,8 +77,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                       help="UTC times (from when the host received the stream header) "
                       "instead of seconds since boot")
     show.add_argument("--flight-recorder", action="store_true",
-                      help="read the newest events from the guest's memory (its rings), "
-                      "not the stream; the guest is paused while they are copied")
+                      help="read the newest events from the guest's memory (its rings, or "
+                      "a Unikraft image's uk_trace_buffer), not the stream; the guest is "
+                      "paused while they are copied")
     show.add_argument("--force", action="store_true",
                       help="with --flight-recorder: go on when the ELF's build-id differs")
 
@@ -85,7 +89,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                            "records, the event rate, and damage.")
     common(stats)
     stats.add_argument("--flight-recorder", action="store_true",
-                       help="read the guest's rings in memory instead of the stream")
+                       help="read the guest's rings (or a Unikraft image's uk_trace_buffer) "
+                       "in memory instead of the stream")
     stats.add_argument("--force", action="store_true",
                        help="with --flight-recorder: go on when the ELF's build-id differs")
 
@@ -203,8 +208,13 @@ class _Source:
     tracepoints: Tracepoints | None = None  # those usable with the stream's build-id
     first_notes: list[str] = field(default_factory=list)  # why not, from the first header
     decoder: StreamDecoder | None = None
+    decoded: Decoded | None = None  # a Unikraft buffer: decoded at once, no stream
+    buffer: dict[str, object] | None = None  # its state, for --json
 
     def batches(self, window: int, follow: bool = False) -> Iterator[Decoded]:
+        if self.decoded is not None:
+            yield self.decoded
+            return
         if self.channel is None:
             yield self._start(self.data[:80]).decode(self.data)
             return
@@ -262,6 +272,9 @@ class _Source:
         from tracers.metadata import for_stream
         from tracers.records import StreamSummary
 
+        if self.decoded is not None:
+            d = self.decoded
+            return StreamSummary(d.sessions, d.damage, d.truncated)
         decoder = self.decoder
         assert decoder is not None
         if not decoder.sessions:
@@ -278,9 +291,18 @@ class _Source:
 
 
 def _open_source(args: argparse.Namespace) -> _Source:
-    """The source the user named: a file, a guest's recording, or its flight recorder."""
+    """The source the user named: a file, a guest's recording, or its flight recorder
+    (or a Unikraft guest's buffer, when no stream ever arrived from it)."""
     if getattr(args, "flight_recorder", False):
         return _flight_recorder_source(args)
+    if _unikraft_without_stream(args):
+        if getattr(args, "follow", False):
+            raise UsageError(f"no undebug trace stream arrived from {args.source!r}; its "
+                             "Unikraft trace buffer is read once and cannot be followed",
+                             hint="drop --follow")
+        return _flight_recorder_source(args, note=(
+            f"no undebug trace stream arrived from {args.source!r}: showing Unikraft's "
+            "in-memory trace buffer (uk_trace_buffer) instead"))
     channel = _channel(args.source)
     warnings: list[str] = []
     try:
@@ -291,15 +313,54 @@ def _open_source(args: argparse.Namespace) -> _Source:
     return _Source(str(channel.path), tps, warnings, channel)
 
 
-def _flight_recorder_source(args: argparse.Namespace) -> _Source:
-    from tracers.flight import read_flight_recorder
+def _unikraft_without_stream(args: argparse.Namespace) -> bool:
+    """A guest (not a file) whose recording is absent or empty and whose ELF has
+    Unikraft's tracepoints and no undebug stub: its trace is in its memory."""
+    from tracers.chunks import chunk_paths
+    from tracers.flight import HEADER_SYMBOL
+    from tracers.unikraft.metadata import has_unikraft_tracepoints
+    from undebug.elf import ElfFile
+    from undebug.errors import UndebugError
+    from undebug.session.store import SessionDir
+
+    if _is_file(args.source):
+        return False
+    try:
+        path = SessionDir.named(args.source).path / "trace.utrace"
+        if any(p.stat().st_size for _, p in chunk_paths(path)):
+            return False
+        elf = args.elf or _default_elf(args)
+        if elf is None:
+            return False
+        image = ElfFile(elf)
+        return image.symbol(HEADER_SYMBOL) is None and has_unikraft_tracepoints(image)
+    except (UndebugError, OSError):
+        return False  # the ordinary path says what is wrong
+
+
+def _unikraft_source(args: argparse.Namespace, target: Target, note: str | None) -> _Source:
+    """A Unikraft guest's ``uk_trace_buffer``, decoded into the event model."""
+    from tracers.unikraft.buffer import read_unikraft_buffer
+
+    recording = read_unikraft_buffer(target)
+    warnings = ([note] if note else []) + list(target.warnings) + recording.warnings
+    tps = recording.tracepoints.tracepoints
+    return _Source(f"Unikraft trace buffer of {args.source}", tps, warnings, tracepoints=tps,
+                   decoded=recording.decoded, buffer=recording.buffer.json())
+
+
+def _flight_recorder_source(args: argparse.Namespace, note: str | None = None) -> _Source:
+    from tracers.flight import HEADER_SYMBOL, read_flight_recorder
     from tracers.metadata import load_tracepoints
+    from tracers.unikraft.metadata import has_unikraft_tracepoints
     from undebug.target import open_target
 
     if _is_file(args.source):
         raise UsageError("--flight-recorder reads a live guest's memory: pass its name",
                          hint="a recorded file is read without --flight-recorder")
     with open_target(args.source, args.elf, force=args.force) as target:
+        if target.elf.symbol(HEADER_SYMBOL) is None and has_unikraft_tracepoints(target.elf):
+            return _unikraft_source(args, target, note)
         recording = read_flight_recorder(target)
         warnings = list(target.warnings) + recording.warnings
         elf_path = target.elf.path
@@ -452,7 +513,8 @@ def _show(args: argparse.Namespace) -> Report:
     if rest:
         out.write(("," if ended_spans else "") + json.dumps(rest)[1:-1])
     spans.close()
-    tail = {**show_json_tail(stream), "warnings": warnings}
+    tail = {**show_json_tail(stream), **({"buffer": source.buffer} if source.buffer else {}),
+            "warnings": warnings}
     out.write("], " + json.dumps(tail)[1:] + "\n")
     out.flush()
     return Report(written=True)  # the document was written as it was made
@@ -477,5 +539,7 @@ def _stats(args: argparse.Namespace) -> Report:
     stream = source.summary()
     assert acc is not None
     stats = trace_stats(source.label, acc, stream)
+    if source.buffer:
+        stats.data["buffer"] = source.buffer
     warnings = source.warnings + damage_warnings(stream) + stats.warnings()
     return Report(data=stats.data, warnings=warnings, render=stats.lines)
