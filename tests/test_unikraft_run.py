@@ -10,6 +10,8 @@ the same app whose worker-1 writes through NULL in do_work about 1 s after boot.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,34 @@ def test_a_crashed_guest_is_kept_with_its_faulting_thread() -> None:
         assert "cannot run on" in undebug("cont", "ukc").stderr
     finally:
         undebug("kill", "ukc")
+
+
+def test_an_attached_crashing_guest_is_kept(tmp_path: Path) -> None:
+    """A QEMU the user started, with isa-debug-exit at 0x501 as Unikraft's own tooling
+    does: Unikraft's crash writes it first, which ends QEMU, unless undebug's crash
+    breakpoint (set at attach) stops the guest before."""
+    image = _image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
+    gdb, qmp = tmp_path / "gdb.sock", tmp_path / "qmp.sock"
+    proc = subprocess.Popen([
+        "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "64", "-display", "none",
+        "-nodefaults", "-serial", f"file:{tmp_path / 'console.log'}", "-S",
+        "-gdb", f"unix:{gdb},server=on,wait=off", "-qmp", f"unix:{qmp},server=on,wait=off",
+        "-device", "pvpanic", "-device", "isa-debug-exit,iobase=0x501,iosize=2",
+        "-kernel", str(image)])
+    try:
+        deadline = time.monotonic() + 10
+        while not (gdb.exists() and qmp.exists()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        attached = undebug("attach", "--name", "uka", "--gdb", str(gdb), "--qmp", str(qmp),
+                           "--elf", f"{image}.dbg", "--json")
+        assert attached.code == 0, attached.stderr
+        assert undebug("cont", "uka").code == 0
+        waited = undebug("wait", "uka", "--timeout", "60")
+        assert waited.code == 1 and "guest crashed: page fault writing 0x0" in waited.stdout
+        assert proc.poll() is None  # QEMU is still there, holding the crashed guest
+        assert "do_work" in undebug("bt", "uka").stdout
+    finally:
+        undebug("kill", "uka")
+        proc.kill()
+        proc.wait()

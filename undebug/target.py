@@ -78,6 +78,7 @@ class Target(ABC):
         self.elf = elf
         self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
         self.warnings: list[str] = []
+        self.elf_mismatch: str | None = None  # why the ELF is not the guest's (--force)
 
     @abstractmethod
     def read(self, address: int, size: int) -> bytes:
@@ -206,6 +207,7 @@ class LiveTarget(Target):
             return
         if not force:
             raise UsageError(problem, hint="pass the guest's own ELF with --elf, or --force")
+        self.elf_mismatch = problem
         self.warnings.append(problem + " (--force)")
 
     def _text_mismatch(self) -> str | None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from undebug.commands import command, session_name
+from undebug.commands.preflight import arm_adopted_guest
 from undebug.errors import UsageError
 from undebug.output import Report
 from undebug.session.store import SessionDir
@@ -22,7 +23,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 @command("attach", "adopt an already running QEMU guest", _arguments,
          description="Take over a running QEMU through its gdbstub (and QMP if given). The "
-         "guest keeps running; `undebug kill NAME` detaches and leaves it running.")
+         "guest keeps running; `undebug kill NAME` detaches and leaves it running. Where the "
+         "ELF's OS has a crash path undebug knows (Unikraft), a breakpoint there keeps a "
+         "crashing guest stopped for inspection.")
 def attach(args: argparse.Namespace) -> Report:
     from undebug.session.launcher import start_supervisor
     from undebug.session.spec import SessionSpec
@@ -40,5 +43,6 @@ def attach(args: argparse.Namespace) -> Report:
         claim.remove()
         raise
     claim.release()  # the supervisor holds the session now
-    return Report(data={"name": session.name, "status": status.to_json()},
+    warnings = arm_adopted_guest(session.name)
+    return Report(data={"name": session.name, "status": status.to_json()}, warnings=warnings,
                   render=lambda: [f"{escape(session.name)}: attached ({escape(status.state)})"])

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from undebug.errors import SessionError, UsageError
+from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
+from undebug.session.store import SessionDir
 
 if TYPE_CHECKING:
     from undebug.session.launcher import Launched
     from undebug.target import Target
 
-__all__ = ["prepare_guest"]
+__all__ = ["arm_adopted_guest", "prepare_guest"]
 
 
 def prepare_guest(launched: Launched, force: bool, paused: bool) -> None:
@@ -42,6 +43,20 @@ def prepare_guest(launched: Launched, force: bool, paused: bool) -> None:
             launched.status = client.resume()
 
 
+def arm_adopted_guest(name: str) -> list[str]:
+    """``attach``'s part: the crash breakpoints of a guest that runs already, if its ELF
+    is the one it runs (a breakpoint set from another build's symbols could land inside
+    an instruction); what stood in the way is a warning, the attach goes on."""
+    from undebug.target import open_target
+
+    session = SessionDir.named(name)
+    try:
+        with SupervisorClient(session) as client, open_target(name) as target:
+            return target.warnings + _arm_crash_stops(client, target)
+    except UndebugError as exc:
+        return [f"no crash breakpoints: {exc.message}"]
+
+
 def _is_elf(path: str | None) -> bool:
     try:
         with open(path or "", "rb") as f:
@@ -52,9 +67,13 @@ def _is_elf(path: str | None) -> bool:
 
 def _arm_crash_stops(client: SupervisorClient, target: Target) -> list[str]:
     """One ``crash`` breakpoint per crash stop the OS provider names; what could not be set
-    is a warning (the crash then ends as the OS makes it: pvpanic, or QEMU exiting)."""
+    is a warning (the crash then ends as the OS makes it: pvpanic, or QEMU exiting). None
+    from an ELF that is not the guest's (``--force``): under KVM a breakpoint is an int3
+    written into guest memory, and at another build's address it would corrupt code."""
     from undebug.os import provider_class
 
+    if target.elf_mismatch is not None:
+        return ["no crash breakpoints: the ELF is not the guest's"]
     provider = provider_class(target.elf)
     warnings = []
     for stop in provider.crash_stops(target.elf) if provider else []:
