@@ -59,8 +59,12 @@ def test_crash_kinds(guest_image: Path, kind: str, signature: str, outcome: str,
     assert doc["outcome"]["ok"] is False
     assert doc["outcome"]["run_state"] == state  # paused, not gone
     assert any(signature in line for line in doc["console_tail"]), doc["console_tail"]
-    if outcome == "panic":
-        assert signature in doc["outcome"]["reason"]
+    if outcome == "panic":  # in words: what, in which function, on which thread
+        reason = doc["outcome"]["reason"]
+        function = "recurse_forever" if kind == "stack-overflow" else f"crash_{kind}"
+        assert f" in {function} (main.c:" in reason and ", thread worker-" in reason, reason
+        if kind in ("panic", "assert", "oom"):  # no exception: the panic's own message too
+            assert signature in reason, reason
     names = [g["name"] for g in undebug("ps", "--json").json()["guests"]]
     assert doc["name"] not in names  # the session was cleaned up
 
@@ -77,7 +81,9 @@ def test_crash_reason_is_one_escaped_line(guest_image: Path) -> None:
     result = undebug("run", "--ci", "--append", "crash=panic crash_after=50", str(guest_image))
     assert result.code == 1
     lines = result.stdout.splitlines()
-    assert lines == ["undebug: FAIL: guest panicked: PANIC: planted panic (crash=panic)"]
+    assert len(lines) == 1
+    assert lines[0].startswith("undebug: FAIL: panic in crash_panic (main.c:"), lines
+    assert lines[0].endswith(": PANIC: planted panic (crash=panic)"), lines
 
 
 def test_a_guest_that_never_boots_times_out_with_its_console(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 
 from undebug.errors import UndebugError
 from undebug.session.outcome import Outcome
+from undebug.text import escape
 
 __all__ = ["os_outcome"]
 
@@ -40,7 +41,11 @@ def os_outcome(outcome: Outcome, name: str, elf: str | None) -> Outcome:
 
 
 def _crash_reason(name: str) -> str | None:
+    """The provider's words; for a panic (no exception) with the console's panic line, the
+    one place its message is ("PANIC: assertion failed: refcount > 0 at main.c:270")."""
+    from undebug.console import crash_line
     from undebug.os import provider_for
+    from undebug.session.store import SessionDir
     from undebug.target import open_target
 
     try:
@@ -48,4 +53,7 @@ def _crash_reason(name: str) -> str | None:
             crash = provider_for(target).crash()
     except UndebugError:
         return None  # unreadable now: QEMU's word stands
-    return crash.reason if crash is not None else None
+    if crash is None:
+        return None
+    line = crash_line(SessionDir.named(name).console_log) if crash.vector is None else None
+    return f"{crash.reason}: {escape(line)}" if line else crash.reason
