@@ -53,6 +53,8 @@ def _crash_reason(name: str) -> str | None:
             crash = provider_for(target).crash()
     except UndebugError:
         return None  # unreadable now: QEMU's word stands
+    except Exception:  # a provider's bug on hostile guest memory must not turn the
+        return None    # verdict "the guest crashed" (exit 1) into undebug's own (exit 4)
     if crash is None:
         return None
     line = crash_line(SessionDir.named(name).console_log) if crash.vector is None else None
