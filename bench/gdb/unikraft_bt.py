@@ -57,7 +57,7 @@ def _context(t, inferior, resumes):
     if not resumes[ip]:
         return {"rip": ip, "rsp": sp}
     words = struct.unpack("<7Q", bytes(inferior.read_memory(sp, 56)))
-    return {**dict(zip(SWITCH_SAVED, words)), "rip": words[6], "rsp": sp + 56}
+    return {**dict(zip(SWITCH_SAVED, words[:6], strict=True)), "rip": words[6], "rsp": sp + 56}
 
 
 def main():
