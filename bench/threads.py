@@ -17,8 +17,9 @@ grow from size to size. The results also check that both see the same
 threads and the same function-name chains. Goals (10,000 threads, end to end): under 1 s,
 at least 30x the gdb script, each checked only when its baseline was measured in the run.
 
-Shared helpers for bench/memory.py and bench/latency.py live here too (plain QEMU with a
-unix-socket gdbstub and QMP, guests under undebug with a private runtime directory).
+Shared helpers for bench/memory.py, bench/latency.py and bench/unikraft_bt.py live here
+too (plain QEMU with a unix-socket gdbstub and QMP, guests under undebug with a private
+runtime directory, a gdb baseline round, the comparison of both sides' chains).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ GDB_TIMEOUT_S = 600  # one gdb round at 10,000 threads: ~35-60 s on this machine
 BOOT_TIMEOUT_S = 300  # 10,000 threads under TCG on a loaded host
 GOAL_SPEEDUP = 30
 GOAL_CLI_S = 1.0
+READY = b"refguest: ready"
 
 
 # ---- shared helpers ------------------------------------------------------------------
@@ -66,13 +68,17 @@ def ensure_guest() -> str:
     return f"{GUEST.relative_to(ROOT)} sha1 {digest}{note}"
 
 
-def wait_ready(console: Path, timeout: float = 60) -> None:
+def wait_ready(console: Path, timeout: float = 60, ready: bytes = READY,
+               settle: float = 0) -> None:
+    """Until ``ready`` is on the console, then ``settle`` seconds more (for a guest that
+    prints no line once its threads have all started)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if console.exists() and b"refguest: ready" in console.read_bytes():
+        if console.exists() and ready in console.read_bytes():
+            time.sleep(settle)
             return
         time.sleep(0.01)
-    raise RuntimeError(f"no ready line in {console}")
+    raise RuntimeError(f"no {ready!r} line in {console}")
 
 
 class Qmp:
@@ -114,10 +120,12 @@ class Qmp:
 
 class PlainGuest:
     """A second QEMU, identical to the one undebug starts, with a unix-socket gdbstub for
-    gdb; started with ``-S``, let run to ``refguest: ready``, then stopped (QMP)."""
+    gdb; started with ``-S``, let run to its ``ready`` line (and ``settle``), then stopped
+    (QMP). ``kernel`` is the reference guest unless given; ``append`` "" passes none."""
 
     def __init__(self, directory: Path, append: str, memory: int = 256, smp: int = 2,
-                 boot_timeout: float = 60) -> None:
+                 boot_timeout: float = 60, kernel: Path = GUEST, ready: bytes = READY,
+                 settle: float = 0, devices: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.gdb_sock = directory / "gdb.sock"
         self.console = directory / "console.log"
@@ -127,11 +135,12 @@ class PlainGuest:
             "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
             "-serial", f"file:{self.console}", "-M", "pc", "-accel", "tcg", "-m", str(memory),
             "-smp", str(smp), "-display", "none", "-vga", "none", "-nodefaults",
-            "-kernel", str(GUEST), "-append", append], stdin=subprocess.DEVNULL)
+            *(a for d in devices for a in ("-device", d)), "-kernel", str(kernel),
+            *(("-append", append) if append else ())], stdin=subprocess.DEVNULL)
         try:
             self.qmp = Qmp(directory / "qmp.sock")
             self.qmp.execute("cont")
-            wait_ready(self.console, boot_timeout)
+            wait_ready(self.console, boot_timeout, ready, settle)
             self.qmp.execute("stop")
         except BaseException:
             self.close()
@@ -167,16 +176,19 @@ def undebug(*argv: str, env: dict[str, str], **kwargs: Any) -> subprocess.Comple
 
 
 class UndebugGuest:
-    """A guest under ``undebug run -d`` in a private runtime dir; ``undebug kill`` at close."""
+    """A guest under ``undebug run -d`` in a private runtime dir; ``undebug kill`` at close.
+    ``kernel``, ``append``, ``ready`` and ``settle`` as for :class:`PlainGuest`."""
 
     def __init__(self, runtime: Path, name: str, append: str, memory: int = 256,
-                 smp: int = 2, boot_timeout: float = 60) -> None:
+                 smp: int = 2, boot_timeout: float = 60, kernel: Path = GUEST,
+                 ready: bytes = READY, settle: float = 0) -> None:
         self.name = name
         self.env = undebug_env(runtime)
         undebug("run", "-d", "--name", name, "--smp", str(smp), "--memory", str(memory),
-                "--append", append, str(GUEST), env=self.env, stdout=subprocess.DEVNULL)
+                *(("--append", append) if append else ()), str(kernel), env=self.env,
+                stdout=subprocess.DEVNULL)
         try:
-            wait_ready(runtime / name / "console.log", boot_timeout)
+            wait_ready(runtime / name / "console.log", boot_timeout, ready, settle)
         except BaseException:
             self.close()
             raise
@@ -241,18 +253,19 @@ class Clock:
         return usage.ru_utime + usage.ru_stime
 
 
-def gdb_round(guest: PlainGuest) -> tuple[Clock, dict[str, Any]]:
-    """One run of the gdb script on the stopped plain guest, stopped again after (the
-    script's detach resumes it)."""
+def gdb_round(guest: PlainGuest, script: Path = GDB_SCRIPT, elf: Path = GUEST,
+              marker: str = "OSVBT ") -> tuple[Clock, dict[str, Any]]:
+    """One run of a gdb script (which prints its result on a line starting with
+    ``marker``) on the stopped plain guest, stopped again after (its detach resumes it)."""
     with Clock() as clock:
         done = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {guest.gdb_sock}",
-                               "-x", str(GDB_SCRIPT), str(GUEST)], capture_output=True,
+                               "-x", str(script), str(elf)], capture_output=True,
                               text=True, check=True, timeout=GDB_TIMEOUT_S)
     guest.stop()
-    line = next((x for x in done.stdout.splitlines() if x.startswith("OSVBT ")), None)
+    line = next((x for x in done.stdout.splitlines() if x.startswith(marker)), None)
     if line is None:
         raise RuntimeError(f"the gdb script printed no result: {done.stderr.strip()[-500:]}")
-    return clock, json.loads(line[len("OSVBT "):])
+    return clock, json.loads(line[len(marker):])
 
 
 def compare(undebug_side: dict[str, Any], gdb_side: dict[str, Any]) -> dict[str, Any]:
