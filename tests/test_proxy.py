@@ -396,7 +396,8 @@ def test_a_killed_gdbservers_breakpoints_are_deleted_and_the_clis_stay(proxy: Pr
         assert client.ask(b"Z0,%x,1" % address) == b"OK"
         mine = [bp for bp in listed_breakpoints(proxy.guest) if bp["owner"] == "gdb"]
         assert mine == [{"id": mine[0]["id"], "address": address, "location": "checksum_block",
-                         "hardware": False, "owner": "gdb"}], mine
+                         "hardware": False, "owner": "gdb", "when_register": None,
+                         "when_value": None}], mine
         server.proc.kill()  # SIGKILL: the server cannot clean up; the supervisor does
         server.proc.wait(timeout=10)
         deadline = time.monotonic() + 5

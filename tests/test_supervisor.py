@@ -254,7 +254,8 @@ def test_foreground_run_keeps_a_crashed_guest_paused_until_ctrl_c(guest_image: P
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 130
         err = proc.stderr.read().decode()  # type: ignore[union-attr]
-        assert "guest panicked: PANIC: planted panic" in err
+        assert "panic in crash_panic (main.c:" in err  # the crash in words
+        assert ": PANIC: planted panic (crash=panic)" in err
         assert f"paused for inspection as '{name}'" in err
         assert "PANIC: planted panic (crash=panic)" in proc.stdout.read().decode()  # type: ignore[union-attr]
     finally:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,7 @@ class ElfFile:
         self._sections: dict[str, Section] = {}
         self._text: list[tuple[int, int]] = []
         self._structs: dict[str, StructLayout] = {}
+        self._key: str | None = None
 
     # -- loading ------------------------------------------------------------------------
 
@@ -260,7 +262,7 @@ class ElfFile:
         except OSError as exc:
             raise UsageError(f"cannot read ELF {self.path}: {exc.strerror}") from None
         try:
-            key = _cache_key(data)
+            key = self._key = _cache_key(data)
             cache = None if key is None else cache_dir() / f"{key}.json"
             index = None if cache is None else self._read_cache(cache)
             self.loaded_from_cache = index is not None
@@ -280,6 +282,19 @@ class ElfFile:
         self._index = index
         return index
 
+    def derived(self, part: str, build: Callable[[], Any]) -> Any:
+        """``build()`` (plain JSON data derived from this ELF, such as its decoded CFI),
+        cached on disk under this ELF's cache key and ``part``: built once per ELF."""
+        self._load()
+        cache = None if self._key is None else cache_dir() / f"{self._key}.{part}.json"
+        if cache is not None:
+            with contextlib.suppress(OSError, ValueError), cache.open("rb") as f:
+                return json.load(f)
+        value = build()
+        if cache is not None:
+            self._write_cache(cache, value)
+        return value
+
     def _read_cache(self, cache: Path) -> dict[str, Any] | None:
         try:
             with cache.open("rb") as f:
@@ -292,7 +307,7 @@ class ElfFile:
             return None
 
     @staticmethod
-    def _write_cache(cache: Path, index: dict[str, Any]) -> None:
+    def _write_cache(cache: Path, index: Any) -> None:
         """Best effort, atomic, private (0600): a read-only home must not break debugging."""
         import tempfile  # only on a cache miss
 

@@ -19,8 +19,8 @@ import struct
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from undebug.cfi import EXPRESSION, OFFSET, REGISTER, UNDEFINED, VAL_OFFSET, CfiRow, Fde, load_fdes
 from undebug.elf import ElfFile
 from undebug.trapframe import (
     PAGE_FAULT,
@@ -38,13 +38,6 @@ MASK = (1 << 64) - 1
 REGISTERS = ("rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")  # DWARF numbering
 RBP, RSP, RA = 6, 7, 16
-
-# Register rule kinds, decoded once from pyelftools' RegisterRule.
-UNDEFINED, SAME, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION = range(6)
-_KINDS = {"UNDEFINED": UNDEFINED, "SAME_VALUE": SAME, "OFFSET": OFFSET,
-          "VAL_OFFSET": VAL_OFFSET, "REGISTER": REGISTER, "EXPRESSION": EXPRESSION,
-          "VAL_EXPRESSION": EXPRESSION, "ARCHITECTURAL": EXPRESSION}
-
 
 @dataclass(frozen=True)
 class Frame:
@@ -67,81 +60,32 @@ class Backtrace:
     complete: bool = False  # reached a natural end, not a limit or bad data
 
 
-@dataclass(frozen=True)
-class _Row:
-    pc: int
-    cfa: tuple[int, int] | None  # (register, offset); None: a DWARF expression
-    rules: tuple[tuple[int, int, int], ...]  # (register, kind, argument)
-
-
-@dataclass
-class _Fde:
-    start: int
-    end: int
-    signal: bool  # CIE augmentation "S": the caller's pc is exact, not a return address
-    entry: Any  # the pyelftools FDE, decoded on first use
-    rows: list[_Row] | None = None
-    pcs: list[int] | None = None
-
-
 class _Tables:
     """Everything one ElfFile needs for unwinding: FDEs by address, symbolised pcs."""
 
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
-        self.fdes: list[_Fde] = []
+        self.fdes: list[Fde] = []
         self.starts: list[int] = []
         self.errors: list[str] = []
         self.places: dict[int, tuple[str | None, int | None, str | None, int | None]] = {}
         try:
-            self._index()
-        except Exception as exc:  # corrupt CFI: fall back to frame pointers, say so
-            self.fdes, self.starts = [], []
+            self.fdes = load_fdes(elf)
+        except ValueError as exc:  # corrupt CFI: fall back to frame pointers, say so
             self.errors.append(f"cannot parse the call frame information of {elf.path}: "
-                               f"{type(exc).__name__}: {exc}; using frame pointers only")
-
-    def _index(self) -> None:
-        import io
-
-        from elftools.dwarf.callframe import FDE
-        from elftools.elf.elffile import ELFFile
-
-        elffile = ELFFile(io.BytesIO(self.elf.path.read_bytes()))
-        dwarf = elffile.get_dwarf_info(relocate_dwarf_sections=False)
-        entries: list[Any] = []
-        if dwarf.has_EH_CFI():
-            entries += dwarf.EH_CFI_entries()
-        if dwarf.has_CFI():
-            entries += dwarf.CFI_entries()
-        for entry in entries:
-            if not isinstance(entry, FDE):
-                continue
-            start, size = entry.header["initial_location"], entry.header["address_range"]
-            cie = entry.cie
-            augmentation = (cie.header.get("augmentation") if cie is not None else None) or b""
-            self.fdes.append(_Fde(start, start + size, b"S" in augmentation, entry))
-        self.fdes.sort(key=lambda f: f.start)
+                               f"{exc}; using frame pointers only")
         self.starts = [f.start for f in self.fdes]
 
-    def find(self, pc: int) -> _Fde | None:
+    def find(self, pc: int) -> Fde | None:
         at = bisect.bisect_right(self.starts, pc) - 1
         if at >= 0 and pc < self.fdes[at].end:
             return self.fdes[at]
         return None
 
     @staticmethod
-    def row(fde: _Fde, pc: int) -> _Row:
-        if fde.rows is None or fde.pcs is None:
-            rows = []
-            for raw in fde.entry.get_decoded().table:
-                cfa = raw["cfa"]
-                rules = tuple((reg, _KINDS.get(rule.type, EXPRESSION),
-                               rule.arg if isinstance(rule.arg, int) else 0)
-                              for reg, rule in raw.items() if isinstance(reg, int))
-                rows.append(_Row(raw["pc"], None if cfa.expr is not None else
-                                 (cfa.reg, cfa.offset), rules))
-            fde.rows, fde.pcs = rows, [r.pc for r in rows]
-            fde.entry = None  # the decoded rows are all we need from pyelftools
+    def row(fde: Fde, pc: int) -> CfiRow:
+        if fde.error is not None:
+            raise ValueError(fde.error)
         return fde.rows[max(0, bisect.bisect_right(fde.pcs, pc) - 1)]
 
     def place(self, lookup: int, pc: int) -> tuple[str | None, int | None, str | None, int | None]:
@@ -210,13 +154,13 @@ class _Stop(Exception):
         self.warning, self.complete = warning, complete
 
 
-def _step_cfi(fde: _Fde, lookup: int, regs: list[int | None], memory: _Memory,
+def _step_cfi(fde: Fde, lookup: int, regs: list[int | None], memory: _Memory,
               name: str) -> tuple[int, list[int | None]]:
     """The CFA of this frame and the caller's registers, by the FDE row for ``lookup``."""
     try:
         row = _Tables.row(fde, lookup)
-    except Exception as exc:  # corrupt CFI instructions: pyelftools raises anything
-        raise _Stop(f"the CFI of {name} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    except (ValueError, IndexError) as exc:  # corrupt CFI instructions, or no rows
+        raise _Stop(f"the CFI of {name} cannot be decoded: {exc}") from None
     if row.cfa is None:
         raise _Stop(f"the CFA of {name} is a DWARF expression, which this unwinder "
                     "does not evaluate")
@@ -342,7 +286,7 @@ def _trap(frame: TrapFrame | None, read: Callable[[int, int], bytes], cr2: int |
                 cr2 if vector == PAGE_FAULT else None), saved
 
 
-def _step(fde: _Fde | None, block: TrapFrame | None, lookup: int, regs: list[int | None],
+def _step(fde: Fde | None, block: TrapFrame | None, lookup: int, regs: list[int | None],
           stacks: _Stacks, read: Callable[[int, int], bytes], cr2: int | None,
           label: str) -> tuple[int, list[int | None], str, Trap | None]:
     """One frame: its CFA, the caller's registers, how they were found, and what an
