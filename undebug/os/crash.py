@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from undebug.text import escape
 from undebug.trapframe import PAGE_FAULT, Trap, exception_name
-from undebug.unwind import Backtrace, Frame, unwind
 
 if TYPE_CHECKING:
     from undebug.os.provider import GuestThread, ThreadProvider
+    from undebug.unwind import Backtrace, Frame
 
 __all__ = ["Crash", "find_crash", "page_fault_access"]
 
@@ -121,6 +121,8 @@ def find_crash(provider: ThreadProvider, panic_functions: Collection[str],
     known thread) unwound with the provider's trap-frame hook, the first vCPU whose stack
     shows an exception or a call of ``panic_functions`` (``panic_words`` names that kind
     of crash). None: no vCPU shows one (never raises for bad guest memory)."""
+    from undebug.unwind import unwind  # not at import: `threads` never needs the unwinder
+
     target = provider.target
     snapshot = provider.threads()
     for cpu in range(target.cpu_count()):
