@@ -43,7 +43,7 @@ from undebug.trapframe import TrapFrame
 
 __all__ = ["UnikraftProvider"]
 
-# lib/uksched/include/uk/thread.h: #defines, so not in the DWARF (no -g3 macro info).
+# lib/uksched/include/uk/thread.h #defines: the release's values (undebug reads no DWARF macros).
 UK_THREADF_RUNNABLE = 0x008
 UK_THREADF_EXITED = 0x010
 # .Lresume in arch/x86/x86_64/ctx.S: pop %r15, %r14, %r13, %r12, %rbx, %rbp; ret
