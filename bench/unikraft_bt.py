@@ -4,7 +4,7 @@ The image is built outside the repository (never committed): its path comes from
 UNDEBUG_UNIKRAFT_BENCH_IMAGE, ``IMAGE.dbg`` beside it has the symbols; without the
 variable the row is skipped (the result says so and why). The result records the image
 measured (path and sha256 of it and of its .dbg). undebug side, on a guest started by
-``undebug run -d --memory 128 --smp 1 IMAGE``: ``undebug bt NAME --all --json`` end to
+``undebug run -d --memory 512 --smp 1 IMAGE``: ``undebug bt NAME --all --json`` end to
 end as a subprocess, in this environment and a clean one (bench/threads.py's
 ``clean_env``), and, for where the time goes, bench/threads.py's in-process phases.
 Baseline: ``bench/gdb/unikraft_bt.py`` (walk ``uk_sched_head->thread_list``, load each
@@ -48,7 +48,7 @@ from bench.threads import (
 VARIABLE = "UNDEBUG_UNIKRAFT_BENCH_IMAGE"
 GDB_SCRIPT = Path(__file__).resolve().parent / "gdb" / "unikraft_bt.py"
 ROUNDS = 9
-MEMORY_MB = 128
+MEMORY_MB = 512  # a 64 KiB stack (and its aux stack) per thread: 1,000 threads fit
 MIN_THREADS = 100
 GOAL_SPEEDUP = 10
 # Unikraft prints no line once an app's threads have started: from the console's first
