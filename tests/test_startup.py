@@ -65,6 +65,17 @@ def test_threads_on_a_warm_cache_imports_nothing_it_does_not_use(shared_guest: s
     assert loaded(modules, NEVER + NOT_FOR_THREADS) == []
 
 
+def test_bt_on_a_warm_cache_never_parses_the_elf(shared_guest: str, tmp_path: Path) -> None:
+    """The unwinder's CFI rows come from the disk cache too (undebug/cfi.py): pyelftools
+    decoding every FDE was most of a backtrace's time on a real Unikraft image."""
+    first = undebug("bt", shared_guest, "--all", "--json")  # fills the caches if cold
+    assert first.code == 0, first.stderr
+    code, modules = imported(tmp_path, "bt", shared_guest, "--all", "--json")
+    assert code == 0
+    assert "undebug.cfi" in modules  # it did unwind with CFI rows
+    assert loaded(modules, ("elftools", "undebug.dwarf")) == []
+
+
 def test_the_cache_key_is_read_without_the_parser(guest_image: Path, tmp_path: Path) -> None:
     """The key a cache hit computes without pyelftools: the build-id, and a digest that a
     stripped copy (same build-id, other section headers) does not share; none for a file
