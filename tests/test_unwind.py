@@ -489,3 +489,23 @@ def test_exception_frames_that_loop_are_stopped(nocfi_image: Path) -> None:
     assert len(bt.frames) < 10 and not bt.complete, bt
     assert bt.frames[1].trap is not None and bt.frames[1].trap.name == "#PF"
     assert any("loop" in w for w in bt.warnings), bt
+
+
+def test_corrupt_call_frame_information_falls_back_to_frame_pointers(
+        guest_image: Path, tmp_path: Path) -> None:
+    """An ELF whose .eh_frame is garbage (and has no .debug_frame): a warning, and the
+    frame-pointer chain, every time (nothing wrong is cached)."""
+    corrupt = tmp_path / "corrupt-cfi.elf"
+    section = ElfFile(guest_image).section(".eh_frame")
+    assert section is not None and not ElfFile(guest_image).section(".debug_frame")
+    data = bytearray(guest_image.read_bytes())
+    data[section.file_offset : section.file_offset + section.size] = b"\xff" * section.size
+    corrupt.write_bytes(bytes(data))
+    nap = ElfFile(corrupt).symbol("nap")
+    assert nap is not None
+    memory = {0x9000: 0x9100, 0x9008: nap.address + 4}
+    for _ in range(2):  # a fresh ElfFile the second time: the cache holds nothing wrong
+        bt = unwind(ElfFile(corrupt), _fake(memory),
+                    {"rip": nap.address + 8, "rsp": 0x8ff0, "rbp": 0x9000})
+        assert any("cannot parse the call frame information" in w for w in bt.warnings), bt
+        assert [f.method for f in bt.frames[:2]] == ["registers", "fp"], bt
