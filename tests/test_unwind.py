@@ -500,7 +500,11 @@ def test_corrupt_call_frame_information_falls_back_to_frame_pointers(
     assert section is not None and not ElfFile(guest_image).section(".debug_frame")
     data = bytearray(guest_image.read_bytes())
     data[section.file_offset : section.file_offset + section.size] = b"\xff" * section.size
-    corrupt.write_bytes(bytes(data))
+    (tmp_path / "garbage.elf").write_bytes(bytes(data))
+    # Without its build-id: a copy that kept it would share the real ELF's cache entry
+    # (the build-id names the contents), whose CFI another test may have cached.
+    subprocess.run(["objcopy", "--remove-section", ".note.gnu.build-id",
+                    str(tmp_path / "garbage.elf"), str(corrupt)], check=True)
     nap = ElfFile(corrupt).symbol("nap")
     assert nap is not None
     memory = {0x9000: 0x9100, 0x9008: nap.address + 4}
