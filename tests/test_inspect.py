@@ -85,6 +85,22 @@ def test_backtraces_contain_the_planted_chains(shared_guest: str) -> None:
             assert trace["frames"][-1]["function"] in ("thread_trampoline", "thread_entry")
 
 
+def test_a_sleeping_threads_frame_0_is_at_the_call_that_switched_it(shared_guest: str,
+                                                                    guest_image: Path) -> None:
+    """Its saved rip is switch_context's return address: the line is the call's (binutils'
+    addr2line on rip - 1), as for every caller frame, not the next statement's."""
+    traces = undebug("bt", shared_guest, "--all", "--json").json()["backtraces"]
+    sleeping = [t for t in traces if t["thread"]["state"] == "sleeping" and t["frames"]]
+    assert sleeping
+    for trace in sleeping:
+        frame = trace["frames"][0]
+        found = subprocess.run(["addr2line", "-e", str(guest_image), f"{frame['pc'] - 1:#x}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        file, _, line = found.rpartition(":")
+        assert (Path(file).name, int(line.split()[0])) == \
+            (Path(frame["file"]).name, frame["line"]), (trace["thread"]["name"], frame, found)
+
+
 def test_bt_human_output_names_files_and_lines(shared_guest: str) -> None:
     threads = by_name(threads_of(shared_guest))
     out = undebug("bt", shared_guest, "--thread", str(threads["sleeper"]["id"])).stdout

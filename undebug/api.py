@@ -85,7 +85,8 @@ class Session:
     def backtrace(self, thread_id: int, max_frames: int = 64) -> Backtrace:
         thread = self.thread(thread_id)
         trace = unwind(self.target.elf, self.target.read, thread.registers, thread.stack,
-                       max_frames=max_frames, trap_frames=self.provider.trap_frame)
+                       max_frames=max_frames, trap_frames=self.provider.trap_frame,
+                       resumes_after_call=thread.resumes_after_call)
         return dataclasses.replace(trace, frames=[_safe(frame) for frame in trace.frames])
 
     def registers(self, cpu: int = 0) -> dict[str, int]:

@@ -309,7 +309,8 @@ def _step(fde: Fde | None, block: TrapFrame | None, lookup: int, regs: list[int 
 
 def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[str, int],
            stack: tuple[int, int] | None = None, max_frames: int = 64,
-           trap_frames: TrapFrameHook | None = None) -> Backtrace:
+           trap_frames: TrapFrameHook | None = None,
+           resumes_after_call: bool = False) -> Backtrace:
     """Walk the stack of one thread from its registers (gdb's x86-64 names).
 
     ``read(address, size)`` reads guest virtual memory and raises on failure; ``stack`` is
@@ -317,6 +318,8 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
     Exception frames are stepped through by their signal-frame CFI or, where the trap entry
     has none, by ``trap_frames``, the OS's hook (:mod:`undebug.trapframe`); the hook also
     gives the vector and error code. ``registers["cr2"]``, if there, is the newest #PF's.
+    ``resumes_after_call``: the pc is a return address (a switched-out thread's saved
+    context), so its line is looked up at the call, as for every caller frame.
     """
     tables = _tables(elf)
     result = Backtrace([], list(tables.errors))
@@ -328,7 +331,7 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
     stacks = _Stacks(_Memory(read, result.warnings), stack)
     stacks.enter(sp, first=True)
     cr2 = registers.get("cr2")
-    exact, method = True, "registers"
+    exact, method = not resumes_after_call, "registers"
     for index in range(max_frames):
         lookup = pc if exact else pc - 1  # a return address points after its call
         function, offset, file, line = tables.place(lookup, pc)

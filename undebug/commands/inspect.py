@@ -150,7 +150,8 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
                            "complete": True})
             continue
         trace = unwind(target.elf, target.read, thread.registers, thread.stack,
-                       max_frames=args.max_frames, trap_frames=provider.trap_frame)
+                       max_frames=args.max_frames, trap_frames=provider.trap_frame,
+                       resumes_after_call=thread.resumes_after_call)
         warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
         traces.append({"thread": _thread_json(target, thread),
                        "frames": [_frame_json(f) for f in trace.frames],

@@ -131,7 +131,8 @@ def find_crash(provider: ThreadProvider, panic_functions: Collection[str],
         registers = thread.registers if thread is not None else target.registers(cpu)
         trace = unwind(target.elf, target.read, registers,
                        thread.stack if thread is not None else None,
-                       max_frames=MAX_CRASH_FRAMES, trap_frames=provider.trap_frame)
+                       max_frames=MAX_CRASH_FRAMES, trap_frames=provider.trap_frame,
+                       resumes_after_call=thread is not None and thread.resumes_after_call)
         found = _crashing(trace, panic_functions)
         if found is not None:
             return _describe(*found, thread, cpu, panic_words)

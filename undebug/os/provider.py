@@ -39,6 +39,9 @@ class GuestThread:
     wait_reason: str | None = None
     address: int = 0  # of the OS's thread structure
     last_cpu: int | None = None
+    # frame 0's rip is a return address: a switched-out thread resumes after the call
+    # that switched it (its line is the call's, not the next statement's)
+    resumes_after_call: bool = False
 
 
 @dataclass

@@ -155,4 +155,5 @@ class RefguestProvider(ThreadProvider):
                 warnings.append(f"thread {thread_id}: wait reason unreadable: {exc.message}")
         return GuestThread(id=thread_id, name=name, state=state, cpu=cpu, registers=registers,
                            stack=stack, wait_reason=wait_reason, address=value.address,
-                           last_cpu=value.int("cpu", signed=True))
+                           last_cpu=value.int("cpu", signed=True),
+                           resumes_after_call=cpu is None)  # ctx.rip: switch_context's return

@@ -247,6 +247,7 @@ class UnikraftProvider(ThreadProvider):
             state, wait_reason = "blocked", "blocked with no timeout"
         base = value.int("_mem.stack") if value.layout.has_member("_mem.stack") else 0
         stack: tuple[int, int] | None = (base, base + DEFAULT_STACK_SIZE) if base else None
+        resumes = False
         if cpu is not None:
             registers = dict(self.target.registers(cpu))
         elif state == "exited":
@@ -263,7 +264,7 @@ class UnikraftProvider(ThreadProvider):
                 stack = None
         return GuestThread(id=thread_id, name=self._name(value, warnings), state=state,
                            cpu=cpu, registers=registers, stack=stack, wait_reason=wait_reason,
-                           address=value.address)
+                           address=value.address, resumes_after_call=resumes)
 
     def _saved(self, ip: int, sp: int, thread_id: int, warnings: list[str]) \
             -> tuple[dict[str, int], bool]:
