@@ -312,3 +312,21 @@ def test_thread_states_from_a_hostile_elf_are_escaped(shared_guest: str, guest_i
         out = undebug(*args, shared_guest, "--elf", str(hostile), env=env).stdout
         assert "\\x1b]0;\\x07ing" in out
         assert "\x1b" not in out and "\x07" not in out
+
+
+def test_bt_of_a_guest_before_its_scheduler_unwinds_the_vcpu(guest_image: Path) -> None:
+    """Held before its first instruction, the guest has no threads yet (as a Unikraft
+    that crashed in early boot): bt and bt --all show vCPU 0 from its own registers."""
+    name = "early-bt"
+    assert undebug("run", "-d", "--paused", "--name", name, str(guest_image)).code == 0
+    try:
+        regs = undebug("regs", name, "--json").json()
+        for argv in ((), ("--all",)):
+            bt = undebug("bt", name, *argv, "--json")
+            assert bt.code == 0, bt.stderr
+            traces = bt.json()["backtraces"]
+            assert [t["thread"]["name"] for t in traces] == ["vCPU 0"], traces
+            assert traces[0]["frames"][0]["pc"] == regs["registers"]["rip"]
+        assert "no guest thread runs on vCPU 0" in undebug("bt", name).stderr
+    finally:
+        undebug("kill", name)

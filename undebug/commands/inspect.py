@@ -127,22 +127,34 @@ def _frame_line(f: dict[str, Any]) -> str:
     return f"  #{f['index']:<2} {f['pc']:#018x} in {where}{at}"
 
 
+def _vcpu_thread(target: Target, cpu: int) -> GuestThread:
+    """vCPU ``cpu`` as a thread (the gdbserver's id for it: VCPU_THREAD_BASE + cpu)."""
+    from undebug.gdbserver.threads import VCPU_THREAD_BASE
+    from undebug.os.provider import GuestThread
+
+    return GuestThread(id=VCPU_THREAD_BASE + cpu, name=f"vCPU {cpu}", state="running",
+                       cpu=cpu, registers=dict(target.registers(cpu)), stack=None)
+
+
 def bt_body(target: Target, args: argparse.Namespace) -> Report:
     from undebug.os import provider_for
     from undebug.unwind import unwind
 
     provider = provider_for(target)
     snapshot = provider.threads()
+    warnings = list(snapshot.warnings)
+    # A vCPU that runs no known guest thread (a crash before the scheduler starts, an
+    # interrupt) is unwound from its own registers, as gdb's thread of that vCPU.
+    idle = [cpu for cpu in range(target.cpu_count()) if snapshot.vcpus.get(cpu) is None]
     if args.all:
-        chosen = snapshot.threads
+        chosen = snapshot.threads + [_vcpu_thread(target, cpu) for cpu in idle]
     elif args.thread is not None:
         chosen = [snapshot.find(args.thread)]
-    else:  # the thread on vCPU 0, like gdb's current thread
-        current = snapshot.vcpus.get(0)
-        if current is None:
-            raise UsageError("no guest thread runs on vCPU 0", hint="pass --thread ID or --all")
+    elif (current := snapshot.vcpus.get(0)) is not None:  # like gdb's current thread
         chosen = [snapshot.find(current)]
-    warnings = list(snapshot.warnings)
+    else:
+        warnings.append("no guest thread runs on vCPU 0: unwinding the vCPU's registers")
+        chosen = [_vcpu_thread(target, 0)]
     traces: list[dict[str, Any]] = []
     for thread in chosen:
         if thread.state == "exited":
