@@ -16,7 +16,8 @@ TAIL_BYTES = 64 << 10
 MAX_LINE = 64 << 10  # a guest that never prints a newline still gets shown
 # What unikernels print when they die: refguest's "PANIC:", Unikraft's "CRIT: ... Crash",
 # Linux-style "Kernel panic", assertion and fault reports.
-_CRASH = re.compile(rb"panic|assert|fault|exception|crash|abort|oops", re.IGNORECASE)
+# "CRIT:" is Unikraft's critical log level, what UK_CRASH("...") prints its reason at.
+_CRASH = re.compile(rb"panic|assert|fault|exception|crash|abort|oops|\bCRIT:", re.IGNORECASE)
 
 
 def tail_lines(path: Path, count: int = 20, max_bytes: int = TAIL_BYTES) -> list[bytes]:
