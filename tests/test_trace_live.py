@@ -429,3 +429,20 @@ def test_wall_clock_from_the_supervisors_anchor(shared_guest: str) -> None:
     assert started_ns - 1e9 < min(walls) <= max(walls) <= _time.time_ns()
     text = undebug("trace", "show", shared_guest, "--wall-clock").stdout
     assert text.splitlines()[1].startswith(_time.strftime("%Y-", _time.gmtime()))
+
+
+def test_a_guest_without_any_tracing_says_so(tmp_path: Path) -> None:
+    """A real PVH image built here that has no tracing at all (no stub, no Unikraft
+    tracepoints): trace show and stats say that, not "empty file"."""
+    from tests.test_image import ENTRY, PVH_NOTE, build
+
+    image = build(tmp_path, "untraced", PVH_NOTE + ENTRY, 32)
+    assert undebug("run", "-d", "--name", "untraced", str(image)).code == 0
+    try:
+        for sub in ("show", "stats"):
+            result = undebug("trace", sub, "untraced")
+            assert result.code == 2
+            assert "sends no trace: its ELF has neither the undebug tracing stub nor " \
+                   "Unikraft's tracepoints" in result.stderr, result.stderr
+    finally:
+        undebug("kill", "untraced")

@@ -295,7 +295,13 @@ def _open_source(args: argparse.Namespace) -> _Source:
     (or a Unikraft guest's buffer, when no stream ever arrived from it)."""
     if getattr(args, "flight_recorder", False):
         return _flight_recorder_source(args)
-    if _unikraft_without_stream(args):
+    silent = _silent_guest(args)
+    if silent == "none":
+        raise UsageError(f"guest {args.source!r} sends no trace: its ELF has neither the "
+                         "undebug tracing stub nor Unikraft's tracepoints",
+                         hint="link the stub (guest-stubs/README.md), or build Unikraft "
+                         "with CONFIG_LIBUKDEBUG_TRACEPOINTS")
+    if silent == "unikraft":
         if getattr(args, "follow", False):
             raise UsageError(f"no undebug trace stream arrived from {args.source!r}; its "
                              "Unikraft trace buffer is read once and cannot be followed",
@@ -313,9 +319,11 @@ def _open_source(args: argparse.Namespace) -> _Source:
     return _Source(str(channel.path), tps, warnings, channel)
 
 
-def _unikraft_without_stream(args: argparse.Namespace) -> bool:
-    """A guest (not a file) whose recording is absent or empty and whose ELF has
-    Unikraft's tracepoints and no undebug stub: its trace is in its memory."""
+def _silent_guest(args: argparse.Namespace) -> str | None:
+    """For a guest (not a file) whose recording is absent or empty, what its ELF has:
+    ``unikraft`` (Unikraft's tracepoints and no undebug stub: its trace is in its
+    memory), ``stub`` (the undebug stub: nothing sent yet), ``none`` (neither); None for
+    a file, a recording with bytes, or what the ordinary path will explain."""
     from tracers.chunks import chunk_paths
     from tracers.flight import HEADER_SYMBOL
     from tracers.unikraft.metadata import has_unikraft_tracepoints
@@ -324,18 +332,20 @@ def _unikraft_without_stream(args: argparse.Namespace) -> bool:
     from undebug.session.store import SessionDir
 
     if _is_file(args.source):
-        return False
+        return None
     try:
         path = SessionDir.named(args.source).path / "trace.utrace"
         if any(p.stat().st_size for _, p in chunk_paths(path)):
-            return False
+            return None
         elf = args.elf or _default_elf(args)
         if elf is None:
-            return False
+            return None
         image = ElfFile(elf)
-        return image.symbol(HEADER_SYMBOL) is None and has_unikraft_tracepoints(image)
+        if image.symbol(HEADER_SYMBOL) is not None:
+            return "stub"
+        return "unikraft" if has_unikraft_tracepoints(image) else "none"
     except (UndebugError, OSError):
-        return False  # the ordinary path says what is wrong
+        return None  # the ordinary path says what is wrong
 
 
 def _unikraft_source(args: argparse.Namespace, target: Target, note: str | None) -> _Source:
