@@ -72,7 +72,9 @@ class ThreadView:
                                     f"(zero, repeated or too large): shown as {gdb_id}")
                 used.add(gdb_id)
                 state = t.state if t.cpu is None else f"{t.state} on vCPU {t.cpu}"
-                if t.wait_reason:
+                if t.wait_reason and t.wait_reason.startswith(t.state):
+                    state = escape(t.wait_reason)  # "sleeping until +12.3 ms" says it all
+                elif t.wait_reason:
                     state += f" ({escape(t.wait_reason)})"
                 threads.append(ProxyThread(gdb_id, t.id, escape(t.name), state, t.cpu,
                                            dict(t.registers)))
