@@ -1,0 +1,255 @@
+"""``undebug shell``: lines piped in run as the CLI runs them (exit code of the last failing
+line), long-running commands are refused, and through a real pty (the shell a subprocess
+on a pseudo-terminal, keys written to it) completion, history and ``help`` work."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug
+from undebug.cli import build_parser
+from undebug.commands import COMMANDS
+
+TAB, ENTER, UP, CTRL_C, CTRL_D = b"\t", b"\r", b"\x1b[A", b"\x03", b"\x04"
+END = rb"(?=[\s\x1b])"  # where a word ends on the screen: a space or the next escape sequence
+
+
+def _shell(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "undebug.cli", "shell", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def _thread_id(guest: str, name: str) -> int:
+    threads = undebug("threads", guest, "--json").json()["threads"]
+    return next(t["id"] for t in threads if t["name"] == name)
+
+
+# ---- piped stdin -------------------------------------------------------------------------
+
+def test_piped_lines_print_what_the_cli_prints_and_exit_with_the_last_failure(shared_guest: str) -> None:
+    blocked = _thread_id(shared_guest, "blocked")  # blocked for good: its backtrace is stable
+    cli_bt = undebug("bt", shared_guest, "--thread", str(blocked))
+    cli_sym = undebug("sym", shared_guest, "planted_counter")
+    # a usage error (2), then a wait that times out (1), then a line that works
+    out = _shell([shared_guest], "threads\n"
+                 f"bt --thread {blocked}\n"
+                 "no-such-command\n"
+                 "wait --timeout 0.2\n"
+                 "sym planted_counter\n")
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.startswith("ID  NAME")
+    assert re.search(rf"^{blocked} +blocked +blocked ", out.stdout, re.M)
+    assert cli_bt.stdout in out.stdout and cli_bt.stdout.startswith(f"thread {blocked} blocked")
+    assert out.stdout.endswith(cli_sym.stdout)
+    assert "invalid choice: 'no-such-command'" in out.stderr
+    assert "undebug>" not in out.stdout + out.stderr  # no prompt without a terminal
+    assert "\x1b" not in out.stdout  # no colour either
+
+    # the other order: the wait's 1 first, the usage error last
+    out = _shell([shared_guest], "wait --timeout 0.2\nno-such-command\nthreads\n")
+    assert out.returncode == 2
+
+
+def test_piped_lines_that_all_work_exit_0_and_json_is_the_clis(shared_guest: str) -> None:
+    out = _shell([shared_guest], "# a comment\n\nregs --cpu 0 --json\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1  # one compact document, as the CLI prints to a pipe
+    doc = undebug("regs", shared_guest, "--cpu", "0", "--json").json()
+    assert set(doc) == set(json.loads(out.stdout))
+
+
+def test_an_explicit_target_still_works(shared_guest: str) -> None:
+    out = _shell(["no-such-guest-started"], "")
+    assert out.returncode == 2 and "no-such-guest-started" in out.stderr  # checked up front
+    out = _shell([], f"threads {shared_guest}\nthreads\n")
+    assert out.stdout.startswith("ID  NAME")
+    assert out.returncode == 2  # `threads` without a guest: the CLI's usage error
+    assert "the following arguments are required: TARGET" in out.stderr
+
+
+@pytest.mark.parametrize("line, cli", [
+    ("gdbserver", "undebug gdbserver {g}"),
+    ("logs -f", "undebug logs {g} -f"),
+    ("trace show --follow", "undebug trace show {g} --follow"),
+    ("trace record -o /tmp/x.utrace", "undebug trace record {g} -o /tmp/x.utrace"),
+    ("run build/refguest.elf", "undebug run build/refguest.elf"),
+])
+def test_a_long_running_command_is_refused_with_the_cli_line(shared_guest: str, line: str,
+                                                            cli: str) -> None:
+    started = time.monotonic()
+    out = _shell([shared_guest], f"{line}\nsym planted_counter\n")
+    assert time.monotonic() - started < 30
+    assert out.returncode == 2
+    assert cli.format(g=shared_guest) in out.stderr
+    assert "planted_counter" in out.stdout  # the shell went on
+    assert not (Path(os.environ["UNDEBUG_RUNTIME_DIR"]) / shared_guest / "gdbserver.sock").exists()
+
+
+def test_py_binds_the_attached_guest_and_resumes_it(shared_guest: str) -> None:
+    expected = len(undebug("threads", shared_guest, "--json").json()["threads"])
+    out = _shell([shared_guest], "py\nprint('threads', len(guest.threads()))\n")
+    assert out.returncode == 0, out.stderr
+    assert f"threads {expected}" in out.stdout
+    status = undebug("ps", "--json").json()["guests"]
+    assert next(g for g in status if g["name"] == shared_guest)["state"] == "running"
+
+
+# ---- through a pty -----------------------------------------------------------------------
+
+class Pty:
+    """The shell on a real pseudo-terminal: keys written to it, the screen bytes read."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "shell", *args],
+                                     stdin=slave, stdout=slave, stderr=slave, env=env,
+                                     start_new_session=True)
+        os.close(slave)
+        self.master = master
+        self.seen = b""  # every byte the shell wrote to the terminal
+        self.at = 0  # where the last match ended: the next one is searched after it
+
+    def expect(self, pattern: bytes, timeout: float = 60) -> None:
+        """Read until ``pattern`` appears after the last match."""
+        deadline = time.monotonic() + timeout
+        while not (found := re.compile(pattern).search(self.seen, self.at)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not seen; screen bytes:\n{self.seen[self.at:]!r}")
+            if select.select([self.master], [], [], 0.2)[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:  # the shell has gone
+                    continue
+        self.at = found.end()
+
+    def prompt(self) -> None:
+        self.expect(rb"undebug \S*>")  # drawn once the terminal is in raw mode
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def close(self) -> int:
+        self.send(CTRL_D)
+        try:
+            return self.proc.wait(20)
+        finally:
+            os.close(self.master)
+
+
+@pytest.fixture
+def shell_env(tmp_path: Path) -> dict[str, str]:
+    # PROMPT_TOOLKIT_NO_CPR: no cursor-position request a pty would never answer
+    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm",
+            "PROMPT_TOOLKIT_NO_CPR": "1"}
+
+
+@pytest.fixture
+def tty(shared_guest: str, shell_env: dict[str, str]) -> Iterator[Pty]:
+    pty = Pty([shared_guest], shell_env)
+    pty.prompt()
+    yield pty
+    if pty.proc.poll() is None:
+        pty.proc.kill()
+        pty.proc.wait()
+
+
+def test_tab_completes_a_command_name(tty: Pty, shared_guest: str) -> None:
+    tty.send(b"thr" + TAB)
+    tty.expect(b"eads")  # what the completion added, drawn after the typed part
+    tty.send(ENTER)
+    tty.expect(rb"threads" + END)  # the line as it was run
+    tty.expect(rb"ID  NAME +STATE")  # `threads` ran
+    blocked = _thread_id(shared_guest, "blocked")
+    tty.expect(rf"\n{blocked} +blocked ".encode())
+    tty.prompt()
+    assert tty.close() == 0
+
+
+def test_tab_completes_a_thread_name_to_its_id(tty: Pty, shared_guest: str) -> None:
+    blocked = _thread_id(shared_guest, "blocked")
+    tty.send(b"bt --thread bloc" + TAB)
+    tty.expect(rf"{blocked} blocked".encode())  # the menu's entry: id and name
+    tty.send(ENTER)
+    tty.expect(rf"bt --thread {blocked}".encode() + END)  # the id replaced the name
+    tty.expect(rf"thread {blocked} blocked \(blocked\)".encode())
+    tty.expect(rb"wait_for_event")
+
+
+def test_thread_names_in_completions_are_escaped(tty: Pty) -> None:
+    tty.send(b"bt --thread " + TAB)  # every thread offered, the hostile one among them
+    tty.expect(rb"evil\\x1b\]0;owned\\x07")
+    tty.send(CTRL_C)
+    tty.prompt()
+    assert b"\x1b]0;owned" not in tty.seen  # never the raw title sequence
+
+
+def test_tab_completes_an_elf_symbol_after_break(guest_image: Path, shell_env: dict[str, str]) -> None:
+    name = "shell-break"  # its own guest, paused before boot: a breakpoint changes nothing shared
+    assert undebug("run", "-d", "--paused", "--name", name, str(guest_image)).code == 0
+    try:
+        pty = Pty([name], shell_env)
+        pty.prompt()
+        pty.send(b"break checksum_bl" + TAB)
+        pty.expect(b"ock")  # what the completion added
+        pty.send(ENTER)
+        pty.expect(rb"break checksum_block" + END)  # the line as it was run
+        pty.expect(rb"breakpoint 1 at 0x[0-9a-f]+ \(checksum_block, software")
+        pty.prompt()
+        assert pty.close() == 0
+        listed = undebug("break", name, "--list", "--json").json()["breakpoints"]
+        assert [b["location"] for b in listed] == ["checksum_block"]
+    finally:
+        undebug("kill", name)
+
+
+def test_history_recalls_a_line_after_a_restart(shared_guest: str, shell_env: dict[str, str]) -> None:
+    cli = undebug("sym", shared_guest, "planted_counter").stdout.strip().encode()
+    first = Pty([shared_guest], shell_env)
+    first.prompt()
+    first.send(b"sym planted_counter" + ENTER)
+    first.expect(re.escape(cli))
+    first.prompt()
+    assert first.close() == 0
+    history = Path(shell_env["XDG_STATE_HOME"]) / "undebug" / "shell_history"
+    assert history.stat().st_mode & 0o777 == 0o600
+
+    second = Pty([shared_guest], shell_env)
+    second.prompt()
+    second.send(UP)
+    second.expect(b"sym planted_counter")
+    second.send(ENTER)
+    second.expect(re.escape(cli))  # the recalled line ran
+    second.prompt()
+    assert second.close() == 0
+
+
+def test_help_lists_the_commands_and_help_cmd_shows_its_usage(tty: Pty) -> None:
+    build_parser(["help"])  # registers the commands: their help lines
+    tty.send(b"help" + ENTER)
+    for name in ("break", "bt", "mem", "regs", "sym", "threads", "trace"):  # sorted, as listed
+        tty.expect(rf"\n  {name} +{re.escape(COMMANDS[name].help)}".encode())
+    tty.prompt()
+    tty.send(b"help bt" + ENTER)
+    tty.expect(rb"usage: undebug bt ")
+    tty.expect(rb"--thread")
+    tty.prompt()
+    tty.send(CTRL_C)  # an empty line cancelled: the shell goes on
+    tty.prompt()
+    tty.send(b"exit" + ENTER)
+    assert tty.proc.wait(20) == 0
