@@ -111,6 +111,11 @@ def test_py_binds_the_attached_guest_and_resumes_it(shared_guest: str) -> None:
 
 # ---- through a pty -----------------------------------------------------------------------
 
+def _controlling_tty() -> None:
+    """In the child, after setsid: the pty becomes its terminal, so Ctrl-C is SIGINT."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Pty:
     """The shell on a real pseudo-terminal: keys written to it, the screen bytes read."""
 
@@ -119,7 +124,7 @@ class Pty:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "shell", *args],
                                      stdin=slave, stdout=slave, stderr=slave, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_controlling_tty)
         os.close(slave)
         self.master = master
         self.seen = b""  # every byte the shell wrote to the terminal
@@ -253,3 +258,16 @@ def test_help_lists_the_commands_and_help_cmd_shows_its_usage(tty: Pty) -> None:
     tty.prompt()
     tty.send(b"exit" + ENTER)
     assert tty.proc.wait(20) == 0
+
+
+def test_ctrl_c_interrupts_a_running_command_and_the_shell_goes_on(tty: Pty, shared_guest: str) -> None:
+    tty.send(b"wait" + ENTER)  # the shared guest runs on: no stop comes
+    tty.expect(rb"wait" + END)
+    time.sleep(1)
+    tty.send(CTRL_C)
+    tty.expect(rb"undebug: interrupted")
+    tty.prompt()
+    tty.send(b"sym planted_counter" + ENTER)
+    tty.expect(re.escape(undebug("sym", shared_guest, "planted_counter").stdout.strip().encode()))
+    tty.prompt()
+    assert tty.close() == 130  # the interrupted line was the last to fail

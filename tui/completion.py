@@ -2,8 +2,9 @@
 read from the CLI's parser), guest names, thread ids and names, ELF symbols and paths.
 
 Guest facts are cached so a Tab never stalls the prompt: threads per guest and run token
-(one supervisor ``status`` call per Tab, the thread list read again only when the guest
-has run since, without stopping it), symbols per ELF file. Completion runs in
+(one supervisor ``status`` call per Tab; the thread list, read without stopping the guest,
+is read again only when the token moved: the guest was stopped or resumed since), symbols
+per ELF file. Completion runs in
 prompt_toolkit's completion thread. Thread names come from guest memory: they are shown
 escaped, and what is inserted is the thread's id.
 """
@@ -64,16 +65,17 @@ class GuestFacts:
         with self._lock:
             try:
                 with SupervisorClient(SessionDir.named(name), timeout=2.0) as client:
-                    token = client.status().run_token
-                cached = self._threads.get(name)
-                if cached is not None and cached[0] == token:
-                    return cached[1]
-                with undebug.attach(name, stop=False) as guest:
-                    threads = [ThreadChoice(t.id, escape(t.name), escape(t.state))
-                               for t in guest.threads()]
+                    cached = self._threads.get(name)
+                    if cached is not None and cached[0] == client.status().run_token:
+                        return cached[1]
+                    with undebug.attach(name, stop=False) as guest:
+                        threads = [ThreadChoice(t.id, escape(t.name), escape(t.state))
+                                   for t in guest.threads()]
+                    # after the read: reading a running guest's registers pauses it for a
+                    # moment, which moves the token
+                    self._threads[name] = (client.status().run_token, threads)
             except (UndebugError, OSError):
                 return []
-            self._threads[name] = (token, threads)
             return threads
 
     def symbols(self, name: str) -> list[str]:

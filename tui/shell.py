@@ -96,7 +96,7 @@ class Shell:
         self._out.write("Commands (as `undebug CMD ...`; with a guest named at start, "
                         "TARGET may be left out):\n")
         for name in sorted(helps):
-            note = "  (from a terminal only)" if refusal([name]) is not None else ""
+            note = "  (not in the shell: run undebug CMD)" if refusal([name]) is not None else ""
             self._out.write(f"  {name.ljust(width)}  {helps[name]}{note}\n")
         self._out.write("Shell:\n")
         for name, text in BUILTINS.items():
@@ -142,9 +142,6 @@ def dispatch(words: list[str]) -> int:
         return cli.main(words)
     except SystemExit as exc:  # argparse: a usage error (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
-    except KeyboardInterrupt:  # outside the command's own handling
-        sys.stderr.write("undebug: interrupted\n")
-        return cli.EXIT_INTERRUPTED
     finally:
         sys.stdout.flush()
 
@@ -173,7 +170,11 @@ def run_interactive(shell: Shell) -> int:
             continue
         except EOFError:  # Ctrl-D
             break
-        shell.run_line(text)
+        try:
+            shell.run_line(text)
+        except KeyboardInterrupt:  # between the prompt and the command's own handling
+            sys.stderr.write("undebug: interrupted\n")
+            shell.failed = cli.EXIT_INTERRUPTED
     return shell.failed
 
 
