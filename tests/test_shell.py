@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import undebug
+from tui.cmdline import refusal, with_target
 from undebug.cli import build_parser
 from undebug.commands import COMMANDS
 
@@ -37,6 +38,47 @@ def _shell(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
 def _thread_id(guest: str, name: str) -> int:
     threads = undebug("threads", guest, "--json").json()["threads"]
     return next(t["id"] for t in threads if t["name"] == name)
+
+
+# ---- a line read against the CLI's parser (no guest needed) ---------------------------
+
+@pytest.mark.parametrize("line, expected", [
+    ("threads", "threads web"),
+    ("bt --thread 8", "bt web --thread 8"),
+    ("regs --thread=3", "regs web --thread=3"),
+    ("mem planted_counter 8", "mem web planted_counter 8"),
+    ("break checksum_block", "break web checksum_block"),
+    ("break --list", "break web --list"),
+    ("delete --all", "delete web --all"),
+    ("trace stats --json", "trace stats web --json"),
+    ("logs -n 5", "logs web -n 5"),
+    ("stop", "stop web"),
+    ("eval --thread 8 planted_counter", "eval web --thread 8 planted_counter"),
+    # every slot filled: the line names its own target
+    ("threads other", "threads other"),
+    ("break other checksum_block", "break other checksum_block"),
+    ("mem other planted_counter 8", "mem other planted_counter 8"),
+    ("bt other --thread 8", "bt other --thread 8"),
+    ("trace stats rec.utrace", "trace stats rec.utrace"),
+    # no TARGET slot: as typed
+    ("ps", "ps"), ("run image.elf", "run image.elf"), ("trace", "trace"),
+])
+def test_the_shells_guest_fills_an_empty_target_slot(line: str, expected: str) -> None:
+    assert " ".join(with_target(line.split(), "web")) == expected
+
+
+@pytest.mark.parametrize("line, refused", [
+    ("gdbserver web", True), ("trace record web -o x", True), ("trace show web -f", True),
+    ("trace show web --fol", True), ("logs web -fn 3", True), ("logs web --follow", True),
+    ("run image.elf", True), ("demo", True), ("attach --name a", True), ("shell web", True),
+    ("logs web -n 3", False), ("trace show web", False), ("trace stats web", False),
+    ("threads web", False), ("wait web", False),
+])
+def test_long_running_lines_are_told_apart(line: str, refused: bool) -> None:
+    reason = refusal(line.split())
+    assert (reason is not None) == refused
+    if reason:
+        assert reason.endswith(f"undebug {line}")
 
 
 # ---- piped stdin -------------------------------------------------------------------------

@@ -48,11 +48,10 @@ def history_path() -> Path:
 class Shell:
     """Runs lines; ``failed`` is the exit code of the last line that failed (0: none)."""
 
-    def __init__(self, name: str | None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    def __init__(self, name: str | None) -> None:
         self.name = name
         self.failed = 0
         self.done = False
-        self._out, self._err = out, err
 
     def run_line(self, text: str) -> None:
         """Run one line and note its exit code; ``exit`` sets ``done``."""
@@ -78,12 +77,12 @@ class Shell:
             words = with_target(words, self.name)
         reason = refusal(words)
         if reason is not None:
-            self._err.write(f"undebug: error: {escape(reason)}\n")
+            sys.stderr.write(f"undebug: error: {escape(reason)}\n")
             return EXIT_USAGE
         return dispatch(words)
 
     def _usage(self, message: str) -> int:
-        self._err.write(f"undebug: error: {escape(message)}\n")
+        sys.stderr.write(f"undebug: error: {escape(message)}\n")
         return EXIT_USAGE
 
     def _help(self, words: list[str]) -> int:
@@ -93,15 +92,15 @@ class Shell:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         helps = {a.dest: a.help or "" for a in sub._choices_actions}
         width = max(map(len, [*helps, *BUILTINS]))
-        self._out.write("Commands (as `undebug CMD ...`; with a guest named at start, "
+        sys.stdout.write("Commands (as `undebug CMD ...`; with a guest named at start, "
                         "TARGET may be left out):\n")
         for name in sorted(helps):
             note = "  (not in the shell: run undebug CMD)" if refusal([name]) is not None else ""
-            self._out.write(f"  {name.ljust(width)}  {helps[name]}{note}\n")
-        self._out.write("Shell:\n")
+            sys.stdout.write(f"  {name.ljust(width)}  {helps[name]}{note}\n")
+        sys.stdout.write("Shell:\n")
         for name, text in BUILTINS.items():
-            self._out.write(f"  {name.ljust(width)}  {text}\n")
-        self._out.flush()
+            sys.stdout.write(f"  {name.ljust(width)}  {text}\n")
+        sys.stdout.flush()
         return 0
 
     def _python(self, words: list[str]) -> int:
@@ -155,13 +154,19 @@ def run_piped(shell: Shell, lines: TextIO) -> int:
 
 def run_interactive(shell: Shell) -> int:
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
     from tui.completion import LineCompleter
 
+    history: History
+    try:
+        history = FileHistory(str(history_path()))
+    except OSError as exc:  # a read-only home: the shell works, its lines are not kept
+        sys.stderr.write(f"warning: no shell history: {escape(str(exc))}\n")
+        history = InMemoryHistory()
     session: PromptSession[str] = PromptSession(
-        history=FileHistory(str(history_path())), completer=LineCompleter(shell.name),
-        complete_in_thread=True, complete_while_typing=False)
+        history=history, completer=LineCompleter(shell.name), complete_in_thread=True,
+        complete_while_typing=False)
     prompt = f"undebug {escape(shell.name)}> " if shell.name else "undebug> "
     while not shell.done:
         try:
