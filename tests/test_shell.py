@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
 
-from tests.conftest import undebug
+from tests.conftest import undebug, wait_for_console
 from tui.cmdline import refusal, with_target
 from undebug.cli import build_parser
 from undebug.commands import COMMANDS
@@ -313,3 +315,31 @@ def test_ctrl_c_interrupts_a_running_command_and_the_shell_goes_on(tty: Pty, sha
     tty.expect(re.escape(undebug("sym", shared_guest, "planted_counter").stdout.strip().encode()))
     tty.prompt()
     assert tty.close() == 130  # the interrupted line was the last to fail
+
+
+def test_on_a_real_unikraft_guest_lines_run_and_threads_and_symbols_complete() -> None:
+    """UNDEBUG_UNIKRAFT_IMAGE: an app with threads worker-0..2 in worker_main -> do_work."""
+    from tui.completion import GuestFacts, LineCompleter
+
+    image = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
+    if not image:
+        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside the repository)")
+    name = "shell-uk"
+    assert undebug("run", "-d", "--name", name, image).code == 0
+    try:
+        wait_for_console(name, "worker-2")
+        out = _shell([name], "threads\nsym do_work\n")
+        assert out.returncode == 0, out.stderr
+        for thread in ("idle", "init", "worker-0", "worker-1", "worker-2"):
+            assert re.search(rf"^\d+ +{thread} ", out.stdout, re.M), out.stdout
+        assert out.stdout.endswith(undebug("sym", name, "do_work").stdout)
+
+        completer = LineCompleter(name, GuestFacts())
+
+        def offered(text: str) -> list[str]:
+            return [c.text for c in completer.get_completions(Document(text), CompleteEvent())]
+        ids = {t["name"]: str(t["id"]) for t in undebug("threads", name, "--json").json()["threads"]}
+        assert offered("bt --thread worker-") == [ids["worker-0"], ids["worker-1"], ids["worker-2"]]
+        assert offered("break do_wor") == ["do_work"]
+    finally:
+        undebug("kill", name)
