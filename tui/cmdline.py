@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from undebug import cli
 
-__all__ = ["Line", "command_parser", "read_line", "refusal", "split", "with_target"]
+__all__ = ["Line", "command_helps", "command_parser", "read_line", "refusal", "split", "with_target"]
 
 # The metavars of a first positional that names a guest (TARGET, NAME, or trace's
 # FILE|TARGET): the slot the shell's guest fills.
@@ -47,7 +47,14 @@ def _subparsers(parser: argparse.ArgumentParser) -> _Sub[argparse.ArgumentParser
     return None
 
 
-def positional_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+def command_helps() -> dict[str, str]:
+    """Every command's name and its one line of ``undebug --help``, by name."""
+    sub = _subparsers(command_parser())
+    helps = {a.dest: a.help or "" for a in sub._choices_actions} if sub else {}
+    return dict(sorted(helps.items()))
+
+
+def _positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if not a.option_strings]
 
 
@@ -65,7 +72,7 @@ class Line:
     @property
     def slots(self) -> list[argparse.Action]:
         """The positional slots of the command (its subcommand slot included)."""
-        return positional_actions(self.parser) if self.parser else []
+        return _positionals(self.parser) if self.parser else []
 
     @property
     def takes_target(self) -> bool:

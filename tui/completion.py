@@ -21,7 +21,7 @@ from pathlib import Path
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
-from tui.cmdline import Line, command_parser, read_line, split
+from tui.cmdline import TARGET_METAVARS, Line, command_helps, read_line, split
 from undebug.errors import UndebugError
 from undebug.text import escape
 
@@ -122,10 +122,10 @@ class LineCompleter(Completer):
     def get_completions(self, document: Document, event: CompleteEvent) -> Iterator[Completion]:
         words, word = _words_before(document.text_before_cursor)
         if not words:
-            yield from _matching(word, [*_commands(), *SHELL_WORDS])
+            yield from _matching(word, [*command_helps(), *SHELL_WORDS])
             return
         if words[0] == "help":
-            yield from _matching(word, _commands()) if len(words) == 1 else ()
+            yield from _matching(word, command_helps()) if len(words) == 1 else ()
             return
         if words[0] == "py":
             yield from _matching(word, self.facts.guests()) if len(words) == 1 else ()
@@ -166,7 +166,7 @@ class LineCompleter(Completer):
         slot = slots[index]
         if isinstance(slot, argparse._SubParsersAction):
             return _matching(word, list(slot.choices))
-        if slot.metavar in {"TARGET", "NAME", "FILE|TARGET"}:
+        if slot.metavar in TARGET_METAVARS:
             return _matching(word, self.facts.guests())
         target = self._target(line)
         if slot.metavar in SYMBOL_METAVARS and target is not None:
@@ -177,14 +177,6 @@ class LineCompleter(Completer):
 
     def _path(self, word: str) -> Iterable[Completion]:
         return self._paths.get_completions(Document(word), CompleteEvent(completion_requested=True))
-
-
-def _commands() -> list[str]:
-    parser = command_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return sorted(action.choices)
-    return []
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:

@@ -4,8 +4,9 @@ Each line is an undebug command line run in-process through the CLI's own parser
 dispatch (``undebug.cli.main``), so it prints exactly what the CLI prints and exits with
 its code; with NAME, a line that leaves the TARGET slot empty gets NAME there. Completion
 lives in tui/completion.py, the reading of a line against the parser in tui/cmdline.py.
-Without a terminal on stdin the lines are read plainly (no prompt, no colour) and the
-shell's exit code is that of the last line that failed, so scripts can pipe commands in.
+When stdin or stdout is not a terminal the lines are read plainly (no prompt, no colour)
+and the shell's exit code is that of the last line that failed, so scripts can pipe
+commands in.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from tui.cmdline import command_parser, refusal, split, with_target
+from tui.cmdline import command_helps, refusal, split, with_target
 from undebug import cli
 from undebug.commands import command
 from undebug.errors import EXIT_USAGE, UndebugError
@@ -58,7 +59,7 @@ class Shell:
         try:
             words = split(text)
         except ValueError as exc:
-            words, code_ = [], self._usage(f"cannot read the line: {exc}")
+            code_ = self._usage(f"cannot read the line: {exc}")
         else:
             code_ = self._run(words) if words else 0
         if code_:
@@ -88,9 +89,7 @@ class Shell:
     def _help(self, words: list[str]) -> int:
         if words:
             return dispatch([*words, "--help"])
-        parser = command_parser()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        helps = {a.dest: a.help or "" for a in sub._choices_actions}
+        helps = command_helps()
         width = max(map(len, [*helps, *BUILTINS]))
         sys.stdout.write("Commands (as `undebug CMD ...`; with a guest named at start, "
                         "TARGET may be left out):\n")
