@@ -241,7 +241,7 @@ def test_tab_completes_a_thread_name_to_its_id(tty: Pty, shared_guest: str) -> N
 
 
 def test_thread_names_in_completions_are_escaped(tty: Pty) -> None:
-    tty.send(b"bt --thread " + TAB)  # every thread offered, the hostile one among them
+    tty.send(b"bt --thread ev" + TAB)  # the hostile thread, offered by its name
     tty.expect(rb"evil\\x1b\]0;owned\\x07")
     tty.send(CTRL_C)
     tty.prompt()
