@@ -153,6 +153,28 @@ def test_py_binds_the_attached_guest_and_resumes_it(shared_guest: str) -> None:
     assert next(g for g in status if g["name"] == shared_guest)["state"] == "running"
 
 
+# ---- completion, in-process ----------------------------------------------------------
+
+def test_completion_offers_options_subcommands_choices_guests_and_threads(shared_guest: str) -> None:
+    from tui.completion import GuestFacts, LineCompleter
+
+    def offered(text: str, name: str | None = shared_guest) -> list[str]:
+        completer = LineCompleter(name, GuestFacts())
+        return [c.text for c in completer.get_completions(Document(text), CompleteEvent())]
+
+    assert offered("bt --th") == ["--thread"]
+    assert offered("trace s") == ["show", "stats"]
+    assert offered("mem --format ") == ["hex", "raw"]
+    assert offered("help thr") == ["threads"]
+    assert shared_guest in offered("threads ", name=None)  # no guest at start: the line names it
+    assert shared_guest in offered("py ")
+    threads = undebug("threads", shared_guest, "--json").json()["threads"]
+    workers = [str(t["id"]) for t in threads if t["name"].startswith("worker-")]
+    assert offered("regs --thread worker-") == workers
+    assert offered(f"bt {shared_guest} --thread worker-", name=None) == workers  # the line's guest
+    assert offered("sym planted_c") == ["planted_counter"]
+
+
 # ---- through a pty -----------------------------------------------------------------------
 
 def _controlling_tty() -> None:
