@@ -405,3 +405,21 @@ def test_ctrl_c_while_the_guest_starts_leaves_nothing_running(guest_image: Path)
     finally:
         run.kill()
         undebug("kill", name)
+
+
+def test_ps_reports_what_the_supervisor_and_qemu_cost(shared_guest: str) -> None:
+    """CPU seconds and RSS, as /proc says (read here independently, around the ps)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+
+    status = guest_status(shared_guest)
+    before = rss(status["supervisor_pid"])
+    cost = guest_status(shared_guest)["cost"]
+    after = rss(status["supervisor_pid"])
+    assert cost["supervisor_cpu_s"] > 0 and cost["qemu_cpu_s"] > 0
+    assert min(before, after) - (4 << 20) <= cost["supervisor_rss_bytes"] <= \
+        max(before, after) + (4 << 20)
+    assert abs(cost["qemu_rss_bytes"] - rss(status["qemu_pid"])) <= 16 << 20
+    assert "SUPERVISOR" in undebug("ps").stdout.splitlines()[0]

@@ -65,6 +65,18 @@ bool trace_parse_option(const char *key, const char *val)
 		kprintf("refguest: warning: bad value '%s' for trace (using default)\n", val);
 		return true;
 	}
+	if (!strcmp(key, "trace_flush_bytes") || !strcmp(key, "trace_flush_ms")) {
+		static uint32_t flush[2] = { UNDEBUG_FLUSH_BYTES, UNDEBUG_FLUSH_MS };
+		uint64_t v;
+		int ms = !strcmp(key, "trace_flush_ms");
+		if (parse_count(val, &v) && v <= (ms ? 60000u : (1u << 20)))
+			flush[ms] = (uint32_t)v;
+		else
+			kprintf("refguest: warning: bad value '%s' for %s (using %u)\n", val, key,
+				flush[ms]);
+		undebug_trace_set_flush(flush[0], flush[1]);
+		return true;
+	}
 	uint64_t *dst = !strcmp(key, "trace_bench") ? &opt_trace_bench :
 			!strcmp(key, "trace_flood") ? &opt_trace_flood : NULL;
 	if (!dst)

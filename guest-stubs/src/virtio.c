@@ -328,12 +328,40 @@ static int submit(const void *buf, uint32_t len, uint8_t ring, uint64_t end)
 	return 0;
 }
 
+/* ---- batching ------------------------------------------------------------------- */
+static uint32_t flush_bytes = UNDEBUG_FLUSH_BYTES;
+static uint32_t flush_ms = UNDEBUG_FLUSH_MS;
+static uint64_t pending_since[UNDEBUG_MAX_CPUS];   /* tsc of a ring's oldest unsent data */
+
+void undebug_trace_set_flush(uint32_t bytes, uint32_t ms)
+{
+	__atomic_store_n(&flush_bytes, bytes, __ATOMIC_RELAXED);
+	__atomic_store_n(&flush_ms, ms, __ATOMIC_RELAXED);
+}
+
+/* Is ring idx's unsent data [spos, h) worth a buffer now: big, old, a half-full
+ * ring (streaming must never wait for the age limit to lose nothing), or a drain. */
+static int batch_ready(const struct undebug_ring *r, unsigned idx, uint64_t h, int draining)
+{
+	uint64_t n = h - r->spos, now = undebug__tsc();
+	uint32_t bytes = __atomic_load_n(&flush_bytes, __ATOMIC_RELAXED);
+	uint64_t ms = __atomic_load_n(&flush_ms, __ATOMIC_RELAXED);
+	if (!pending_since[idx])
+		pending_since[idx] = now ? now : 1;
+	if (draining || n >= bytes || n >= r->size / 2 || !ms ||
+	    now - pending_since[idx] >= undebug_trace_header.tsc_hz / 1000 * ms)
+		return 1;
+	return 0;
+}
+
 /* Queue ring r's data [spos, head) if enough descriptors are free for all
  * of it (the cut must be at a record boundary). */
-static void send_ring(struct undebug_ring *r, unsigned idx)
+static void send_ring(struct undebug_ring *r, unsigned idx, int draining)
 {
 	uint64_t h = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
 	if (h == r->spos)
+		return;
+	if (!batch_ready(r, idx, h, draining))
 		return;
 	uint64_t n = h - r->spos;
 	unsigned need = (unsigned)((n + MAX_BUF - 1) / MAX_BUF) + 1;
@@ -351,11 +379,11 @@ static void send_ring(struct undebug_ring *r, unsigned idx)
 		p += len;
 	}
 	r->spos = h;
+	pending_since[idx] = 0;
 }
 
 void undebug__virtio_poll(int draining)
 {
-	(void)draining;
 	if (!present)
 		return;
 	(void)undebug__inb(io + VIO_ISR);      /* ack a (masked) interrupt */
@@ -375,7 +403,7 @@ void undebug__virtio_poll(int draining)
 			for (unsigned i = 0; i < undebug__ncpus; i++) {
 				struct undebug_ring *r = &undebug_trace_rings[i];
 				if (r->attached)
-					send_ring(r, i);
+					send_ring(r, i, draining);
 			}
 		}
 	}
@@ -438,6 +466,7 @@ int undebug_trace_use_virtio(void)
 
 #else  /* no port I/O on this architecture */
 int undebug_trace_use_virtio(void) { return -1; }
+void undebug_trace_set_flush(uint32_t bytes, uint32_t ms) { (void)bytes; (void)ms; }
 void undebug__virtio_poll(int draining) { (void)draining; }
 int undebug__virtio_idle(void) { return 1; }
 int undebug__virtio_connected(void) { return 0; }

@@ -40,6 +40,14 @@ def _uptime(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _cost(g: GuestStatus) -> str:
+    """The supervisor's CPU time and RSS: "1.24s 23M" ("-" for a record without them)."""
+    if g.cost is None:
+        return "-"
+    rss = g.cost.supervisor_rss_bytes
+    return f"{g.cost.supervisor_cpu_s:.2f}s {rss >> 20 if rss is not None else '?'}M"
+
+
 @command("ps", "list guests and their state")
 def ps(args: argparse.Namespace) -> Report:
     guests, warnings = [], []
@@ -55,14 +63,14 @@ def ps(args: argparse.Namespace) -> Report:
             warnings.append(exc.message)
 
     def render() -> list[str]:
-        rows = [("NAME", "STATE", "ACCEL", "CPUS", "MEM", "UPTIME", "IMAGE")]
+        rows = [("NAME", "STATE", "ACCEL", "CPUS", "MEM", "UPTIME", "SUPERVISOR", "IMAGE")]
         for g in guests:
             state = g.state
             if g.outcome and state != "running":
                 state = f"{state} ({g.outcome.kind})"
             memory = f"{g.memory_mb}M" if g.memory_mb else "-"
             rows.append((escape(g.name), escape(state), str(g.accel or "-"), str(g.smp or "-"),
-                         memory, _uptime(g.uptime_s), escape(g.image or "")))
+                         memory, _uptime(g.uptime_s), _cost(g), escape(g.image or "")))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
                 for r in rows]

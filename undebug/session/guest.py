@@ -44,6 +44,21 @@ log = logging.getLogger("undebug.supervisor")
 
 
 PMEMSAVE_MIN = 64 << 10  # below this one gdbstub round trip is cheaper
+_PROC = os.path.isdir("/proc/self")
+_TICKS = os.sysconf("SC_CLK_TCK") if _PROC else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if _PROC else 4096
+
+
+def _proc_cost(pid: int) -> tuple[float | None, int | None]:
+    """(CPU seconds, resident bytes) of process ``pid`` from /proc; None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the (comm): state is [0]
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident = int(f.read().split()[1]) * _PAGE
+        return round((int(fields[11]) + int(fields[12])) / _TICKS, 3), resident
+    except (OSError, IndexError, ValueError):
+        return None, None
 QEMU_QUIT_TIMEOUT = 5.0
 
 
@@ -291,9 +306,20 @@ class Guest(RunControl):
             "frozen": self._freezes > 0,
             "shared_ram": self.qemu is not None and self.qemu.ram_fd is not None,
             "trace": self.recorder.status() if self.recorder else None,
+            "cost": self._cost(),
             "warnings": (self.recorder.warnings() if self.recorder else [])
             + ([self.record_error] if self.record_error else []),
         }
+
+    def _cost(self) -> dict[str, Any]:
+        """What this guest costs the host: the supervisor's CPU time and RSS (its own, an
+        SRE's question with dozens of guests per host), and its QEMU's, from /proc."""
+        times = os.times()
+        qemu = _proc_cost(self.qemu.pid) if self.qemu is not None and self.qemu.pid else None
+        return {"supervisor_cpu_s": round(times.user + times.system, 3),
+                "supervisor_rss_bytes": _proc_cost(os.getpid())[1] if _PROC else None,
+                "qemu_cpu_s": qemu[0] if qemu else None,
+                "qemu_rss_bytes": qemu[1] if qemu else None}
 
     async def live_status(self) -> dict[str, Any]:
         """:meth:`status` with what QEMU itself says its run state is."""

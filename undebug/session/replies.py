@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
@@ -198,7 +198,27 @@ _STATUS_FIELDS = (
     "name", "state", "user_paused", "mode", "image", "elf", "accel", "accel_reason", "smp",
     "memory_mb", "append", "forwards", "supervisor_pid", "qemu_pid", "started", "uptime_s",
     "outcome", "console", "run_token", "last_stop", "breakpoints", "frozen", "shared_ram",
-    "warnings", "qemu_state")
+    "warnings", "qemu_state", "cost")
+
+
+@dataclass(frozen=True)
+class GuestCost:
+    """What a guest costs its host, as its supervisor last measured it (/proc)."""
+
+    supervisor_cpu_s: float
+    supervisor_rss_bytes: int | None
+    qemu_cpu_s: float | None  # None: a QEMU undebug did not start
+    qemu_rss_bytes: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_cost(reply: Reply) -> GuestCost:
+    qemu_cpu = reply.data.get("qemu_cpu_s")
+    return GuestCost(reply.number("supervisor_cpu_s"), reply.opt_integer("supervisor_rss_bytes"),
+                     None if qemu_cpu is None else reply.number("qemu_cpu_s"),
+                     reply.opt_integer("qemu_rss_bytes"))
 
 
 @dataclass(frozen=True)
@@ -231,6 +251,7 @@ class GuestStatus:
     shared_ram: bool
     warnings: tuple[str, ...] = ()  # what looks wrong (a trace recording the disk refused)
     qemu_state: str | None = None  # QMP's run state; only the live ``status`` asks QEMU
+    cost: GuestCost | None = None  # None: a record from before undebug measured it
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
@@ -255,7 +276,8 @@ class GuestStatus:
             "last_stop": self.last_stop.to_json() if self.last_stop else None,
             "breakpoints": [bp.to_json() for bp in self.breakpoints],
             "frozen": self.frozen, "shared_ram": self.shared_ram,
-            "warnings": list(self.warnings), "qemu_state": self.qemu_state}
+            "warnings": list(self.warnings), "qemu_state": self.qemu_state,
+            "cost": self.cost.to_json() if self.cost else None}
         return _write_back(data, self.extra, self.keys)
 
 
@@ -276,6 +298,8 @@ def parse_status(reply: Reply) -> GuestStatus:
         frozen=reply.boolean("frozen"), shared_ram=reply.boolean("shared_ram"),
         warnings=tuple(reply.strings("warnings")) if "warnings" in reply.data else (),
         qemu_state=reply.opt_string("qemu_state") if "qemu_state" in reply.data else None,
+        cost=parse_cost(cost) if (cost := reply.opt_object("cost") if "cost" in reply.data
+                                  else None) else None,
         extra=reply.extra(_STATUS_FIELDS), keys=reply.keys())
 
 
