@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from undebug.target import Target
 
 
+FOLLOW_POLL_S = 0.02  # --follow: a quiet recording is looked at again this often
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", required=True,
                            parser_class=type(p))
@@ -235,7 +237,7 @@ class _Source:
             if not n:
                 if not follow or channel.finished():
                     break
-                time.sleep(0.1)
+                time.sleep(FOLLOW_POLL_S)
                 continue
             if n < window:
                 del buf[len(pending) + n :]

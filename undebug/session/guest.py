@@ -125,12 +125,11 @@ class Guest(RunControl):
         if self.spec.mode != "launch" or not self.spec.trace:
             return
         path = self.session.qemu_files.trace_socket
-        reader, writer = await asyncio.open_unix_connection(str(path))
         outputs = [self.session.trace_file]
         if self.spec.trace_file:
             outputs.append(Path(self.spec.trace_file))
         self.recorder = TraceRecorder(outputs, self.spec.trace_max_size)
-        self.spawn(self.recorder.record(reader, writer))
+        self.spawn(self.recorder.record(str(path)))
 
     async def _connect_rsp(self) -> None:
         address = self.spec.gdb_address(self.session)
