@@ -17,6 +17,7 @@ linked into build/refguest.elf), so these tests check that the two sides agree:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -446,3 +447,30 @@ def test_a_guest_without_any_tracing_says_so(tmp_path: Path) -> None:
                    "Unikraft's tracepoints" in result.stderr, result.stderr
     finally:
         undebug("kill", "untraced")
+
+
+@pytest.mark.parametrize("flush_ms, most_growths", [(1500, 5), (0, None)])
+def test_the_stub_batches_its_stream_by_age(guest_image: Path, flush_ms: int,
+                                            most_growths: int | None) -> None:
+    """trace_flush_ms=1500 (and no size limit to speak of): the recording grows in a few
+    steps about 1.5 s apart, each a wake-up of the supervisor; with 0 it grows at nearly
+    every look (the stub sends at every 1 ms timer tick)."""
+    name = f"batch{flush_ms}"
+    assert undebug("run", "-d", "--name", name, "--append",
+                   f"threads=8 trace_flush_ms={flush_ms} trace_flush_bytes=1000000",
+                   str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "refguest: ready")
+        time.sleep(0.5)
+        path = Path(os.environ["UNDEBUG_RUNTIME_DIR"]) / name / "trace.utrace"
+        sizes = []
+        for _ in range(60):  # 6 s, every 0.1 s
+            sizes.append(path.stat().st_size)
+            time.sleep(0.1)
+        growths = sum(1 for a, b in itertools.pairwise(sizes) if b > a)
+        if most_growths is not None:
+            assert 2 <= growths <= most_growths, sizes
+        else:
+            assert growths >= 40, sizes
+    finally:
+        undebug("kill", name)
