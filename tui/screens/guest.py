@@ -1,0 +1,288 @@
+"""One guest: its threads, the selected thread's backtrace and registers, its console,
+and run control. Views are read once per stop (cached by run token); while the guest
+runs, the threads are re-read every second without stopping it, marked LIVE."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+from textual.worker import get_current_worker
+
+from tui import messages
+from tui.widgets.backtrace import BacktracePane
+from tui.widgets.console import ConsolePane
+from tui.widgets.registers import RegistersPane
+from tui.widgets.status import StatusBar
+from tui.widgets.threads import COLUMNS, ThreadsTable
+from undebug import api
+from undebug.errors import UndebugError
+
+LIVE_PERIOD = 1.0  # s between reads of a running guest's threads (and status checks)
+CONSOLE_PERIOD = 0.5
+
+
+class GuestScreen(Screen[None]):
+    DEFAULT_CSS = """
+    GuestScreen #main { height: 1fr; }
+    GuestScreen #left { width: 3fr; }
+    GuestScreen #right { width: 2fr; }
+    GuestScreen #filter { display: none; }
+    GuestScreen #filter.shown { display: block; }
+    GuestScreen ThreadsTable, GuestScreen BacktracePane, GuestScreen RegistersPane,
+    GuestScreen ConsolePane { border: round $primary-darken-2; }
+    GuestScreen :focus { border: round $accent; }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "stop", "stop"),
+        Binding("c", "cont", "continue"),
+        Binding("n", "step", "step"),
+        Binding("r", "refresh", "refresh"),
+        Binding("slash", "filter", "filter"),
+        Binding("ctrl+t", "toggle_case", "case", priority=True),
+        Binding("o", "sort", "sort"),
+        Binding("tab", "app.focus_next", "next pane", show=False),
+        Binding("escape", "close_filter", "clear filter", show=False),
+    ]
+
+    def __init__(self, guest: str, read_only: bool = False) -> None:
+        super().__init__()
+        self.guest = guest
+        self.read_only = read_only
+        self.view: api.ThreadsView | None = None
+        self.status: api.GuestStatus | None = None
+        self.backtraces: dict[tuple[int, int], api.Backtrace] = {}
+        self.ignore_case = True
+        self.console: api.Console | None = None
+        self._table: ThreadsTable | None = None
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(self.guest, self.read_only)
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield ThreadsTable(id="threads")
+                yield Input(placeholder="filter: a regular expression (ctrl+t: case)",
+                            id="filter")
+            with Vertical(id="right"):
+                yield BacktracePane(id="backtrace")
+                yield RegistersPane(id="registers")
+        yield ConsolePane(id="console")
+        yield Footer()
+
+    @property
+    def selected(self) -> int | None:
+        """The selected thread's id (read by workers too: a plain attribute read)."""
+        return self._table.selected if self._table is not None else None
+
+    def on_mount(self) -> None:
+        self._table = self.query_one(ThreadsTable)
+        self._table.border_title = "threads"
+        self.query_one(ConsolePane).border_title = "console"
+        self.read_view()
+        self.set_interval(LIVE_PERIOD, self.read_view)
+        self.set_interval(CONSOLE_PERIOD, self.read_console)
+
+    # ---- reading the guest (workers: blocking calls off the app's thread) -------------
+
+    @work(exclusive=True, thread=True, group="view")
+    def read_view(self, force: bool = False) -> None:
+        """The status; the threads when the stop changed or the guest runs; on a new stop
+        also the selected thread's backtrace (the vCPU-0 thread's at first), read in the
+        same consistent snapshot."""
+        worker = get_current_worker()
+        try:
+            status = api.status(self.guest)
+            shown = self.view
+            if status.ended or (not force and shown is not None and not shown.live
+                                and not status.running and status.run_token == shown.run_token):
+                self.post_message(messages.ViewRead(status, None))
+                return
+            live = status.running and shown is not None
+            with api.attach(self.guest, stop=not live) as session:
+                view = session.view()
+                backtrace = None
+                if not live:
+                    wanted = self.selected
+                    thread = next((t for t in view.threads if t.id == wanted), None) \
+                        or view.on_cpu(0) or (view.threads[0] if view.threads else None)
+                    if thread is not None:
+                        backtrace = messages.BacktraceRead(
+                            thread.id, view.run_token, session.backtrace(thread.id))
+        except UndebugError as exc:
+            self.post_message(messages.Notice(f"reading the guest: {exc.message}"))
+            return
+        if not worker.is_cancelled:
+            self.post_message(messages.ViewRead(status, view))
+            if backtrace is not None:
+                self.post_message(backtrace)
+
+    @work(exclusive=True, thread=True, group="backtrace")
+    def read_backtrace(self, thread_id: int) -> None:
+        """One thread's backtrace, in a consistent snapshot (a running guest is paused
+        for the read and resumed)."""
+        try:
+            with api.attach(self.guest) as session:
+                read = messages.BacktraceRead(thread_id, session.target.run_token,
+                                              session.backtrace(thread_id))
+        except UndebugError as exc:
+            self.post_message(messages.Notice(
+                f"the backtrace of thread {thread_id}: {exc.message}"))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(read)
+
+    @work(exclusive=True, thread=True, group="console")
+    def read_console(self) -> None:
+        try:
+            if self.console is None:
+                self.console = api.Console(self.guest)
+            lines = self.console.poll()
+        except UndebugError as exc:
+            self.post_message(messages.Notice(f"the console: {exc.message}"))
+            return
+        if lines:
+            self.post_message(messages.ConsoleRead(lines))
+
+    @work(thread=True, group="control")
+    def control(self, verb: str, cpu: int | None = None) -> None:
+        try:
+            if verb == "stop":
+                api.pause(self.guest)
+            elif verb == "continue":
+                api.resume(self.guest)
+            else:
+                stop = api.step(self.guest, cpu)
+                self.post_message(messages.Notice(
+                    f"stepped vCPU {stop.cpu}: pc {stop.pc or 0:#x}", error=False))
+        except UndebugError as exc:
+            self.post_message(messages.Notice(f"{verb}: {exc.message}"))
+        self.app.call_from_thread(self.read_view)
+
+    # ---- results --------------------------------------------------------------------
+
+    @on(messages.ViewRead)
+    def _view_read(self, message: messages.ViewRead) -> None:
+        self.status = message.status
+        view = message.view
+        if view is not None:
+            first = self.view is None
+            self.view = view
+            table = self.query_one(ThreadsTable)
+            opening = view.on_cpu(0) if first else None
+            table.show(view, select=opening.id if opening else None)
+            table.border_title = f"threads ({len(view.threads)})" + (" LIVE" if view.live else "")
+            self._show_selected(read_backtrace=False)
+            for warning in [] if view.live else view.warnings[-1:]:  # live: torn, and says so
+                self.query_one(StatusBar).say(warning)
+        live = self.view is not None and self.view.live and message.status.running
+        self.query_one(StatusBar).show(message.status, live)
+
+    @on(messages.BacktraceRead)
+    def _backtrace_read(self, message: messages.BacktraceRead) -> None:
+        self.backtraces[(message.run_token, message.thread_id)] = message.backtrace
+        if message.thread_id == self.query_one(ThreadsTable).selected:
+            self.query_one(BacktracePane).show(message.thread_id, message.backtrace)
+
+    @on(messages.ConsoleRead)
+    def _console_read(self, message: messages.ConsoleRead) -> None:
+        self.query_one(ConsolePane).add(message.lines)
+
+    @on(messages.Notice)
+    def _notice(self, message: messages.Notice) -> None:
+        self.query_one(StatusBar).say(message.text, "red" if message.error else "green")
+
+    @on(ThreadsTable.Selected)
+    def _selected(self, message: ThreadsTable.Selected) -> None:
+        self._show_selected(read_backtrace=True)
+
+    def _show_selected(self, read_backtrace: bool) -> None:
+        """Registers and backtrace of the selected thread: from the cache when this stop
+        already has them, else read (not on a live tick: the stop-time one stays)."""
+        table = self.query_one(ThreadsTable)
+        if self.view is None or table.selected is None:
+            return
+        thread = next((t for t in self.view.threads if t.id == table.selected), None)
+        if thread is None:
+            return
+        self.query_one(RegistersPane).show(thread)
+        cached = self.backtraces.get((self.view.run_token, thread.id))
+        if cached is not None:
+            self.query_one(BacktracePane).show(thread.id, cached)
+        elif read_backtrace:
+            self.read_backtrace(thread.id)
+
+    # ---- keys -----------------------------------------------------------------------
+
+    def _may_control(self) -> bool:
+        if self.read_only:
+            self.query_one(StatusBar).say("read-only: run control is off (--read-only)")
+        return not self.read_only
+
+    def action_stop(self) -> None:
+        if self._may_control():
+            self.control("stop")
+
+    def action_cont(self) -> None:
+        if self._may_control():
+            self.control("continue")
+
+    def action_step(self) -> None:
+        if not self._may_control() or self.view is None:
+            return
+        if self.status is not None and self.status.running:
+            self.query_one(StatusBar).say("the guest is running: stop it first (s)")
+            return
+        selected = self.query_one(ThreadsTable).selected
+        thread = next((t for t in self.view.threads if t.id == selected), None)
+        if thread is None or thread.cpu is None:
+            self.query_one(StatusBar).say(f"thread {selected} is not on a vCPU: only a "
+                                          "running thread can be stepped")
+            return
+        self.control("step", thread.cpu)
+
+    def action_refresh(self) -> None:
+        self.backtraces.clear()
+        self.read_view(force=True)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("shown"):
+            box.value = ""
+            box.remove_class("shown")
+            self.query_one(ThreadsTable).focus()
+
+    def action_toggle_case(self) -> None:
+        self.ignore_case = not self.ignore_case
+        self._apply_filter()
+        self.query_one(StatusBar).say("filter ignores case" if self.ignore_case else
+                                      "filter matches case", "green")
+
+    def action_sort(self) -> None:
+        table = self.query_one(ThreadsTable)
+        table.sort_by((table.sort_column + 1) % len(COLUMNS))
+        self.query_one(StatusBar).say(f"sorted by {COLUMNS[table.sort_column]}", "green")
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self._apply_filter()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one(ThreadsTable).focus()
+
+    def _apply_filter(self) -> None:
+        error = self.query_one(ThreadsTable).set_filter(self.query_one("#filter", Input).value,
+                                                       self.ignore_case)
+        if error:
+            self.query_one(StatusBar).say(error, "red")

@@ -1,0 +1,36 @@
+"""The backtrace pane: the selected thread's frames, innermost first (function, file:line)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from tui.widgets.text import guest
+from undebug.api import Backtrace
+
+
+class BacktracePane(DataTable[Text]):
+    DEFAULT_CSS = """
+    BacktracePane { height: 1fr; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", **kwargs)
+
+    def on_mount(self) -> None:
+        self.add_columns("#", "FUNCTION", "FILE:LINE")
+
+    def show(self, thread_id: int, backtrace: Backtrace) -> None:
+        self.border_title = f"backtrace of thread {thread_id}"
+        self.clear()
+        for frame in backtrace.frames:
+            function = guest(frame.function, "bold", default=f"{frame.pc:#x}")
+            if frame.trap is not None:
+                function.append(f" <{frame.trap.name}>", style="red")
+            place = guest(f"{frame.file}:{frame.line}" if frame.file else None,
+                          default=f"{frame.pc:#x}")
+            self.add_row(Text(str(frame.index)), function, place)
+        for warning in backtrace.warnings:
+            self.add_row(Text("!", style="yellow"), guest(warning, "yellow"), Text(""))
