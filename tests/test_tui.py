@@ -1,0 +1,175 @@
+"""The TUI against a live reference guest, driven by Textual's Pilot: what it shows is
+checked against the guest's planted state (guest-stubs/refguest/README.md) and against
+the CLI (``undebug threads/bt --json``, ``undebug ps --json``), another front end over
+the same guest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from tests.conftest import undebug, wait_for_console
+from tui.app import UndebugApp
+from tui.screens.guest import GuestScreen
+from tui.widgets.backtrace import BacktracePane
+from tui.widgets.status import StatusBar
+from tui.widgets.threads import ThreadsTable
+
+NAME = "tui-pilot"
+HOSTILE = "evil\x1b]0;owned\x07"  # the planted name (refguest README)
+SIZE = (120, 36)
+
+
+@pytest.fixture(scope="module")
+def guest(guest_image: Path) -> Iterator[str]:
+    result = undebug("run", "-d", "--name", NAME, "--smp", "2", "--append", "threads=8",
+                     str(guest_image))
+    assert result.code == 0, result.stderr
+    wait_for_console(NAME, "refguest: ready")
+    yield NAME
+    undebug("kill", NAME)
+
+
+@pytest.fixture
+def paused(guest: str) -> Iterator[str]:
+    """The guest held paused (by the CLI) so that the TUI and the CLI see one stop."""
+    assert undebug("stop", guest).code == 0
+    yield guest
+    undebug("cont", guest)
+
+
+def state(name: str) -> str:
+    doc = undebug("ps", "--json").json()
+    return str(next(g["state"] for g in doc["guests"] if g["name"] == name))
+
+
+def drive(app: UndebugApp, body: Callable[[Pilot[None]], Awaitable[None]]) -> None:
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await body(pilot)
+    asyncio.run(run())
+
+
+async def until(pilot: Pilot[None], check: Callable[[], Any], what: str,
+                timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        await pilot.pause(0.1)
+
+
+def screen(pilot: Pilot[None]) -> GuestScreen:
+    assert isinstance(pilot.app.screen, GuestScreen)
+    return pilot.app.screen
+
+
+def shown_functions(pilot: Pilot[None]) -> list[str]:
+    pane = screen(pilot).query_one(BacktracePane)
+    return [pane.get_row_at(i)[1].plain for i in range(pane.row_count)]
+
+
+def shown_names(pilot: Pilot[None]) -> list[str]:
+    table = screen(pilot).query_one(ThreadsTable)
+    return [table.get_row_at(i)[1].plain for i in range(table.row_count)]
+
+
+def cli_functions(name: str, thread_id: int) -> list[str]:
+    doc = undebug("bt", name, "--thread", str(thread_id), "--json").json()
+    return [f["function"] for f in doc["backtraces"][0]["frames"]]
+
+
+def test_opening_shows_the_backtrace_of_the_thread_on_vcpu_0(paused: str) -> None:
+    cli = undebug("threads", paused, "--json").json()
+    on_cpu0 = cli["vcpus"]["0"]
+    expected = cli_functions(paused, on_cpu0)
+
+    async def body(pilot: Pilot[None]) -> None:
+        pane = screen(pilot).query_one(BacktracePane)
+        await until(pilot, lambda: pane.row_count > 0, "backtrace")
+        assert pane.border_title == f"backtrace of thread {on_cpu0}"
+        assert shown_functions(pilot) == expected
+        assert screen(pilot).query_one(ThreadsTable).selected == on_cpu0
+
+    drive(UndebugApp(paused), body)
+
+
+def test_moving_to_another_thread_shows_its_backtrace(paused: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        table = screen(pilot).query_one(ThreadsTable)
+        await until(pilot, lambda: table.row_count > 0 and table.selected is not None, "threads")
+        sleeper = shown_names(pilot).index("sleeper")
+        table.focus()
+        await pilot.press(*["down" if sleeper > table.cursor_row else "up"]
+                          * abs(sleeper - table.cursor_row))
+        thread_id = table.shown[sleeper]
+        pane = screen(pilot).query_one(BacktracePane)
+        await until(pilot, lambda: pane.border_title == f"backtrace of thread {thread_id}",
+                    "backtrace of sleeper")
+        functions = shown_functions(pilot)
+        # The planted chain (refguest README), and exactly what the CLI unwinds.
+        assert functions[:4] == ["schedule", "sleep_ms", "nap", "sleeper_main"]
+        assert functions == cli_functions(paused, thread_id)
+
+    drive(UndebugApp(paused), body)
+
+
+def test_s_stops_the_guest_and_c_continues_it(guest: str) -> None:
+    assert state(guest) == "running"
+
+    async def body(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: screen(pilot).view is not None, "first view")
+        await pilot.press("s")
+        await until(pilot, lambda: state(guest) == "paused", "pause")
+        await pilot.press("c")
+        await until(pilot, lambda: state(guest) == "running", "resume")
+
+    drive(UndebugApp(guest), body)
+
+
+def test_read_only_refuses_to_stop(guest: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: screen(pilot).view is not None, "first view")
+        await pilot.press("s")
+        await pilot.pause(2)
+        status = screen(pilot).query_one(StatusBar)
+        assert status.message is not None and "read-only" in status.message.plain
+        assert state(guest) == "running"
+
+    drive(UndebugApp(guest, read_only=True), body)
+
+
+def test_the_filter_narrows_the_rows_by_regex_and_case(paused: str) -> None:
+    names = [t["name"] for t in undebug("threads", paused, "--json").json()["threads"]]
+    workers = [n for n in names if n.startswith("worker-")]
+    assert len(workers) == 8
+
+    async def body(pilot: Pilot[None]) -> None:
+        table = screen(pilot).query_one(ThreadsTable)
+        await until(pilot, lambda: table.row_count == len(names), "every thread")
+        await pilot.press("slash", *"WORKER-[0-3]")
+        await until(pilot, lambda: table.row_count == 4, "4 rows (case ignored)")
+        assert shown_names(pilot) == ["worker-0", "worker-1", "worker-2", "worker-3"]
+        await pilot.press("ctrl+t")  # match case: no thread is named in capitals
+        await until(pilot, lambda: table.row_count == 0, "no row (case matched)")
+        await pilot.press("escape")
+        await until(pilot, lambda: table.row_count == len(names), "every thread again")
+
+    drive(UndebugApp(paused), body)
+
+
+def test_the_hostile_thread_name_is_shown_escaped(paused: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        table = screen(pilot).query_one(ThreadsTable)
+        await until(pilot, lambda: table.row_count > 0, "threads")
+        names = shown_names(pilot)
+        assert "evil\\x1b]0;owned\\x07" in names
+        assert not any(HOSTILE in n or "\x1b" in n or "\x07" in n for n in names)
+
+    drive(UndebugApp(paused), body)
