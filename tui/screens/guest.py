@@ -30,8 +30,8 @@ CONSOLE_PERIOD = 0.5
 class GuestScreen(Screen[None]):
     DEFAULT_CSS = """
     GuestScreen #main { height: 1fr; }
-    GuestScreen #left { width: 3fr; }
-    GuestScreen #right { width: 2fr; }
+    GuestScreen #left { width: 2fr; }
+    GuestScreen #right { width: 1fr; min-width: 34; max-width: 64; }
     GuestScreen #filter { display: none; }
     GuestScreen #filter.shown { display: block; }
     GuestScreen ThreadsTable, GuestScreen BacktracePane, GuestScreen RegistersPane,
