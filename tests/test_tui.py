@@ -17,7 +17,9 @@ from textual.pilot import Pilot
 from tests.conftest import undebug, wait_for_console
 from tui.app import UndebugApp
 from tui.screens.guest import GuestScreen
+from tui.screens.guests import GuestsScreen
 from tui.widgets.backtrace import BacktracePane
+from tui.widgets.registers import RegistersPane
 from tui.widgets.status import StatusBar
 from tui.widgets.threads import ThreadsTable
 
@@ -116,6 +118,13 @@ def test_moving_to_another_thread_shows_its_backtrace(paused: str) -> None:
         # The planted chain (refguest README), and exactly what the CLI unwinds.
         assert functions[:4] == ["schedule", "sleep_ms", "nap", "sleeper_main"]
         assert functions == cli_functions(paused, thread_id)
+        # Its registers: the context saved when it was switched out, as `regs` reads them.
+        saved = undebug("regs", paused, "--thread", str(thread_id), "--json").json()
+        shown = str(screen(pilot).query_one(RegistersPane).render())
+        assert saved["source"] == "saved context" and "(saved context)" in \
+            str(screen(pilot).query_one(RegistersPane).border_title)
+        for register in ("rip", "rsp", "rbp"):
+            assert f"{register} {saved['registers'][register]:#018x}" in shown
 
     drive(UndebugApp(paused), body)
 
@@ -173,3 +182,19 @@ def test_the_hostile_thread_name_is_shown_escaped(paused: str) -> None:
         assert not any(HOSTILE in n or "\x1b" in n or "\x07" in n for n in names)
 
     drive(UndebugApp(paused), body)
+
+
+def test_without_a_name_the_guests_screen_opens_one_with_enter(guest: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        guests = pilot.app.screen
+        assert isinstance(guests, GuestsScreen)
+        await until(pilot, lambda: guest in guests.names, "the guest listed")
+        table = guests.query_one("DataTable")
+        table.focus()
+        await pilot.press(*["down"] * guests.names.index(guest), "enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, GuestScreen), "guest screen")
+        assert screen(pilot).guest == guest
+        assert pilot.app.screen_stack[-2] is guests  # opened once, over the list
+        await until(pilot, lambda: "sleeper" in shown_names(pilot), "its threads")
+
+    drive(UndebugApp(None), body)
