@@ -79,7 +79,7 @@ def shown_functions(pilot: Pilot[None]) -> list[str]:
 
 def shown_names(pilot: Pilot[None]) -> list[str]:
     table = screen(pilot).query_one(ThreadsTable)
-    return [table.get_row_at(i)[1].plain for i in range(table.row_count)]
+    return [table.row_text(i)[1] for i in range(table.row_count)]
 
 
 def cli_functions(name: str, thread_id: int) -> list[str]:
