@@ -107,14 +107,16 @@ class Session:
         return [_safe(thread) for thread in snapshot.threads]
 
     def view(self) -> ThreadsView:
-        """:meth:`threads` with where each one is, the vCPU map and the run token."""
-        token = self.target.run_token
-        threads = self.threads()
+        """:meth:`threads` with where each one is, the vCPU map and the run token, read
+        in one pass (of a running guest too: see :meth:`Target.moment`)."""
+        with self.target.moment():
+            token = self.target.run_token
+            threads = self.threads()
+            vcpus = dict(self.provider.threads().vcpus)
         symbolize = self.target.elf.symbolize
         where = {t.id: GuestText(symbolize(pc) or f"{pc:#x}")
                  for t in threads for pc in (t.registers.get("rip", 0),)}
-        return ThreadsView(token, self.live, threads, where, dict(self.provider.threads().vcpus),
-                           list(self.warnings))
+        return ThreadsView(token, self.live, threads, where, vcpus, list(self.warnings))
 
     def thread(self, thread_id: int) -> GuestThread:
         return _safe(self.provider.threads().find(thread_id))

@@ -85,10 +85,16 @@ class GuestScreen(Screen[None]):
         self._table.border_title = "threads"
         self.query_one(ConsolePane).border_title = "console"
         self.read_view()
-        self.set_interval(LIVE_PERIOD, self.read_view)
+        self.set_interval(LIVE_PERIOD, self._tick)
         self.set_interval(CONSOLE_PERIOD, self.read_console)
 
     # ---- reading the guest (workers: blocking calls off the app's thread) -------------
+
+    def _tick(self) -> None:
+        """The periodic read, unless the last one is still going (a slow walk of many
+        threads): reads never pile up."""
+        if not any(w.group == "view" and w.is_running for w in self.workers):
+            self.read_view()
 
     @work(exclusive=True, thread=True, group="view")
     def read_view(self, force: bool = False) -> None:
@@ -100,10 +106,10 @@ class GuestScreen(Screen[None]):
             status = api.status(self.guest)
             shown = self.view
             if status.ended or (not force and shown is not None and not shown.live
-                                and not status.running and status.run_token == shown.run_token):
+                                and not status.runs and status.run_token == shown.run_token):
                 self.post_message(messages.ViewRead(status, None))
                 return
-            live = status.running and shown is not None
+            live = status.runs and shown is not None
             with api.attach(self.guest, stop=not live) as session:
                 view = session.view()
                 backtrace = None
@@ -180,14 +186,15 @@ class GuestScreen(Screen[None]):
             self._show_selected(read_backtrace=False)
             for warning in [] if view.live else view.warnings[-1:]:  # live: torn, and says so
                 self.query_one(StatusBar).say(warning)
-        live = self.view is not None and self.view.live and message.status.running
+        live = self.view is not None and self.view.live and message.status.runs
         self.query_one(StatusBar).show(message.status, live)
 
     @on(messages.BacktraceRead)
     def _backtrace_read(self, message: messages.BacktraceRead) -> None:
         self.backtraces[(message.run_token, message.thread_id)] = message.backtrace
         if message.thread_id == self.query_one(ThreadsTable).selected:
-            self.query_one(BacktracePane).show(message.thread_id, message.backtrace)
+            self.query_one(BacktracePane).show(message.thread_id, message.backtrace,
+                                               message.run_token)
 
     @on(messages.ConsoleRead)
     def _console_read(self, message: messages.ConsoleRead) -> None:
@@ -213,7 +220,7 @@ class GuestScreen(Screen[None]):
         self.query_one(RegistersPane).show(thread)
         cached = self.backtraces.get((self.view.run_token, thread.id))
         if cached is not None:
-            self.query_one(BacktracePane).show(thread.id, cached)
+            self.query_one(BacktracePane).show(thread.id, cached, self.view.run_token)
         elif read_backtrace:
             self.read_backtrace(thread.id)
 
@@ -235,7 +242,7 @@ class GuestScreen(Screen[None]):
     def action_step(self) -> None:
         if not self._may_control() or self.view is None:
             return
-        if self.status is not None and self.status.running:
+        if self.status is not None and self.status.runs:
             self.query_one(StatusBar).say("the guest is running: stop it first (s)")
             return
         selected = self.query_one(ThreadsTable).selected

@@ -18,11 +18,13 @@ class BacktracePane(DataTable[Text]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", **kwargs)
+        self.shown: tuple[int, int] | None = None  # (run token, thread id) on screen
 
     def on_mount(self) -> None:
         self.add_columns("#", "FUNCTION", "FILE:LINE")
 
-    def show(self, thread_id: int, backtrace: Backtrace) -> None:
+    def show(self, thread_id: int, backtrace: Backtrace, run_token: int) -> None:
+        self.shown = (run_token, thread_id)
         self.border_title = f"backtrace of thread {thread_id}"
         self.clear()
         for frame in backtrace.frames:

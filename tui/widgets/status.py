@@ -44,7 +44,8 @@ class StatusBar(Static):
         if self.status is not None:
             s = self.status
             text.append("  ")
-            text.append_text(guest(s.state, _STATE_STYLE.get(s.state, "red")))
+            state = "running" if s.runs else s.state  # held for a read: it runs for the user
+            text.append_text(guest(state, _STATE_STYLE.get(state, "red")))
             text.append(f"  {s.accel or '-'}  up {uptime(s.uptime_s)}")
             text.append("  LIVE" if self.live else f"  stop #{s.run_token}",
                         style="reverse" if self.live else "")
