@@ -22,6 +22,7 @@ from tui.widgets.backtrace import BacktracePane
 from tui.widgets.registers import RegistersPane
 from tui.widgets.status import StatusBar
 from tui.widgets.threads import ThreadsTable
+from undebug.text import escape
 
 NAME = "tui-pilot"
 HOSTILE = "evil\x1b]0;owned\x07"  # the planted name (refguest README)
@@ -198,3 +199,90 @@ def test_without_a_name_the_guests_screen_opens_one_with_enter(guest: str) -> No
         await until(pilot, lambda: "sleeper" in shown_names(pilot), "its threads")
 
     drive(UndebugApp(None), body)
+
+
+def test_sorting_by_key_and_by_a_click_on_the_header(paused: str) -> None:
+    names = [t["name"] for t in undebug("threads", paused, "--json").json()["threads"]]
+
+    def as_shown(raw: list[str]) -> list[str]:
+        return [escape(n) for n in raw]
+
+    async def body(pilot: Pilot[None]) -> None:
+        table = screen(pilot).query_one(ThreadsTable)
+        await until(pilot, lambda: table.row_count == len(names), "every thread")
+        assert shown_names(pilot) == as_shown(names)  # by id, as the guest lists them
+        await pilot.press("o")  # the next column: NAME
+        assert shown_names(pilot) == as_shown(sorted(names, key=str.lower))
+        x = len("ID") + 2 + 1  # inside the NAME header (after "ID" and the gap)
+        await pilot.click(ThreadsTable, offset=(1 + x, 1))  # + the border
+        assert shown_names(pilot) == as_shown(sorted(names, key=str.lower, reverse=True))
+
+    drive(UndebugApp(paused), body)
+
+
+def test_n_steps_the_vcpu_of_the_selected_thread(paused: str) -> None:
+    before = next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == paused)
+
+    async def body(pilot: Pilot[None]) -> None:
+        view = lambda: screen(pilot).view  # noqa: E731
+        await until(pilot, lambda: view() is not None, "first view")
+        assert screen(pilot).selected == view().vcpus[0]  # the thread on vCPU 0
+        await pilot.press("n")
+        await until(pilot, lambda: view().run_token != before["run_token"], "a view after the step")
+        after = next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == paused)
+        assert after["last_stop"]["reason"] == "step" and after["last_stop"]["cpu"] == 0
+        assert view().run_token == after["run_token"]
+        regs = undebug("regs", paused, "--cpu", "0", "--json").json()["registers"]
+        shown = str(screen(pilot).query_one(RegistersPane).render())
+        assert f"rip {regs['rip']:#018x}" in shown and "(vCPU 0)" in \
+            str(screen(pilot).query_one(RegistersPane).border_title)
+
+    drive(UndebugApp(paused), body)
+
+
+def test_a_stop_is_read_once_and_backtraces_are_cached_by_run_token(
+        paused: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paused: the periodic check asks only the status; a thread's backtrace is read once
+    per stop (moving back to it reads nothing)."""
+    from undebug import api
+
+    opened: list[bool] = []
+    real = api.attach
+
+    def counted(name: str, *args: Any, stop: bool = True, **kwargs: Any) -> api.Session:
+        opened.append(stop)
+        return real(name, *args, stop=stop, **kwargs)
+    monkeypatch.setattr(api, "attach", counted)
+
+    async def body(pilot: Pilot[None]) -> None:
+        table = screen(pilot).query_one(ThreadsTable)
+        pane = screen(pilot).query_one(BacktracePane)
+        await until(pilot, lambda: pane.row_count > 0, "the first backtrace")
+        await pilot.pause(3.5)  # three periodic checks
+        assert opened == [True]  # the opening read: threads and backtrace in one
+        table.focus()
+        first = table.selected
+        await pilot.press("down")
+        await until(pilot, lambda: pane.shown is not None and pane.shown[1] == table.selected,
+                    "the next thread's backtrace")
+        assert len(opened) == 2
+        await pilot.press("up")
+        await until(pilot, lambda: pane.shown is not None and pane.shown[1] == first,
+                    "the first thread's backtrace again")
+        await pilot.pause(0.5)
+        assert len(opened) == 2  # from the cache
+
+    drive(UndebugApp(paused), body)
+
+
+def test_a_running_guest_is_shown_live(guest: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: screen(pilot).view is not None and screen(pilot).view.live,
+                    "a live view")
+        table = screen(pilot).query_one(ThreadsTable)
+        assert str(table.border_title).endswith("LIVE")
+        status = screen(pilot).query_one(StatusBar)
+        assert status.live and "LIVE" in str(status.render())
+        assert state(guest) == "running"  # read without stopping it
+
+    drive(UndebugApp(guest), body)

@@ -160,7 +160,10 @@ class ThreadsTable(ScrollView, can_focus=True):
         self._move(self.cursor_row + direction * page, announce=True)
 
     def on_click(self, event: events.Click) -> None:
-        x, y = event.x + self.scroll_offset.x, event.y
+        inside = event.get_content_offset(self)  # None: on the border or a scrollbar
+        if inside is None:
+            return
+        x, y = inside.x + self.scroll_offset.x, inside.y
         top = self.scroll_offset.y
         if y == 0:
             edge = 0
