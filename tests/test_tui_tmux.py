@@ -63,12 +63,13 @@ def _hues(screen: str) -> set[str]:
     return found
 
 
-def _start(tmux: list[str], name: str, *env: str) -> None:
-    """``undebug tui NAME`` in a new 100x30 session; the pane title set before it starts."""
+def _start(tmux: list[str], name: str, *env: str, args: str = "") -> None:
+    """``undebug tui NAME`` (or ``undebug ARGS``) in a new 100x30 session; the pane title
+    set before it starts."""
     pass_on = " ".join(f"{k}={shlex.quote(os.environ[k])}"
                        for k in ("UNDEBUG_RUNTIME_DIR", "UNDEBUG_CACHE_DIR", "PATH"))
     command = f"sleep 1; env {pass_on} {' '.join(env)} TERM=xterm-256color " \
-              f"{shlex.quote(sys.executable)} -m undebug.cli tui {name}"
+              f"{shlex.quote(sys.executable)} -m undebug.cli {args or 'tui ' + name}"
     subprocess.run([*tmux, "new-session", "-d", "-x", "100", "-y", "30", command],
                    check=True, timeout=30)
     subprocess.run([*tmux, "select-pane", "-T", TITLE], check=True, timeout=30)
@@ -116,3 +117,14 @@ def _wait_gone(tmux: list[str]) -> None:
     while subprocess.run([*tmux, "has-session"], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "q did not quit the TUI:\n" + _capture(tmux)
         time.sleep(0.3)
+
+
+def test_demo_on_a_terminal_ends_in_the_tui_and_q_ends_the_guest(tmux: list[str]) -> None:
+    _start(tmux, "", args="demo --name tui-demo --threads 4")
+    try:
+        _wait_screen(tmux, ["tui-demo", "worker-3", "backtrace of thread"], timeout=120)
+        subprocess.run([*tmux, "send-keys", "q"], check=True, timeout=30)
+        _wait_gone(tmux)
+        assert "tui-demo" not in [g["name"] for g in undebug("ps", "--json").json()["guests"]]
+    finally:
+        undebug("kill", "tui-demo")
