@@ -286,3 +286,24 @@ def test_a_running_guest_is_shown_live(guest: str) -> None:
         assert state(guest) == "running"  # read without stopping it
 
     drive(UndebugApp(guest), body)
+
+
+def test_y_copies_the_backtrace_and_e_names_the_cli_that_gives_it(paused: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        pane = screen(pilot).query_one(BacktracePane)
+        await until(pilot, lambda: pane.shown is not None, "a backtrace")
+        thread_id = screen(pilot).selected
+        await pilot.press("y")
+        copied = pilot.app.clipboard.splitlines()
+        assert copied[0] == f"thread {thread_id}:"
+        assert [line.split(" in ")[1].split(" at ")[0] for line in copied[1:]] == \
+            cli_functions(paused, thread_id)
+        await pilot.press("e")
+        said = screen(pilot).query_one(StatusBar).message
+        assert said is not None
+        line = next(c for c in said.plain.split("; ") if c.startswith("undebug bt "))
+        # The line shown gives the same frames as the pane, run as a user would.
+        got = undebug(*line.split()[1:], "--json").json()["backtraces"][0]["frames"]
+        assert [f["function"] for f in got] == shown_functions(pilot)
+
+    drive(UndebugApp(paused), body)

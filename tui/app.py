@@ -20,6 +20,8 @@ _DESCRIPTIONS = {
     "(or click a column's header; again: reverse)", "quit": "quit (the guest stays as it is)",
     "help": "this screen", "open": "open the highlighted guest",
     "next pane": "move between panes", "clear filter": "clear the filter, close it",
+    "copy bt": "copy the selected thread's backtrace (to the terminal's clipboard: OSC 52)",
+    "as CLI": "show the undebug commands that give what is on screen",
 }
 
 

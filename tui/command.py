@@ -16,6 +16,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="the guest to open (see undebug ps); without it, a list of guests")
     p.add_argument("--read-only", action="store_true",
                    help="no run control: stop, continue and step are refused")
+    p.add_argument("--no-mouse", action="store_true",
+                   help="leave the mouse to the terminal (its own text selection works)")
 
 
 @command("tui", "a full-screen view of a guest: threads, backtrace, registers, console",
@@ -30,5 +32,5 @@ def tui(args: argparse.Namespace) -> Report:
                          hint="for scripts, use undebug threads / bt / logs (with --json)")
     from tui.app import UndebugApp
 
-    UndebugApp(args.name, read_only=args.read_only).run()
+    UndebugApp(args.name, read_only=args.read_only).run(mouse=not args.no_mouse)
     return Report()

@@ -15,7 +15,7 @@ from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
 from tui import messages
-from tui.widgets.backtrace import BacktracePane
+from tui.widgets.backtrace import BacktracePane, backtrace_text
 from tui.widgets.console import ConsolePane
 from tui.widgets.registers import RegistersPane
 from tui.widgets.status import StatusBar
@@ -45,8 +45,10 @@ class GuestScreen(Screen[None]):
         Binding("n", "step", "step"),
         Binding("r", "refresh", "refresh"),
         Binding("slash", "filter", "filter"),
-        Binding("ctrl+t", "toggle_case", "case", priority=True),
+        Binding("ctrl+t", "toggle_case", "case", priority=True, show=False),
         Binding("o", "sort", "sort"),
+        Binding("y", "copy", "copy bt", show=False),
+        Binding("e", "equivalent", "as CLI", show=False),
         Binding("tab", "app.focus_next", "next pane", show=False),
         Binding("escape", "close_filter", "clear filter", show=False),
     ]
@@ -256,6 +258,27 @@ class GuestScreen(Screen[None]):
     def action_refresh(self) -> None:
         self.backtraces.clear()
         self.read_view(force=True)
+
+    def action_copy(self) -> None:
+        """The selected thread's backtrace to the clipboard (OSC 52), as text: escaped."""
+        pane = self.query_one(BacktracePane)
+        if pane.shown is None or self.view is None:
+            return
+        backtrace = self.backtraces.get(pane.shown)
+        if backtrace is None:
+            return
+        self.app.copy_to_clipboard(backtrace_text(pane.shown[1], backtrace))
+        self.query_one(StatusBar).say(f"copied the backtrace of thread {pane.shown[1]}", "green")
+
+    def action_equivalent(self) -> None:
+        """The CLI lines that give the data on screen (the supervisor requests behind it)."""
+        selected = self.selected
+        lines = [f"undebug threads {self.guest}"]
+        if selected is not None:
+            lines += [f"undebug bt {self.guest} --thread {selected}",
+                      f"undebug regs {self.guest} --thread {selected}"]
+        lines.append(f"undebug logs {self.guest} -n 200 -f")
+        self.query_one(StatusBar).say("; ".join(lines), "cyan")
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

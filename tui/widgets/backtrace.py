@@ -9,6 +9,16 @@ from textual.widgets import DataTable
 
 from tui.widgets.text import guest
 from undebug.api import Backtrace
+from undebug.text import escape
+
+
+def backtrace_text(thread_id: int, backtrace: Backtrace) -> str:
+    """The backtrace as lines of plain text (for the clipboard), guest names escaped."""
+    lines = [f"thread {thread_id}:"]
+    for frame in backtrace.frames:
+        where = f" at {escape(frame.file)}:{frame.line}" if frame.file else ""
+        lines.append(f"#{frame.index} {frame.pc:#x} in {escape(frame.function or '??')}{where}")
+    return "\n".join(lines + [f"warning: {escape(w)}" for w in backtrace.warnings]) + "\n"
 
 
 class BacktracePane(DataTable[Text]):
