@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -124,6 +123,8 @@ def render(summary: dict[str, Any]) -> list[str]:
 def _tui(name: str) -> bool:
     """Run ``undebug tui NAME`` on this terminal until the user quits it; False when it
     is not there (the tui plugin not installed: argparse refuses the command)."""
+    import subprocess  # only here: every command's start-up imports this module
+
     return subprocess.run([sys.executable, "-m", "undebug.cli", "tui", name]).returncode == 0
 
 
