@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from rich.text import Text
@@ -41,7 +42,8 @@ class BacktracePane(DataTable[Text]):
             function = guest(frame.function, "bold", default=f"{frame.pc:#x}")
             if frame.trap is not None:
                 function.append(f" <{frame.trap.name}>", style="red")
-            place = guest(f"{frame.file}:{frame.line}" if frame.file else None,
+            # The file's name only (Unikraft's DWARF has absolute paths); y copies it whole.
+            place = guest(f"{PurePath(frame.file).name}:{frame.line}" if frame.file else None,
                           default=f"{frame.pc:#x}")
             self.add_row(Text(str(frame.index)), function, place)
         for warning in backtrace.warnings:
