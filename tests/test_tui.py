@@ -307,3 +307,25 @@ def test_y_copies_the_backtrace_and_e_names_the_cli_that_gives_it(paused: str) -
         assert [f["function"] for f in got] == shown_functions(pilot)
 
     drive(UndebugApp(paused), body)
+
+
+def test_the_guest_ending_under_the_tui_is_shown_and_the_tui_goes_on(guest_image: Path) -> None:
+    name = "tui-ends"
+    assert undebug("run", "-d", "--name", name, "--append", "threads=2", str(guest_image)).code == 0
+    try:
+        wait_for_console(name, "refguest: ready")
+
+        async def body(pilot: Pilot[None]) -> None:
+            await until(pilot, lambda: screen(pilot).view is not None, "first view")
+            assert undebug("kill", name).code == 0
+            await until(pilot, lambda: screen(pilot).gone, "the end")
+            bar = str(screen(pilot).query_one(StatusBar).render())
+            assert "gone" in bar and f"no guest named {name!r}" in bar
+            await pilot.pause(1.5)  # a periodic check more: nothing breaks
+            assert pilot.app.is_running and "sleeper" in shown_names(pilot)  # the last view
+            await pilot.press("s")
+            assert "nothing to control" in str(screen(pilot).query_one(StatusBar).render())
+
+        drive(UndebugApp(name), body)
+    finally:
+        undebug("kill", name)

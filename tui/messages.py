@@ -20,6 +20,13 @@ class ViewRead(Message):
 
 
 @dataclass
+class GuestGone(Message):
+    """The guest's session is no more (``undebug kill``): nothing left to read."""
+
+    reason: str
+
+
+@dataclass
 class BacktraceRead(Message):
     thread_id: int
     run_token: int

@@ -63,6 +63,7 @@ class GuestScreen(Screen[None]):
         self.ignore_case = True
         self.console: api.Console | None = None
         self._table: ThreadsTable | None = None
+        self.gone = False  # the session was removed: the last view stays, nothing is read
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.guest, self.read_only)
@@ -104,8 +105,14 @@ class GuestScreen(Screen[None]):
         also the selected thread's backtrace (the vCPU-0 thread's at first), read in the
         same consistent snapshot."""
         worker = get_current_worker()
+        if self.gone:
+            return
         try:
             status = api.status(self.guest)
+        except UndebugError as exc:  # its session was removed: killed and forgotten
+            self.post_message(messages.GuestGone(exc.message))
+            return
+        try:
             shown = self.view
             if status.ended or (not force and shown is not None and not shown.live
                                 and not status.runs and status.run_token == shown.run_token):
@@ -147,6 +154,8 @@ class GuestScreen(Screen[None]):
 
     @work(exclusive=True, thread=True, group="console")
     def read_console(self) -> None:
+        if self.gone:
+            return
         try:
             if self.console is None:
                 self.console = api.Console(self.guest)
@@ -191,6 +200,11 @@ class GuestScreen(Screen[None]):
         live = self.view is not None and self.view.live and message.status.runs
         self.query_one(StatusBar).show(message.status, live)
 
+    @on(messages.GuestGone)
+    def _gone(self, message: messages.GuestGone) -> None:
+        self.gone = True
+        self.query_one(StatusBar).gone(message.reason)
+
     @on(messages.BacktraceRead)
     def _backtrace_read(self, message: messages.BacktraceRead) -> None:
         self.backtraces[(message.run_token, message.thread_id)] = message.backtrace
@@ -231,7 +245,9 @@ class GuestScreen(Screen[None]):
     def _may_control(self) -> bool:
         if self.read_only:
             self.query_one(StatusBar).say("read-only: run control is off (--read-only)")
-        return not self.read_only
+        elif self.gone:
+            self.query_one(StatusBar).say("the guest is gone: nothing to control")
+        return not (self.read_only or self.gone)
 
     def action_stop(self) -> None:
         if self._may_control():

@@ -3,6 +3,8 @@ that the picture is live), and the last message for the user."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -33,6 +35,13 @@ class StatusBar(Static):
     def show(self, status: GuestStatus, live: bool) -> None:
         self.status, self.live = status, live
         self._paint()
+
+    def gone(self, reason: str) -> None:
+        """The guest's session was removed: say so for good, in place of its state."""
+        if self.status is not None:
+            self.status = dataclasses.replace(self.status, state="gone")
+        self.live = False
+        self.say(f"{reason} (the last view read stays on screen)", "red")
 
     def say(self, message: str, style: str = "yellow") -> None:
         """One line for the user (a refusal, an error), until the next one."""
