@@ -329,3 +329,29 @@ def test_the_guest_ending_under_the_tui_is_shown_and_the_tui_goes_on(guest_image
         drive(UndebugApp(name), body)
     finally:
         undebug("kill", name)
+
+
+def test_b_sets_a_breakpoint_and_its_stop_selects_the_thread_that_hit_it(guest: str) -> None:
+    """checksum_block runs in every worker request (refguest README): the guest stops
+    there, and the TUI selects the worker on the vCPU that stopped, its backtrace through
+    handle_request and worker_main."""
+    async def body(pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: screen(pilot).view is not None, "first view")
+        await pilot.press("b", *"checksum_block", "enter")
+        await until(pilot, lambda: screen(pilot).status is not None
+                    and screen(pilot).status.last_stop is not None
+                    and not screen(pilot).view.live, "the breakpoint's stop", timeout=90)
+        stop = screen(pilot).status.last_stop
+        assert stop is not None and stop.reason == "breakpoint"
+        pane = screen(pilot).query_one(BacktracePane)
+        await until(pilot, lambda: pane.shown is not None
+                    and pane.shown[0] == screen(pilot).view.run_token, "its backtrace")
+        cli = undebug("threads", guest, "--json").json()
+        assert screen(pilot).selected == cli["vcpus"][str(stop.cpu)]
+        assert shown_functions(pilot)[:3] == ["checksum_block", "handle_request", "worker_main"]
+
+    try:
+        drive(UndebugApp(guest), body)
+    finally:
+        assert undebug("delete", guest, "--all").code == 0
+        undebug("cont", guest)

@@ -15,7 +15,9 @@ from tui.screens.help import HelpScreen
 _DESCRIPTIONS = {
     "stop": "stop (pause) the guest", "continue": "let the guest run",
     "step": "one instruction on the vCPU of the selected thread",
-    "refresh": "read the guest again now", "filter": "filter threads by a regular expression",
+    "refresh": "read the guest again now",
+    "break": "set a breakpoint (a function, FILE:LINE or an address); when a vCPU hits "
+    "it the guest stops and its thread is selected", "filter": "filter threads by a regular expression",
     "case": "filter: match case or ignore it", "sort": "sort threads by the next column "
     "(or click a column's header; again: reverse)", "quit": "quit (the guest stays as it is)",
     "help": "this screen", "open": "open the highlighted guest",

@@ -13,10 +13,12 @@ from undebug.api import Backtrace, GuestStatus, GuestText, ThreadsView
 
 @dataclass
 class ViewRead(Message):
-    """The guest's status and, when it changed (a new stop, or a live tick), its threads."""
+    """The guest's status and, when it changed (a new stop, or a live tick), its threads;
+    with a new stop also the backtrace of the thread to select, read at that stop."""
 
     status: GuestStatus
     view: ThreadsView | None  # None: the same stop as the view already shown
+    backtrace: tuple[int, Backtrace] | None = None  # (thread id, its backtrace)
 
 
 @dataclass

@@ -21,17 +21,20 @@ from typing import Any, TypeVar
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.elf import Symbol
 from undebug.errors import UndebugError
+from undebug.locations import resolve_location
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
+from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient, live_status
 from undebug.session.replies import GuestStatus, Stop
 from undebug.session.store import SessionDir, sessions
-from undebug.target import Target, open_target
+from undebug.target import Target, guest_elf, open_target
 from undebug.text import escape
 from undebug.unwind import Backtrace, unwind
 
-__all__ = ["Backtrace", "Console", "GuestStatus", "GuestText", "GuestThread", "Session", "Stop",
-           "ThreadsView", "attach", "guests", "pause", "resume", "status", "step"]
+__all__ = ["Backtrace", "Breakpoint", "Console", "GuestStatus", "GuestText", "GuestThread",
+           "Session", "Stop", "ThreadsView", "attach", "break_at", "guests", "pause", "resume",
+           "status", "step"]
 
 _D = TypeVar("_D")
 
@@ -192,6 +195,15 @@ def step(name: str, cpu: int | None = None) -> Stop:
     """One instruction on vCPU ``cpu`` (None: the one that stopped last) (``undebug step``)."""
     with SupervisorClient(SessionDir.named(name)) as client:
         return client.step(cpu)
+
+
+def break_at(name: str, location: str, hardware: bool = False) -> Breakpoint:
+    """A breakpoint the supervisor keeps at a function, FILE:LINE or an address, as
+    ``undebug break NAME LOCATION`` sets it (owner "cli": it stays until deleted)."""
+    elf = None if location[:1].isdigit() else guest_elf(name)
+    address = resolve_location(elf, location)
+    with SupervisorClient(SessionDir.named(name)) as client:
+        return client.insert_breakpoint(address, hardware, location)
 
 
 class Console:

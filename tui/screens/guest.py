@@ -32,8 +32,8 @@ class GuestScreen(Screen[None]):
     GuestScreen #main { height: 1fr; }
     GuestScreen #left { width: 2fr; }
     GuestScreen #right { width: 1fr; min-width: 34; max-width: 64; }
-    GuestScreen #filter { display: none; }
-    GuestScreen #filter.shown { display: block; }
+    GuestScreen #filter, GuestScreen #location { display: none; }
+    GuestScreen #filter.shown, GuestScreen #location.shown { display: block; }
     GuestScreen ThreadsTable, GuestScreen BacktracePane, GuestScreen RegistersPane,
     GuestScreen ConsolePane { border: round $primary-darken-2; }
     GuestScreen :focus { border: round $accent; }
@@ -43,6 +43,7 @@ class GuestScreen(Screen[None]):
         Binding("s", "stop", "stop"),
         Binding("c", "cont", "continue"),
         Binding("n", "step", "step"),
+        Binding("b", "break", "break"),
         Binding("r", "refresh", "refresh"),
         Binding("slash", "filter", "filter"),
         Binding("ctrl+t", "toggle_case", "case", priority=True, show=False),
@@ -64,6 +65,7 @@ class GuestScreen(Screen[None]):
         self.console: api.Console | None = None
         self._table: ThreadsTable | None = None
         self.gone = False  # the session was removed: the last view stays, nothing is read
+        self.view_stop = -1  # the run token of the last breakpoint stop selected for
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.guest, self.read_only)
@@ -72,6 +74,8 @@ class GuestScreen(Screen[None]):
                 yield ThreadsTable(id="threads")
                 yield Input(placeholder="filter: a regular expression (ctrl+t: case)",
                             id="filter")
+                yield Input(placeholder="break at: a function, FILE:LINE or an address",
+                            id="location")
             with Vertical(id="right"):
                 yield BacktracePane(id="backtrace")
                 yield RegistersPane(id="registers")
@@ -122,20 +126,28 @@ class GuestScreen(Screen[None]):
             with api.attach(self.guest, stop=not live) as session:
                 view = session.view()
                 backtrace = None
-                if not live:
-                    wanted = self.selected
-                    thread = next((t for t in view.threads if t.id == wanted), None) \
-                        or view.on_cpu(0) or (view.threads[0] if view.threads else None)
-                    if thread is not None:
-                        backtrace = messages.BacktraceRead(
-                            thread.id, view.run_token, session.backtrace(thread.id))
+                thread = None if live else self._wanted(view, status)
+                if thread is not None:
+                    backtrace = (thread.id, session.backtrace(thread.id))
         except UndebugError as exc:
             self.post_message(messages.Notice(f"reading the guest: {exc.message}"))
             return
         if not worker.is_cancelled:
-            self.post_message(messages.ViewRead(status, view))
-            if backtrace is not None:
-                self.post_message(backtrace)
+            self.post_message(messages.ViewRead(status, view, backtrace))
+
+    def _wanted(self, view: api.ThreadsView, status: api.GuestStatus) -> api.GuestThread | None:
+        """The thread to select in a stopped view: the one on the vCPU that hit a
+        breakpoint (a new stop the guest made), else the one selected, else the one on
+        vCPU 0 (opening), else the first."""
+        stop = status.last_stop
+        if stop is not None and stop.reason == "breakpoint" and stop.cpu is not None \
+                and status.run_token == view.run_token and self.view_stop != view.run_token:
+            on_stop = view.on_cpu(stop.cpu)
+            if on_stop is not None:
+                return on_stop
+        wanted = self.selected
+        return next((t for t in view.threads if t.id == wanted), None) \
+            or view.on_cpu(0) or (view.threads[0] if view.threads else None)
 
     @work(exclusive=True, thread=True, group="backtrace")
     def read_backtrace(self, thread_id: int) -> None:
@@ -167,8 +179,14 @@ class GuestScreen(Screen[None]):
             self.post_message(messages.ConsoleRead(lines))
 
     @work(thread=True, group="control")
-    def control(self, verb: str, cpu: int | None = None) -> None:
+    def control(self, verb: str, cpu: int | None = None, location: str = "") -> None:
         try:
+            if verb == "break":
+                bp = api.break_at(self.guest, location)
+                self.post_message(messages.Notice(
+                    f"breakpoint {bp.id} at {bp.address:#x} ({location}): the guest stops "
+                    "when a vCPU gets there", error=False))
+                return
             if verb == "stop":
                 api.pause(self.guest)
             elif verb == "continue":
@@ -188,13 +206,16 @@ class GuestScreen(Screen[None]):
         self.status = message.status
         view = message.view
         if view is not None:
-            first = self.view is None
             self.view = view
             table = self.query_one(ThreadsTable)
-            opening = view.on_cpu(0) if first else None
-            table.show(view, select=opening.id if opening else None)
+            select = None
+            if message.backtrace is not None:
+                select, backtrace = message.backtrace
+                self.backtraces[(view.run_token, select)] = backtrace
+                self.view_stop = view.run_token
+            table.show(view, select=select)
             table.border_title = f"threads ({len(view.threads)})" + (" LIVE" if view.live else "")
-            self._show_selected(read_backtrace=False)
+            self._show_selected(read_backtrace=not view.live)
             for warning in [] if view.live else view.warnings[-1:]:  # live: torn, and says so
                 self.query_one(StatusBar).say(warning)
         live = self.view is not None and self.view.live and message.status.runs
@@ -301,12 +322,28 @@ class GuestScreen(Screen[None]):
         box.add_class("shown")
         box.focus()
 
+    def action_break(self) -> None:
+        if self._may_control():
+            box = self.query_one("#location", Input)
+            box.add_class("shown")
+            box.focus()
+
+    @on(Input.Submitted, "#location")
+    def _location_given(self, event: Input.Submitted) -> None:
+        event.input.remove_class("shown")
+        self.query_one(ThreadsTable).focus()
+        if event.value.strip():
+            self.control("break", location=event.value.strip())
+        event.input.value = ""
+
     def action_close_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        if box.has_class("shown"):
-            box.value = ""
-            box.remove_class("shown")
-            self.query_one(ThreadsTable).focus()
+        """Escape: close the location box, or clear and close the filter."""
+        for box in self.query("#location, #filter").results(Input):
+            if box.has_class("shown"):
+                box.value = ""
+                box.remove_class("shown")
+        self._apply_filter()
+        self.query_one(ThreadsTable).focus()
 
     def action_toggle_case(self) -> None:
         self.ignore_case = not self.ignore_case
