@@ -207,6 +207,9 @@ class GuestScreen(Screen[None]):
         view = message.view
         if view is not None:
             self.view = view
+            if not view.live:  # a new stop: the backtraces of earlier ones are history
+                self.backtraces = {k: v for k, v in self.backtraces.items()
+                                   if k[0] == view.run_token}
             table = self.query_one(ThreadsTable)
             select = None
             if message.backtrace is not None:
