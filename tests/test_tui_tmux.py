@@ -6,6 +6,7 @@ With NO_COLOR set, the screen has no hue at all (``capture-pane -e`` keeps the c
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -23,10 +24,14 @@ NAME = "tui-tmux"
 TITLE = "before-undebug-tui"
 
 
+_SERVERS = itertools.count()
+
+
 @pytest.fixture
 def tmux() -> Iterator[list[str]]:
-    """A tmux server of our own (a private -L socket), killed at the end: only it."""
-    base = ["tmux", "-L", f"undebug-test-{os.getpid()}", "-f", os.devnull]
+    """A tmux server of our own (a private -L socket, one per test: a server still going
+    away refuses the next one), killed at the end: only it."""
+    base = ["tmux", "-L", f"undebug-test-{os.getpid()}-{next(_SERVERS)}", "-f", os.devnull]
     yield base
     subprocess.run([*base, "kill-server"], capture_output=True, timeout=30)
 
@@ -70,8 +75,13 @@ def _start(tmux: list[str], name: str, *env: str, args: str = "") -> None:
                        for k in ("UNDEBUG_RUNTIME_DIR", "UNDEBUG_CACHE_DIR", "PATH"))
     command = f"sleep 1; env {pass_on} {' '.join(env)} TERM=xterm-256color " \
               f"{shlex.quote(sys.executable)} -m undebug.cli {args or 'tui ' + name}"
-    subprocess.run([*tmux, "new-session", "-d", "-x", "100", "-y", "30", command],
-                   check=True, timeout=30)
+    for _ in range(10):  # a server whose last session just ended may still be exiting
+        if subprocess.run([*tmux, "new-session", "-d", "-x", "100", "-y", "30", command],
+                          capture_output=True, timeout=30).returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("tmux refused a new session")
     subprocess.run([*tmux, "select-pane", "-T", TITLE], check=True, timeout=30)
 
 
