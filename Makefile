@@ -53,7 +53,7 @@ bench: setup guest bench-deps
 	$(VPY) -m bench
 
 lint: setup
-	$(VENV)/bin/ruff check undebug tracers tests
+	$(VENV)/bin/ruff check undebug tracers tui tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

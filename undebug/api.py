@@ -13,18 +13,28 @@ the example above is safe on a terminal whatever the guest put in its memory.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from undebug.console import ConsoleFollower, tail_lines
 from undebug.elf import Symbol
+from undebug.errors import UndebugError
+from undebug.locations import resolve_location
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
-from undebug.target import Target, open_target
+from undebug.session.breakpoints import Breakpoint
+from undebug.session.client import SupervisorClient, live_status
+from undebug.session.replies import GuestStatus, Stop
+from undebug.session.store import SessionDir, sessions
+from undebug.target import Target, guest_elf, open_target
 from undebug.text import escape
 from undebug.unwind import Backtrace, unwind
 
-__all__ = ["GuestText", "Session", "attach"]
+__all__ = ["Backtrace", "Breakpoint", "Console", "GuestStatus", "GuestText", "GuestThread",
+           "Session", "Stop", "ThreadsView", "attach", "break_at", "guests", "pause", "resume",
+           "status", "step"]
 
 _D = TypeVar("_D")
 
@@ -56,11 +66,31 @@ def _safe(record: _D) -> _D:
     return dataclasses.replace(record, **changes)  # type: ignore[type-var]
 
 
+@dataclass(frozen=True)
+class ThreadsView:
+    """Every guest thread at one moment, with the function each one is in. Equal
+    ``run_token``: the same stop, the same data (front ends cache by it); ``live``: read
+    while the guest ran, so it may be torn (a moving picture, not a stop)."""
+
+    run_token: int
+    live: bool
+    threads: list[GuestThread]
+    where: dict[int, GuestText]  # thread id -> its function, or its pc in hex
+    vcpus: dict[int, int | None]  # vCPU index -> id of the thread it runs
+    warnings: list[str]
+
+    def on_cpu(self, cpu: int) -> GuestThread | None:
+        """The thread vCPU ``cpu`` runs (None: none, or a thread the walk did not find)."""
+        thread_id = self.vcpus.get(cpu)
+        return next((t for t in self.threads if t.id == thread_id), None)
+
+
 class Session:
     """One guest, held still while the session is open (unless ``stop=False``)."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, live: bool = False) -> None:
         self.target = target
+        self.live = live  # opened with stop=False: reads see a running guest
         self._provider: ThreadProvider | None = None
 
     @property
@@ -78,6 +108,18 @@ class Session:
         snapshot = self.provider.threads()
         self.target.warnings.extend(w for w in snapshot.warnings if w not in self.target.warnings)
         return [_safe(thread) for thread in snapshot.threads]
+
+    def view(self) -> ThreadsView:
+        """:meth:`threads` with where each one is, the vCPU map and the run token, read
+        in one pass (of a running guest too: see :meth:`Target.moment`)."""
+        with self.target.moment():
+            token = self.target.run_token
+            threads = self.threads()
+            vcpus = dict(self.provider.threads().vcpus)
+        symbolize = self.target.elf.symbolize
+        where = {t.id: GuestText(symbolize(pc) or f"{pc:#x}")
+                 for t in threads for pc in (t.registers.get("rip", 0),)}
+        return ThreadsView(token, self.live, threads, where, vcpus, list(self.warnings))
 
     def thread(self, thread_id: int) -> GuestThread:
         return _safe(self.provider.threads().find(thread_id))
@@ -117,4 +159,68 @@ def attach(name: str, elf: str | Path | None = None, *, stop: bool = True,
            force: bool = False) -> Session:
     """Open the guest ``name`` (see ``undebug ps``) for inspection."""
     target = open_target(name, Path(elf) if elf else None, stop=stop, force=force)
-    return Session(target)
+    return Session(target, live=not stop)
+
+
+# ---- the guests and their run state, without opening their memory --------------------
+
+def guests() -> tuple[list[GuestStatus], list[str]]:
+    """Every guest as ``undebug ps`` lists it, and why any could not be asked."""
+    found, problems = [], []
+    for session in sessions():
+        try:
+            found.append(live_status(session))
+        except UndebugError as exc:
+            problems.append(exc.message)
+    return found, problems
+
+
+def status(name: str) -> GuestStatus:
+    """The guest's state, accelerator, uptime and run token, from its supervisor."""
+    return live_status(SessionDir.named(name))
+
+
+def pause(name: str) -> GuestStatus:
+    """Stop the guest until :func:`resume` (``undebug stop``)."""
+    with SupervisorClient(SessionDir.named(name)) as client:
+        return client.pause()
+
+
+def resume(name: str) -> GuestStatus:
+    """Let a paused guest run again (``undebug cont``)."""
+    with SupervisorClient(SessionDir.named(name)) as client:
+        return client.resume()
+
+
+def step(name: str, cpu: int | None = None) -> Stop:
+    """One instruction on vCPU ``cpu`` (None: the one that stopped last) (``undebug step``)."""
+    with SupervisorClient(SessionDir.named(name)) as client:
+        return client.step(cpu)
+
+
+def break_at(name: str, location: str, hardware: bool = False) -> Breakpoint:
+    """A breakpoint the supervisor keeps at a function, FILE:LINE or an address, as
+    ``undebug break NAME LOCATION`` sets it (owner "cli": it stays until deleted)."""
+    elf = None if location[:1].isdigit() else guest_elf(name)
+    address = resolve_location(elf, location)
+    with SupervisorClient(SessionDir.named(name)) as client:
+        return client.insert_breakpoint(address, hardware, location)
+
+
+class Console:
+    """A guest's serial console: the last lines at first, then what it prints as it runs.
+    Each line is a :class:`GuestText` (the guest wrote it)."""
+
+    def __init__(self, name: str, tail: int = 200) -> None:
+        path = SessionDir.named(name).console_log
+        self._first = [_line(raw) for raw in tail_lines(path, tail)]
+        self._follower = ConsoleFollower(path, start_at_end=True)
+
+    def poll(self) -> list[GuestText]:
+        """The lines printed since the last call (the tail, the first time)."""
+        first, self._first = self._first, []
+        return first + [_line(raw) for raw in self._follower.poll()]
+
+
+def _line(raw: bytes) -> GuestText:
+    return GuestText(raw.decode("utf-8", "surrogateescape"))

@@ -15,6 +15,7 @@ import hashlib
 import mmap
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -114,6 +115,14 @@ class Target(ABC):
                  tb: TracebackType | None) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def moment(self) -> Iterator[None]:
+        """One pass of reads (a thread walk) that may reuse what it read: registers, page
+        translations, the run token. A stopped guest is one moment anyway; a running one
+        (:class:`LiveTarget` with ``stop=False``) then costs one register read per pass,
+        not one per memory read, and is still torn (a moving picture, not a stop)."""
+        yield
+
     def address_of(self, name: str) -> int | None:
         """The runtime address of a symbol (with the load offset), or None."""
         symbol = self.elf.symbol(name)
@@ -171,6 +180,7 @@ class LiveTarget(Target):
             self._token = 0
             self._stopped = stop
             self._warned_torn = False
+            self._in_moment = False
             if stop:
                 self._token = self.client.freeze()
             self._ram = self._map_ram()
@@ -263,9 +273,23 @@ class LiveTarget(Target):
 
     @property
     def run_token(self) -> int:
-        if not self._stopped:
+        if not self._stopped and not self._in_moment:
             self._token += 1  # a running guest changes under us: never reuse a cache
         return self._token
+
+    @contextlib.contextmanager
+    def moment(self) -> Iterator[None]:
+        if self._stopped or self._in_moment:
+            yield
+            return
+        self._token += 1  # a new moment: no cache of the last one applies
+        self._registers = None
+        self._pages.clear()
+        self._in_moment = True
+        try:
+            yield
+        finally:
+            self._in_moment = False
 
     def close(self) -> None:
         if self._ram is not None:
@@ -282,7 +306,7 @@ class LiveTarget(Target):
 
     def _all_registers(self) -> dict[int, dict[str, int]]:
         self._reading()
-        if self._registers is None or not self._stopped:
+        if self._registers is None or not (self._stopped or self._in_moment):
             self._registers = {c.cpu: dict(c.registers) for c in self.client.read_registers()}
         return self._registers
 
@@ -312,7 +336,7 @@ class LiveTarget(Target):
         return self._rpc_read(address, size, physical=True)
 
     def _translate_page(self, page: int) -> int:
-        if not self._stopped:
+        if not (self._stopped or self._in_moment):
             self._pages.clear()
         physical = self._pages.get(page)
         if physical is None:

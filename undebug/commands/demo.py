@@ -1,7 +1,9 @@
 """``undebug demo``: build the reference guest, boot it, and show what undebug sees.
 
-Until the TUI exists this is a live summary refreshed once a second; without a terminal
-(or with ``--once``/``--json``) it prints one summary and ends the guest.
+On a terminal it opens ``undebug tui`` on the guest (a plugin command: run as a program,
+never imported), or, when the TUI is not installed, a summary refreshed once a second; the
+guest ends when you leave. Without a terminal (or with ``--once``/``--json``) it prints
+one summary and ends the guest.
 """
 
 from __future__ import annotations
@@ -118,6 +120,14 @@ def render(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tui(name: str) -> bool:
+    """Run ``undebug tui NAME`` on this terminal until the user quits it; False when it
+    is not there (the tui plugin not installed: argparse refuses the command)."""
+    import subprocess  # only here: every command's start-up imports this module
+
+    return subprocess.run([sys.executable, "-m", "undebug.cli", "tui", name]).returncode == 0
+
+
 @command("demo", "build and boot the reference guest and show what undebug sees", _arguments)
 def demo(args: argparse.Namespace) -> Report:
     from undebug.session.launcher import LaunchRequest, launch_guest
@@ -138,6 +148,9 @@ def demo(args: argparse.Namespace) -> Report:
             _wait_ready(session)
             summary = summarize(session)
             try:
+                if live and _tui(args.name):
+                    live = False
+                    summary = summarize(session)
                 while live:
                     sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(render(summary)) +
                                      "\n\n  (Ctrl-C ends the guest)\n")

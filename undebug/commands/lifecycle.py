@@ -10,28 +10,14 @@ from undebug.commands import command
 from undebug.commands.verdict import os_outcome
 from undebug.errors import SessionError
 from undebug.output import Report
-from undebug.session.client import SupervisorClient
-from undebug.session.outcome import from_supervisor_death
-from undebug.session.replies import GuestStatus, MalformedReply, recorded_status
+from undebug.session.client import SupervisorClient, live_status
+from undebug.session.replies import GuestStatus
 from undebug.session.store import SessionDir, sessions
 from undebug.text import escape
 
 
 def _name_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="the guest's name (see undebug ps)")
-
-
-def _live_status(session: SessionDir) -> GuestStatus:
-    """The supervisor's answer if it is alive, else the last record it left."""
-    try:
-        with SupervisorClient(session, timeout=5.0) as client:
-            return client.status()
-    except MalformedReply:
-        raise  # it is alive: its record would say "ended"
-    except SessionError:
-        record = recorded_status(session)
-        return dataclasses.replace(record, state="ended", outcome=record.outcome or
-                                   from_supervisor_death(record.supervisor_pid))
 
 
 def _uptime(seconds: float) -> str:
@@ -53,7 +39,7 @@ def ps(args: argparse.Namespace) -> Report:
     guests, warnings = [], []
     for session in sessions():
         try:
-            guest = _live_status(session)
+            guest = live_status(session)
             if guest.outcome is not None:  # in the OS's words (a crash: what and where)
                 guest = dataclasses.replace(guest, outcome=os_outcome(
                     guest.outcome, guest.name, guest.elf))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import base64
+import dataclasses
 import itertools
 import os
 import socket
@@ -17,7 +18,7 @@ from typing import Any
 
 from undebug.errors import SessionError, UsageError
 from undebug.session.breakpoints import Breakpoint, Owner
-from undebug.session.outcome import Outcome
+from undebug.session.outcome import Outcome, from_supervisor_death
 from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode, encode
 from undebug.session.replies import (
     CpuRegisters,
@@ -33,10 +34,11 @@ from undebug.session.replies import (
     parse_registers,
     parse_status,
     parse_stop,
+    recorded_status,
 )
 from undebug.session.store import SessionDir
 
-__all__ = ["SupervisorClient"]
+__all__ = ["SupervisorClient", "live_status"]
 
 
 class SupervisorClient:
@@ -236,3 +238,16 @@ class SupervisorClient:
 
     def _event(self, event: object) -> SupervisorEvent:
         return parse_event(Reply(event, f"guest {self.session.name!r}: an event"))
+
+
+def live_status(session: SessionDir) -> GuestStatus:
+    """The supervisor's answer if it is alive, else the last record it left (``ps``)."""
+    try:
+        with SupervisorClient(session, timeout=5.0) as client:
+            return client.status()
+    except MalformedReply:
+        raise  # it is alive: its record would say "ended"
+    except SessionError:
+        record = recorded_status(session)
+        return dataclasses.replace(record, state="ended", outcome=record.outcome or
+                                   from_supervisor_death(record.supervisor_pid))

@@ -263,6 +263,12 @@ class GuestStatus:
     def ended(self) -> bool:
         return self.state == "ended"
 
+    @property
+    def runs(self) -> bool:
+        """Running as the user left it: running now, or paused only for a moment while a
+        reader holds it still (a freeze), to run again when the reader lets go."""
+        return self.running or (self.state == "paused" and self.frozen and not self.user_paused)
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "name": self.name, "state": self.state, "user_paused": self.user_paused,

@@ -1,0 +1,36 @@
+"""``undebug tui``, registered through the ``undebug.cli`` entry-point group so that
+undebug itself never imports Textual (the app is imported only when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from undebug.commands import command
+from undebug.errors import UsageError
+from undebug.output import Report
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", nargs="?",
+                   help="the guest to open (see undebug ps); without it, a list of guests")
+    p.add_argument("--read-only", action="store_true",
+                   help="no run control: stop, continue and step are refused")
+    p.add_argument("--no-mouse", action="store_true",
+                   help="leave the mouse to the terminal (its own text selection works)")
+
+
+@command("tui", "a full-screen view of a guest: threads, backtrace, registers, console",
+         _arguments, json=False,
+         description="Open a full-screen terminal view of the guest NAME (or of every guest, "
+         "to pick one): its threads, the selected thread's backtrace and registers, its "
+         "console, and run control (s stop, c continue, n step). Press ? for the keys. "
+         "Needs a terminal; NO_COLOR turns colour off.")
+def tui(args: argparse.Namespace) -> Report:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("undebug tui needs a terminal (stdin and stdout are not one)",
+                         hint="for scripts, use undebug threads / bt / logs (with --json)")
+    from tui.app import UndebugApp
+
+    UndebugApp(args.name, read_only=args.read_only).run(mouse=not args.no_mouse)
+    return Report()

@@ -1,0 +1,1 @@
+"""The TUI's screens: one guest (:mod:`tui.screens.guest`), the list of guests, help."""

@@ -1,0 +1,66 @@
+"""The status bar: session, guest state, accelerator, uptime, which stop is shown (or
+that the picture is live), and the last message for the user."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.widgets.text import guest
+from undebug.api import GuestStatus
+
+_STATE_STYLE = {"running": "green", "paused": "yellow"}
+
+
+def uptime(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class StatusBar(Static):
+    DEFAULT_CSS = """
+    StatusBar { height: 1; background: $panel; padding: 0 1; }
+    """
+
+    def __init__(self, name: str, read_only: bool) -> None:
+        super().__init__()
+        self.session = name
+        self.read_only = read_only
+        self.status: GuestStatus | None = None
+        self.live = False
+        self.message: Text | None = None
+
+    def show(self, status: GuestStatus, live: bool) -> None:
+        self.status, self.live = status, live
+        self._paint()
+
+    def gone(self, reason: str) -> None:
+        """The guest's session was removed: say so for good, in place of its state."""
+        if self.status is not None:
+            self.status = dataclasses.replace(self.status, state="gone")
+        self.live = False
+        self.say(f"{reason} (the last view read stays on screen)", "red")
+
+    def say(self, message: str, style: str = "yellow") -> None:
+        """One line for the user (a refusal, an error), until the next one."""
+        self.message = guest(message, style)
+        self._paint()
+
+    def _paint(self) -> None:
+        text = guest(self.session, "bold")
+        if self.status is not None:
+            s = self.status
+            text.append("  ")
+            state = "running" if s.runs else s.state  # held for a read: it runs for the user
+            text.append_text(guest(state, _STATE_STYLE.get(state, "red")))
+            text.append(f"  {s.accel or '-'}  up {uptime(s.uptime_s)}")
+            text.append("  LIVE" if self.live else f"  stop #{s.run_token}",
+                        style="reverse" if self.live else "")
+        if self.read_only:
+            text.append("  read-only", style="cyan")
+        if self.message is not None:
+            text.append("  ")
+            text.append_text(self.message)
+        self.update(text)
