@@ -50,7 +50,7 @@ def test_a_flooding_guest_is_recorded_in_capped_chunks(guest_image: Path,
 
 def wait_until_still(recording: Path, timeout: float = 30) -> None:
     """Until the recorder has written what QEMU still had buffered when the guest
-    stopped (under load that takes a while): the chunks' names and sizes hold for 0.5 s."""
+    stopped (under load that takes a while): the chunks' names and sizes hold for 1.5 s."""
     def shape() -> list[tuple[str, int]]:
         try:
             return [(p.name, p.stat().st_size) for _, p in chunk_paths(recording)]
@@ -58,11 +58,12 @@ def wait_until_still(recording: Path, timeout: float = 30) -> None:
             return []
 
     deadline = time.monotonic() + timeout
-    last = shape()
+    last, still = shape(), 0
     while time.monotonic() < deadline:
         time.sleep(0.5)
         now = shape()
-        if now == last:
+        still = still + 1 if now == last else 0
+        if still == 3:  # 1.5 s: under load QEMU may pause between pieces of one buffer
             return
         last = now
     raise AssertionError(f"{recording} still changing after {timeout}s: {last}")
