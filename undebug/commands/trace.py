@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from undebug.target import Target
 
 
-FOLLOW_POLL_S = 0.02  # --follow: a quiet recording is looked at again this often
+FOLLOW_POLL_S = 0.01  # --follow: a quiet recording is looked at again this often
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", required=True,

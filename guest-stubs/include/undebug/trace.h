@@ -123,13 +123,13 @@ void undebug_trace_poll(void);
  * holds `bytes` or its oldest unsent byte is `ms` old (or the ring is half
  * full, or a drain asks), so a quiet guest wakes the host a few times a second
  * instead of at every timer tick.  Defaults UNDEBUG_FLUSH_BYTES (16 KiB) and
- * UNDEBUG_FLUSH_MS (20 ms); 0 for either sends at every poll.  Any time. */
+ * UNDEBUG_FLUSH_MS (50 ms); 0 for either sends at every poll.  Any time. */
 void undebug_trace_set_flush(uint32_t bytes, uint32_t ms);
 #ifndef UNDEBUG_FLUSH_BYTES
 #define UNDEBUG_FLUSH_BYTES (16u * 1024u)
 #endif
 #ifndef UNDEBUG_FLUSH_MS
-#define UNDEBUG_FLUSH_MS 20u
+#define UNDEBUG_FLUSH_MS 50u
 #endif
 /* Flush until every attached ring is sent and (virtio) every buffer is
  * back from the device, or `max_cycles` TSC cycles passed.  Returns 0 when
