@@ -234,7 +234,8 @@ def undebug_run(tmp: Path, smp: int, kind: str, n: int, *, trace_file: bool = Tr
     name = f"e2e{smp}"
     trace = tmp / f"ud-{kind}-{smp}.utrace" if trace_file else tmp / "run" / name / "trace.utrace"
     sampler = Sampler(trace)
-    extra = ["--trace-file", str(trace)] if trace_file else []
+    # one file, no rotation (a 64 MB chunk is less than 2 CPUs' 128 MB): every event counted
+    extra = ["--trace-max-size", "0", *(["--trace-file", str(trace)] if trace_file else [])]
     started = _ud(env, "run", "-d", "--name", name, "--smp", str(smp), "--append",
                   f"threads={threads} trace_{kind}={n}", *extra, str(GUEST))
     if started.returncode != 0:
