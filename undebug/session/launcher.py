@@ -200,7 +200,24 @@ def launch_guest(request: LaunchRequest) -> Launched:
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None,
         trace_max_size=request.trace_max_size)
     try:
-        return Launched(claim, start_supervisor(claim, spec), warnings)
+        launched = Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:
         claim.remove()
         raise
+    if request.trace_file is not None:
+        _write_origin(request.trace_file, debug_elf or image.path, image.path,
+                      claim.session.name, warnings)
+    return launched
+
+
+def _write_origin(trace_file: Path, elf: Path, image: Path, name: str,
+                  warnings: list[str]) -> None:
+    """``FILE.origin`` beside ``--trace-file FILE``: later commands on the file find
+    the ELF there (tracers/origin.py)."""
+    from tracers.origin import write_origin
+
+    try:
+        write_origin(trace_file, elf=elf, image=image, session=name)
+    except OSError as exc:
+        warnings.append(f"cannot write {trace_file}.origin: {exc.strerror}; trace commands "
+                        "on the file will need --elf")

@@ -1,0 +1,160 @@
+"""Spans for export (tracers/export/spans.py) on streams written by the test encoder (a
+stand-in for the guest stub): parents by nesting, events inside spans, exceptions,
+unterminated spans, deterministic ids, and the same result however the stream is cut
+into batches. The real guest's recordings are exported in test_trace_export.py."""
+
+from __future__ import annotations
+
+from tests.test_trace_decode import BOOT, Encoder
+from tracers.decode import ID_FAULT, ID_PANIC, StreamDecoder, decode
+from tracers.export.spans import ExportSpan, SpanBuilder
+from tracers.metadata import KIND_EVENT, KIND_SPAN_BEGIN, KIND_SPAN_END, Tracepoint, Tracepoints
+from tracers.model import TraceModel
+
+OUTER_B, OUTER_E, INNER_B, INNER_E, TICK = range(5)
+TPS = Tracepoints(
+    build_id=bytes(range(20)).hex(), count=5,
+    by_id={OUTER_B: Tracepoint(OUTER_B, KIND_SPAN_BEGIN, 1, 0, 10, (1,), "request", "",
+                               ("req",), "m.c"),
+           OUTER_E: Tracepoint(OUTER_E, KIND_SPAN_END, 1, 0, 20, (1,), "request", "",
+                               ("req",), "m.c"),
+           INNER_B: Tracepoint(INNER_B, KIND_SPAN_BEGIN, 0, 0, 12, (), "sum", "", (), "m.c"),
+           INNER_E: Tracepoint(INNER_E, KIND_SPAN_END, 0, 0, 14, (), "sum", "", (), "m.c"),
+           TICK: Tracepoint(TICK, KIND_EVENT, 2, 0, 30, (1, 2), "tick", "", ("a", "b"), "t.c")})
+ANCHOR = 1_800_000_000_000_000_000
+
+
+def export(data: bytes, *, cut: int | None = None, **kw: int) -> tuple[list[ExportSpan],
+                                                                         SpanBuilder]:
+    """All spans of ``data``, fed whole or in two batches cut at byte ``cut``."""
+    builder = SpanBuilder(TPS, **kw)
+    spans: list[ExportSpan] = []
+    if cut is None:
+        spans += builder.feed(TraceModel(decode(data, tracepoint_count=5), TPS, {0: ANCHOR}))
+    else:
+        dec = StreamDecoder(5)
+        for part in (data[:cut], data[cut:]):
+            spans += builder.feed(TraceModel(dec.feed(part), TPS, {0: ANCHOR}))
+        spans += builder.feed(TraceModel(dec.finish(), TPS, {0: ANCHOR}))
+    return spans + builder.finish(), builder
+
+
+def two_requests() -> Encoder:
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    enc.thread_name(0, 7, b"worker-0")
+    enc.event(OUTER_B, 0, 41)
+    enc.event(TICK, 0, 5, (1 << 64) - 3)   # inside the request: an event of it
+    enc.event(INNER_B, 0)
+    enc.event(TICK, 0, 6, 1)               # inside sum: sum's event, not the request's
+    enc.event(INNER_E, 0)
+    enc.event(OUTER_E, 0, 41)
+    enc.event(TICK, 1, 9, 9)               # tid 8 has no span open: not exported
+    enc.event(OUTER_B, 1, 42)              # never ended
+    return enc
+
+
+def test_nesting_gives_parents_and_each_outermost_span_its_own_trace() -> None:
+    spans, builder = export(two_requests().bytes())
+    by_name = {s.name: s for s in spans if s.attributes["thread.id"] == 7}
+    request, inner = by_name["request"], by_name["sum"]
+    assert request.parent_id is None and request.local_root
+    assert inner.parent_id == request.span_id and inner.trace_id == request.trace_id
+    [other] = [s for s in spans if s.attributes["thread.id"] == 8]
+    assert other.trace_id != request.trace_id and other.parent_id is None
+    assert builder.counts.traces == 2 and builder.counts.outside_spans == 1
+    # the times: TSC 300 ticks apart at 3 GHz = 100 ns, from the anchor at header_tsc
+    assert request.start_ns == ANCHOR + (100 + 2 * 300) // 3
+    assert inner.start_ns - request.start_ns == 200 and request.end_ns - inner.end_ns == 100
+    assert request.attributes["unikernel.args.req"] == 41
+    assert request.attributes["thread.name"] == "worker-0"
+    assert (request.attributes["code.file.path"], request.attributes["code.line.number"]) \
+        == ("m.c", 10)
+
+
+def test_tracepoints_inside_a_span_are_events_of_the_innermost() -> None:
+    spans, builder = export(two_requests().bytes())
+    by_name = {s.name: s for s in spans if s.attributes["thread.id"] == 7}
+    [ev] = by_name["request"].events
+    assert ev.name == "tick" and ev.attributes["a"] == 5 and ev.attributes["b"] == -3
+    assert ev.attributes["code.file.path"] == "t.c"
+    assert [e.attributes["a"] for e in by_name["sum"].events] == [6]
+    assert builder.counts.span_events == 2
+
+
+def test_a_span_never_ended_is_exported_unterminated_at_the_last_record() -> None:
+    spans, builder = export(two_requests().bytes())
+    [other] = [s for s in spans if s.attributes["thread.id"] == 8]
+    assert other.attributes["unikernel.span.unterminated"] is True
+    assert other.error is not None and "unterminated" in other.error
+    assert other.end_ns == other.start_ns  # it is the stream's last record
+    assert builder.counts.unterminated == 1
+    assert all("unikernel.span.unterminated" not in s.attributes for s in spans if s is not other)
+
+
+def test_ids_are_the_same_on_every_export_and_however_the_stream_is_cut() -> None:
+    data = two_requests().bytes()
+    whole, _ = export(data)
+    ids = sorted((s.trace_id, s.span_id, s.parent_id or b"") for s in whole)
+    for cut in range(80, len(data), 16):
+        parts, _ = export(data, cut=cut)
+        assert sorted((s.trace_id, s.span_id, s.parent_id or b"") for s in parts) == ids, cut
+    assert len({s.span_id for s in whole}) == len(whole)
+    # another boot (its boot TSC) gives other ids for the same records
+    again = Encoder(boot=BOOT + 1).header(header_tsc=BOOT)
+    again.tid = [7, 8]
+    again.event(OUTER_B, 0, 41)
+    again.event(OUTER_E, 0, 41)
+    [span], _ = export(again.bytes())
+    assert span.span_id not in {s.span_id for s in whole}
+
+
+def test_faults_and_panics_are_exception_events_with_error_status() -> None:
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    enc.event(OUTER_B, 0, 1)
+    enc.record(ID_FAULT, 0, [14, 2, 0x100274, 0])
+    msg = b"null pointer dereference (cr2=0x0)"
+    enc.record(ID_PANIC, 0, [len(msg), 0], msg)
+    enc.record(ID_PANIC, 1, [4, 0], b"boom")  # tid 8: no span open, a span of its own
+    spans, builder = export(enc.bytes())
+    [request] = [s for s in spans if s.name == "request"]
+    assert [e.attributes["exception.type"] for e in request.events] == ["fault", "panic"]
+    assert "#PF" in str(request.events[0].attributes["exception.message"])
+    assert "rip 0x100274" in str(request.events[0].attributes["exception.message"])
+    assert request.events[1].attributes["exception.message"] == msg.decode()
+    assert request.error == msg.decode()  # the last word on it
+    [alone] = [s for s in spans if s.name == "panic"]
+    assert alone.error == "boom" and alone.attributes["thread.id"] == 8 and alone.local_root
+    assert builder.counts.exceptions == 3
+
+
+def test_limits_bound_memory_and_are_counted() -> None:
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    enc.event(OUTER_B, 0, 1)
+    for i in range(10):
+        enc.event(TICK, 0, i, 0)
+    for _ in range(5):  # 1 + 5 begins on one thread, 3 allowed
+        enc.event(INNER_B, 0)
+    spans, builder = export(enc.bytes(), max_events=4, max_depth=3)
+    request = next(s for s in spans if s.name == "request")
+    assert len(request.events) == 4 and request.dropped_events == 6
+    assert builder.counts.too_deep == 3 and len(spans) == 3
+    assert builder.counts.dropped_events == 6
+
+
+def test_a_new_session_ends_the_spans_of_the_one_before() -> None:
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    enc.event(OUTER_B, 0, 1)
+    enc.header(header_tsc=enc.tsc)  # the guest reconnected: spans match within a session
+    enc.event(OUTER_E, 0, 1)
+    dec = StreamDecoder(5)
+    builder = SpanBuilder(TPS)
+    model = TraceModel(dec.feed(enc.bytes()), TPS)
+    spans = builder.feed(model)
+    assert [s.attributes.get("unikernel.span.unterminated") for s in spans] == [True]
+    assert builder.counts.unmatched_ends == 1
+    assert spans[0].start_ns == (100 + 300) // 3  # no anchor: since boot, from the epoch
+    assert builder.counts.unanchored_sessions == [0, 1]

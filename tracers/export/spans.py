@@ -1,0 +1,369 @@
+"""Spans and span events for export, built from a recording batch by batch.
+
+The exporters (OTLP, Jaeger JSON, ...) all take :class:`ExportSpan`\\ s: what the guest's
+span begin/end records mean once matched per thread (FORMAT.md section 6), with the
+parent a span had when it began, the tracepoints it saw as events, and the faults and
+panics that hit it as exception events. Memory is bounded: only open spans are held
+(at most ``max_depth`` per thread, ``max_events`` events each); a span leaves as soon as
+it ends.
+
+Identity is derived from the recording, never random: a span id is a hash of its begin
+record (the guest's boot TSC and build-id, then CPU, TSC, sequence number and thread),
+so exporting the same recording twice (a retry) sends the same ids and a backend
+de-duplicates instead of doubling. Each outermost span starts its own trace, whose id is
+the same kind of hash.
+
+Time: a record's wall clock is ``anchor + (tsc - header_tsc) / tsc_hz`` (FORMAT.md
+section 9), where the anchor is the host's clock when the stream header arrived. Its
+error is the header's transport latency (sub-millisecond on virtio-serial) plus the
+guest's TSC calibration error times the time since the header (refguest calibrates
+``tsc_khz`` against the PIT: tens of ppm, so tens of microseconds per second of
+recording). A session without an anchor (a flight recorder) is exported at its time
+since boot counted from the Unix epoch, and the exporter warns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracers.format import ID_FAULT, ID_LOG_STR, ID_PANIC, ID_THREAD_NAME, RESERVED_FIRST
+from tracers.metadata import (
+    ARG_BOOL,
+    ARG_CHAR,
+    ARG_POINTER,
+    ARG_SIGNED,
+    ARG_STRING,
+    ARG_UNSIGNED,
+    KIND_LOG,
+    KIND_SPAN_BEGIN,
+    KIND_SPAN_END,
+    Tracepoint,
+    Tracepoints,
+)
+from tracers.model import TraceModel
+from tracers.records import Records, Session
+
+__all__ = ["VECTOR_NAMES", "AttrValue", "ExportCounts", "ExportSpan", "SpanBuilder",
+           "SpanEvent", "tracepoint_args"]
+
+AttrValue = str | int | float | bool
+VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+                8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+                17: "#AC", 18: "#MC", 19: "#XM"}
+_LEVELS = {0: "error", 1: "warning", 2: "info", 3: "debug"}
+_KEY = struct.Struct("<QQBQHH")  # boot_tsc, tsc_hz, cpu, tsc, seq, tid
+INT64_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class SpanEvent:
+    """A tracepoint, log or exception inside a span."""
+
+    name: str
+    time_ns: int  # Unix ns
+    attributes: dict[str, AttrValue]
+
+
+@dataclass
+class ExportSpan:
+    """One span as every exporter sees it. ``error`` set: status ERROR with that
+    description (else UNSET). ``local_root``: no parent in the recording (the trace's
+    outermost span here; ``parent_id`` may still name a span elsewhere)."""
+
+    trace_id: bytes  # 16
+    span_id: bytes  # 8
+    parent_id: bytes | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, AttrValue]
+    events: list[SpanEvent] = field(default_factory=list)
+    error: str | None = None
+    dropped_events: int = 0
+    local_root: bool = True
+
+
+@dataclass
+class ExportCounts:
+    """What the builder saw, for the summary: every number a user may ask 'where did my
+    event go?' about."""
+
+    spans: int = 0
+    unterminated: int = 0
+    span_events: int = 0  # tracepoints and logs exported inside spans
+    dropped_events: int = 0  # beyond max_events of a span
+    exceptions: int = 0  # faults and panics
+    outside_spans: int = 0  # tracepoints on a thread with no open span: not exported
+    unknown_ids: int = 0  # events whose id the ELF does not describe (exported by id)
+    unmatched_ends: int = 0  # span-ends with no open span of their name
+    too_deep: int = 0  # span-begins past max_depth on their thread: not exported
+    traces: int = 0
+    unanchored_sessions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Open:
+    span: ExportSpan
+    tp_name: str
+
+
+def _ident(session: Session, cpu: int, tsc: int, seq: int, tid: int, size: int,
+           person: bytes) -> bytes:
+    h = session.header
+    digest = hashlib.blake2b(_KEY.pack(h.boot_tsc, h.tsc_hz, cpu, tsc, seq, tid),
+                             digest_size=size, key=h.build_id, person=person).digest()
+    return digest if any(digest) else digest[:-1] + b"\1"  # all-zero ids are invalid
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _value(kind: int, word: int, texts: list[bytes]) -> AttrValue:
+    """An argument word as an attribute value by its declared type (OTLP integers are
+    int64: an unsigned word past that is given as its decimal string)."""
+    if kind == ARG_SIGNED:
+        return _signed(word)
+    if kind == ARG_BOOL:
+        return bool(word)
+    if kind == ARG_CHAR:
+        return chr(word & 0xFF)
+    if kind == ARG_POINTER:
+        return f"{word:#x}"
+    if kind == ARG_STRING:
+        return texts[word].decode(errors="replace") if word < len(texts) else ""
+    if kind == ARG_UNSIGNED or kind == 0:
+        return word if word <= INT64_MAX else str(word)
+    return f"{word:#x}"
+
+
+def tracepoint_args(tp: Tracepoint, words: list[int], text: bytes) -> dict[str, AttrValue]:
+    """A record's arguments by their names in the metadata."""
+    texts = text.split(b"\0") if ARG_STRING in tp.arg_types else []
+    out: dict[str, AttrValue] = {}
+    for i in range(tp.nargs):
+        name = tp.arg_names[i] if i < len(tp.arg_names) else f"arg{i}"
+        kind = tp.arg_types[i] if i < len(tp.arg_types) else 0
+        out[name] = _value(kind, words[i] if i < len(words) else 0, texts)
+    return out
+
+
+def _code(tp: Tracepoint) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {}
+    if tp.file:
+        out["code.file.path"] = tp.file
+    if tp.line:
+        out["code.line.number"] = tp.line
+    return out
+
+
+class SpanBuilder:
+    """Feed it each batch's :class:`TraceModel` in stream order; it returns the spans that
+    ended there. ``finish`` returns those still open, ended at their session's last
+    record, marked unterminated."""
+
+    def __init__(self, tracepoints: Tracepoints, *, max_events: int = 128,
+                 max_depth: int = 256) -> None:
+        self.tps = tracepoints
+        self.max_events, self.max_depth = max_events, max_depth
+        self.counts = ExportCounts()
+        self.names: dict[int, bytes] = {}
+        # (session, tid) -> open spans, outermost first
+        self.open: dict[tuple[int, int], list[_Open]] = {}
+        self.last_ns: dict[int, int] = {}  # session -> the newest time seen in it
+        self.sessions: dict[int, Session] = {}
+        self._session = -1
+        self._seen_unanchored: set[int] = set()
+
+    # ---- feeding -------------------------------------------------------------------------
+
+    def feed(self, model: TraceModel) -> list[ExportSpan]:
+        r = model.records
+        if len(r) == 0:
+            return []
+        for s in model.sessions:
+            self.sessions[s.index] = s
+        wall, known = model.wall_clock_ns()
+        since_boot = model.ns_since_boot
+        times = np.where(known, wall, since_boot)
+        for s in np.unique(r.session[~known]).tolist():
+            if s not in self._seen_unanchored:
+                self._seen_unanchored.add(s)
+                self.counts.unanchored_sessions.append(int(s))
+        ended: list[ExportSpan] = []
+        order = model.order
+        # what is not a tracepoint or one of these records carries nothing to export
+        wanted = (r.id < RESERVED_FIRST) | np.isin(r.id, (ID_FAULT, ID_PANIC, ID_LOG_STR,
+                                                          ID_THREAD_NAME))
+        rows = order[wanted[order]]
+        sessions = r.session[rows]
+        cuts = np.flatnonzero(sessions[1:] != sessions[:-1]) + 1
+        for part in np.split(rows, cuts) if len(rows) else []:
+            session = int(r.session[part[0]])
+            if session != self._session:
+                ended += self._leave_sessions(session)
+            self._walk(r, part.tolist(), times, ended)
+            self.last_ns[session] = max(self.last_ns.get(session, 0),
+                                        int(times[part].max()))
+        return ended
+
+    def _walk(self, r: Records, rows: list[int], times: np.ndarray,
+              ended: list[ExportSpan]) -> None:
+        tps = self.tps.by_id
+        ids, tids, cpus = r.id, r.tid, r.cpu
+        counts = self.counts
+        for i in rows:
+            ident = int(ids[i])
+            key = (int(r.session[i]), int(tids[i]))
+            tp = tps.get(ident)
+            if tp is not None and tp.kind == KIND_SPAN_BEGIN:
+                self._begin(r, i, key, tp, int(times[i]))
+            elif tp is not None and tp.kind == KIND_SPAN_END:
+                self._end(r, i, key, tp, int(times[i]), ended)
+            elif ident == ID_THREAD_NAME:
+                self.names[int(r.args[i, 0]) & 0xFFFF] = r.strings.get(r.start + i, b"")
+            elif ident in (ID_FAULT, ID_PANIC):
+                self._exception(r, i, key, int(times[i]), ended)
+            else:
+                stack = self.open.get(key)
+                if not stack:
+                    counts.outside_spans += 1
+                    continue
+                span = stack[-1].span
+                if len(span.events) >= self.max_events:
+                    span.dropped_events += 1
+                    counts.dropped_events += 1
+                    continue
+                span.events.append(self._event(r, i, ident, tp, int(times[i]), int(cpus[i])))
+                counts.span_events += 1
+
+    def _words(self, r: Records, i: int) -> list[int]:
+        return [int(w) for w in r.args[i]]
+
+    def _event(self, r: Records, i: int, ident: int, tp: Tracepoint | None, time_ns: int,
+               cpu: int) -> SpanEvent:
+        words = self._words(r, i)
+        text = r.strings.get(r.start + i, b"")
+        if ident == ID_LOG_STR:
+            level = words[0] if words else 0
+            return SpanEvent("log", time_ns, {"log.level": _LEVELS.get(level, str(level)),
+                                              "log.message": text.decode(errors="replace"),
+                                              "cpu.logical_number": cpu})
+        if tp is None:
+            self.counts.unknown_ids += 1
+            attrs: dict[str, AttrValue] = {"unikernel.tracepoint.id": ident}
+            attrs.update({f"a{k}": _value(0, w, []) for k, w in enumerate(words)})
+            return SpanEvent(f"tp#{ident}", time_ns, attrs)
+        attrs = {**tracepoint_args(tp, words, text), **_code(tp), "cpu.logical_number": cpu}
+        if tp.kind == KIND_LOG:
+            attrs["log.level"] = _LEVELS.get(tp.level, str(tp.level))
+        return SpanEvent(tp.name, time_ns, attrs)
+
+    def _begin(self, r: Records, i: int, key: tuple[int, int], tp: Tracepoint,
+               time_ns: int) -> None:
+        stack = self.open.setdefault(key, [])
+        if len(stack) >= self.max_depth:
+            self.counts.too_deep += 1
+            return
+        session = self.sessions[key[0]]
+        cpu, tsc, seq = int(r.cpu[i]), int(r.tsc[i]), int(r.seq[i])
+        span_id = _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span")
+        if stack:
+            parent = stack[-1].span
+            trace_id, parent_id, root = parent.trace_id, parent.span_id, False
+        else:
+            trace_id = _ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace")
+            parent_id, root = None, True
+            self.counts.traces += 1
+        attrs: dict[str, AttrValue] = {"thread.id": key[1], "cpu.logical_number": cpu,
+                                       **_code(tp)}
+        attrs.update({f"unikernel.args.{k}": v for k, v in
+                      tracepoint_args(tp, self._words(r, i), b"").items()})
+        if len(self.sessions) > 1 or key[0]:
+            attrs["unikernel.session"] = key[0]
+        stack.append(_Open(ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns,
+                                      attrs, local_root=root), tp.name))
+
+    def _end(self, r: Records, i: int, key: tuple[int, int], tp: Tracepoint, time_ns: int,
+             ended: list[ExportSpan]) -> None:
+        stack = self.open.get(key, [])
+        at = next((k for k in range(len(stack) - 1, -1, -1) if stack[k].tp_name == tp.name),
+                  None)
+        if at is None:
+            self.counts.unmatched_ends += 1
+            return
+        span = stack.pop(at).span
+        span.end_ns = max(time_ns, span.start_ns)
+        for k, v in tracepoint_args(tp, self._words(r, i), b"").items():
+            if span.attributes.get(f"unikernel.args.{k}") != v:
+                span.attributes[f"unikernel.end_args.{k}"] = v
+        ended.append(self._done(span, key[1]))
+
+    def _exception(self, r: Records, i: int, key: tuple[int, int], time_ns: int,
+                   ended: list[ExportSpan]) -> None:
+        """A fault or panic: an exception event with error status on the thread's
+        innermost open span, or, with none open, a span of its own (so it is seen)."""
+        self.counts.exceptions += 1
+        words = self._words(r, i) + [0] * 4
+        if int(r.id[i]) == ID_FAULT:
+            vector = words[0]
+            kind = "fault"
+            message = (f"{VECTOR_NAMES.get(vector, f'vector {vector}')} (vector {vector}) "
+                       f"error {words[1]:#x} at rip {words[2]:#x}, address {words[3]:#x}")
+        else:
+            kind = "panic"
+            message = r.strings.get(r.start + i, b"").decode(errors="replace")
+        event = SpanEvent("exception", time_ns, {"exception.type": kind,
+                                                 "exception.message": message,
+                                                 "cpu.logical_number": int(r.cpu[i])})
+        stack = self.open.get(key)
+        if stack:
+            span = stack[-1].span
+            span.events.append(event)  # past max_events too: an exception is never dropped
+            span.error = message
+            return
+        session = self.sessions[key[0]]
+        cpu, tsc, seq = int(r.cpu[i]), int(r.tsc[i]), int(r.seq[i])
+        span = ExportSpan(_ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace"),
+                          _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span"), None,
+                          kind, time_ns, time_ns,
+                          {"thread.id": key[1], "cpu.logical_number": cpu}, [event], message)
+        self.counts.traces += 1
+        ended.append(self._done(span, key[1]))
+
+    def _done(self, span: ExportSpan, tid: int) -> ExportSpan:
+        name = self.names.get(tid)
+        if name is not None:
+            span.attributes["thread.name"] = name.decode(errors="replace")
+        self.counts.spans += 1
+        return span
+
+    # ---- the end -------------------------------------------------------------------------
+
+    def _leave_sessions(self, session: int) -> list[ExportSpan]:
+        """A new stream header: spans open in earlier sessions can no longer end (spans
+        match within a session), so they leave now, unterminated."""
+        self._session = session
+        gone = [key for key in self.open if key[0] != session]
+        return self._unterminated(gone)
+
+    def finish(self) -> list[ExportSpan]:
+        """The spans still open at the end of the recording, innermost first."""
+        return self._unterminated(list(self.open))
+
+    def _unterminated(self, keys: list[tuple[int, int]]) -> list[ExportSpan]:
+        out: list[ExportSpan] = []
+        for key in keys:
+            for entry in reversed(self.open.pop(key)):
+                span = entry.span
+                span.end_ns = max(self.last_ns.get(key[0], span.start_ns), span.start_ns)
+                span.attributes["unikernel.span.unterminated"] = True
+                if span.error is None:
+                    span.error = "unterminated: the recording ends before this span does"
+                self.counts.unterminated += 1
+                out.append(self._done(span, key[1]))
+        return out
