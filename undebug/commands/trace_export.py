@@ -31,9 +31,26 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
                    help="write OTLP/JSON: one ExportTraceServiceRequest per line, hex ids")
     q.add_argument("--jaeger-json", type=Path, metavar="FILE",
                    help="write Jaeger JSON ({\"data\": [...]}) that Jaeger's UI opens")
+    q.add_argument("--otlp", nargs="?", const="", metavar="URL",
+                   help="send the spans over OTLP/HTTP (protobuf) to URL (a URL without a "
+                   "path gets /v1/traces; no URL: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+                   "$OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318)")
+    q.add_argument("--header", action="append", default=[], metavar="K=V", type=_header,
+                   help="an HTTP header for --otlp (repeatable; added to "
+                   "$OTEL_EXPORTER_OTLP_HEADERS)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="--otlp: give up retrying after S seconds in all (default 60); what "
+                   "was not delivered by then is counted and the exit code is 1")
     q.add_argument("--service-name", metavar="NAME",
                    help="the resource's service.name (default: $OTEL_SERVICE_NAME, else the "
                    "image's name)")
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"not K=V: {text!r}")
+    return key.strip(), value.strip()
 
 
 class _Writer(Protocol):
@@ -44,8 +61,8 @@ class _Writer(Protocol):
 @dataclass
 class _Output:
     format: str
-    file: Path
-    stream: IO[str]
+    file: Path | None  # None: --otlp
+    stream: IO[str] | None
     writer: _Writer | None = None
 
 
@@ -81,17 +98,25 @@ def _identity(args: argparse.Namespace) -> tuple[str | None, str, str | None]:
         socket.gethostname()
 
 
-def _writers(outputs: list[_Output], resource: dict[str, AttrValue]) -> None:
+def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
+             args: argparse.Namespace) -> None:
     from tracers.export.jaeger_json import JaegerJsonWriter
+    from tracers.export.otlp import OtlpWriter
     from tracers.export.otlp_json import OtlpJsonWriter
 
     for out in outputs:
-        out.writer = OtlpJsonWriter(out.stream, resource) if out.format == "otlp-json" \
-            else JaegerJsonWriter(out.stream, resource)
+        if out.stream is None:
+            out.writer = OtlpWriter(resource, endpoint=args.otlp or None,
+                                    headers=dict(args.header), timeout_s=args.timeout)
+        elif out.format == "otlp-json":
+            out.writer = OtlpJsonWriter(out.stream, resource)
+        else:
+            out.writer = JaegerJsonWriter(out.stream, resource)
 
 
 def export(args: argparse.Namespace, source: _Source) -> Report:
     """Stream ``source``'s spans to every output the user named."""
+    from tracers.export.otlp import OtlpWriter
     from tracers.export.resource import resource_attributes
     from tracers.export.spans import SpanBuilder
     from tracers.model import TraceModel
@@ -99,10 +124,13 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     from undebug.commands.trace import STATS_WINDOW
 
     wanted = [("otlp-json", args.otlp_json), ("jaeger-json", args.jaeger_json)]
-    if not any(path for _, path in wanted):
+    if not any(path for _, path in wanted) and args.otlp is None:
         source.close()
-        raise UsageError("trace export needs an output", hint="add --otlp-json FILE or "
-                         "--jaeger-json FILE")
+        raise UsageError("trace export needs an output", hint="add --otlp URL, --otlp-json "
+                         "FILE or --jaeger-json FILE")
+    if args.timeout <= 0:
+        source.close()
+        raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
     if source.all_tracepoints is None:
         source.close()
         raise UsageError(f"{source.label}: no ELF to name the tracepoints with, so no spans "
@@ -117,6 +145,8 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
         for fmt, path in wanted:
             if path is not None:
                 outputs.append(_Output(fmt, path, _open_output(path, fmt)))
+        if args.otlp is not None:
+            outputs.append(_Output("otlp", None, None))
         for batch in source.batches(STATS_WINDOW):
             source.warnings += batch.warnings
             if builder is None:
@@ -129,7 +159,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                 resource = resource_attributes(image=image, instance=instance,
                                                sessions=list(batch.sessions),
                                                service_name=args.service_name, host=host)
-                _writers(outputs, resource)
+                _writers(outputs, resource, args)
             spans = builder.feed(TraceModel(batch, source.tracepoints,
                                             source.anchors(batch.sessions)))
             for out in outputs:
@@ -142,7 +172,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
             resource = resource_attributes(image=image, instance=instance,
                                            sessions=stream.sessions,
                                            service_name=args.service_name, host=host)
-            _writers(outputs, resource)
+            _writers(outputs, resource, args)
         for out in outputs:
             assert out.writer is not None
             out.writer.write(rest)
@@ -150,19 +180,36 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     finally:
         source.close()
         for out in outputs:
-            out.stream.close()
+            if out.stream is not None:
+                out.stream.close()
     counts = builder.counts
     warnings = source.warnings + damage_warnings(stream)
     if counts.unanchored_sessions:
         warnings.append(f"session(s) {', '.join(map(str, counts.unanchored_sessions))} have "
                         "no wall-clock anchor (FILE.anchors): their spans are dated from "
                         "the Unix epoch by time since boot")
+    delivery = next((o.writer.delivery for o in outputs if isinstance(o.writer, OtlpWriter)),
+                    None)
     data = {"source": source.label, **asdict(counts),
             "service_name": resource["service.name"] if resource else None,
-            "outputs": [{"format": o.format, "file": str(o.file)} for o in outputs]}
-    return Report(data=data, warnings=warnings, render=lambda: [
-        f"exported {counts.spans} span(s) in {counts.traces} trace(s) "
-        f"({counts.unterminated} unterminated, {counts.exceptions} exception(s), "
-        f"{counts.span_events} span event(s); {counts.outside_spans} event(s) outside any "
-        f"span not exported) from {escape(source.label)} to "
-        + ", ".join(f"{o.format} {escape(str(o.file))}" for o in outputs)])
+            "outputs": [{"format": o.format, "file": str(o.file)} for o in outputs
+                        if o.file is not None],
+            "otlp": asdict(delivery) if delivery else None}
+    lines = [f"{counts.spans} span(s) in {counts.traces} trace(s) "
+             f"({counts.unterminated} unterminated, {counts.exceptions} exception(s), "
+             f"{counts.span_events} span event(s); {counts.outside_spans} event(s) outside "
+             f"any span not exported) from {escape(source.label)}"]
+    lines += [f"wrote {o.format} {escape(str(o.file))}" for o in outputs if o.file is not None]
+    failed = False
+    if delivery is not None:
+        lines.append(f"OTLP {escape(delivery.endpoint)}: {delivery.exported} span(s) "
+                     f"exported, {delivery.not_exported} not exported "
+                     f"({delivery.attempts} request(s), {delivery.retries} retried)")
+        if delivery.not_exported:
+            failed = True
+            warnings.append(f"{delivery.not_exported} span(s) were not delivered to "
+                            f"{delivery.endpoint} within --timeout {args.timeout:g} s: "
+                            f"{delivery.last_error}; the recording is untouched, run the "
+                            "export again (the same span ids are sent)")
+    return Report(data=data, warnings=warnings, render=lambda: lines,
+                  exit_code=1 if failed else 0)
