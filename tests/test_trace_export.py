@@ -172,14 +172,20 @@ def test_a_second_export_sends_the_same_ids(recording: tuple[Path, int, int],
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_a_crash_is_an_exception_event_with_error_status(guest_image: Path,
-                                                          tmp_path: Path) -> None:
-    path = tmp_path / "crash.utrace"
+@pytest.fixture(scope="module")
+def crash(guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A recording of a guest whose worker dereferences NULL, and its console."""
+    path = tmp_path_factory.mktemp("crash") / "crash.utrace"
     run = undebug("run", "--ci", "--timeout", "60", "--smp", "2", "--append",
                   "threads=4 crash=null crash_after=300", "--trace-file", str(path),
                   str(guest_image), timeout=90)
     assert run.code == 1, run.stdout + run.stderr
-    console = run.stdout + run.stderr
+    return path, run.stdout + run.stderr
+
+
+def test_a_crash_is_an_exception_event_with_error_status(crash: tuple[Path, str],
+                                                          tmp_path: Path) -> None:
+    path, console = crash
     exc = re.search(r"EXCEPTION vector=14 \(#PF\) error=0x2 rip=0x([0-9a-f]+) cr2=0x0 "
                     r"cpu=(\d+) thread=(worker-\d+)", console)
     panic = re.search(r"PANIC: (.*)", console)
@@ -221,3 +227,58 @@ def test_without_an_elf_export_is_exit_2(recording: tuple[Path, int, int], guest
                        "--jaeger-json", str(tmp_path / "z.json"))
     assert with_elf.code == 0, with_elf.stderr
     assert undebug("trace", "export", str(bare), "--elf", str(guest_image)).code == 2
+
+
+def test_perfetto_file_parses_back_with_a_track_per_thread_and_nested_slices(
+        crash: tuple[Path, str], guest_image: Path, tmp_path: Path) -> None:
+    """Parsed with the perfetto package's own protos (no trace processor binary here)."""
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+
+    path, console = crash
+    out = tmp_path / "crash.pftrace"
+    result = undebug("trace", "export", str(path), "--perfetto", str(out), "--json")
+    assert result.code == 0, result.stderr
+    summary = result.json()
+    trace = Trace()
+    trace.ParseFromString(out.read_bytes())
+    names: dict[int, str] = {}
+    tracks: dict[int, Any] = {}
+    events = []
+    for packet in trace.packet:
+        for n in packet.interned_data.event_names:
+            names[n.iid] = n.name
+        if packet.HasField("track_descriptor"):
+            tracks[packet.track_descriptor.uuid] = packet.track_descriptor
+        if packet.HasField("track_event"):
+            events.append((packet.timestamp, packet.track_event))
+    [process] = [t for t in tracks.values() if t.HasField("process")]
+    assert process.process.process_name == guest_image.stem
+    threads = {t.uuid: t.thread.thread_name for t in tracks.values() if t.HasField("thread")}
+    assert all(t.parent_uuid == process.uuid for t in tracks.values() if t.HasField("thread"))
+    assert {f"worker-{i}" for i in range(4)} <= set(threads.values())
+    begins = [e for _, e in events if e.type == TrackEvent.TYPE_SLICE_BEGIN]
+    ends = [e for _, e in events if e.type == TrackEvent.TYPE_SLICE_END]
+    assert len(begins) == len(ends) == summary["spans"]
+    assert {names[e.name_iid] for e in begins} == {"handle_request", "checksum"}
+    # on each thread's track, in time order, the slices nest: checksum inside a request
+    for uuid in threads:
+        mine = sorted(((ts, 0 if e.type == TrackEvent.TYPE_SLICE_END else 1, names[e.name_iid])
+                       for ts, e in events if e.track_uuid == uuid
+                       and e.type != TrackEvent.TYPE_INSTANT))
+        stack: list[str] = []
+        for _, kind, name in mine:
+            if kind:
+                assert name == ("handle_request" if not stack else "checksum"), (stack, name)
+                stack.append(name)
+            else:
+                assert stack.pop() == name
+        assert not stack
+    # the crash: an exception instant on the crashing worker's track
+    exc = re.search(r"thread=(worker-\d+)", console)
+    assert exc, console
+    instants = [e for _, e in events if e.type == TrackEvent.TYPE_INSTANT]
+    assert [names[e.name_iid] for e in instants] == ["exception", "exception"]
+    assert {threads[e.track_uuid] for e in instants} == {exc[1]}
+    kinds = [{a.name: a.string_value for a in e.debug_annotations}["exception.type"]
+             for e in instants]
+    assert sorted(kinds) == ["fault", "panic"]

@@ -41,6 +41,9 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="--otlp: give up retrying after S seconds in all (default 60); what "
                    "was not delivered by then is counted and the exit code is 1")
+    q.add_argument("--perfetto", type=Path, metavar="FILE",
+                   help="write a Perfetto trace (protobuf TrackEvent): a track per guest "
+                   "thread, spans as slices, span events as instants")
     q.add_argument("--service-name", metavar="NAME",
                    help="the resource's service.name (default: $OTEL_SERVICE_NAME, else the "
                    "image's name)")
@@ -62,18 +65,19 @@ class _Writer(Protocol):
 class _Output:
     format: str
     file: Path | None  # None: --otlp
-    stream: IO[str] | None
+    stream: IO[str] | IO[bytes] | None
     writer: _Writer | None = None
 
 
-def _open_output(path: Path, what: str) -> IO[str]:
+def _open_output(path: Path, what: str) -> IO[str] | IO[bytes]:
+    """The file, 0600 (it holds guest data, as the recording does)."""
     if path.is_dir():
         raise UsageError(f"--{what} {path} is a directory", hint="name a file to write")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write --{what} {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "w", buffering=1 << 20)
+    return os.fdopen(fd, "wb" if what == "perfetto" else "w", buffering=1 << 20)
 
 
 def _identity(args: argparse.Namespace) -> tuple[str | None, str, str | None]:
@@ -103,15 +107,19 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
     from tracers.export.jaeger_json import JaegerJsonWriter
     from tracers.export.otlp import OtlpWriter
     from tracers.export.otlp_json import OtlpJsonWriter
+    from tracers.export.perfetto import PerfettoWriter
 
     for out in outputs:
-        if out.stream is None:
+        stream = out.stream
+        if stream is None:
             out.writer = OtlpWriter(resource, endpoint=args.otlp or None,
                                     headers=dict(args.header), timeout_s=args.timeout)
+        elif out.format == "perfetto":
+            out.writer = PerfettoWriter(stream, resource)  # type: ignore[arg-type]
         elif out.format == "otlp-json":
-            out.writer = OtlpJsonWriter(out.stream, resource)
+            out.writer = OtlpJsonWriter(stream, resource)  # type: ignore[arg-type]
         else:
-            out.writer = JaegerJsonWriter(out.stream, resource)
+            out.writer = JaegerJsonWriter(stream, resource)  # type: ignore[arg-type]
 
 
 def export(args: argparse.Namespace, source: _Source) -> Report:
@@ -123,11 +131,12 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     from tracers.report import damage_warnings
     from undebug.commands.trace import STATS_WINDOW
 
-    wanted = [("otlp-json", args.otlp_json), ("jaeger-json", args.jaeger_json)]
+    wanted = [("otlp-json", args.otlp_json), ("jaeger-json", args.jaeger_json),
+              ("perfetto", args.perfetto)]
     if not any(path for _, path in wanted) and args.otlp is None:
         source.close()
         raise UsageError("trace export needs an output", hint="add --otlp URL, --otlp-json "
-                         "FILE or --jaeger-json FILE")
+                         "FILE, --jaeger-json FILE or --perfetto FILE")
     if args.timeout <= 0:
         source.close()
         raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
