@@ -8,6 +8,8 @@ from __future__ import annotations
 from tests.test_trace_decode import BOOT, Encoder
 from tracers.decode import ID_FAULT, ID_PANIC, StreamDecoder, decode
 from tracers.export.spans import ExportSpan, SpanBuilder
+from tracers.export.traceparent import TraceParent, parse_traceparent
+from tracers.format import ID_SPAN_CONTEXT
 from tracers.metadata import KIND_EVENT, KIND_SPAN_BEGIN, KIND_SPAN_END, Tracepoint, Tracepoints
 from tracers.model import TraceModel
 
@@ -24,10 +26,10 @@ TPS = Tracepoints(
 ANCHOR = 1_800_000_000_000_000_000
 
 
-def export(data: bytes, *, cut: int | None = None, **kw: int) -> tuple[list[ExportSpan],
-                                                                         SpanBuilder]:
+def export(data: bytes, *, cut: int | None = None, traceparent: str | None = None,
+           **kw: int) -> tuple[list[ExportSpan], SpanBuilder]:
     """All spans of ``data``, fed whole or in two batches cut at byte ``cut``."""
-    builder = SpanBuilder(TPS, **kw)
+    builder = SpanBuilder(TPS, traceparent=traceparent, **kw)
     spans: list[ExportSpan] = []
     if cut is None:
         spans += builder.feed(TraceModel(decode(data, tracepoint_count=5), TPS, {0: ANCHOR}))
@@ -158,3 +160,74 @@ def test_a_new_session_ends_the_spans_of_the_one_before() -> None:
     assert builder.counts.unmatched_ends == 1
     assert spans[0].start_ns == (100 + 300) // 3  # no anchor: since boot, from the epoch
     assert builder.counts.unanchored_sessions == [0, 1]
+
+
+TP_GUEST = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TP_HOST = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_traceparents_are_checked_as_w3c_trace_context_says() -> None:
+    ok = parse_traceparent(TP_HOST)
+    assert isinstance(ok, TraceParent)
+    assert ok.trace_id.hex() == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (ok.span_id.hex(), ok.flags) == ("00f067aa0ba902b7", 1)
+    later = parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what")
+    assert isinstance(later, TraceParent)  # a later version may add fields
+    bad = {TP_HOST.upper(): "lowercase hex", "ff" + TP_HOST[2:]: "version ff",
+           TP_HOST + "-01": "exactly four fields", "00-" + "0" * 32 + TP_HOST[35:]: "trace id",
+           TP_HOST[:36] + "0" * 16 + "-01": "parent id", "": "lowercase hex",
+           TP_HOST[:-1]: "lowercase hex", "x" * 600: "longer than"}
+    for text, why in bad.items():
+        reason = parse_traceparent(text)
+        assert isinstance(reason, str) and why in reason, (text, reason)
+
+
+def requests_with_context(context: bytes | None) -> Encoder:
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    if context is not None:
+        enc.record(ID_SPAN_CONTEXT, 0, [0, len(context)], context)
+    enc.event(OUTER_B, 0, 1)
+    enc.event(INNER_B, 0)
+    enc.event(INNER_E, 0)
+    enc.event(OUTER_E, 0, 1)
+    enc.event(OUTER_B, 1, 2)  # another thread, no context of its own
+    enc.event(OUTER_E, 1, 2)
+    return enc
+
+
+def test_a_guest_traceparent_makes_its_span_a_child_in_that_trace() -> None:
+    spans, builder = export(requests_with_context(TP_GUEST.encode()).bytes())
+    mine = [s for s in spans if s.attributes["thread.id"] == 7]
+    outer = next(s for s in mine if s.name == "request")
+    inner = next(s for s in mine if s.name == "sum")
+    assert outer.trace_id.hex() == TP_GUEST[3:35] and outer.parent_id.hex() == TP_GUEST[36:52]
+    assert outer.remote_parent and outer.attributes["unikernel.traceparent.source"] == "guest"
+    assert inner.trace_id == outer.trace_id and inner.parent_id == outer.span_id
+    [other] = [s for s in spans if s.attributes["thread.id"] == 8]
+    assert other.parent_id is None and other.trace_id != outer.trace_id  # only its thread's
+    assert (builder.counts.joined, builder.counts.traces) == (1, 1)
+
+
+def test_the_host_traceparent_parents_every_outermost_span_the_guest_gave_none() -> None:
+    spans, builder = export(requests_with_context(TP_GUEST.encode()).bytes(),
+                            traceparent=TP_HOST)
+    by = {(s.attributes["thread.id"], s.name): s for s in spans}
+    assert by[(7, "request")].trace_id.hex() == TP_GUEST[3:35]  # the guest's wins
+    host = by[(8, "request")]
+    assert host.trace_id.hex() == TP_HOST[3:35] and host.parent_id.hex() == TP_HOST[36:52]
+    assert host.attributes["unikernel.traceparent.source"] == "host"
+    assert by[(7, "sum")].parent_id == by[(7, "request")].span_id  # children stay children
+    assert builder.counts.joined == 2
+
+
+def test_a_malformed_traceparent_leaves_the_span_without_a_parent_and_says_why() -> None:
+    spans, builder = export(requests_with_context(b"00-NOT-A-TRACEPARENT\x1b").bytes(),
+                            traceparent="ff" + TP_HOST[2:])
+    by = {(s.attributes["thread.id"], s.name): s for s in spans}
+    guest, host = by[(7, "request")], by[(8, "request")]
+    assert guest.parent_id is None and host.parent_id is None
+    assert guest.attributes["unikernel.traceparent"] == "00-NOT-A-TRACEPARENT\x1b"
+    assert "lowercase hex" in str(guest.attributes["unikernel.traceparent.error"])
+    assert "version ff" in str(host.attributes["unikernel.traceparent.error"])
+    assert (builder.counts.bad_traceparents, builder.counts.joined) == (2, 0)

@@ -105,7 +105,7 @@ def test_export_writes_otlp_json_with_parents_names_and_attributes(
     assert len(by_id) == len(spans)
 
     # each checksum span is a child of a request on the same thread, inside its time
-    line_request = source_line("UNDEBUG_SPAN_BEGIN(handle_request")
+    line_request = source_line("UNDEBUG_SPAN_BEGIN_CTX(handle_request")
     line_checksum = source_line("UNDEBUG_SPAN_BEGIN(checksum")
     buf_len = int(re.search(r"#define WORKER_BUF_LEN (\d+)", MAIN_C)[1])  # type: ignore[index]
     assert abs(len(checksums) - len(requests)) <= 2  # the shutdown may cut one short
@@ -282,3 +282,65 @@ def test_perfetto_file_parses_back_with_a_track_per_thread_and_nested_slices(
     kinds = [{a.name: a.string_value for a in e.debug_annotations}["exception.type"]
              for e in instants]
     assert sorted(kinds) == ["fault", "panic"]
+
+
+HOST_TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+GUEST_TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def run_and_export(guest_image: Path, tmp_path: Path, name: str, *run_args: str,
+                   env: dict[str, str] | None = None, append: str = "") -> tuple[
+                       list[dict[str, Any]], Any, str]:
+    """Record a short run with ``run_args``, export it: (spans, summary, run's stderr)."""
+    import os
+
+    path = tmp_path / f"{name}.utrace"
+    run = undebug("run", "--ci", "--name", name, "--append",
+                  f"threads=2 run_for=800 {append}".strip(), "--trace-file", str(path),
+                  *run_args, str(guest_image), env={**os.environ, **(env or {})}, timeout=90)
+    assert run.code == 0, run.stdout + run.stderr
+    out = tmp_path / f"{name}.jsonl"
+    result = undebug("trace", "export", str(path), "--otlp-json", str(out), "--json")
+    assert result.code == 0, result.stderr
+    return otlp_spans(out)[0], result.json(), run.stderr
+
+
+def test_the_hosts_traceparent_is_the_parent_of_every_request(guest_image: Path,
+                                                              tmp_path: Path) -> None:
+    spans, summary, _ = run_and_export(guest_image, tmp_path, "tp-host",
+                                       env={"TRACEPARENT": HOST_TP})
+    requests = [s for s in spans if s["name"] == "handle_request"]
+    assert requests and summary["joined"] == len(requests) and summary["traces"] == 0
+    for s in requests:  # the CI job's trace holds every request, under the job's span
+        assert (s["traceId"], s["parentSpanId"]) == (HOST_TP[3:35], HOST_TP[36:52])
+        assert attrs(s["attributes"])["unikernel.traceparent.source"] == "host"
+    assert {s["traceId"] for s in spans} == {HOST_TP[3:35]}  # children too
+    by_id = {s["spanId"]: s for s in spans}
+    assert all(by_id[s["parentSpanId"]]["name"] == "handle_request"
+               for s in spans if s["name"] == "checksum")
+
+
+def test_the_guests_traceparent_joins_its_spans_and_wins_over_the_hosts(
+        guest_image: Path, tmp_path: Path) -> None:
+    spans, summary, stderr = run_and_export(guest_image, tmp_path, "tp-guest", "--traceparent",
+                                            HOST_TP.upper(), append=f"traceparent={GUEST_TP}")
+    assert "trace export will give the guest's spans no parent" in stderr  # uppercase
+    requests = [s for s in spans if s["name"] == "handle_request"]
+    assert requests and summary["joined"] == len(requests)
+    for s in requests:  # UNDEBUG_SPAN_BEGIN_CTX in main.c: each request joins the caller
+        assert (s["traceId"], s["parentSpanId"]) == (GUEST_TP[3:35], GUEST_TP[36:52])
+        assert attrs(s["attributes"])["unikernel.traceparent.source"] == "guest"
+
+
+def test_a_malformed_guest_traceparent_is_exported_without_a_parent(
+        guest_image: Path, tmp_path: Path) -> None:
+    bad = GUEST_TP.replace("-01", "-1")
+    spans, summary, _ = run_and_export(guest_image, tmp_path, "tp-bad",
+                                       append=f"traceparent={bad}")
+    requests = [s for s in spans if s["name"] == "handle_request"]
+    assert requests and summary["bad_traceparents"] == len(requests)
+    assert summary["joined"] == 0 and summary["traces"] == len(requests)
+    for s in requests:
+        a = attrs(s["attributes"])
+        assert "parentSpanId" not in s and a["unikernel.traceparent"] == bad
+        assert "VERSION-TRACEID-PARENTID-FLAGS" in a["unikernel.traceparent.error"]

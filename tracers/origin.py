@@ -27,6 +27,7 @@ class Origin:
     build_id: str | None
     session: str | None
     host: str | None
+    traceparent: str | None = None  # run --traceparent: the parent of the guest's spans
 
 
 def origin_path(recording: Path) -> Path:
@@ -34,7 +35,7 @@ def origin_path(recording: Path) -> Path:
 
 
 def write_origin(recording: Path, *, elf: Path | None, image: Path | None,
-                 session: str | None) -> None:
+                 session: str | None, traceparent: str | None = None) -> None:
     """Write ``F.origin`` (0600, replaced whole). The build-id is read from the ELF."""
     from undebug.elf import ElfFile
     from undebug.errors import UndebugError
@@ -47,7 +48,7 @@ def write_origin(recording: Path, *, elf: Path | None, image: Path | None,
             build_id = None
     origin = Origin(str(elf.resolve()) if elf else None,
                     str(image.resolve()) if image else None, build_id, session,
-                    socket.gethostname())
+                    socket.gethostname(), traceparent)
     path = origin_path(recording)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -70,4 +71,5 @@ def read_origin(recording: Path) -> Origin | None:
         value = doc.get(key)
         return value if isinstance(value, str) else None
 
-    return Origin(text("elf"), text("image"), text("build_id"), text("session"), text("host"))
+    return Origin(text("elf"), text("image"), text("build_id"), text("session"), text("host"),
+                  text("traceparent"))

@@ -52,7 +52,7 @@ def readable_span(span: ExportSpan, resource: Resource, scope: InstrumentationSc
     flags = TraceFlags(TraceFlags.SAMPLED)
     context = SpanContext(trace_id, int.from_bytes(span.span_id, "big"), False, flags)
     parent = None if span.parent_id is None else \
-        SpanContext(trace_id, int.from_bytes(span.parent_id, "big"), False, flags)
+        SpanContext(trace_id, int.from_bytes(span.parent_id, "big"), span.remote_parent, flags)
     attributes: dict[str, AttrValue] = dict(span.attributes)
     if span.dropped_events:
         attributes["unikernel.dropped_events"] = span.dropped_events

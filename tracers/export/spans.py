@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracers.format import ID_FAULT, ID_LOG_STR, ID_PANIC, ID_THREAD_NAME, RESERVED_FIRST
+from tracers.export.traceparent import TraceParent, parse_traceparent
+from tracers.format import (
+    ID_FAULT,
+    ID_LOG_STR,
+    ID_PANIC,
+    ID_SPAN_CONTEXT,
+    ID_THREAD_NAME,
+    RESERVED_FIRST,
+)
 from tracers.metadata import (
     ARG_BOOL,
     ARG_CHAR,
@@ -85,6 +93,7 @@ class ExportSpan:
     error: str | None = None
     dropped_events: int = 0
     local_root: bool = True
+    remote_parent: bool = False  # parent_id is a traceparent's (another program's span)
 
 
 @dataclass
@@ -101,7 +110,9 @@ class ExportCounts:
     unknown_ids: int = 0  # events whose id the ELF does not describe (exported by id)
     unmatched_ends: int = 0  # span-ends with no open span of their name
     too_deep: int = 0  # span-begins past max_depth on their thread: not exported
-    traces: int = 0
+    traces: int = 0  # started here (outermost spans that joined no traceparent)
+    joined: int = 0  # outermost spans made children of a traceparent (guest's or host's)
+    bad_traceparents: int = 0  # malformed: those spans were exported without a parent
     unanchored_sessions: list[int] = field(default_factory=list)
 
 
@@ -167,8 +178,12 @@ class SpanBuilder:
     record, marked unterminated."""
 
     def __init__(self, tracepoints: Tracepoints, *, max_events: int = 128,
-                 max_depth: int = 256) -> None:
+                 max_depth: int = 256, traceparent: str | None = None) -> None:
         self.tps = tracepoints
+        # the host's (run --traceparent): the parent of every outermost span
+        self.host_parent = None if traceparent is None else \
+            (traceparent, parse_traceparent(traceparent))
+        self.contexts: dict[tuple[int, int], str] = {}  # a thread's next span's, pending
         self.max_events, self.max_depth = max_events, max_depth
         self.counts = ExportCounts()
         self.names: dict[int, bytes] = {}
@@ -198,7 +213,7 @@ class SpanBuilder:
         order = model.order
         # what is not a tracepoint or one of these records carries nothing to export
         wanted = (r.id < RESERVED_FIRST) | np.isin(r.id, (ID_FAULT, ID_PANIC, ID_LOG_STR,
-                                                          ID_THREAD_NAME))
+                                                          ID_THREAD_NAME, ID_SPAN_CONTEXT))
         rows = order[wanted[order]]
         sessions = r.session[rows]
         cuts = np.flatnonzero(sessions[1:] != sessions[:-1]) + 1
@@ -226,6 +241,9 @@ class SpanBuilder:
                 self._end(r, i, key, tp, int(times[i]), ended)
             elif ident == ID_THREAD_NAME:
                 self.names[int(r.args[i, 0]) & 0xFFFF] = r.strings.get(r.start + i, b"")
+            elif ident == ID_SPAN_CONTEXT:
+                text = r.strings.get(r.start + i, b"")
+                self.contexts[key] = text.decode(errors="backslashreplace")
             elif ident in (ID_FAULT, ID_PANIC):
                 self._exception(r, i, key, int(times[i]), ended)
             else:
@@ -272,21 +290,39 @@ class SpanBuilder:
         session = self.sessions[key[0]]
         cpu, tsc, seq = int(r.cpu[i]), int(r.tsc[i]), int(r.seq[i])
         span_id = _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span")
-        if stack:
+        attrs: dict[str, AttrValue] = {"thread.id": key[1], "cpu.logical_number": cpu,
+                                       **_code(tp)}
+        # a traceparent: the guest's for this span, else the host's for an outermost one
+        given = self.contexts.pop(key, None)
+        context: tuple[str, TraceParent | str] | None = None
+        if given is not None:
+            context = (given, parse_traceparent(given))
+            attrs["unikernel.traceparent.source"] = "guest"
+        elif not stack and self.host_parent is not None:
+            context = self.host_parent
+            attrs["unikernel.traceparent.source"] = "host"
+        remote = False
+        if context is not None and isinstance(context[1], TraceParent):
+            trace_id, parent_id, root, remote = context[1].trace_id, context[1].span_id, \
+                True, True
+            self.counts.joined += 1
+        elif stack:
             parent = stack[-1].span
             trace_id, parent_id, root = parent.trace_id, parent.span_id, False
         else:
             trace_id = _ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace")
             parent_id, root = None, True
             self.counts.traces += 1
-        attrs: dict[str, AttrValue] = {"thread.id": key[1], "cpu.logical_number": cpu,
-                                       **_code(tp)}
+        if context is not None and isinstance(context[1], str):
+            attrs["unikernel.traceparent"] = context[0]
+            attrs["unikernel.traceparent.error"] = context[1]
+            self.counts.bad_traceparents += 1
         attrs.update({f"unikernel.args.{k}": v for k, v in
                       tracepoint_args(tp, self._words(r, i), b"").items()})
         if len(self.sessions) > 1 or key[0]:
             attrs["unikernel.session"] = key[0]
         stack.append(_Open(ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns,
-                                      attrs, local_root=root), tp.name))
+                                      attrs, local_root=root, remote_parent=remote), tp.name))
 
     def _end(self, r: Records, i: int, key: tuple[int, int], tp: Tracepoint, time_ns: int,
              ended: list[ExportSpan]) -> None:
@@ -332,7 +368,12 @@ class SpanBuilder:
                           _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span"), None,
                           kind, time_ns, time_ns,
                           {"thread.id": key[1], "cpu.logical_number": cpu}, [event], message)
-        self.counts.traces += 1
+        host = self.host_parent[1] if self.host_parent else None
+        if isinstance(host, TraceParent):  # part of the host's trace, as the spans are
+            span.trace_id, span.parent_id, span.remote_parent = host.trace_id, host.span_id, True
+            self.counts.joined += 1
+        else:
+            self.counts.traces += 1
         ended.append(self._done(span, key[1]))
 
     def _done(self, span: ExportSpan, tid: int) -> ExportSpan:

@@ -463,15 +463,18 @@ def _record(args: argparse.Namespace) -> Report:
 
 def _record_origin(name: str, output: Path) -> None:
     """``FILE.origin`` (tracers/origin.py): the guest's ELF and image, for later."""
-    from tracers.origin import write_origin
+    from tracers.origin import read_origin, write_origin
     from undebug.session.replies import recorded_status
     from undebug.session.store import SessionDir
 
-    status = recorded_status(SessionDir.named(name))
+    session = SessionDir.named(name)
+    status = recorded_status(session)
     image = Path(status.image) if status.image else None
     elf = Path(status.elf) if status.elf else image
+    given = read_origin(session.trace_file)  # the run's, with its --traceparent
     try:
-        write_origin(output, elf=elf, image=image, session=name)
+        write_origin(output, elf=elf, image=image, session=name,
+                     traceparent=given.traceparent if given else None)
     except OSError as exc:
         sys.stderr.write(f"warning: cannot write {escape(str(output))}.origin: "
                          f"{exc.strerror}\n")

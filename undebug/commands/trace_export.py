@@ -80,26 +80,31 @@ def _open_output(path: Path, what: str) -> IO[str] | IO[bytes]:
     return os.fdopen(fd, "wb" if what == "perfetto" else "w", buffering=1 << 20)
 
 
-def _identity(args: argparse.Namespace) -> tuple[str | None, str, str | None]:
-    """(image name, instance id, host): from FILE.origin for a file, from the session
-    for a guest's name, else the file's own name."""
+@dataclass(frozen=True)
+class _Identity:
+    image: str | None  # the image's name (no directory, no suffix)
+    instance: str  # service.instance.id
+    host: str | None
+    traceparent: str | None  # run --traceparent
+
+
+def _identity(args: argparse.Namespace) -> _Identity:
+    """Who recorded: from the recording's FILE.origin (a guest's own recording has one
+    too), else the session's record, else the file's own name."""
+    from tracers.origin import read_origin
     from undebug.commands.trace import _is_file
 
     if _is_file(args.source):
-        from tracers.origin import read_origin
+        path, instance = Path(args.source), Path(args.source).name
+    else:
+        from undebug.session.store import SessionDir
 
-        origin = read_origin(Path(args.source))
-        image = origin.image if origin else None
-        instance = origin.session if origin and origin.session else Path(args.source).name
-        return (Path(image).stem if image else None), instance, origin.host if origin else None
-    from undebug.session.replies import recorded_status
-    from undebug.session.store import SessionDir
-
-    status = recorded_status(SessionDir.named(args.source))
-    import socket
-
-    return (Path(status.image).stem if status.image else None), args.source, \
-        socket.gethostname()
+        path, instance = SessionDir.named(args.source).trace_file, args.source
+    origin = read_origin(path)
+    if origin is None:
+        return _Identity(None, instance, None, None)
+    return _Identity(Path(origin.image).stem if origin.image else None,
+                     origin.session or instance, origin.host, origin.traceparent)
 
 
 def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
@@ -146,7 +151,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                          "can be made", hint="pass the guest's ELF with --elf (a recording "
                          "written by run --trace-file or trace record names it in "
                          "FILE.origin)")
-    image, instance, host = _identity(args)
+    who = _identity(args)
     outputs: list[_Output] = []
     builder: SpanBuilder | None = None
     resource: dict[str, AttrValue] | None = None
@@ -163,11 +168,11 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                     raise UsageError(f"{source.label}: {'; '.join(source.first_notes)}",
                                      hint="pass the ELF of the build that was recorded "
                                      "with --elf")
-                builder = SpanBuilder(source.tracepoints)
+                builder = SpanBuilder(source.tracepoints, traceparent=who.traceparent)
             if batch.sessions and resource is None:
-                resource = resource_attributes(image=image, instance=instance,
+                resource = resource_attributes(image=who.image, instance=who.instance,
                                                sessions=list(batch.sessions),
-                                               service_name=args.service_name, host=host)
+                                               service_name=args.service_name, host=who.host)
                 _writers(outputs, resource, args)
             spans = builder.feed(TraceModel(batch, source.tracepoints,
                                             source.anchors(batch.sessions)))
@@ -178,9 +183,9 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
         assert builder is not None
         rest = builder.finish()
         if resource is None:  # a stream with no record: the files still parse
-            resource = resource_attributes(image=image, instance=instance,
+            resource = resource_attributes(image=who.image, instance=who.instance,
                                            sessions=stream.sessions,
-                                           service_name=args.service_name, host=host)
+                                           service_name=args.service_name, host=who.host)
             _writers(outputs, resource, args)
         for out in outputs:
             assert out.writer is not None
