@@ -1,4 +1,4 @@
-"""Where a recording came from: ``F.origin`` beside a recording ``F`` (FORMAT.md 12).
+"""Where a recording came from: ``F.origin`` beside a recording ``F`` (FORMAT.md section 12).
 
 ``run --trace-file F`` and ``trace record -o F`` write it, so that later commands on the
 file find the ELF (tracepoint names) and the guest's identity without ``--elf``: the ELF

@@ -116,6 +116,21 @@ class ExportCounts:
     unanchored_sessions: list[int] = field(default_factory=list)
 
 
+class _Cols:
+    """A batch's columns as Python lists: indexing numpy arrays one element at a time
+    costs more than the whole walk, so each column is converted once."""
+
+    def __init__(self, r: Records, times: np.ndarray) -> None:
+        self.id, self.tid, self.cpu = r.id.tolist(), r.tid.tolist(), r.cpu.tolist()
+        self.tsc, self.seq, self.session = r.tsc.tolist(), r.seq.tolist(), r.session.tolist()
+        self.args: list[list[int]] = r.args.tolist()
+        self.times: list[int] = times.tolist()
+        self.strings, self.start = r.strings, r.start
+
+    def text(self, i: int) -> bytes:
+        return self.strings.get(self.start + i, b"")
+
+
 @dataclass
 class _Open:
     span: ExportSpan
@@ -192,6 +207,8 @@ class SpanBuilder:
         self.last_ns: dict[int, int] = {}  # session -> the newest time seen in it
         self.sessions: dict[int, Session] = {}
         self._session = -1
+        self._plain: dict[int, tuple[str, ...]] = {}  # tracepoint -> its unsigned args' names
+        self._codes: dict[int, dict[str, AttrValue]] = {}
         self._seen_unanchored: set[int] = set()
 
     # ---- feeding -------------------------------------------------------------------------
@@ -215,37 +232,37 @@ class SpanBuilder:
         wanted = (r.id < RESERVED_FIRST) | np.isin(r.id, (ID_FAULT, ID_PANIC, ID_LOG_STR,
                                                           ID_THREAD_NAME, ID_SPAN_CONTEXT))
         rows = order[wanted[order]]
+        cols = _Cols(r, times)
         sessions = r.session[rows]
         cuts = np.flatnonzero(sessions[1:] != sessions[:-1]) + 1
         for part in np.split(rows, cuts) if len(rows) else []:
             session = int(r.session[part[0]])
             if session != self._session:
                 ended += self._leave_sessions(session)
-            self._walk(r, part.tolist(), times, ended)
+            self._walk(cols, part.tolist(), ended)
             self.last_ns[session] = max(self.last_ns.get(session, 0),
                                         int(times[part].max()))
         return ended
 
-    def _walk(self, r: Records, rows: list[int], times: np.ndarray,
-              ended: list[ExportSpan]) -> None:
+    def _walk(self, c: _Cols, rows: list[int], ended: list[ExportSpan]) -> None:
         tps = self.tps.by_id
-        ids, tids, cpus = r.id, r.tid, r.cpu
         counts = self.counts
+        ids, tids, sessions, times = c.id, c.tid, c.session, c.times
         for i in rows:
-            ident = int(ids[i])
-            key = (int(r.session[i]), int(tids[i]))
+            ident = ids[i]
+            key = (sessions[i], tids[i])
             tp = tps.get(ident)
-            if tp is not None and tp.kind == KIND_SPAN_BEGIN:
-                self._begin(r, i, key, tp, int(times[i]))
-            elif tp is not None and tp.kind == KIND_SPAN_END:
-                self._end(r, i, key, tp, int(times[i]), ended)
+            kind = tp.kind if tp is not None else 0
+            if kind == KIND_SPAN_BEGIN:
+                self._begin(c, i, key, tp)  # type: ignore[arg-type]
+            elif kind == KIND_SPAN_END:
+                self._end(c, i, key, tp, ended)  # type: ignore[arg-type]
             elif ident == ID_THREAD_NAME:
-                self.names[int(r.args[i, 0]) & 0xFFFF] = r.strings.get(r.start + i, b"")
+                self.names[c.args[i][0] & 0xFFFF] = c.text(i)
             elif ident == ID_SPAN_CONTEXT:
-                text = r.strings.get(r.start + i, b"")
-                self.contexts[key] = text.decode(errors="backslashreplace")
+                self.contexts[key] = c.text(i).decode(errors="backslashreplace")
             elif ident in (ID_FAULT, ID_PANIC):
-                self._exception(r, i, key, int(times[i]), ended)
+                self._exception(c, i, key, ended)
             else:
                 stack = self.open.get(key)
                 if not stack:
@@ -256,42 +273,59 @@ class SpanBuilder:
                     span.dropped_events += 1
                     counts.dropped_events += 1
                     continue
-                span.events.append(self._event(r, i, ident, tp, int(times[i]), int(cpus[i])))
+                span.events.append(self._event(c, i, ident, tp, times[i]))
                 counts.span_events += 1
 
-    def _words(self, r: Records, i: int) -> list[int]:
-        return [int(w) for w in r.args[i]]
-
-    def _event(self, r: Records, i: int, ident: int, tp: Tracepoint | None, time_ns: int,
-               cpu: int) -> SpanEvent:
-        words = self._words(r, i)
-        text = r.strings.get(r.start + i, b"")
+    def _event(self, c: _Cols, i: int, ident: int, tp: Tracepoint | None, time_ns: int) \
+            -> SpanEvent:
+        words = c.args[i]
+        cpu = c.cpu[i]
         if ident == ID_LOG_STR:
             level = words[0] if words else 0
             return SpanEvent("log", time_ns, {"log.level": _LEVELS.get(level, str(level)),
-                                              "log.message": text.decode(errors="replace"),
+                                              "log.message": c.text(i).decode(errors="replace"),
                                               "cpu.logical_number": cpu})
         if tp is None:
             self.counts.unknown_ids += 1
             attrs: dict[str, AttrValue] = {"unikernel.tracepoint.id": ident}
             attrs.update({f"a{k}": _value(0, w, []) for k, w in enumerate(words)})
             return SpanEvent(f"tp#{ident}", time_ns, attrs)
-        attrs = {**tracepoint_args(tp, words, text), **_code(tp), "cpu.logical_number": cpu}
+        attrs = self._args(tp, words, c.text(i) if ARG_STRING in tp.arg_types else b"")
+        attrs.update(self._code(tp))
+        attrs["cpu.logical_number"] = cpu
         if tp.kind == KIND_LOG:
             attrs["log.level"] = _LEVELS.get(tp.level, str(tp.level))
         return SpanEvent(tp.name, time_ns, attrs)
 
-    def _begin(self, r: Records, i: int, key: tuple[int, int], tp: Tracepoint,
-               time_ns: int) -> None:
+    def _args(self, tp: Tracepoint, words: list[int], text: bytes) -> dict[str, AttrValue]:
+        """Arguments by name; unsigned ones (most) without a call per value."""
+        plain = self._plain.get(tp.id)
+        if plain is None:
+            plain = self._plain[tp.id] = tuple(
+                tp.arg_names[k] if k < len(tp.arg_names) else f"arg{k}"
+                for k in range(tp.nargs)) if all(
+                    t == ARG_UNSIGNED for t in tp.arg_types) else ()
+        if plain or not tp.nargs:
+            return {k: v if v <= INT64_MAX else str(v)
+                    for k, v in zip(plain, words, strict=False)}
+        return tracepoint_args(tp, words, text)
+
+    def _code(self, tp: Tracepoint) -> dict[str, AttrValue]:
+        code = self._codes.get(tp.id)
+        if code is None:
+            code = self._codes[tp.id] = _code(tp)
+        return code
+
+    def _begin(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint) -> None:
         stack = self.open.setdefault(key, [])
         if len(stack) >= self.max_depth:
             self.counts.too_deep += 1
             return
         session = self.sessions[key[0]]
-        cpu, tsc, seq = int(r.cpu[i]), int(r.tsc[i]), int(r.seq[i])
+        cpu, tsc, seq, time_ns = c.cpu[i], c.tsc[i], c.seq[i], c.times[i]
         span_id = _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span")
         attrs: dict[str, AttrValue] = {"thread.id": key[1], "cpu.logical_number": cpu,
-                                       **_code(tp)}
+                                       **self._code(tp)}
         # a traceparent: the guest's for this span, else the host's for an outermost one
         given = self.contexts.pop(key, None)
         context: tuple[str, TraceParent | str] | None = None
@@ -318,14 +352,15 @@ class SpanBuilder:
             attrs["unikernel.traceparent.error"] = context[1]
             self.counts.bad_traceparents += 1
         attrs.update({f"unikernel.args.{k}": v for k, v in
-                      tracepoint_args(tp, self._words(r, i), b"").items()})
+                      self._args(tp, c.args[i], b"").items()})
         if len(self.sessions) > 1 or key[0]:
             attrs["unikernel.session"] = key[0]
         stack.append(_Open(ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns,
                                       attrs, local_root=root, remote_parent=remote), tp.name))
 
-    def _end(self, r: Records, i: int, key: tuple[int, int], tp: Tracepoint, time_ns: int,
+    def _end(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint,
              ended: list[ExportSpan]) -> None:
+        time_ns = c.times[i]
         stack = self.open.get(key, [])
         at = next((k for k in range(len(stack) - 1, -1, -1) if stack[k].tp_name == tp.name),
                   None)
@@ -334,28 +369,29 @@ class SpanBuilder:
             return
         span = stack.pop(at).span
         span.end_ns = max(time_ns, span.start_ns)
-        for k, v in tracepoint_args(tp, self._words(r, i), b"").items():
+        for k, v in self._args(tp, c.args[i], b"").items():
             if span.attributes.get(f"unikernel.args.{k}") != v:
                 span.attributes[f"unikernel.end_args.{k}"] = v
         ended.append(self._done(span, key[1]))
 
-    def _exception(self, r: Records, i: int, key: tuple[int, int], time_ns: int,
+    def _exception(self, c: _Cols, i: int, key: tuple[int, int],
                    ended: list[ExportSpan]) -> None:
         """A fault or panic: an exception event with error status on the thread's
         innermost open span, or, with none open, a span of its own (so it is seen)."""
         self.counts.exceptions += 1
-        words = self._words(r, i) + [0] * 4
-        if int(r.id[i]) == ID_FAULT:
+        words = [*c.args[i], 0, 0, 0, 0]
+        time_ns, cpu = c.times[i], c.cpu[i]
+        if c.id[i] == ID_FAULT:
             vector = words[0]
             kind = "fault"
             message = (f"{VECTOR_NAMES.get(vector, f'vector {vector}')} (vector {vector}) "
                        f"error {words[1]:#x} at rip {words[2]:#x}, address {words[3]:#x}")
         else:
             kind = "panic"
-            message = r.strings.get(r.start + i, b"").decode(errors="replace")
+            message = c.text(i).decode(errors="replace")
         event = SpanEvent("exception", time_ns, {"exception.type": kind,
                                                  "exception.message": message,
-                                                 "cpu.logical_number": int(r.cpu[i])})
+                                                 "cpu.logical_number": cpu})
         stack = self.open.get(key)
         if stack:
             span = stack[-1].span
@@ -363,7 +399,7 @@ class SpanBuilder:
             span.error = message
             return
         session = self.sessions[key[0]]
-        cpu, tsc, seq = int(r.cpu[i]), int(r.tsc[i]), int(r.seq[i])
+        tsc, seq = c.tsc[i], c.seq[i]
         span = ExportSpan(_ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace"),
                           _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span"), None,
                           kind, time_ns, time_ns,
