@@ -10,6 +10,7 @@ tracepoint names: with no ELF at all (no ``--elf``, none beside the file in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -191,6 +192,15 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
             assert out.writer is not None
             out.writer.write(rest)
             out.writer.close()
+    except BaseException as exc:
+        for out in outputs:  # no half-written file left to be taken for a whole one
+            if out.stream is not None:
+                with contextlib.suppress(OSError):
+                    out.stream.close()
+                out.file.unlink(missing_ok=True)  # type: ignore[union-attr]
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write the export: {exc.strerror or exc}") from None
+        raise
     finally:
         source.close()
         for out in outputs:
