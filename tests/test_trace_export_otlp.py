@@ -1,7 +1,8 @@
 """``trace export --otlp`` to real OTLP/HTTP receivers on loopback.
 
-No Collector or Jaeger can be installed here, so the receivers are the tests' own HTTP
-servers (http.server on 127.0.0.1, an ephemeral port), and they decode what arrives with
+No Collector or Jaeger can be installed here, so the receivers are the tests' own
+servers on 127.0.0.1 (an ephemeral port): HTTP with http.server, gRPC with grpcio's
+server and opentelemetry-proto's TraceService definition. They decode what arrives with
 the official protobuf definitions (opentelemetry-proto's ExportTraceServiceRequest), not
 with undebug's code. The recording is a real reference guest's (QEMU, TCG); what the
 spans must hold is derived from the guest's source and from an independent decode of
@@ -184,3 +185,48 @@ def test_a_collector_that_never_answers_is_exit_1_with_the_undelivered_count(
                       "--timeout", "2")
     assert refused.code == 1
     assert re.search(r"0 span\(s\) exported, (\d+) not exported", refused.stdout)
+
+
+def test_spans_reach_a_real_otlp_grpc_receiver(recording: tuple[Path, int, int],  # noqa: F811
+                                               guest_image: Path) -> None:
+    """A grpcio server with the TraceService from opentelemetry-proto; the first call is
+    refused UNAVAILABLE (retryable), the rest are kept."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    got: list[ExportTraceServiceRequest] = []
+    calls: list[dict[str, str]] = []
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: ExportTraceServiceRequest,
+                   context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+            calls.append(dict(context.invocation_metadata()))
+            if len(calls) == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+            got.append(request)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        path, _, _ = recording
+        result = undebug("trace", "export", str(path), "--otlp", f"http://127.0.0.1:{port}",
+                         "--protocol", "grpc", "--header", "x-tenant=ci", "--json")
+    finally:
+        server.stop(None)
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    spans = [s for req in got for rs in req.resource_spans for ss in rs.scope_spans
+             for s in ss.spans]
+    assert doc["otlp"]["exported"] == doc["spans"] == len(spans)
+    assert doc["otlp"]["retries"] == 1 and len(calls) == len(got) + 1
+    assert all(c.get("x-tenant") == "ci" for c in calls)
+    services = {kv.value.string_value for req in got for rs in req.resource_spans
+                for kv in rs.resource.attributes if kv.key == "service.name"}
+    assert services == {guest_image.stem}
+    assert sorted(attrs(s.attributes)["unikernel.args.req_id"] for s in spans
+                  if s.name == "handle_request") == requests_in(path, guest_image)

@@ -1,5 +1,6 @@
 """OTLP export with the official libraries: opentelemetry-sdk ``ReadableSpan``\\ s sent by
-opentelemetry-exporter-otlp-proto-http's ``OTLPSpanExporter``.
+the ``OTLPSpanExporter`` of opentelemetry-exporter-otlp-proto-http (http/protobuf) or
+opentelemetry-exporter-otlp-proto-grpc (grpc).
 
 Recorded spans have past times, so no tracer or span processor is involved: each
 :class:`~tracers.export.spans.ExportSpan` becomes a ``ReadableSpan`` with its own start
@@ -26,9 +27,12 @@ from tracers.export.spans import AttrValue, ExportSpan
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-__all__ = ["OtlpDelivery", "OtlpWriter", "readable_span", "traces_url"]
+__all__ = ["PROTOCOLS", "OtlpDelivery", "OtlpWriter", "readable_span", "traces_url"]
+
+PROTOCOLS = ("http/protobuf", "grpc")
 
 DEFAULT_CHUNK = 512
 PER_REQUEST_S = 10.0  # the SDK's own default per request
@@ -100,8 +104,8 @@ class OtlpWriter:
     (endpoint None: the OTEL_EXPORTER_OTLP_* variables, as the SDK reads them)."""
 
     def __init__(self, resource: dict[str, AttrValue], *, endpoint: str | None,
-                 headers: dict[str, str], timeout_s: float, chunk: int = DEFAULT_CHUNK) \
-            -> None:
+                 headers: dict[str, str], timeout_s: float, protocol: str = "http/protobuf",
+                 insecure: bool | None = None, chunk: int = DEFAULT_CHUNK) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -112,11 +116,21 @@ class OtlpWriter:
         self._log = _Collect()
         logging.getLogger("opentelemetry.exporter").addHandler(self._log)
         logging.getLogger("opentelemetry.exporter").propagate = False
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        per_request = max(min(PER_REQUEST_S, timeout_s), 0.1)
+        self.exporter: SpanExporter
+        if protocol == "grpc":  # a gRPC endpoint has no path: host:port is what counts
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
 
-        self.exporter = OTLPSpanExporter(endpoint=traces_url(endpoint) if endpoint else None,
-                                         headers=headers,
-                                         timeout=max(min(PER_REQUEST_S, timeout_s), 0.1))
+            self.exporter = GrpcExporter(endpoint=endpoint or None, insecure=insecure,
+                                         headers=headers, timeout=per_request)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            self.exporter = OTLPSpanExporter(
+                endpoint=traces_url(endpoint) if endpoint else None, headers=headers,
+                timeout=per_request)
         self.delivery = OtlpDelivery(str(getattr(self.exporter, "_endpoint", endpoint)))
         self.pending: list[ExportSpan] = []
 
@@ -153,7 +167,7 @@ class OtlpWriter:
         if self.pending:
             self._send(self.pending)
             self.pending = []
-        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+        self.exporter.shutdown()
         logging.getLogger("opentelemetry.exporter").removeHandler(self._log)
         self.delivery.errors = list(self._log.messages)
         self.delivery.retries += self._log.retries

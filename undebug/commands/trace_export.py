@@ -36,6 +36,14 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
                    help="send the spans over OTLP/HTTP (protobuf) to URL (a URL without a "
                    "path gets /v1/traces; no URL: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
                    "$OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318)")
+    q.add_argument("--protocol", choices=("http/protobuf", "grpc"),
+                   default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                   or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf",
+                   help="--otlp: http/protobuf (port 4318) or grpc (4317) (default: "
+                   "$OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, $OTEL_EXPORTER_OTLP_PROTOCOL, "
+                   "else http/protobuf)")
+    q.add_argument("--insecure", action="store_true", default=None,
+                   help="--otlp with grpc: no TLS (default: TLS unless the URL is http://)")
     q.add_argument("--header", action="append", default=[], metavar="K=V", type=_header,
                    help="an HTTP header for --otlp (repeatable; added to "
                    "$OTEL_EXPORTER_OTLP_HEADERS)")
@@ -119,7 +127,8 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
         stream = out.stream
         if stream is None:
             out.writer = OtlpWriter(resource, endpoint=args.otlp or None,
-                                    headers=dict(args.header), timeout_s=args.timeout)
+                                    headers=dict(args.header), timeout_s=args.timeout,
+                                    protocol=args.protocol, insecure=args.insecure)
         elif out.format == "perfetto":
             out.writer = PerfettoWriter(stream, resource)  # type: ignore[arg-type]
         elif out.format == "otlp-json":
@@ -130,7 +139,7 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
 
 def export(args: argparse.Namespace, source: _Source) -> Report:
     """Stream ``source``'s spans to every output the user named."""
-    from tracers.export.otlp import OtlpWriter
+    from tracers.export.otlp import PROTOCOLS, OtlpWriter
     from tracers.export.resource import resource_attributes
     from tracers.export.spans import SpanBuilder
     from tracers.model import TraceModel
@@ -143,6 +152,10 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
         source.close()
         raise UsageError("trace export needs an output", hint="add --otlp URL, --otlp-json "
                          "FILE, --jaeger-json FILE or --perfetto FILE")
+    if args.protocol not in PROTOCOLS:  # from the environment: choices= does not check it
+        source.close()
+        raise UsageError(f"OTLP protocol {args.protocol!r} is not supported",
+                         hint="use http/protobuf or grpc (--protocol)")
     if args.timeout <= 0:
         source.close()
         raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
