@@ -231,3 +231,33 @@ def test_a_malformed_traceparent_leaves_the_span_without_a_parent_and_says_why()
     assert "lowercase hex" in str(guest.attributes["unikernel.traceparent.error"])
     assert "version ff" in str(host.attributes["unikernel.traceparent.error"])
     assert (builder.counts.bad_traceparents, builder.counts.joined) == (2, 0)
+
+
+def test_guest_text_in_names_and_arguments_still_makes_valid_json() -> None:
+    import io
+    import json
+
+    from tracers.export.jaeger_json import JaegerJsonWriter
+    from tracers.export.otlp_json import OtlpJsonWriter
+
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    hostile = b'w"\\\x1b]0;x\x07\xff\xfe'
+    enc.thread_name(0, 7, hostile)
+    enc.event(OUTER_B, 0, (1 << 64) - 1)  # past int64: a string, not a wrapped int
+    msg = b'p"\n\xc3'
+    enc.record(ID_PANIC, 0, [len(msg), 0], msg)
+    spans, _ = export(enc.bytes())
+    otlp, jaeger = io.StringIO(), io.StringIO()
+    for writer in (OtlpJsonWriter(otlp, {"service.name": 'a"b'}),
+                   JaegerJsonWriter(jaeger, {"service.name": 'a"b'})):
+        writer.write(spans)
+        writer.close()
+    [line] = otlp.getvalue().splitlines()
+    span = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    values = {a["key"]: a["value"] for a in span["attributes"]}
+    assert values["thread.name"] == {"stringValue": hostile.decode(errors="replace")}
+    assert values["unikernel.args.req"] == {"stringValue": str((1 << 64) - 1)}
+    assert span["status"]["message"] == msg.decode(errors="replace")
+    doc = json.loads(jaeger.getvalue())
+    assert doc["data"][0]["processes"]["p1"]["serviceName"] == 'a"b'

@@ -345,3 +345,32 @@ def test_a_malformed_guest_traceparent_is_exported_without_a_parent(
         a = attrs(s["attributes"])
         assert "parentSpanId" not in s and a["unikernel.traceparent"] == bad
         assert "VERSION-TRACEID-PARENTID-FLAGS" in a["unikernel.traceparent.error"]
+
+
+def test_a_damaged_recording_is_exported_as_far_as_it_reads(
+        crash: tuple[Path, str], tmp_path: Path) -> None:
+    """Flipped bytes, a cut-short end, a hostile thread name: exit 0 with what decodes
+    (damage reported), never a traceback, and the files still parse."""
+    import random
+
+    path, _ = crash
+    data = path.read_bytes()
+    rng = random.Random(11)
+    for n in range(12):
+        bad = bytearray(data)
+        for _ in range(rng.randint(1, 40)):
+            bad[rng.randrange(80, len(bad))] = rng.randrange(256)
+        cut = bytes(bad[: rng.randrange(200, len(bad))]) if n % 3 == 0 else bytes(bad)
+        rec = tmp_path / f"bad{n}.utrace"
+        rec.write_bytes(cut)
+        shutil.copyfile(path.with_name(path.name + ".origin"),
+                        rec.with_name(rec.name + ".origin"))
+        out, jaeger = tmp_path / f"bad{n}.jsonl", tmp_path / f"bad{n}.json"
+        result = undebug("trace", "export", str(rec), "--otlp-json", str(out),
+                         "--jaeger-json", str(jaeger), "--json")  # no traceback: undebug()
+        assert result.code == 0, result.stderr
+        doc = result.json()
+        check("trace export", doc)
+        spans, _ = otlp_spans(out)
+        assert len(spans) == doc["spans"] == sum(
+            len(t["spans"]) for t in json.loads(jaeger.read_text())["data"])
