@@ -5,8 +5,9 @@ into batches. The real guest's recordings are exported in test_trace_export.py."
 
 from __future__ import annotations
 
-from tests.test_trace_decode import BOOT, Encoder
+from tests.test_trace_decode import BOOT, HZ, Encoder
 from tracers.decode import ID_FAULT, ID_PANIC, StreamDecoder, decode
+from tracers.export.select import Selection
 from tracers.export.spans import ExportSpan, SpanBuilder
 from tracers.export.traceparent import TraceParent, parse_traceparent
 from tracers.format import ID_SPAN_CONTEXT
@@ -27,9 +28,10 @@ ANCHOR = 1_800_000_000_000_000_000
 
 
 def export(data: bytes, *, cut: int | None = None, traceparent: str | None = None,
-           **kw: int) -> tuple[list[ExportSpan], SpanBuilder]:
+           select: Selection | None = None, **kw: int) -> tuple[list[ExportSpan],
+                                                                 SpanBuilder]:
     """All spans of ``data``, fed whole or in two batches cut at byte ``cut``."""
-    builder = SpanBuilder(TPS, traceparent=traceparent, **kw)
+    builder = SpanBuilder(TPS, traceparent=traceparent, select=select, **kw)
     spans: list[ExportSpan] = []
     if cut is None:
         spans += builder.feed(TraceModel(decode(data, tracepoint_count=5), TPS, {0: ANCHOR}))
@@ -261,3 +263,31 @@ def test_guest_text_in_names_and_arguments_still_makes_valid_json() -> None:
     assert span["status"]["message"] == msg.decode(errors="replace")
     doc = json.loads(jaeger.getvalue())
     assert doc["data"][0]["processes"]["p1"]["serviceName"] == 'a"b'
+
+
+def test_a_selection_keeps_the_nesting_of_what_it_keeps() -> None:
+    enc = Encoder().header(header_tsc=BOOT)
+    enc.tid = [7, 8]
+    enc.event(OUTER_B, 0, 1)   # t = 400 ticks after boot
+    enc.event(INNER_B, 0)
+    enc.event(TICK, 0, 3, 0)   # an event of sum
+    enc.event(INNER_E, 0)
+    enc.event(OUTER_E, 0, 1)
+    enc.event(OUTER_B, 0, 2)   # a later request: 1900 ticks
+    enc.event(OUTER_E, 0, 2)
+    # only sum: it has no selected ancestor, so it is the outermost of its trace
+    [inner], builder = export(enc.bytes(), select=Selection.of(["s*"], None, None))
+    assert inner.name == "sum" and inner.parent_id is None and inner.local_root
+    assert builder.counts.left_out == 2
+    whole, _ = export(enc.bytes())
+    first = next(s for s in whole if s.name == "request")
+    assert inner.trace_id == first.trace_id  # still in its request's trace
+    # only requests: sum is left out and its event goes to its request
+    kept, _ = export(enc.bytes(), select=Selection.of(["request"], None, None))
+    assert [s.name for s in kept] == ["request", "request"]
+    assert [e.attributes["a"] for e in kept[0].events] == [3]
+    # by time since boot: the second request only (begins at 1900 ticks / 3 GHz)
+    late, _ = export(enc.bytes(), select=Selection.of(None, 1900 / HZ - 1e-9, None))
+    assert [s.attributes["unikernel.args.req"] for s in late] == [2]
+    early, _ = export(enc.bytes(), select=Selection.of(None, None, 1000 / HZ))
+    assert sorted(s.name for s in early) == ["request", "sum"]

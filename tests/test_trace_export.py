@@ -374,3 +374,30 @@ def test_a_damaged_recording_is_exported_as_far_as_it_reads(
         spans, _ = otlp_spans(out)
         assert len(spans) == doc["spans"] == sum(
             len(t["spans"]) for t in json.loads(jaeger.read_text())["data"])
+
+
+def test_filter_and_time_select_spans_of_a_real_recording(
+        recording: tuple[Path, int, int], tmp_path: Path) -> None:
+    path, _, _ = recording
+    everything, only, late = tmp_path / "all.jsonl", tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    assert undebug("trace", "export", str(path), "--otlp-json", str(everything)).code == 0
+    result = undebug("trace", "export", str(path), "--otlp-json", str(only), "--filter",
+                     "check*", "--json")
+    assert result.code == 0, result.stderr
+    spans, _ = otlp_spans(only)
+    full, _ = otlp_spans(everything)
+    assert {s["name"] for s in spans} == {"checksum"}
+    assert sorted(s["spanId"] for s in spans) == sorted(
+        s["spanId"] for s in full if s["name"] == "checksum")
+    assert all("parentSpanId" not in s for s in spans)  # their requests were left out
+    assert result.json()["left_out"] == len(full) - len(spans)
+    # --since: the requests that began in the second half of the run (seconds since boot,
+    # from trace show's own times, an independent reading of the same records)
+    shown = undebug("trace", "show", str(path), "--filter", "handle_request", "--json").json()
+    begins = sorted(e["time_ns"] for e in shown["events"]
+                    if e["tracepoint"] == "begin handle_request")
+    middle = begins[len(begins) // 2]
+    assert undebug("trace", "export", str(path), "--otlp-json", str(late), "--since",
+                   f"{middle / 1e9:.9f}", "--filter", "handle_request").code == 0
+    late_spans, _ = otlp_spans(late)
+    assert len(late_spans) == sum(t >= middle for t in begins)

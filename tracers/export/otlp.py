@@ -22,7 +22,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tracers.export.spans import AttrValue, ExportSpan
+from tracers.export.attributes import AttrValue
+from tracers.export.spans import ExportSpan
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

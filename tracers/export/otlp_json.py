@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from tracers.export.spans import AttrValue, ExportSpan
+from tracers.export.attributes import AttrValue
+from tracers.export.spans import ExportSpan
 
 __all__ = ["OtlpJsonWriter", "any_value", "encode_attributes", "encode_span"]
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import IO, TYPE_CHECKING
 
-from tracers.export.spans import AttrValue, ExportSpan, SpanEvent
+from tracers.export.attributes import AttrValue
+from tracers.export.spans import ExportSpan, SpanEvent
 
 if TYPE_CHECKING:
     from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import TracePacket, TrackEvent

@@ -12,7 +12,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 
-from tracers.export.spans import AttrValue
+from tracers.export.attributes import AttrValue
 from tracers.records import Session
 
 __all__ = ["resource_attributes"]

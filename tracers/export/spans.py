@@ -30,6 +30,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracers.export.attributes import (
+    INT64_MAX,
+    AttrValue,
+    code_attributes,
+    tracepoint_args,
+    word_value,
+)
+from tracers.export.select import Selection
 from tracers.export.traceparent import TraceParent, parse_traceparent
 from tracers.format import (
     ID_FAULT,
@@ -40,10 +48,6 @@ from tracers.format import (
     RESERVED_FIRST,
 )
 from tracers.metadata import (
-    ARG_BOOL,
-    ARG_CHAR,
-    ARG_POINTER,
-    ARG_SIGNED,
     ARG_STRING,
     ARG_UNSIGNED,
     KIND_LOG,
@@ -55,16 +59,13 @@ from tracers.metadata import (
 from tracers.model import TraceModel
 from tracers.records import Records, Session
 
-__all__ = ["VECTOR_NAMES", "AttrValue", "ExportCounts", "ExportSpan", "SpanBuilder",
-           "SpanEvent", "tracepoint_args"]
+__all__ = ["VECTOR_NAMES", "ExportCounts", "ExportSpan", "SpanBuilder", "SpanEvent"]
 
-AttrValue = str | int | float | bool
 VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
                 8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
                 17: "#AC", 18: "#MC", 19: "#XM"}
 _LEVELS = {0: "error", 1: "warning", 2: "info", 3: "debug"}
 _KEY = struct.Struct("<QQBQHH")  # boot_tsc, tsc_hz, cpu, tsc, seq, tid
-INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class ExportCounts:
     unknown_ids: int = 0  # events whose id the ELF does not describe (exported by id)
     unmatched_ends: int = 0  # span-ends with no open span of their name
     too_deep: int = 0  # span-begins past max_depth on their thread: not exported
+    left_out: int = 0  # spans --filter/--since/--until did not select
     traces: int = 0  # started here (outermost spans that joined no traceparent)
     joined: int = 0  # outermost spans made children of a traceparent (guest's or host's)
     bad_traceparents: int = 0  # malformed: those spans were exported without a parent
@@ -120,11 +122,12 @@ class _Cols:
     """A batch's columns as Python lists: indexing numpy arrays one element at a time
     costs more than the whole walk, so each column is converted once."""
 
-    def __init__(self, r: Records, times: np.ndarray) -> None:
+    def __init__(self, r: Records, times: np.ndarray, since_boot: np.ndarray) -> None:
         self.id, self.tid, self.cpu = r.id.tolist(), r.tid.tolist(), r.cpu.tolist()
         self.tsc, self.seq, self.session = r.tsc.tolist(), r.seq.tolist(), r.session.tolist()
         self.args: list[list[int]] = r.args.tolist()
         self.times: list[int] = times.tolist()
+        self.since_boot: list[int] = since_boot.tolist()
         self.strings, self.start = r.strings, r.start
 
     def text(self, i: int) -> bytes:
@@ -135,6 +138,7 @@ class _Cols:
 class _Open:
     span: ExportSpan
     tp_name: str
+    kept: bool = True  # selected for export (tracers/export/select.py)
 
 
 def _ident(session: Session, cpu: int, tsc: int, seq: int, tid: int, size: int,
@@ -145,56 +149,16 @@ def _ident(session: Session, cpu: int, tsc: int, seq: int, tid: int, size: int,
     return digest if any(digest) else digest[:-1] + b"\1"  # all-zero ids are invalid
 
 
-def _signed(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _value(kind: int, word: int, texts: list[bytes]) -> AttrValue:
-    """An argument word as an attribute value by its declared type (OTLP integers are
-    int64: an unsigned word past that is given as its decimal string)."""
-    if kind == ARG_SIGNED:
-        return _signed(word)
-    if kind == ARG_BOOL:
-        return bool(word)
-    if kind == ARG_CHAR:
-        return chr(word & 0xFF)
-    if kind == ARG_POINTER:
-        return f"{word:#x}"
-    if kind == ARG_STRING:
-        return texts[word].decode(errors="replace") if word < len(texts) else ""
-    if kind == ARG_UNSIGNED or kind == 0:
-        return word if word <= INT64_MAX else str(word)
-    return f"{word:#x}"
-
-
-def tracepoint_args(tp: Tracepoint, words: list[int], text: bytes) -> dict[str, AttrValue]:
-    """A record's arguments by their names in the metadata."""
-    texts = text.split(b"\0") if ARG_STRING in tp.arg_types else []
-    out: dict[str, AttrValue] = {}
-    for i in range(tp.nargs):
-        name = tp.arg_names[i] if i < len(tp.arg_names) else f"arg{i}"
-        kind = tp.arg_types[i] if i < len(tp.arg_types) else 0
-        out[name] = _value(kind, words[i] if i < len(words) else 0, texts)
-    return out
-
-
-def _code(tp: Tracepoint) -> dict[str, AttrValue]:
-    out: dict[str, AttrValue] = {}
-    if tp.file:
-        out["code.file.path"] = tp.file
-    if tp.line:
-        out["code.line.number"] = tp.line
-    return out
-
-
 class SpanBuilder:
     """Feed it each batch's :class:`TraceModel` in stream order; it returns the spans that
     ended there. ``finish`` returns those still open, ended at their session's last
     record, marked unterminated."""
 
     def __init__(self, tracepoints: Tracepoints, *, max_events: int = 128,
-                 max_depth: int = 256, traceparent: str | None = None) -> None:
+                 max_depth: int = 256, traceparent: str | None = None,
+                 select: Selection | None = None) -> None:
         self.tps = tracepoints
+        self.select = select
         # the host's (run --traceparent): the parent of every outermost span
         self.host_parent = None if traceparent is None else \
             (traceparent, parse_traceparent(traceparent))
@@ -232,7 +196,7 @@ class SpanBuilder:
         wanted = (r.id < RESERVED_FIRST) | np.isin(r.id, (ID_FAULT, ID_PANIC, ID_LOG_STR,
                                                           ID_THREAD_NAME, ID_SPAN_CONTEXT))
         rows = order[wanted[order]]
-        cols = _Cols(r, times)
+        cols = _Cols(r, times, since_boot)
         sessions = r.session[rows]
         cuts = np.flatnonzero(sessions[1:] != sessions[:-1]) + 1
         for part in np.split(rows, cuts) if len(rows) else []:
@@ -264,11 +228,10 @@ class SpanBuilder:
             elif ident in (ID_FAULT, ID_PANIC):
                 self._exception(c, i, key, ended)
             else:
-                stack = self.open.get(key)
-                if not stack:
+                span = _kept(self.open.get(key))
+                if span is None:
                     counts.outside_spans += 1
                     continue
-                span = stack[-1].span
                 if len(span.events) >= self.max_events:
                     span.dropped_events += 1
                     counts.dropped_events += 1
@@ -288,7 +251,7 @@ class SpanBuilder:
         if tp is None:
             self.counts.unknown_ids += 1
             attrs: dict[str, AttrValue] = {"unikernel.tracepoint.id": ident}
-            attrs.update({f"a{k}": _value(0, w, []) for k, w in enumerate(words)})
+            attrs.update({f"a{k}": word_value(0, w, []) for k, w in enumerate(words)})
             return SpanEvent(f"tp#{ident}", time_ns, attrs)
         attrs = self._args(tp, words, c.text(i) if ARG_STRING in tp.arg_types else b"")
         attrs.update(self._code(tp))
@@ -313,7 +276,7 @@ class SpanBuilder:
     def _code(self, tp: Tracepoint) -> dict[str, AttrValue]:
         code = self._codes.get(tp.id)
         if code is None:
-            code = self._codes[tp.id] = _code(tp)
+            code = self._codes[tp.id] = code_attributes(tp)
         return code
 
     def _begin(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint) -> None:
@@ -336,13 +299,15 @@ class SpanBuilder:
             context = self.host_parent
             attrs["unikernel.traceparent.source"] = "host"
         remote = False
+        parent_id: bytes | None
         if context is not None and isinstance(context[1], TraceParent):
             trace_id, parent_id, root, remote = context[1].trace_id, context[1].span_id, \
                 True, True
             self.counts.joined += 1
-        elif stack:
-            parent = stack[-1].span
-            trace_id, parent_id, root = parent.trace_id, parent.span_id, False
+        elif stack:  # the nearest selected ancestor is the parent
+            parent = _kept(stack)
+            trace_id = (parent or stack[-1].span).trace_id
+            parent_id, root = (parent.span_id, False) if parent else (None, True)
         else:
             trace_id = _ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace")
             parent_id, root = None, True
@@ -355,8 +320,10 @@ class SpanBuilder:
                       self._args(tp, c.args[i], b"").items()})
         if len(self.sessions) > 1 or key[0]:
             attrs["unikernel.session"] = key[0]
+        kept = self.select is None or self.select.keeps(tp.name, c.since_boot[i])
         stack.append(_Open(ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns,
-                                      attrs, local_root=root, remote_parent=remote), tp.name))
+                                      attrs, local_root=root, remote_parent=remote), tp.name,
+                           kept))
 
     def _end(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint,
              ended: list[ExportSpan]) -> None:
@@ -367,7 +334,11 @@ class SpanBuilder:
         if at is None:
             self.counts.unmatched_ends += 1
             return
-        span = stack.pop(at).span
+        entry = stack.pop(at)
+        if not entry.kept:
+            self.counts.left_out += 1
+            return
+        span = entry.span
         span.end_ns = max(time_ns, span.start_ns)
         for k, v in self._args(tp, c.args[i], b"").items():
             if span.attributes.get(f"unikernel.args.{k}") != v:
@@ -392,9 +363,9 @@ class SpanBuilder:
         event = SpanEvent("exception", time_ns, {"exception.type": kind,
                                                  "exception.message": message,
                                                  "cpu.logical_number": cpu})
-        stack = self.open.get(key)
-        if stack:
-            span = stack[-1].span
+        target = _kept(self.open.get(key))
+        if target is not None:
+            span = target
             span.events.append(event)  # past max_events too: an exception is never dropped
             span.error = message
             return
@@ -436,6 +407,9 @@ class SpanBuilder:
         out: list[ExportSpan] = []
         for key in keys:
             for entry in reversed(self.open.pop(key)):
+                if not entry.kept:
+                    self.counts.left_out += 1
+                    continue
                 span = entry.span
                 span.end_ns = max(self.last_ns.get(key[0], span.start_ns), span.start_ns)
                 span.attributes["unikernel.span.unterminated"] = True
@@ -444,3 +418,11 @@ class SpanBuilder:
                 self.counts.unterminated += 1
                 out.append(self._done(span, key[1]))
         return out
+
+
+def _kept(stack: list[_Open] | None) -> ExportSpan | None:
+    """The innermost selected span of a thread's open spans."""
+    for entry in reversed(stack or ()):
+        if entry.kept:
+            return entry.span
+    return None

@@ -21,7 +21,8 @@ from undebug.output import Report
 from undebug.text import escape
 
 if TYPE_CHECKING:
-    from tracers.export.spans import AttrValue, ExportSpan
+    from tracers.export.attributes import AttrValue
+    from tracers.export.spans import ExportSpan
     from undebug.commands.trace import _Source
 
 __all__ = ["add_export_arguments", "export"]
@@ -53,6 +54,13 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--perfetto", type=Path, metavar="FILE",
                    help="write a Perfetto trace (protobuf TrackEvent): a track per guest "
                    "thread, spans as slices, span events as instants")
+    q.add_argument("--filter", metavar="NAME", action="append",
+                   help="only spans whose name matches the glob NAME (repeatable); their "
+                   "selected descendants become their children")
+    q.add_argument("--since", type=float, metavar="S",
+                   help="only spans that began at or after S seconds since boot")
+    q.add_argument("--until", type=float, metavar="S",
+                   help="only spans that began at or before S seconds since boot")
     q.add_argument("--service-name", metavar="NAME",
                    help="the resource's service.name (default: $OTEL_SERVICE_NAME, else the "
                    "image's name)")
@@ -141,6 +149,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     """Stream ``source``'s spans to every output the user named."""
     from tracers.export.otlp import PROTOCOLS, OtlpWriter
     from tracers.export.resource import resource_attributes
+    from tracers.export.select import Selection
     from tracers.export.spans import SpanBuilder
     from tracers.model import TraceModel
     from tracers.report import damage_warnings
@@ -182,7 +191,9 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                     raise UsageError(f"{source.label}: {'; '.join(source.first_notes)}",
                                      hint="pass the ELF of the build that was recorded "
                                      "with --elf")
-                builder = SpanBuilder(source.tracepoints, traceparent=who.traceparent)
+                builder = SpanBuilder(source.tracepoints, traceparent=who.traceparent,
+                                      select=Selection.of(args.filter, args.since,
+                                                          args.until))
             if batch.sessions and resource is None:
                 resource = resource_attributes(image=who.image, instance=who.instance,
                                                sessions=list(batch.sessions),
