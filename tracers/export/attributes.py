@@ -7,6 +7,10 @@ location is ``code.file.path`` and ``code.line.number`` (semantic conventions).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 from tracers.metadata import (
     ARG_BOOL,
     ARG_CHAR,
@@ -17,7 +21,8 @@ from tracers.metadata import (
     Tracepoint,
 )
 
-__all__ = ["INT64_MAX", "AttrValue", "code_attributes", "tracepoint_args", "word_value"]
+__all__ = ["INT64_MAX", "AttrValue", "AttributeJson", "code_attributes", "tracepoint_args",
+           "word_value"]
 
 AttrValue = str | int | float | bool
 INT64_MAX = (1 << 63) - 1
@@ -64,3 +69,38 @@ def code_attributes(tp: Tracepoint) -> dict[str, AttrValue]:
         out["code.line.number"] = tp.line
     return out
 
+
+
+class AttributeJson:
+    """Attributes as the JSON text of a list's items, for the file writers. A recording
+    repeats the same keys and many of the same values, so their text is cached (a
+    bounded number of entries); integers, which seldom repeat, are formatted into the
+    cached text of their key: ``int_head(key) + str(value) + int_tail``."""
+
+    CACHE = 1 << 16
+
+    def __init__(self, item: Callable[[str, AttrValue], Any], int_head: Callable[[str], str],
+                 int_tail: str) -> None:
+        self.item, self.int_head, self.int_tail = item, int_head, int_tail
+        self._heads: dict[str, str] = {}
+        self._items: dict[tuple[str, AttrValue, type], str] = {}  # with the type: True == 1.0
+
+    def text(self, attrs: dict[str, AttrValue]) -> str:
+        parts = []
+        for k, v in attrs.items():
+            if type(v) is int:
+                head = self._heads.get(k)
+                if head is None:
+                    if len(self._heads) >= self.CACHE:
+                        self._heads.clear()
+                    head = self._heads[k] = self.int_head(k)
+                parts.append(f"{head}{v}{self.int_tail}")
+                continue
+            key = (k, v, type(v))
+            item = self._items.get(key)
+            if item is None:
+                if len(self._items) >= self.CACHE:
+                    self._items.clear()
+                item = self._items[key] = json.dumps(self.item(k, v), separators=(",", ":"))
+            parts.append(item)
+        return ",".join(parts)

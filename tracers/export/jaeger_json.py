@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from tracers.export.attributes import AttrValue
+from tracers.export.attributes import AttributeJson, AttrValue
 from tracers.export.spans import ExportSpan
 
 __all__ = ["JaegerJsonWriter", "jaeger_tags"]
@@ -20,35 +20,43 @@ __all__ = ["JaegerJsonWriter", "jaeger_tags"]
 PROCESS = "p1"
 
 
+def _tag(k: str, v: AttrValue) -> dict[str, Any]:
+    kind = "bool" if isinstance(v, bool) else "int64" if isinstance(v, int) \
+        else "float64" if isinstance(v, float) else "string"
+    return {"key": k, "type": kind, "value": v}
+
+
 def jaeger_tags(attrs: dict[str, AttrValue]) -> list[dict[str, Any]]:
-    out = []
-    for k, v in attrs.items():
-        kind = "bool" if isinstance(v, bool) else "int64" if isinstance(v, int) \
-            else "float64" if isinstance(v, float) else "string"
-        out.append({"key": k, "type": kind, "value": v})
-    return out
+    return [_tag(k, v) for k, v in attrs.items()]
 
 
 def _us(ns: int) -> int:
     return ns // 1000
 
 
-def _span(span: ExportSpan) -> dict[str, Any]:
-    attrs = dict(span.attributes)
-    if span.error is not None:
-        attrs.update({"error": True, "otel.status_code": "ERROR",
-                      "otel.status_description": span.error})
-    refs = [] if span.parent_id is None else [
-        {"refType": "CHILD_OF", "traceID": span.trace_id.hex(), "spanID": span.parent_id.hex()}]
-    return {"traceID": span.trace_id.hex(), "spanID": span.span_id.hex(), "flags": 1,
-            "operationName": span.name, "references": refs,
-            "startTime": _us(span.start_ns),
-            "duration": _us(span.end_ns) - _us(span.start_ns),
-            "tags": jaeger_tags(attrs),
-            "logs": [{"timestamp": _us(e.time_ns),
-                      "fields": jaeger_tags({"event": e.name, **e.attributes})}
-                     for e in span.events],
-            "processID": PROCESS, "warnings": None}
+class _SpanText:
+    """A span as Jaeger JSON text, made with f-strings rather than dicts."""
+
+    def __init__(self) -> None:
+        self.tags = AttributeJson(_tag, lambda k: f'{{"key":{json.dumps(k)},"type":"int64",'
+                                  '"value":', "}")
+
+    def span(self, span: ExportSpan) -> str:
+        tags = self.tags.text
+        attrs = span.attributes
+        if span.error is not None:
+            attrs = {**attrs, "error": True, "otel.status_code": "ERROR",
+                     "otel.status_description": span.error}
+        trace = span.trace_id.hex()
+        refs = "" if span.parent_id is None else \
+            f'{{"refType":"CHILD_OF","traceID":"{trace}","spanID":"{span.parent_id.hex()}"}}'
+        logs = ",".join(f'{{"timestamp":{_us(e.time_ns)},"fields":['
+                        f'{tags({"event": e.name, **e.attributes})}]}}' for e in span.events)
+        return (f'{{"traceID":"{trace}","spanID":"{span.span_id.hex()}","flags":1,'
+                f'"operationName":{json.dumps(span.name)},"references":[{refs}],'
+                f'"startTime":{_us(span.start_ns)},'
+                f'"duration":{_us(span.end_ns) - _us(span.start_ns)},"tags":[{tags(attrs)}],'
+                f'"logs":[{logs}],"processID":"{PROCESS}","warnings":null}}')
 
 
 class JaegerJsonWriter:
@@ -61,6 +69,7 @@ class JaegerJsonWriter:
         self._processes = json.dumps({PROCESS: {"serviceName": service,
                                                 "tags": jaeger_tags(tags)}})
         self.held: dict[bytes, list[ExportSpan]] = {}
+        self.text = _SpanText()
         self.count = 0
         self.traces = 0  # entries written
         out.write('{"data":[')
@@ -77,7 +86,7 @@ class JaegerJsonWriter:
     def _trace(self, trace_id: bytes) -> None:
         spans = self.held.pop(trace_id)
         self.count -= len(spans)
-        body = ",".join(json.dumps(_span(s), separators=(",", ":")) for s in spans)
+        body = ",".join(self.text.span(s) for s in spans)
         self.out.write(("," if self.traces else "") + f'{{"traceID":"{trace_id.hex()}",'
                        f'"spans":[{body}],"processes":{self._processes}}}\n')
         self.traces += 1

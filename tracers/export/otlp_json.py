@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from tracers.export.attributes import AttrValue
+from tracers.export.attributes import AttributeJson, AttrValue
 from tracers.export.spans import ExportSpan
 
-__all__ = ["OtlpJsonWriter", "any_value", "encode_attributes", "encode_span"]
+__all__ = ["OtlpJsonWriter", "SpanText", "any_value", "encode_attributes"]
 
 SPAN_KIND_INTERNAL = 1
 STATUS_UNSET, STATUS_ERROR = 0, 2
@@ -35,22 +35,27 @@ def encode_attributes(attrs: dict[str, AttrValue]) -> list[dict[str, Any]]:
     return [{"key": k, "value": any_value(v)} for k, v in attrs.items()]
 
 
-def encode_span(span: ExportSpan) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "traceId": span.trace_id.hex(), "spanId": span.span_id.hex(),
-        "name": span.name, "kind": SPAN_KIND_INTERNAL,
-        "startTimeUnixNano": str(span.start_ns), "endTimeUnixNano": str(span.end_ns),
-        "attributes": encode_attributes(span.attributes),
-        "events": [{"timeUnixNano": str(e.time_ns), "name": e.name,
-                    "attributes": encode_attributes(e.attributes)} for e in span.events],
-        "status": {"code": STATUS_ERROR, "message": span.error} if span.error is not None
-        else {"code": STATUS_UNSET},
-    }
-    if span.parent_id is not None:
-        out["parentSpanId"] = span.parent_id.hex()
-    if span.dropped_events:
-        out["droppedEventsCount"] = span.dropped_events
-    return out
+class SpanText:
+    """Spans as OTLP/JSON text, made with f-strings rather than dicts and ``json.dumps``."""
+
+    def __init__(self) -> None:
+        self.attributes = AttributeJson(
+            lambda k, v: {"key": k, "value": any_value(v)},
+            lambda k: f'{{"key":{json.dumps(k)},"value":{{"intValue":"', '"}}')
+
+    def span(self, span: ExportSpan) -> str:
+        attrs = self.attributes.text
+        events = ",".join(f'{{"timeUnixNano":"{e.time_ns}","name":{json.dumps(e.name)},'
+                          f'"attributes":[{attrs(e.attributes)}]}}' for e in span.events)
+        status = f'{{"code":{STATUS_ERROR},"message":{json.dumps(span.error)}}}' \
+            if span.error is not None else f'{{"code":{STATUS_UNSET}}}'
+        parent = f',"parentSpanId":"{span.parent_id.hex()}"' if span.parent_id else ""
+        dropped = f',"droppedEventsCount":{span.dropped_events}' if span.dropped_events else ""
+        return (f'{{"traceId":"{span.trace_id.hex()}","spanId":"{span.span_id.hex()}"{parent},'
+                f'"name":{json.dumps(span.name)},"kind":{SPAN_KIND_INTERNAL},'
+                f'"startTimeUnixNano":"{span.start_ns}","endTimeUnixNano":"{span.end_ns}",'
+                f'"attributes":[{attrs(span.attributes)}],"events":[{events}],'
+                f'"status":{status}{dropped}}}')
 
 
 class OtlpJsonWriter:
@@ -61,6 +66,7 @@ class OtlpJsonWriter:
         self.per_line = per_line
         self.pending: list[ExportSpan] = []
         self.lines = 0
+        self.text = SpanText()
         # the resource's JSON is the same on every line: made once
         head = json.dumps({"attributes": encode_attributes(resource)})
         self._prefix = f'{{"resourceSpans":[{{"resource":{head},"scopeSpans":[{{"scope":' \
@@ -73,7 +79,7 @@ class OtlpJsonWriter:
             del self.pending[: self.per_line]
 
     def _line(self, spans: list[ExportSpan]) -> None:
-        body = ",".join(json.dumps(encode_span(s), separators=(",", ":")) for s in spans)
+        body = ",".join(self.text.span(s) for s in spans)
         self.out.write(self._prefix + body + "]}]}]}\n")
         self.lines += 1
 
