@@ -401,3 +401,26 @@ def test_filter_and_time_select_spans_of_a_real_recording(
                    f"{middle / 1e9:.9f}", "--filter", "handle_request").code == 0
     late_spans, _ = otlp_spans(late)
     assert len(late_spans) == sum(t >= middle for t in begins)
+
+
+def test_a_live_guest_is_exported_by_name_with_its_sessions_identity(
+        guest_image: Path, tmp_path: Path) -> None:
+    from tests.conftest import wait_for_console
+
+    name = "exp-live"
+    started = undebug("run", "-d", "--name", name, "--smp", "2", "--append", "threads=2",
+                      "--traceparent", HOST_TP, str(guest_image))
+    assert started.code == 0, started.stderr
+    try:
+        wait_for_console(name, "refguest: heartbeat")
+        out = tmp_path / "live.jsonl"
+        result = undebug("trace", "export", name, "--otlp-json", str(out), "--json")
+    finally:
+        undebug("kill", name)
+    assert result.code == 0, result.stderr
+    spans, resources = otlp_spans(out)
+    assert spans and result.json()["spans"] == len(spans)
+    assert {r["service.instance.id"] for r in resources} == {name}
+    assert {r["service.name"] for r in resources} == {guest_image.stem}
+    roots = [s for s in spans if s["name"] == "handle_request"]
+    assert roots and all(s["parentSpanId"] == HOST_TP[36:52] for s in roots)
