@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = ["HEADER_SIZE", "ID_FAULT", "ID_INVALID", "ID_LOG_STR", "ID_LOST", "ID_PANIC",
+           "ID_SPAN_CONTEXT",
            "ID_SYNC", "ID_THREAD_NAME", "ID_THREAD_SWITCH", "MAGIC", "MAGIC_BYTES", "MAX_ARGS",
            "MAX_SLOTS", "RESERVED_FIRST", "RESERVED_NAMES", "RESERVED_SLOTS",
            "SLOT", "SLOT_STRUCT", "STRING_IDS", "SYNC_PATTERN", "SYNC_W0",
@@ -33,16 +34,17 @@ TSC_WINDOW_S = 600  # a record may be at most 10 minutes newer than the newest g
 U64_MAX = (1 << 64) - 1
 
 ID_SYNC, ID_LOST, ID_THREAD_NAME, ID_THREAD_SWITCH = 0xFF00, 0xFF01, 0xFF02, 0xFF03
-ID_FAULT, ID_PANIC, ID_LOG_STR = 0xFF04, 0xFF05, 0xFF06
+ID_FAULT, ID_PANIC, ID_LOG_STR, ID_SPAN_CONTEXT = 0xFF04, 0xFF05, 0xFF06, 0xFF07
 RESERVED_FIRST, ID_INVALID = 0xFF00, 0xFFFF
 RESERVED_NAMES = {ID_SYNC: "sync", ID_LOST: "lost", ID_THREAD_NAME: "thread_name",
                   ID_THREAD_SWITCH: "thread_switch", ID_FAULT: "fault", ID_PANIC: "panic",
-                  ID_LOG_STR: "log_str"}
+                  ID_LOG_STR: "log_str", ID_SPAN_CONTEXT: "span_context"}
 # nslots allowed per known reserved id (FORMAT.md section 3)
 RESERVED_SLOTS = {ID_SYNC: (3, 3), ID_LOST: (2, 2), ID_THREAD_NAME: (2, 4),
                   ID_THREAD_SWITCH: (2, 2), ID_FAULT: (3, 3), ID_PANIC: (2, 9),
-                  ID_LOG_STR: (2, 9)}
-STRING_IDS = (ID_THREAD_NAME, ID_PANIC, ID_LOG_STR)  # records with a string payload
+                  ID_LOG_STR: (2, 9), ID_SPAN_CONTEXT: (2, 6)}
+# records with a string payload
+STRING_IDS = (ID_THREAD_NAME, ID_PANIC, ID_LOG_STR, ID_SPAN_CONTEXT)
 
 SLOT_STRUCT = struct.Struct("<QHBBHH")  # a record's header slot: tsc id cpu nslots seq tid
 _HEADER = struct.Struct("<QHHIQQHBBHH32sQ")

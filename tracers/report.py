@@ -18,6 +18,7 @@ from tracers.format import (
     ID_LOG_STR,
     ID_LOST,
     ID_PANIC,
+    ID_SPAN_CONTEXT,
     ID_SYNC,
     ID_THREAD_NAME,
     ID_THREAD_SWITCH,
@@ -157,7 +158,7 @@ class EventPrinter:
             elif ident == ID_FAULT and len(words) >= 4:
                 detail = (f"vector={words[0]} error={words[1]:#x} rip={words[2]:#x} "
                           f"addr={words[3]:#x}")
-            elif ident == ID_PANIC:
+            elif ident in (ID_PANIC, ID_SPAN_CONTEXT):
                 detail = escape(text)
             elif ident == ID_LOG_STR and words:
                 detail = f"{_LEVELS.get(words[0], str(words[0]))}: {escape(text)}"

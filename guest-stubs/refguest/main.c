@@ -25,6 +25,7 @@ enum crash_kind opt_crash = CRASH_NONE;
 uint64_t opt_crash_after = 500;
 uint64_t opt_run_for = 0;
 int opt_corrupt_cyclic;
+char opt_traceparent[64];                /* traceparent=TP: each request's remote parent */
 
 volatile int crash_now;                  /* set by main when the crash is due */
 static int crash_claimed;
@@ -90,6 +91,14 @@ static void parse_option(char *tok)
 		else
 			kprintf("refguest: warning: bad value '%s' for run_for (using %lu)\n",
 				val, opt_run_for);
+	} else if (!strcmp(tok, "traceparent") && has_val) {
+		/* kept as given (at most 63 bytes): the host checks it, as for a header */
+		unsigned n = 0;
+		while (val[n] && n < sizeof opt_traceparent - 1) {
+			opt_traceparent[n] = val[n];
+			n++;
+		}
+		opt_traceparent[n] = 0;
 	} else if (has_val && trace_parse_option(tok, val)) {
 		/* trace=..., trace_bench=N, trace_flood=N (trace_glue.c) */
 	} else if (!strcmp(tok, "corrupt") && has_val) {
@@ -165,7 +174,8 @@ static uint64_t next_request_id;
 __attribute__((noinline)) void handle_request(struct worker *w)
 {
 	uint64_t req_id = __atomic_fetch_add(&next_request_id, 1, __ATOMIC_RELAXED);
-	UNDEBUG_SPAN_BEGIN(handle_request, req_id);
+	/* as a server would with a request's traceparent header: the span joins its trace */
+	UNDEBUG_SPAN_BEGIN_CTX(handle_request, opt_traceparent, req_id);
 	/* the planted crash: worker_main -> handle_request -> crash_<kind> */
 	if (crash_now && !__atomic_exchange_n(&crash_claimed, 1, __ATOMIC_SEQ_CST)) {
 		switch (opt_crash) {
@@ -181,7 +191,9 @@ __attribute__((noinline)) void handle_request(struct worker *w)
 		}
 	}
 	uint64_t *req = kmalloc(64);          /* a short-lived request object */
+	UNDEBUG_SPAN_BEGIN(checksum, w->len);  /* a child span of every request */
 	w->last_sum = checksum_block(w->buf, w->len);
+	UNDEBUG_SPAN_END(checksum);
 	if (req) {
 		req[0] = w->last_sum;
 		kfree(req);

@@ -388,6 +388,14 @@ void undebug_log_str(int level, const char *msg)
 	emit_str(UNDEBUG_ID_LOG_STR, (uint64_t)level, 0, msg, 111, 0);
 }
 
+void undebug_span_context(const char *traceparent)
+{
+	if (!traceparent || !traceparent[0] ||
+	    !__atomic_load_n(&undebug_trace_active, __ATOMIC_RELAXED))
+		return;
+	emit_str(UNDEBUG_ID_SPAN_CONTEXT, 0, 0, traceparent, 63, 0);
+}
+
 void undebug_panic(const char *msg)
 {
 	if (!undebug__ncpus)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-max-size", type=trace_size, default=trace_size("256M"),
                    metavar="SIZE", help="keep at most SIZE bytes of each trace recording "
                    "(K, M, G suffixes; default 256M; 0: no limit): the oldest chunks go first")
+    p.add_argument("--traceparent", metavar="TP", default=os.environ.get("TRACEPARENT"),
+                   help="a W3C traceparent (default $TRACEPARENT) kept with the recording: "
+                   "trace export makes it the parent of the guest's outermost spans")
     p.add_argument("--no-trace", action="store_true",
                    help="no virtio-serial trace port (for guests that mind the device)")
     p.add_argument("--ci", action="store_true",
@@ -76,7 +80,8 @@ def launch(args: argparse.Namespace) -> Launched:
         image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
         smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=True,
         trace=not args.no_trace, trace_file=args.trace_file,
-        trace_max_size=args.trace_max_size, debug_elfs=tuple(args.debug_elf)))
+        trace_max_size=args.trace_max_size, debug_elfs=tuple(args.debug_elf),
+        traceparent=args.traceparent or None))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:

@@ -96,8 +96,21 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     stats.add_argument("--force", action="store_true",
                        help="with --flight-recorder: go on when the ELF's build-id differs")
 
+    from undebug.commands.trace_export import add_export_arguments
 
-@command("trace", "record, show and count a guest's trace events", _arguments, json=False,
+    export = sub.add_parser("export", help="write a recording's spans as OTLP/JSON or "
+                            "Jaeger JSON files",
+                            description="Spans from the guest's span begin/end records "
+                            "(nested spans are children; tracepoints inside a span are its "
+                            "events; faults and panics exception events with error status), "
+                            "written to the files named. Needs the guest's ELF: --elf, "
+                            "FILE.origin, or the guest's session.")
+    common(export)
+    add_export_arguments(export)
+
+
+@command("trace", "record, show, count and export a guest's trace events", _arguments,
+         json=False,
          description="The guest tracing stub's events: record a live guest's stream, show "
          "events, or count them. FILE|TARGET is a recorded file or a guest's name.")
 def trace(args: argparse.Namespace) -> Report:
@@ -105,6 +118,10 @@ def trace(args: argparse.Namespace) -> Report:
         return _record(args)
     if args.trace_command == "show":
         return _show(args)
+    if args.trace_command == "export":
+        from undebug.commands.trace_export import export
+
+        return export(args, _open_source(args))
     return _stats(args)
 
 
@@ -163,8 +180,14 @@ def _channel(source: str) -> FileChannel:
 
 
 def _default_elf(args: argparse.Namespace) -> Path | None:
-    if args.elf is not None or _is_file(args.source):
+    """--elf, else the ELF named in a file's FILE.origin, else the guest's."""
+    if args.elf is not None:
         return args.elf  # type: ignore[no-any-return]
+    if _is_file(args.source):
+        from tracers.origin import read_origin
+
+        origin = read_origin(Path(args.source))
+        return Path(origin.elf) if origin and origin.elf else None
     from undebug.target import remembered_elf
 
     return remembered_elf(args.source)
@@ -401,6 +424,7 @@ def _record(args: argparse.Namespace) -> Report:
     except OSError as exc:
         channel.close()
         raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    _record_origin(args.source, args.output)
     decoder = StreamDecoder()
     written = records = 0
     interrupted = anchored = False
@@ -437,6 +461,25 @@ def _record(args: argparse.Namespace) -> Report:
         f"{escape(str(args.output))} ({data['ended_by']})"
         + (f"; the oldest {dropped.dropped_chunks} chunk(s) ({dropped.dropped_bytes} bytes) "
            "were dropped to stay under --trace-max-size" if dropped.dropped_chunks else "")])
+
+
+def _record_origin(name: str, output: Path) -> None:
+    """``FILE.origin`` (tracers/origin.py): the guest's ELF and image, for later."""
+    from tracers.origin import read_origin, write_origin
+    from undebug.session.replies import recorded_status
+    from undebug.session.store import SessionDir
+
+    session = SessionDir.named(name)
+    status = recorded_status(session)
+    image = Path(status.image) if status.image else None
+    elf = Path(status.elf) if status.elf else image
+    given = read_origin(session.trace_file)  # the run's, with its --traceparent
+    try:
+        write_origin(output, elf=elf, image=image, session=name,
+                     traceparent=given.traceparent if given else None)
+    except OSError as exc:
+        sys.stderr.write(f"warning: cannot write {escape(str(output))}.origin: "
+                         f"{exc.strerror}\n")
 
 
 # ---- show ------------------------------------------------------------------------------

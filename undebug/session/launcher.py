@@ -21,6 +21,7 @@ from undebug.errors import InternalError, UndebugError, UsageError
 from undebug.session.replies import GuestStatus, Reply, parse_status
 from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
+from undebug.text import escape
 from undebug.vm.accel import choose_accel
 from undebug.vm.image import check_debug_elf, debug_elf_beside, inspect_image
 from undebug.vm.qemu import Forward, check_machine, find_qemu
@@ -125,6 +126,7 @@ class LaunchRequest:
     trace_file: Path | None = None
     trace_max_size: int = 256 << 20  # run --trace-max-size (0: no limit)
     debug_elfs: tuple[Path, ...] = ()  # run --debug-elf (default: IMAGE.dbg, else IMAGE)
+    traceparent: str | None = None  # run --traceparent: kept in the recordings' .origin
 
 
 def _check_trace_file(path: Path) -> None:
@@ -200,7 +202,32 @@ def launch_guest(request: LaunchRequest) -> Launched:
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None,
         trace_max_size=request.trace_max_size)
     try:
-        return Launched(claim, start_supervisor(claim, spec), warnings)
+        launched = Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:
         claim.remove()
         raise
+    if request.traceparent is not None:
+        from tracers.export.traceparent import parse_traceparent
+
+        if isinstance(problem := parse_traceparent(request.traceparent), str):
+            warnings.append(f"--traceparent {escape(request.traceparent)!r}: {problem}; "
+                            "trace export will give the guest's spans no parent")
+    if request.trace:
+        for recording in (claim.session.trace_file, request.trace_file):
+            if recording is not None:
+                _write_origin(recording, debug_elf or image.path, image.path,
+                              claim.session.name, request.traceparent, warnings)
+    return launched
+
+
+def _write_origin(trace_file: Path, elf: Path, image: Path, name: str,
+                  traceparent: str | None, warnings: list[str]) -> None:
+    """``FILE.origin`` beside a recording: later commands on the file find the ELF
+    there, and export the trace parent (tracers/origin.py)."""
+    from tracers.origin import write_origin
+
+    try:
+        write_origin(trace_file, elf=elf, image=image, session=name, traceparent=traceparent)
+    except OSError as exc:
+        warnings.append(f"cannot write {trace_file}.origin: {exc.strerror}; trace commands "
+                        "on the file will need --elf")

@@ -71,6 +71,7 @@ struct undebug_tp_meta {
 #define UNDEBUG_ID_FAULT         0xFF04u
 #define UNDEBUG_ID_PANIC         0xFF05u
 #define UNDEBUG_ID_LOG_STR       0xFF06u
+#define UNDEBUG_ID_SPAN_CONTEXT  0xFF07u
 
 /* ---- transports ------------------------------------------------------------ */
 enum undebug_transport {
@@ -170,6 +171,10 @@ void undebug_fault(uint64_t vector, uint64_t error, uint64_t rip, uint64_t addr)
 void undebug_panic(const char *msg);
 /* A log line as a string payload (when the text is built at run time). */
 void undebug_log_str(int level, const char *msg);
+/* A W3C traceparent ("00-<trace id>-<parent id>-<flags>", as received, e.g. from an HTTP
+ * header) for the next span this thread begins: the host exports that span as a child of
+ * it, in its trace. NULL or "" sends nothing. The host checks the text, not the guest. */
+void undebug_span_context(const char *traceparent);
 
 /* ---- emit entry points used by the macros ------------------------------------- */
 void undebug__emit0(const struct undebug_tp_meta *tp);
@@ -275,6 +280,11 @@ void undebug__emit6(const struct undebug_tp_meta *tp, uint64_t a, uint64_t b, ui
 	UNDEBUG__TP(UNDEBUG_KIND_SPAN_BEGIN, 0, #name, "", ##__VA_ARGS__)
 #define UNDEBUG_SPAN_END(name, ...) \
 	UNDEBUG__TP(UNDEBUG_KIND_SPAN_END, 0, #name, "", ##__VA_ARGS__)
+/* A span that joins the distributed trace of `traceparent` (see undebug_span_context). */
+#define UNDEBUG_SPAN_BEGIN_CTX(name, traceparent, ...) do {                      \
+	undebug_span_context(traceparent);                                        \
+	UNDEBUG_SPAN_BEGIN(name, ##__VA_ARGS__);                                  \
+} while (0)
 /* level must be a compile-time constant (it is stored in the metadata). */
 #define undebug_log(level, fmt, ...) \
 	UNDEBUG__TP(UNDEBUG_KIND_LOG, (level), "log", fmt, ##__VA_ARGS__)

@@ -1,0 +1,232 @@
+"""``trace export --otlp`` to real OTLP/HTTP receivers on loopback.
+
+No Collector or Jaeger can be installed here, so the receivers are the tests' own
+servers on 127.0.0.1 (an ephemeral port): HTTP with http.server, gRPC with grpcio's
+server and opentelemetry-proto's TraceService definition. They decode what arrives with
+the official protobuf definitions (opentelemetry-proto's ExportTraceServiceRequest), not
+with undebug's code. The recording is a real reference guest's (QEMU, TCG); what the
+spans must hold is derived from the guest's source and from an independent decode of
+the recording, as in test_trace_export.py.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.conftest import undebug
+from tests.test_schema import check
+from tests.test_trace_export import recording  # noqa: F401 (a fixture)
+from tracers.decode import decode_file
+from tracers.metadata import KIND_SPAN_BEGIN, load_tracepoints
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """An OTLP/HTTP receiver: answers 503 to the first ``fail_first`` requests, then
+    200 with an ExportTraceServiceResponse; keeps the decoded requests and their
+    paths and headers."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fail_first = fail_first
+        self.requests: list[tuple[str, dict[str, str], ExportTraceServiceRequest | None]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def spans(self) -> list[tuple[dict[str, object], object]]:
+        """(resource attributes, span) of every span in the accepted requests."""
+        out = []
+        for _, _, req in self.requests:
+            for rs in req.resource_spans if req else ():
+                res = {kv.key: _plain(kv.value) for kv in rs.resource.attributes}
+                out += [(res, s) for ss in rs.scope_spans for s in ss.spans]
+        return out
+
+
+def _plain(value: object) -> object:
+    kind = value.WhichOneof("value")  # type: ignore[attr-defined]
+    return getattr(value, kind)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            failing = len(self.server.requests) < self.server.fail_first
+            req = None
+            if not failing:
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+            self.server.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, req))
+        if failing:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+    server = Receiver(getattr(request, "param", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def attrs(items: object) -> dict[str, object]:
+    return {kv.key: _plain(kv.value) for kv in items}  # type: ignore[attr-defined]
+
+
+def requests_in(path: Path, guest_image: Path) -> list[int]:
+    tps = load_tracepoints(guest_image)
+    begin = {tp.id for tp in tps.by_id.values()
+             if tp.name == "handle_request" and tp.kind == KIND_SPAN_BEGIN}
+    r = decode_file(path, tracepoint_count=tps.count).records
+    return sorted(int(r.args[i, 0]) for i in range(len(r)) if int(r.id[i]) in begin)
+
+
+def test_spans_reach_a_real_otlp_receiver_with_service_name_and_parents(
+        recording: tuple[Path, int, int], guest_image: Path, receiver: Receiver) -> None:  # noqa: F811
+    path, _, _ = recording
+    result = undebug("trace", "export", str(path), "--otlp", receiver.url,
+                     "--header", "X-Tenant=ci", "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    check("trace export", doc)
+    got = receiver.spans()
+    assert {p for p, _, _ in receiver.requests} == {"/v1/traces"}  # the path was added
+    assert all(h.get("x-tenant") == "ci" for _, h, _ in receiver.requests)
+    assert doc["otlp"]["exported"] == len(got) == doc["spans"]
+    assert doc["otlp"]["not_exported"] == 0
+    assert {res["service.name"] for res, _ in got} == {guest_image.stem}
+    assert {res["service.instance.id"] for res, _ in got} == {"exp-rec"}
+    requests = [s for _, s in got if s.name == "handle_request"]
+    assert sorted(attrs(s.attributes)["unikernel.args.req_id"] for s in requests) \
+        == requests_in(path, guest_image)
+    by_id = {s.span_id: s for _, s in got}
+    assert len(by_id) == len(got)
+    children = [s for _, s in got if s.name == "checksum"]
+    assert children
+    for c in children:
+        parent = by_id[c.parent_span_id]
+        assert parent.name == "handle_request" and parent.trace_id == c.trace_id
+        assert parent.start_time_unix_nano <= c.start_time_unix_nano <= c.end_time_unix_nano
+    assert all(s.parent_span_id == b"" for s in requests)
+
+
+@pytest.mark.parametrize("receiver", [2], indirect=True)
+def test_a_receiver_that_fails_first_gets_everything_once_it_answers(
+        recording: tuple[Path, int, int], receiver: Receiver) -> None:  # noqa: F811
+    path, _, _ = recording
+    result = undebug("trace", "export", str(path), "--otlp", receiver.url + "/v1/traces",
+                     "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    statuses = [req is not None for _, _, req in receiver.requests]
+    assert statuses[:2] == [False, False] and all(statuses[2:])
+    assert doc["otlp"]["retries"] == 2  # the two refused requests, sent again
+    assert doc["otlp"]["exported"] == doc["spans"] == len(receiver.spans())
+    assert len({s.span_id for _, s in receiver.spans()}) == doc["spans"]  # none twice
+
+
+def test_a_collector_that_never_answers_is_exit_1_with_the_undelivered_count(
+        recording: tuple[Path, int, int]) -> None:  # noqa: F811
+    path, _, _ = recording
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # accepts connections (the kernel does) and never answers
+    try:
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        result = undebug("trace", "export", str(path), "--otlp", f"http://127.0.0.1:{port}",
+                         "--timeout", "3", "--json")
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert result.code == 1, result.stderr
+    doc = result.json()
+    assert doc["otlp"]["exported"] == 0 and doc["otlp"]["not_exported"] == doc["spans"] > 0
+    assert took < 3 + 10, took  # the budget, plus start-up
+    assert any(re.search(rf"{doc['spans']} span\(s\) were not delivered", w)
+               for w in doc["warnings"])
+    # and a port with nobody at all: refused, retried within the budget, exit 1
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    refused = undebug("trace", "export", str(path), "--otlp", f"http://127.0.0.1:{port}",
+                      "--timeout", "2")
+    assert refused.code == 1
+    assert re.search(r"0 span\(s\) exported, (\d+) not exported", refused.stdout)
+
+
+def test_spans_reach_a_real_otlp_grpc_receiver(recording: tuple[Path, int, int],  # noqa: F811
+                                               guest_image: Path) -> None:
+    """A grpcio server with the TraceService from opentelemetry-proto; the first call is
+    refused UNAVAILABLE (retryable), the rest are kept."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    got: list[ExportTraceServiceRequest] = []
+    calls: list[dict[str, str]] = []
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: ExportTraceServiceRequest,
+                   context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+            calls.append(dict(context.invocation_metadata()))
+            if len(calls) == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+            got.append(request)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        path, _, _ = recording
+        result = undebug("trace", "export", str(path), "--otlp", f"http://127.0.0.1:{port}",
+                         "--protocol", "grpc", "--header", "x-tenant=ci", "--json")
+    finally:
+        server.stop(None)
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    spans = [s for req in got for rs in req.resource_spans for ss in rs.scope_spans
+             for s in ss.spans]
+    assert doc["otlp"]["exported"] == doc["spans"] == len(spans)
+    assert doc["otlp"]["retries"] == 1 and len(calls) == len(got) + 1
+    assert all(c.get("x-tenant") == "ci" for c in calls)
+    services = {kv.value.string_value for req in got for rs in req.resource_spans
+                for kv in rs.resource.attributes if kv.key == "service.name"}
+    assert services == {guest_image.stem}
+    assert sorted(attrs(s.attributes)["unikernel.args.req_id"] for s in spans
+                  if s.name == "handle_request") == requests_in(path, guest_image)

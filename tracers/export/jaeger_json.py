@@ -1,0 +1,98 @@
+"""Jaeger JSON files: ``{"data": [{"traceID", "spans", "processes"}, ...]}``, the format
+of Jaeger's ``/api/traces`` that its UI opens without a backend (Search → Upload).
+
+A trace is written when its outermost span ends (spans leave the builder as they end, so
+its descendants came first); memory holds the open traces only, and a trace holding more
+than ``max_held`` spans is written in parts (entries with the same traceID, which the UI
+merges).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from tracers.export.attributes import AttributeJson, AttrValue
+from tracers.export.spans import ExportSpan
+
+__all__ = ["JaegerJsonWriter", "jaeger_tags"]
+
+PROCESS = "p1"
+
+
+def _tag(k: str, v: AttrValue) -> dict[str, Any]:
+    kind = "bool" if isinstance(v, bool) else "int64" if isinstance(v, int) \
+        else "float64" if isinstance(v, float) else "string"
+    return {"key": k, "type": kind, "value": v}
+
+
+def jaeger_tags(attrs: dict[str, AttrValue]) -> list[dict[str, Any]]:
+    return [_tag(k, v) for k, v in attrs.items()]
+
+
+def _us(ns: int) -> int:
+    return ns // 1000
+
+
+class _SpanText:
+    """A span as Jaeger JSON text, made with f-strings rather than dicts."""
+
+    def __init__(self) -> None:
+        self.tags = AttributeJson(_tag, lambda k: f'{{"key":{json.dumps(k)},"type":"int64",'
+                                  '"value":', "}")
+
+    def span(self, span: ExportSpan) -> str:
+        tags = self.tags.text
+        attrs = span.attributes
+        if span.error is not None:
+            attrs = {**attrs, "error": True, "otel.status_code": "ERROR",
+                     "otel.status_description": span.error}
+        trace = span.trace_id.hex()
+        refs = "" if span.parent_id is None else \
+            f'{{"refType":"CHILD_OF","traceID":"{trace}","spanID":"{span.parent_id.hex()}"}}'
+        logs = ",".join(f'{{"timestamp":{_us(e.time_ns)},"fields":['
+                        f'{tags({"event": e.name, **e.attributes})}]}}' for e in span.events)
+        return (f'{{"traceID":"{trace}","spanID":"{span.span_id.hex()}","flags":1,'
+                f'"operationName":{json.dumps(span.name)},"references":[{refs}],'
+                f'"startTime":{_us(span.start_ns)},'
+                f'"duration":{_us(span.end_ns) - _us(span.start_ns)},"tags":[{tags(attrs)}],'
+                f'"logs":[{logs}],"processID":"{PROCESS}","warnings":null}}')
+
+
+class JaegerJsonWriter:
+    def __init__(self, out: IO[str], resource: dict[str, AttrValue],
+                 max_held: int = 10_000) -> None:
+        self.out = out
+        self.max_held = max_held
+        service = str(resource.get("service.name", "unikernel"))
+        tags = {k: v for k, v in resource.items() if k != "service.name"}
+        self._processes = json.dumps({PROCESS: {"serviceName": service,
+                                                "tags": jaeger_tags(tags)}})
+        self.held: dict[bytes, list[ExportSpan]] = {}
+        self.text = _SpanText()
+        self.count = 0
+        self.traces = 0  # entries written
+        out.write('{"data":[')
+
+    def write(self, spans: list[ExportSpan]) -> None:
+        for span in spans:
+            self.held.setdefault(span.trace_id, []).append(span)
+            self.count += 1
+            if span.local_root:
+                self._trace(span.trace_id)
+        if self.count > self.max_held:
+            self._trace(max(self.held, key=lambda t: len(self.held[t])))
+
+    def _trace(self, trace_id: bytes) -> None:
+        spans = self.held.pop(trace_id)
+        self.count -= len(spans)
+        body = ",".join(self.text.span(s) for s in spans)
+        self.out.write(("," if self.traces else "") + f'{{"traceID":"{trace_id.hex()}",'
+                       f'"spans":[{body}],"processes":{self._processes}}}\n')
+        self.traces += 1
+
+    def close(self) -> None:
+        for trace_id in list(self.held):
+            self._trace(trace_id)
+        self.out.write("]}\n")
+        self.out.flush()

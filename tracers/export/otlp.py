@@ -1,0 +1,174 @@
+"""OTLP export with the official libraries: opentelemetry-sdk ``ReadableSpan``\\ s sent by
+the ``OTLPSpanExporter`` of opentelemetry-exporter-otlp-proto-http (http/protobuf) or
+opentelemetry-exporter-otlp-proto-grpc (grpc).
+
+Recorded spans have past times, so no tracer or span processor is involved: each
+:class:`~tracers.export.spans.ExportSpan` becomes a ``ReadableSpan`` with its own start
+and end, and ``export()`` is called here a chunk at a time. (The SDK's
+``BatchSpanProcessor`` drops whatever exceeds its 2048-span queue with only a log line;
+a recording holds far more.) A chunk that fails is sent again with backoff until the
+time budget runs out; the exporter itself also retries what OTLP calls retryable (429,
+502-504, connection errors) within each call. Once the budget is spent nothing more is
+sent, but every later span is still counted, so the summary says exactly how many were
+not delivered. Span ids come from the recording (spans.py), so spans sent twice (a retry
+of a request the collector did take) are the same spans, not new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tracers.export.attributes import AttrValue
+from tracers.export.spans import ExportSpan
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+__all__ = ["PROTOCOLS", "OtlpDelivery", "OtlpWriter", "readable_span", "traces_url"]
+
+PROTOCOLS = ("http/protobuf", "grpc")
+
+DEFAULT_CHUNK = 512
+PER_REQUEST_S = 10.0  # the SDK's own default per request
+
+
+def traces_url(url: str) -> str:
+    """``url`` with ``/v1/traces`` added when it has no path (the Python exporter posts to
+    an endpoint exactly as given; the other SDKs add the path to a base URL)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path in ("", "/"):
+        return urllib.parse.urlunsplit(parts._replace(path="/v1/traces"))
+    return url
+
+
+def readable_span(span: ExportSpan, resource: Resource, scope: InstrumentationScope) \
+        -> ReadableSpan:
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+    trace_id = int.from_bytes(span.trace_id, "big")
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    context = SpanContext(trace_id, int.from_bytes(span.span_id, "big"), False, flags)
+    parent = None if span.parent_id is None else \
+        SpanContext(trace_id, int.from_bytes(span.parent_id, "big"), span.remote_parent, flags)
+    attributes: dict[str, AttrValue] = dict(span.attributes)
+    if span.dropped_events:
+        attributes["unikernel.dropped_events"] = span.dropped_events
+    return ReadableSpan(
+        name=span.name, context=context, parent=parent, resource=resource,
+        attributes=attributes,
+        events=[Event(e.name, e.attributes, e.time_ns, limit=None) for e in span.events],
+        kind=SpanKind.INTERNAL,
+        status=Status(StatusCode.ERROR, span.error) if span.error is not None else Status(),
+        start_time=span.start_ns, end_time=span.end_ns, instrumentation_scope=scope)
+
+
+class _Collect(logging.Handler):
+    """The exporter's log records (it logs why a request failed): kept for the summary
+    instead of printed in the middle of ours."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.retries = 0  # the exporter's own, inside one export() call
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Transient error"):
+            self.retries += 1
+        self.messages = [*self.messages[-9:], record.getMessage()]
+
+
+@dataclass
+class OtlpDelivery:
+    """What reached the collector: counts of spans, and of export() calls made."""
+
+    endpoint: str
+    exported: int = 0
+    not_exported: int = 0
+    attempts: int = 0  # export() calls
+    retries: int = 0  # requests sent again: by this loop, and by the exporter itself
+    gave_up: bool = False
+    last_error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class OtlpWriter:
+    """A span writer (as the file writers) that sends chunks of ``chunk`` spans over
+    OTLP/HTTP with the official ``OTLPSpanExporter``, within ``timeout_s`` in all
+    (endpoint None: the OTEL_EXPORTER_OTLP_* variables, as the SDK reads them)."""
+
+    def __init__(self, resource: dict[str, AttrValue], *, endpoint: str | None,
+                 headers: dict[str, str], timeout_s: float, protocol: str = "http/protobuf",
+                 insecure: bool | None = None, chunk: int = DEFAULT_CHUNK) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self.resource = Resource(resource)
+        self.scope = InstrumentationScope("undebug", "1")
+        self.chunk = chunk
+        self.deadline = time.monotonic() + timeout_s
+        self._log = _Collect()
+        logging.getLogger("opentelemetry.exporter").addHandler(self._log)
+        logging.getLogger("opentelemetry.exporter").propagate = False
+        per_request = max(min(PER_REQUEST_S, timeout_s), 0.1)
+        self.exporter: SpanExporter
+        if protocol == "grpc":  # a gRPC endpoint has no path: host:port is what counts
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+
+            self.exporter = GrpcExporter(endpoint=endpoint or None, insecure=insecure,
+                                         headers=headers, timeout=per_request)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            self.exporter = OTLPSpanExporter(
+                endpoint=traces_url(endpoint) if endpoint else None, headers=headers,
+                timeout=per_request)
+        self.delivery = OtlpDelivery(str(getattr(self.exporter, "_endpoint", endpoint)))
+        self.pending: list[ExportSpan] = []
+
+    def write(self, spans: list[ExportSpan]) -> None:
+        self.pending += spans
+        while len(self.pending) >= self.chunk:
+            self._send(self.pending[: self.chunk])
+            del self.pending[: self.chunk]
+
+    def _send(self, spans: list[ExportSpan]) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        d = self.delivery
+        if d.gave_up:
+            d.not_exported += len(spans)
+            return
+        batch = [readable_span(s, self.resource, self.scope) for s in spans]
+        backoff = 0.25
+        while True:
+            d.attempts += 1
+            if self.exporter.export(batch) == SpanExportResult.SUCCESS:
+                d.exported += len(spans)
+                return
+            d.last_error = self._log.messages[-1] if self._log.messages else "export failed"
+            if time.monotonic() + backoff >= self.deadline:
+                d.gave_up = True
+                d.not_exported += len(spans)
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 4.0)
+            d.retries += 1
+
+    def close(self) -> None:
+        if self.pending:
+            self._send(self.pending)
+            self.pending = []
+        self.exporter.shutdown()
+        logging.getLogger("opentelemetry.exporter").removeHandler(self._log)
+        self.delivery.errors = list(self._log.messages)
+        self.delivery.retries += self._log.retries

@@ -1,0 +1,54 @@
+"""Who the spans come from: the OpenTelemetry resource of an exported recording.
+
+Semantic-convention keys where one fits (``service.name``, ``service.instance.id``,
+``host.name``); the guest's own facts under ``unikernel.*``. ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES`` are honoured as the OpenTelemetry SDKs do (the service name
+given on the command line wins over both).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+
+from tracers.export.attributes import AttrValue
+from tracers.records import Session
+
+__all__ = ["resource_attributes"]
+
+
+def _env_attributes(text: str) -> dict[str, AttrValue]:
+    """``key=value,key2=value2`` (values percent-encoded), as the SDKs read
+    OTEL_RESOURCE_ATTRIBUTES; malformed members are skipped."""
+    out: dict[str, AttrValue] = {}
+    for member in text.split(","):
+        key, sep, value = member.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = urllib.parse.unquote(value.strip())
+    return out
+
+
+def resource_attributes(*, image: str | None, instance: str, sessions: list[Session],
+                        service_name: str | None = None, host: str | None = None,
+                        environ: Mapping[str, str] | None = None) -> dict[str, AttrValue]:
+    """The resource: ``service.name`` from ``service_name``, else OTEL_SERVICE_NAME,
+    else OTEL_RESOURCE_ATTRIBUTES' service.name, else the image's name, else ``unikernel``."""
+    env = os.environ if environ is None else environ
+    attrs: dict[str, AttrValue] = {}
+    attrs.update(_env_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    name = service_name or env.get("OTEL_SERVICE_NAME") or attrs.get("service.name") \
+        or image or "unikernel"
+    attrs["service.name"] = str(name)
+    attrs.setdefault("service.instance.id", instance)
+    if host:
+        attrs.setdefault("host.name", host)
+    attrs["telemetry.sdk.name"] = "undebug"
+    if sessions:
+        header = sessions[0].header
+        if header.build_id:
+            attrs["unikernel.build_id"] = header.build_id.hex()
+        attrs["unikernel.tsc_hz"] = header.tsc_hz
+        attrs["unikernel.cpu_count"] = header.cpu_count
+        attrs["unikernel.transport"] = header.transport_name
+    return attrs

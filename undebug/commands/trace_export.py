@@ -1,0 +1,263 @@
+"""``undebug trace export``: a recording's spans to files other tools open.
+
+The spans come from tracers/export/spans.py (matched per thread, parents by nesting,
+deterministic ids), the encodings from tracers/export/; this module opens the source and
+the outputs, streams the batches through, and reports the counts. Exporting needs the
+tracepoint names: with no ELF at all (no ``--elf``, none beside the file in
+``FILE.origin``, none remembered by the guest's session) it is exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Protocol
+
+from undebug.errors import UsageError
+from undebug.output import Report
+from undebug.text import escape
+
+if TYPE_CHECKING:
+    from tracers.export.attributes import AttrValue
+    from tracers.export.spans import ExportSpan
+    from undebug.commands.trace import _Source
+
+__all__ = ["add_export_arguments", "export"]
+
+
+def add_export_arguments(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--otlp-json", type=Path, metavar="FILE",
+                   help="write OTLP/JSON: one ExportTraceServiceRequest per line, hex ids")
+    q.add_argument("--jaeger-json", type=Path, metavar="FILE",
+                   help="write Jaeger JSON ({\"data\": [...]}) that Jaeger's UI opens")
+    q.add_argument("--otlp", nargs="?", const="", metavar="URL",
+                   help="send the spans over OTLP/HTTP (protobuf) to URL (a URL without a "
+                   "path gets /v1/traces; no URL: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+                   "$OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318)")
+    q.add_argument("--protocol", choices=("http/protobuf", "grpc"),
+                   default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                   or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf",
+                   help="--otlp: http/protobuf (port 4318) or grpc (4317) (default: "
+                   "$OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, $OTEL_EXPORTER_OTLP_PROTOCOL, "
+                   "else http/protobuf)")
+    q.add_argument("--insecure", action="store_true", default=None,
+                   help="--otlp with grpc: no TLS (default: TLS unless the URL is http://)")
+    q.add_argument("--header", action="append", default=[], metavar="K=V", type=_header,
+                   help="an HTTP header for --otlp (repeatable; added to "
+                   "$OTEL_EXPORTER_OTLP_HEADERS)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="--otlp: give up retrying after S seconds in all (default 60); what "
+                   "was not delivered by then is counted and the exit code is 1")
+    q.add_argument("--perfetto", type=Path, metavar="FILE",
+                   help="write a Perfetto trace (protobuf TrackEvent): a track per guest "
+                   "thread, spans as slices, span events as instants")
+    q.add_argument("--filter", metavar="NAME", action="append",
+                   help="only spans whose name matches the glob NAME (repeatable); their "
+                   "selected descendants become their children")
+    q.add_argument("--since", type=float, metavar="S",
+                   help="only spans that began at or after S seconds since boot")
+    q.add_argument("--until", type=float, metavar="S",
+                   help="only spans that began at or before S seconds since boot")
+    q.add_argument("--service-name", metavar="NAME",
+                   help="the resource's service.name (default: $OTEL_SERVICE_NAME, else the "
+                   "image's name)")
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"not K=V: {text!r}")
+    return key.strip(), value.strip()
+
+
+class _Writer(Protocol):
+    def write(self, spans: list[ExportSpan]) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Output:
+    format: str
+    file: Path | None  # None: --otlp
+    stream: IO[str] | IO[bytes] | None
+    writer: _Writer | None = None
+
+
+def _open_output(path: Path, what: str) -> IO[str] | IO[bytes]:
+    """The file, 0600 (it holds guest data, as the recording does)."""
+    if path.is_dir():
+        raise UsageError(f"--{what} {path} is a directory", hint="name a file to write")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write --{what} {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "wb" if what == "perfetto" else "w", buffering=1 << 20)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    image: str | None  # the image's name (no directory, no suffix)
+    instance: str  # service.instance.id
+    host: str | None
+    traceparent: str | None  # run --traceparent
+
+
+def _identity(args: argparse.Namespace) -> _Identity:
+    """Who recorded: from the recording's FILE.origin (a guest's own recording has one
+    too), else the session's record, else the file's own name."""
+    from tracers.origin import read_origin
+    from undebug.commands.trace import _is_file
+
+    if _is_file(args.source):
+        path, instance = Path(args.source), Path(args.source).name
+    else:
+        from undebug.session.store import SessionDir
+
+        path, instance = SessionDir.named(args.source).trace_file, args.source
+    origin = read_origin(path)
+    if origin is None:
+        return _Identity(None, instance, None, None)
+    return _Identity(Path(origin.image).stem if origin.image else None,
+                     origin.session or instance, origin.host, origin.traceparent)
+
+
+def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
+             args: argparse.Namespace) -> None:
+    from tracers.export.jaeger_json import JaegerJsonWriter
+    from tracers.export.otlp import OtlpWriter
+    from tracers.export.otlp_json import OtlpJsonWriter
+    from tracers.export.perfetto import PerfettoWriter
+
+    for out in outputs:
+        stream = out.stream
+        if stream is None:
+            out.writer = OtlpWriter(resource, endpoint=args.otlp or None,
+                                    headers=dict(args.header), timeout_s=args.timeout,
+                                    protocol=args.protocol, insecure=args.insecure)
+        elif out.format == "perfetto":
+            out.writer = PerfettoWriter(stream, resource)  # type: ignore[arg-type]
+        elif out.format == "otlp-json":
+            out.writer = OtlpJsonWriter(stream, resource)  # type: ignore[arg-type]
+        else:
+            out.writer = JaegerJsonWriter(stream, resource)  # type: ignore[arg-type]
+
+
+def export(args: argparse.Namespace, source: _Source) -> Report:
+    """Stream ``source``'s spans to every output the user named."""
+    from tracers.export.otlp import PROTOCOLS, OtlpWriter
+    from tracers.export.resource import resource_attributes
+    from tracers.export.select import Selection
+    from tracers.export.spans import SpanBuilder
+    from tracers.model import TraceModel
+    from tracers.report import damage_warnings
+    from undebug.commands.trace import STATS_WINDOW
+
+    wanted = [("otlp-json", args.otlp_json), ("jaeger-json", args.jaeger_json),
+              ("perfetto", args.perfetto)]
+    if not any(path for _, path in wanted) and args.otlp is None:
+        source.close()
+        raise UsageError("trace export needs an output", hint="add --otlp URL, --otlp-json "
+                         "FILE, --jaeger-json FILE or --perfetto FILE")
+    if args.protocol not in PROTOCOLS:  # from the environment: choices= does not check it
+        source.close()
+        raise UsageError(f"OTLP protocol {args.protocol!r} is not supported",
+                         hint="use http/protobuf or grpc (--protocol)")
+    if args.timeout <= 0:
+        source.close()
+        raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    if source.all_tracepoints is None:
+        source.close()
+        raise UsageError(f"{source.label}: no ELF to name the tracepoints with, so no spans "
+                         "can be made", hint="pass the guest's ELF with --elf (a recording "
+                         "written by run --trace-file or trace record names it in "
+                         "FILE.origin)")
+    who = _identity(args)
+    outputs: list[_Output] = []
+    builder: SpanBuilder | None = None
+    resource: dict[str, AttrValue] | None = None
+    try:
+        for fmt, path in wanted:
+            if path is not None:
+                outputs.append(_Output(fmt, path, _open_output(path, fmt)))
+        if args.otlp is not None:
+            outputs.append(_Output("otlp", None, None))
+        for batch in source.batches(STATS_WINDOW):
+            source.warnings += batch.warnings
+            if builder is None:
+                if source.tracepoints is None:
+                    raise UsageError(f"{source.label}: {'; '.join(source.first_notes)}",
+                                     hint="pass the ELF of the build that was recorded "
+                                     "with --elf")
+                builder = SpanBuilder(source.tracepoints, traceparent=who.traceparent,
+                                      select=Selection.of(args.filter, args.since,
+                                                          args.until))
+            if batch.sessions and resource is None:
+                resource = resource_attributes(image=who.image, instance=who.instance,
+                                               sessions=list(batch.sessions),
+                                               service_name=args.service_name, host=who.host)
+                _writers(outputs, resource, args)
+            spans = builder.feed(TraceModel(batch, source.tracepoints,
+                                            source.anchors(batch.sessions)))
+            for out in outputs:
+                if out.writer is not None:
+                    out.writer.write(spans)
+        stream = source.summary()
+        assert builder is not None
+        rest = builder.finish()
+        if resource is None:  # a stream with no record: the files still parse
+            resource = resource_attributes(image=who.image, instance=who.instance,
+                                           sessions=stream.sessions,
+                                           service_name=args.service_name, host=who.host)
+            _writers(outputs, resource, args)
+        for out in outputs:
+            assert out.writer is not None
+            out.writer.write(rest)
+            out.writer.close()
+    except BaseException as exc:
+        for out in outputs:  # no half-written file left to be taken for a whole one
+            if out.stream is not None:
+                with contextlib.suppress(OSError):
+                    out.stream.close()
+                out.file.unlink(missing_ok=True)  # type: ignore[union-attr]
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write the export: {exc.strerror or exc}") from None
+        raise
+    finally:
+        source.close()
+        for out in outputs:
+            if out.stream is not None:
+                out.stream.close()
+    counts = builder.counts
+    warnings = source.warnings + damage_warnings(stream)
+    if counts.unanchored_sessions:
+        warnings.append(f"session(s) {', '.join(map(str, counts.unanchored_sessions))} have "
+                        "no wall-clock anchor (FILE.anchors): their spans are dated from "
+                        "the Unix epoch by time since boot")
+    delivery = next((o.writer.delivery for o in outputs if isinstance(o.writer, OtlpWriter)),
+                    None)
+    data = {"source": source.label, **asdict(counts),
+            "service_name": resource["service.name"] if resource else None,
+            "outputs": [{"format": o.format, "file": str(o.file)} for o in outputs
+                        if o.file is not None],
+            "otlp": asdict(delivery) if delivery else None}
+    lines = [f"{counts.spans} span(s) in {counts.traces} trace(s) "
+             f"({counts.unterminated} unterminated, {counts.exceptions} exception(s), "
+             f"{counts.span_events} span event(s); {counts.outside_spans} event(s) outside "
+             f"any span not exported) from {escape(source.label)}"]
+    lines += [f"wrote {o.format} {escape(str(o.file))}" for o in outputs if o.file is not None]
+    failed = False
+    if delivery is not None:
+        lines.append(f"OTLP {escape(delivery.endpoint)}: {delivery.exported} span(s) "
+                     f"exported, {delivery.not_exported} not exported "
+                     f"({delivery.attempts} request(s), {delivery.retries} retried)")
+        if delivery.not_exported:
+            failed = True
+            warnings.append(f"{delivery.not_exported} span(s) were not delivered to "
+                            f"{delivery.endpoint} within --timeout {args.timeout:g} s: "
+                            f"{delivery.last_error}; the recording is untouched, run the "
+                            "export again (the same span ids are sent)")
+    return Report(data=data, warnings=warnings, render=lambda: lines,
+                  exit_code=1 if failed else 0)
