@@ -9,6 +9,7 @@ cycle-safe, and anything odd becomes a warning in the snapshot, never an excepti
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from undebug.os.crash import Crash
 
 __all__ = ["CrashStop", "GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot",
-           "read_struct"]
+           "read_struct", "walk_list"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
 
@@ -51,6 +52,16 @@ class ThreadSnapshot:
     warnings: list[str] = field(default_factory=list)
     _by_id: dict[int, GuestThread] | None = field(default=None, init=False, repr=False,
                                                   compare=False)
+
+    @classmethod
+    def running_on(cls, threads: list[GuestThread], cpu_count: int,
+                   warnings: list[str]) -> ThreadSnapshot:
+        """The snapshot of ``threads``, each vCPU mapped to the thread that says it runs it."""
+        vcpus: dict[int, int | None] = dict.fromkeys(range(cpu_count))
+        for thread in threads:
+            if thread.cpu is not None:
+                vcpus[thread.cpu] = thread.id
+        return cls(threads, vcpus, warnings)
 
     def find(self, thread_id: int) -> GuestThread:
         """The first thread with this id (a corrupt guest may repeat one); a dict, not a
@@ -96,6 +107,33 @@ class StructValue:
 
 def read_struct(target: Target, layout: StructLayout, address: int) -> StructValue:
     return StructValue(layout, address, target.read(address, layout.size))
+
+
+def walk_list(target: Target, layout: StructLayout, head: int, next_member: str, what: str,
+              warnings: list[str], *, limit: int = MAX_THREADS,
+              seen: set[int] | None = None) -> Iterator[StructValue]:
+    """Each struct of a guest linked list from ``head`` along ``next_member``. Guest memory
+    is hostile: a loop (an address in ``seen``, shared across lists), more than ``limit``
+    entries or an unreadable entry ends the walk with a warning naming ``what``."""
+    seen = set() if seen is None else seen
+    address, count = head, 0
+    while address:
+        if address in seen:
+            warnings.append(f"{what} loops back to {address:#x} after {count} entries: "
+                            "stopped there")
+            return
+        if count >= limit:
+            warnings.append(f"{what} longer than {limit}: stopped there")
+            return
+        seen.add(address)
+        try:
+            value = read_struct(target, layout, address)
+        except ReadError as exc:
+            warnings.append(f"{what} broken at {address:#x}: {exc.message}")
+            return
+        yield value
+        count += 1
+        address = value.int(next_member)
 
 
 def read_c_string(target: Target, address: int, limit: int = 256) -> tuple[str, bool]:

@@ -20,6 +20,7 @@ from undebug.os.provider import (
     ThreadSnapshot,
     read_c_string,
     read_struct,
+    walk_list,
 )
 from undebug.target import ReadError
 from undebug.trapframe import TrapFrame
@@ -84,37 +85,16 @@ class RefguestProvider(ThreadProvider):
         states = self.target.elf.enum("thread_state") or {}
         head = self.target.read_int(self.need_symbol("thread_list"))
         claimed = self.target.read_int(self.need_symbol("thread_count"), 4)
-        limit = MAX_THREADS
         if claimed > MAX_THREADS:
             warnings.append(f"thread_count is {claimed}, more than any real guest: "
                             f"reading at most {MAX_THREADS} threads")
         running = self._running(warnings)
-        threads: list[GuestThread] = []
-        seen: set[int] = set()
-        address = head
-        while address:
-            if address in seen:
-                warnings.append(f"thread list loops back to {address:#x} after "
-                                f"{len(threads)} threads: stopped there")
-                break
-            if len(threads) >= limit:
-                warnings.append(f"thread list longer than {limit}: stopped there")
-                break
-            seen.add(address)
-            try:
-                value = read_struct(self.target, layout, address)
-            except ReadError as exc:
-                warnings.append(f"thread list broken at {address:#x}: {exc.message}")
-                break
-            threads.append(self._thread(value, states, running, warnings))
-            address = value.int("next")
+        threads = [self._thread(value, states, running, warnings)
+                   for value in walk_list(self.target, layout, head, "next", "thread list",
+                                          warnings)]
         if len(threads) != claimed and claimed <= MAX_THREADS and not warnings:
             warnings.append(f"thread_count says {claimed}, the list holds {len(threads)}")
-        vcpus: dict[int, int | None] = dict.fromkeys(range(self.target.cpu_count()))
-        for thread in threads:
-            if thread.cpu is not None:
-                vcpus[thread.cpu] = thread.id
-        return ThreadSnapshot(threads, vcpus, warnings)
+        return ThreadSnapshot.running_on(threads, self.target.cpu_count(), warnings)
 
     def _thread(self, value: StructValue, states: dict[int, str], running: dict[int, int],
                 warnings: list[str]) -> GuestThread:

@@ -36,7 +36,7 @@ from undebug.os.provider import (
     ThreadProvider,
     ThreadSnapshot,
     read_c_string,
-    read_struct,
+    walk_list,
 )
 from undebug.target import ReadError, Target
 from undebug.trapframe import TrapFrame
@@ -166,54 +166,25 @@ class UnikraftProvider(ThreadProvider):
         now = self._clock()
         threads: list[GuestThread] = []
         seen: set[int] = set()
-        schedulers: set[int] = set()
         try:
-            sched = self.target.read_int(self.need_symbol("uk_sched_head"))
+            head = self.target.read_int(self.need_symbol("uk_sched_head"))
         except ReadError as exc:
             warnings.append(f"uk_sched_head unreadable: {exc.message}")
-            sched = 0
-        while sched:
-            if sched in schedulers or len(schedulers) >= MAX_SCHEDULERS:
-                warnings.append(f"scheduler list loops or exceeds {MAX_SCHEDULERS} entries "
-                                f"at {sched:#x}: stopped there")
-                break
-            schedulers.add(sched)
-            try:
-                value = read_struct(self.target, sched_layout, sched)
-            except ReadError as exc:
-                warnings.append(f"scheduler at {sched:#x} unreadable: {exc.message}")
-                break
+            head = 0
+        schedulers = 0
+        for value in walk_list(self.target, sched_layout, head, "next", "scheduler list",
+                               warnings, limit=MAX_SCHEDULERS):
+            schedulers += 1
             for queue in ("thread_list", "exited_threads"):
-                self._queue(value.int(f"{queue}.tqh_first"), f"{queue} of scheduler "
-                            f"{sched:#x}", running, now, threads, seen, warnings)
-            sched = value.int("next")
+                for entry in walk_list(self.target, self.need_struct("uk_thread"),
+                                        value.int(f"{queue}.tqh_first"), "thread_list.tqe_next",
+                                        f"{queue} of scheduler {value.address:#x}", warnings,
+                                        limit=MAX_THREADS - len(threads), seen=seen):
+                    threads.append(self._thread(entry, len(threads) + 1, running, now,
+                                                warnings))
         if not schedulers:
             warnings.append("uk_sched_head is NULL: no scheduler has started yet")
-        vcpus: dict[int, int | None] = dict.fromkeys(range(self.target.cpu_count()))
-        for thread in threads:
-            if thread.cpu is not None:
-                vcpus[thread.cpu] = thread.id
-        return ThreadSnapshot(threads, vcpus, warnings)
-
-    def _queue(self, address: int, what: str, running: dict[int, int], now: int | None,
-               threads: list[GuestThread], seen: set[int], warnings: list[str]) -> None:
-        """One TAILQ of threads, bounded and cycle-safe across all queues."""
-        layout = self.need_struct("uk_thread")
-        while address:
-            if address in seen:
-                warnings.append(f"{what} loops back to {address:#x}: stopped there")
-                return
-            if len(threads) >= MAX_THREADS:
-                warnings.append(f"more than {MAX_THREADS} threads: stopped there")
-                return
-            seen.add(address)
-            try:
-                value = read_struct(self.target, layout, address)
-            except ReadError as exc:
-                warnings.append(f"{what} broken at {address:#x}: {exc.message}")
-                return
-            threads.append(self._thread(value, len(threads) + 1, running, now, warnings))
-            address = value.int("thread_list.tqe_next")
+        return ThreadSnapshot.running_on(threads, self.target.cpu_count(), warnings)
 
     def _name(self, value: StructValue, warnings: list[str]) -> str:
         pointer = value.int("name")
