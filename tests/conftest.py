@@ -65,6 +65,15 @@ def wait_for_console(name: str, needle: str, timeout: float = 60) -> str:
         time.sleep(0.2)
 
 
+def boot(name: str, append: str, guest_image: Path) -> str:
+    """A reference guest of its own (-smp 2), booted and ready."""
+    result = undebug("run", "-d", "--name", name, "--smp", "2", "--append", append,
+                     str(guest_image))
+    assert result.code == 0, result.stderr
+    wait_for_console(name, "refguest: ready")
+    return name
+
+
 @pytest.fixture(scope="session", autouse=True)
 def runtime_dir() -> Iterator[Path]:
     """A private, short runtime dir (unix socket paths must stay under 108 bytes)."""

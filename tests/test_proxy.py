@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import boot, undebug, wait_for_console
 from undebug.gdb.packets import MAX_PACKET, frame
 from undebug.gdbserver.wire import BadPacket, GdbConnection
 
@@ -82,13 +82,6 @@ def gdb(proxy: Proxy, *commands: str, timeout: float = 30) -> bytes:
     elf = Path(__file__).resolve().parents[1] / "build" / "refguest.elf"
     done = subprocess.run([*args, str(elf)], capture_output=True, timeout=timeout)
     return done.stdout + done.stderr
-
-
-def boot(name: str, append: str, guest_image: Path) -> str:
-    assert undebug("run", "-d", "--name", name, "--smp", "2", "--append", append,
-                   str(guest_image)).code == 0
-    wait_for_console(name, "refguest: ready")
-    return name
 
 
 @pytest.fixture(scope="module")

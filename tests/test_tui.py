@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import boot, undebug, wait_for_console
 from tui.app import UndebugApp
 from tui.screens.guest import GuestScreen
 from tui.screens.guests import GuestsScreen
@@ -31,11 +31,7 @@ SIZE = (120, 36)
 
 @pytest.fixture(scope="module")
 def guest(guest_image: Path) -> Iterator[str]:
-    result = undebug("run", "-d", "--name", NAME, "--smp", "2", "--append", "threads=8",
-                     str(guest_image))
-    assert result.code == 0, result.stderr
-    wait_for_console(NAME, "refguest: ready")
-    yield NAME
+    yield boot(NAME, "threads=8", guest_image)
     undebug("kill", NAME)
 
 

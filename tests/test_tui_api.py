@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import boot, undebug
 from undebug import api
 from undebug.session.client import SupervisorClient
 
@@ -19,11 +19,7 @@ NAME = "tui-api"
 
 @pytest.fixture(scope="module")
 def guest(guest_image: Path) -> Iterator[str]:
-    result = undebug("run", "-d", "--name", NAME, "--smp", "2", "--append", "threads=8",
-                     str(guest_image))
-    assert result.code == 0, result.stderr
-    wait_for_console(NAME, "refguest: ready")
-    yield NAME
+    yield boot(NAME, "threads=8", guest_image)
     undebug("kill", NAME)
 
 
