@@ -250,12 +250,12 @@ def test_guest_text_in_names_and_arguments_still_makes_valid_json() -> None:
     msg = b'p"\n\xc3'
     enc.record(ID_PANIC, 0, [len(msg), 0], msg)
     spans, _ = export(enc.bytes())
-    otlp, jaeger = io.StringIO(), io.StringIO()
+    otlp, jaeger = io.BytesIO(), io.BytesIO()
     for writer in (OtlpJsonWriter(otlp, {"service.name": 'a"b'}),
                    JaegerJsonWriter(jaeger, {"service.name": 'a"b'})):
         writer.write(spans)
         writer.close()
-    [line] = otlp.getvalue().splitlines()
+    [line] = otlp.getvalue().decode().splitlines()
     span = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     values = {a["key"]: a["value"] for a in span["attributes"]}
     assert values["thread.name"] == {"stringValue": hostile.decode(errors="replace")}

@@ -21,10 +21,11 @@ from tracers.metadata import (
     Tracepoint,
 )
 
-__all__ = ["INT64_MAX", "AttrValue", "AttributeJson", "code_attributes", "tracepoint_args",
-           "word_value"]
+__all__ = ["INT64_MAX", "LEVELS", "AttrValue", "AttributeJson", "code_attributes",
+           "plain_names", "tracepoint_args", "word_value"]
 
 AttrValue = str | int | float | bool
+LEVELS = {0: "error", 1: "warning", 2: "info", 3: "debug"}  # a log tracepoint's level
 INT64_MAX = (1 << 63) - 1
 
 
@@ -59,6 +60,15 @@ def tracepoint_args(tp: Tracepoint, words: list[int], text: bytes) -> dict[str, 
         kind = tp.arg_types[i] if i < len(tp.arg_types) else 0
         out[name] = word_value(kind, words[i] if i < len(words) else 0, texts)
     return out
+
+
+def plain_names(tp: Tracepoint) -> tuple[str, ...] | None:
+    """The argument names of a tracepoint whose arguments are all unsigned (most: their
+    words are their values), else None."""
+    if not all(t == ARG_UNSIGNED for t in tp.arg_types):
+        return None
+    return tuple(tp.arg_names[k] if k < len(tp.arg_names) else f"arg{k}"
+                 for k in range(tp.nargs))
 
 
 def code_attributes(tp: Tracepoint) -> dict[str, AttrValue]:

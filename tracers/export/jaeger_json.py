@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
+import numpy as np
+
 from tracers.export.attributes import AttributeJson, AttrValue
+from tracers.export.columns import SpanColumns
+from tracers.export.json_columns import jaeger_spans
 from tracers.export.spans import ExportSpan
 
 __all__ = ["JaegerJsonWriter", "jaeger_tags"]
@@ -60,39 +64,49 @@ class _SpanText:
 
 
 class JaegerJsonWriter:
-    def __init__(self, out: IO[str], resource: dict[str, AttrValue],
+    def __init__(self, out: IO[bytes], resource: dict[str, AttrValue],
                  max_held: int = 10_000) -> None:
         self.out = out
         self.max_held = max_held
         service = str(resource.get("service.name", "unikernel"))
         tags = {k: v for k, v in resource.items() if k != "service.name"}
         self._processes = json.dumps({PROCESS: {"serviceName": service,
-                                                "tags": jaeger_tags(tags)}})
-        self.held: dict[bytes, list[ExportSpan]] = {}
+                                                "tags": jaeger_tags(tags)}}).encode()
+        self.held: dict[bytes, list[bytes]] = {}  # trace id -> its spans' text
         self.text = _SpanText()
         self.count = 0
         self.traces = 0  # entries written
-        out.write('{"data":[')
+        out.write(b'{"data":[')
 
     def write(self, spans: list[ExportSpan]) -> None:
         for span in spans:
-            self.held.setdefault(span.trace_id, []).append(span)
-            self.count += 1
-            if span.local_root:
-                self._trace(span.trace_id)
-        if self.count > self.max_held:
+            self._hold(span.trace_id, self.text.span(span).encode(), span.local_root)
+
+    def write_columns(self, columns: SpanColumns) -> None:
+        texts = jaeger_spans(columns).each()
+        traces: list[bytes] = columns.trace.view(np.dtype((np.void, 16))).ravel().tolist()  # type: ignore[assignment]
+        for trace, root, text in zip(traces, (~columns.has_parent).tolist(), texts,
+                                     strict=True):
+            self._hold(trace, text, root)
+
+    def _hold(self, trace_id: bytes, text: bytes, root: bool) -> None:
+        self.held.setdefault(trace_id, []).append(text)
+        self.count += 1
+        if root:
+            self._trace(trace_id)
+        elif self.count > self.max_held:
             self._trace(max(self.held, key=lambda t: len(self.held[t])))
 
     def _trace(self, trace_id: bytes) -> None:
         spans = self.held.pop(trace_id)
         self.count -= len(spans)
-        body = ",".join(self.text.span(s) for s in spans)
-        self.out.write(("," if self.traces else "") + f'{{"traceID":"{trace_id.hex()}",'
-                       f'"spans":[{body}],"processes":{self._processes}}}\n')
+        self.out.write(b"".join([b"," if self.traces else b"", b'{"traceID":"',
+                                 trace_id.hex().encode(), b'","spans":[', b",".join(spans),
+                                 b'],"processes":', self._processes, b"}\n"]))
         self.traces += 1
 
     def close(self) -> None:
         for trace_id in list(self.held):
             self._trace(trace_id)
-        self.out.write("]}\n")
+        self.out.write(b"]}\n")
         self.out.flush()

@@ -12,6 +12,8 @@ import json
 from typing import IO, Any
 
 from tracers.export.attributes import AttributeJson, AttrValue
+from tracers.export.columns import SpanColumns
+from tracers.export.json_columns import otlp_spans
 from tracers.export.spans import ExportSpan
 
 __all__ = ["OtlpJsonWriter", "SpanText", "any_value", "encode_attributes"]
@@ -61,30 +63,42 @@ class SpanText:
 class OtlpJsonWriter:
     """Writes spans as they come, ``per_line`` to a request (a line)."""
 
-    def __init__(self, out: IO[str], resource: dict[str, AttrValue], per_line: int = 512) -> None:
+    def __init__(self, out: IO[bytes], resource: dict[str, AttrValue], per_line: int = 512) -> None:
         self.out = out
         self.per_line = per_line
-        self.pending: list[ExportSpan] = []
         self.lines = 0
         self.text = SpanText()
+        self._parts: list[bytes] = []  # the next line's spans' text, in pieces
+        self._count = 0
         # the resource's JSON is the same on every line: made once
         head = json.dumps({"attributes": encode_attributes(resource)})
-        self._prefix = f'{{"resourceSpans":[{{"resource":{head},"scopeSpans":[{{"scope":' \
-            f'{json.dumps(SCOPE)},"spans":['
+        self._prefix = (f'{{"resourceSpans":[{{"resource":{head},"scopeSpans":[{{"scope":'
+                        f'{json.dumps(SCOPE)},"spans":[').encode()
 
     def write(self, spans: list[ExportSpan]) -> None:
-        self.pending += spans
-        while len(self.pending) >= self.per_line:
-            self._line(self.pending[: self.per_line])
-            del self.pending[: self.per_line]
+        for span in spans:
+            self._add(self.text.span(span).encode(), 1)
 
-    def _line(self, spans: list[ExportSpan]) -> None:
-        body = ",".join(self.text.span(s) for s in spans)
-        self.out.write(self._prefix + body + "]}]}]}\n")
+    def write_columns(self, columns: SpanColumns) -> None:
+        text = otlp_spans(columns)
+        at = 0
+        while at < len(columns):
+            take = min(self.per_line - self._count, len(columns) - at)
+            self._add(text.text(at, at + take)[1:], take)
+            at += take
+
+    def _add(self, text: bytes, count: int) -> None:
+        self._parts.append(text)
+        self._count += count
+        if self._count >= self.per_line:
+            self._line()
+
+    def _line(self) -> None:
+        self.out.write(self._prefix + b",".join(self._parts) + b"]}]}]}\n")
+        self._parts, self._count = [], 0
         self.lines += 1
 
     def close(self) -> None:
-        if self.pending:
-            self._line(self.pending)
-            self.pending = []
+        if self._count:
+            self._line()
         self.out.flush()

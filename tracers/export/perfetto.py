@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import IO, TYPE_CHECKING
 
 from tracers.export.attributes import AttrValue
+from tracers.export.columns import SpanColumns
 from tracers.export.spans import ExportSpan, SpanEvent
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ class PerfettoWriter:
             interned.iid, interned.name = iid, name
         event.name_iid = iid
         return event
+
+    def write_columns(self, columns: SpanColumns) -> None:
+        self.write(columns.spans())
 
     def write(self, spans: list[ExportSpan]) -> None:
         from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import TrackEvent

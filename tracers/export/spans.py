@@ -7,11 +7,16 @@ panics that hit it as exception events. Memory is bounded: only open spans are h
 (at most ``max_depth`` per thread, ``max_events`` events each); a span leaves as soon as
 it ends.
 
-Identity is derived from the recording, never random: a span id is a hash of its begin
-record (the guest's boot TSC and build-id, then CPU, TSC, sequence number and thread),
-so exporting the same recording twice (a retry) sends the same ids and a backend
+Identity is derived from the recording, never random (ids.py): a span id is a hash of
+its begin record (the guest's boot TSC and build-id, then CPU, TSC, sequence number and
+thread), so exporting the same recording twice (a retry) sends the same ids and a backend
 de-duplicates instead of doubling. Each outermost span starts its own trace, whose id is
 the same kind of hash.
+
+Speed: a batch that nests cleanly is placed with numpy (nesting.py) and, when its
+tracepoints have only unsigned arguments, kept as columns (columns.py) that the encoders
+write with numpy; anything else is walked record by record. Both give the same spans
+(tests/test_export_columns.py).
 
 Time: a record's wall clock is ``anchor + (tsc - header_tsc) / tsc_hz`` (FORMAT.md
 section 9), where the anchor is the host's clock when the stream header arrived. Its
@@ -24,20 +29,25 @@ since boot counted from the Unix epoch, and the exporter warns.
 
 from __future__ import annotations
 
-import hashlib
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from tracers.export import nesting
 from tracers.export.attributes import (
     INT64_MAX,
+    LEVELS,
     AttrValue,
     code_attributes,
+    plain_names,
     tracepoint_args,
     word_value,
 )
+from tracers.export.columns import SpanColumns, make_events
+from tracers.export.ids import SPAN, TRACE, idents
 from tracers.export.select import Selection
+from tracers.export.spans_model import ExportCounts, ExportSpan, SpanEvent
 from tracers.export.traceparent import TraceParent, parse_traceparent
 from tracers.format import (
     ID_FAULT,
@@ -49,7 +59,6 @@ from tracers.format import (
 )
 from tracers.metadata import (
     ARG_STRING,
-    ARG_UNSIGNED,
     KIND_LOG,
     KIND_SPAN_BEGIN,
     KIND_SPAN_END,
@@ -64,71 +73,52 @@ __all__ = ["VECTOR_NAMES", "ExportCounts", "ExportSpan", "SpanBuilder", "SpanEve
 VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
                 8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
                 17: "#AC", 18: "#MC", 19: "#XM"}
-_LEVELS = {0: "error", 1: "warning", 2: "info", 3: "debug"}
-_KEY = struct.Struct("<QQBQHH")  # boot_tsc, tsc_hz, cpu, tsc, seq, tid
-
-
-@dataclass(frozen=True)
-class SpanEvent:
-    """A tracepoint, log or exception inside a span."""
-
-    name: str
-    time_ns: int  # Unix ns
-    attributes: dict[str, AttrValue]
-
-
-@dataclass
-class ExportSpan:
-    """One span as every exporter sees it. ``error`` set: status ERROR with that
-    description (else UNSET). ``local_root``: no parent in the recording (the trace's
-    outermost span here; ``parent_id`` may still name a span elsewhere)."""
-
-    trace_id: bytes  # 16
-    span_id: bytes  # 8
-    parent_id: bytes | None
-    name: str
-    start_ns: int
-    end_ns: int
-    attributes: dict[str, AttrValue]
-    events: list[SpanEvent] = field(default_factory=list)
-    error: str | None = None
-    dropped_events: int = 0
-    local_root: bool = True
-    remote_parent: bool = False  # parent_id is a traceparent's (another program's span)
-
-
-@dataclass
-class ExportCounts:
-    """What the builder saw, for the summary: every number a user may ask 'where did my
-    event go?' about."""
-
-    spans: int = 0
-    unterminated: int = 0
-    span_events: int = 0  # tracepoints and logs exported inside spans
-    dropped_events: int = 0  # beyond max_events of a span
-    exceptions: int = 0  # faults and panics
-    outside_spans: int = 0  # tracepoints on a thread with no open span: not exported
-    unknown_ids: int = 0  # events whose id the ELF does not describe (exported by id)
-    unmatched_ends: int = 0  # span-ends with no open span of their name
-    too_deep: int = 0  # span-begins past max_depth on their thread: not exported
-    left_out: int = 0  # spans --filter/--since/--until did not select
-    traces: int = 0  # started here (outermost spans that joined no traceparent)
-    joined: int = 0  # outermost spans made children of a traceparent (guest's or host's)
-    bad_traceparents: int = 0  # malformed: those spans were exported without a parent
-    unanchored_sessions: list[int] = field(default_factory=list)
 
 
 class _Cols:
-    """A batch's columns as Python lists: indexing numpy arrays one element at a time
-    costs more than the whole walk, so each column is converted once."""
+    """A batch's columns as Python lists, each converted on first use: indexing numpy
+    arrays one element at a time costs more than the whole walk (the column path uses
+    the arrays, ``r`` and ``times_ns``, and converts none)."""
 
     def __init__(self, r: Records, times: np.ndarray, since_boot: np.ndarray) -> None:
-        self.id, self.tid, self.cpu = r.id.tolist(), r.tid.tolist(), r.cpu.tolist()
-        self.tsc, self.seq, self.session = r.tsc.tolist(), r.seq.tolist(), r.session.tolist()
-        self.args: list[list[int]] = r.args.tolist()
-        self.times: list[int] = times.tolist()
-        self.since_boot: list[int] = since_boot.tolist()
+        self.r, self.times_ns, self._since_boot = r, times, since_boot
         self.strings, self.start = r.strings, r.start
+
+    @cached_property
+    def id(self) -> list[int]:
+        return self.r.id.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def tid(self) -> list[int]:
+        return self.r.tid.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def cpu(self) -> list[int]:
+        return self.r.cpu.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def tsc(self) -> list[int]:
+        return self.r.tsc.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def seq(self) -> list[int]:
+        return self.r.seq.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def session(self) -> list[int]:
+        return self.r.session.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def args(self) -> list[list[int]]:
+        return self.r.args.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def times(self) -> list[int]:
+        return self.times_ns.tolist()  # type: ignore[no-any-return]
+
+    @cached_property
+    def since_boot(self) -> list[int]:
+        return self._since_boot.tolist()  # type: ignore[no-any-return]
 
     def text(self, i: int) -> bytes:
         return self.strings.get(self.start + i, b"")
@@ -143,10 +133,8 @@ class _Open:
 
 def _ident(session: Session, cpu: int, tsc: int, seq: int, tid: int, size: int,
            person: bytes) -> bytes:
-    h = session.header
-    digest = hashlib.blake2b(_KEY.pack(h.boot_tsc, h.tsc_hz, cpu, tsc, seq, tid),
-                             digest_size=size, key=h.build_id, person=person).digest()
-    return digest if any(digest) else digest[:-1] + b"\1"  # all-zero ids are invalid
+    made: bytes = idents(session, [cpu], [tsc], [seq], [tid], size, person)[0].tobytes()
+    return made
 
 
 class SpanBuilder:
@@ -156,8 +144,9 @@ class SpanBuilder:
 
     def __init__(self, tracepoints: Tracepoints, *, max_events: int = 128,
                  max_depth: int = 256, traceparent: str | None = None,
-                 select: Selection | None = None) -> None:
+                 select: Selection | None = None, fast: bool = True) -> None:
         self.tps = tracepoints
+        self.fast = fast  # False: every batch walked record by record (to compare with)
         self.select = select
         # the host's (run --traceparent): the parent of every outermost span
         self.host_parent = None if traceparent is None else \
@@ -174,10 +163,35 @@ class SpanBuilder:
         self._plain: dict[int, tuple[str, ...]] = {}  # tracepoint -> its unsigned args' names
         self._codes: dict[int, dict[str, AttrValue]] = {}
         self._seen_unanchored: set[int] = set()
+        # per record id, for the fast path (nesting.py): its kind there and its span name
+        self._kinds = np.full(1 << 16, nesting.OTHER, np.int8)
+        self._kinds[:RESERVED_FIRST] = nesting.EVENT
+        self._kinds[ID_LOG_STR] = nesting.EVENT
+        self._name_codes = np.full(1 << 16, -1, np.int32)
+        codes: dict[str, int] = {}
+        for tp in tracepoints.by_id.values():
+            if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END) and tp.id < RESERVED_FIRST:
+                self._kinds[tp.id] = nesting.BEGIN if tp.kind == KIND_SPAN_BEGIN else \
+                    nesting.END
+                self._name_codes[tp.id] = codes.setdefault(tp.name, len(codes))
+        self._codes_of = codes
+        # ids whose records the column path takes: tracepoints with unsigned arguments only
+        self._plain_ok = np.zeros(1 << 16, np.bool_)
+        for tp in tracepoints.by_id.values():
+            if tp.id < RESERVED_FIRST and plain_names(tp) is not None:
+                self._plain_ok[tp.id] = True
 
     # ---- feeding -------------------------------------------------------------------------
 
     def feed(self, model: TraceModel) -> list[ExportSpan]:
+        """The spans that ended in this batch, as objects."""
+        return [span for part in self.feed_parts(model) for span in
+                (part.spans() if isinstance(part, SpanColumns) else [part])]
+
+    def feed_parts(self, model: TraceModel) -> list[ExportSpan | SpanColumns]:
+        """The spans that ended in this batch, in the order they ended but for columns,
+        which come before the objects of the same part (a span in columns began in the
+        batch, so it is the descendant of no object)."""
         r = model.records
         if len(r) == 0:
             return []
@@ -190,7 +204,7 @@ class SpanBuilder:
             if s not in self._seen_unanchored:
                 self._seen_unanchored.add(s)
                 self.counts.unanchored_sessions.append(int(s))
-        ended: list[ExportSpan] = []
+        ended: list[ExportSpan | SpanColumns] = []
         order = model.order
         # what is not a tracepoint or one of these records carries nothing to export
         wanted = (r.id < RESERVED_FIRST) | np.isin(r.id, (ID_FAULT, ID_PANIC, ID_LOG_STR,
@@ -203,10 +217,154 @@ class SpanBuilder:
             session = int(r.session[part[0]])
             if session != self._session:
                 ended += self._leave_sessions(session)
-            self._walk(cols, part.tolist(), ended)
             self.last_ns[session] = max(self.last_ns.get(session, 0),
                                         int(times[part].max()))
+            # the records only the walk takes (thread names come first, faults last):
+            # walked up to the last of them, the rest is the fast path's if it can
+            other = np.flatnonzero(self._kinds[r.id[part]] == nesting.OTHER) \
+                if self.fast else np.array([len(part) - 1])
+            if len(other):
+                self._walk(cols, part[: other[-1] + 1].tolist(), ended)  # type: ignore[arg-type]
+                part = part[other[-1] + 1:]
+            if len(part) and not self._nested(cols, part, ended):
+                self._walk(cols, part.tolist(), ended)  # type: ignore[arg-type]
         return ended
+
+    def _nested(self, c: _Cols, rows: np.ndarray,
+                ended: list[ExportSpan | SpanColumns]) -> bool:
+        """The fast path: one session's rows placed by nesting.py, then only spans and
+        events made here. False (nothing done): the batch needs the walk."""
+        if not self.fast or self.select is not None or self.contexts or not len(rows):
+            return False
+        session = c.session[int(rows[0])]
+        ids = c.r.id[rows]
+        tids = c.r.tid[rows]
+        carried = {key[1]: [self._codes_of[o.tp_name] for o in stack]
+                   for key, stack in self.open.items() if key[0] == session and stack}
+        n = nesting.nest(tids, self._kinds[ids], self._name_codes[ids], carried,
+                         self.max_depth)
+        if n is None:
+            return False
+        stacks = {tid: self.open[(session, tid)] for tid in carried}
+        if self.host_parent is None and self._plain_ok[ids].all():
+            self._columns(c, rows, n, session, stacks, ended)
+            return True
+        tps, counts = self.tps.by_id, self.counts
+
+        def span_of(ref: int, tid: int) -> ExportSpan:
+            return made[ref] if ref >= 0 else stacks[tid][-1 - ref].span
+
+        made: list[ExportSpan] = []
+        for i, ref in zip(rows[n.begins].tolist(), n.begin_parent.tolist(), strict=True):
+            tid = c.tid[i]
+            parent = None if ref == nesting.NONE else span_of(ref, tid)
+            made.append(self._span(c, i, (session, tid), tps[c.id[i]], parent,
+                                   parent.trace_id if parent else None))
+        for i, ref in zip(rows[n.ends].tolist(), n.end_span.tolist(), strict=True):
+            tid = c.tid[i]
+            ended.append(self._close(span_of(ref, tid), tps[c.id[i]], c.args[i], c.times[i],
+                                     tid))
+        times, max_events = c.times, self.max_events
+        for i, ref in zip(rows[n.events].tolist(), n.event_span.tolist(), strict=True):
+            if ref == nesting.NONE:
+                counts.outside_spans += 1
+                continue
+            span = span_of(ref, c.tid[i])
+            if len(span.events) >= max_events:
+                span.dropped_events += 1
+                counts.dropped_events += 1
+                continue
+            ident = c.id[i]
+            span.events.append(self._event(c, i, ident, tps.get(ident), times[i]))
+            counts.span_events += 1
+        for tid, refs in n.still_open.items():
+            self.open[(session, tid)] = [
+                stacks[tid][-1 - ref] if ref < 0 else _Open(made[ref], made[ref].name)
+                for ref in refs]
+        return True
+
+    def _columns(self, c: _Cols, rows: np.ndarray, n: nesting.Nesting, session: int,
+                 stacks: dict[int, list[_Open]], ended: list[ExportSpan | SpanColumns]) -> None:
+        """The column path: the batch's spans as arrays; those still open at its end
+        become objects (on the stacks), as do the ends and events of spans carried in."""
+        r, counts, times = c.r, self.counts, c.times_ns
+        where = self.sessions[session]
+        b = rows[n.begins]
+        ref = n.begin_parent
+        nb = len(b)
+        span_id = idents(where, r.cpu[b], r.tsc[b], r.seq[b], r.tid[b], 8, SPAN)
+        trace = np.zeros((nb, 16), np.uint8)
+        parent = np.zeros((nb, 8), np.uint8)
+        root = ref == nesting.NONE
+        trace[root] = idents(where, r.cpu[b[root]], r.tsc[b[root]], r.seq[b[root]],
+                             r.tid[b[root]], 16, TRACE)
+        counts.traces += int(root.sum())
+        for j in np.flatnonzero((ref < 0) & ~root).tolist():  # children of spans carried in
+            outer = stacks[int(r.tid[b[j]])][-1 - int(ref[j])].span
+            trace[j] = np.frombuffer(outer.trace_id, np.uint8)
+            parent[j] = np.frombuffer(outer.span_id, np.uint8)
+        own = ref >= 0
+        parent[own] = span_id[ref[own]]
+        for level in np.unique(n.begin_level[own]).tolist():  # outer levels first
+            at = own & (n.begin_level == level)
+            trace[at] = trace[ref[at]]
+        # the ends: of spans begun here (columns) or carried in (objects)
+        e = rows[n.ends]
+        mine = n.end_span >= 0
+        closed = n.end_span[mine]
+        end_id = np.full(nb, -1, np.int64)
+        end_ns = times[b].astype(np.int64)
+        end_args = np.zeros_like(r.args[b])
+        end_id[closed] = r.id[e[mine]]
+        end_ns[closed] = np.maximum(times[e[mine]], end_ns[closed])
+        end_args[closed] = r.args[e[mine]]
+        # events: kept up to max_events a span (in time order), the rest counted
+        v = rows[n.events]
+        to = n.event_span
+        counts.outside_spans += int((to == nesting.NONE).sum())
+        into = np.flatnonzero(to >= 0)
+        by_span = into[np.argsort(to[into], kind="stable")]
+        count = np.bincount(to[by_span], minlength=nb)
+        rank = np.arange(len(by_span)) - (np.cumsum(count) - count)[to[by_span]]
+        keep = by_span[rank < self.max_events]
+        dropped = np.bincount(to[by_span[rank >= self.max_events]], minlength=nb)
+        counts.dropped_events += int(dropped.sum())
+        counts.span_events += len(keep)
+        ve = v[keep]
+        cols = SpanColumns(
+            self.tps, key_session(self.sessions, session),
+            {t: name.decode(errors="replace") for t, name in self.names.items()},
+            trace, span_id, parent, ~root, r.id[b].astype(np.int64), end_id,
+            r.tid[b].astype(np.int64), r.cpu[b].astype(np.int64), times[b].astype(np.int64),
+            end_ns, r.args[b], end_args, dropped.astype(np.int64), to[keep],
+            r.id[ve].astype(np.int64), r.cpu[ve].astype(np.int64),
+            times[ve].astype(np.int64), r.args[ve])
+        if len(closed):
+            ended.append(cols.take(closed))
+            counts.spans += len(closed)
+        tps = self.tps.by_id
+        for i, at in zip(e[~mine].tolist(), n.end_span[~mine].tolist(), strict=True):
+            tid = int(r.tid[i])
+            ended.append(self._close(stacks[tid][-1 - at].span, tps[int(r.id[i])],
+                                     r.args[i].tolist(), int(times[i]), tid))
+        carried_in = np.flatnonzero((to < 0) & (to != nesting.NONE))
+        if len(carried_in):
+            for j, event in zip(carried_in.tolist(), make_events(
+                    self.tps, r.id[v[carried_in]], times[v[carried_in]], r.cpu[v[carried_in]],
+                    r.args[v[carried_in]]), strict=True):
+                span = stacks[int(r.tid[v[j]])][-1 - int(to[j])].span
+                if len(span.events) >= self.max_events:
+                    span.dropped_events += 1
+                    counts.dropped_events += 1
+                    continue
+                span.events.append(event)
+                counts.span_events += 1
+        still = [j for refs in n.still_open.values() for j in refs if j >= 0]
+        objects = dict(zip(still, cols.take(np.array(still, np.int64)).spans(), strict=True))
+        for tid, refs in n.still_open.items():
+            self.open[(session, tid)] = [
+                stacks[tid][-1 - j] if j < 0 else _Open(objects[j], objects[j].name)
+                for j in refs]
 
     def _walk(self, c: _Cols, rows: list[int], ended: list[ExportSpan]) -> None:
         tps = self.tps.by_id
@@ -245,7 +403,7 @@ class SpanBuilder:
         cpu = c.cpu[i]
         if ident == ID_LOG_STR:
             level = words[0] if words else 0
-            return SpanEvent("log", time_ns, {"log.level": _LEVELS.get(level, str(level)),
+            return SpanEvent("log", time_ns, {"log.level": LEVELS.get(level, str(level)),
                                               "log.message": c.text(i).decode(errors="replace"),
                                               "cpu.logical_number": cpu})
         if tp is None:
@@ -257,17 +415,14 @@ class SpanBuilder:
         attrs.update(self._code(tp))
         attrs["cpu.logical_number"] = cpu
         if tp.kind == KIND_LOG:
-            attrs["log.level"] = _LEVELS.get(tp.level, str(tp.level))
+            attrs["log.level"] = LEVELS.get(tp.level, str(tp.level))
         return SpanEvent(tp.name, time_ns, attrs)
 
     def _args(self, tp: Tracepoint, words: list[int], text: bytes) -> dict[str, AttrValue]:
         """Arguments by name; unsigned ones (most) without a call per value."""
         plain = self._plain.get(tp.id)
         if plain is None:
-            plain = self._plain[tp.id] = tuple(
-                tp.arg_names[k] if k < len(tp.arg_names) else f"arg{k}"
-                for k in range(tp.nargs)) if all(
-                    t == ARG_UNSIGNED for t in tp.arg_types) else ()
+            plain = self._plain[tp.id] = plain_names(tp) or ()
         if plain or not tp.nargs:
             return {k: v if v <= INT64_MAX else str(v)
                     for k, v in zip(plain, words, strict=False)}
@@ -284,18 +439,29 @@ class SpanBuilder:
         if len(stack) >= self.max_depth:
             self.counts.too_deep += 1
             return
+        # the nearest selected ancestor is the parent
+        parent = _kept(stack)
+        trace_id = (parent or stack[-1].span).trace_id if stack else None
+        span = self._span(c, i, key, tp, parent, trace_id)
+        kept = self.select is None or self.select.keeps(tp.name, c.since_boot[i])
+        stack.append(_Open(span, tp.name, kept))
+
+    def _span(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint,
+              parent: ExportSpan | None, trace_id: bytes | None) -> ExportSpan:
+        """The span record ``i`` begins. ``trace_id``: the trace of the spans it is inside
+        (None: it is outermost), ``parent`` the one of them it is a child of."""
         session = self.sessions[key[0]]
         cpu, tsc, seq, time_ns = c.cpu[i], c.tsc[i], c.seq[i], c.times[i]
-        span_id = _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span")
+        span_id = _ident(session, cpu, tsc, seq, key[1], 8, SPAN)
         attrs: dict[str, AttrValue] = {"thread.id": key[1], "cpu.logical_number": cpu,
                                        **self._code(tp)}
         # a traceparent: the guest's for this span, else the host's for an outermost one
-        given = self.contexts.pop(key, None)
+        given = self.contexts.pop(key, None) if self.contexts else None
         context: tuple[str, TraceParent | str] | None = None
         if given is not None:
             context = (given, parse_traceparent(given))
             attrs["unikernel.traceparent.source"] = "guest"
-        elif not stack and self.host_parent is not None:
+        elif trace_id is None and self.host_parent is not None:
             context = self.host_parent
             attrs["unikernel.traceparent.source"] = "host"
         remote = False
@@ -304,12 +470,10 @@ class SpanBuilder:
             trace_id, parent_id, root, remote = context[1].trace_id, context[1].span_id, \
                 True, True
             self.counts.joined += 1
-        elif stack:  # the nearest selected ancestor is the parent
-            parent = _kept(stack)
-            trace_id = (parent or stack[-1].span).trace_id
+        elif trace_id is not None:
             parent_id, root = (parent.span_id, False) if parent else (None, True)
         else:
-            trace_id = _ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace")
+            trace_id = _ident(session, cpu, tsc, seq, key[1], 16, TRACE)
             parent_id, root = None, True
             self.counts.traces += 1
         if context is not None and isinstance(context[1], str):
@@ -318,16 +482,13 @@ class SpanBuilder:
             self.counts.bad_traceparents += 1
         attrs.update({f"unikernel.args.{k}": v for k, v in
                       self._args(tp, c.args[i], b"").items()})
-        if len(self.sessions) > 1 or key[0]:
+        if key_session(self.sessions, key[0]) is not None:
             attrs["unikernel.session"] = key[0]
-        kept = self.select is None or self.select.keeps(tp.name, c.since_boot[i])
-        stack.append(_Open(ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns,
-                                      attrs, local_root=root, remote_parent=remote), tp.name,
-                           kept))
+        return ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns, attrs,
+                          local_root=root, remote_parent=remote)
 
     def _end(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint,
              ended: list[ExportSpan]) -> None:
-        time_ns = c.times[i]
         stack = self.open.get(key, [])
         at = next((k for k in range(len(stack) - 1, -1, -1) if stack[k].tp_name == tp.name),
                   None)
@@ -338,12 +499,15 @@ class SpanBuilder:
         if not entry.kept:
             self.counts.left_out += 1
             return
-        span = entry.span
+        ended.append(self._close(entry.span, tp, c.args[i], c.times[i], key[1]))
+
+    def _close(self, span: ExportSpan, tp: Tracepoint, words: list[int], time_ns: int,
+               tid: int) -> ExportSpan:
         span.end_ns = max(time_ns, span.start_ns)
-        for k, v in self._args(tp, c.args[i], b"").items():
+        for k, v in self._args(tp, words, b"").items():
             if span.attributes.get(f"unikernel.args.{k}") != v:
                 span.attributes[f"unikernel.end_args.{k}"] = v
-        ended.append(self._done(span, key[1]))
+        return self._done(span, tid)
 
     def _exception(self, c: _Cols, i: int, key: tuple[int, int],
                    ended: list[ExportSpan]) -> None:
@@ -371,8 +535,8 @@ class SpanBuilder:
             return
         session = self.sessions[key[0]]
         tsc, seq = c.tsc[i], c.seq[i]
-        span = ExportSpan(_ident(session, cpu, tsc, seq, key[1], 16, b"undebug.trace"),
-                          _ident(session, cpu, tsc, seq, key[1], 8, b"undebug.span"), None,
+        span = ExportSpan(_ident(session, cpu, tsc, seq, key[1], 16, TRACE),
+                          _ident(session, cpu, tsc, seq, key[1], 8, SPAN), None,
                           kind, time_ns, time_ns,
                           {"thread.id": key[1], "cpu.logical_number": cpu}, [event], message)
         host = self.host_parent[1] if self.host_parent else None
@@ -418,6 +582,12 @@ class SpanBuilder:
                 self.counts.unterminated += 1
                 out.append(self._done(span, key[1]))
         return out
+
+
+def key_session(sessions: dict[int, Session], session: int) -> int | None:
+    """The value of a span's ``unikernel.session``: given when the stream has more than
+    one session (or this is not the first)."""
+    return session if len(sessions) > 1 or session else None
 
 
 def _kept(stack: list[_Open] | None) -> ExportSpan | None:

@@ -22,6 +22,7 @@ from undebug.text import escape
 
 if TYPE_CHECKING:
     from tracers.export.attributes import AttrValue
+    from tracers.export.columns import SpanColumns
     from tracers.export.spans import ExportSpan
     from undebug.commands.trace import _Source
 
@@ -75,6 +76,7 @@ def _header(text: str) -> tuple[str, str]:
 
 class _Writer(Protocol):
     def write(self, spans: list[ExportSpan]) -> None: ...
+    def write_columns(self, columns: SpanColumns) -> None: ...
     def close(self) -> None: ...
 
 
@@ -82,11 +84,11 @@ class _Writer(Protocol):
 class _Output:
     format: str
     file: Path | None  # None: --otlp
-    stream: IO[str] | IO[bytes] | None
+    stream: IO[bytes] | None
     writer: _Writer | None = None
 
 
-def _open_output(path: Path, what: str) -> IO[str] | IO[bytes]:
+def _open_output(path: Path, what: str) -> IO[bytes]:
     """The file, 0600 (it holds guest data, as the recording does)."""
     if path.is_dir():
         raise UsageError(f"--{what} {path} is a directory", hint="name a file to write")
@@ -94,7 +96,7 @@ def _open_output(path: Path, what: str) -> IO[str] | IO[bytes]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write --{what} {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "wb" if what == "perfetto" else "w", buffering=1 << 20)
+    return os.fdopen(fd, "wb", buffering=1 << 20)
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,29 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
                                     headers=dict(args.header), timeout_s=args.timeout,
                                     protocol=args.protocol, insecure=args.insecure)
         elif out.format == "perfetto":
-            out.writer = PerfettoWriter(stream, resource)  # type: ignore[arg-type]
+            out.writer = PerfettoWriter(stream, resource)
         elif out.format == "otlp-json":
-            out.writer = OtlpJsonWriter(stream, resource)  # type: ignore[arg-type]
+            out.writer = OtlpJsonWriter(stream, resource)
         else:
-            out.writer = JaegerJsonWriter(stream, resource)  # type: ignore[arg-type]
+            out.writer = JaegerJsonWriter(stream, resource)
+
+
+def _deliver(outputs: list[_Output], parts: list[ExportSpan | SpanColumns]) -> None:
+    """Each writer gets the columns as columns and the objects in lists, in order."""
+    from tracers.export.columns import SpanColumns
+
+    objects: list[ExportSpan] = []
+    for part in [*parts, None]:
+        if isinstance(part, SpanColumns) or part is None:
+            for out in outputs:
+                if out.writer is not None:
+                    if objects:
+                        out.writer.write(objects)
+                    if part is not None:
+                        out.writer.write_columns(part)
+            objects = []
+        else:
+            objects.append(part)
 
 
 def export(args: argparse.Namespace, source: _Source) -> Report:
@@ -199,11 +219,9 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                                                sessions=list(batch.sessions),
                                                service_name=args.service_name, host=who.host)
                 _writers(outputs, resource, args)
-            spans = builder.feed(TraceModel(batch, source.tracepoints,
-                                            source.anchors(batch.sessions)))
-            for out in outputs:
-                if out.writer is not None:
-                    out.writer.write(spans)
+            parts = builder.feed_parts(TraceModel(batch, source.tracepoints,
+                                                  source.anchors(batch.sessions)))
+            _deliver(outputs, parts)
         stream = source.summary()
         assert builder is not None
         rest = builder.finish()

@@ -1,0 +1,192 @@
+"""Many records encoded at once: byte strings assembled with numpy, one field at a time
+for every record, instead of one record at a time in Python.
+
+The span exporters' column paths (OTLP protobuf, OTLP/JSON, Jaeger JSON) describe a record
+as a row of :class:`Piece`\\ s — a constant, a fixed-width field, a decimal number, a
+varint, an entry of a small table — and :func:`strings` lays each record's pieces end to
+end. A piece is a byte matrix, one row a record, whose row i holds its bytes in its first
+``length[i]`` columns: laying out is a concatenation of matrices and one boolean-mask
+compaction, with no per-byte index arrays. Messages nest without being assembled twice (a
+protobuf length prefix is the varint of :func:`size`); records made a group at a time go
+back in order with :func:`place`, and :func:`spans_with_events` puts a span's head, its
+events and its tail one after another for the writers to join.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Laid", "Piece", "choose", "const", "decimal", "event_rank", "fixed", "hexed", "lay",
+           "place", "present", "size", "spans_with_events", "strings", "table", "varint"]
+
+_U8 = npt.NDArray[np.uint8]
+_I64 = npt.NDArray[np.int64]
+_HEX = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), np.uint8) \
+    .reshape(256, 2)
+_POW10 = np.array([10 ** k for k in range(20)], np.uint64)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Per record i, ``mat[i, :length[i]]``."""
+
+    mat: _U8
+    length: _I64
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def mask(self) -> npt.NDArray[np.bool_]:
+        return np.arange(self.mat.shape[1]) < self.length[:, None]
+
+
+@dataclass(frozen=True)
+class Laid:
+    """Spans laid out as byte strings: span i is ``parts[first[i]:first[i + 1]]`` (its
+    head, its events, its tail), ready for ``b"".join``."""
+
+    parts: list[bytes]
+    first: list[int]
+
+    def __len__(self) -> int:
+        return len(self.first) - 1
+
+    def text(self, first: int, last: int) -> bytes:
+        return b"".join(self.parts[self.first[first]: self.first[last]])
+
+    def each(self) -> list[bytes]:
+        """Every span's bytes."""
+        f, parts = self.first, self.parts
+        return [b"".join(parts[a:b]) for a, b in itertools.pairwise(f)]
+
+
+def strings(pieces: list[Piece]) -> list[bytes]:
+    """Each record's pieces end to end, one byte string a record."""
+    data = lay(pieces).tobytes()
+    ends = np.cumsum(size(pieces)).tolist()
+    return [data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def place(n: int, groups: Sequence[tuple[npt.NDArray[np.integer], list[bytes]]]) -> list[bytes]:
+    """Strings made a group of records at a time, back in record order."""
+    out = np.empty(n, object)
+    for rows, texts in groups:
+        out[rows] = texts
+    made: list[bytes] = out.tolist()
+    return made
+
+
+def spans_with_events(heads: list[bytes], events: list[bytes],
+                      event_span: npt.NDArray[np.integer], tails: list[bytes] | None = None) \
+        -> Laid:
+    """Per span its head, its events (sorted by span), then its tail."""
+    n = len(heads)
+    count = np.bincount(event_span, minlength=n).astype(np.int64)
+    per = 1 + count + (tails is not None)
+    first = np.concatenate([[0], np.cumsum(per)])
+    out = np.empty(int(first[-1]), object)
+    out[first[:-1]] = heads
+    if len(events):
+        out[first[:-1][event_span] + 1 + event_rank(event_span, n)] = events
+    if tails is not None:
+        out[first[1:] - 1] = tails
+    return Laid(out.tolist(), first.tolist())
+
+
+def event_rank(event_span: npt.NDArray[np.integer], n: int) -> _I64:
+    """Each event's place among its span's events (events sorted by span)."""
+    count = np.bincount(event_span, minlength=n)
+    rank: _I64 = np.arange(len(event_span)) - (np.cumsum(count) - count)[event_span]
+    return rank
+
+
+def size(pieces: list[Piece]) -> _I64:
+    """Each record's length, its pieces end to end."""
+    total = np.zeros(len(pieces[0]), np.int64)
+    for p in pieces:
+        total += p.length
+    return total
+
+
+def present(p: Piece, mask: npt.NDArray[np.bool_]) -> Piece:
+    """``p`` where mask is set, nothing elsewhere."""
+    return Piece(p.mat, np.where(mask, p.length, 0))
+
+
+def const(data: bytes, n: int) -> Piece:
+    row = np.frombuffer(data, np.uint8)
+    return Piece(np.broadcast_to(row, (n, len(row))), np.full(n, len(row), np.int64))
+
+
+def fixed(matrix: _U8) -> Piece:
+    """Row i of an (n, W) byte matrix."""
+    return Piece(matrix, np.full(len(matrix), matrix.shape[1], np.int64))
+
+
+def table(entries: list[bytes], index: npt.NDArray[np.integer]) -> Piece:
+    """``entries[index[i]]`` for record i."""
+    width = max((len(e) for e in entries), default=0)
+    rows = np.zeros((len(entries), width), np.uint8)
+    for k, e in enumerate(entries):
+        rows[k, :len(e)] = np.frombuffer(e, np.uint8)
+    lengths = np.array([len(e) for e in entries], np.int64)
+    return Piece(rows[index], lengths[index])
+
+
+def hexed(matrix: _U8) -> Piece:
+    """Lowercase hex of each row of an (n, W) byte matrix."""
+    return fixed(_HEX[matrix].reshape(len(matrix), -1))
+
+
+def decimal(values: npt.NDArray[np.integer]) -> Piece:
+    """Each unsigned value's decimal digits."""
+    v = values.astype(np.uint64)
+    count = np.ones(len(v), np.int64)
+    for k in range(1, 20):
+        count += v >= _POW10[k]
+    width = int(count.max()) if len(v) else 1
+    power = np.maximum(count[:, None] - 1 - np.arange(width), 0)
+    digits = (v[:, None] // _POW10[power]) % np.uint64(10)
+    return Piece(digits.astype(np.uint8) + np.uint8(48), count)
+
+
+def varint(values: npt.NDArray[np.integer]) -> Piece:
+    """Protobuf base-128 varints (an int64 as its two's complement: 10 bytes if < 0)."""
+    v = values.astype(np.uint64)
+    count = np.ones(len(v), np.int64)
+    for k in range(1, 10):
+        count += v >= np.uint64(1 << (7 * k))
+    width = int(count.max()) if len(v) else 1
+    shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
+    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    groups |= (np.arange(width) < count[:, None] - 1).astype(np.uint8) << 7
+    return Piece(groups, count)
+
+
+def _widen(p: Piece, width: int) -> _U8:
+    if p.mat.shape[1] == width:
+        return p.mat
+    out = np.zeros((len(p), width), np.uint8)
+    out[:, :p.mat.shape[1]] = p.mat
+    return out
+
+
+def choose(mask: npt.NDArray[np.bool_], yes: Piece, no: Piece) -> Piece:
+    """``yes`` where mask is set, else ``no``."""
+    width = max(yes.mat.shape[1], no.mat.shape[1])
+    return Piece(np.where(mask[:, None], _widen(yes, width), _widen(no, width)),
+                 np.where(mask, yes.length, no.length))
+
+
+def lay(pieces: list[Piece]) -> _U8:
+    """The records' bytes end to end, each record's pieces in order."""
+    mats = [p.mat for p in pieces if p.mat.shape[1]]
+    if not mats:
+        return np.zeros(0, np.uint8)
+    masks = [p.mask() for p in pieces if p.mat.shape[1]]
+    return np.concatenate(mats, axis=1)[np.concatenate(masks, axis=1)]
