@@ -12,6 +12,7 @@ readers that take a stream batch by batch with bounded memory (tracers/summary.p
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import subprocess
@@ -308,19 +309,40 @@ def test_a_reader_that_fell_behind_goes_on_with_the_oldest_chunk_left(tmp_path: 
     channel.close()
 
 
-def test_follow_warns_of_a_build_id_mismatch(tmp_path: Path, guest_image: Path) -> None:
+def test_a_recording_of_another_build_is_refused_unless_forced(tmp_path: Path,
+                                                                guest_image: Path) -> None:
+    """One rule for show (followed too), stats and export: exit 2 naming both build-ids;
+    --force names the events with the ELF anyway, with a warning."""
     import signal
     import time
+
+    from tracers.metadata import load_tracepoints
 
     enc = Encoder(1, build_id=b"\x01" * 20).header()  # not the reference guest's
     enc.event(1, 0, 7)
     path = tmp_path / "other.utrace"
     path.write_bytes(enc.bytes())
+    elf = load_tracepoints(guest_image)
+    for command in (["show"], ["show", "-f"], ["stats"],
+                    ["export", "--otlp-json", str(tmp_path / "o.jsonl")]):
+        refused = subprocess.run([sys.executable, "-m", "undebug.cli", "trace", *command,
+                                  str(path), "--elf", str(guest_image)],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert "build-id mismatch" in refused.stderr and "01" * 20 in refused.stderr
+        assert str(elf.build_id) in refused.stderr and "--force" in refused.stderr
+    assert not (tmp_path / "o.jsonl").exists()
     follower = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "show", "-f",
-                                 str(path), "--elf", str(guest_image)],
+                                 str(path), "--elf", str(guest_image), "--force"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2)
     follower.send_signal(signal.SIGINT)
     out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
-    assert "build-id mismatch" in err and "tp#1  a0=0x7" in out
+    assert "build-id mismatch" in err and "--force" in err
+    assert f"{elf.by_id[1].name}  " in out and "tp#1" not in out  # named with the ELF
+    stats = subprocess.run([sys.executable, "-m", "undebug.cli", "trace", "stats", str(path),
+                            "--elf", str(guest_image), "--force", "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    assert any("build-id mismatch" in w for w in json.loads(stats.stdout)["warnings"])

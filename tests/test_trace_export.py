@@ -223,6 +223,7 @@ def test_without_an_elf_export_is_exit_2(recording: tuple[Path, int, int], guest
     result = undebug("trace", "export", str(bare), "--elf", str(other), "--jaeger-json",
                      str(tmp_path / "y.json"))
     assert result.code == 2 and "build-id mismatch" in result.stderr
+    assert "--force" in result.stderr
     assert not (tmp_path / "y.json").exists()  # no half-written file left behind
     with_elf = undebug("trace", "export", str(bare), "--elf", str(guest_image),
                        "--jaeger-json", str(tmp_path / "z.json"))

@@ -191,6 +191,5 @@ def for_stream(tracepoints: Tracepoints | None, sessions: list[Session]) \
     if tracepoints.build_id is None or ids != {tracepoints.build_id}:
         have = tracepoints.build_id or "none"
         return None, [f"build-id mismatch: the trace is from build {', '.join(sorted(ids))}, "
-                      f"{tracepoints.source or 'the ELF'} has {have}; showing tracepoint ids "
-                      "only"]
+                      f"{tracepoints.source or 'the ELF'} has {have}"]
     return tracepoints, []

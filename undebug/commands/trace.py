@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 FOLLOW_POLL_S = 0.01  # --follow: a quiet recording is looked at again this often
 
+_FORCE = ("go on when the ELF's build-id is not the recording's (or, with "
+          "--flight-recorder, the guest's): events are named with this ELF anyway")
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", required=True,
                            parser_class=type(p))
@@ -82,8 +86,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                       help="read the newest events from the guest's memory (its rings, or "
                       "a Unikraft image's uk_trace_buffer), not the stream; the guest is "
                       "paused while they are copied")
-    show.add_argument("--force", action="store_true",
-                      help="with --flight-recorder: go on when the ELF's build-id differs")
+    show.add_argument("--force", action="store_true", help=_FORCE)
 
     stats = sub.add_parser("stats", help="events per tracepoint and thread, loss, rate",
                            description="Events per tracepoint and per thread, lost records "
@@ -93,8 +96,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     stats.add_argument("--flight-recorder", action="store_true",
                        help="read the guest's rings (or a Unikraft image's uk_trace_buffer) "
                        "in memory instead of the stream")
-    stats.add_argument("--force", action="store_true",
-                       help="with --flight-recorder: go on when the ELF's build-id differs")
+    stats.add_argument("--force", action="store_true", help=_FORCE)
 
     from undebug.commands.trace_export import add_export_arguments
 
@@ -235,6 +237,7 @@ class _Source:
     decoder: StreamDecoder | None = None
     decoded: Decoded | None = None  # a Unikraft buffer: decoded at once, no stream
     buffer: dict[str, object] | None = None  # its state, for --json
+    force: bool = False  # --force: name a recording of another build with this ELF anyway
 
     def batches(self, window: int, follow: bool = False) -> Iterator[Decoded]:
         if self.decoded is not None:
@@ -282,9 +285,22 @@ class _Source:
                                  "trace record) or a guest's name")
         self.tracepoints, self.first_notes = for_stream(self.all_tracepoints,
                                                         _peek_header(head))
+        if self.tracepoints is None and self.all_tracepoints is not None:
+            self._other_build()
         self.decoder = StreamDecoder(self.tracepoints.count if self.tracepoints else None,
                                      reuse=True)  # each batch is used before the next
         return self.decoder
+
+    def _other_build(self) -> None:
+        """The one rule of show, stats and export for a recording of another build:
+        refused, unless --force names its events with this ELF anyway (a warning)."""
+        mismatch = self.first_notes[0]
+        if not self.force:
+            raise UsageError(f"{self.label}: {mismatch}", hint="pass the ELF of the build "
+                             "that was recorded with --elf, or --force to name its events "
+                             "with this one anyway")
+        self.tracepoints = self.all_tracepoints
+        self.first_notes = [f"{mismatch}; --force: its events are named with it anyway"]
 
     def anchors(self, sessions: list[Session]) -> dict[int, int]:
         from tracers.channel import session_anchors
@@ -306,7 +322,10 @@ class _Source:
             raise UsageError(f"{self.label}: {decoder.problem or 'no stream header'}",
                              hint="pass a file written by undebug (run --trace-file, trace "
                              "record) or a guest's name")
-        self.warnings += for_stream(self.all_tracepoints, decoder.sessions)[1]
+        # (a mismatch of the first session was refused without --force; one of a later
+        # session is found only here, at the end)
+        self.warnings += [f"{n}; its events are named with it anyway" if "mismatch" in n
+                          else n for n in for_stream(self.all_tracepoints, decoder.sessions)[1]]
         return StreamSummary(list(decoder.sessions), list(decoder.damage), decoder.truncated,
                              self.channel.dropped() if self.channel else None)
 
@@ -341,7 +360,8 @@ def _open_source(args: argparse.Namespace) -> _Source:
     except BaseException:
         channel.close()
         raise
-    return _Source(str(channel.path), tps, warnings, channel)
+    return _Source(str(channel.path), tps, warnings, channel,
+                   force=getattr(args, "force", False))
 
 
 def _silent_guest(args: argparse.Namespace) -> str | None:

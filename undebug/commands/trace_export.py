@@ -62,6 +62,9 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
                    help="only spans that began at or after S seconds since boot")
     q.add_argument("--until", type=float, metavar="S",
                    help="only spans that began at or before S seconds since boot")
+    q.add_argument("--force", action="store_true",
+                   help="go on when the ELF's build-id is not the recording's: spans are "
+                   "made with this ELF's tracepoints anyway")
     q.add_argument("--service-name", metavar="NAME",
                    help="the resource's service.name (default: $OTEL_SERVICE_NAME, else the "
                    "image's name)")
@@ -207,10 +210,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
         for batch in source.batches(STATS_WINDOW):
             source.warnings += batch.warnings
             if builder is None:
-                if source.tracepoints is None:
-                    raise UsageError(f"{source.label}: {'; '.join(source.first_notes)}",
-                                     hint="pass the ELF of the build that was recorded "
-                                     "with --elf")
+                assert source.tracepoints is not None  # (another build: refused, or --force)
                 builder = SpanBuilder(source.tracepoints, traceparent=who.traceparent,
                                       select=Selection.of(args.filter, args.since,
                                                           args.until))
