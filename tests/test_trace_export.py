@@ -12,8 +12,10 @@ the guest's console; times from the host clock around the run.
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,11 @@ def test_export_writes_otlp_json_with_parents_names_and_attributes(
     assert resources and all(r == resources[0] for r in resources)
     assert resources[0]["service.name"] == guest_image.stem
     assert resources[0]["service.instance.id"] == "exp-rec"
+    # the hypervisor host's, and the unikernel's OS (the reference guest's provider)
+    assert resources[0]["host.name"] == socket.gethostname()
+    assert resources[0]["host.arch"] == {"x86_64": "amd64"}.get(platform.machine(),
+                                                                platform.machine())
+    assert resources[0]["os.name"] == "refguest" and "os.type" not in resources[0]
     tps = load_tracepoints(guest_image)
     assert resources[0]["unikernel.build_id"] == tps.build_id
 

@@ -3,7 +3,7 @@
 ``run --trace-file F`` and ``trace record -o F`` write it, so that later commands on the
 file find the ELF (tracepoint names) and the guest's identity without ``--elf``: the ELF
 with the tracepoints (the debug ELF when the session has one), the image booted, its
-build-id, the session's name and the host it ran on. The file is untrusted input like
+build-id, the session's name and the host it ran on (name, machine). The file is untrusted input like
 the recording: bad or missing fields are None.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class Origin:
     session: str | None
     host: str | None
     traceparent: str | None = None  # run --traceparent: the parent of the guest's spans
+    host_arch: str | None = None  # the host's machine (platform.machine())
 
 
 def origin_path(recording: Path) -> Path:
@@ -48,7 +50,7 @@ def write_origin(recording: Path, *, elf: Path | None, image: Path | None,
             build_id = None
     origin = Origin(str(elf.resolve()) if elf else None,
                     str(image.resolve()) if image else None, build_id, session,
-                    socket.gethostname(), traceparent)
+                    socket.gethostname(), traceparent, platform.machine() or None)
     path = origin_path(recording)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -72,4 +74,4 @@ def read_origin(recording: Path) -> Origin | None:
         return value if isinstance(value, str) else None
 
     return Origin(text("elf"), text("image"), text("build_id"), text("session"), text("host"),
-                  text("traceparent"))
+                  text("traceparent"), text("host_arch"))

@@ -1,9 +1,9 @@
 """Who the spans come from: the OpenTelemetry resource of an exported recording.
 
 Semantic-convention keys where one fits (``service.name``, ``service.instance.id``,
-``host.name``); the guest's own facts under ``unikernel.*``. ``OTEL_SERVICE_NAME`` and
-``OTEL_RESOURCE_ATTRIBUTES`` are honoured as the OpenTelemetry SDKs do (the service name
-given on the command line wins over both).
+``host.name``, ``host.arch``, ``os.name``); the guest's own facts under ``unikernel.*``.
+``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` are honoured as the OpenTelemetry
+SDKs do (the service name given on the command line wins over both).
 """
 
 from __future__ import annotations
@@ -29,11 +29,20 @@ def _env_attributes(text: str) -> dict[str, AttrValue]:
     return out
 
 
+# platform.machine() -> the semantic conventions' host.arch
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+         "i386": "x86", "i686": "x86", "ppc64le": "ppc64", "ppc64": "ppc64", "s390x": "s390x"}
+
+
 def resource_attributes(*, image: str | None, instance: str, sessions: list[Session],
                         service_name: str | None = None, host: str | None = None,
+                        host_arch: str | None = None, os_name: str | None = None,
                         environ: Mapping[str, str] | None = None) -> dict[str, AttrValue]:
     """The resource: ``service.name`` from ``service_name``, else OTEL_SERVICE_NAME,
-    else OTEL_RESOURCE_ATTRIBUTES' service.name, else the image's name, else ``unikernel``."""
+    else OTEL_RESOURCE_ATTRIBUTES' service.name, else the image's name, else ``unikernel``.
+    ``host``/``host_arch``: the hypervisor host's (from the recording's origin);
+    ``os_name``: the unikernel's OS as undebug knows it (``os.type`` is left out: the
+    conventions' values name no unikernel)."""
     env = os.environ if environ is None else environ
     attrs: dict[str, AttrValue] = {}
     attrs.update(_env_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
@@ -43,6 +52,10 @@ def resource_attributes(*, image: str | None, instance: str, sessions: list[Sess
     attrs.setdefault("service.instance.id", instance)
     if host:
         attrs.setdefault("host.name", host)
+    if host_arch:
+        attrs.setdefault("host.arch", _ARCH.get(host_arch, host_arch))
+    if os_name:
+        attrs.setdefault("os.name", os_name)
     attrs["telemetry.sdk.name"] = "undebug"
     if sessions:
         header = sessions[0].header

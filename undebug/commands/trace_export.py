@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tracers.export.attributes import AttrValue
     from tracers.export.columns import SpanColumns
     from tracers.export.spans import ExportSpan
+    from tracers.records import Session
     from undebug.commands.trace import _Source
 
 __all__ = ["add_export_arguments", "export"]
@@ -108,6 +109,7 @@ class _Identity:
     instance: str  # service.instance.id
     host: str | None
     traceparent: str | None  # run --traceparent
+    host_arch: str | None = None
 
 
 def _identity(args: argparse.Namespace) -> _Identity:
@@ -126,7 +128,23 @@ def _identity(args: argparse.Namespace) -> _Identity:
     if origin is None:
         return _Identity(None, instance, None, None)
     return _Identity(Path(origin.image).stem if origin.image else None,
-                     origin.session or instance, origin.host, origin.traceparent)
+                     origin.session or instance, origin.host, origin.traceparent,
+                     origin.host_arch)
+
+
+def _os_name(elf: str | None) -> str | None:
+    """The unikernel's OS, by the provider its ELF's symbols select (os.name)."""
+    from undebug.elf import ElfFile
+    from undebug.errors import UndebugError
+    from undebug.os import provider_class
+
+    if elf is None:
+        return None
+    try:
+        provider = provider_class(ElfFile(Path(elf)))
+    except (UndebugError, OSError):
+        return None
+    return provider.name if provider is not None else None
 
 
 def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
@@ -198,6 +216,13 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                          "written by run --trace-file or trace record names it in "
                          "FILE.origin)")
     who = _identity(args)
+    os_name = _os_name(source.all_tracepoints.source or None)
+
+    def resource_of(sessions: list[Session]) -> dict[str, AttrValue]:
+        return resource_attributes(image=who.image, instance=who.instance, sessions=sessions,
+                                   service_name=args.service_name, host=who.host,
+                                   host_arch=who.host_arch, os_name=os_name)
+
     outputs: list[_Output] = []
     builder: SpanBuilder | None = None
     resource: dict[str, AttrValue] | None = None
@@ -215,9 +240,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                                       select=Selection.of(args.filter, args.since,
                                                           args.until))
             if batch.sessions and resource is None:
-                resource = resource_attributes(image=who.image, instance=who.instance,
-                                               sessions=list(batch.sessions),
-                                               service_name=args.service_name, host=who.host)
+                resource = resource_of(list(batch.sessions))
                 _writers(outputs, resource, args)
             parts = builder.feed_parts(TraceModel(batch, source.tracepoints,
                                                   source.anchors(batch.sessions)))
@@ -226,9 +249,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
         assert builder is not None
         rest = builder.finish()
         if resource is None:  # a stream with no record: the files still parse
-            resource = resource_attributes(image=who.image, instance=who.instance,
-                                           sessions=stream.sessions,
-                                           service_name=args.service_name, host=who.host)
+            resource = resource_of(stream.sessions)
             _writers(outputs, resource, args)
         for out in outputs:
             assert out.writer is not None
