@@ -18,6 +18,13 @@ time and peak RSS from ``os.wait4``), interleaved with its baseline in the same 
 * ``--otlp-json`` and ``--jaeger-json``: events of the recording per second.
 * ``--perfetto`` vs writing the same number of empty packets with the same builder.
 
+Memory: ``--otlp-json`` and ``--otlp`` of a recording of ``UNDEBUG_BENCH_EXPORT_BIG``
+events (default 10,000,000; 0 skips it), peak RSS.
+
+Rates are given per wall second and per CPU second of the export process (user + system):
+on a loaded machine (the load average is recorded) the second is the one that holds up;
+the ratio to the naive SDK path is of the same run.
+
 ``UNDEBUG_BENCH_EXPORT_EVENTS`` (default 1,000,000) sets the recording's size.
 """
 
@@ -41,6 +48,7 @@ from tracers.decode import MAGIC, record_dtype
 from tracers.metadata import KIND_SPAN_BEGIN, KIND_SPAN_END, load_tracepoints
 
 EVENTS = int(os.environ.get("UNDEBUG_BENCH_EXPORT_EVENTS", 1_000_000))
+BIG = int(os.environ.get("UNDEBUG_BENCH_EXPORT_BIG", 10_000_000))
 ROUNDS = 3
 HZ, BOOT = 3_000_000_000, 2_000_000_000_000
 ELF = Path(__file__).resolve().parents[1] / "build" / "refguest.elf"
@@ -172,6 +180,7 @@ with open(sys.argv[2], "wb") as f:
 
 
 def run() -> dict[str, Any]:
+    load = [round(x, 1) for x in os.getloadavg()]
     samples: dict[str, list[dict[str, Any]]] = {k: [] for k in (
         "otlp", "naive_sdk", "otlp_json", "jaeger_json", "perfetto", "perfetto_empty")}
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
@@ -188,24 +197,36 @@ def run() -> dict[str, Any]:
                 r = _export(rec, "--otlp", url)
                 assert r["doc"]["otlp"]["exported"] == spans, r["doc"]["otlp"]
                 r["spans_per_s"] = spans / r["wall_s"]
+                r["spans_per_cpu_s"] = spans / r["cpu_s"]
                 r["sampled_requests"] = server.decoded - before[1]
                 r["sampled_spans"] = server.decoded_spans - before[0]
                 samples["otlp"].append(r)
                 got = server.decoded_spans
                 n = measured([sys.executable, "-c", NAIVE, str(spans), url])
                 n["spans_per_s"] = spans / n["wall_s"]
+                n["spans_per_cpu_s"] = spans / n["cpu_s"]
                 n["sampled_spans"] = server.decoded_spans - got
                 n.pop("stdout")
                 samples["naive_sdk"].append(n)
                 for fmt in ("otlp-json", "jaeger-json", "perfetto"):
                     r = _export(rec, f"--{fmt}", str(Path(tmp) / f"out.{fmt}"))
                     r["events_per_s"] = events / r["wall_s"]
+                    r["events_per_cpu_s"] = events / r["cpu_s"]
                     samples[fmt.replace("-", "_")].append(r)
                 packets = 2 + 8 + 2 * spans + 2 * spans  # as --perfetto writes them
                 e = measured([sys.executable, "-c", PERFETTO_EMPTY, str(packets),
                               str(Path(tmp) / "empty.pftrace")])
                 e.pop("stdout")
                 samples["perfetto_empty"].append(e)
+            if BIG:
+                rec.unlink()
+                big = Path(tmp) / "big.utrace"
+                big_spans = write_recording(big, BIG)
+                for args in (("--otlp-json", str(Path(tmp) / "big.jsonl")), ("--otlp", url)):
+                    r = _export(big, *args)
+                    r["events"], r["spans"] = big_spans * 4, big_spans
+                    samples.setdefault("big_" + args[0].strip("-").replace("-", "_"), []).append(r)
+                    (Path(tmp) / "big.jsonl").unlink(missing_ok=True)
         finally:
             server.shutdown()
             server.server_close()
@@ -217,11 +238,16 @@ def run() -> dict[str, Any]:
         return statistics.median(r[field] for r in samples[key])
 
     summary = {
-        "events": events, "spans": spans,
+        "events": events, "spans": spans, "load_average": load, "load_average_after":
+        [round(x, 1) for x in os.getloadavg()],
         "otlp_spans_per_s": round(med("otlp", "spans_per_s")),
         "naive_sdk_spans_per_s": round(med("naive_sdk", "spans_per_s")),
         "otlp_vs_naive_sdk": round(med("otlp", "spans_per_s")
                                    / med("naive_sdk", "spans_per_s"), 2),
+        "otlp_spans_per_cpu_s": round(med("otlp", "spans_per_cpu_s")),
+        "naive_sdk_spans_per_cpu_s": round(med("naive_sdk", "spans_per_cpu_s")),
+        "otlp_json_events_per_cpu_s": round(med("otlp_json", "events_per_cpu_s")),
+        "jaeger_json_events_per_cpu_s": round(med("jaeger_json", "events_per_cpu_s")),
         "otlp_json_events_per_s": round(med("otlp_json", "events_per_s")),
         "jaeger_json_events_per_s": round(med("jaeger_json", "events_per_s")),
         "perfetto_events_per_s": round(med("perfetto", "events_per_s")),
