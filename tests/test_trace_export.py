@@ -432,3 +432,33 @@ def test_a_live_guest_is_exported_by_name_with_its_sessions_identity(
     assert {r["service.name"] for r in resources} == {guest_image.stem}
     roots = [s for s in spans if s["name"] == "handle_request"]
     assert roots and all(s["parentSpanId"] == HOST_TP[36:52] for s in roots)
+
+
+def test_perfetto_json_has_every_span_as_a_complete_event_nested_per_thread(
+        recording: tuple[Path, int, int], tmp_path: Path) -> None:
+    """The legacy JSON fallback, parsed back (no Perfetto binary here: json and the
+    format's rules), against the OTLP/JSON export of the same recording."""
+    path, _, _ = recording
+    out, ref = tmp_path / "trace.json", tmp_path / "spans.jsonl"
+    result = undebug("trace", "export", str(path), "--perfetto-json", str(out),
+                     "--otlp-json", str(ref))
+    assert result.code == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    events = json.loads(out.read_text())["traceEvents"]
+    spans, _ = otlp_spans(ref)
+    complete = [e for e in events if e["ph"] == "X"]
+    assert sorted((e["name"], round(e["ts"])) for e in complete) == \
+        sorted((s["name"], round(int(s["startTimeUnixNano"]) / 1000)) for s in spans)
+    names = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    assert any(name.startswith("worker-") for name in names.values())
+    assert {e["tid"] for e in complete} <= set(names)
+    for tid in names:  # a thread's slices nest: the legacy format holds no other overlap
+        mine = sorted((e["ts"], -e["dur"]) for e in complete if e["tid"] == tid)
+        open_ends: list[float] = []
+        for ts, neg in mine:
+            while open_ends and open_ends[-1] <= ts:
+                open_ends.pop()
+            assert not open_ends or ts - neg <= open_ends[-1] + 1, tid
+            open_ends.append(ts - neg)
+    instants = sum(1 for e in events if e["ph"] == "i")
+    assert instants == sum(len(s["events"]) for s in spans)

@@ -56,6 +56,9 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--perfetto", type=Path, metavar="FILE",
                    help="write a Perfetto trace (protobuf TrackEvent): a track per guest "
                    "thread, spans as slices, span events as instants")
+    q.add_argument("--perfetto-json", type=Path, metavar="FILE",
+                   help="write Perfetto's legacy JSON (Chrome trace events): spans as complete "
+                   "events, span events as instants (a fallback: --perfetto is the format)")
     q.add_argument("--filter", metavar="NAME", action="append",
                    help="only spans whose name matches the glob NAME (repeatable); their "
                    "selected descendants become their children")
@@ -153,6 +156,7 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
     from tracers.export.otlp import OtlpWriter
     from tracers.export.otlp_json import OtlpJsonWriter
     from tracers.export.perfetto import PerfettoWriter
+    from tracers.export.perfetto_json import PerfettoJsonWriter
 
     for out in outputs:
         stream = out.stream
@@ -162,6 +166,8 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
                                     protocol=args.protocol, insecure=args.insecure)
         elif out.format == "perfetto":
             out.writer = PerfettoWriter(stream, resource)
+        elif out.format == "perfetto-json":
+            out.writer = PerfettoJsonWriter(stream, resource)
         elif out.format == "otlp-json":
             out.writer = OtlpJsonWriter(stream, resource)
         else:
@@ -197,11 +203,11 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     from undebug.commands.trace import STATS_WINDOW
 
     wanted = [("otlp-json", args.otlp_json), ("jaeger-json", args.jaeger_json),
-              ("perfetto", args.perfetto)]
+              ("perfetto", args.perfetto), ("perfetto-json", args.perfetto_json)]
     if not any(path for _, path in wanted) and args.otlp is None:
         source.close()
         raise UsageError("trace export needs an output", hint="add --otlp URL, --otlp-json "
-                         "FILE, --jaeger-json FILE or --perfetto FILE")
+                         "FILE, --jaeger-json FILE, --perfetto FILE or --perfetto-json FILE")
     if args.protocol not in PROTOCOLS:  # from the environment: choices= does not check it
         source.close()
         raise UsageError(f"OTLP protocol {args.protocol!r} is not supported",
