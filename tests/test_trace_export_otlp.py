@@ -230,3 +230,79 @@ def test_spans_reach_a_real_otlp_grpc_receiver(recording: tuple[Path, int, int],
     assert services == {guest_image.stem}
     assert sorted(attrs(s.attributes)["unikernel.args.req_id"] for s in spans
                   if s.name == "handle_request") == requests_in(path, guest_image)
+
+
+def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
+        receiver: Receiver, guest_image: Path) -> None:
+    """A live reference guest (QEMU, TCG): spans reach the receiver while the guest is
+    still running, and the export ends by itself when the guest does, with every span it
+    counted delivered."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_for_console
+
+    name = "exp-follow"
+    started = undebug("run", "-d", "--name", name, "--smp", "2", "--append",
+                      "threads=2 run_for=60000", str(guest_image))
+    assert started.code == 0, started.stderr
+    follower = None
+    try:
+        wait_for_console(name, "refguest: heartbeat")
+        follower = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "export",
+                                     name, "--otlp", receiver.url, "--follow", "--json"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not receiver.spans() and time.monotonic() < deadline:
+            assert follower.poll() is None, follower.communicate()
+            time.sleep(0.2)
+        live = len(receiver.spans())
+        assert live > 0  # sent while the guest runs: it has not been stopped
+        time.sleep(3)
+        assert len(receiver.spans()) > live  # and more keep coming
+    finally:
+        undebug("kill", name)
+    assert follower is not None
+    out, err = follower.communicate(timeout=60)  # the guest ended: so does the export
+    assert follower.returncode == 0, err
+    doc = json.loads(out)
+    names = {s.name for _, s in receiver.spans()}
+    assert {"handle_request", "checksum"} <= names
+    assert doc["otlp"]["exported"] == len(receiver.spans()) == doc["spans"]
+    assert doc["otlp"]["dropped"] == 0 and doc["otlp"]["not_exported"] == 0
+    ids = [s.span_id for _, s in receiver.spans()]
+    assert len(set(ids)) == len(ids)  # nothing sent twice
+
+
+def test_follow_sends_only_to_otlp(recording: tuple[Path, int, int],  # noqa: F811
+                                   tmp_path: Path) -> None:
+    result = undebug("trace", "export", str(recording[0]), "--follow", "--otlp-json",
+                     str(tmp_path / "x.jsonl"))
+    assert result.code == 2 and "--follow sends spans to --otlp" in result.stderr
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_collector_slower_than_the_guest_fills_the_live_queue_and_drops_are_counted() -> None:
+    """OtlpWriter in live mode against a real socket that accepts and never answers: one
+    request is being sent, LIVE_QUEUE wait, the rest are dropped, each counted once.
+    (The spans are made here: the collector's slowness is what is tested.)"""
+    from tracers.export.otlp import LIVE_QUEUE, OtlpWriter
+    from tracers.export.spans import ExportSpan
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        writer = OtlpWriter({"service.name": "t"}, headers={}, timeout_s=0.2, chunk=1,
+                            endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}", live=True)
+        total = LIVE_QUEUE + 10
+        for k in range(total):
+            writer.write([ExportSpan(bytes([1] * 16), (k + 1).to_bytes(8, "big"), None, "s",
+                                     1, 2, {})])
+        writer.close()
+    finally:
+        silent.close()
+    d = writer.delivery
+    assert d.dropped >= total - LIVE_QUEUE - 1 and d.dropped < total
+    assert d.exported == 0 and d.not_exported + d.dropped == total

@@ -20,6 +20,8 @@ of a request the collector did take) are the same spans, not new ones.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -41,6 +43,8 @@ __all__ = ["PROTOCOLS", "OtlpDelivery", "OtlpWriter", "readable_span", "traces_u
 
 PROTOCOLS = ("http/protobuf", "grpc")
 
+LIVE_QUEUE = 16  # --follow: requests waiting to be sent; past it a request is dropped
+LIVE_FLUSH_S = 1.0  # --follow: spans wait at most about this long for a full request
 DEFAULT_CHUNK = 2048  # spans a request (~0.5 MB): the HTTP client costs ms a request
 PER_REQUEST_S = 10.0  # the SDK's own default per request
 
@@ -103,6 +107,7 @@ class OtlpDelivery:
     gave_up: bool = False
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)
+    dropped: int = 0  # --follow: spans of requests the full send queue could not take
 
 
 class OtlpWriter:
@@ -112,7 +117,8 @@ class OtlpWriter:
 
     def __init__(self, resource: dict[str, AttrValue], *, endpoint: str | None,
                  headers: dict[str, str], timeout_s: float, protocol: str = "http/protobuf",
-                 insecure: bool | None = None, chunk: int = DEFAULT_CHUNK) -> None:
+                 insecure: bool | None = None, chunk: int = DEFAULT_CHUNK,
+                 live: bool = False) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -147,17 +153,52 @@ class OtlpWriter:
         self._resource_field = otlp_proto.resource_field(resource)
         self._encoded: list[bytes] = []
         self._encoded_count = 0
+        # live (--follow): requests go through a bounded queue to a sender thread, so a
+        # slow collector never holds up reading the guest's stream; each request has
+        # the whole time budget
+        self.timeout_s = timeout_s
+        self._since: float | None = None  # when the oldest pending span came
+        self._queue: queue.Queue[tuple[Callable[[], bool], int] | None] | None = None
+        if live:
+            self._queue = queue.Queue(LIVE_QUEUE)
+            self._sender = threading.Thread(target=self._drain, name="otlp-sender",
+                                            daemon=True)
+            self._sender.start()
 
     def write(self, spans: list[ExportSpan]) -> None:
         self.pending += spans
         while len(self.pending) >= self.chunk:
             self._send_spans(self.pending[: self.chunk])
             del self.pending[: self.chunk]
+        self._flush_if_old()
 
     def write_columns(self, columns: SpanColumns) -> None:
         if self._client is None:
             self.write(columns.spans())
             return
+        self._encode(columns)
+        self._flush_if_old()
+
+    def _flush_if_old(self) -> None:
+        """Live: what has waited LIVE_FLUSH_S goes out without filling a request."""
+        if self._queue is None:
+            return
+        if not self.pending and not self._encoded_count:
+            self._since = None
+        elif self._since is None:
+            self._since = time.monotonic()
+        elif time.monotonic() - self._since >= LIVE_FLUSH_S:
+            self._flush()
+            self._since = None
+
+    def _flush(self) -> None:
+        if self.pending:
+            self._send_spans(self.pending)
+            self.pending = []
+        if self._encoded_count:
+            self._send_encoded()
+
+    def _encode(self, columns: SpanColumns) -> None:
         messages = otlp_proto.span_messages(columns)
         at = 0
         while at < len(columns):
@@ -172,13 +213,30 @@ class OtlpWriter:
         body = otlp_proto.request(self._resource_field, b"".join(self._encoded))
         count, self._encoded, self._encoded_count = self._encoded_count, [], 0
         client = self._client
-        self._send(lambda: bool(client.export(body).success), count)  # type: ignore[union-attr]
+        self._submit(lambda: bool(client.export(body).success), count)  # type: ignore[union-attr]
 
     def _send_spans(self, spans: list[ExportSpan]) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         batch = [readable_span(s, self.resource, self.scope) for s in spans]
-        self._send(lambda: self.exporter.export(batch) == SpanExportResult.SUCCESS, len(spans))
+        self._submit(lambda: self.exporter.export(batch) == SpanExportResult.SUCCESS,
+                     len(spans))
+
+    def _submit(self, attempt: Callable[[], bool], count: int) -> None:
+        if self._queue is None:
+            self._send(attempt, count)
+            return
+        try:
+            self._queue.put_nowait((attempt, count))
+        except queue.Full:
+            self.delivery.dropped += count
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            self.deadline = time.monotonic() + self.timeout_s
+            self.delivery.gave_up = False  # live: a request given up does not stop the rest
+            self._send(*item)
 
     def _send(self, attempt: Callable[[], bool], count: int) -> None:
         d = self.delivery
@@ -201,11 +259,11 @@ class OtlpWriter:
             d.retries += 1
 
     def close(self) -> None:
-        if self.pending:
-            self._send_spans(self.pending)
-            self.pending = []
-        if self._encoded_count:
-            self._send_encoded()
+        self._flush()
+        if self._queue is not None:
+            self._queue.put(None)  # (blocks while the queue is full: the sender drains it)
+            self._sender.join()
+            self.delivery.gave_up = self.delivery.not_exported > 0
         self.exporter.shutdown()
         logging.getLogger("opentelemetry.exporter").removeHandler(self._log)
         self.delivery.errors = list(self._log.messages)

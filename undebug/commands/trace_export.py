@@ -21,10 +21,12 @@ from undebug.output import Report
 from undebug.text import escape
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tracers.export.attributes import AttrValue
     from tracers.export.columns import SpanColumns
     from tracers.export.spans import ExportSpan
-    from tracers.records import Session
+    from tracers.records import Decoded, Session
     from undebug.commands.trace import _Source
 
 __all__ = ["add_export_arguments", "export"]
@@ -66,6 +68,11 @@ def add_export_arguments(q: argparse.ArgumentParser) -> None:
                    help="only spans that began at or after S seconds since boot")
     q.add_argument("--until", type=float, metavar="S",
                    help="only spans that began at or before S seconds since boot")
+    q.add_argument("-f", "--follow", action="store_true",
+                   help="with --otlp: keep exporting while the guest runs (the recording "
+                   "grows), until it ends or Ctrl-C; spans go out within about a second of "
+                   "ending, through a queue of 16 requests (what a slow collector leaves no "
+                   "room for is dropped and counted)")
     q.add_argument("--force", action="store_true",
                    help="go on when the ELF's build-id is not the recording's: spans are "
                    "made with this ELF's tracepoints anyway")
@@ -163,7 +170,8 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
         if stream is None:
             out.writer = OtlpWriter(resource, endpoint=args.otlp or None,
                                     headers=dict(args.header), timeout_s=args.timeout,
-                                    protocol=args.protocol, insecure=args.insecure)
+                                    protocol=args.protocol, insecure=args.insecure,
+                                    live=args.follow)
         elif out.format == "perfetto":
             out.writer = PerfettoWriter(stream, resource)
         elif out.format == "perfetto-json":
@@ -172,6 +180,18 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
             out.writer = OtlpJsonWriter(stream, resource)
         else:
             out.writer = JaegerJsonWriter(stream, resource)
+
+
+def _batches(source: _Source, follow: bool) -> Iterator[Decoded]:
+    """The recording's batches; followed, until the guest ends or Ctrl-C (then the spans
+    still open are exported as unterminated, as at the end of a recording)."""
+    from undebug.commands.trace import SHOW_WINDOW, STATS_WINDOW
+
+    try:
+        yield from source.batches(SHOW_WINDOW if follow else STATS_WINDOW, follow=follow)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
 
 
 def _deliver(outputs: list[_Output], parts: list[ExportSpan | SpanColumns]) -> None:
@@ -194,13 +214,12 @@ def _deliver(outputs: list[_Output], parts: list[ExportSpan | SpanColumns]) -> N
 
 def export(args: argparse.Namespace, source: _Source) -> Report:
     """Stream ``source``'s spans to every output the user named."""
-    from tracers.export.otlp import PROTOCOLS, OtlpWriter
+    from tracers.export.otlp import LIVE_QUEUE, PROTOCOLS, OtlpWriter
     from tracers.export.resource import resource_attributes
     from tracers.export.select import Selection
     from tracers.export.spans import SpanBuilder
     from tracers.model import TraceModel
     from tracers.report import damage_warnings
-    from undebug.commands.trace import STATS_WINDOW
 
     wanted = [("otlp-json", args.otlp_json), ("jaeger-json", args.jaeger_json),
               ("perfetto", args.perfetto), ("perfetto-json", args.perfetto_json)]
@@ -212,6 +231,10 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
         source.close()
         raise UsageError(f"OTLP protocol {args.protocol!r} is not supported",
                          hint="use http/protobuf or grpc (--protocol)")
+    if args.follow and (args.otlp is None or any(path for _, path in wanted)):
+        source.close()
+        raise UsageError("--follow sends spans to --otlp as they end; files are written "
+                         "from a recording", hint="use --otlp URL alone with --follow")
     if args.timeout <= 0:
         source.close()
         raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
@@ -238,7 +261,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                 outputs.append(_Output(fmt, path, _open_output(path, fmt)))
         if args.otlp is not None:
             outputs.append(_Output("otlp", None, None))
-        for batch in source.batches(STATS_WINDOW):
+        for batch in _batches(source, args.follow):
             source.warnings += batch.warnings
             if builder is None:
                 assert source.tracepoints is not None  # (another build: refused, or --force)
@@ -295,9 +318,16 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     lines += [f"wrote {o.format} {escape(str(o.file))}" for o in outputs if o.file is not None]
     failed = False
     if delivery is not None:
+        dropped = f", {delivery.dropped} dropped (the send queue was full)" \
+            if args.follow else ""
         lines.append(f"OTLP {escape(delivery.endpoint)}: {delivery.exported} span(s) "
-                     f"exported, {delivery.not_exported} not exported "
+                     f"exported, {delivery.not_exported} not exported{dropped} "
                      f"({delivery.attempts} request(s), {delivery.retries} retried)")
+        if delivery.dropped:
+            failed = True
+            warnings.append(f"{delivery.dropped} span(s) were dropped: the collector took "
+                            f"them more slowly than the guest made them (a queue of "
+                            f"{LIVE_QUEUE} requests); export the recording again to send them")
         if delivery.not_exported:
             failed = True
             warnings.append(f"{delivery.not_exported} span(s) were not delivered to "
