@@ -306,3 +306,44 @@ def test_a_collector_slower_than_the_guest_fills_the_live_queue_and_drops_are_co
     d = writer.delivery
     assert d.dropped >= total - LIVE_QUEUE - 1 and d.dropped < total
     assert d.exported == 0 and d.not_exported + d.dropped == total
+
+
+def test_run_otlp_starts_the_live_export_beside_the_guest_and_ps_shows_its_counts(
+        receiver: Receiver, guest_image: Path) -> None:
+    import os
+
+    from tests.conftest import wait_for_console
+
+    name = "exp-run-otlp"
+    started = undebug("run", "-d", "--name", name, "--append", "threads=2 run_for=60000",
+                      "--otlp", receiver.url, str(guest_image))
+    assert started.code == 0, started.stderr
+    try:
+        wait_for_console(name, "refguest: heartbeat")
+        deadline = time.monotonic() + 60
+        export = None
+        while time.monotonic() < deadline:
+            [guest] = [g for g in undebug("ps", "--json").json()["guests"] if g["name"] == name]
+            export = guest["export"]
+            if export and export["exported"] > 0:
+                break
+            time.sleep(0.5)
+        assert export and export["exported"] > 0, export
+        assert export["dropped"] == 0 and export["endpoint"].endswith("/v1/traces")
+        assert guest["state"] == "running"  # spans arrived while the guest runs
+        assert len(receiver.spans()) >= export["exported"]
+        pid = export["pid"]
+        os.kill(pid, 0)  # its own process, alive
+        text = undebug("ps").stdout
+        assert f"{name}: trace export to {receiver.url}/v1/traces: " in text
+    finally:
+        undebug("kill", name)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # it ends with the guest
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the live export {pid} outlived its guest")

@@ -118,7 +118,8 @@ class OtlpWriter:
     def __init__(self, resource: dict[str, AttrValue], *, endpoint: str | None,
                  headers: dict[str, str], timeout_s: float, protocol: str = "http/protobuf",
                  insecure: bool | None = None, chunk: int = DEFAULT_CHUNK,
-                 live: bool = False) -> None:
+                 live: bool = False,
+                 progress: Callable[[OtlpDelivery], None] | None = None) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -157,6 +158,7 @@ class OtlpWriter:
         # slow collector never holds up reading the guest's stream; each request has
         # the whole time budget
         self.timeout_s = timeout_s
+        self.progress = progress  # live: told the counts after each request and drop
         self._since: float | None = None  # when the oldest pending span came
         self._queue: queue.Queue[tuple[Callable[[], bool], int] | None] | None = None
         if live:
@@ -230,6 +232,8 @@ class OtlpWriter:
             self._queue.put_nowait((attempt, count))
         except queue.Full:
             self.delivery.dropped += count
+            if self.progress is not None:
+                self.progress(self.delivery)
 
     def _drain(self) -> None:
         assert self._queue is not None
@@ -237,6 +241,8 @@ class OtlpWriter:
             self.deadline = time.monotonic() + self.timeout_s
             self.delivery.gave_up = False  # live: a request given up does not stop the rest
             self._send(*item)
+            if self.progress is not None:
+                self.progress(self.delivery)
 
     def _send(self, attempt: Callable[[], bool], count: int) -> None:
         d = self.delivery

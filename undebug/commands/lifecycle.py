@@ -58,11 +58,30 @@ def ps(args: argparse.Namespace) -> Report:
             rows.append((escape(g.name), escape(state), str(g.accel or "-"), str(g.smp or "-"),
                          memory, _uptime(g.uptime_s), _cost(g), escape(g.image or "")))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
-                for r in rows]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+                 for r in rows]
+        for g in guests:  # a live export's counts, under the table
+            e = _export_state(g.name)
+            if e is not None:
+                lines.append(f"{escape(g.name)}: trace export to {escape(str(e.get('endpoint')))}"
+                             f": {e.get('exported')} exported, {e.get('not_exported')} not "
+                             f"exported, {e.get('dropped')} dropped")
+        return lines
 
-    return Report(data={"guests": [g.to_json() for g in guests]}, warnings=warnings,
-                  render=render)
+    return Report(data={"guests": [{**g.to_json(), "export": _export_state(g.name)}
+                                   for g in guests]}, warnings=warnings, render=render)
+
+
+def _export_state(name: str) -> dict[str, object] | None:
+    """The live export's counts (``trace export NAME --follow``, ``run --otlp``), or None."""
+    import json
+
+    try:
+        with open(SessionDir.named(name).export_state, "rb") as f:
+            doc = json.loads(f.read(1 << 16))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _run_control(act: Callable[[SupervisorClient], GuestStatus],

@@ -59,6 +59,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traceparent", metavar="TP", default=os.environ.get("TRACEPARENT"),
                    help="a W3C traceparent (default $TRACEPARENT) kept with the recording: "
                    "trace export makes it the parent of the guest's outermost spans")
+    p.add_argument("--otlp", metavar="URL",
+                   help="start `undebug trace export NAME --otlp URL --follow` beside the "
+                   "guest, in its own process: its spans reach the collector while it runs "
+                   "(counts in ps)")
     p.add_argument("--no-trace", action="store_true",
                    help="no virtio-serial trace port (for guests that mind the device)")
     p.add_argument("--ci", action="store_true",
@@ -72,6 +76,8 @@ def launch(args: argparse.Namespace) -> Launched:
 
     if args.timeout is not None and not args.ci:
         raise UsageError("--timeout goes with --ci")
+    if args.otlp is not None and args.no_trace:
+        raise UsageError("--otlp exports the guest's trace: it cannot go with --no-trace")
     if args.ci and args.detach:
         raise UsageError("--ci runs in the foreground; drop -d")
     if args.timeout is not None and args.timeout <= 0:
@@ -141,6 +147,10 @@ def run(args: argparse.Namespace) -> Report:
     launched = launch(args)
     claim, session = launched.claim, launched.claim.session
     prepare_guest(launched, args.force, args.paused)
+    if args.otlp is not None:
+        from undebug.commands.trace_export import start_live_export
+
+        start_live_export(session, args.otlp)
     if args.detach:
         claim.release()  # the supervisor holds the session now
         return Report(data={"name": session.name, "status": launched.status.to_json()},

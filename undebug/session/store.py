@@ -136,6 +136,16 @@ class SessionDir:
         return self.path / "trace.utrace"
 
     @property
+    def export_state(self) -> Path:
+        """``trace export NAME --follow``'s counts, rewritten as it sends (ps shows them)."""
+        return self.path / "export.json"
+
+    @property
+    def export_log(self) -> Path:
+        """The output of the live export ``run --otlp`` started."""
+        return self.path / "export.log"
+
+    @property
     def supervisor_log(self) -> Path:
         return self.path / "supervisor.log"
 
