@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -41,7 +42,21 @@ class Receiver(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.fail_first = fail_first
         self.requests: list[tuple[str, dict[str, str], ExportTraceServiceRequest | None]] = []
+        self.metrics: list[Any] = []  # ExportMetricsServiceRequests (/v1/metrics)
+        self.fail_metrics = False
         self.lock = threading.Lock()
+
+    def metric_points(self) -> dict[str, list[float]]:
+        """Every data point's value, by metric name."""
+        out: dict[str, list[float]] = {}
+        for req in self.metrics:
+            for rm in req.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        points = getattr(m, m.WhichOneof("data")).data_points
+                        out.setdefault(m.name, []).extend(
+                            p.as_int if p.HasField("as_int") else p.as_double for p in points)
+        return out
 
     @property
     def url(self) -> str:
@@ -67,6 +82,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path.endswith("/v1/metrics"):  # decoded with the official protos too
+            from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+                ExportMetricsServiceRequest,
+            )
+
+            metrics = ExportMetricsServiceRequest()
+            metrics.ParseFromString(body)
+            with self.server.lock:
+                self.server.metrics.append(metrics)
+            self.send_response(200 if not self.server.fail_metrics else 500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         with self.server.lock:
             failing = len(self.server.requests) < self.server.fail_first
             req = None
@@ -232,8 +260,9 @@ def test_spans_reach_a_real_otlp_grpc_receiver(recording: tuple[Path, int, int],
                   if s.name == "handle_request") == requests_in(path, guest_image)
 
 
+@pytest.mark.parametrize("fail_metrics", [False, True])
 def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
-        receiver: Receiver, guest_image: Path) -> None:
+        receiver: Receiver, guest_image: Path, fail_metrics: bool) -> None:
     """A live reference guest (QEMU, TCG): spans reach the receiver while the guest is
     still running, and the export ends by itself when the guest does, with every span it
     counted delivered."""
@@ -247,6 +276,7 @@ def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
     started = undebug("run", "-d", "--name", name, "--smp", "2", "--append",
                       "threads=2 run_for=60000", str(guest_image))
     assert started.code == 0, started.stderr
+    receiver.fail_metrics = fail_metrics
     follower = None
     try:
         wait_for_console(name, "refguest: heartbeat")
@@ -273,6 +303,16 @@ def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
     assert doc["otlp"]["dropped"] == 0 and doc["otlp"]["not_exported"] == 0
     ids = [s.span_id for _, s in receiver.spans()]
     assert len(set(ids)) == len(ids)  # nothing sent twice
+    if fail_metrics:  # a warning, not the exit code (0 above)
+        assert doc["metrics"]["failed"] > 0 and doc["metrics"]["sent"] == 0
+        assert any("metrics export(s)" in w for w in doc["warnings"])
+        return
+    # metrics beside the spans, once a second: events, their rate, drops (none), the heap
+    points = receiver.metric_points()
+    assert points["unikernel.trace.events"][-1] > 0
+    assert max(points["unikernel.trace.event_rate"]) > 0
+    assert points["unikernel.export.dropped"][-1] == 0
+    assert doc["metrics"]["sent"] >= 3 and doc["metrics"]["failed"] == 0
 
 
 def test_follow_sends_only_to_otlp(recording: tuple[Path, int, int],  # noqa: F811

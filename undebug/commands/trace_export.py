@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
     from tracers.export.attributes import AttrValue
     from tracers.export.columns import SpanColumns
+    from tracers.export.metrics import LiveMetrics
     from tracers.export.otlp import OtlpDelivery
     from tracers.export.spans import ExportSpan
+    from tracers.metadata import Tracepoints
     from tracers.records import Decoded, Session
     from undebug.commands.trace import _Source
     from undebug.session.store import SessionDir
@@ -185,6 +187,26 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
             out.writer = JaegerJsonWriter(stream, resource)
 
 
+def _metrics(outputs: list[_Output], resource: dict[str, AttrValue], args: argparse.Namespace,
+             tracepoints: Tracepoints | None) -> LiveMetrics | None:
+    """Following over OTLP/HTTP: the metrics beside the spans (tracers/export/metrics.py)."""
+    from tracers.export.metrics import LiveMetrics
+    from tracers.export.otlp import OtlpWriter
+
+    writer = next((o.writer for o in outputs if isinstance(o.writer, OtlpWriter)), None)
+    if not args.follow or writer is None or args.protocol != "http/protobuf" \
+            or tracepoints is None:
+        return None
+    return LiveMetrics(resource, writer.delivery.endpoint, dict(args.header), tracepoints,
+                       args.timeout)
+
+
+def _dropped(outputs: list[_Output]) -> int:
+    from tracers.export.otlp import OtlpWriter
+
+    return sum(o.writer.delivery.dropped for o in outputs if isinstance(o.writer, OtlpWriter))
+
+
 def _progress(args: argparse.Namespace) -> Callable[[OtlpDelivery], None] | None:
     """Following a guest: its session's export state, rewritten after each request (0600,
     replaced whole), for ``ps``; None for a file."""
@@ -258,6 +280,7 @@ def _deliver(outputs: list[_Output], parts: list[ExportSpan | SpanColumns]) -> N
 
 def export(args: argparse.Namespace, source: _Source) -> Report:
     """Stream ``source``'s spans to every output the user named."""
+    from tracers.export.metrics import metrics_url
     from tracers.export.otlp import LIVE_QUEUE, PROTOCOLS, OtlpWriter
     from tracers.export.resource import resource_attributes
     from tracers.export.select import Selection
@@ -299,6 +322,7 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     outputs: list[_Output] = []
     builder: SpanBuilder | None = None
     resource: dict[str, AttrValue] | None = None
+    metrics: LiveMetrics | None = None
     try:
         for fmt, path in wanted:
             if path is not None:
@@ -315,9 +339,12 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
             if batch.sessions and resource is None:
                 resource = resource_of(list(batch.sessions))
                 _writers(outputs, resource, args)
+                metrics = _metrics(outputs, resource, args, source.tracepoints)
             parts = builder.feed_parts(TraceModel(batch, source.tracepoints,
                                                   source.anchors(batch.sessions)))
             _deliver(outputs, parts)
+            if metrics is not None:
+                metrics.feed(batch, _dropped(outputs))
         stream = source.summary()
         assert builder is not None
         rest = builder.finish()
@@ -328,6 +355,9 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
             assert out.writer is not None
             out.writer.write(rest)
             out.writer.close()
+        if metrics is not None:
+            metrics.dropped = _dropped(outputs)
+            metrics.close()
     except BaseException as exc:
         for out in outputs:  # no half-written file left to be taken for a whole one
             if out.stream is not None:
@@ -350,11 +380,17 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                         "the Unix epoch by time since boot")
     delivery = next((o.writer.delivery for o in outputs if isinstance(o.writer, OtlpWriter)),
                     None)
+    if metrics is not None and metrics.failed:  # a warning, never the exit code
+        warnings.append(f"{metrics.failed} of {metrics.failed + metrics.sent} metrics "
+                        f"export(s) to {metrics_url(delivery.endpoint if delivery else '')} "
+                        "failed")
     data = {"source": source.label, **asdict(counts),
             "service_name": resource["service.name"] if resource else None,
             "outputs": [{"format": o.format, "file": str(o.file)} for o in outputs
                         if o.file is not None],
-            "otlp": asdict(delivery) if delivery else None}
+            "otlp": asdict(delivery) if delivery else None,
+            "metrics": None if metrics is None else {"sent": metrics.sent,
+                                                     "failed": metrics.failed}}
     lines = [f"{counts.spans} span(s) in {counts.traces} trace(s) "
              f"({counts.unterminated} unterminated, {counts.exceptions} exception(s), "
              f"{counts.span_events} span event(s); {counts.outside_spans} event(s) outside "
