@@ -30,7 +30,7 @@ since boot counted from the Unix epoch, and the exporter warns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -80,45 +80,32 @@ class _Cols:
     arrays one element at a time costs more than the whole walk (the column path uses
     the arrays, ``r`` and ``times_ns``, and converts none)."""
 
+    id: list[int]
+    tid: list[int]
+    cpu: list[int]
+    tsc: list[int]
+    seq: list[int]
+    session: list[int]
+    args: list[list[int]]
+    times: list[int]
+    since_boot: list[int]
+
     def __init__(self, r: Records, times: np.ndarray, since_boot: np.ndarray) -> None:
         self.r, self.times_ns, self._since_boot = r, times, since_boot
         self.strings, self.start = r.strings, r.start
 
-    @cached_property
-    def id(self) -> list[int]:
-        return self.r.id.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def tid(self) -> list[int]:
-        return self.r.tid.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def cpu(self) -> list[int]:
-        return self.r.cpu.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def tsc(self) -> list[int]:
-        return self.r.tsc.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def seq(self) -> list[int]:
-        return self.r.seq.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def session(self) -> list[int]:
-        return self.r.session.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def args(self) -> list[list[int]]:
-        return self.r.args.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def times(self) -> list[int]:
-        return self.times_ns.tolist()  # type: ignore[no-any-return]
-
-    @cached_property
-    def since_boot(self) -> list[int]:
-        return self._since_boot.tolist()  # type: ignore[no-any-return]
+    def __getattr__(self, name: str) -> list[Any]:
+        """A column not converted yet (only then is this called): converted, kept."""
+        arrays = {"times": self.times_ns, "since_boot": self._since_boot}
+        if name in arrays:
+            column = arrays[name]
+        elif name in ("id", "tid", "cpu", "tsc", "seq", "session", "args"):
+            column = getattr(self.r, name)
+        else:
+            raise AttributeError(name)
+        values: list[Any] = column.tolist()
+        setattr(self, name, values)
+        return values
 
     def text(self, i: int) -> bytes:
         return self.strings.get(self.start + i, b"")
