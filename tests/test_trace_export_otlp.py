@@ -274,7 +274,7 @@ def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
 
     name = "exp-follow"
     started = undebug("run", "-d", "--name", name, "--smp", "2", "--append",
-                      "threads=2 run_for=60000", str(guest_image))
+                      "threads=4 run_for=60000", str(guest_image))
     assert started.code == 0, started.stderr
     receiver.fail_metrics = fail_metrics
     follower = None
@@ -291,6 +291,10 @@ def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
         assert live > 0  # sent while the guest runs: it has not been stopped
         time.sleep(3)
         assert len(receiver.spans()) > live  # and more keep coming
+        # the heap metric comes with the guest's heap tracepoint (every 1024th allocation)
+        while not fail_metrics and "unikernel.heap.used" not in receiver.metric_points() \
+                and time.monotonic() < deadline + 60:
+            time.sleep(0.5)
     finally:
         undebug("kill", name)
     assert follower is not None
@@ -312,6 +316,7 @@ def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
     assert points["unikernel.trace.events"][-1] > 0
     assert max(points["unikernel.trace.event_rate"]) > 0
     assert points["unikernel.export.dropped"][-1] == 0
+    assert 0 < points["unikernel.heap.used"][-1] < 128 << 20  # bytes in use, within its RAM
     assert doc["metrics"]["sent"] >= 3 and doc["metrics"]["failed"] == 0
 
 

@@ -11,6 +11,7 @@ what the command is for).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import urllib.parse
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import numpy as np
 
 from tracers.export.attributes import AttrValue
 from tracers.format import RESERVED_FIRST
-from tracers.metadata import Tracepoints
+from tracers.metadata import Tracepoint, Tracepoints
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
@@ -39,6 +40,18 @@ def metrics_url(url: str) -> str:
     if path in ("", "/") or path.endswith("/v1/traces"):
         path = (path[: -len("/v1/traces")] if path.endswith("/v1/traces") else "") + "/v1/metrics"
     return urllib.parse.urlunsplit(parts._replace(path=path))
+
+
+def _used_bytes(tp: Tracepoint) -> int | None:
+    """Which argument of a ``heap`` tracepoint is the bytes in use: the one its format
+    labels ``used_bytes=`` (the reference guest's ``allocs=%lu frees=%lu used_bytes=%lu``),
+    else one named ``used_bytes`` or ``used``."""
+    labels = re.findall(r"(\w+)=%", tp.fmt)
+    for names in (labels, list(tp.arg_names)):
+        for want in ("used_bytes", "used"):
+            if want in names and names.index(want) < tp.nargs:
+                return names.index(want)
+    return None
 
 
 class LiveMetrics:
@@ -61,9 +74,8 @@ class LiveMetrics:
         self.sent = self.failed = 0
         self._window = (time.monotonic(), 0)
         self._next = time.monotonic() + INTERVAL_S
-        heap = [tp for tp in tracepoints.by_id.values()
-                if tp.name == "heap" and "used_bytes" in tp.arg_names]
-        self._heap = {tp.id: tp.arg_names.index("used_bytes") for tp in heap}
+        self._heap = {tp.id: k for tp in tracepoints.by_id.values() if tp.name == "heap"
+                      for k in [_used_bytes(tp)] if k is not None}
         meter.create_observable_counter("unikernel.trace.events", [self._count], unit="{event}",
                                         description="tracepoint events the guest sent")
         meter.create_observable_gauge("unikernel.trace.event_rate", [self._rate],
