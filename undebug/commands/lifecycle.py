@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 
 from undebug.commands import command
+from undebug.commands.live_export import export_state
 from undebug.commands.verdict import os_outcome
 from undebug.errors import SessionError
 from undebug.output import Report
@@ -61,27 +62,15 @@ def ps(args: argparse.Namespace) -> Report:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
                  for r in rows]
         for g in guests:  # a live export's counts, under the table
-            e = _export_state(g.name)
+            e = export_state(g.name)
             if e is not None:
                 lines.append(f"{escape(g.name)}: trace export to {escape(str(e.get('endpoint')))}"
                              f": {e.get('exported')} exported, {e.get('not_exported')} not "
                              f"exported, {e.get('dropped')} dropped")
         return lines
 
-    return Report(data={"guests": [{**g.to_json(), "export": _export_state(g.name)}
+    return Report(data={"guests": [{**g.to_json(), "export": export_state(g.name)}
                                    for g in guests]}, warnings=warnings, render=render)
-
-
-def _export_state(name: str) -> dict[str, object] | None:
-    """The live export's counts (``trace export NAME --follow``, ``run --otlp``), or None."""
-    import json
-
-    try:
-        with open(SessionDir.named(name).export_state, "rb") as f:
-            doc = json.loads(f.read(1 << 16))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _run_control(act: Callable[[SupervisorClient], GuestStatus],

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> Report:
     claim, session = launched.claim, launched.claim.session
     prepare_guest(launched, args.force, args.paused)
     if args.otlp is not None:
-        from undebug.commands.trace_export import start_live_export
+        from undebug.commands.live_export import start_live_export
 
         start_live_export(session, args.otlp)
     if args.detach:

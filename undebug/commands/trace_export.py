@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,17 +21,15 @@ from undebug.output import Report
 from undebug.text import escape
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from tracers.export.attributes import AttrValue
     from tracers.export.columns import SpanColumns
     from tracers.export.metrics import LiveMetrics
-    from tracers.export.otlp import OtlpDelivery
     from tracers.export.spans import ExportSpan
     from tracers.metadata import Tracepoints
     from tracers.records import Decoded, Session
     from undebug.commands.trace import _Source
-    from undebug.session.store import SessionDir
 
 __all__ = ["add_export_arguments", "export"]
 
@@ -169,6 +166,7 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
     from tracers.export.otlp_json import OtlpJsonWriter
     from tracers.export.perfetto import PerfettoWriter
     from tracers.export.perfetto_json import PerfettoJsonWriter
+    from undebug.commands.live_export import progress
 
     for out in outputs:
         stream = out.stream
@@ -176,7 +174,7 @@ def _writers(outputs: list[_Output], resource: dict[str, AttrValue],
             out.writer = OtlpWriter(resource, endpoint=args.otlp or None,
                                     headers=dict(args.header), timeout_s=args.timeout,
                                     protocol=args.protocol, insecure=args.insecure,
-                                    live=args.follow, progress=_progress(args))
+                                    live=args.follow, progress=progress(args))
         elif out.format == "perfetto":
             out.writer = PerfettoWriter(stream, resource)
         elif out.format == "perfetto-json":
@@ -205,47 +203,6 @@ def _dropped(outputs: list[_Output]) -> int:
     from tracers.export.otlp import OtlpWriter
 
     return sum(o.writer.delivery.dropped for o in outputs if isinstance(o.writer, OtlpWriter))
-
-
-def _progress(args: argparse.Namespace) -> Callable[[OtlpDelivery], None] | None:
-    """Following a guest: its session's export state, rewritten after each request (0600,
-    replaced whole), for ``ps``; None for a file."""
-    from undebug.commands.trace import _is_file
-    from undebug.session.store import SessionDir
-
-    if not args.follow or _is_file(args.source):
-        return None
-    path = SessionDir.named(args.source).export_state
-
-    def write(delivery: OtlpDelivery) -> None:
-        doc = {"pid": os.getpid(), "endpoint": delivery.endpoint,
-               "exported": delivery.exported, "not_exported": delivery.not_exported,
-               "dropped": delivery.dropped, "retries": delivery.retries,
-               "last_error": delivery.last_error}
-        tmp = path.with_name(path.name + ".tmp")
-        with contextlib.suppress(OSError):  # the guest's directory may be gone: no matter
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(doc) + "\n")
-            os.replace(tmp, path)
-    return write
-
-
-def start_live_export(session: SessionDir, url: str) -> int:
-    """``run --otlp``: the live export in a process of its own (the supervisor imports no
-    exporter), its output in the session's export.log; it ends with the guest."""
-    import subprocess
-    import sys
-
-    fd = os.open(session.export_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "export",
-                                 session.name, "--otlp", url, "--follow"],
-                                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                start_new_session=True)
-    finally:
-        os.close(fd)
-    return proc.pid
 
 
 def _batches(source: _Source, follow: bool) -> Iterator[Decoded]:
