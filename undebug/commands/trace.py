@@ -425,7 +425,8 @@ def _flight_recorder_source(args: argparse.Namespace, note: str | None = None) -
         warnings.append(f"no tracepoint names: {exc.message}")
         tps = None
     warnings += tps.warnings if tps else []
-    return _Source(f"flight recorder of {args.source}", tps, warnings, data=recording.data)
+    return _Source(f"flight recorder of {args.source}", tps, warnings, data=recording.data,
+                   force=args.force)
 
 
 # ---- record ----------------------------------------------------------------------------
