@@ -12,6 +12,7 @@ the recording, as in test_trace_export.py.
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import socket
 import threading
@@ -266,7 +267,6 @@ def test_follow_streams_spans_while_the_guest_runs_and_ends_with_it(
     """A live reference guest (QEMU, TCG): spans reach the receiver while the guest is
     still running, and the export ends by itself when the guest does, with every span it
     counted delivered."""
-    import json
     import subprocess
     import sys
 
@@ -392,3 +392,21 @@ def test_run_otlp_starts_the_live_export_beside_the_guest_and_ps_shows_its_count
         time.sleep(0.2)
     else:
         raise AssertionError(f"the live export {pid} outlived its guest")
+
+
+def test_run_ci_otlp_returns_once_the_live_export_sent_every_span_of_the_run(
+        receiver: Receiver, guest_image: Path, tmp_path: Path) -> None:
+    """What arrived live is what the recording of the same run holds, when run --ci
+    returns (it waits for the export it started)."""
+    rec = tmp_path / "ci.utrace"
+    run = undebug("run", "--ci", "--name", "exp-ci-otlp", "--append", "threads=2 run_for=1500",
+                  "--trace-file", str(rec), "--otlp", receiver.url, str(guest_image),
+                  timeout=120)
+    assert run.code == 0, run.stdout + run.stderr
+    live = sorted(s.span_id.hex() for _, s in receiver.spans())
+    out = tmp_path / "after.jsonl"
+    assert undebug("trace", "export", str(rec), "--otlp-json", str(out)).code == 0
+    after = sorted(s["spanId"] for line in out.read_text().splitlines()
+                   for rs in json.loads(line)["resourceSpans"] for ss in rs["scopeSpans"]
+                   for s in ss["spans"])
+    assert live and live == after

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,10 +44,9 @@ def progress(args: argparse.Namespace) -> Callable[[OtlpDelivery], None] | None:
     return write
 
 
-def start_live_export(session: SessionDir, url: str) -> int:
+def start_live_export(session: SessionDir, url: str) -> subprocess.Popen[bytes]:
     """``run --otlp``: the live export in a process of its own (the supervisor imports no
     exporter), its output in the session's export.log; it ends with the guest."""
-    import subprocess
     import sys
 
     fd = os.open(session.export_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -57,7 +57,7 @@ def start_live_export(session: SessionDir, url: str) -> int:
                                 start_new_session=True)
     finally:
         os.close(fd)
-    return proc.pid
+    return proc
 
 
 def export_state(name: str) -> dict[str, object] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # the launcher is imported when a guest is started, not befor
     from undebug.session.launcher import Launched
 
 CONSOLE_TAIL = 20
+EXPORT_WAIT_S = 90.0  # run --otlp: how long the end waits for the live export to finish
 POLL_S = 0.05
 
 
@@ -147,10 +149,11 @@ def run(args: argparse.Namespace) -> Report:
     launched = launch(args)
     claim, session = launched.claim, launched.claim.session
     prepare_guest(launched, args.force, args.paused)
+    exporter = None
     if args.otlp is not None:
         from undebug.commands.live_export import start_live_export
 
-        start_live_export(session, args.otlp)
+        exporter = start_live_export(session, args.otlp)
     if args.detach:
         claim.release()  # the supervisor holds the session now
         return Report(data={"name": session.name, "status": launched.status.to_json()},
@@ -172,6 +175,16 @@ def run(args: argparse.Namespace) -> Report:
                 data = {"name": session.name, "outcome": outcome.to_json()}
     finally:
         claim.release()
+    if exporter is not None:  # the guest has ended: the export sends what is left, then ends
+        try:
+            exporter.wait(timeout=EXPORT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            late = (f"the live export (pid {exporter.pid}) is still sending after "
+                    f"{EXPORT_WAIT_S:g} s; its output: {session.export_log}")
+            if args.json:
+                launched.warnings.append(late)
+            else:
+                sys.stderr.write(f"warning: {escape(late)}\n")
     verdict = "PASS" if outcome.ok else "FAIL"
     return Report(
         data=data, warnings=launched.warnings if args.json else [],
