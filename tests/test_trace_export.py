@@ -423,6 +423,7 @@ def test_a_live_guest_is_exported_by_name_with_its_sessions_identity(
         wait_for_console(name, "refguest: heartbeat")
         out = tmp_path / "live.jsonl"
         result = undebug("trace", "export", name, "--otlp-json", str(out), "--json")
+        [guest] = [g for g in undebug("ps", "--json").json()["guests"] if g["name"] == name]
     finally:
         undebug("kill", name)
     assert result.code == 0, result.stderr
@@ -430,6 +431,9 @@ def test_a_live_guest_is_exported_by_name_with_its_sessions_identity(
     assert spans and result.json()["spans"] == len(spans)
     assert {r["service.instance.id"] for r in resources} == {name}
     assert {r["service.name"] for r in resources} == {guest_image.stem}
+    # QEMU's process.* (a live guest: its pid from ps, its binary from /proc)
+    assert {r["process.pid"] for r in resources} == {guest["qemu_pid"]}
+    assert all(r["process.executable.name"].startswith("qemu-system") for r in resources)
     roots = [s for s in spans if s["name"] == "handle_request"]
     assert roots and all(s["parentSpanId"] == HOST_TP[36:52] for s in roots)
 

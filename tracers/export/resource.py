@@ -37,12 +37,13 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
 def resource_attributes(*, image: str | None, instance: str, sessions: list[Session],
                         service_name: str | None = None, host: str | None = None,
                         host_arch: str | None = None, os_name: str | None = None,
+                        extra: Mapping[str, AttrValue] | None = None,
                         environ: Mapping[str, str] | None = None) -> dict[str, AttrValue]:
     """The resource: ``service.name`` from ``service_name``, else OTEL_SERVICE_NAME,
     else OTEL_RESOURCE_ATTRIBUTES' service.name, else the image's name, else ``unikernel``.
     ``host``/``host_arch``: the hypervisor host's (from the recording's origin);
     ``os_name``: the unikernel's OS as undebug knows it (``os.type`` is left out: the
-    conventions' values name no unikernel)."""
+    conventions' values name no unikernel); ``extra``: more (QEMU's ``process.*``)."""
     env = os.environ if environ is None else environ
     attrs: dict[str, AttrValue] = {}
     attrs.update(_env_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
@@ -56,6 +57,8 @@ def resource_attributes(*, image: str | None, instance: str, sessions: list[Sess
         attrs.setdefault("host.arch", _ARCH.get(host_arch, host_arch))
     if os_name:
         attrs.setdefault("os.name", os_name)
+    for key, value in (extra or {}).items():
+        attrs.setdefault(key, value)
     attrs["telemetry.sdk.name"] = "undebug"
     if sessions:
         header = sessions[0].header

@@ -122,6 +122,7 @@ class _Identity:
     host: str | None
     traceparent: str | None  # run --traceparent
     host_arch: str | None = None
+    process: dict[str, AttrValue] | None = None  # QEMU's process.* (a live guest only)
 
 
 def _identity(args: argparse.Namespace) -> _Identity:
@@ -137,11 +138,37 @@ def _identity(args: argparse.Namespace) -> _Identity:
 
         path, instance = SessionDir.named(args.source).trace_file, args.source
     origin = read_origin(path)
+    process = None if _is_file(args.source) else _qemu_process(args.source)
     if origin is None:
-        return _Identity(None, instance, None, None)
+        return _Identity(None, instance, None, None, process=process)
     return _Identity(Path(origin.image).stem if origin.image else None,
                      origin.session or instance, origin.host, origin.traceparent,
-                     origin.host_arch)
+                     origin.host_arch, process)
+
+
+def _qemu_process(name: str) -> dict[str, AttrValue] | None:
+    """The semantic conventions' process.* of a live guest's QEMU (from /proc), or None
+    (a recording does not say which QEMU made it)."""
+    from undebug.errors import UndebugError
+    from undebug.session.client import live_status
+    from undebug.session.store import SessionDir
+
+    try:
+        pid = live_status(SessionDir.named(name)).qemu_pid
+    except (UndebugError, OSError):
+        return None
+    if pid is None:
+        return None
+    out: dict[str, AttrValue] = {"process.pid": pid}
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        out["process.executable.path"] = exe
+        out["process.executable.name"] = Path(exe).name
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            out["process.command"] = f.read(4096).split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        pass  # gone, or not ours to read: the pid alone
+    return out
 
 
 def _os_name(elf: str | None) -> str | None:
@@ -274,7 +301,8 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
     def resource_of(sessions: list[Session]) -> dict[str, AttrValue]:
         return resource_attributes(image=who.image, instance=who.instance, sessions=sessions,
                                    service_name=args.service_name, host=who.host,
-                                   host_arch=who.host_arch, os_name=os_name)
+                                   host_arch=who.host_arch, os_name=os_name,
+                                   extra=who.process)
 
     outputs: list[_Output] = []
     builder: SpanBuilder | None = None
