@@ -115,10 +115,12 @@ void __real_ukplat_terminate(enum ukplat_gstate request) __noreturn;
 
 void __noreturn __wrap_ukplat_terminate(enum ukplat_gstate request)
 {
-	if (request == UKPLAT_CRASH)
+	if (request == UKPLAT_CRASH) {
 		undebug_panic("UK_CRASH");
-	else
+	} else {
+		undebug_trace_poll();                 /* a LOST record for pending drops */
 		(void)undebug_trace_drain(tsc_hz);    /* at most 1 s */
+	}
 	__real_ukplat_terminate(request);
 }
 
