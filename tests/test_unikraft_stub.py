@@ -8,7 +8,8 @@ checked against the public header.
 
 With real images built outside the repository (never committed; guest-stubs/unikraft/
 README.md says how): UNDEBUG_UNIKRAFT_STUB_IMAGE is the app with the library whose
-workers worker-0..2 run a ``do_work`` span and a ``work_done`` event every 50-66 ms;
+workers worker-0..2 run a ``do_work`` span with a ``work_done`` event and Unikraft's own
+tracepoint ``trace_work(id, n)`` every 50-66 ms;
 UNDEBUG_UNIKRAFT_STUB_CRASH_IMAGE the same app whose worker-1 writes through NULL in
 ``do_work`` about 1 s after boot."""
 
@@ -219,6 +220,13 @@ def test_a_unikraft_app_streams_switches_spans_and_events_by_thread_name() -> No
         for worker in ("worker-0", "worker-1", "worker-2"):  # scheduled in and out again
             assert sum(1 for _, to in switches if to == worker) >= 20, switches[:40]
             assert sum(1 for frm, _ in switches if frm == worker) >= 20, switches[:40]
+        # Unikraft's own tracepoint (trace_work(id, n) next to work_done in do_work),
+        # forwarded from uk_trace_buffer by the poll thread, named from the .dbg
+        done = [(e["args"]["id"], e["args"]["n"]) for e in events
+                if e["tracepoint"] == "work_done"]
+        uk = [(e["args"]["arg1"], e["args"]["arg2"]) for e in events
+              if e["tracepoint"] == "trace_work"]
+        assert len(uk) >= 63 and uk == done[: len(uk)], (uk[:5], done[:5])
         # every record after a switch is the thread switched to
         current = None
         for e in events:

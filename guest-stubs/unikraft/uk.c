@@ -17,7 +17,8 @@
  *               UK_CRASH / UK_ASSERT outside the platform library and the clean halt via
  *               --wrap=ukplat_terminate
  *   poll        a thread "undebug-poll" (CONFIG_LIBUNDEBUG_POLL_MS): 0.17 has no timer
- *               callback for libraries
+ *               callback for libraries; it also moves Unikraft's own tracepoint samples
+ *               (uk_trace_buffer) into the stream (CONFIG_LIBUNDEBUG_UKTRACE)
  *   port I/O, virt_to_phys   the stub's own port I/O; ukplat_virt_to_phys for DMA */
 #include <stdint.h>
 #include <stddef.h>
@@ -92,6 +93,47 @@ void __wrap_ukarch_ctx_switch(struct ukarch_ctx *store, struct ukarch_ctx *load)
 	__real_ukarch_ctx_switch(store, load);
 }
 
+/* ---- Unikraft's tracepoints ------------------------------------------------------ */
+#if CONFIG_LIBUNDEBUG_UKTRACE
+extern size_t uk_trace_buffer_free;
+extern char *uk_trace_buffer_writep;
+
+/* Each complete sample of uk_trace_buffer (struct uk_tracepoint_header {u32 'TRhd',
+ * u32 size, u64 ns, u64 cookie} + size payload bytes, packed) becomes one uk_tracepoint
+ * record: the cookie (its definition in the .dbg), Unikraft's time, the payload size and
+ * the payload's first 24 bytes (the host decodes them by the definition and says when a
+ * payload was longer).  Then the buffer is emptied, so Unikraft's tracing, which stops
+ * for good when its linear buffer is full, goes on.  IRQs off: Unikraft's tracepoints
+ * write with IRQs off on this CPU. */
+static void bridge_uk_trace(void)
+{
+	unsigned long flags = ukplat_lcpu_save_irqf();
+	size_t used = CONFIG_LIBUKDEBUG_TRACE_BUFFER_SIZE - uk_trace_buffer_free, at = 0;
+	const char *base = uk_trace_buffer_writep - used;
+
+	while (used <= CONFIG_LIBUKDEBUG_TRACE_BUFFER_SIZE && at + 24 <= used) {
+		struct { uint32_t magic, size; uint64_t ns, cookie; } h;
+		uint64_t w[3] = { 0, 0, 0 };
+		__builtin_memcpy(&h, base + at, sizeof h);
+		if (h.magic != UNDEBUG_UK_SAMPLE_MAGIC || h.size > used - at - 24)
+			break;                    /* an unfinished sample: Unikraft gave up on it */
+		__builtin_memcpy(w, base + at + 24, h.size < sizeof w ? h.size : sizeof w);
+		const void *cookie = (const void *)(uintptr_t)h.cookie;
+		unsigned long ns = h.ns, size = h.size, w0 = w[0], w1 = w[1], w2 = w[2];
+		UNDEBUG_TRACEPOINT(uk_tracepoint, "cookie=%p ns=%lu size=%lu", cookie, ns, size,
+				   w0, w1, w2);
+		at += 24 + h.size;
+	}
+	if (used && used <= CONFIG_LIBUKDEBUG_TRACE_BUFFER_SIZE) {
+		uk_trace_buffer_writep = (char *)base;
+		uk_trace_buffer_free = CONFIG_LIBUKDEBUG_TRACE_BUFFER_SIZE;
+	}
+	ukplat_lcpu_restore_irqf(flags);
+}
+#else
+static void bridge_uk_trace(void) {}
+#endif
+
 /* ---- crash and halt ------------------------------------------------------------- */
 static uint64_t tsc_hz;
 
@@ -118,6 +160,7 @@ void __noreturn __wrap_ukplat_terminate(enum ukplat_gstate request)
 	if (request == UKPLAT_CRASH) {
 		undebug_panic("UK_CRASH");
 	} else {
+		bridge_uk_trace();
 		undebug_trace_poll();                 /* a LOST record for pending drops */
 		(void)undebug_trace_drain(tsc_hz);    /* at most 1 s */
 	}
@@ -125,9 +168,10 @@ void __noreturn __wrap_ukplat_terminate(enum ukplat_gstate request)
 }
 
 /* ---- set-up and the poll thread ------------------------------------------------ */
-static void poll_main(void *arg __unused)
+static __noreturn void poll_main(void *arg __unused)
 {
 	for (;;) {
+		bridge_uk_trace();
 		undebug_trace_poll();
 		uk_sched_thread_sleep((__nsec)CONFIG_LIBUNDEBUG_POLL_MS * 1000000L);
 	}

@@ -8,6 +8,7 @@
 
 #define UNDEBUG_UK_CAL_NS 2000000ull     /* calibration: 2 ms of Unikraft's clock */
 #define UNDEBUG_NS_PER_S 1000000000ull
+#define UNDEBUG_UK_SAMPLE_MAGIC 0x64685254u   /* Unikraft's UK_TP_HEADER_MAGIC, "TRhd" */
 
 /* TSC Hz from `dtsc` cycles in `dns` ns (0 if dns is 0); exact for dtsc < 2^64 / 1e9
  * cycles (~18 s at 1 GHz), more than a calibration takes. */
