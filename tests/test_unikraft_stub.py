@@ -247,20 +247,28 @@ def test_a_crashed_unikraft_guest_has_its_last_events_in_the_flight_recorder() -
         flight = _show("ukstubc", "--flight-recorder")
         streamed = _show("ukstubc")
         for events in (flight, streamed):
-            fault, panic = events[-2], events[-1]
-            assert (fault["tracepoint"], fault["thread"]) == ("fault", "worker-1"), fault
-            assert fault["words"][0] == 14 and fault["words"][3] == 0  # #PF at address 0
+            panic = events[-1]
             assert (panic["tracepoint"], panic["text"]) == ("panic", "unhandled trap"), panic
+            # before the PANIC: the fault, then Unikraft's samples since the last poll
+            at = max(i for i, e in enumerate(events) if e["tracepoint"] == "fault")
+            fault, forwarded = events[at], events[at + 1 : -1]
+            assert fault["thread"] == "worker-1", fault
+            assert fault["words"][0] == 14 and fault["words"][3] == 0  # #PF at address 0
+            assert {e["tracepoint"] for e in forwarded} <= {"trace_work"}, forwarded
             # the crash is inside worker-1's do_work span, after its last work_done
-            before = [e for e in events[:-2] if e["thread"] == "worker-1"]
+            before = [e for e in events[:at] if e["thread"] == "worker-1"]
             assert before[-1]["tracepoint"] == "work_done", before[-3:]
             assert before[-2]["tracepoint"] == "begin do_work", before[-3:]
+            last = before[-1]["args"]
+            work = [e["args"] for e in events if e["tracepoint"] == "trace_work"]
+            assert work[-1] == {"arg1": last["id"], "arg2": last["n"]}, work[-3:]
         # the flight recorder holds the whole run here (it did not wrap): the same records
         assert [(e["seq"], e["tracepoint"]) for e in flight][-50:] == \
             [(e["seq"], e["tracepoint"]) for e in streamed][-50:]
         from undebug.elf import ElfFile
 
-        where = ElfFile(image.with_name(image.name + ".dbg")).symbolize(flight[-2]["words"][2])
+        rip = next(e for e in reversed(flight) if e["tracepoint"] == "fault")["words"][2]
+        where = ElfFile(image.with_name(image.name + ".dbg")).symbolize(rip)
         assert where is not None and where.startswith("do_work+"), where
     finally:
         undebug("kill", "ukstubc")

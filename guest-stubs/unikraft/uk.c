@@ -142,6 +142,7 @@ static int on_trap(void *data)
 	const struct ukarch_trap_ctx *ctx = data;
 	undebug_fault((uint64_t)ctx->trapnr, (uint64_t)(unsigned)ctx->error_code,
 		      ctx->regs ? ctx->regs->rip : 0, ctx->fault_address);
+	bridge_uk_trace();                        /* Unikraft's samples since the last poll */
 	undebug_panic("unhandled trap");          /* and drain: the crash follows */
 	return UK_EVENT_NOT_HANDLED;
 }
@@ -158,6 +159,7 @@ void __real_ukplat_terminate(enum ukplat_gstate request) __noreturn;
 void __noreturn __wrap_ukplat_terminate(enum ukplat_gstate request)
 {
 	if (request == UKPLAT_CRASH) {
+		bridge_uk_trace();
 		undebug_panic("UK_CRASH");
 	} else {
 		bridge_uk_trace();
