@@ -8,8 +8,8 @@ stacks) and the machine (QEMU's device MMIO and ROM, through the physical addres
 tables map). The result is a list of :class:`Region`: a run of pages with one set of
 permissions, one meaning and contiguous physical memory; unmapped space appears only
 where something named lives (a guard page, the null page, a section that should be
-there). Unnamed bytes of less than a page after a named area (padding between ELF
-sections) count as that area's. What looks wrong is flagged on the region.
+there). Less than a page after a named area that nothing else names (padding between
+ELF sections) counts as that area's. What looks wrong is flagged on the region.
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ def _runs(mappings: list[Mapping], areas: list[MemoryArea]) -> list[_Run]:
             continue
         physical = None if m is None else m.physical + low - m.virtual
         covering = tuple(active)
-        padding = not covering and high - low < PAGE_SIZE and runs and runs[-1].areas
+        # padding: less than a page after a named area, inside what encloses that area
+        padding = bool(runs) and high - low < PAGE_SIZE and \
+            len(runs[-1].areas) > len(covering) and runs[-1].areas[:len(covering)] == covering
         if runs and runs[-1].extends(low, m, physical, runs[-1].areas if padding else covering):
             runs[-1].end = high
             if m is not None:
