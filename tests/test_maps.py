@@ -8,6 +8,7 @@ and from the guest's own variables (``ram_top``, ``kernel_cr3``, each ``struct t
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from undebug.session.store import SessionDir
 from undebug.target import LiveTarget
 
 MIB2 = 2 << 20
+EVIL = "evil\x1b]0;owned\x07"  # the planted hostile thread name
 
 
 def covering(mappings: list[Mapping], address: int) -> Mapping | None:
@@ -182,3 +184,30 @@ def test_unikraft_maps_shows_text_data_and_the_threads_stacks() -> None:
         assert any("heap" in r["kinds"] for r in doc["regions"])
     finally:
         undebug("kill", "ukmaps")
+
+
+def test_maps_and_heap_in_the_shell_and_the_python_api(shared_guest: str) -> None:
+    import subprocess
+    import sys
+
+    import undebug as api
+    from undebug.api import GuestText
+
+    cli = maps_of(shared_guest)
+    shell = subprocess.run([sys.executable, "-m", "undebug.cli", "shell", shared_guest],
+                           input="maps --json\nheap --json\n", capture_output=True, text=True,
+                           timeout=120)
+    assert shell.returncode == 0, shell.stderr
+    maps_line, heap_line = shell.stdout.splitlines()
+    assert json.loads(maps_line)["regions"] == cli["regions"]  # the layout is fixed at boot
+    assert json.loads(heap_line)["heaps"][0]["allocator"].startswith("refguest first-fit")
+    with api.attach(shared_guest) as session:
+        memmap = session.memory_map()
+        [heap] = session.heaps()
+    names = [n for r in memmap.regions for n in r.names]
+    evil = next(n for n in names if n.startswith("stack of evil"))
+    assert isinstance(evil, GuestText)
+    assert str(evil) == "stack of evil\\x1b]0;owned\\x07" and evil.raw == "stack of " + EVIL
+    assert [(r.start, r.end, r.permissions) for r in memmap.regions] == \
+        [(r["start"], r["end"], r["permissions"]) for r in cli["regions"]]
+    assert heap.total == json.loads(heap_line)["heaps"][0]["total"]
