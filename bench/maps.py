@@ -5,8 +5,9 @@ page-table entries in 512 last-level tables, plus the APICs' 2 MiB pages). undeb
 on a guest under ``undebug run -d`` (paused with ``undebug stop``): ``undebug maps NAME
 --json`` timed end to end as a subprocess (start to exit: imports, attach, the walk, the
 names, the JSON), in this machine's environment and in a clean one (``clean_env``: this
-one sets PYTHONDONTWRITEBYTECODE, so every import compiles from source), and, in a fresh Python process, the page-table walk alone
-(``walk_mappings`` over the mmap'd RAM) and the whole model (``memory_map``). Baseline:
+one sets PYTHONDONTWRITEBYTECODE, so every import compiles from source), and, in a fresh
+Python process, the page-table walk alone (``walk_mappings`` over the mmap'd RAM) and the
+whole model (``memory_map``). Baseline:
 ``bench/gdb/walk_tables.py``, the same walk (``x/512gx`` per table on QEMU's stub in
 physical mode, merging as undebug does) run by ``gdb -batch`` against an identical second
 QEMU started here (the supervisor owns the first guest's only gdbstub connection), paused

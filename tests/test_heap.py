@@ -110,3 +110,27 @@ def test_unikraft_heap_is_the_buddy_allocator() -> None:
         assert any("CONFIG_LIBUKALLOC_IFSTATS" in w for w in doc["warnings"])
     finally:
         undebug("kill", "ukheap")
+
+
+def test_a_cyclic_free_list_is_reported_and_bounded(guest_image: Path) -> None:
+    """The guest's free list made cyclic (its last block pointed back at its first, in
+    the guest's memory, the guest stopped): the walk stops at the loop and says so."""
+    name = boot("heap-cyclic", "threads=2", guest_image)
+    elf = ElfFile(guest_image)
+    layout = elf.struct("hblk")
+    assert layout is not None
+    try:
+        assert undebug("stop", name).code == 0
+        blocks = free_list_by_hand(name, elf)
+        target = LiveTarget(SessionDir.named(name))
+        with target:
+            last = blocks[-1][0] + layout.member("next").offset
+            target.client.write_memory(last, blocks[0][0].to_bytes(8, "little"))
+        doc = heaps_of(name)
+        [heap] = doc["heaps"]
+        assert f"heap free list loops back to {blocks[0][0]:#x} after {len(blocks)} entries" \
+            in " ".join(doc["warnings"])
+        assert heap["free_blocks"] == len(blocks) and "free list" not in heap["walked"]
+        assert heap["walked"] == ["arena"]  # the arena walk does not follow the list
+    finally:
+        undebug("kill", name)

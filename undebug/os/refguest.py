@@ -151,12 +151,13 @@ class RefguestProvider(ThreadProvider):
 
     def _walk_arena(self, report: HeapReport, low: int, high: int) -> None:
         """Every block from ``heap_base`` by its size header: free and used alike."""
-        at, used, used_bytes = low, 0, 0
+        at, used, used_bytes, blocks = low, 0, 0, 0
         while at < high:
-            if used >= MAX_BLOCKS:
-                report.warnings.append(f"heap arena: more than {MAX_BLOCKS} blocks in use: "
+            if blocks >= MAX_BLOCKS:
+                report.warnings.append(f"heap arena: more than {MAX_BLOCKS} blocks: "
                                        "stopped there")
                 return
+            blocks += 1
             try:
                 header = self.target.read(at, HEAP_HEADER)
             except ReadError as exc:
