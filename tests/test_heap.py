@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import boot, undebug, wait_for_console
+from tests.test_schema import check
 from undebug.elf import ElfFile
 from undebug.session.store import SessionDir
 from undebug.target import LiveTarget
@@ -28,6 +29,7 @@ def heaps_of(name: str) -> dict[str, Any]:
     result = undebug("heap", name, "--json")
     assert result.code == 0, result.stderr
     doc: dict[str, Any] = result.json()
+    check("heap", doc)  # docs/schema/undebug-1.json
     return doc
 
 

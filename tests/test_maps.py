@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import boot, undebug, wait_for_console
+from tests.test_schema import check
 from undebug.arch.x86_64 import Mapping, walk_mappings
 from undebug.elf import ElfFile
 from undebug.os import provider_for
@@ -72,6 +73,7 @@ def maps_of(name: str, *extra: str) -> dict[str, Any]:
     result = undebug("maps", name, "--json", *extra)
     assert result.code == 0, result.stderr
     doc: dict[str, Any] = result.json()
+    check("maps", doc)  # docs/schema/undebug-1.json
     return doc
 
 
