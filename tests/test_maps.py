@@ -213,3 +213,25 @@ def test_maps_and_heap_in_the_shell_and_the_python_api(shared_guest: str) -> Non
     assert [(r.start, r.end, r.permissions) for r in memmap.regions] == \
         [(r["start"], r["end"], r["permissions"]) for r in cli["regions"]]
     assert heap.total == json.loads(heap_line)["heaps"][0]["total"]
+
+
+def test_maps_and_heap_on_an_os_undebug_does_not_know(shared_guest: str, guest_image: Path,
+                                                      tmp_path: Path) -> None:
+    """The generic part: the same guest seen through its ELF stripped of symbols (so no OS
+    provider, the vCPUs as threads) still gets its page tables and ELF sections."""
+    import subprocess
+
+    stripped = tmp_path / "stripped.elf"
+    subprocess.run(["strip", "-o", str(stripped), str(guest_image)], check=True)
+    doc = maps_of(shared_guest, "--elf", str(stripped))
+    assert any("no guest threads" in w for w in doc["warnings"]), doc["warnings"]
+    text = ElfFile(guest_image).section(".text")
+    assert text is not None
+    region = region_at(doc, text.address)
+    assert (region["names"], region["permissions"]) == ([".text"], "r-x")
+    assert region_at(doc, 0)["names"] == ["null page"]
+    assert not any(n.startswith(("stack of", "guard page of", "heap")) for r in doc["regions"]
+                   for n in r["names"])
+    heap = undebug("heap", shared_guest, "--elf", str(stripped), "--json")
+    assert heap.code == 0 and heap.json()["heaps"] == []
+    assert any("knows no allocator" in w for w in heap.json()["warnings"])
