@@ -136,3 +136,29 @@ def test_a_cyclic_free_list_is_reported_and_bounded(guest_image: Path) -> None:
         assert heap["walked"] == ["arena"]  # the arena walk does not follow the list
     finally:
         undebug("kill", name)
+
+
+def test_unikraft_allocator_statistics_when_the_image_has_them() -> None:
+    """UNDEBUG_UNIKRAFT_ALLOCSTATS_IMAGE: the workers app built with
+    CONFIG_LIBUKALLOC_IFSTATS=y added to its defconfig (outside the repository). Its
+    counts are ukalloc's own, compared with gdb's at the same stop."""
+    value = os.environ.get("UNDEBUG_UNIKRAFT_ALLOCSTATS_IMAGE")
+    if not value:
+        pytest.skip("UNDEBUG_UNIKRAFT_ALLOCSTATS_IMAGE is not set (a Unikraft image built "
+                    "outside the repository, with CONFIG_LIBUKALLOC_IFSTATS=y)")
+    assert undebug("run", "-d", "--name", "ukstats", value).code == 0
+    try:
+        wait_for_console("ukstats", "worker-2")
+        assert undebug("stop", "ukstats").code == 0
+        doc = heaps_of("ukstats")
+        buddy = doc["heaps"][0]
+        stats = undebug("eval", "ukstats", "_uk_alloc_head->_stats", "--json")
+        assert stats.code == 0, stats.stderr
+        counts = {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", stats.json()["value"])}
+        assert (buddy["allocations"], buddy["frees"], buddy["failed"]) == \
+            (counts["tot_nb_allocs"], counts["tot_nb_frees"], counts["nb_enomem"])
+        assert buddy["allocations"] > 0
+        assert buddy["used"] + buddy["free"] == buddy["total"]  # pages, not malloc's bytes
+        assert not any("IFSTATS" in w for w in doc["warnings"])
+    finally:
+        undebug("kill", "ukstats")

@@ -2,7 +2,8 @@
 
 Checked against RELEASE-0.17.0: ``_uk_alloc_head`` starts the list of ``struct
 uk_alloc`` (``next``). Each has ``_stats`` (``struct uk_alloc_stats``: allocation counts,
-current and peak use) only when built with CONFIG_LIBUKALLOC_IFSTATS. The binary-buddy
+current and peak use) only when built with CONFIG_LIBUKALLOC_IFSTATS (for the buddy
+allocator its counts are shown, its bytes are its pages). The binary-buddy
 page allocator (the one ``palloc`` = ``bbuddy_palloc``) keeps its state in the
 allocator's ``priv`` tail as ``struct uk_bbpalloc``: ``nr_free_pages``, the memory
 regions it manages (``memr_head``: ``first_page``, ``nr_pages``) and ``free_head[order]``,
@@ -24,6 +25,7 @@ MAX_ALLOCATORS = 16
 MAX_REGIONS = 64
 STATS = {"allocations": "tot_nb_allocs", "frees": "tot_nb_frees", "failed": "nb_enomem",
          "used": "cur_mem_use", "peak": "max_mem_use"}
+PAGE_LEVEL = ("used", "peak")
 
 
 def unikraft_heaps(provider: ThreadProvider) -> list[HeapReport]:
@@ -46,7 +48,9 @@ def unikraft_heaps(provider: ThreadProvider) -> list[HeapReport]:
                             f"ukalloc allocator (malloc: {malloc or 'unknown'})",
                             address=alloc.address)
         for name, member in STATS.items():
-            if layout.has_member(f"_stats.{member}"):
+            # the buddy's bytes used are its pages in use (so used + free = total);
+            # cur_mem_use counts only what went through malloc(), on another footing
+            if layout.has_member(f"_stats.{member}") and not (is_buddy and name in PAGE_LEVEL):
                 setattr(report, name, alloc.int(f"_stats.{member}"))
         if is_buddy and layout.has_member("priv"):
             _buddy(provider, report, alloc.address + layout.member("priv").offset)
@@ -77,7 +81,7 @@ def _buddy(provider: ThreadProvider, report: HeapReport, address: int) -> None:
     report.total = pages * PAGE
     free_pages = buddy.int("nr_free_pages")
     report.free = free_pages * PAGE
-    if report.used is None and free_pages <= pages:
+    if free_pages <= pages:
         report.used = (pages - free_pages) * PAGE
     heads = buddy.bytes("free_head")
     tails = address + state.member("free_tail").offset
