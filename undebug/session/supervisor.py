@@ -121,6 +121,8 @@ class ControlServer:
             return {"cpu": cpu}
         if op == "target_xml":
             return {"files": await guest.target_xml()}
+        if op == "machine_map":
+            return {"ranges": [r.to_json() for r in await guest.machine_map()]}
         if op == "net_host":
             return await nethost.host_view(guest.qmp)
         if op == "capture_start":
