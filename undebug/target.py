@@ -5,12 +5,14 @@ and never asks whether the guest is live or a dump (drgn's ``Program`` is the mo
 :class:`LiveTarget` talks to a guest's supervisor and picks the fastest path by itself:
 guest RAM shared as a file and mmap'd here (undebug started QEMU), the supervisor's
 physical reads (QMP ``pmemsave`` or the gdbstub) otherwise, the gdbstub for virtual reads
-when there is no RAM mapping to translate into.
+when there is no RAM mapping to translate into. An adopted QEMU's RAM is read in place
+from its address space (``process_vm_readv``) where the supervisor could locate it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -26,6 +28,7 @@ from undebug.session.client import SupervisorClient
 from undebug.session.machine_map import DeviceRange
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
+from undebug.vm.process_memory import ProcessMemory, ptrace_hint, start_time
 
 __all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
 
@@ -138,33 +141,67 @@ class Target(ABC):
         return int.from_bytes(self.read(address, size), "little", signed=signed)
 
 
-class _SharedRam:
-    """Guest RAM mapped read-only from the file QEMU keeps it in."""
+class _Ram(ABC):
+    """Guest RAM readable in place: guest-physical ``[phys, phys + length)`` is
+    ``[offset, offset + length)`` of some host memory; reads never leave those regions."""
 
-    def __init__(self, fd: int, layout: list[tuple[int, int, int]]) -> None:
-        self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    def __init__(self, layout: list[tuple[int, int, int]]) -> None:
         self.regions = layout
+
+    @abstractmethod
+    def _copy(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the host memory (inside one region)."""
 
     def read(self, address: int, size: int) -> bytes:
         for phys, offset, length in self.regions:  # the common case: one slice, one copy
             if phys <= address and address + size <= phys + length:
-                start = offset + address - phys
-                return self.map[start : start + size]
+                return self._copy(offset + address - phys, size)
         out = bytearray()
         while len(out) < size:
             at = address + len(out)
             for phys, offset, length in self.regions:
                 if phys <= at < phys + length:
                     take = min(size - len(out), phys + length - at)
-                    start = offset + at - phys
-                    out += self.map[start : start + take]
+                    out += self._copy(offset + at - phys, take)
                     break
             else:
                 raise ReadError(f"physical address {at:#x} is outside guest RAM")
         return bytes(out)
 
+    def close(self) -> None:  # noqa: B027 (most kinds hold nothing to let go of)
+        """Let go of the host memory."""
+
+
+class _SharedRam(_Ram):
+    """Guest RAM mapped read-only from the file QEMU keeps it in (undebug started QEMU)."""
+
+    def __init__(self, fd: int, layout: list[tuple[int, int, int]]) -> None:
+        super().__init__(layout)
+        self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+
+    def _copy(self, offset: int, size: int) -> bytes:
+        return self.map[offset : offset + size]
+
     def close(self) -> None:
         self.map.close()
+
+
+class _ProcessRam(_Ram):
+    """Guest RAM of an adopted QEMU, read in place from its address space with
+    ``process_vm_readv`` (the regions' offsets are QEMU's host-virtual addresses, found by
+    the supervisor: undebug/session/adopted_ram.py)."""
+
+    def __init__(self, pid: int, layout: list[tuple[int, int, int]]) -> None:
+        super().__init__(layout)
+        self.memory = ProcessMemory(pid)
+
+    def _copy(self, offset: int, size: int) -> bytes:
+        try:
+            return self.memory.read(offset, size)
+        except OSError as exc:
+            gone = " (QEMU has exited)" if exc.errno == errno.ESRCH else ""
+            raise ReadError(f"cannot read QEMU's memory (pid {self.memory.pid}) at "
+                            f"{offset:#x}: {exc.strerror}{gone}") from None
 
 
 class LiveTarget(Target):
@@ -189,7 +226,7 @@ class LiveTarget(Target):
             self._in_moment = False
             if stop:
                 self._token = self.client.freeze()
-            self._ram = self._map_ram()
+            self._ram = self._map_ram(status.mode == "attach")
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
             self._check_elf(force)
@@ -197,7 +234,12 @@ class LiveTarget(Target):
             self.client.close()
             raise
 
-    def _map_ram(self) -> _SharedRam | None:
+    def _map_ram(self, adopted: bool) -> _Ram | None:
+        """Guest RAM to read in place: the shared file (undebug started QEMU) or an adopted
+        QEMU's address space; None (a warning for an adopted one saying why) leaves the
+        supervisor's reads, the slow path."""
+        if adopted:
+            return self._process_ram()
         try:
             layout, fd = self.client.memory_fd()
         except SessionError:
@@ -208,6 +250,28 @@ class LiveTarget(Target):
             return None
         finally:
             os.close(fd)
+
+    def _process_ram(self) -> _ProcessRam | None:
+        try:
+            found = self.client.process_ram()
+        except UndebugError as exc:  # the supervisor's reason, or an older supervisor's
+            self.warnings.append(exc.message)
+            return None
+        if not found.layout:
+            return None
+        if start_time(found.pid) != found.start_time:
+            self.warnings.append(f"bulk reads of guest RAM go through the supervisor (slow): "
+                                 f"QEMU (pid {found.pid}) has exited or is not the one attached")
+            return None
+        ram = _ProcessRam(found.pid, found.layout)
+        try:
+            ram.memory.read(found.layout[0][1], 1)
+        except OSError as exc:
+            self.warnings.append(f"bulk reads of guest RAM go through the supervisor (slow): "
+                                 f"cannot read QEMU's memory (pid {found.pid}) from here: "
+                                 f"{exc.strerror}; {ptrace_hint()}")
+            return None
+        return ram
 
     def _check_elf(self, force: bool) -> None:
         """Refuse an ELF that is not what the guest runs: every answer would be wrong. By

@@ -25,12 +25,14 @@ from undebug.session.replies import (
     CpuRegisters,
     GuestStatus,
     MalformedReply,
+    ProcessRam,
     Reply,
     Stop,
     SupervisorEvent,
     parse_breakpoint,
     parse_event,
     parse_outcome,
+    parse_process_ram,
     parse_ram_layout,
     parse_registers,
     parse_status,
@@ -226,6 +228,11 @@ class SupervisorClient:
         except SessionError:
             os.close(fd)
             raise
+
+    def process_ram(self) -> ProcessRam:
+        """Where an adopted QEMU holds guest RAM, to read in place; SessionError (with the
+        reason) when it cannot be."""
+        return parse_process_ram(self._reply("process_ram"))
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str,
                           owner: Owner = "cli", when: tuple[str, int] | None = None

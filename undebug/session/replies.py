@@ -22,9 +22,10 @@ from undebug.session.breakpoints import OWNERS, Breakpoint, Owner
 from undebug.session.outcome import Outcome
 from undebug.session.store import SessionDir
 
-__all__ = ["CpuRegisters", "GuestStatus", "MalformedReply", "Reply", "Stop", "SupervisorEvent",
-           "parse_breakpoint", "parse_event", "parse_outcome", "parse_ram_layout", "parse_registers",
-           "parse_status", "parse_stop", "recorded_status"]
+__all__ = ["CpuRegisters", "GuestStatus", "MalformedReply", "ProcessRam", "Reply", "Stop",
+           "SupervisorEvent", "parse_breakpoint", "parse_event", "parse_outcome",
+           "parse_process_ram", "parse_ram_layout", "parse_registers", "parse_status",
+           "parse_stop", "recorded_status"]
 
 _T = TypeVar("_T")
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
@@ -198,7 +199,7 @@ _STATUS_FIELDS = (
     "name", "state", "user_paused", "mode", "image", "elf", "accel", "accel_reason", "smp",
     "memory_mb", "append", "forwards", "supervisor_pid", "qemu_pid", "started", "uptime_s",
     "outcome", "console", "run_token", "last_stop", "breakpoints", "frozen", "shared_ram",
-    "warnings", "qemu_state", "cost")
+    "warnings", "qemu_state", "cost", "ram_read")
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,9 @@ class GuestStatus:
     warnings: tuple[str, ...] = ()  # what looks wrong (a trace recording the disk refused)
     qemu_state: str | None = None  # QMP's run state; only the live ``status`` asks QEMU
     cost: GuestCost | None = None  # None: a record from before undebug measured it
+    # how clients read guest RAM in bulk: shared-file, qemu-process or supervisor (None:
+    # a record from before undebug said)
+    ram_read: str | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
@@ -283,7 +287,7 @@ class GuestStatus:
             "breakpoints": [bp.to_json() for bp in self.breakpoints],
             "frozen": self.frozen, "shared_ram": self.shared_ram,
             "warnings": list(self.warnings), "qemu_state": self.qemu_state,
-            "cost": self.cost.to_json() if self.cost else None}
+            "cost": self.cost.to_json() if self.cost else None, "ram_read": self.ram_read}
         return _write_back(data, self.extra, self.keys)
 
 
@@ -306,6 +310,7 @@ def parse_status(reply: Reply) -> GuestStatus:
         qemu_state=reply.opt_string("qemu_state") if "qemu_state" in reply.data else None,
         cost=parse_cost(cost) if (cost := reply.opt_object("cost") if "cost" in reply.data
                                   else None) else None,
+        ram_read=reply.opt_string("ram_read") if "ram_read" in reply.data else None,
         extra=reply.extra(_STATUS_FIELDS), keys=reply.keys())
 
 
@@ -367,6 +372,20 @@ def parse_ram_layout(reply: Reply) -> list[tuple[int, int, int]]:
             raise reply.error(f"field 'layout[{index}]' must be 3 non-negative integers")
         regions.append((region[0], region[1], region[2]))
     return regions
+
+
+@dataclass(frozen=True)
+class ProcessRam:
+    """``process_ram``: QEMU ``pid`` (started at ``start_time``, /proc's clock ticks) holds
+    guest-physical RAM at host-virtual addresses: ``layout`` [physical, host address, size]."""
+
+    pid: int
+    start_time: int
+    layout: list[tuple[int, int, int]]
+
+
+def parse_process_ram(reply: Reply) -> ProcessRam:
+    return ProcessRam(reply.integer("pid"), reply.integer("start_time"), parse_ram_layout(reply))
 
 
 def recorded_status(session: SessionDir) -> GuestStatus:

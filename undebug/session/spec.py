@@ -15,7 +15,7 @@ from undebug.session.store import SessionDir
 from undebug.vm.accel import Accel
 from undebug.vm.qemu import Forward, QemuConfig
 
-__all__ = ["SessionSpec"]
+__all__ = ["SessionSpec", "socket_address"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class SessionSpec:
     trace_file: str | None = None  # also write the stream here (run --trace-file)
     trace_max_size: int = 256 << 20  # bytes kept per recording, in chunks (0: no limit)
     gdb: str | None = None  # attach: HOST:PORT or a unix socket path
-    qmp: str | None = None  # attach: QMP unix socket path, optional
+    qmp: str | None = None  # attach: QMP unix socket path (or HOST:PORT), optional
 
     def save(self, session_path: Path) -> None:
         fd = os.open(session_path / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -58,10 +58,15 @@ class SessionSpec:
         if self.mode == "launch":
             return str(session.qemu_files.gdb_socket)
         assert self.gdb is not None
-        host, sep, port = self.gdb.rpartition(":")
-        return (host, int(port)) if sep and port.isdigit() else self.gdb
+        return socket_address(self.gdb)
 
-    def qmp_address(self, session: SessionDir) -> str | None:
+    def qmp_address(self, session: SessionDir) -> str | tuple[str, int] | None:
         if self.mode == "launch":
             return str(session.qemu_files.qmp_socket)
-        return self.qmp
+        return None if self.qmp is None else socket_address(self.qmp)
+
+
+def socket_address(text: str) -> str | tuple[str, int]:
+    """``HOST:PORT`` as a TCP address, anything else as a unix socket path."""
+    host, sep, port = text.rpartition(":")
+    return (host, int(port)) if sep and port.isdigit() else text

@@ -130,6 +130,8 @@ class ControlServer:
                                                str(args.get("netdev", "net0")))
         if op == "capture_stop":
             return await nethost.capture_stop(guest.qmp)
+        if op == "process_ram":
+            return guest.process_ram()
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}
