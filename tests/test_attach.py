@@ -104,6 +104,12 @@ def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -
     elf = ElfFile(guest_image)
     counter, requests = elf.symbol("planted_counter"), elf.symbol("requests_handled")
     assert counter is not None and requests is not None
+    from undebug.session.client import SupervisorClient
+
+    with SupervisorClient(SessionDir.named("adopted")) as client:
+        found = client.process_ram()
+    assert found.pid == foreign_qemu[4].pid  # SO_PEERCRED named the QEMU this test started
+    assert found.layout[0][0] == 0 and found.layout[0][2] == 128 << 20  # -m 128: one block
     with LiveTarget(SessionDir.named("adopted")) as target:  # the guest held still
         assert target._ram is not None and not target.warnings
         fast = target.read_physical(counter.address & ~0xFFFF, 1 << 20)
