@@ -26,7 +26,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
          description="Take over a running QEMU through its gdbstub (and QMP if given). The "
          "guest keeps running; `undebug kill NAME` detaches and leaves it running. With QMP's "
          "unix socket, undebug reads guest RAM in place from QEMU's memory (process_vm_readv: "
-         "it needs ptrace access to QEMU); otherwise, with a warning, through the gdbstub. "
+         "it needs ptrace access to QEMU); otherwise, with a warning, through QMP pmemsave and "
+         "the gdbstub (slow). "
          "Where the ELF's OS has a crash path undebug knows (Unikraft), a breakpoint there keeps a "
          "crashing guest stopped for inspection.")
 def attach(args: argparse.Namespace) -> Report:
