@@ -229,6 +229,7 @@ class LiveTarget(Target):
             self._ram = self._map_ram(status.mode == "attach")
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
+            self._tables: dict[int, bytes] = {}  # page-table pages read, this token
             self._check_elf(force)
         except BaseException:
             self.client.close()
@@ -355,6 +356,7 @@ class LiveTarget(Target):
         self._token += 1  # a new moment: no cache of the last one applies
         self._registers = None
         self._pages.clear()
+        self._tables.clear()
         self._in_moment = True
         try:
             yield
@@ -415,6 +417,7 @@ class LiveTarget(Target):
     def _translate_page(self, page: int) -> int:
         if not (self._stopped or self._in_moment):
             self._pages.clear()
+            self._tables.clear()
         physical = self._pages.get(page)
         if physical is None:
             regs = self.registers(0)
@@ -423,13 +426,24 @@ class LiveTarget(Target):
                 return page
             five_level = bool(regs.get("cr4", 0) & CR4_LA57)
             try:
-                t = translate(self.read_physical, regs.get("cr3", 0), page, five_level)
+                t = translate(self._read_table, regs.get("cr3", 0), page, five_level)
             except TranslationError as exc:
                 raise ReadError(f"cannot read guest-virtual {exc.address:#x}: {exc.reason}") \
                     from None
             physical = t.physical
             self._pages[page] = physical
         return physical
+
+    def _read_table(self, address: int, size: int) -> bytes:
+        """A page-table entry, from whole table pages read once per moment: an entry read
+        in place from an adopted QEMU is a system call, and a table page serves 512."""
+        base = address & ~(PAGE_SIZE - 1)
+        if address + size > base + PAGE_SIZE:
+            return self.read_physical(address, size)
+        table = self._tables.get(base)
+        if table is None:
+            table = self._tables[base] = self.read_physical(base, PAGE_SIZE)
+        return table[address - base : address - base + size]
 
     def read(self, address: int, size: int) -> bytes:
         if size < 0 or not 0 <= address <= (1 << 64) - max(size, 1):
