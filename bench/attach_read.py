@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.memory import SIZE, VBASE, gdb_dumps, text_section
-from bench.threads import PlainGuest, ensure_guest, median, teardown, undebug, undebug_env
+from bench.threads import (
+    GUEST,
+    PlainGuest,
+    ensure_guest,
+    median,
+    teardown,
+    undebug,
+    undebug_env,
+)
 
 ROUNDS = 3
 APPEND = "threads=4"
@@ -82,7 +90,7 @@ class AdoptedGuest:
         self.attached = False
         try:
             reply = json.loads(undebug("attach", "--name", NAME, "--gdb", str(self.qemu.gdb_sock),
-                                       "--qmp", str(qmp), "--elf", str(self.qemu_elf()),
+                                       "--qmp", str(qmp), "--elf", str(GUEST),
                                        "--json", env=self.env, capture_output=True).stdout)
             self.attached = True
             self.ram_read = reply["status"]["ram_read"]
@@ -90,12 +98,6 @@ class AdoptedGuest:
         except BaseException:
             self.close()
             raise
-
-    @staticmethod
-    def qemu_elf() -> Path:
-        from bench.threads import GUEST
-
-        return GUEST
 
     def close(self) -> None:
         if self.attached:
