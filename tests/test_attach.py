@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,6 +21,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (each held until all are picked)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Qmp:
@@ -50,8 +63,7 @@ def foreign_qemu(guest_image: Path) -> Iterator[tuple[int, Path, Path, Qmp, subp
     ``QMP_TCP_PORT[port]``)."""
     tmp = Path(runtime_dir()) / "foreign"
     tmp.mkdir(exist_ok=True)
-    port = free_port()
-    QMP_TCP_PORT[port] = free_port()
+    port, QMP_TCP_PORT[port] = free_ports(2)
     console = tmp / "console.log"
     proc = subprocess.Popen([
         "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "128", "-display", "none",
@@ -225,3 +237,50 @@ def test_attach_without_reads_in_place_warns_why_and_reads_through_the_superviso
                               cpus=1)
     finally:
         undebug("kill", name)
+
+
+def test_a_real_unikraft_guest_is_read_in_place() -> None:
+    """UNDEBUG_UNIKRAFT_IMAGE (built outside the repository, IMAGE.dbg beside it): an app
+    with threads worker-0..2, in a QEMU started here by hand, adopted and read in place."""
+    image = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
+    if not image:
+        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside the "
+                    "repository)")
+    run = Path(runtime_dir()) / "uk-foreign"
+    run.mkdir(exist_ok=True)
+    console, gdb, qmp = run / "console.log", run / "gdb.sock", run / "qmp.sock"
+    proc = subprocess.Popen([
+        "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "64", "-display", "none",
+        "-no-reboot", "-nic", "none", "-serial", f"file:{console}",
+        "-chardev", f"socket,id=g,path={gdb},server=on,wait=off", "-gdb", "chardev:g",
+        "-qmp", f"unix:{qmp},server=on,wait=off", "-kernel", image])
+    try:
+        deadline = time.monotonic() + 30
+        while not (console.exists() and b"worker-2" in console.read_bytes()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        result = undebug("attach", "--name", "ukfast", "--gdb", str(gdb), "--qmp", str(qmp),
+                         "--elf", image + ".dbg", "--json")
+        assert result.code == 0, result.stderr
+        assert result.json()["status"]["ram_read"] == "qemu-process", result.json()["warnings"]
+        threads = undebug("threads", "ukfast", "--json")
+        assert threads.code == 0, threads.stderr
+        assert {"worker-0", "worker-1", "worker-2"} <= {t["name"] for t in
+                                                        threads.json()["threads"]}
+
+        from undebug.session.store import SessionDir
+        from undebug.target import LiveTarget
+
+        with LiveTarget(SessionDir.named("ukfast")) as target:
+            assert target._ram is not None and not target.warnings
+            head = target.elf.symbol("uk_sched_head")
+            assert head is not None
+            fast = target.read(head.address, 64)  # in place, through the guest's tables
+            assert fast == target._rpc_read(head.address, 64, physical=False)  # the gdbstub
+    finally:
+        undebug("kill", "ukfast")
+        proc.kill()
+        proc.wait()
+        for path in run.iterdir():
+            path.unlink()
+        run.rmdir()
