@@ -3,7 +3,7 @@ attach, so that clients read it in place with ``process_vm_readv`` (drgn 0.2's w
 
 QEMU's pid is the QMP unix socket's peer (``SO_PEERCRED``; a TCP QMP has none). The
 RAM's guest-physical ranges come from HMP ``info mtree -f`` (the flat view of the
-system address space, ``ram`` and ``rom`` ranges only), their host-virtual address
+system address space as machine_map.py parses it, ``ram`` and ``rom`` ranges only), their host-virtual address
 from HMP ``gpa2hva`` at both ends of each range (one range is one RAM block's
 contiguous mapping, so the two ends prove the whole), both through QMP's
 ``human-monitor-command``. HMP is text for humans: it is parsed defensively (bounded
@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from undebug.session.machine_map import parse_flat_view
 from undebug.vm.process_memory import ProcessMemory, ptrace_hint, start_time
 from undebug.vm.qemu import RamRegion
 
@@ -32,11 +33,8 @@ __all__ = ["AdoptedRam", "RamUnavailable", "flat_ram_ranges", "locate", "peer_pi
 
 MAX_RANGES = 64  # RAM ranges kept from a flat view (a PC has a handful)
 MAX_ADDRESS = 1 << 52  # guest-physical and host-virtual addresses above are nonsense
-_RANGE = re.compile(r"^\s*([0-9a-f]{1,16})-([0-9a-f]{1,16}) \(prio -?\d{1,6}, ([a-z/-]{1,16})\): "
-                    r"(.{1,200}?)(?: @([0-9a-f]{1,16}))?$")
 _GPA2HVA = re.compile(r"^Host virtual address for 0x([0-9a-f]{1,16}) \((.{1,200})\) is "
                       r"0x([0-9a-f]{1,16})$")
-_SYSTEM_VIEW = ' AS "memory", root: system'
 
 
 class RamUnavailable(Exception):
@@ -67,22 +65,16 @@ def peer_pid(sock: socket.socket) -> int | None:
 
 
 def flat_ram_ranges(mtree: str) -> list[tuple[int, int, str]]:
-    """(guest-physical start, size, region name) of the RAM and ROM ranges in the flat
-    view of the system address space in HMP ``info mtree -f``'s output, in address order."""
+    """(guest-physical start, size, region name) of the RAM and ROM ranges of the system
+    address space's flat view (HMP ``info mtree -f``, parsed by machine_map.py), in
+    address order: at most MAX_RANGES, none overlapping another, none beyond MAX_ADDRESS."""
     ranges: list[tuple[int, int, str]] = []
-    in_system = False
-    for line in mtree.splitlines()[:20000]:
-        line = line.rstrip("\r")
-        if line.startswith("FlatView #"):
-            in_system = False
-        elif line == _SYSTEM_VIEW:
-            in_system = True
-        elif in_system and (m := _RANGE.match(line)) and m.group(3) in ("ram", "rom"):
-            start, last = int(m.group(1), 16), int(m.group(2), 16)
-            if start <= last < MAX_ADDRESS and (not ranges or start >= sum(ranges[-1][:2])):
-                ranges.append((start, last - start + 1, m.group(4)))
-                if len(ranges) == MAX_RANGES:
-                    break
+    for r in parse_flat_view(mtree):
+        if r.kind in ("ram", "rom") and r.end <= MAX_ADDRESS \
+                and (not ranges or r.start >= sum(ranges[-1][:2])):
+            ranges.append((r.start, r.end - r.start, r.name))
+            if len(ranges) == MAX_RANGES:
+                break
     return ranges
 
 
