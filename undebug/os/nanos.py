@@ -249,6 +249,8 @@ class NanosProvider(ThreadProvider):
                 wait = "in a system call"
         elif syscall:
             state, wait = "blocked", "in a system call"
+        elif not registers.get("rip") and not registers.get("rsp"):
+            state, wait = "ready", "never ran (no saved context)"  # Nanos' dummy_thread
         else:
             state = "ready"
         name_raw = value.bytes("name")
