@@ -123,3 +123,15 @@ def test_ram_layout_per_machine(machine: str, memory_mb: int, low: int) -> None:
 def test_nanos_exit_codes(code: int, ok: bool, words: str) -> None:
     verdict = NanosProvider.exit_verdict(code)
     assert verdict is not None and verdict[0] is ok and words in verdict[1], verdict
+
+
+def test_a_busy_program_falls_back_to_the_kernels_first_page(guest_image: Path) -> None:
+    """Every vCPU in user code: the page tables' lowest executable kernel page (given
+    here as the walker would find it) is the ELF's first text page at the offset."""
+    elf = ElfFile(guest_image)
+    pages = _relocated(elf, OFFSET)
+    first = min(t.vaddr for t in elf.loaded_text) & ~(PAGE - 1)
+    found = find_load_offset(elf, [0x401234], pages.get, lambda: (first + OFFSET) & MASK)
+    assert found.offset == OFFSET and "lowest executable kernel page" in found.how
+    wrong = find_load_offset(elf, [0x401234], pages.get, lambda: (first + OFFSET + PAGE) & MASK)
+    assert wrong.offset is None  # a page off: the text pages at that offset do not match

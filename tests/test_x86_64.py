@@ -103,3 +103,22 @@ def test_self_referencing_tables_terminate() -> None:
         phys.set(0x1000, index, 0x1000 | P | W)  # every entry points back at the root
     t = translate(phys.read, 0x1000, 0x1234)  # fixed depth: 4 reads, then a "page"
     assert t.physical == 0x1234
+
+
+def test_first_executable_kernel_page_in_the_top_2_gib() -> None:
+    """As Nanos maps itself after KASLR: tables above with U set (the leaf decides), a
+    non-executable heap page below the kernel, a user page, then the kernel's text."""
+    from undebug.arch.x86_64 import first_executable
+
+    phys = Phys()
+    top = 0xFFFF_FFFF_8000_0000
+    map_4k(phys, 0x1000, 0xFFFF_FFFF_C000_0000, 0x5_0000, P | W | NX)  # heap: NX
+    phys.set(0x12000, 1, 0x5_1000 | P | U)  # 0x...c0001000: a user page, executable
+    phys.set(0x12000, 7, 0x5_7000 | P)  # 0x...c0007000: the kernel's first text page
+    phys.set(0x12000, 8, 0x5_8000 | P)
+    assert first_executable(phys.read, 0x1000, top, 1 << 64) == 0xFFFF_FFFF_C000_7000
+    assert first_executable(phys.read, 0x1000, 0xFFFF_FFFF_C000_8000, 1 << 64) == \
+        0xFFFF_FFFF_C000_8000
+    assert first_executable(phys.read, 0x1000, top, 0xFFFF_FFFF_C000_7000) is None
+    # a hostile guest's tables: the walk reads at most max_tables of them
+    assert first_executable(phys.read, 0x1000, top, 1 << 64, max_tables=2) is None

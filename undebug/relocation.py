@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from undebug.elf import ElfFile
 
-__all__ = ["Relocation", "find_load_offset"]
+__all__ = ["KERNEL_TOP", "Relocation", "find_load_offset"]
 
 PAGE = 4096
+KERNEL_TOP = 0xFFFF_FFFF_8000_0000  # the top 2 GiB: -mcmodel=kernel code runs there
 MASK = (1 << 64) - 1
 CHECK_PAGES = 8  # more pages compared at a candidate offset before it is believed
 
@@ -65,9 +66,13 @@ def _confirmed(offset: int, pages: dict[bytes, list[int]], read: Callable[[int],
 
 
 def find_load_offset(elf: ElfFile, pcs: Iterable[int],
-                     read_page: Callable[[int], bytes | None]) -> Relocation:
+                     read_page: Callable[[int], bytes | None],
+                     kernel_start: Callable[[], int | None] | None = None) -> Relocation:
     """The offset at which ``elf``'s text runs, from ``pcs`` (the vCPUs' rip) and
-    ``read_page(address)`` (a guest page, or None if unreadable)."""
+    ``read_page(address)`` (a guest page, or None if unreadable). When no pc is in the
+    kernel (every vCPU in a busy program's code), ``kernel_start()`` (the lowest
+    executable supervisor page of the top 2 GiB, from the page tables, where an x86-64
+    kernel built for ``-mcmodel=kernel`` runs) gives the candidate: its first text page."""
     pages: dict[bytes, list[int]] | None = None
     tried = []
     for pc in pcs:
@@ -85,6 +90,16 @@ def find_load_offset(elf: ElfFile, pcs: Iterable[int],
                 return Relocation(offset, f"{elf.path.name} runs {how}: the text page of "
                                   f"vCPU pc {pc:#x} and most of {CHECK_PAGES} more match "
                                   "the ELF's")
+    start = kernel_start() if kernel_start is not None else None
+    text = [t for t in elf.loaded_text if t.size]
+    if start is not None and text:
+        pages = _text_pages(elf) if pages is None else pages
+        offset = (start - (min(t.vaddr for t in text) & ~(PAGE - 1))) & MASK
+        if _confirmed(offset, pages, read_page, -1):
+            return Relocation(offset, f"{elf.path.name} runs {offset:#x} from its link "
+                              f"address: no vCPU was in its code, but the lowest executable "
+                              f"kernel page ({start:#x}) and most of {CHECK_PAGES} text pages "
+                              "at that offset match the ELF's")
     where = ", ".join(tried) or "none"
     return Relocation(None, f"cannot tell where {elf.path.name} runs: no vCPU pc ({where}) "
                       "is in a guest page equal to a page of its text (a vCPU in user code, "

@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
+from undebug.arch.x86_64 import (
+    CR4_LA57,
+    PAGE_SIZE,
+    TranslationError,
+    first_executable,
+    translate,
+)
 from undebug.elf import ElfFile, LoadedText
 from undebug.elf_headers import PT_LOAD, ElfHeaderError, program_headers
 from undebug.errors import SessionError, UndebugError, UsageError
@@ -293,7 +299,7 @@ class LiveTarget(Target):
             linked = LoadedText(middle, 0, section.offset + middle - section.vaddr, PAGE_SIZE, "")
             if _differing_bytes(here, self._file_bytes(linked), SAME_TEXT) <= SAME_TEXT:
                 return None  # the common case: one page read
-        from undebug.relocation import find_load_offset
+        from undebug.relocation import KERNEL_TOP, find_load_offset
 
         def page(address: int) -> bytes | None:
             try:
@@ -301,8 +307,15 @@ class LiveTarget(Target):
             except ReadError:
                 return None
 
+        def kernel_start() -> int | None:
+            regs = self.registers(0)
+            if regs.get("cr4", 0) & CR4_LA57:
+                return None  # 5-level tables: not walked here
+            return first_executable(self.read_physical, regs.get("cr3", 0), KERNEL_TOP,
+                                    1 << 64)
+
         pcs = [self.registers(cpu).get("rip", 0) for cpu in range(self.cpu_count())]
-        found = find_load_offset(self.elf, pcs, page)
+        found = find_load_offset(self.elf, pcs, page, kernel_start)
         if found.offset is None:
             self.warnings.append(found.how)
             return found.how

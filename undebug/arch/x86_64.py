@@ -90,3 +90,41 @@ def translate(read_phys: ReadPhys, cr3: int, address: int, five_level: bool = Fa
                                writable, user, executable)
         table = entry & _ADDR
     raise AssertionError("unreachable: level 1 always returns")
+
+
+def first_executable(read_phys: ReadPhys, cr3: int, start: int, end: int,
+                     max_tables: int = 1100) -> int | None:
+    """The lowest address in ``[start, end)`` mapped executable by supervisor-only entries
+    (4-level paging), or None. Walks only the tables that cover the range, in address
+    order, and reads at most ``max_tables`` of them (a hostile guest's tables are bounded);
+    an unreadable table is skipped."""
+    budget = [max_tables]
+
+    def walk(table: int, level: int, base: int) -> int | None:
+        if budget[0] <= 0:
+            return None
+        budget[0] -= 1
+        try:
+            raw = read_phys(table & _ADDR, PAGE_SIZE)
+        except Exception:  # outside RAM: nothing mapped through it that we can read
+            return None
+        if len(raw) != PAGE_SIZE:
+            return None
+        shift = 12 + 9 * (level - 1)
+        for index, entry in enumerate(struct.unpack("<512Q", raw)):
+            low = base + (index << shift)
+            virtual = low | (0xFFFF << 48) if low & (1 << 47) else low
+            if virtual + (1 << shift) <= start or virtual >= end:
+                continue
+            if not entry & _PRESENT or entry & _NX:
+                continue
+            if level == 1 or (level in (2, 3) and entry & _HUGE):
+                if entry & _USER:  # a user page (tables above may set U for all)
+                    continue
+                return max(virtual, start)
+            found = walk(entry, level - 1, low)
+            if found is not None:
+                return found
+        return None
+
+    return walk(cr3, 4, 0)
