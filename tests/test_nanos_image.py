@@ -60,7 +60,7 @@ def test_threads_are_listed_by_tid_and_name(workers: Path) -> None:
     workers_seen = {t["name"]: t for t in listed if t["name"].startswith("worker-")}
     assert sorted(workers_seen) == ["worker-0", "worker-1", "worker-2"], listed
     tids = [t["id"] for t in workers_seen.values()]
-    assert len(set(tids)) == 3 and all(0 < tid < 1 << 30 for tid in tids), tids
+    assert len(set(tids)) == 3 and all(0 < tid < 0x3FFF_0000 for tid in tids), tids
 
 
 def test_backtraces_reach_the_program_and_the_kernel_at_its_slide(workers: Path) -> None:
@@ -89,6 +89,29 @@ def test_backtraces_reach_the_program_and_the_kernel_at_its_slide(workers: Path)
     assert mem.code == 0, mem.stderr
     assert mem.json()["address"] == symbols["kas_kern_offset"] + slide
     assert int.from_bytes(bytes.fromhex(mem.json()["hex"]), "little") == slide
+
+
+def test_stock_gdb_sees_the_threads_by_name(workers: Path, tmp_path: Path) -> None:
+    import sys
+
+    program = _path("UNDEBUG_NANOS_PROGRAM")
+    sock = tmp_path / "gdb.sock"
+    server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", "nanosw",
+                               "--listen", str(sock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith(f"listening on {sock}")
+        out = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {sock}",
+                              "-ex", "info threads", "-ex", "thread apply all bt",
+                              "-ex", "detach", str(program)],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        server.terminate()  # the server this test started, by its Popen
+        server.wait(timeout=30)
+    for name in ("worker-0", "worker-1", "worker-2"):  # blocked in nanosleep, or running
+        assert f'"{name}" (' in out, out
+    assert out.count("in worker_main (") == 3, out
+    assert "(running on vCPU 0)" in out, out  # a worker, or the kernel's context
 
 
 def test_a_crashing_program_fails_ci_naming_the_signal_thread_and_function() -> None:

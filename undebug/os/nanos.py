@@ -49,7 +49,8 @@ MASK = (1 << 64) - 1
 FRAME_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
                    "r10", "r11", "r12", "r13", "r14", "r15", "rip")
 FRAME_EFLAGS, FRAME_FSBASE = 17, 22
-KERNEL_IDS = 1 << 30  # ids of the per-CPU kernel contexts: 2^30 + vCPU (tids are smaller)
+KERNEL_IDS = 0x3FFF_0000  # ids of the per-CPU kernel contexts: this + vCPU (tids are smaller;
+# below 2^30, where gdb (through undebug gdbserver) takes them as they are)
 SIGNAL_STOP = "default_signal_action"
 # src/runtime/runtime.h VM_EXIT_*: a signal's number, or these
 VM_EXIT_GDB, VM_EXIT_FAULT, VM_EXIT_HALT = 0x7D, 0x7E, 0x7F
