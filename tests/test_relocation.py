@@ -135,3 +135,19 @@ def test_a_busy_program_falls_back_to_the_kernels_first_page(guest_image: Path) 
     assert found.offset == OFFSET and "lowest executable kernel page" in found.how
     wrong = find_load_offset(elf, [0x401234], pages.get, lambda: (first + OFFSET + PAGE) & MASK)
     assert wrong.offset is None  # a page off: the text pages at that offset do not match
+
+
+def test_the_kernels_first_page_from_the_page_tables() -> None:
+    """As Nanos maps itself after KASLR: tables above with U set (the leaf decides), a
+    non-executable heap page below the kernel, a user page, then the kernel's text
+    (hand-built tables, as in tests/test_x86_64.py: no guest maps these on demand)."""
+    from tests.test_x86_64 import NX, P, Phys, U, W, map_4k
+    from undebug.relocation import kernel_text_start
+
+    phys = Phys()
+    map_4k(phys, 0x1000, 0xFFFF_FFFF_C000_0000, 0x5_0000, P | W | NX)  # heap: NX
+    phys.set(0x12000, 1, 0x5_1000 | P | U)  # 0x...c0001000: a user page, executable
+    assert kernel_text_start(phys.read, 0x1000) is None
+    phys.set(0x12000, 7, 0x5_7000 | P)  # 0x...c0007000: the kernel's first text page
+    phys.set(0x12000, 8, 0x5_8000 | P)
+    assert kernel_text_start(phys.read, 0x1000) == 0xFFFF_FFFF_C000_7000

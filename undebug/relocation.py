@@ -17,9 +17,10 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from undebug.arch.x86_64 import ReadPhys, walk_mappings
 from undebug.elf import ElfFile
 
-__all__ = ["KERNEL_TOP", "Relocation", "find_load_offset"]
+__all__ = ["KERNEL_TOP", "Relocation", "find_load_offset", "kernel_text_start"]
 
 PAGE = 4096
 KERNEL_TOP = 0xFFFF_FFFF_8000_0000  # the top 2 GiB: -mcmodel=kernel code runs there
@@ -63,6 +64,14 @@ def _confirmed(offset: int, pages: dict[bytes, list[int]], read: Callable[[int],
         data = read((vaddr + offset) & MASK)
         same += data is not None and hashlib.sha256(data).digest() == digest
     return same * 4 >= len(sample) * 3
+
+
+def kernel_text_start(read_phys: ReadPhys, cr3: int) -> int | None:
+    """The lowest executable supervisor page of the top 2 GiB (4-level tables, through
+    the bounded walker of :mod:`undebug.arch.x86_64`), or None."""
+    walk = walk_mappings(read_phys, cr3)
+    return min((max(m.virtual, KERNEL_TOP) for m in walk.mappings
+                if m.executable and not m.user and m.end > KERNEL_TOP), default=None)
 
 
 def find_load_offset(elf: ElfFile, pcs: Iterable[int],

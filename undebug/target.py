@@ -23,13 +23,13 @@ from undebug.arch.x86_64 import (
     CR4_LA57,
     PAGE_SIZE,
     TranslationError,
-    first_executable,
     translate,
 )
 from undebug.elf import ElfFile, LoadedText
 from undebug.elf_headers import PT_LOAD, ElfHeaderError, program_headers
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
+from undebug.session.machine_map import DeviceRange
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
 
@@ -139,6 +139,11 @@ class Target(ABC):
 
     @abstractmethod
     def cpu_count(self) -> int: ...
+
+    def machine_map(self) -> list[DeviceRange]:
+        """What backs guest-physical memory (RAM, ROM, device MMIO), as the machine names
+        it; [] where nobody can tell (a warning says why)."""
+        return []
 
     @property
     @abstractmethod
@@ -299,7 +304,7 @@ class LiveTarget(Target):
             linked = LoadedText(middle, 0, section.offset + middle - section.vaddr, PAGE_SIZE, "")
             if _differing_bytes(here, self._file_bytes(linked), SAME_TEXT) <= SAME_TEXT:
                 return None  # the common case: one page read
-        from undebug.relocation import KERNEL_TOP, find_load_offset
+        from undebug.relocation import find_load_offset, kernel_text_start
 
         def page(address: int) -> bytes | None:
             try:
@@ -311,8 +316,7 @@ class LiveTarget(Target):
             regs = self.registers(0)
             if regs.get("cr4", 0) & CR4_LA57:
                 return None  # 5-level tables: not walked here
-            return first_executable(self.read_physical, regs.get("cr3", 0), KERNEL_TOP,
-                                    1 << 64)
+            return kernel_text_start(self.read_physical, regs.get("cr3", 0))
 
         pcs = [self.registers(cpu).get("rip", 0) for cpu in range(self.cpu_count())]
         found = find_load_offset(self.elf, pcs, page, kernel_start)
@@ -449,6 +453,13 @@ class LiveTarget(Target):
         if cpu not in regs:
             raise UsageError(f"no vCPU {cpu}: the guest has {len(regs)}")
         return regs[cpu]
+
+    def machine_map(self) -> list[DeviceRange]:
+        try:
+            return self.client.machine_map()
+        except (SessionError, UsageError) as exc:  # no QMP; an older supervisor
+            self.warnings.append(f"no device map: {exc.message}")
+            return []
 
     # ---- memory ----
 
