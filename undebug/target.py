@@ -197,38 +197,11 @@ class Target(ABC):
         return elf.line_at((address - offset) & MASK)
 
 
-class _PreadMap:
-    """Slices of a descriptor that cannot be mapped (an adopted QEMU's /proc/PID/mem, at
-    host-virtual offsets: undebug/session/process_ram.py), read with pread."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = os.dup(fd)
-
-    def __getitem__(self, span: slice) -> bytes:
-        start, stop = int(span.start), int(span.stop)
-        try:
-            data = os.pread(self.fd, stop - start, start)
-        except OSError as exc:
-            raise ReadError(f"cannot read QEMU's memory at {start:#x}: {exc.strerror}") \
-                from None
-        if len(data) != stop - start:
-            raise ReadError(f"short read of QEMU's memory at {start:#x}")
-        return data
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class _SharedRam:
-    """Guest RAM mapped read-only from the file QEMU keeps it in, or read from QEMU's
-    memory where it cannot be mapped."""
+    """Guest RAM mapped read-only from the file QEMU keeps it in."""
 
     def __init__(self, fd: int, layout: list[tuple[int, int, int]]) -> None:
-        self.map: mmap.mmap | _PreadMap
-        try:
-            self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        except (OSError, ValueError):
-            self.map = _PreadMap(fd)
+        self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         self.regions = layout
 
     def read(self, address: int, size: int) -> bytes:
@@ -275,7 +248,7 @@ class LiveTarget(Target):
             self._in_moment = False
             if stop:
                 self._token = self.client.freeze()
-            self._ram = self._map_ram(status.mode == "attach")
+            self._ram = self._map_ram()
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
             self.relocation = self._relocate()
@@ -327,12 +300,10 @@ class LiveTarget(Target):
         self._pages.clear()
         return found.how
 
-    def _map_ram(self, adopted: bool) -> _SharedRam | None:
+    def _map_ram(self) -> _SharedRam | None:
         try:
             layout, fd = self.client.memory_fd()
-        except SessionError as exc:
-            if adopted:  # undebug's own QEMU always shares its RAM
-                self.warnings.append(f"reads go through the gdbstub (slow): {exc.message}")
+        except SessionError:
             return None
         try:
             return _SharedRam(fd, layout)

@@ -29,7 +29,6 @@ from undebug.session import outcome as outcomes
 from undebug.session.breakpoints import Breakpoint
 from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome
-from undebug.session.process_ram import ProcessRam, map_process_ram
 from undebug.session.protocol import ErrorCode
 from undebug.session.qemu_process import QemuProcess
 from undebug.session.qmp_link import QmpLink
@@ -76,8 +75,6 @@ class Guest(RunControl):
         self.started = time.time()
         self.qemu: QemuProcess | None = None  # the QEMU we started (None: adopted)
         self.qmp: QmpLink | None = None
-        self.process_ram: ProcessRam | None = None  # an adopted QEMU's RAM, read directly
-        self.process_ram_problem: str | None = None  # why not
         self.machine: dict[str, Any] = {
             "accel": spec.accel, "accel_reason": spec.accel_reason, "smp": spec.smp,
             "memory_mb": spec.memory_mb} if spec.mode == "launch" else {
@@ -122,11 +119,6 @@ class Guest(RunControl):
         self.spawn(self._watch_qmp(self.qmp))
         if self.spec.mode == "attach":
             self.machine = await self.qmp.machine()
-            try:
-                self.process_ram = await map_process_ram(self.qmp.client, address)
-            except (UndebugError, OSError) as exc:  # reads go through the gdbstub then
-                self.process_ram_problem = str(exc)
-                log.warning("no direct reads of QEMU's RAM: %s", exc)
 
     async def _connect_trace(self) -> None:
         """Connect the trace port before the guest's first instruction: QEMU discards
@@ -292,13 +284,8 @@ class Guest(RunControl):
         return cpus
 
     def memory_fd(self) -> tuple[dict[str, Any], list[int]]:
-        if self.qemu is None and self.process_ram is not None and not self.ended.is_set():
-            ram = self.process_ram  # an adopted QEMU: its memory, at host-virtual offsets
-            return {"size": sum(r[2] for r in ram.layout),
-                    "layout": [list(r) for r in ram.layout]}, [ram.fd]
         if self.qemu is None or self.qemu.ram_fd is None or self.ended.is_set():
-            why = f": {self.process_ram_problem}" if self.process_ram_problem else ""
-            raise RequestError(ErrorCode.UNSUPPORTED, f"guest RAM is not shared with undebug{why}")
+            raise RequestError(ErrorCode.UNSUPPORTED, "guest RAM is not shared with undebug")
         return memory_fd_reply(self.qemu.ram_fd, int(self.machine["memory_mb"]),
                                self.spec.machine)
 
@@ -397,8 +384,6 @@ class Guest(RunControl):
         await self.ended.wait()
 
     async def close(self) -> None:
-        if self.process_ram is not None:
-            self.process_ram.close()
         if self.rsp is not None:
             self.rsp.on_close = None
             self.rsp.close()
