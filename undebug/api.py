@@ -120,7 +120,7 @@ class Session:
             token = self.target.run_token
             threads = self.threads()
             vcpus = dict(self.provider.threads().vcpus)
-        symbolize = self.target.elf.symbolize
+        symbolize = self.target.symbolize
         where = {t.id: GuestText(symbolize(pc) or f"{pc:#x}")
                  for t in threads for pc in (t.registers.get("rip", 0),)}
         return ThreadsView(token, self.live, threads, where, vcpus, list(self.warnings))
@@ -132,7 +132,8 @@ class Session:
         thread = self.thread(thread_id)
         trace = unwind(self.target.elf, self.target.read, thread.registers, thread.stack,
                        max_frames=max_frames, trap_frames=self.provider.trap_frame,
-                       resumes_after_call=thread.resumes_after_call)
+                       resumes_after_call=thread.resumes_after_call,
+                       load_offset=self.target.load_offset, programs=self.target.programs)
         return dataclasses.replace(trace, frames=[_safe(frame) for frame in trace.frames])
 
     def registers(self, cpu: int = 0) -> dict[str, int]:

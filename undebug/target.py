@@ -21,8 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
+from undebug.arch.x86_64 import (
+    CR4_LA57,
+    PAGE_SIZE,
+    TranslationError,
+    translate,
+)
 from undebug.elf import ElfFile, LoadedText
+from undebug.elf_headers import PT_LOAD, ElfHeaderError, program_headers
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
 from undebug.session.machine_map import DeviceRange
@@ -33,6 +39,8 @@ from undebug.vm.process_memory import ProcessMemory, ptrace_hint, start_time
 __all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
 
 MAX_RPC_READ = 16 << 20
+MASK = (1 << 64) - 1
+SAME_TEXT = 64  # bytes of a text page that may differ at the link address (patched code)
 PATCHED_AT_RUN_TIME = 0.01  # of an ELF's text, at most, in a guest that runs that ELF
 CR0_PG = 1 << 31
 
@@ -75,6 +83,37 @@ def _differing_bytes(a: bytes, b: bytes, limit: int) -> int:
     return count
 
 
+def _programs(session: SessionDir, warnings: list[str]) -> list[tuple[ElfFile, int]]:
+    """The program ELFs ``run --debug-elf`` named beside the kernel's, with their load
+    offsets: ``@ADDR`` (where the first loadable segment is), else 0 (a static program
+    runs at its link address; a PIE one gets a warning)."""
+    from undebug.session.spec import SessionSpec
+
+    try:
+        specs = SessionSpec.load(session.path).programs
+    except (OSError, ValueError, TypeError):
+        return []
+    programs = []
+    for spec in specs:
+        path, at, address = spec.rpartition("@") if "@" in Path(spec).name else (spec, "", "")
+        elf = ElfFile(path if at else spec)
+        try:
+            with elf.path.open("rb") as f:
+                head = f.read(64 << 10)
+            loads = [s.vaddr for s in program_headers(head) if s.type == PT_LOAD]
+        except (OSError, ElfHeaderError) as exc:
+            warnings.append(f"program ELF {elf.path}: {exc}: left out")
+            continue
+        offset = 0
+        if at:
+            offset = (int(address, 0) - min(loads, default=0)) & MASK
+        elif head[16:18] == b"\x03\x00":  # ET_DYN
+            warnings.append(f"{elf.path.name} is position-independent: without @ADDR its "
+                            "symbols are shown at its link addresses")
+        programs.append((elf, offset))
+    return programs
+
+
 class ReadError(UndebugError):
     """Guest memory that cannot be read: unmapped, outside RAM, or refused by the stub."""
 
@@ -85,6 +124,7 @@ class Target(ABC):
     def __init__(self, elf: ElfFile, load_offset: int = 0) -> None:
         self.elf = elf
         self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
+        self.programs: list[tuple[ElfFile, int]] = []  # a kernel's programs, and their offsets
         self.warnings: list[str] = []
         self.elf_mismatch: str | None = None  # why the ELF is not the guest's (--force)
 
@@ -139,6 +179,25 @@ class Target(ABC):
 
     def read_int(self, address: int, size: int = 8, signed: bool = False) -> int:
         return int.from_bytes(self.read(address, size), "little", signed=signed)
+
+    @property
+    def modules(self) -> list[tuple[ElfFile, int]]:
+        """Every ELF whose code the guest runs, with its load offset: the kernel first."""
+        return [(self.elf, self.load_offset), *self.programs]
+
+    def module_at(self, address: int) -> tuple[ElfFile, int]:
+        """The ELF whose text holds runtime ``address`` (the kernel's when none does)."""
+        return next(((elf, offset) for elf, offset in self.modules
+                     if elf.in_text((address - offset) & MASK)), (self.elf, self.load_offset))
+
+    def symbolize(self, address: int) -> str | None:
+        """``function+0xoff`` of a runtime address, in whichever ELF holds it."""
+        elf, offset = self.module_at(address)
+        return elf.symbolize((address - offset) & MASK)
+
+    def line_at(self, address: int) -> tuple[str, int] | None:
+        elf, offset = self.module_at(address)
+        return elf.line_at((address - offset) & MASK)
 
 
 class _Ram(ABC):
@@ -230,10 +289,54 @@ class LiveTarget(Target):
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
             self._tables: dict[int, bytes] = {}  # page-table pages read, this token
+            self.relocation = self._relocate()
+            self.programs = _programs(session, self.warnings)
             self._check_elf(force)
         except BaseException:
             self.client.close()
             raise
+
+    def _relocate(self) -> str | None:
+        """Set the load offset of a kernel that does not run at its link address (KASLR),
+        from the vCPUs' pcs and its text (:mod:`undebug.relocation`); how it was found,
+        or None when it runs where it was linked. Said as a warning when not found."""
+        sections = sorted(self.elf.loaded_text, key=lambda s: -s.size)
+        if not sections or sections[0].size < 2 * PAGE_SIZE:
+            return None
+        try:
+            if not self.registers(0).get("cr0", CR0_PG) & CR0_PG:
+                return None  # paging off: nothing is relocated yet
+        except UndebugError:
+            return None
+        middle = sections[0].vaddr + (sections[0].size // 2 & ~(PAGE_SIZE - 1))
+        with contextlib.suppress(ReadError):
+            here = self.read(middle, PAGE_SIZE)
+            section = sections[0]
+            linked = LoadedText(middle, 0, section.offset + middle - section.vaddr, PAGE_SIZE, "")
+            if _differing_bytes(here, self._file_bytes(linked), SAME_TEXT) <= SAME_TEXT:
+                return None  # the common case: one page read
+        from undebug.relocation import find_load_offset, kernel_text_start
+
+        def page(address: int) -> bytes | None:
+            try:
+                return self.read(address, PAGE_SIZE)
+            except ReadError:
+                return None
+
+        def kernel_start() -> int | None:
+            regs = self.registers(0)
+            if regs.get("cr4", 0) & CR4_LA57:
+                return None  # 5-level tables: not walked here
+            return kernel_text_start(self.read_physical, regs.get("cr3", 0))
+
+        pcs = [self.registers(cpu).get("rip", 0) for cpu in range(self.cpu_count())]
+        found = find_load_offset(self.elf, pcs, page, kernel_start)
+        if found.offset is None:
+            self.warnings.append(found.how)
+            return found.how
+        self.load_offset = found.offset
+        self._pages.clear()
+        return found.how
 
     def _map_ram(self, adopted: bool) -> _Ram | None:
         """Guest RAM to read in place: the shared file (undebug started QEMU) or an adopted

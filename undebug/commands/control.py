@@ -38,8 +38,8 @@ def _describe_stop(session: SessionDir, stop: Stop, elf: Path | None) -> dict[st
     with open_target(session.name, elf) as target:
         pc = stop.pc
         if pc is not None:
-            info["function"] = target.elf.symbolize(pc)
-            line = target.elf.line_at(pc)
+            info["function"] = target.symbolize(pc)
+            line = target.line_at(pc)
             info["file"], info["line"] = line if line else (None, None)
         try:
             snapshot = provider_for(target).threads()
@@ -87,9 +87,6 @@ def _breakpoint_line(bp: Breakpoint) -> str:
          "cont`. --list shows every breakpoint with who set it: cli (undebug break) or gdb "
          "(a debugger through undebug gdbserver; those go when it disconnects).")
 def break_(args: argparse.Namespace) -> Report:
-    from undebug.locations import resolve_location
-    from undebug.target import guest_elf
-
     if args.list == (args.location is not None) or (args.list and args.hardware):
         raise UsageError("give a LOCATION to set a breakpoint, or --list (alone) to list them")
     session = SessionDir.named(args.target)
@@ -98,10 +95,23 @@ def break_(args: argparse.Namespace) -> Report:
             bps = client.status().breakpoints
             return Report(data={"breakpoints": [bp.to_json() for bp in bps]}, render=lambda: [
                 _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
-        elf = None if args.location[:1].isdigit() else guest_elf(args.target, args.elf)
-        address = resolve_location(elf, args.location)
+        address = _location(args.target, args.location, args.elf)
         bp = client.insert_breakpoint(address, args.hardware, args.location)
     return Report(data={"breakpoint": bp.to_json()}, render=lambda: [_breakpoint_line(bp)])
+
+
+def _location(name: str, location: str, elf_path: Path | None) -> int:
+    """The runtime address of a breakpoint LOCATION: an address as given; a symbol or
+    FILE:LINE from the ELF, plus the load offset the guest runs it at (a KASLR slide,
+    found by :class:`~undebug.target.LiveTarget` from the guest)."""
+    from undebug.locations import resolve_location
+    from undebug.target import guest_elf, open_target
+
+    if location[:1].isdigit():
+        return resolve_location(None, location)
+    guest_elf(name, elf_path)  # no ELF: said before the guest is stopped
+    with open_target(name, elf_path, force=True) as target:
+        return resolve_location(target.elf, location, target.load_offset)
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ def _with_target(body: Callable[[Target, argparse.Namespace], Report]) \
 
 
 def _where(target: Target, pc: int) -> str:
-    return target.elf.symbolize(pc) or f"{pc:#x}"
+    return target.symbolize(pc) or f"{pc:#x}"
 
 
 # ---- threads ------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def _where(target: Target, pc: int) -> str:
 def _thread_json(target: Target, t: GuestThread) -> dict[str, Any]:
     pc = t.registers.get("rip", 0)
     return {"id": t.id, "name": t.name, "state": t.state, "cpu": t.cpu,
-            "wait_reason": t.wait_reason, "pc": pc, "function": target.elf.symbolize(pc),
+            "wait_reason": t.wait_reason, "pc": pc, "function": target.symbolize(pc),
             "stack": list(t.stack) if t.stack else None, "address": t.address}
 
 
@@ -163,7 +163,8 @@ def bt_body(target: Target, args: argparse.Namespace) -> Report:
             continue
         trace = unwind(target.elf, target.read, thread.registers, thread.stack,
                        max_frames=args.max_frames, trap_frames=provider.trap_frame,
-                       resumes_after_call=thread.resumes_after_call)
+                       resumes_after_call=thread.resumes_after_call,
+                       load_offset=target.load_offset, programs=target.programs)
         warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
         traces.append({"thread": _thread_json(target, thread),
                        "frames": [_frame_json(f) for f in trace.frames],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from undebug.commands import command, session_name
+from undebug.commands.boot import boot_choices, split_debug_elfs
 from undebug.commands.preflight import prepare_guest
 from undebug.commands.trace import trace_size
 from undebug.commands.verdict import os_outcome
@@ -22,6 +23,7 @@ from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome, from_timeout
 from undebug.session.store import SessionClaim, SessionDir
 from undebug.text import escape
+from undebug.vm.qemu import DISK_INTERFACES, MACHINES
 
 if TYPE_CHECKING:  # the launcher is imported when a guest is started, not before
     from undebug.session.launcher import Launched
@@ -31,11 +33,22 @@ POLL_S = 0.05
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", type=Path, help="the kernel image to boot (ELF)")
-    p.add_argument("--debug-elf", action="append", default=[], type=Path, metavar="FILE",
-                   help="the ELF with the guest's symbols and DWARF, when IMAGE is stripped "
-                   "(default: IMAGE.dbg beside IMAGE if it exists, else IMAGE); every later "
-                   "command uses it")
+    p.add_argument("image", metavar="IMAGE", type=Path,
+                   help="the kernel image to boot (ELF), or a bootable disk image")
+    p.add_argument("--debug-elf", action="append", default=[], metavar="FILE[@ADDR]",
+                   help="an ELF with symbols and DWARF (repeatable): the kernel's, when IMAGE "
+                   "is stripped or a disk (default: IMAGE.dbg beside IMAGE if it exists, else "
+                   "IMAGE), and the programs' (a static program at its link address, or at "
+                   "@ADDR); every later command uses them")
+    p.add_argument("--disk", action="append", default=[], type=Path, metavar="FILE",
+                   help="another raw disk image (repeatable); disks are opened with "
+                   "snapshot=on: the guest's writes never reach the file")
+    p.add_argument("--disk-if", choices=DISK_INTERFACES, default=None,
+                   help="how the disks are attached (default: the OS's, else virtio-blk)")
+    p.add_argument("--machine", choices=MACHINES, default=None,
+                   help="QEMU's machine (default: the OS's for a disk image, else pc)")
+    p.add_argument("--kernel", type=Path, metavar="FILE",
+                   help="boot FILE with -kernel while IMAGE is the disk")
     p.add_argument("--force", action="store_true",
                    help="boot even when the debug ELF does not match the guest's memory")
     p.add_argument("-d", "--detach", action="store_true",
@@ -78,12 +91,16 @@ def launch(args: argparse.Namespace) -> Launched:
         raise UsageError("--ci runs in the foreground; drop -d")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    boot = boot_choices(args.image, args.machine, args.disk_if)
+    kernels, programs = split_debug_elfs(args.debug_elf)
     return launch_guest(LaunchRequest(
         image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
         smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=True,
         trace=not args.no_trace, trace_file=args.trace_file,
-        trace_max_size=args.trace_max_size, debug_elfs=tuple(args.debug_elf),
-        traceparent=args.traceparent or None))
+        trace_max_size=args.trace_max_size, debug_elfs=kernels,
+        traceparent=args.traceparent or None, machine=boot.machine, kernel=args.kernel,
+        disks=tuple(args.disk), disk_if=boot.disk_if, devices=boot.devices,
+        programs=programs))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:

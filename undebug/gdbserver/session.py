@@ -350,7 +350,7 @@ class GdbSession:
             return b"OK"
         if key in self.owned or key in self.adopted:
             return b"OK"
-        symbol = self.backend.target().elf.symbolize(address)
+        symbol = self.backend.target().symbolize(address)
         location = symbol or f"{address:#x}"
         try:
             bp = self.backend.insert_breakpoint(address, kind == 1, location)

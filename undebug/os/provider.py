@@ -21,9 +21,10 @@ from undebug.trapframe import TrapFrame
 if TYPE_CHECKING:
     from undebug.os.crash import Crash
     from undebug.os.heap import HeapReport
+    from undebug.vm.image import BootImage
 
-__all__ = ["CrashStop", "GuestThread", "MemoryArea", "StructValue", "ThreadProvider",
-           "ThreadSnapshot", "read_struct", "walk_list"]
+__all__ = ["BootDefaults", "CrashStop", "GuestThread", "MemoryArea", "StructValue",
+           "ThreadProvider", "ThreadSnapshot", "read_struct", "walk_list"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
 
@@ -99,6 +100,15 @@ class CrashStop:
     label: str  # how the verdict names it: "ukplat_terminate(UKPLAT_CRASH)"
     register: str | None = None
     value: int | None = None
+
+
+@dataclass(frozen=True)
+class BootDefaults:
+    """How QEMU must boot an OS's disk image (``run DISK`` without ``--machine``)."""
+
+    machine: str
+    disk_if: str
+    devices: tuple[str, ...] = ()
 
 
 class StructValue:
@@ -181,6 +191,17 @@ class ThreadProvider(ABC):
     def crash_stops(cls, elf: ElfFile) -> list[CrashStop]:
         """Where this OS's crash path starts, for ``run`` to stop it there."""
         return []
+
+    @classmethod
+    def booted(cls, target: Target) -> bool:
+        """Whether the kernel runs where ``target`` says (for one its firmware loads from a
+        disk and that may move itself): only then are its symbols' addresses right."""
+        return True
+
+    @classmethod
+    def boot_defaults(cls, image: BootImage) -> BootDefaults | None:
+        """The machine this OS's disk ``image`` needs, if the image is this OS's."""
+        return None
 
     @classmethod
     def exit_verdict(cls, code: int) -> tuple[bool, str] | None:

@@ -313,7 +313,8 @@ class Guest(RunControl):
     def memory_fd(self) -> tuple[dict[str, Any], list[int]]:
         if self.qemu is None or self.qemu.ram_fd is None or self.ended.is_set():
             raise RequestError(ErrorCode.UNSUPPORTED, "guest RAM is not shared with undebug")
-        return memory_fd_reply(self.qemu.ram_fd, int(self.machine["memory_mb"]))
+        return memory_fd_reply(self.qemu.ram_fd, int(self.machine["memory_mb"]),
+                               self.spec.machine)
 
     def process_ram(self) -> dict[str, Any]:
         """Where an adopted QEMU holds guest RAM, for clients' ``process_vm_readv``."""
@@ -340,7 +341,7 @@ class Guest(RunControl):
             "user_paused": self.user_paused,
             "mode": self.spec.mode,
             "image": self.spec.image,
-            "elf": self.spec.elf or self.spec.image,
+            "elf": self.spec.elf or (None if self.spec.image_is_disk else self.spec.image),
             **self.machine,
             "append": self.spec.append,
             "forwards": self.spec.forwards,

@@ -35,6 +35,13 @@ class SessionSpec:
     trace_max_size: int = 256 << 20  # bytes kept per recording, in chunks (0: no limit)
     gdb: str | None = None  # attach: HOST:PORT or a unix socket path
     qmp: str | None = None  # attach: QMP unix socket path (or HOST:PORT), optional
+    machine: str = "pc"
+    image_is_disk: bool = False  # image is the boot disk (run DISK)
+    kernel: str | None = None  # -kernel with a disk image (run --kernel)
+    disks: list[str] = field(default_factory=list)  # run --disk, after the image's
+    disk_if: str = "virtio-blk"
+    devices: list[str] = field(default_factory=list)  # more -device arguments
+    programs: list[str] = field(default_factory=list)  # program ELFs, "PATH" or "PATH@ADDR"
 
     def save(self, session_path: Path) -> None:
         fd = os.open(session_path / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -52,7 +59,10 @@ class SessionSpec:
             image=Path(self.image), accel=Accel(self.accel, self.accel_reason),
             files=session.qemu_files, memory_mb=self.memory_mb, smp=self.smp,
             append=self.append, forwards=tuple(Forward.parse(f) for f in self.forwards),
-            trace=self.trace)
+            trace=self.trace, machine=self.machine, image_is_disk=self.image_is_disk,
+            kernel=Path(self.kernel) if self.kernel else None,
+            disks=tuple(Path(d) for d in self.disks), disk_if=self.disk_if,
+            devices=tuple(self.devices))
 
     def gdb_address(self, session: SessionDir) -> str | tuple[str, int]:
         if self.mode == "launch":
