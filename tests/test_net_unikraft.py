@@ -2,8 +2,8 @@
 reference guest (NO_SYS, no sockets API) cannot test: fds from sockets.c's ``sockets[]``.
 
 The image is built outside the repository (never committed): UNDEBUG_UNIKRAFT_LWIP_IMAGE is
-a Unikraft 0.17 app on lib-lwip (threaded, sockets API, IPv4, virtio-net through uknetdev)
-that sets 10.0.2.15/24 gateway 10.0.2.2, listens on TCP port 7 (socket/bind/listen/accept,
+a Unikraft 0.17 app on lib-lwip (threaded, sockets API, IPv4 or dual stack, virtio-net
+through uknetdev) that sets 10.0.2.15/24 gateway 10.0.2.2, listens on TCP port 7 (socket/bind/listen/accept,
 printing "main: echo listening on port 7") and echoes each connection in a thread of its
 own. Each fd undebug reports is checked against gdb's own evaluation of
 ``sockets[fd].conn->pcb.tcp`` (``undebug eval``, an independent reader of the same DWARF);
