@@ -3,13 +3,13 @@ reference guest (NO_SYS, no sockets API) cannot test: fds from sockets.c's ``soc
 
 The image is built outside the repository (never committed): UNDEBUG_UNIKRAFT_LWIP_IMAGE is
 a Unikraft 0.17 app on lib-lwip (threaded, sockets API, IPv4 or dual stack, virtio-net
-through uknetdev) that sets 10.0.2.15/24 gateway 10.0.2.2, listens on TCP port 7 (socket/bind/listen/accept,
-printing "main: echo listening on port 7") and echoes each connection in a thread of its
-own. Each fd undebug reports is checked against gdb's own evaluation of
-``sockets[fd].conn->pcb.tcp`` (``undebug eval``, an independent reader of the same DWARF);
-the fds' values follow from lwIP's allocator: ``alloc_socket`` takes the lowest free index
-and lib-lwip leaves LWIP_SOCKET_OFFSET at lwIP's default 0, so the listener (created first)
-is fd 0 and the connections accepted one after another are 1, 2, 3."""
+through uknetdev) that sets 10.0.2.15/24 gateway 10.0.2.2, listens on TCP port 7
+(socket/bind/listen/accept, printing "main: echo listening on port 7") and echoes each
+connection in a thread of its own. Each fd undebug reports is checked against gdb's own
+evaluation of ``sockets[fd].conn->pcb.tcp`` (``undebug eval``, an independent reader of the
+same DWARF); the fds' values follow from lwIP's allocator: ``alloc_socket`` takes the
+lowest free index and lib-lwip leaves LWIP_SOCKET_OFFSET at lwIP's default 0, so the
+listener (created first) is fd 0 and the connections accepted one after another are 1, 2, 3."""
 
 from __future__ import annotations
 
