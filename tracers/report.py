@@ -119,11 +119,9 @@ class EventPrinter:
         return (f"-- session {s.index} at offset {s.offset}: {h.cpu_count} CPU(s), tsc "
                 f"{h.tsc_hz / 1e9:.3f} GHz, {h.transport_name}, build-id {build} --")
 
-    def lines(self, model: TraceModel, *, collect: bool = False, tail: int | None = None) -> list[str]:
+    def lines(self, model: TraceModel, *, collect: bool = False) -> list[str]:
         """One line per event of ``model`` (a batch), with sessions, damage and a cut-short
-        end where they occur; ``collect`` also appends each event's JSON to ``events``.
-        ``tail``: only the batch's last ``tail`` records (a live view catching up on a
-        backlog); a span begun before them shows its end as having no begin."""
+        end where they occur; ``collect`` also appends each event's JSON to ``events``."""
         decoded = model.decoded
         r = decoded.records
         out: list[str] = []
@@ -135,8 +133,7 @@ class EventPrinter:
         ns = model.ns_since_boot
         wall, has_wall = model.wall_clock_ns()
         hz = {s.index: s.header.tsc_hz for s in decoded.sessions}
-        order = model.order.tolist()
-        for i in order[-tail:] if tail is not None else order:
+        for i in model.order.tolist():
             index = r.start + i
             session = int(r.session[i])
             while self.announced <= session and self.announced < len(decoded.sessions):

@@ -24,7 +24,7 @@ __all__ = ["TraceBatch", "TraceFollower"]
 
 WINDOW = 1 << 20  # bytes read and decoded at a time
 HISTORY = 64 << 10  # bytes of the recording before its end read at the start
-MAX_LINES = 500  # of a window's events, the newest printed (the pane shows as many)
+MAX_LINES = 20_000  # of a poll's lines, the newest kept (the pane keeps as many)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class TraceFollower:
                 self.printer.names.setdefault(tid, known)
             model = TraceModel(decoded, self.printer.tracepoints)
             self.printer.names.update(model.thread_names)
-            batch.lines += self.printer.lines(model, tail=MAX_LINES)
+            batch.lines += self.printer.lines(model)
             for ident, count in model.counts_by_tracepoint().items():
                 name = model.tracepoint_name(ident)
                 batch.counts[name] = batch.counts.get(name, 0) + count

@@ -42,7 +42,8 @@ class GuestScreen(PanedScreen):
     GuestScreen #right { width: 1fr; min-width: 34; max-width: 64; }
     GuestScreen #filter, GuestScreen #location, GuestScreen #command,
     GuestScreen #completions { display: none; }
-    GuestScreen .shown { display: block; }
+    GuestScreen #filter.shown, GuestScreen #location.shown, GuestScreen #command.shown,
+    GuestScreen #completions.shown { display: block; }
     GuestScreen #completions { height: 1; padding: 0 1; }
     GuestScreen TabPane { padding: 0; }
     GuestScreen ThreadsTable, GuestScreen BacktracePane, GuestScreen RegistersPane,

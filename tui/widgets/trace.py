@@ -27,7 +27,7 @@ from undebug.errors import UndebugError
 
 PERIOD = 1.0  # s between reads of the recording
 HISTORY = 60  # rate samples kept per tracepoint (one per period)
-KEPT = 2000  # event lines kept
+KEPT = 20_000  # event lines kept (the filter searches them all)
 SHOWN = 500  # of them, the newest that match the filter, shown
 RATES_SHOWN = 6  # tracepoints with a sparkline (the busiest)
 BARS = " ▁▂▃▄▅▆▇█"
