@@ -1,8 +1,9 @@
 """The real ``undebug tui`` in a real terminal (tmux): it draws the guest's threads, and
 the hostile thread name (an OSC 0 "set title" sequence, refguest README) is shown escaped
-(in the threads and in a ``:`` command's output) and never retitles the terminal. A capture never holds a raw ESC (tmux interprets it), so
-the proof is the pane's title, which a raw ``ESC ] 0 ; owned BEL`` would set to "owned".
-With NO_COLOR set, the screen has no hue at all (``capture-pane -e`` keeps the colours)."""
+(in the threads and in a ``:`` command's output) and never retitles the terminal. A
+capture never holds a raw ESC (tmux interprets it), so the proof is the pane's title,
+which a raw ``ESC ] 0 ; owned BEL`` would set to "owned". With NO_COLOR set, the screen
+has no hue at all (``capture-pane -e`` keeps the colours)."""
 
 from __future__ import annotations
 
