@@ -87,7 +87,7 @@ class SourcePane(Pane, TextPane):
     def _show(self, file: str, line: int, path: Path | None, lines: tuple[str, ...],
               why: str) -> None:
         self.shown = (file, line)
-        if not lines:
+        if path is None or not lines:
             self.border_title = "source"
             self.show_lines([guest(why if path is None else f"{path}: cannot read it", "yellow")])
             return
