@@ -8,6 +8,8 @@ the pictures with ``pytest --snapshot-update`` after checking the change is mean
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +67,23 @@ def test_the_guest_screen_at_a_stop(snap_compare: Any, size: tuple[int, int]) ->
 
 def test_the_help_screen_at_80x24(snap_compare: Any) -> None:
     assert snap_compare(RecordedApp(), press=["question_mark"], terminal_size=(80, 24))
+
+
+def test_the_palette_lists_the_screens_actions_by_their_keys_as_rebound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "undebug").mkdir()
+    (tmp_path / "undebug" / "tui-keys.toml").write_text('[keys]\nstop = "x"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+
+    async def run() -> None:
+        app = RecordedApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.5)
+            titles = {c.title for c in app.get_system_commands(app.screen)}
+            assert {"stop (x)", "continue (c)", "snapshot (p)", "command (:)"} <= titles
+            await pilot.press("t")  # light, and back
+            assert app.theme == "textual-light"
+            await pilot.press("t")
+            assert app.theme == "textual-dark"
+
+    asyncio.run(run())
