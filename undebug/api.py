@@ -19,8 +19,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from undebug.console import ConsoleFollower, tail_lines
+from undebug.disasm import Instruction, disassemble
 from undebug.elf import Symbol
-from undebug.errors import UndebugError
+from undebug.errors import UndebugError, UsageError
+from undebug.evaluate import Evaluation, evaluate_in
 from undebug.locations import resolve_location
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
@@ -30,11 +32,11 @@ from undebug.session.replies import GuestStatus, Stop
 from undebug.session.store import SessionDir, sessions
 from undebug.target import Target, guest_elf, open_target
 from undebug.text import escape
-from undebug.unwind import Backtrace, unwind
+from undebug.unwind import Backtrace, Frame, unwind
 
-__all__ = ["Backtrace", "Breakpoint", "Console", "GuestStatus", "GuestText", "GuestThread",
-           "Session", "Stop", "ThreadsView", "attach", "break_at", "guests", "pause", "resume",
-           "status", "step"]
+__all__ = ["Backtrace", "Breakpoint", "Console", "Evaluation", "Frame", "GuestStatus",
+           "GuestText", "GuestThread", "Instruction", "Session", "Stop", "ThreadsView", "attach", "break_at",
+           "evaluate", "guests", "pause", "resume", "source_path", "status", "step"]
 
 _D = TypeVar("_D")
 
@@ -144,6 +146,26 @@ class Session:
         symbol = self.target.elf.symbol(name)
         return _safe(symbol) if symbol is not None else None
 
+    def address(self, text: str) -> int:
+        """The address ``text`` names: a number (``0x...``, decimal) or a symbol, as
+        ``undebug mem`` reads its ADDR|SYMBOL."""
+        if text[:1].isdigit():
+            try:
+                return int(text, 0)
+            except ValueError:
+                raise UsageError(f"bad address {text!r}", hint="write a number such as "
+                                 "0x1000, or a symbol") from None
+        found = self.target.address_of(text)
+        if found is None:
+            raise UsageError(f"no symbol {text!r} in {self.target.elf.path}")
+        return found
+
+    def disassemble(self, pc: int, before: int = 8, after: int = 16) -> list[Instruction]:
+        """The instructions around ``pc`` (undebug/disasm.py), read from the guest."""
+        found = disassemble(self.target.elf, self.target.read, pc, before=before, after=after,
+                            load_offset=self.target.load_offset)
+        return [_safe(instruction) for instruction in found]
+
     def close(self) -> None:
         self.target.close()
 
@@ -198,6 +220,12 @@ def step(name: str, cpu: int | None = None) -> Stop:
         return client.step(cpu)
 
 
+def source_path(name: str, file: str) -> Path | None:
+    """Where the source ``file`` of a frame of guest ``name`` is on this machine (found
+    through its ELF's compilation directories), or None when it is not here."""
+    return guest_elf(name).source_path(file)
+
+
 def break_at(name: str, location: str, hardware: bool = False) -> Breakpoint:
     """A breakpoint the supervisor keeps at a function, FILE:LINE or an address, as
     ``undebug break NAME LOCATION`` sets it (owner "cli": it stays until deleted)."""
@@ -224,3 +252,12 @@ class Console:
 
 def _line(raw: bytes) -> GuestText:
     return GuestText(raw.decode("utf-8", "surrogateescape"))
+
+
+def evaluate(name: str, expressions: list[str], thread: int | None = None) \
+        -> tuple[list[Evaluation], list[str]]:
+    """Each C expression's value (``undebug eval NAME EXPR``), all through one gdb, and
+    gdb's warnings. Values carry guest strings: they are :class:`GuestText`."""
+    warnings: list[str] = []
+    found = evaluate_in(name, expressions, thread, warnings)
+    return [_safe(e) for e in found], warnings

@@ -457,6 +457,30 @@ class ElfFile:
                 best = key if best is None or key < best else best
         return None if best is None else best[1]
 
+    def source_path(self, file: str) -> Path | None:
+        """Where the source ``file`` (a path from the line program, often relative to its
+        compilation unit's directory) is on this machine, or None when it is not."""
+        candidates = [Path(file)] if Path(file).is_absolute() else \
+            [Path(d) / file for d in self.derived("compdirs", self._comp_dirs)]
+        return next((c for c in candidates if c.is_file()), None)
+
+    def _comp_dirs(self) -> list[str]:
+        """The compilation directories (DW_AT_comp_dir) of the DWARF's units, once each."""
+        import io
+
+        from elftools.elf.elffile import ELFFile
+
+        found: list[str] = []
+        with contextlib.suppress(Exception):  # no or broken DWARF: no directories
+            dwarf = ELFFile(io.BytesIO(self.path.read_bytes())).get_dwarf_info(
+                relocate_dwarf_sections=False)
+            for cu in dwarf.iter_CUs():
+                value = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
+                name = value.value.decode("utf-8", "replace") if value is not None else None
+                if name and name not in found:
+                    found.append(name)
+        return found
+
     def struct(self, name: str) -> StructLayout | None:
         """The layout of ``struct name`` (or a typedef of a struct), or None without DWARF;
         a size of 0 or above :data:`MAX_STRUCT_SIZE` is a :class:`UsageError`."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from undebug.commands import add_elf_arguments, command
 from undebug.errors import UsageError
 from undebug.output import Report
-from undebug.text import escape
+from undebug.text import escape, hexdump
 
 if TYPE_CHECKING:  # the real imports are lazy, for start-up time
     from undebug.os.provider import GuestThread
@@ -245,15 +245,6 @@ def _number(text: str, what: str) -> int:
     except ValueError:
         raise UsageError(f"bad {what} {text!r}", hint="write a number such as 4096 or 0x1000") \
             from None
-
-
-def hexdump(address: int, data: bytes) -> list[str]:
-    lines = []
-    for at in range(0, len(data), 16):
-        chunk = data[at : at + 16]
-        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
-        lines.append(f"{address + at:016x}  {chunk.hex(' '):<47}  {text}")
-    return lines
 
 
 def mem_body(target: Target, args: argparse.Namespace) -> Report:
