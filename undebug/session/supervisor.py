@@ -128,6 +128,8 @@ class ControlServer:
                                                str(args.get("netdev", "net0")))
         if op == "capture_stop":
             return await nethost.capture_stop(guest.qmp)
+        if op == "machine_map":
+            return {"ranges": [r.to_json() for r in await guest.machine_map()]}
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}
