@@ -65,6 +65,12 @@ def plain(row: list[Text]) -> list[str]:
     return [cell.plain for cell in row]
 
 
+def span(cells: list[str]) -> tuple[int, int]:
+    """The RANGE cell's ``0xSTART-0xEND``, as numbers."""
+    start, end = cells[0].split("-")
+    return int(start, 16), int(end, 16)
+
+
 async def press_e(pilot: Pilot[None]) -> str:
     await pilot.press("e")
     said = screen(pilot).query_one(StatusBar).message
@@ -93,15 +99,15 @@ def test_maps_pane_lists_stacks_and_guard_pages_and_marks_wx_red(
             return next(cells for cells, _ in shown if cells[5].endswith(suffix))
 
         def starting(address: int) -> list[Text]:
-            return next(row for cells, row in shown if cells[0].startswith(f"{address:#018x}-"))
+            return next(row for cells, row in shown if span(cells)[0] == address)
 
         for thread, (stack, guard) in expected.items():
             assert stack is not None
             label = thread.replace("\x1b", "\\x1b").replace("\x07", "\\x07")
             cells = what(f"stack of {label}")
-            assert cells[0] == f"{stack[0]:#018x}-{stack[1]:#018x}" and cells[1] == "rw-s"
+            assert span(cells) == stack and cells[1] == "rw-s"
             cells = what(f"guard page of {label}")
-            assert cells[0] == f"{guard:#018x}-{guard + 4096:#018x}" and cells[1] == "----"
+            assert span(cells) == (guard, guard + 4096) and cells[1] == "----"
         assert not any("\x1b" in cell for cells, _ in shown for cell in cells)
         # the README's planted W+X: RAM from 0x1000 to 1 MiB, in red; the text is not
         low = starting(0x1000)

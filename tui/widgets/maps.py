@@ -35,10 +35,12 @@ def row_style(region: Region) -> str:
     return flags_style(region.flags) or ("" if region.mapped else "dim")
 
 
-def region_cells(region: Region) -> tuple[Text, ...]:
+def region_cells(region: Region, digits: int) -> tuple[Text, ...]:
+    """The row of ``region``, its addresses in ``digits`` hex digits (the map's widest:
+    a low guest's map fits 80 columns)."""
     style = row_style(region)
     user = "u" if region.user else ("s" if region.mapped else "-")
-    plain = (f"{region.start:#018x}-{region.end:#018x}", region.permissions + user,
+    plain = (f"0x{region.start:0{digits}x}-0x{region.end:0{digits}x}", region.permissions + user,
              human_size(region.end - region.start),
              ",".join(human_size(p) for p in region.page_sizes) or "-",
              "-" if region.physical is None else f"{region.physical:#x}")
@@ -70,8 +72,9 @@ class MapsPane(PerStopPane[MemoryMap]):
     def paint(self, data: MemoryMap, title: str) -> None:
         table: DataTable[Any] = self.query_one(DataTable)
         table.clear()
+        digits = max([len(f"{r.end - 1:x}") for r in data.regions] or [1])
         for region in data.regions:
-            table.add_row(*region_cells(region))
+            table.add_row(*region_cells(region, digits))
         table.border_title = title
         summary = Text(f"{human_size(data.mapped_bytes)} mapped in {data.tables_read} page "
                        f"tables (cr3 {data.cr3:#x}, {5 if data.five_level else 4}-level"

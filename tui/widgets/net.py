@@ -45,9 +45,10 @@ class NetPane(PerStopPane[api.Network]):
     pane_id = "net"
     pane_title = "network"
     DEFAULT_CSS = """
-    NetPane > DataTable { height: 2fr; border: round $primary-darken-2; }
-    NetPane > #net-nat { height: 1fr; }
-    NetPane > Static { height: auto; max-height: 6; padding: 0 1; }
+    NetPane { overflow-y: auto; }
+    NetPane > DataTable { height: 2fr; min-height: 5; border: round $primary-darken-2; }
+    NetPane > #net-nat { height: 1fr; min-height: 4; }
+    NetPane > Static { height: auto; max-height: 4; padding: 0 1; }
     """
 
     def compose(self) -> ComposeResult:

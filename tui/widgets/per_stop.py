@@ -48,8 +48,10 @@ class PerStopPane(Pane, Vertical, Generic[_T]):
 
     @work(exclusive=True, thread=True, group="per-stop")
     def read(self, name: str, token: int, stopped: bool) -> None:
+        """Of a guest at a stop, held still for the read (it is already: this only makes
+        sure a ``c`` meanwhile cannot tear it); of a running one, read as it runs."""
         try:
-            with api.attach(name, stop=False) as session:
+            with api.attach(name, stop=stopped) as session:
                 data = self.fetch(session)
         except UndebugError as exc:
             self.app.call_from_thread(self._failed, token, exc.message)
