@@ -1,8 +1,9 @@
 """One guest: its threads, the selected thread's backtrace and registers, the tabbed panes
-(tui/panes.py: console, disassembly, source, memory, watch, trace, output), the ``:``
-command bar, and run control. Views are read once per stop (cached by run token); while
-the guest runs, the threads are re-read every second without stopping it, marked LIVE,
-and ``p`` takes a consistent snapshot (pause, read, resume)."""
+(tui/panes.py: console, disassembly, source, memory, watch, trace, output, memory map,
+heap, network), the ``:`` command bar, and run control. Views are read once per stop
+(cached by run token); while the guest runs, the threads are re-read every second
+without stopping it, marked LIVE, and ``p`` takes a consistent snapshot (pause, read,
+resume)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ class MapsPane(PerStopPane[MemoryMap]):
     def paint(self, data: MemoryMap, title: str) -> None:
         table: DataTable[Any] = self.query_one(DataTable)
         table.clear()
-        digits = max([len(f"{r.end - 1:x}") for r in data.regions] or [1])
+        digits = max([len(f"{r.end:x}") for r in data.regions] or [1])
         for region in data.regions:
             table.add_row(*region_cells(region, digits))
         table.border_title = title
