@@ -59,10 +59,13 @@ class UndebugApp(App[None]):
             self.set_keymap(keymap)
         if problem:
             self.notify(problem, severity="warning")
+        self.push_screen(self.first_screen())
+
+    def first_screen(self) -> Screen[None]:
+        """The guests (as ps lists them) without a NAME, else the guest's screen."""
         if self.guest is None:
-            self.push_screen(GuestsScreen(self.read_only))
-        else:
-            self.push_screen(GuestScreen(self.guest, self.read_only))
+            return GuestsScreen(self.read_only)
+        return GuestScreen(self.guest, self.read_only)
 
     def action_toggle_theme(self) -> None:
         self.theme = THEMES["light"] if self.theme == THEMES["dark"] else THEMES["dark"]

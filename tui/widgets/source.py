@@ -45,6 +45,14 @@ def numbered(number: int, text: str, width: int = 5) -> Text:
     return line
 
 
+def _short(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 class SourcePane(Pane, TextPane):
     pane_id = "source"
     pane_title = "source"
@@ -79,11 +87,11 @@ class SourcePane(Pane, TextPane):
     def _show(self, file: str, line: int, path: Path | None, lines: tuple[str, ...],
               why: str) -> None:
         self.shown = (file, line)
-        if not lines:
+        if path is None or not lines:
             self.border_title = "source"
             self.show_lines([guest(why if path is None else f"{path}: cannot read it", "yellow")])
             return
-        self.border_title = f"source: {guest(str(path)).plain}:{line}"
+        self.border_title = f"source: {guest(_short(path)).plain}:{line}"
         first = max(1, line - CONTEXT)
         last = min(len(lines), line + CONTEXT)
         self.show_lines([numbered(n, lines[n - 1]) for n in range(first, last + 1)],
