@@ -195,6 +195,16 @@ class SupervisorClient:
     def write_memory(self, address: int, data: bytes) -> None:
         self.call("write_memory", address=address, data=base64.b64encode(data).decode())
 
+    def machine_map(self) -> list[DeviceRange]:
+        """Guest-physical RAM, ROM and device ranges as QEMU names them (SessionError when
+        there is no QMP connection)."""
+        raw = self.call("machine_map").get("ranges")
+        try:
+            return [DeviceRange.from_json(r) for r in raw] if isinstance(raw, list) else []
+        except (KeyError, TypeError, ValueError):
+            raise SessionError(f"guest {self.session.name!r}: a malformed machine_map reply") \
+                from None
+
     def net_host(self) -> dict[str, Any]:
         """The NIC as QEMU sees it: ``rx_filters``, ``network`` and ``usernet`` (raw)."""
         return self.call("net_host")
@@ -205,16 +215,6 @@ class SupervisorClient:
 
     def capture_stop(self) -> None:
         self.call("capture_stop")
-
-    def machine_map(self) -> list[DeviceRange]:
-        """Guest-physical RAM, ROM and device ranges as QEMU names them (SessionError when
-        there is no QMP connection)."""
-        raw = self.call("machine_map").get("ranges")
-        try:
-            return [DeviceRange.from_json(r) for r in raw] if isinstance(raw, list) else []
-        except (KeyError, TypeError, ValueError):
-            raise SessionError(f"guest {self.session.name!r}: a malformed machine_map reply") \
-                from None
 
     def memory_fd(self) -> tuple[list[tuple[int, int, int]], int]:
         """Guest RAM's layout and a read-only descriptor of it (the caller closes it);

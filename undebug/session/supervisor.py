@@ -121,6 +121,8 @@ class ControlServer:
             return {"cpu": cpu}
         if op == "target_xml":
             return {"files": await guest.target_xml()}
+        if op == "machine_map":
+            return {"ranges": [r.to_json() for r in await guest.machine_map()]}
         if op == "net_host":
             return await nethost.host_view(guest.qmp)
         if op == "capture_start":
@@ -128,8 +130,6 @@ class ControlServer:
                                                str(args.get("netdev", "net0")))
         if op == "capture_stop":
             return await nethost.capture_stop(guest.qmp)
-        if op == "machine_map":
-            return {"ranges": [r.to_json() for r in await guest.machine_map()]}
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}
