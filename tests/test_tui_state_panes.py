@@ -237,3 +237,28 @@ def test_the_shell_lists_and_completes_maps_heap_and_net(
     assert offered("net --cap") == ["--capture", "--capture-stop"]
     assert offered("maps --ch") == ["--check"]
 
+
+
+def test_the_api_network_is_what_undebug_net_reads(guest: tuple[str, dict[str, int]]) -> None:
+    """The TUI's source (undebug.api) and the CLI agree at one stop: the same sockets and
+    the same host view, typed; guest text as GuestText."""
+    import undebug as api
+    from undebug.api import GuestText
+
+    name, ports = guest
+    conn = _connect(ports["tcp"])
+    client_port = conn.getsockname()[1]
+    assert undebug("stop", name).code == 0
+    try:
+        doc = undebug("net", name, "--json").json()
+        with api.attach(name) as session:
+            network = session.network()
+    finally:
+        conn.close()
+        undebug("cont", name)
+    assert network.lwip and doc["lwip"]
+    assert [s.to_json() for s in network.sockets] == doc["sockets"]
+    assert network.host is not None and network.host.to_json() == doc["host"]
+    assert any(s.remote_port == client_port for s in network.sockets)
+    assert all(isinstance(s.state, GuestText) for s in network.sockets)
+    assert isinstance(network.interfaces[0].name, GuestText)
