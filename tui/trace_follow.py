@@ -5,7 +5,8 @@ what the guest said it dropped (LOST records) and what rotation took from the re
 
 It starts near the end of the recording (:meth:`TraceFollower.start`), and each
 :meth:`TraceFollower.poll` reads at most ``budget`` bytes, so a burst is caught up over
-several polls and the app never waits on one.
+several polls and the app never waits on one. While nobody looks at the events,
+:meth:`TraceFollower.skim` only counts the bytes that arrive.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class TraceBatch:
     dropped_bytes: int = 0  # of the recording, taken by rotation or a full disk (total)
     warnings: list[str] = field(default_factory=list)
     caught_up: bool = True  # False: there was more to read than the budget
+    skimmed: int = 0  # bytes passed over undecoded (see TraceFollower.skim)
 
 
 class TraceFollower:
@@ -54,6 +56,7 @@ class TraceFollower:
                 self.warnings.append(f"no tracepoint names: {exc.message}")
         self.decoder: StreamDecoder | None = None
         self.printer: EventPrinter | None = None
+        self.header = b""  # the stream header (start reads it)
         self.pending_head = b""  # the stream header, read before a skip, not yet decoded
         self.skipped = 0  # bytes of history not read (see start)
         # thread id -> name from elsewhere (the threads view): a start past the history
@@ -68,9 +71,25 @@ class TraceFollower:
         header = StreamHeader.parse(head) if len(head) == HEADER_SIZE else None
         if isinstance(header, StreamHeader) and header.header_size > HEADER_SIZE:
             head += self.channel.read(header.header_size - HEADER_SIZE)
+        self.header = head
+        self.resume(history)
+
+    def resume(self, history: int = HISTORY) -> None:
+        """Decode again from ``history`` bytes before the end (after :meth:`skim`), with a
+        fresh decoder given the stream header first."""
         self.decoder = StreamDecoder(None)
-        self.pending_head = head
-        self.skipped = self.channel.skip_to_tail(history)
+        self.pending_head = self.header
+        self.skipped += self.channel.skip_to_tail(history)
+
+    def skim(self) -> TraceBatch:
+        """What came since, counted in bytes and not decoded: for a view that shows only
+        the rate (decoding costs the app's CPU: its one Python thread). Call
+        :meth:`resume` before polling again."""
+        moved = self.channel.skip_to_tail(0)
+        self.skipped += moved
+        dropped = self.channel.dropped()
+        return TraceBatch(skimmed=moved, dropped_bytes=dropped.dropped_bytes
+                          + dropped.unwritten_bytes if dropped else 0)
 
     def poll(self, budget: int = 8 * WINDOW) -> TraceBatch:
         batch = TraceBatch(warnings=self.warnings)

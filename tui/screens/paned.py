@@ -116,7 +116,8 @@ class PanedScreen(Screen[None]):
 
     @on(TracePane.Rate)
     def _trace_rate(self, message: TracePane.Rate) -> None:
-        self.query_one(StatusBar).trace(message.per_second, message.lost, message.dropped_bytes)
+        self.query_one(StatusBar).trace(message.per_second, message.lost, message.dropped_bytes,
+                                        message.unit)
 
     # ---- the command bar --------------------------------------------------------------
 

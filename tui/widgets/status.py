@@ -34,15 +34,16 @@ class StatusBar(Static):
         self.holding = False
         self.message: Text | None = None
         self.rate: tuple[float, int, int] | None = None  # events/s, records lost, bytes dropped
+        self.rate_unit = "/s"
 
     def show(self, status: GuestStatus, live: bool, holding: bool = False) -> None:
         self.status, self.live, self.holding = status, live, holding
         self._paint()
 
-    def trace(self, per_second: float, lost: int, dropped_bytes: int) -> None:
-        """The trace pane's rate and losses (it follows the recording)."""
-        if (per_second, lost, dropped_bytes) != self.rate:
-            self.rate = (per_second, lost, dropped_bytes)
+    def trace(self, per_second: float, lost: int, dropped_bytes: int, unit: str = "/s") -> None:
+        """The trace pane's rate (events/s, or KiB/s while it decodes nothing) and losses."""
+        if (per_second, lost, dropped_bytes) != self.rate or unit != self.rate_unit:
+            self.rate, self.rate_unit = (per_second, lost, dropped_bytes), unit
             self._paint()
 
     def gone(self, reason: str) -> None:
@@ -70,7 +71,7 @@ class StatusBar(Static):
                         style="reverse" if self.live or self.holding else "")
         if self.rate is not None:
             per_second, lost, dropped = self.rate
-            text.append(f"  trace {per_second:.0f}/s")
+            text.append(f"  trace {per_second:.0f}{self.rate_unit}")
             if lost or dropped:
                 text.append(f" lost {lost}" + (f" +{dropped}B" if dropped else ""), style="red")
         if self.read_only:

@@ -54,11 +54,13 @@ class TracePane(Pane, Vertical):
 
     @dataclass
     class Rate(Message):
-        """For the status bar: events/s over the last period, and the losses so far."""
+        """For the status bar: events/s over the last period (or bytes/s, while the pane
+        is hidden and nothing is decoded), and the losses so far."""
 
         per_second: float
         lost: int
         dropped_bytes: int
+        unit: str = "/s"
 
     @dataclass
     class Read(Message):
@@ -76,6 +78,7 @@ class TracePane(Pane, Vertical):
         self.guest: str | None = None
         self.problem: str | None = None
         self.follower: TraceFollower | None = None
+        self.watched = False  # the pane is on screen: events are decoded (read by the worker)
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter events: a regular expression (space in the list "
@@ -109,8 +112,12 @@ class TracePane(Pane, Vertical):
             return
         try:
             last = time.monotonic()
+            decoding = True
             while not worker.is_cancelled:
-                batch = follower.poll()
+                if self.watched and not decoding:
+                    follower.resume()
+                decoding = self.watched
+                batch = follower.poll() if decoding else follower.skim()
                 now = time.monotonic()
                 self.post_message(self.Read(batch, max(now - last, 1e-3)))
                 last = now
@@ -125,7 +132,13 @@ class TracePane(Pane, Vertical):
 
     @on(Read)
     def _read(self, message: Read) -> None:
+        self.watched = self.is_on_screen
         batch = message.batch
+        if not batch.counts and batch.skimmed:  # hidden: bytes, not events
+            self.dropped_bytes = batch.dropped_bytes
+            self.post_message(self.Rate(batch.skimmed / 1024 / message.seconds, self.lost,
+                                        self.dropped_bytes, " KiB/s"))
+            return
         self.lines.extend(batch.lines)
         self.lost += batch.lost
         self.dropped_bytes = batch.dropped_bytes
