@@ -26,7 +26,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
          _arguments, json=False,
          description="Open a full-screen terminal view of the guest NAME (or of every guest, "
          "to pick one): its threads, the selected thread's backtrace and registers, tabs of "
-         "panes (console, disassembly, source, memory, watch, trace, output), a : command "
+         "panes (console, disassembly, source, memory, watch, trace, output, memory map, "
+         "heap, network), a : command "
          "bar, and run control (s stop, c continue, n step, p snapshot). Press ? for the "
          "keys (rebindable in ~/.config/undebug/tui-keys.toml). Needs a terminal; NO_COLOR "
          "turns colour off.")

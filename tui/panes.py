@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from tui.widgets.console import ConsolePane
 from tui.widgets.disassembly import DisassemblyPane
+from tui.widgets.heap import HeapPane
+from tui.widgets.maps import MapsPane
 from tui.widgets.memory import MemoryPane
+from tui.widgets.net import NetPane
 from tui.widgets.output import OutputPane
 from tui.widgets.pane import Pane
 from tui.widgets.source import SourcePane
@@ -20,4 +23,7 @@ PANES: tuple[type[Pane], ...] = (
     WatchPane,
     TracePane,
     OutputPane,
+    MapsPane,
+    HeapPane,
+    NetPane,
 )

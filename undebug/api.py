@@ -30,19 +30,22 @@ from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient, live_status
 from undebug.session.replies import GuestStatus, Stop
 from undebug.session.store import SessionDir, sessions
-from undebug.target import Target, guest_elf, open_target
+from undebug.target import LiveTarget, Target, guest_elf, open_target
 from undebug.text import escape
 from undebug.unwind import Backtrace, Frame, unwind
 
 __all__ = ["Backtrace", "Breakpoint", "Console", "Evaluation", "Frame", "GuestStatus",
-           "GuestText", "GuestThread", "Instruction", "Session", "Stop", "ThreadsView", "attach", "break_at",
+           "GuestText", "GuestThread", "Instruction", "Network", "Session", "Stop",
+           "ThreadsView", "attach", "break_at",
            "evaluate", "guests", "pause", "resume", "source_path", "status", "step"]
 
 _D = TypeVar("_D")
 
 if TYPE_CHECKING:  # imported when used: maps and heap are not every session's
     from undebug.os.heap import HeapReport
+    from undebug.os.lwip import Interface, Socket
     from undebug.os.memmap import MemoryMap
+    from undebug.session.host_net import HostNetwork
 
 
 class GuestText(str):
@@ -89,6 +92,22 @@ class ThreadsView:
         """The thread vCPU ``cpu`` runs (None: none, or a thread the walk did not find)."""
         thread_id = self.vcpus.get(cpu)
         return next((t for t in self.threads if t.id == thread_id), None)
+
+
+@dataclass(frozen=True)
+class Network:
+    """The guest's network at one moment, as ``undebug net`` shows it: lwIP's interfaces
+    and sockets (``lwip`` False: the guest has no lwIP), and QEMU's view of the NIC and
+    of the user-mode NAT kept apart in ``host`` (None: no QEMU to ask). ``run_token`` and
+    ``live`` as in :class:`ThreadsView`."""
+
+    run_token: int
+    live: bool
+    lwip: bool
+    interfaces: list[Interface]
+    sockets: list[Socket]
+    host: HostNetwork | None
+    warnings: list[str]
 
 
 class Session:
@@ -162,6 +181,21 @@ class Session:
         """The guest's allocators, as ``undebug heap`` shows them (:mod:`undebug.os.heap`)."""
         with self.target.moment():
             return self.provider.heaps()
+
+    def network(self) -> Network:
+        """The guest's network (:func:`undebug.os.lwip.guest_network`, then QEMU's view
+        through the supervisor), as ``undebug net`` reads it; guest text made GuestText."""
+        from undebug.os.lwip import guest_network
+        from undebug.session.host_net import host_network
+
+        with self.target.moment():
+            token = self.target.run_token
+            snapshot = guest_network(self.target)
+        host = host_network(self.target.client.net_host()) \
+            if isinstance(self.target, LiveTarget) else None
+        return Network(token, self.live, snapshot.lwip, [_safe(i) for i in snapshot.interfaces],
+                       [_safe(s) for s in snapshot.sockets], host,
+                       [*self.warnings, *snapshot.warnings])
 
     def symbol(self, name: str) -> Symbol | None:
         symbol = self.target.elf.symbol(name)

@@ -1,8 +1,9 @@
 """One guest: its threads, the selected thread's backtrace and registers, the tabbed panes
-(tui/panes.py: console, disassembly, source, memory, watch, trace, output), the ``:``
-command bar, and run control. Views are read once per stop (cached by run token); while
-the guest runs, the threads are re-read every second without stopping it, marked LIVE,
-and ``p`` takes a consistent snapshot (pause, read, resume)."""
+(tui/panes.py: console, disassembly, source, memory, watch, trace, output, memory map,
+heap, network), the ``:`` command bar, and run control. Views are read once per stop
+(cached by run token); while the guest runs, the threads are re-read every second
+without stopping it, marked LIVE, and ``p`` takes a consistent snapshot (pause, read,
+resume)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class GuestScreen(PanedScreen):
         Binding("right_square_bracket,l", "next_tab(1)", "next tab", show=False, id="next_tab"),
         Binding("left_square_bracket,h", "next_tab(-1)", "previous tab", show=False,
                 id="previous_tab"),
-        *(Binding(str(i), f"tab({i - 1})", p.pane_title, show=False, id=f"tab.{p.pane_id}")
+        *(Binding(str(i % 10), f"tab({i - 1})", p.pane_title, show=False, id=f"tab.{p.pane_id}")
           for i, p in enumerate(PANES, 1)),
         Binding("z", "zoom", "zoom", show=False, id="zoom"),
         Binding("tab", "app.focus_next", "next pane", show=False, id="focus_next"),
@@ -99,7 +100,7 @@ class GuestScreen(PanedScreen):
                     yield RegistersPane(id="registers")
             with TabbedContent(id="panes"):
                 for i, pane in enumerate(PANES, 1):
-                    with TabPane(f"{i} {pane.pane_title}", id=f"tab-{pane.pane_id}"):
+                    with TabPane(f"{i % 10} {pane.pane_title}", id=f"tab-{pane.pane_id}"):
                         assert issubclass(pane, Widget)
                         yield pane(id=pane.pane_id)
         yield CommandBar(self.guest, id="command")

@@ -14,23 +14,13 @@ from undebug.commands import command
 from undebug.commands.inspect import _target_arguments, _with_target
 from undebug.errors import EXIT_CHECK_FAILED
 from undebug.output import Report
-from undebug.text import escape
+from undebug.text import escape, human_size
 
 if TYPE_CHECKING:  # the real imports are lazy, for start-up time
     from undebug.os.memmap import MemoryMap, Region
     from undebug.target import Target
 
 __all__ = ["human_size", "maps_json"]
-
-
-def human_size(size: int) -> str:
-    """4K, 2M, 1G, 1.5G, or bytes below 1 KiB."""
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if size >= 1 << shift:
-            value = size / (1 << shift)
-            return f"{value:.0f}{unit}" if value == int(value) or value >= 100 \
-                else f"{value:.1f}{unit}"
-    return f"{size}B"
 
 
 def _region_json(r: Region) -> dict[str, Any]:

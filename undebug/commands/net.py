@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,19 +19,12 @@ from undebug.commands import add_elf_arguments, command
 from undebug.errors import UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
+from undebug.session.host_net import host_network
 from undebug.session.store import SessionDir
 from undebug.text import escape
 
 if TYPE_CHECKING:
     from undebug.os.lwip import NetSnapshot
-
-# a row of HMP `info usernet` (slirp): "  TCP[ESTABLISHED]   88  127.0.0.1 39305  10.0.2.15  7  0  0"
-_USERNET_ROW = re.compile(r"^\s*([A-Z]+)\[([^\]]*)\]\s+(-?\d+)\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)"
-                          r"\s+(\d+)\s+(\d+)\s*$")
-_USERNET_HUB = re.compile(r"^Hub\s+(-?\d+)\s+\(([^)]*)\):")
-_FILTER = re.compile(r"^\s+-\s+([^:]+):\s+type=([^,]+),(.*)$")
-MAX_HOST_ROWS = 100_000  # lines of HMP text read (QEMU's own output, bounded anyway)
-
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="a guest's name (see undebug ps)")
@@ -44,53 +36,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                          help="start writing the guest NIC's packets to FILE (pcap, 0600) "
                          "until --capture-stop or the guest ends")
     capture.add_argument("--capture-stop", action="store_true", help="end the capture")
-
-
-def parse_usernet(text: str) -> list[dict[str, Any]]:
-    """The user-mode NAT's rows: proto, state, fd, source/destination address and port,
-    recv_queue, send_queue, and the netdev they belong to."""
-    rows, netdev = [], None
-    for line in text.splitlines()[:MAX_HOST_ROWS]:
-        hub = _USERNET_HUB.match(line)
-        if hub:
-            netdev = hub.group(2)
-            continue
-        row = _USERNET_ROW.match(line)
-        if row:
-            rows.append({"netdev": netdev, "proto": row.group(1).lower(), "state": row.group(2),
-                         "fd": int(row.group(3)), "src_addr": row.group(4),
-                         "src_port": int(row.group(5)), "dst_addr": row.group(6),
-                         "dst_port": int(row.group(7)), "recv_queue": int(row.group(8)),
-                         "send_queue": int(row.group(9))})
-    return rows
-
-
-def parse_filters(text: str) -> list[dict[str, str]]:
-    """The netdev filters HMP ``info network`` lists (a capture is a ``filter-dump``)."""
-    out = []
-    for line in text.splitlines()[:MAX_HOST_ROWS]:
-        match = _FILTER.match(line)
-        if match:
-            props = dict(p.split("=", 1) for p in match.group(3).split(",") if "=" in p)
-            out.append({"id": match.group(1).strip(), "type": match.group(2),
-                        "file": props.get("file", ""), "netdev": props.get("netdev", "")})
-    return out
-
-
-def host_view(raw: dict[str, Any]) -> dict[str, Any]:
-    """The supervisor's raw ``net_host`` answer, as the ``host`` object."""
-    nics = []
-    for nic in raw.get("rx_filters") or []:
-        if isinstance(nic, dict):
-            nics.append({"name": str(nic.get("name", "")), "mac": nic.get("main-mac"),
-                         "promiscuous": nic.get("promiscuous"),
-                         "broadcast_allowed": nic.get("broadcast-allowed"),
-                         "multicast": nic.get("multicast"), "unicast": nic.get("unicast"),
-                         # QEMU 7.2 has no query of a NIC's link state (set_link only sets it)
-                         "link": None})
-    network = str(raw.get("network", ""))
-    return {"nics": nics, "usernet": parse_usernet(str(raw.get("usernet", ""))),
-            "filters": parse_filters(network), "network": network}
 
 
 def _capture(client: SupervisorClient, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -112,18 +57,13 @@ def _capture(client: SupervisorClient, args: argparse.Namespace) -> dict[str, An
     return {"state": "started", "file": str(path)}
 
 
-def _guest_view(args: argparse.Namespace, warnings: list[str]) -> NetSnapshot | None:
-    from undebug.os.lwip import has_lwip, walk_lwip
+def _guest_view(args: argparse.Namespace, warnings: list[str]) -> NetSnapshot:
+    from undebug.os.lwip import guest_network
     from undebug.target import open_target
 
     with open_target(args.name, args.elf, stop=not args.no_stop, force=args.force) as target:
         warnings += target.warnings
-        if not has_lwip(target):
-            warnings.append(f"{target.elf.path} has no lwIP symbols with DWARF "
-                            "(tcp_active_pcbs, struct tcp_pcb): no guest view of the "
-                            "network, only QEMU's")
-            return None
-        snapshot = walk_lwip(target)
+        snapshot = guest_network(target)
     warnings += snapshot.warnings
     return snapshot
 
@@ -183,12 +123,12 @@ def net(args: argparse.Namespace) -> Report:
     with SupervisorClient(SessionDir.named(args.name)) as client:
         capture = _capture(client, args)
         snapshot = _guest_view(args, warnings)
-        host = host_view(client.net_host())
+        host = host_network(client.net_host())
     data = {
-        "lwip": snapshot is not None,
-        "interfaces": [asdict(i) for i in snapshot.interfaces] if snapshot else [],
-        "sockets": [s.to_json() for s in snapshot.sockets] if snapshot else [],
-        "host": host,
+        "lwip": snapshot.lwip,
+        "interfaces": [asdict(i) for i in snapshot.interfaces],
+        "sockets": [s.to_json() for s in snapshot.sockets],
+        "host": host.to_json(),
         "capture": capture,
     }
     return Report(data=data, warnings=warnings, render=lambda: _render(data))

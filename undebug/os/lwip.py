@@ -21,7 +21,7 @@ from undebug.elf import StructLayout
 from undebug.os.provider import StructValue, read_struct, walk_list
 from undebug.target import ReadError, Target
 
-__all__ = ["Interface", "NetSnapshot", "Socket", "has_lwip", "walk_lwip"]
+__all__ = ["Interface", "NetSnapshot", "Socket", "guest_network", "has_lwip", "walk_lwip"]
 
 MAX_PCBS = 65_536  # per list: lwIP's pools are far smaller; more is a corrupt list
 MAX_NETIFS = 256
@@ -73,6 +73,7 @@ class NetSnapshot:
     interfaces: list[Interface]
     sockets: list[Socket]
     warnings: list[str] = field(default_factory=list)
+    lwip: bool = True  # False: the guest's ELF has no lwIP (nothing was walked)
 
 
 def has_lwip(target: Target) -> bool:
@@ -258,3 +259,13 @@ def walk_lwip(target: Target, socket_offset: int = 0) -> NetSnapshot:
     sockets += walker.connectionless("udp", "udp_pcbs", "udp_pcb")
     sockets += walker.connectionless("raw", "raw_pcbs", "raw_pcb")
     return NetSnapshot(interfaces, sockets, warnings)
+
+
+def guest_network(target: Target) -> NetSnapshot:
+    """:func:`walk_lwip` for a guest on lwIP; for any other, an empty snapshot (``lwip``
+    False) whose warning says why (``undebug net`` and the TUI then show QEMU's view only)."""
+    if not has_lwip(target):
+        return NetSnapshot([], [], [f"{target.elf.path} has no lwIP symbols with DWARF "
+                                    "(tcp_active_pcbs, struct tcp_pcb): no guest view of the "
+                                    "network, only QEMU's"], lwip=False)
+    return walk_lwip(target)
