@@ -257,7 +257,7 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     client.sock.sendall(frame(b"vCont;c"))
     time.sleep(0.3)
     client.send_raw(b"\x03")
-    assert re.fullmatch(rb"T02thread:[0-9a-f]+;core:[01];", client.read())
+    assert re.fullmatch(rb"T02thread:[0-9a-f]+;core:[01];hexname:[0-9a-f]+;", client.read())
     assert client.ask(b"D") == b"OK"
     client.sock.close()
     time.sleep(0.3)

@@ -36,6 +36,7 @@ class Stop:
     breakpoint: int | None = None  # the backend's breakpoint id
     message: str | None = None  # for the debugger's console (escaped)
     exit_reply: bytes | None = None  # W/X: the guest has ended
+    watch: tuple[str, int] | None = None  # a watchpoint hit: ("watch"|"rwatch"|"awatch", address)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from undebug.errors import SessionError, UndebugError
 from undebug.gdbserver.backend import (
     SIGABRT,
+    SIGINT,
     SIGKILL,
     SIGSEGV,
     SIGTRAP,
@@ -119,8 +120,10 @@ class LiveBackend:
         outcome, last = status.outcome, status.last_stop
         if status.ended or outcome:
             stop: Stop | None = _outcome_stop(outcome, status.ended, last.cpu if last else None)
-        else:
-            stop = _stop_from(last) if last else None
+        elif last:
+            stop = _stop_from(last)
+        else:  # paused by someone (undebug stop, an interrupt): on the vCPU QEMU named
+            stop = Stop(SIGINT, status.paused_cpu) if status.paused_cpu is not None else None
         return GuestState(running=status.running, ended=status.ended,
                           crashed=outcome is not None and not status.ended,
                           user_paused=status.user_paused, stop=stop)

@@ -31,6 +31,7 @@ from undebug.gdb.registers import (
 from undebug.gdb.tdesc import Register, TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
 from undebug.gdbserver.runstate import wait_for_stop
+from undebug.gdbserver.stopinfo import stop_reply, thread_stop_info, threads_info
 from undebug.gdbserver.threads import ProxyThread, ThreadView
 from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, to_hex_text
 from undebug.target import ReadError, Target
@@ -157,7 +158,7 @@ class GdbSession:
 
     def _dispatch(self, text: str, packet: bytes) -> bytes | None:
         kind = text[:1]
-        if kind == "q":
+        if kind in ("q", "j"):  # j: LLDB's JSON queries
             return self._query(text)
         if text == "QStartNoAckMode":
             self.conn.send(b"OK")
@@ -217,6 +218,12 @@ class GdbSession:
             return self._more_threads()
         if text == "qsThreadInfo":
             return self._more_threads()
+        if text == "jThreadsInfo":
+            return threads_info(self._views(), self.last_stop, self.layout.registers)
+        if text.startswith("qThreadStopInfo"):
+            thread = self._thread(int(text.removeprefix("qThreadStopInfo"), 16))
+            return thread_stop_info(self._views(), self.last_stop, thread,
+                                    self._hardware(self.last_stop))
         if text.startswith("qThreadExtraInfo,"):
             thread = self._thread(ThreadId.parse(text.partition(",")[2]).tid)
             return to_hex_text(f"{thread.name}, {thread.state}")
@@ -423,13 +430,17 @@ class GdbSession:
         if thread is None:
             return b"S%02x" % stop.signal
         self.current, self.g_thread = thread.gdb_id, 0
-        reply = f"T{stop.signal:02x}thread:{thread.gdb_id:x};"
-        if thread.cpu is not None:
-            reply += f"core:{thread.cpu:x};"
+        return stop_reply(stop, thread, self._hardware(stop))
+
+    def _hardware(self, stop: Stop) -> bool | None:
+        """Whether the breakpoint that stopped the guest is a hardware one (None: no
+        breakpoint, one since deleted, or a client that takes no swbreak/hwbreak)."""
         bp = stop.breakpoint
-        if bp is not None and self.swbreak and bp in self.hardware:
-            reply += "hwbreak:;" if self.hardware[bp] else "swbreak:;"
-        return reply.encode()
+        if bp is None or not self.swbreak:
+            return None
+        if bp not in self.hardware:  # someone else's (undebug break)
+            self.hardware.update((b.id, b.hardware) for b in self.backend.breakpoints())
+        return self.hardware.get(bp)
 
     def _console(self, text: str) -> None:
         """Text for the debugger's console (an O packet: only while the target runs)."""

@@ -198,7 +198,7 @@ _STATUS_FIELDS = (
     "name", "state", "user_paused", "mode", "image", "elf", "accel", "accel_reason", "smp",
     "memory_mb", "append", "forwards", "supervisor_pid", "qemu_pid", "started", "uptime_s",
     "outcome", "console", "run_token", "last_stop", "breakpoints", "frozen", "shared_ram",
-    "warnings", "qemu_state", "cost")
+    "warnings", "qemu_state", "cost", "paused_cpu")
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,7 @@ class GuestStatus:
     warnings: tuple[str, ...] = ()  # what looks wrong (a trace recording the disk refused)
     qemu_state: str | None = None  # QMP's run state; only the live ``status`` asks QEMU
     cost: GuestCost | None = None  # None: a record from before undebug measured it
+    paused_cpu: int | None = None  # the vCPU QEMU named when a pause (undebug stop) stopped it
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
@@ -283,7 +284,7 @@ class GuestStatus:
             "breakpoints": [bp.to_json() for bp in self.breakpoints],
             "frozen": self.frozen, "shared_ram": self.shared_ram,
             "warnings": list(self.warnings), "qemu_state": self.qemu_state,
-            "cost": self.cost.to_json() if self.cost else None}
+            "cost": self.cost.to_json() if self.cost else None, "paused_cpu": self.paused_cpu}
         return _write_back(data, self.extra, self.keys)
 
 
@@ -306,6 +307,7 @@ def parse_status(reply: Reply) -> GuestStatus:
         qemu_state=reply.opt_string("qemu_state") if "qemu_state" in reply.data else None,
         cost=parse_cost(cost) if (cost := reply.opt_object("cost") if "cost" in reply.data
                                   else None) else None,
+        paused_cpu=reply.opt_integer("paused_cpu") if "paused_cpu" in reply.data else None,
         extra=reply.extra(_STATUS_FIELDS), keys=reply.keys())
 
 

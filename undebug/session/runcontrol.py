@@ -51,6 +51,7 @@ class RunControl(ABC):
         self.run_token = 0  # changes whenever the guest has run: clients' caches key on it
         self.breakpoints = BreakpointTable()
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
+        self.paused_cpu: int | None = None  # the vCPU QEMU named when the user's pause stopped it
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
         self._freezes = 0
         self._resume_after_freeze = False
@@ -87,16 +88,21 @@ class RunControl(ABC):
                                f"the guest cannot run on: {self.outcome.reason}")
         if self.last_stop is not None and self.last_stop.get("cpu") is not None:
             await self._step_over_breakpoint(rsp, self.last_stop["cpu"])
-        self.last_stop = None
+        self.last_stop = self.paused_cpu = None
         await self._stub(rsp.cont)
         self.run_token += 1
 
-    async def _pause(self) -> None:
+    async def _pause(self) -> int | None:
+        """Stop the running guest; the vCPU the stub's interrupt reply names (None: it was
+        stopped already, or it had stopped by itself just before: a breakpoint)."""
         rsp = self._check_alive()
         if self.running:
             reply = await self._stub(rsp.interrupt, PAUSE_TIMEOUT)
-            if reply.signal != SIGINT:  # it had stopped by itself (a breakpoint) just before
+            if reply.signal != SIGINT:
                 await self._guest_stopped(reply)
+            elif reply.thread in self._vcpus:
+                return self._vcpus.index(reply.thread)
+        return None
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[RspClient]:
@@ -115,7 +121,9 @@ class RunControl(ABC):
     async def pause(self) -> None:
         """The user's pause: the guest stays paused until :meth:`resume`."""
         async with self._lock:
-            await self._pause()
+            cpu = await self._pause()
+            if cpu is not None:
+                self.paused_cpu = cpu
             self.user_paused = True
             self._resume_after_freeze = False
         self.write_record()

@@ -1,0 +1,152 @@
+"""The gdbserver with a second, independent client: stock LLDB 14 (Debian's ``lldb``)
+beside stock gdb, against a live reference guest. LLDB reads thread names only from
+``jThreadsInfo``/``qThreadStopInfo`` and stop replies (never ``qXfer:threads`` nor
+``qThreadExtraInfo``), so these tests fail if those answers are missing or wrong. Also:
+the stop reply names the thread on the vCPU that QEMU says stopped, for a breakpoint, an
+interrupt and ``undebug stop``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import boot, undebug
+from tests.test_proxy import EVIL_ESCAPED, Proxy, RawClient, gdb, gdb_threads, start_proxy, stop_proxy
+from undebug.elf import ElfFile
+
+ELF = Path(__file__).resolve().parents[1] / "build" / "refguest.elf"
+WORKERS = [f"worker-{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def served(guest_image: Path) -> Iterator[Proxy]:
+    """A reference guest (-smp 2, 4 workers) and one gdbserver on loopback TCP (LLDB's
+    gdb-remote takes HOST:PORT)."""
+    name = boot("gdbclients", "threads=4", guest_image)
+    server = start_proxy(name)
+    try:
+        yield server
+    finally:
+        log = stop_proxy(server)
+        undebug("kill", name)
+    assert "Traceback" not in log
+
+
+def lldb(proxy: Proxy, *commands: str, timeout: float = 60) -> bytes:
+    """Stock LLDB in batch mode, connected with ``gdb-remote``; its raw output. It detaches
+    at the end (as gdb does at exit), so the guest runs on."""
+    args = ["lldb", "--no-lldbinit", "-b", "-o", f"target create {ELF}",
+            "-o", f"gdb-remote {proxy.where}"]
+    for cmd in (*commands, "detach"):
+        args += ["-o", cmd]
+    done = subprocess.run(args, capture_output=True, timeout=timeout)
+    return done.stdout + done.stderr
+
+
+def lldb_threads(output: str) -> dict[str, tuple[int, bool, str]]:
+    """``thread list`` rows: name -> (tid, selected, the row)."""
+    rows = re.findall(r"^([ *]) thread #\d+: tid = (0x[0-9a-f]+), (.*?), name = '(.*?)'(.*)$",
+                      output, re.M)
+    return {name: (int(tid, 16), mark == "*", f"{where}{rest}")
+            for mark, tid, where, name, rest in rows}
+
+
+def guest_threads(guest: str) -> dict[str, dict]:
+    return {t["name"]: t for t in undebug("threads", guest, "--json").json()["threads"]}
+
+
+def test_lldb_thread_list_shows_every_guest_thread_by_name_the_hostile_one_escaped(
+        served: Proxy) -> None:
+    raw = lldb(served, "thread list")
+    assert b"\x1b" not in raw and b"\x07" not in raw
+    rows = lldb_threads(raw.decode())
+    ours = guest_threads(served.guest)
+    assert set(rows) == {"main", "idle0", "idle1", "sleeper", "blocked", "short-lived",
+                         EVIL_ESCAPED, *WORKERS}, raw
+    for name, (tid, _, _) in rows.items():  # LLDB's tids are the guest's own ids
+        key = "evil\x1b]0;owned\x07" if name == EVIL_ESCAPED else name
+        assert tid == ours[key]["id"], (name, tid)
+    # Exactly one thread carries the stop reason (the attach's): the others have none.
+    assert sum("stop reason" in row for _, _, row in rows.values()) == 1, raw
+
+
+def test_gdb_and_lldb_both_focus_the_worker_that_hit_a_breakpoint(served: Proxy) -> None:
+    address = ElfFile(ELF).symbol("checksum_block").address  # type: ignore[union-attr]
+    out = lldb(served, "breakpoint set -n checksum_block", "continue", "thread list",
+               "register read rip").decode()
+    rows = lldb_threads(out)
+    selected = [name for name, (_, chosen, _) in rows.items() if chosen]
+    assert len(selected) == 1 and selected[0].startswith("worker-"), out
+    assert "stop reason = breakpoint 1.1" in rows[selected[0]][2], out
+    # The selected thread's own registers (from its vCPU) are at the breakpoint: the
+    # stop reply named the vCPU that hit it, not vCPU 0's thread.
+    rip = re.search(r"rip = (0x[0-9a-f]+)", out)
+    assert rip and int(rip.group(1), 16) == address, out
+    gdb_out = gdb(served, "break checksum_block", "continue", "p/x $pc").decode()
+    hit = re.search(r'^Thread \d+ "(worker-\d+)" hit Breakpoint 1, checksum_block', gdb_out, re.M)
+    assert hit and re.search(rf"^\$1 = {address:#x}$", gdb_out, re.M), gdb_out
+    assert undebug("ps", "--json").json()["guests"][0]["breakpoints"] == []
+
+
+def _ask_stop(client: RawClient, payload: bytes) -> bytes:
+    client.sock.sendall(b"$%s#%02x" % (payload, sum(payload) & 0xFF))
+    while True:  # console (O) packets come first
+        reply = client.read()
+        if not reply.startswith(b"O") or reply == b"OK":
+            return reply
+
+
+def test_an_interrupt_and_undebug_stop_report_the_vcpu_qemu_names(served: Proxy) -> None:
+    """QEMU's interrupt reply names the vCPU that stopped last (here: the one a breakpoint
+    stopped on vCPU 1), so an answer that always said vCPU 0 fails here."""
+    address = ElfFile(ELF).symbol("checksum_block").address  # type: ignore[union-attr]
+    client = RawClient(served.where)
+    client.ask(b"qSupported:swbreak+")
+    assert client.ask(b"Z0,%x,1" % address) == b"OK"
+    for _ in range(40):  # workers run on both vCPUs: wait for a hit on vCPU 1
+        reply = _ask_stop(client, b"vCont;c")
+        assert re.match(rb"T05thread:[0-9a-f]+;core:[01];hexname:[0-9a-f]+;swbreak:;$", reply), reply
+        if b"core:1;" in reply:
+            break
+    else:
+        pytest.fail("40 breakpoint hits, none on vCPU 1")
+    assert client.ask(b"z0,%x,1" % address) == b"OK"
+    client.sock.sendall(b"$vCont;c#a8")
+    time.sleep(0.3)
+    client.send_raw(b"\x03")
+    reply = client.read()
+    assert re.fullmatch(rb"T02thread:[0-9a-f]+;core:1;hexname:[0-9a-f]+;", reply), reply
+    paused = undebug("ps", "--json").json()["guests"][0]
+    assert paused["paused_cpu"] == 1 and paused["last_stop"] is None, paused
+    # undebug stop while the debugger waits for the guest: the same vCPU, and its thread.
+    client.sock.sendall(b"$vCont;c#a8")
+    time.sleep(0.3)
+    assert undebug("stop", served.guest).code == 0
+    client.sock.settimeout(5)
+    reply = client.read()
+    match = re.fullmatch(rb"T02thread:([0-9a-f]+);core:1;hexname:([0-9a-f]+);", reply)
+    assert match, reply
+    on_cpu1 = [t for t in guest_threads(served.guest).values() if t["cpu"] == 1]
+    assert [t["id"] for t in on_cpu1] == [int(match.group(1), 16)], on_cpu1
+    assert bytes.fromhex(match.group(2).decode()).decode() == on_cpu1[0]["name"]
+    assert client.ask(b"D") == b"OK"
+    client.sock.close()
+
+
+def test_qxfer_threads_names_are_escaped_for_xml_and_a_terminal(served: Proxy) -> None:
+    client = RawClient(served.where)
+    client.ask(b"qSupported")
+    xml = client.ask(b"qXfer:threads:read::0,3fff")
+    assert xml.startswith(b"l<?xml") and b"\x1b" not in xml
+    names = re.findall(rb'<thread id="([0-9a-f]+)"(?: core="[01]")? name="([^"]*)">', xml)
+    assert (b"7", b"evil\\x1b]0;owned\\x07") in names, xml  # thread 7: the README's evil one
+    assert len(names) == 7 + len(WORKERS)
+    assert client.ask(b"D") == b"OK"
+    client.sock.close()
+    out = gdb(served, "info threads").decode()
+    assert EVIL_ESCAPED in gdb_threads(out)
