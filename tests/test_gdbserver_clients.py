@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import boot, undebug
+from tests.conftest import PLANTED_SEED, boot, undebug
 from tests.test_proxy import EVIL_ESCAPED, Proxy, RawClient, gdb, gdb_threads, start_proxy, stop_proxy
 from undebug.elf import ElfFile
 
@@ -150,3 +150,62 @@ def test_qxfer_threads_names_are_escaped_for_xml_and_a_terminal(served: Proxy) -
     client.sock.close()
     out = gdb(served, "info threads").decode()
     assert EVIL_ESCAPED in gdb_threads(out)
+
+
+# ---- watchpoints ---------------------------------------------------------------------------
+
+def _counter_symbol() -> tuple[int, int]:
+    symbol = ElfFile(ELF).symbol("planted_counter")
+    assert symbol is not None
+    return symbol.address, symbol.size
+
+
+def test_a_watchpoint_on_planted_counter_stops_the_cli_when_the_guest_writes_it(
+        served: Proxy) -> None:
+    address, size = _counter_symbol()
+    made = undebug("watch", served.guest, "planted_counter", "--json")
+    assert made.code == 0, made.stderr
+    wp = made.json()["watchpoint"]
+    assert (wp["address"], wp["length"], wp["watch"], wp["owner"]) == (address, size, "write",
+                                                                       "cli")
+    try:
+        listed = undebug("watch", served.guest, "--list").stdout
+        assert listed == f"watchpoint {wp['id']} on {address:#x} (planted_counter, {size} " \
+            "bytes, write, set by cli)\n"
+        stop = undebug("wait", served.guest, "--timeout", "30", "--json")
+        assert stop.code == 0, stop.stderr
+        info = stop.json()["stop"]
+        assert (info["reason"], info["breakpoint"], info["watch"], info["data_address"]) == \
+            ("watchpoint", wp["id"], "write", address)
+        # Stopped after the write: the instruction after the increment (README: a request
+        # ends with requests_handled++ then planted_counter++), in a worker.
+        assert info["function"].startswith("handle_request") and \
+            info["thread"]["name"].startswith("worker-"), info
+    finally:
+        assert undebug("delete", served.guest, str(wp["id"])).stdout == \
+            f"deleted watchpoint {wp['id']}\n"
+        undebug("cont", served.guest)
+
+
+def test_gdb_and_lldb_watchpoints_stop_when_the_guest_writes_planted_counter(
+        served: Proxy) -> None:
+    address, _ = _counter_symbol()
+    out = gdb(served, "watch planted_counter", "continue", "p/x $pc",
+              "p/x planted_counter - requests_handled").decode()
+    hit = re.search(r'^Thread \d+ "(worker-\d+)" hit Hardware watchpoint 1: planted_counter\n\n'
+                    r"Old value = (\d+)\nNew value = (\d+)$", out, re.M)
+    assert hit and int(hit.group(3)) == int(hit.group(2)) + 1, out
+    # Both counters go up by one per request: the write gdb saw was the guest's own (the
+    # other vCPU may be between its two increments: short by one).
+    diff = re.search(r"^\$2 = (0x[0-9a-f]+)$", out, re.M)
+    assert diff and 0 <= PLANTED_SEED - int(diff.group(1), 16) <= 1, out
+    assert "handle_request" in out.split("New value")[1].splitlines()[1], out
+    out = lldb(served, "watchpoint set variable planted_counter", "continue",
+               "thread list").decode()
+    rows = lldb_threads(out)
+    stopped = [name for name, (_, chosen, row) in rows.items() if chosen]
+    assert len(stopped) == 1 and stopped[0].startswith("worker-"), out
+    assert "stop reason = watchpoint 1" in rows[stopped[0]][2], out
+    assert re.search(rf"Watchpoint 1: addr = 0x0*{address:x} size = 8", out), out
+    left = undebug("break", served.guest, "--list", "--json").json()["breakpoints"]
+    assert left == [], left  # the debuggers' watchpoints went with them

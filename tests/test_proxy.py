@@ -241,7 +241,7 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     assert client.ask(b"P10=0100") == b"E16"  # rip is 8 bytes wide, not 2
     assert client.ask(b"T99999") == b"E01"
     assert client.ask(b"vNoSuchPacket;1") == b""
-    assert client.ask(b"Z2,1000,8") == b""  # watchpoints: not supported
+    assert client.ask(b"Z5,1000,8") == b""  # no such breakpoint type
     assert client.ask(b"G00").startswith(b"E")  # far too short for the register layout
     assert client.ask(b"p99") .startswith(b"E")
     current = int(client.ask(b"qC")[2:], 16)

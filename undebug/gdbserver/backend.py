@@ -65,6 +65,8 @@ class ServedBreakpoint:
     id: int
     address: int
     hardware: bool
+    watch: str | None = None  # a watchpoint: "write", "read" or "access"
+    length: int = 1
 
 
 class Backend(Protocol):
@@ -112,6 +114,13 @@ class Backend(Protocol):
     def insert_breakpoint(self, address: int, hardware: bool, location: str) -> ServedBreakpoint:
         """A breakpoint that lives as long as this backend's connection (UsageError: one is
         there already)."""
+        ...
+
+    def insert_watchpoint(self, address: int, length: int, watch: str,
+                          location: str) -> ServedBreakpoint:
+        """A watchpoint (``watch``: "write", "read" or "access") on ``length`` bytes,
+        for this connection's life like a breakpoint; deleted with
+        :meth:`delete_breakpoint` (UsageError: one is there already)."""
         ...
 
     def delete_breakpoint(self, bp_id: int) -> None: ...

@@ -44,6 +44,7 @@ PACKET_SIZE = 0x4000
 MAX_MEMORY = (PACKET_SIZE - 32) // 2  # bytes in one m reply
 PAGE = 4096
 EPERM, EFAULT, EINVAL = 0x01, 0x0E, 0x16
+WATCH_KINDS = {2: "write", 3: "read", 4: "access"}  # Z2, Z3, Z4
 
 
 class PacketError(Exception):
@@ -345,10 +346,12 @@ class GdbSession:
         return b"OK"
 
     def _breakpoint(self, text: str) -> bytes:
-        kind_text, address_text, _ = text[1:].partition(";")[0].split(",")
+        """``Z``/``z``: types 0 and 1 are breakpoints, 2, 3 and 4 watchpoints (write,
+        read, access; the third field is their length), all kept by the backend."""
+        kind_text, address_text, length_text = text[1:].partition(";")[0].split(",")
         kind, address = int(kind_text), int(address_text, 16)
-        if kind not in (0, 1):
-            return b""  # watchpoints: the supervisor has none yet
+        if kind not in (0, 1, *WATCH_KINDS):
+            return b""
         key = (kind, address)
         if text[0] == "z":
             if key in self.owned:
@@ -359,10 +362,14 @@ class GdbSession:
             return b"OK"
         symbol = self.backend.target().elf.symbolize(address)
         location = symbol or f"{address:#x}"
+        watch = WATCH_KINDS.get(kind)
         try:
-            bp = self.backend.insert_breakpoint(address, kind == 1, location)
+            bp = self.backend.insert_breakpoint(address, kind == 1, location) if watch is None \
+                else self.backend.insert_watchpoint(address, int(length_text, 16), watch,
+                                                    location)
         except UsageError as exc:  # one there already (`undebug break`): use it, leave it
-            there = [b for b in self.backend.breakpoints() if b.address == address]
+            there = [b for b in self.backend.breakpoints()
+                     if b.address == address and b.watch == watch]
             if not there:
                 raise PacketError(exc.message) from None
             self.adopted.add(key)

@@ -18,7 +18,7 @@ from typing import Any
 from undebug.arch.x86_64 import is_canonical
 from undebug.gdb.packets import BreakpointType, StopReply, ThreadId
 from undebug.gdb.rsp import RspClient, RspException
-from undebug.session.breakpoints import Breakpoint, BreakpointTable, Owner
+from undebug.session.breakpoints import MAX_WATCH, Breakpoint, BreakpointTable, Owner, Watch
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 
@@ -36,8 +36,26 @@ class RequestError(Exception):
         self.code = code
 
 
+_WATCH_TYPES = {"write": BreakpointType.WRITE_WATCH, "read": BreakpointType.READ_WATCH,
+                "access": BreakpointType.ACCESS_WATCH}
+_STOP_KEYS: dict[str, Watch] = {"watch": "write", "rwatch": "read", "awatch": "access"}
+
+
 def _kind(bp: Breakpoint) -> BreakpointType:
+    if bp.watch is not None:
+        return _WATCH_TYPES[bp.watch]
     return BreakpointType.HARDWARE if bp.hardware else BreakpointType.SOFTWARE
+
+
+def _watch_hit(reply: StopReply) -> tuple[Watch, int] | None:
+    """The kind and address of a watchpoint hit (``watch:ADDR`` and its r/a forms)."""
+    for key, watch in _STOP_KEYS.items():
+        if key in reply.info:
+            try:
+                return watch, int(reply.info[key], 16)
+            except ValueError:
+                return None
+    return None
 
 
 class RunControl(ABC):
@@ -174,10 +192,14 @@ class RunControl(ABC):
         if cpu is not None:
             registers = await self._stub(rsp.registers, reply.thread)
         pc = registers.get("rip")
-        bp = self.breakpoints.at(pc) if reply.signal == SIGTRAP else None
-        self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal,
-                          "reason": "breakpoint" if bp else f"signal {reply.signal}",
+        hit = _watch_hit(reply)
+        bp = None if reply.signal != SIGTRAP else self.breakpoints.watching(hit[1], hit[0]) \
+            if hit else self.breakpoints.at(pc)
+        reason = ("watchpoint" if hit else "breakpoint") if bp else f"signal {reply.signal}"
+        self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal, "reason": reason,
                           "breakpoint": bp.id if bp else None}
+        if hit is not None:
+            self.last_stop |= {"watch": hit[0], "data_address": hit[1]}
         if bp is not None and bp.owner == "crash":
             if bp.when_register is not None and registers.get(bp.when_register) != bp.when_value:
                 await self._resume()  # the same path without a crash (a clean halt)
@@ -241,19 +263,28 @@ class RunControl(ABC):
             self.run_token += 1  # what clients cached is stale now
 
     async def insert_breakpoint(self, address: int, hardware: bool, location: str,
-                                owner: Owner = "cli", when: tuple[str, int] | None = None
-                                ) -> Breakpoint:
+                                owner: Owner = "cli", when: tuple[str, int] | None = None,
+                                watch: Watch | None = None, length: int = 1) -> Breakpoint:
+        """A breakpoint, or with ``watch`` a watchpoint on ``length`` bytes."""
+        what = "code" if watch is None else "data"
         if not is_canonical(address, five_level=True):  # no paging mode maps it
             raise RequestError(ErrorCode.BAD_REQUEST,
-                               f"{address:#x} is not a canonical x86-64 address: no code can "
-                               "be there")
+                               f"{address:#x} is not a canonical x86-64 address: no {what} "
+                               "can be there")
+        if watch is not None and not 1 <= length <= MAX_WATCH:
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"a watchpoint covers 1 to {MAX_WATCH} bytes, not {length}")
         async with self.paused() as rsp:
-            if self.breakpoints.at(address) is not None:
+            there = self.breakpoints.at(address) if watch is None else \
+                self.breakpoints.watching(address, watch)
+            if there is not None and there.address == address:
+                kind = "breakpoint" if watch is None else f"{watch} watchpoint"
                 raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"a breakpoint at {address:#x} exists already")
-            bp = self.breakpoints.add(address, hardware, location, owner, when)
+                                   f"a {kind} at {address:#x} exists already")
+            bp = self.breakpoints.add(address, hardware, location, owner, when, watch,
+                                      length if watch is not None else 1)
             try:
-                await self._stub(rsp.add_breakpoint, address, _kind(bp))
+                await self._stub(rsp.add_breakpoint, address, _kind(bp), bp.length)
             except RequestError:
                 self.breakpoints.remove(bp.id)
                 raise
@@ -265,7 +296,7 @@ class RunControl(ABC):
             bp = self.breakpoints.remove(bp_id)
             if bp is None:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"no breakpoint {bp_id}")
-            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
+            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp), bp.length)
         self.write_record()
         return bp
 
