@@ -209,3 +209,42 @@ def test_gdb_and_lldb_watchpoints_stop_when_the_guest_writes_planted_counter(
     assert re.search(rf"Watchpoint 1: addr = 0x0*{address:x} size = 8", out), out
     left = undebug("break", served.guest, "--list", "--json").json()["breakpoints"]
     assert left == [], left  # the debuggers' watchpoints went with them
+
+
+# ---- monitor commands ----------------------------------------------------------------------
+
+def _table(text: str) -> dict[str, str]:
+    """``undebug threads``'s table rows: id -> name (escaped, as printed)."""
+    return dict(re.findall(r"^(\d+) +(\S+) +(?:sleeping|running|blocked|exited|ready)", text,
+                           re.M))
+
+
+def test_monitor_threads_and_ps_print_the_clis_text_in_gdb_and_lldb(served: Proxy) -> None:
+    ours = {str(t["id"]): t["name"] for t in guest_threads(served.guest).values()}
+    expected = {tid: "evil\\x1b]0;owned\\x07" if name.startswith("evil") else name
+                for tid, name in ours.items()}
+    raw = gdb(served, "monitor threads", "monitor ps", "monitor nope")
+    assert b"\x1b" not in raw and b"\x07" not in raw
+    out = raw.decode()
+    assert _table(out) == expected, out
+    assert re.search(rf"^{served.guest} +paused +tcg +2 ", out, re.M), out  # ps, gdb has it
+    assert "undebug: no monitor command 'nope'" in out and "help, ps, threads" in out, out
+    raw = lldb(served, "process plugin packet monitor threads")
+    assert b"\x1b" not in raw and _table(raw.decode()) == expected, raw
+    assert b"response: OK" in raw
+
+
+def test_monitor_output_is_hex_encoded_o_packets_then_ok(served: Proxy) -> None:
+    client = RawClient(served.where)
+    client.ask(b"qSupported")
+    client.sock.sendall(b"$qRcmd,%s#%02x" % (b"help".hex().encode(),
+                                             sum(b"qRcmd," + b"help".hex().encode()) & 0xFF))
+    packets = [client.read()]
+    while packets[-1].startswith(b"O") and packets[-1] != b"OK":
+        packets.append(client.read())
+    assert packets[-1] == b"OK" and len(packets) >= 2, packets
+    text = b"".join(bytes.fromhex(p[1:].decode()) for p in packets[:-1]).decode()
+    assert text.startswith("undebug monitor commands: help, ps, threads"), text
+    assert client.ask(b"qRcmd,zz").startswith(b"E")  # not hex
+    assert client.ask(b"D") == b"OK"
+    client.sock.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.gdb.packets import RspException, ThreadId, decode, parse_features
@@ -30,6 +31,7 @@ from undebug.gdb.registers import (
 )
 from undebug.gdb.tdesc import Register, TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
+from undebug.gdbserver.monitor import MonitorCommand, monitor_text
 from undebug.gdbserver.runstate import wait_for_stop
 from undebug.gdbserver.stopinfo import stop_reply, thread_stop_info, threads_info
 from undebug.gdbserver.threads import ProxyThread, ThreadView
@@ -45,6 +47,7 @@ MAX_MEMORY = (PACKET_SIZE - 32) // 2  # bytes in one m reply
 PAGE = 4096
 EPERM, EFAULT, EINVAL = 0x01, 0x0E, 0x16
 WATCH_KINDS = {2: "write", 3: "read", 4: "access"}  # Z2, Z3, Z4
+MONITOR_CHUNK = (PACKET_SIZE - 16) // 8  # characters per O packet (UTF-8, then hex)
 
 
 class PacketError(Exception):
@@ -59,10 +62,12 @@ class GdbSession:
     """Answers one connected debugger until it detaches or goes away."""
 
     def __init__(self, conn: GdbConnection, backend: Backend, provider: ThreadProvider,
-                 layout: TargetDescription, xml_files: dict[str, str]) -> None:
+                 layout: TargetDescription, xml_files: dict[str, str],
+                 monitor: Mapping[str, MonitorCommand] | None = None) -> None:
         self.conn = conn
         self.backend = backend
         self.provider = provider
+        self.monitor = monitor or {}
         self.layout = layout
         self.xml_files = {name: text.encode() for name, text in xml_files.items()}
         self.done = False
@@ -225,6 +230,8 @@ class GdbSession:
             thread = self._thread(int(text.removeprefix("qThreadStopInfo"), 16))
             return thread_stop_info(self._views(), self.last_stop, thread,
                                     self._hardware(self.last_stop))
+        if text.startswith("qRcmd,"):
+            return self._monitor(bytes.fromhex(text[6:]).decode("utf-8", "replace"))
         if text.startswith("qThreadExtraInfo,"):
             thread = self._thread(ThreadId.parse(text.partition(",")[2]).tid)
             return to_hex_text(f"{thread.name}, {thread.state}")
@@ -235,6 +242,13 @@ class GdbSession:
         if name == "qSymbol":
             return b"OK"
         return b""
+
+    def _monitor(self, line: str) -> bytes:
+        """``monitor LINE``: the text in O packets (as many as it takes), then OK."""
+        text = monitor_text(line, self.monitor, self.backend.target())
+        for at in range(0, len(text), MONITOR_CHUNK):
+            self._console(text[at : at + MONITOR_CHUNK])
+        return b"OK"
 
     def _more_threads(self) -> bytes:
         if not self._listed:
