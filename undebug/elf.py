@@ -35,7 +35,7 @@ MAX_STRUCT_SIZE = 1 << 20  # larger than any struct an OS helper reads per objec
 CACHE_VERSION = 2  # bump when the index format changes: old files are then ignored
 _ARCH = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
          "EM_ARM": "arm", "EM_RISCV": "riscv"}
-_SHF_ALLOC, _SHF_EXECINSTR = 0x2, 0x4
+_SHF_WRITE, _SHF_ALLOC, _SHF_EXECINSTR = 0x1, 0x2, 0x4
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,17 @@ class Section:
     address: int
     size: int
     file_offset: int
+    flags: int = 0  # sh_flags
+
+    @property
+    def kind(self) -> str:
+        """What a loaded section holds, as a memory map names it: text, rodata, data or
+        bss (by name: the index keeps no section types), from its flags."""
+        if self.flags & _SHF_EXECINSTR:
+            return "text"
+        if not self.flags & _SHF_WRITE:
+            return "rodata"
+        return "bss" if self.name.startswith(".bss") else "data"
 
 
 @dataclass(frozen=True)
@@ -328,8 +339,8 @@ class ElfFile:
         self._by_name = {s.name: s for s in symbols}
         self._sorted = sorted(symbols, key=lambda s: (s.address, s.kind != "func"))
         self._starts = [s.address for s in self._sorted]
-        self._sections = {str(n): Section(str(n), int(a), int(s), int(o))
-                          for n, a, s, o, _ in index["sections"]}
+        self._sections = {str(n): Section(str(n), int(a), int(s), int(o), int(f))
+                          for n, a, s, o, f in index["sections"]}
         self._text = sorted((int(a), int(a) + int(s)) for _, a, s, _, flags in index["sections"]
                             if int(flags) & _SHF_ALLOC and int(flags) & _SHF_EXECINSTR)
         # A size-0 symbol (assembly without .size) covers up to the next symbol, like gdb's.
@@ -425,6 +436,14 @@ class ElfFile:
     def section(self, name: str) -> Section | None:
         self._load()
         return self._sections.get(name)
+
+    @property
+    def loaded_sections(self) -> list[Section]:
+        """The sections the guest holds in memory (SHF_ALLOC, not empty), by address; not
+        ``.tbss``, the size of each thread's TLS zeroes, which takes no memory of its own."""
+        self._load()
+        return sorted((s for s in self._sections.values() if s.flags & _SHF_ALLOC and s.size > 0
+                       and not s.name.startswith(".tbss")), key=lambda s: s.address)
 
     # -- DWARF --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, TranslationError, translate
 from undebug.elf import ElfFile, LoadedText
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.session.client import SupervisorClient
+from undebug.session.machine_map import DeviceRange
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
 
@@ -98,6 +99,11 @@ class Target(ABC):
 
     @abstractmethod
     def cpu_count(self) -> int: ...
+
+    def machine_map(self) -> list[DeviceRange]:
+        """What backs guest-physical memory (RAM, ROM, device MMIO), as the machine names
+        it; [] where nobody can tell (a warning says why)."""
+        return []
 
     @property
     @abstractmethod
@@ -315,6 +321,13 @@ class LiveTarget(Target):
         if cpu not in regs:
             raise UsageError(f"no vCPU {cpu}: the guest has {len(regs)}")
         return regs[cpu]
+
+    def machine_map(self) -> list[DeviceRange]:
+        try:
+            return self.client.machine_map()
+        except (SessionError, UsageError) as exc:  # no QMP; an older supervisor
+            self.warnings.append(f"no device map: {exc.message}")
+            return []
 
     # ---- memory ----
 

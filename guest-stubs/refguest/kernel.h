@@ -269,6 +269,7 @@ void thread_trampoline(void);
 extern char ap_trampoline_start[], ap_trampoline_end[];
 extern char ap_tramp_cr3[], ap_tramp_stack[], ap_tramp_cpu[];
 extern char boot_stack_bottom[], boot_stack_top[], boot_stack_guard[];
+extern char __image_start[], __text_end[];   /* refguest.ld: the text segment */
 extern void *isr_stub_table[256];
 
 #endif

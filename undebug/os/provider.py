@@ -21,8 +21,8 @@ from undebug.trapframe import TrapFrame
 if TYPE_CHECKING:
     from undebug.os.crash import Crash
 
-__all__ = ["CrashStop", "GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot",
-           "read_struct", "walk_list"]
+__all__ = ["CrashStop", "GuestThread", "MemoryArea", "StructValue", "ThreadProvider",
+           "ThreadSnapshot", "read_struct", "walk_list"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
 
@@ -73,6 +73,19 @@ class ThreadSnapshot:
             return found
         raise UsageError(f"no guest thread with id {thread_id}",
                          hint="list them with: undebug threads TARGET")
+
+
+@dataclass(frozen=True)
+class MemoryArea:
+    """Guest-virtual ``[start, end)`` that the OS knows the purpose of (its heap, a guard
+    page, an exception stack): a memory map names the pages it covers. ``name`` is raw
+    guest text when it holds a thread's name: escape it."""
+
+    start: int
+    end: int
+    kind: str  # heap, stack, guard (must stay unmapped), or what the OS calls it
+    name: str
+    thread: int | None = None  # the id of the guest thread whose stack or guard it is
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,13 @@ class ThreadProvider(ABC):
         (:mod:`undebug.os.crash`); None where this OS cannot tell, or nothing shows a
         crash. Call it for a guest known to have crashed (pvpanic, a triple fault)."""
         return None
+
+    def memory_areas(self) -> list[MemoryArea]:
+        """What this OS knows of its address space beyond the ELF's sections and its
+        threads' stacks (:mod:`undebug.os.memmap` has those): heap, guard pages, per-CPU
+        stacks. Bounded and cycle-safe like a thread walk; problems go into
+        ``self.target.warnings``."""
+        return []
 
     @abstractmethod
     def check(self) -> None:

@@ -15,6 +15,7 @@ from undebug.os.crash import Crash, find_crash
 from undebug.os.provider import (
     MAX_THREADS,
     GuestThread,
+    MemoryArea,
     StructValue,
     ThreadProvider,
     ThreadSnapshot,
@@ -32,7 +33,10 @@ TRAP_ENTRY = "isr_common"  # its rsp after the call to isr_dispatch is the struc
 TRAP_SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
               "r12", "r13", "r14", "r15", "rip", "rsp")  # irq_frame members, gdb's names
 MAX_STACK = 64 << 20
+PAGE_SIZE = 4096
 PANIC_FUNCTIONS = ("panic",)  # kernel.h: panic(fmt, ...), which ASSERT calls too
+IST_STACK_SIZE = 16 << 10  # kernel.h, per CPU and IST slot (a #define: not in DWARF)
+IST_NAMES = ("#DF", "#PF", "NMI")  # percpu.ist_top[0..2] (arch.c: IST1, IST2, IST3)
 
 
 class RefguestProvider(ThreadProvider):
@@ -55,6 +59,44 @@ class RefguestProvider(ThreadProvider):
 
     def crash(self) -> Crash | None:
         return find_crash(self, PANIC_FUNCTIONS)
+
+    def memory_areas(self) -> list[MemoryArea]:
+        """The heap arena (``heap_base``..``heap_end``), each thread's ``guard_page`` and
+        each online CPU's three IST stacks (``percpu[i].ist_top``)."""
+        target, areas = self.target, []
+        try:
+            low, high = (target.read_int(self.need_symbol(n)) for n in ("heap_base", "heap_end"))
+        except ReadError as exc:
+            target.warnings.append(f"heap bounds unreadable: {exc.message}")
+        else:
+            if 0 < low < high:
+                areas.append(MemoryArea(low, high, "heap", "heap"))
+        layout = self.need_struct("thread")
+        for thread in self.threads().threads if layout.has_member("guard_page") else []:
+            try:
+                guard = read_struct(target, layout, thread.address).int("guard_page")
+            except ReadError:
+                continue  # the thread walk has warned about this entry
+            if guard and guard % PAGE_SIZE == 0:
+                areas.append(MemoryArea(guard, guard + PAGE_SIZE, "guard",
+                                        f"guard page of {thread.name}", thread.id))
+        percpu = self.need_struct("percpu")
+        base = self.need_symbol("percpu")
+        symbol = target.elf.symbol("percpu")
+        entries = (symbol.size if symbol else 0) // percpu.size
+        online = min(target.read_int(self.need_symbol("cpu_count"), 4), entries)
+        for cpu in range(online):
+            try:
+                tops = read_struct(target, percpu, base + cpu * percpu.size).bytes("ist_top")
+            except ReadError as exc:
+                target.warnings.append(f"percpu[{cpu}] unreadable: {exc.message}")
+                continue
+            for slot, name in enumerate(IST_NAMES):
+                top = int.from_bytes(tops[slot * 8 : slot * 8 + 8], "little")
+                if top > IST_STACK_SIZE:
+                    areas.append(MemoryArea(top - IST_STACK_SIZE, top, "stack",
+                                            f"{name} stack of cpu {cpu}"))
+        return areas
 
     def _running(self, warnings: list[str]) -> dict[int, int]:
         """Thread struct address -> the vCPU running it, through each vCPU's GS base."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from undebug.errors import SessionError, UsageError
 from undebug.session.breakpoints import Breakpoint, Owner, Watch
+from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome, from_supervisor_death
 from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode, encode
 from undebug.session.replies import (
@@ -193,6 +194,16 @@ class SupervisorClient:
 
     def write_memory(self, address: int, data: bytes) -> None:
         self.call("write_memory", address=address, data=base64.b64encode(data).decode())
+
+    def machine_map(self) -> list[DeviceRange]:
+        """Guest-physical RAM, ROM and device ranges as QEMU names them (SessionError when
+        there is no QMP connection)."""
+        raw = self.call("machine_map").get("ranges")
+        try:
+            return [DeviceRange.from_json(r) for r in raw] if isinstance(raw, list) else []
+        except (KeyError, TypeError, ValueError):
+            raise SessionError(f"guest {self.session.name!r}: a malformed machine_map reply") \
+                from None
 
     def memory_fd(self) -> tuple[list[tuple[int, int, int]], int]:
         """Guest RAM's layout and a read-only descriptor of it (the caller closes it);

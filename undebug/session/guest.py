@@ -27,6 +27,7 @@ from undebug.gdb.packets import ThreadId
 from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
 from undebug.session.breakpoints import Breakpoint
+from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 from undebug.session.qemu_process import QemuProcess
@@ -256,6 +257,17 @@ class Guest(RunControl):
                 return await self.qmp.pmemsave(address, size)
             data: bytes = await self._stub(rsp.read_physical, address, size)
         return data
+
+    async def machine_map(self) -> list[DeviceRange]:
+        """What backs guest-physical memory: RAM, ROM, device MMIO (QEMU's own map)."""
+        if self.qmp is None:
+            raise RequestError(ErrorCode.UNSUPPORTED, "no QMP connection (attach without "
+                               "--qmp): QEMU's physical map is unknown")
+        try:
+            return await self.qmp.machine_map()
+        except Exception as exc:  # QMP's own errors, a QEMU that went away, a timeout
+            raise RequestError(ErrorCode.UNSUPPORTED,
+                               f"QEMU did not describe its physical map: {exc!r}") from None
 
     async def read_registers(self, cpu: int | None) -> list[dict[str, Any]]:
         """Registers of one vCPU (or all), by the names of the stub's target description."""

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from undebug.errors import UndebugError
+from undebug.session.machine_map import DeviceRange, machine_map
 from undebug.session.ram import pmemsave
 
 __all__ = ["EVENTS", "QmpLink"]
@@ -72,6 +73,9 @@ class QmpLink:
 
     async def pmemsave(self, address: int, size: int) -> bytes:
         return await pmemsave(self.client, address, size)
+
+    async def machine_map(self, timeout: float = 10.0) -> list[DeviceRange]:
+        return await asyncio.wait_for(machine_map(self.client), timeout)
 
     async def disconnect(self, timeout: float) -> None:
         await asyncio.wait_for(self.client.disconnect(), timeout)

@@ -124,6 +124,8 @@ class ControlServer:
             return {"cpu": cpu}
         if op == "target_xml":
             return {"files": await guest.target_xml()}
+        if op == "machine_map":
+            return {"ranges": [r.to_json() for r in await guest.machine_map()]}
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}
