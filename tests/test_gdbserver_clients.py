@@ -223,12 +223,17 @@ def test_monitor_threads_and_ps_print_the_clis_text_in_gdb_and_lldb(served: Prox
     ours = {str(t["id"]): t["name"] for t in guest_threads(served.guest).values()}
     expected = {tid: "evil\\x1b]0;owned\\x07" if name.startswith("evil") else name
                 for tid, name in ours.items()}
-    raw = gdb(served, "monitor threads", "monitor ps", "monitor nope")
+    raw = gdb(served, "monitor threads", "monitor ps", "monitor maps", "monitor nope")
     assert b"\x1b" not in raw and b"\x07" not in raw
     out = raw.decode()
     assert _table(out) == expected, out
     assert re.search(rf"^{served.guest} +paused +tcg +2 ", out, re.M), out  # ps, gdb has it
-    assert "undebug: no monitor command 'nope'" in out and "help, ps, threads" in out, out
+    assert "undebug: no monitor command 'nope'" in out and "help, maps, ps, threads" in out, out
+    # maps: the thread stacks by name, the hostile one escaped (from the page tables).
+    stack = guest_threads(served.guest)["worker-0"]["stack"]
+    assert re.search(rf"^{stack[0]:#018x}-{stack[1]:#018x}  rw-s .* stack of worker-0$", out,
+                     re.M), out
+    assert "guard page of evil\\x1b]0;owned\\x07" in out, out
     raw = lldb(served, "process plugin packet monitor threads")
     assert b"\x1b" not in raw and _table(raw.decode()) == expected, raw
     assert b"response: OK" in raw
@@ -244,7 +249,43 @@ def test_monitor_output_is_hex_encoded_o_packets_then_ok(served: Proxy) -> None:
         packets.append(client.read())
     assert packets[-1] == b"OK" and len(packets) >= 2, packets
     text = b"".join(bytes.fromhex(p[1:].decode()) for p in packets[:-1]).decode()
-    assert text.startswith("undebug monitor commands: help, ps, threads"), text
+    assert text.startswith("undebug monitor commands: help, maps, ps, threads"), text
     assert client.ask(b"qRcmd,zz").startswith(b"E")  # not hex
     assert client.ask(b"D") == b"OK"
     client.sock.close()
+
+
+# ---- the memory map and unmapped reads -----------------------------------------------------
+
+def test_memory_map_from_the_page_tables_and_unmapped_reads_fail_in_gdb_and_lldb(
+        served: Proxy) -> None:
+    counter, _ = _counter_symbol()
+    worker = guest_threads(served.guest)["worker-0"]
+    stack_low = worker["stack"][0]
+    guard = stack_low - 4096  # README: every thread stack has an unmapped guard page below
+    out = gdb(served, "info mem", "x/gx 0", f"x/gx {guard:#x}", f"x/gx {stack_low:#x}",
+              "set mem inaccessible-by-default off", "mem 0 0x1000 rw", "x/gx 0").decode()
+    ranges = [(int(lo, 16), int(hi, 16)) for lo, hi in
+              re.findall(r"^\d+ +y +\t?(0x[0-9a-f]+) (0x[0-9a-f]+) rw", out, re.M)]
+    assert ranges, out
+
+    def mapped(address: int) -> bool:
+        return any(lo <= address < hi for lo, hi in ranges)
+
+    assert mapped(counter) and mapped(stack_low) and not mapped(0) and not mapped(guard)
+    assert out.count("Cannot access memory at address 0x0\n") == 2, out  # the map; the server
+    assert f"Cannot access memory at address {guard:#x}" in out, out
+    assert re.search(rf"{stack_low:#x}:\t0x[0-9a-f]{{16}}$", out, re.M), out  # stdout
+    # The server's own answer to reads there: an error, at once.
+    client = RawClient(served.where)
+    client.ask(b"qSupported")
+    started = time.monotonic()
+    assert client.ask(b"m%x,8" % guard) == b"E0e"
+    assert client.ask(b"m0,800") == b"E0e" and client.ask(b"mffff800000000000,8") == b"E0e"
+    assert time.monotonic() - started < 2
+    assert client.ask(b"D") == b"OK"
+    client.sock.close()
+    out = lldb(served, f"memory read -s8 -fx -c1 {stack_low:#x}", f"memory read {guard:#x}"
+               ).decode()
+    assert re.search(rf"^0x0*{stack_low:x}: 0x[0-9a-f]{{16}}$", out, re.M), out
+    assert f"error: memory read failed for {guard:#x}" in out, out

@@ -31,6 +31,7 @@ from undebug.gdb.registers import (
 )
 from undebug.gdb.tdesc import Register, TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
+from undebug.gdbserver.memorymap import memory_map_xml
 from undebug.gdbserver.monitor import MonitorCommand, monitor_text
 from undebug.gdbserver.runstate import wait_for_stop
 from undebug.gdbserver.stopinfo import stop_reply, thread_stop_info, threads_info
@@ -83,6 +84,8 @@ class GdbSession:
         self._view: ThreadView | None = None
         self._view_of: Target | None = None
         self._listed: list[int] = []  # qsThreadInfo continues this list
+        self._map: bytes | None = None  # the memory map of the stop of _map_of
+        self._map_of: Target | None = None
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -211,12 +214,15 @@ class GdbSession:
             self.error_messages = features.get("error-message") is True
             self.swbreak = features.get("swbreak") is True
             return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read+;"
-                    "QStartNoAckMode+;vContSupported+;swbreak+;hwbreak+").encode()
+                    "qXfer:memory-map:read+;QStartNoAckMode+;vContSupported+;swbreak+;"
+                    "hwbreak+").encode()
         if name == "qXfer" and args.startswith("features:read:"):
             annex, _, span = args.removeprefix("features:read:").partition(":")
             if annex not in self.xml_files:
                 raise PacketError(f"no target description file {annex!r}", EINVAL)
             return _xfer(self.xml_files[annex], span)
+        if name == "qXfer" and args.startswith("memory-map:read::"):
+            return _xfer(self._memory_map(), args.removeprefix("memory-map:read::"))
         if name == "qXfer" and args.startswith("threads:read::"):
             return _xfer(self._views().xml(), args.removeprefix("threads:read::"))
         if text == "qfThreadInfo":
@@ -268,6 +274,17 @@ class GdbSession:
             for warning in self._view.warnings:
                 self.backend.warn_once(warning)
         return self._view
+
+    def _memory_map(self) -> bytes:
+        """The memory-map document of this stop (an error when the page tables give none:
+        gdb then goes without a map)."""
+        target = self.backend.target()
+        if self._map_of is not target:
+            self._map, self._map_of = memory_map_xml(target), target
+        if self._map is None:
+            raise PacketError("no memory map: paging is off or its tables are unreadable",
+                              EINVAL, quiet=True)
+        return self._map
 
     def _thread(self, gdb_id: int) -> ProxyThread:
         thread = self._views().get(gdb_id)
