@@ -289,3 +289,52 @@ def test_memory_map_from_the_page_tables_and_unmapped_reads_fail_in_gdb_and_lldb
                ).decode()
     assert re.search(rf"^0x0*{stack_low:x}: 0x[0-9a-f]{{16}}$", out, re.M), out
     assert f"error: memory read failed for {guard:#x}" in out, out
+
+
+# ---- qOffsets ------------------------------------------------------------------------------
+
+def test_qoffsets_answers_a_load_offset_and_nothing_without_one(served: Proxy) -> None:
+    """The reference guest runs at its link address: no answer (gdb and LLDB then relocate
+    nothing). A slid guest (Nanos' KASLR) has no image here, so the second half stands a
+    Target with a load offset (the Nanos provider sets it) behind a real session object:
+    fake data, because no slid guest can be booted in this suite."""
+    import socket
+
+    from undebug.errors import UsageError
+    from undebug.gdb.tdesc import TargetDescription
+    from undebug.gdbserver.backend import Snapshot
+    from undebug.gdbserver.session import GdbSession
+    from undebug.gdbserver.wire import GdbConnection
+
+    client = RawClient(served.where)
+    client.ask(b"qSupported")
+    assert client.ask(b"qOffsets") == b""
+    assert client.ask(b"D") == b"OK"
+    client.sock.close()
+
+    class SlidTarget:
+        load_offset = 0xFFFFFFFF7FE00000 + 0x3A000  # a -DNO_KASLR Nanos, moved 0x3a000
+
+        def cpu_count(self) -> int:
+            return 0
+
+    class Held:
+        def target(self) -> SlidTarget:
+            return target
+
+        def warn_once(self, message: str) -> None:
+            pass
+
+    def no_os(target: object) -> Snapshot:
+        raise UsageError("no OS awareness for this stand-in")
+
+    target = SlidTarget()
+    ours, theirs = socket.socketpair()
+    session = GdbSession(GdbConnection(ours), Held(), no_os,  # type: ignore[arg-type]
+                         TargetDescription(None, ()), {})
+    try:
+        assert session.handle(b"qOffsets") == \
+            b"Text=ffffffff7fe3a000;Data=ffffffff7fe3a000;Bss=ffffffff7fe3a000"
+    finally:
+        ours.close()
+        theirs.close()

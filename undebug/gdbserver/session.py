@@ -243,6 +243,10 @@ class GdbSession:
             return to_hex_text(f"{thread.name}, {thread.state}")
         if text == "qC":
             return b"QC%x" % self._current().gdb_id
+        if name == "qOffsets":  # a guest that runs slid from its ELF (KASLR)
+            self._views()  # the OS awareness may find the slide as it reads the threads
+            offset = self.backend.target().load_offset & (1 << 64) - 1
+            return b"Text=%x;Data=%x;Bss=%x" % (offset, offset, offset) if offset else b""
         if name == "qAttached":
             return b"1"  # so gdb detaches on quit instead of sending k
         if name == "qSymbol":
