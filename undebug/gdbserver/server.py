@@ -9,6 +9,8 @@ a dump) and serves the guest's threads instead, the way pyOCD's and OpenOCD's RT
 - :mod:`undebug.gdbserver.session`: the packets answered, thread ids translated;
 - :mod:`undebug.gdbserver.runstate`: run control: waiting for a stop;
 - :mod:`undebug.gdbserver.stopinfo`: stop replies and LLDB's per-thread answers;
+- :mod:`undebug.gdbserver.stoppoints`: the debugger's breakpoints and watchpoints;
+- :mod:`undebug.gdbserver.memorymap`: the memory map gdb reads, from the page tables;
 - :mod:`undebug.gdbserver.monitor`: ``monitor NAME`` (qRcmd): the CLI's views;
 - :mod:`undebug.gdbserver.backend`: what the guest behind it offers (a Target per stop, run
   control, breakpoints), and the thread provider the command injects;

@@ -35,6 +35,7 @@ from undebug.gdbserver.memorymap import memory_map_xml
 from undebug.gdbserver.monitor import MonitorCommand, monitor_text
 from undebug.gdbserver.runstate import wait_for_stop
 from undebug.gdbserver.stopinfo import stop_reply, thread_stop_info, threads_info
+from undebug.gdbserver.stoppoints import Stoppoints
 from undebug.gdbserver.threads import ProxyThread, ThreadView
 from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, to_hex_text
 from undebug.target import ReadError, Target
@@ -47,7 +48,6 @@ PACKET_SIZE = 0x4000
 MAX_MEMORY = (PACKET_SIZE - 32) // 2  # bytes in one m reply
 PAGE = 4096
 EPERM, EFAULT, EINVAL = 0x01, 0x0E, 0x16
-WATCH_KINDS = {2: "write", 3: "read", 4: "access"}  # Z2, Z3, Z4
 MONITOR_CHUNK = (PACKET_SIZE - 16) // 8  # characters per O packet (UTF-8, then hex)
 
 
@@ -77,9 +77,7 @@ class GdbSession:
         self.current = 0  # the thread of the last stop (gdb id)
         self.g_thread = 0  # Hg: registers of this thread (0: the current one)
         self.c_thread = -1  # Hc: s/c of this thread (-1: all, 0: any)
-        self.owned: dict[tuple[int, int], int] = {}  # (Z type, address) -> supervisor bp id
-        self.adopted: set[tuple[int, int]] = set()  # someone else's breakpoint there
-        self.hardware: dict[int, bool] = {}  # supervisor bp id -> a hardware breakpoint
+        self.points = Stoppoints(backend)  # the debugger's breakpoints and watchpoints
         self.last_stop = Stop(SIGTRAP)  # what ? reports
         self._view: ThreadView | None = None
         self._view_of: Target | None = None
@@ -130,16 +128,9 @@ class GdbSession:
                 return
 
     def _cleanup(self) -> None:
-        self._remove_breakpoints()
+        self.points.remove_all()
         self.backend.release()
         self.conn.close()
-
-    def _remove_breakpoints(self) -> None:
-        for bp_id in self.owned.values():
-            with contextlib.suppress(UndebugError):
-                self.backend.delete_breakpoint(bp_id)
-        self.owned.clear()
-        self.adopted.clear()
 
     # ---- dispatch -----------------------------------------------------------------------
 
@@ -190,7 +181,10 @@ class GdbSession:
         if kind in ("M", "X"):
             return self._write_memory(kind, packet[1:])
         if kind in ("Z", "z"):
-            return self._breakpoint(text)
+            try:
+                return self.points.handle(text)
+            except UsageError as exc:
+                raise PacketError(exc.message) from None
         if kind in ("c", "C"):
             return self._resume(None)
         if kind in ("s", "S"):
@@ -380,40 +374,6 @@ class GdbSession:
                 raise PacketError(exc.message, EFAULT) from None
         return b"OK"
 
-    def _breakpoint(self, text: str) -> bytes:
-        """``Z``/``z``: types 0 and 1 are breakpoints, 2, 3 and 4 watchpoints (write,
-        read, access; the third field is their length), all kept by the backend."""
-        kind_text, address_text, length_text = text[1:].partition(";")[0].split(",")
-        kind, address = int(kind_text), int(address_text, 16)
-        if kind not in (0, 1, *WATCH_KINDS):
-            return b""
-        key = (kind, address)
-        if text[0] == "z":
-            if key in self.owned:
-                self.backend.delete_breakpoint(self.owned.pop(key))
-            self.adopted.discard(key)
-            return b"OK"
-        if key in self.owned or key in self.adopted:
-            return b"OK"
-        symbol = self.backend.target().elf.symbolize(address)
-        location = symbol or f"{address:#x}"
-        watch = WATCH_KINDS.get(kind)
-        try:
-            bp = self.backend.insert_breakpoint(address, kind == 1, location) if watch is None \
-                else self.backend.insert_watchpoint(address, int(length_text, 16), watch,
-                                                    location)
-        except UsageError as exc:  # one there already (`undebug break`): use it, leave it
-            there = [b for b in self.backend.breakpoints()
-                     if b.address == address and b.watch == watch]
-            if not there:
-                raise PacketError(exc.message) from None
-            self.adopted.add(key)
-            self.hardware[there[0].id] = there[0].hardware
-            return b"OK"
-        self.owned[key] = bp.id
-        self.hardware[bp.id] = bp.hardware
-        return b"OK"
-
     # ---- run control --------------------------------------------------------------------
 
     def _vcont(self, actions: str) -> bytes | None:
@@ -475,14 +435,8 @@ class GdbSession:
         return stop_reply(stop, thread, self._hardware(stop))
 
     def _hardware(self, stop: Stop) -> bool | None:
-        """Whether the breakpoint that stopped the guest is a hardware one (None: no
-        breakpoint, one since deleted, or a client that takes no swbreak/hwbreak)."""
-        bp = stop.breakpoint
-        if bp is None or not self.swbreak:
-            return None
-        if bp not in self.hardware:  # someone else's (undebug break)
-            self.hardware.update((b.id, b.hardware) for b in self.backend.breakpoints())
-        return self.hardware.get(bp)
+        """swbreak/hwbreak for this stop, if the client takes them."""
+        return self.points.hardware_of(stop) if self.swbreak else None
 
     def _console(self, text: str) -> None:
         """Text for the debugger's console (an O packet: only while the target runs)."""
@@ -490,7 +444,7 @@ class GdbSession:
 
     def _detach(self) -> None:
         """gdb's detach lets the program run: delete our breakpoints and resume."""
-        self._remove_breakpoints()
+        self.points.remove_all()
         self.backend.release()
         state = self.backend.state()
         if not state.ended and not state.crashed:
