@@ -5,7 +5,9 @@ The reference guest runs ``threads=1000`` (1,007 guest threads) on ``-smp 2``. u
 side: ``undebug gdbserver NAME`` on its default unix socket, then, timed end to end,
 ``gdb -batch -nx -ex 'target remote SOCK' -ex 'info threads' -ex 'thread apply all bt'``
 (gdb's own unwinder over the server's guest threads: names from ``qXfer:threads:read``,
-sleeping threads' saved contexts as their registers). Baseline: ``bench/gdb/osv_bt.py``
+sleeping threads' saved contexts as their registers), with gdb's CPU time and the
+server's (from /proc) for each round: on a loaded machine the wall time is mostly the
+~6 round trips per thread waiting to be scheduled. Baseline: ``bench/gdb/osv_bt.py``
 (see bench/threads.py) by ``gdb -batch`` against an identical second QEMU's own gdbstub.
 Both guests are paused between rounds (gdb's detach resumes them: ``undebug stop``, QMP
 ``stop``), rounds are interleaved, medians. The results check that gdb saw every thread
@@ -14,6 +16,7 @@ through the server and unwound each. Goal: under 2 s end to end through the serv
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -53,6 +56,12 @@ def _serve(guest: UndebugGuest) -> tuple[subprocess.Popen[bytes], str]:
     return proc, match.group(1)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _gdb_through_server(where: str) -> tuple[Clock, dict[str, int]]:
     with Clock() as clock:
         done = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set pagination off",
@@ -72,7 +81,8 @@ def run() -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ud-bench-gs-"))
     append = f"threads={WORKERS}"
     samples: dict[str, list[float]] = {"server_gdb_s": [], "server_gdb_cpu_s": [],
-                                       "osv_script_s": [], "osv_script_cpu_s": []}
+                                       "server_cpu_s": [], "osv_script_s": [],
+                                       "osv_script_cpu_s": []}
     seen: dict[str, Any] = {}
     ud = plain = None
     server: subprocess.Popen[bytes] | None = None
@@ -84,7 +94,9 @@ def run() -> dict[str, Any]:
         plain_dir.mkdir()
         plain = PlainGuest(plain_dir, append, boot_timeout=TIMEOUT_S)
         for _ in range(ROUNDS):
+            served_before = _cpu_s(server.pid)
             clock, seen = _gdb_through_server(where)
+            samples["server_cpu_s"].append(_cpu_s(server.pid) - served_before)
             undebug("stop", ud.name, env=ud.env, stdout=subprocess.DEVNULL)
             samples["server_gdb_s"].append(clock.wall)
             samples["server_gdb_cpu_s"].append(clock.cpu)
@@ -108,6 +120,8 @@ def run() -> dict[str, Any]:
             "threads": threads,
             "gdb_through_server_s": med.get("server_gdb_s"),
             "osv_script_over_qemu_stub_s": med.get("osv_script_s"),
+            "cpu_gdb_plus_server_s": round(med["server_gdb_cpu_s"] + med["server_cpu_s"], 3)
+            if "server_cpu_s" in med else None,
             "speedup": round(med["osv_script_s"] / med["server_gdb_s"], 1)
             if "osv_script_s" in med and "server_gdb_s" in med else None,
             "goal_under_2_s": med.get("server_gdb_s", GOAL_S) < GOAL_S},

@@ -134,6 +134,12 @@ def test_an_interrupt_and_undebug_stop_report_the_vcpu_qemu_names(served: Proxy)
     on_cpu1 = [t for t in guest_threads(served.guest).values() if t["cpu"] == 1]
     assert [t["id"] for t in on_cpu1] == [int(match.group(1), 16)], on_cpu1
     assert bytes.fromhex(match.group(2).decode()).decode() == on_cpu1[0]["name"]
+    # A hardware breakpoint's stop says hwbreak (a software one said swbreak above).
+    handler = ElfFile(ELF).symbol("handle_request").address  # type: ignore[union-attr]
+    assert client.ask(b"Z1,%x,1" % handler) == b"OK"
+    reply = _ask_stop(client, b"vCont;c")
+    assert re.fullmatch(rb"T05thread:[0-9a-f]+;core:[01];hexname:[0-9a-f]+;hwbreak:;", reply), reply
+    assert client.ask(b"z1,%x,1" % handler) == b"OK"
     assert client.ask(b"D") == b"OK"
     client.sock.close()
 
