@@ -193,6 +193,26 @@ def test_a_watchpoint_on_planted_counter_stops_the_cli_when_the_guest_writes_it(
         undebug("cont", served.guest)
 
 
+def test_watch_refuses_what_it_cannot_watch_with_exit_2(served: Proxy) -> None:
+    for args, message in [((), "give a SYMBOL or ADDR"),
+                          (("--list", "--read"), "give a SYMBOL or ADDR"),
+                          (("planted_counter", "--len", "0"), "must be at least 1"),
+                          (("planted_counter", "--len", "5000"), "1 to 4096 bytes"),
+                          (("planted_counter", "--read", "--access"), "not allowed with"),
+                          (("no_such_variable",), "no symbol 'no_such_variable'"),
+                          (("0x8000000000000000",), "not a canonical x86-64 address")]:
+        result = undebug("watch", served.guest, *args)
+        assert result.code == 2 and message in result.stderr, (args, result.stderr)
+    assert undebug("watch", served.guest, "--list").stdout == "no watchpoints\n"
+    made = undebug("watch", served.guest, "planted_counter", "--access", "--json").json()
+    try:
+        again = undebug("watch", served.guest, "planted_counter", "--access")
+        assert again.code == 2 and "an access watchpoint at" in again.stderr, again.stderr
+    finally:
+        undebug("delete", served.guest, str(made["watchpoint"]["id"]))
+        undebug("cont", served.guest)
+
+
 def test_gdb_and_lldb_watchpoints_stop_when_the_guest_writes_planted_counter(
         served: Proxy) -> None:
     address, _ = _counter_symbol()

@@ -278,9 +278,10 @@ class RunControl(ABC):
             there = self.breakpoints.at(address) if watch is None else \
                 self.breakpoints.watching(address, watch)
             if there is not None and there.address == address:
-                kind = "breakpoint" if watch is None else f"{watch} watchpoint"
+                kind = "a breakpoint" if watch is None else \
+                    f"{'an' if watch == 'access' else 'a'} {watch} watchpoint"
                 raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"a {kind} at {address:#x} exists already")
+                                   f"{kind} at {address:#x} exists already")
             bp = self.breakpoints.add(address, hardware, location, owner, when, watch,
                                       length if watch is not None else 1)
             try:
