@@ -3,8 +3,9 @@
 "Running" is what the gdbstub sees: after our ``c``, until a stop reply. Reads hold the
 guest still and put it back as the user left it; a freeze holds it across many requests;
 breakpoints are kept here so they outlive every client. Stop replies that nobody waited
-for under ``_lock`` are the guest stopping by itself (a breakpoint): it then stays
-stopped until the user resumes it.
+for under ``_lock`` are the guest stopping by itself (a breakpoint, a watchpoint): it then
+stays stopped until the user resumes it. The user's pause remembers the vCPU the stub's
+interrupt reply names (``paused_cpu``), so a debugger is told that vCPU's thread stopped.
 """
 
 from __future__ import annotations
@@ -193,8 +194,10 @@ class RunControl(ABC):
             registers = await self._stub(rsp.registers, reply.thread)
         pc = registers.get("rip")
         hit = _watch_hit(reply)
-        bp = None if reply.signal != SIGTRAP else self.breakpoints.watching(hit[1], hit[0]) \
-            if hit else self.breakpoints.at(pc)
+        bp = None
+        if reply.signal == SIGTRAP:
+            bp = self.breakpoints.at(pc) if hit is None else \
+                self.breakpoints.watching(hit[1], hit[0])
         reason = ("watchpoint" if hit else "breakpoint") if bp else f"signal {reply.signal}"
         self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal, "reason": reason,
                           "breakpoint": bp.id if bp else None}
