@@ -8,6 +8,7 @@ and from the guest's own variables (``ram_top``, ``kernel_cr3``, each ``struct t
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import boot, undebug, wait_for_console
+from tests.test_schema import check
 from undebug.arch.x86_64 import Mapping, walk_mappings
 from undebug.elf import ElfFile
 from undebug.os import provider_for
@@ -23,6 +25,7 @@ from undebug.session.store import SessionDir
 from undebug.target import LiveTarget
 
 MIB2 = 2 << 20
+EVIL = "evil\x1b]0;owned\x07"  # the planted hostile thread name
 
 
 def covering(mappings: list[Mapping], address: int) -> Mapping | None:
@@ -70,6 +73,7 @@ def maps_of(name: str, *extra: str) -> dict[str, Any]:
     result = undebug("maps", name, "--json", *extra)
     assert result.code == 0, result.stderr
     doc: dict[str, Any] = result.json()
+    check("maps", doc)  # docs/schema/undebug-1.json
     return doc
 
 
@@ -182,3 +186,52 @@ def test_unikraft_maps_shows_text_data_and_the_threads_stacks() -> None:
         assert any("heap" in r["kinds"] for r in doc["regions"])
     finally:
         undebug("kill", "ukmaps")
+
+
+def test_maps_and_heap_in_the_shell_and_the_python_api(shared_guest: str) -> None:
+    import subprocess
+    import sys
+
+    import undebug as api
+    from undebug.api import GuestText
+
+    cli = maps_of(shared_guest)
+    shell = subprocess.run([sys.executable, "-m", "undebug.cli", "shell", shared_guest],
+                           input="maps --json\nheap --json\n", capture_output=True, text=True,
+                           timeout=120)
+    assert shell.returncode == 0, shell.stderr
+    maps_line, heap_line = shell.stdout.splitlines()
+    assert json.loads(maps_line)["regions"] == cli["regions"]  # the layout is fixed at boot
+    assert json.loads(heap_line)["heaps"][0]["allocator"].startswith("refguest first-fit")
+    with api.attach(shared_guest) as session:
+        memmap = session.memory_map()
+        [heap] = session.heaps()
+    names = [n for r in memmap.regions for n in r.names]
+    evil = next(n for n in names if n.startswith("stack of evil"))
+    assert isinstance(evil, GuestText)
+    assert str(evil) == "stack of evil\\x1b]0;owned\\x07" and evil.raw == "stack of " + EVIL
+    assert [(r.start, r.end, r.permissions) for r in memmap.regions] == \
+        [(r["start"], r["end"], r["permissions"]) for r in cli["regions"]]
+    assert heap.total == json.loads(heap_line)["heaps"][0]["total"]
+
+
+def test_maps_and_heap_on_an_os_undebug_does_not_know(shared_guest: str, guest_image: Path,
+                                                      tmp_path: Path) -> None:
+    """The generic part: the same guest seen through its ELF stripped of symbols (so no OS
+    provider, the vCPUs as threads) still gets its page tables and ELF sections."""
+    import subprocess
+
+    stripped = tmp_path / "stripped.elf"
+    subprocess.run(["strip", "-o", str(stripped), str(guest_image)], check=True)
+    doc = maps_of(shared_guest, "--elf", str(stripped))
+    assert any("no guest threads" in w for w in doc["warnings"]), doc["warnings"]
+    text = ElfFile(guest_image).section(".text")
+    assert text is not None
+    region = region_at(doc, text.address)
+    assert (region["names"], region["permissions"]) == ([".text"], "r-x")
+    assert region_at(doc, 0)["names"] == ["null page"]
+    assert not any(n.startswith(("stack of", "guard page of", "heap")) for r in doc["regions"]
+                   for n in r["names"])
+    heap = undebug("heap", shared_guest, "--elf", str(stripped), "--json")
+    assert heap.code == 0 and heap.json()["heaps"] == []
+    assert any("knows no allocator" in w for w in heap.json()["warnings"])

@@ -253,3 +253,26 @@ def test_walk_unreadable_table_and_reserved_bit_are_reported_and_skipped() -> No
 def test_walk_unreadable_root() -> None:
     walk = walk_mappings(Phys(limit=1 << 20).read, 0x20_0000)
     assert walk.mappings == [] and "unreadable" in walk.problems[0]
+
+
+def test_walk_full_last_level_tables_fast_and_entry_by_entry_agree() -> None:
+    """A last-level table of 512 contiguous pages is taken whole; one that differs in a
+    single entry is read entry by entry: both give what translate gives page by page."""
+    phys = Phys()
+    phys.set(0x1000, 0, 0x2000 | P | W)
+    phys.set(0x2000, 0, 0x3000 | P | W)
+    for page in range(1024):  # 4 MiB from 2 MiB: two full last-level tables
+        flags = P | (0 if page == 512 + 100 else W) | NX  # one read-only page in the second
+        phys.set(0x3000, 1 + page // 512, (0x10000 + (page // 512) * 4096) | P | W)
+        phys.set(0x10000 + (page // 512) * 4096, page % 512, (0x80_0000 + page * 4096) | flags)
+    walk = walk_mappings(phys.read, 0x1000)
+    assert walk.mappings == [
+        Mapping(0x20_0000, 0x80_0000, (512 + 100) * 4096, 4096, True, False, False),
+        Mapping(0x20_0000 + 612 * 4096, 0x80_0000 + 612 * 4096, 4096, 4096, False, False, False),
+        Mapping(0x20_0000 + 613 * 4096, 0x80_0000 + 613 * 4096, 411 * 4096, 4096, True, False,
+                False),
+    ]
+    for m in walk.mappings:
+        for at in range(m.virtual, m.end, 4096):
+            t = translate(phys.read, 0x1000, at)
+            assert (t.physical, t.writable) == (m.physical + at - m.virtual, m.writable)

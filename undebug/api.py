@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.elf import Symbol
@@ -37,6 +37,10 @@ __all__ = ["Backtrace", "Breakpoint", "Console", "GuestStatus", "GuestText", "Gu
            "status", "step"]
 
 _D = TypeVar("_D")
+
+if TYPE_CHECKING:  # imported when used: maps and heap are not every session's
+    from undebug.os.heap import HeapReport
+    from undebug.os.memmap import MemoryMap
 
 
 class GuestText(str):
@@ -139,6 +143,22 @@ class Session:
 
     def read_physical(self, address: int, size: int) -> bytes:
         return self.target.read_physical(address, size)
+
+    def memory_map(self) -> MemoryMap:
+        """The guest's memory map, as ``undebug maps`` shows it (:mod:`undebug.os.memmap`);
+        each region's ``names`` made :class:`GuestText` (they hold thread names)."""
+        from undebug.os.memmap import memory_map
+
+        with self.target.moment():
+            found = memory_map(self.target, self.provider)
+        found.regions = [dataclasses.replace(r, names=tuple(GuestText(n) for n in r.names))
+                         for r in found.regions]
+        return found
+
+    def heaps(self) -> list[HeapReport]:
+        """The guest's allocators, as ``undebug heap`` shows them (:mod:`undebug.os.heap`)."""
+        with self.target.moment():
+            return self.provider.heaps()
 
     def symbol(self, name: str) -> Symbol | None:
         symbol = self.target.elf.symbol(name)

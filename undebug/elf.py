@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from undebug.elf_headers import PT_LOAD, ElfHeaderError, notes, program_headers
+from undebug.elf_headers import PT_LOAD, ElfHeaderError, note_sections, notes, program_headers
 from undebug.errors import UsageError
 
 NT_GNU_BUILD_ID = 3
@@ -141,9 +141,10 @@ def _check_bounds(elf: Any, size: int) -> None:
 
 
 def _build_id(data: bytes) -> tuple[str | None, int | None]:
-    """The GNU build-id and the virtual address of its bytes (where the guest has them)."""
+    """The GNU build-id and the virtual address of its bytes (where the guest has them):
+    from a PT_NOTE, else from a note section (Unikraft's images have no PT_NOTE)."""
     segments = program_headers(data)
-    for note in notes(data, segments):
+    for note in [*notes(data, segments), *note_sections(data)]:
         if note.type != NT_GNU_BUILD_ID or note.name != b"GNU":
             continue
         address = None

@@ -263,6 +263,12 @@ extern int opt_trace;                 /* enum in trace_glue.c */
 extern uint64_t opt_trace_bench, opt_trace_flood;
 bool trace_parse_option(const char *key, const char *val);
 
+/* ---- net.c (virtio-net + lwIP; main.c parses net= and corrupt=cyclic-pcbs) -- */
+enum { NET_AUTO, NET_ON, NET_OFF };
+extern int opt_net;                   /* net=auto|on|off; auto: on if a virtio-net device is found */
+extern int opt_corrupt_cyclic_pcbs;
+void net_start(void);                 /* after the workers: adds the `net` thread */
+
 /* asm */
 void switch_context(struct context *save, struct context *load);
 void thread_trampoline(void);

@@ -104,8 +104,22 @@ static void parse_option(char *tok)
 	} else if (!strcmp(tok, "corrupt") && has_val) {
 		if (!strcmp(val, "cyclic-threads"))
 			opt_corrupt_cyclic = 1;
+		else if (!strcmp(val, "cyclic-pcbs"))
+			opt_corrupt_cyclic_pcbs = 1;
 		else
 			kprintf("refguest: warning: bad value '%s' for corrupt (ignored)\n", val);
+	} else if (!strcmp(tok, "net") && has_val) {
+		if (!strcmp(val, "auto"))
+			opt_net = NET_AUTO;
+		else if (!strcmp(val, "on"))
+			opt_net = NET_ON;
+		else if (!strcmp(val, "off"))
+			opt_net = NET_OFF;
+		else
+		{
+			kprintf("refguest: warning: bad value '%s' for net (using auto)\n", val);
+			opt_net = NET_AUTO;
+		}
 	} else {
 		kprintf("refguest: warning: unknown option '%s'\n", tok);
 	}
@@ -455,6 +469,7 @@ void kmain(struct hvm_start_info *si)
 		ksnprintf(name, sizeof name, "worker-%u", i);
 		thread_create(name, worker_main, w, 1);
 	}
+	net_start();
 	while (!planted_ready())
 		sleep_ms(1);
 	ready_uptime_ms = uptime_ms();

@@ -290,6 +290,21 @@ void kfree(void *p)
 	irq_restore(f);
 }
 
+/* Planted fragmentation (README, "Planted state"): 16 blocks of 32 bytes at the
+ * start of the arena, the even ones freed again: 8 free 32-byte blocks between
+ * used ones, which only kmalloc(n <= 16) could reuse, and nothing does. */
+void *heap_planted[16];
+
+static void heap_plant(void)
+{
+	for (unsigned i = 0; i < 16; i++)
+		heap_planted[i] = kmalloc(16);
+	for (unsigned i = 0; i < 16; i += 2) {
+		kfree(heap_planted[i]);
+		heap_planted[i] = NULL;
+	}
+}
+
 /* ---- init --------------------------------------------------------------- */
 static uint8_t cmos_read(uint8_t reg)
 {
@@ -345,4 +360,5 @@ void mm_init(const struct hvm_start_info *si)
 	page_hint = 0;
 	paging_init();
 	heap_init();
+	heap_plant();
 }

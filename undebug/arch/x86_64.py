@@ -153,19 +153,20 @@ class _Walker:
         self.walk.complete = False
         self.stopped = True
 
-    def leaf(self, virtual: int, physical: int, page_size: int, writable: bool, user: bool,
-             executable: bool) -> None:
+    def leaf(self, virtual: int, physical: int, size: int, page_size: int, writable: bool,
+             user: bool, executable: bool) -> None:
+        """``size`` bytes mapped in pages of ``page_size`` from ``virtual`` to ``physical``."""
         run = self.run
         if run is not None and run[0] + run[2] == virtual and run[1] + run[2] == physical \
                 and run[3:] == (page_size, writable, user, executable):
-            self.run = (run[0], run[1], run[2] + page_size, *run[3:])
+            self.run = (run[0], run[1], run[2] + size, *run[3:])
             return
         self.flush()
         if len(self.walk.mappings) >= self.max_mappings:
             self.stop(f"stopped after {self.max_mappings} mappings (the budget): "
                       "the map is incomplete")
             return
-        self.run = (virtual, physical, page_size, page_size, writable, user, executable)
+        self.run = (virtual, physical, size, page_size, writable, user, executable)
 
     def flush(self) -> None:
         if self.run is not None:
@@ -192,7 +193,16 @@ class _Walker:
         shift = 12 + 9 * (level - 1)
         span = 1 << shift
         top_bit = 1 << (12 + 9 * self.levels - 1)
-        for index, entry in enumerate(struct.unpack("<512Q", data)):
+        entries = struct.unpack("<512Q", data)
+        first = entries[0]
+        if level == 1 and first & _PRESENT and (first & _ADDR) + 511 * PAGE_SIZE <= _ADDR \
+                and entries == tuple(range(first, first + 512 * PAGE_SIZE, PAGE_SIZE)):
+            # the common last-level table: 512 pages, contiguous, one set of flags
+            self.leaf(base, first & _ADDR, 512 * PAGE_SIZE, PAGE_SIZE,
+                      writable and bool(first & _WRITABLE), user and bool(first & _USER),
+                      executable and not first & _NX)
+            return
+        for index, entry in enumerate(entries):
             if not entry & _PRESENT:
                 continue
             if self.stopped:
@@ -204,7 +214,7 @@ class _Walker:
             u = user and bool(entry & _USER)
             x = executable and not entry & _NX
             if level == 1 or (level in (2, 3) and entry & _HUGE):
-                self.leaf(virtual, entry & _ADDR & ~(span - 1), span, w, u, x)
+                self.leaf(virtual, entry & _ADDR & ~(span - 1), span, span, w, u, x)
             elif entry & _HUGE:
                 self.problem(f"level-{level} entry {index} of the table at {address:#x} "
                              "sets the page-size bit (reserved there): skipped")

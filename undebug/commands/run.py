@@ -48,7 +48,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smp", type=int, default=1, metavar="N", help="number of vCPUs (1)")
     p.add_argument("--append", default="", metavar="ARGS", help="the guest's kernel command line")
     p.add_argument("--forward", action="append", default=[], metavar="tcp:HOSTPORT:GUESTPORT",
-                   help="forward 127.0.0.1:HOSTPORT to the guest (repeatable)")
+                   help="forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (tcp or udp; "
+                   "repeatable; HOSTPORT 0 or empty: a free port, shown by status and ps); "
+                   "the guest gets a virtio-net device on QEMU user networking")
     p.add_argument("--paused", action="store_true",
                    help="hold the guest before its first instruction (resume with cont)")
     p.add_argument("--trace-file", type=Path, metavar="FILE",

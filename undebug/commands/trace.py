@@ -513,8 +513,11 @@ def _show(args: argparse.Namespace) -> Report:
     try:
         for batch in source.batches(SHOW_WINDOW, follow=args.follow):
             if printer is None:
+                from tracers.unikraft.bridge import bridge_for
+
                 printer = EventPrinter(source.tracepoints, args.filter,
-                                       wall_clock=args.wall_clock)
+                                       wall_clock=args.wall_clock,
+                                       unikraft=bridge_for(source.tracepoints))
                 matcher = SpanMatcher(source.tracepoints)
                 if args.follow:  # (without --follow, summary() notes every session's)
                     for w in source.first_notes:

@@ -20,6 +20,7 @@ from undebug.trapframe import TrapFrame
 
 if TYPE_CHECKING:
     from undebug.os.crash import Crash
+    from undebug.os.heap import HeapReport
 
 __all__ = ["CrashStop", "GuestThread", "MemoryArea", "StructValue", "ThreadProvider",
            "ThreadSnapshot", "read_struct", "walk_list"]
@@ -214,6 +215,11 @@ class ThreadProvider(ABC):
         threads' stacks (:mod:`undebug.os.memmap` has those): heap, guard pages, per-CPU
         stacks. Bounded and cycle-safe like a thread walk; problems go into
         ``self.target.warnings``."""
+        return []
+
+    def heaps(self) -> list[HeapReport]:
+        """Each allocator of this OS as it is now (:mod:`undebug.os.heap`); [] when
+        undebug does not know the OS's allocator."""
         return []
 
     @abstractmethod

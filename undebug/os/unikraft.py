@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from undebug.elf import ElfFile
 from undebug.os.crash import Crash, find_crash
+from undebug.os.heap import HeapReport
 from undebug.os.provider import (
     MAX_THREADS,
     CrashStop,
@@ -139,6 +140,11 @@ class UnikraftProvider(ThreadProvider):
 
     def crash(self) -> Crash | None:
         return find_crash(self, PANIC_FUNCTIONS, "crash (UK_CRASH or UK_ASSERT)")
+
+    def heaps(self) -> list[HeapReport]:
+        from undebug.os.ukalloc import unikraft_heaps
+
+        return unikraft_heaps(self)
 
     def memory_areas(self) -> list[MemoryArea]:
         """The boot memory regions (``bi_bootinfo->mrds``: the allocator's free memory,

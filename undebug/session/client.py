@@ -205,6 +205,17 @@ class SupervisorClient:
             raise SessionError(f"guest {self.session.name!r}: a malformed machine_map reply") \
                 from None
 
+    def net_host(self) -> dict[str, Any]:
+        """The NIC as QEMU sees it: ``rx_filters``, ``network`` and ``usernet`` (raw)."""
+        return self.call("net_host")
+
+    def capture_start(self, file: str, netdev: str = "net0") -> None:
+        """QEMU writes the NIC's packets to ``file`` (pcap) until :meth:`capture_stop`."""
+        self.call("capture_start", file=file, netdev=netdev)
+
+    def capture_stop(self) -> None:
+        self.call("capture_stop")
+
     def memory_fd(self) -> tuple[list[tuple[int, int, int]], int]:
         """Guest RAM's layout and a read-only descriptor of it (the caller closes it);
         SessionError when RAM is not shared."""

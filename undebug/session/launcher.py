@@ -182,8 +182,7 @@ def launch_guest(request: LaunchRequest) -> Launched:
         warnings.append(f"--append is {len(request.append.encode())} bytes but this "
                         f"{image.description} takes at most {image.cmdline_max}: the rest "
                         "is dropped")
-    for forward in request.forwards:
-        Forward.parse(forward)
+    forwards = [str(Forward.parse(forward).bound()) for forward in request.forwards]
     check_machine(request.memory_mb, request.smp)
     find_qemu()
     accel = choose_accel(request.accel)
@@ -197,7 +196,7 @@ def launch_guest(request: LaunchRequest) -> Launched:
         mode="launch", image=str(image.path.resolve()),
         elf=str(debug_elf) if debug_elf is not None else None, accel=accel.name,
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
-        append=request.append, forwards=list(request.forwards), start_paused=request.paused,
+        append=request.append, forwards=forwards, start_paused=request.paused,
         trace=request.trace,
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None,
         trace_max_size=request.trace_max_size)

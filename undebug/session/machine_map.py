@@ -65,24 +65,37 @@ def pci_ranges(buses: Any) -> list[DeviceRange]:
     """The memory BARs of every function in a ``query-pci`` reply (I/O-port BARs are not
     in the physical address space)."""
     out: list[DeviceRange] = []
-    for bus in buses if isinstance(buses, list) else []:
-        for dev in bus.get("devices", []) if isinstance(bus, dict) else []:
+    for bus in _list(buses):
+        for dev in _list(bus.get("devices")) if isinstance(bus, dict) else []:
             if not isinstance(dev, dict):
                 continue
-            ident = dev.get("id") or {}
-            where = f"{dev.get('bus', 0):02x}:{dev.get('slot', 0):02x}.{dev.get('function', 0)}"
-            what = (dev.get("class_info") or {}).get("desc") or \
-                f"{ident.get('vendor', 0):04x}:{ident.get('device', 0):04x}"
-            for bar in dev.get("regions", []):
+            ident = _dict(dev.get("id"))
+            where = f"{_int(dev.get('bus')):02x}:{_int(dev.get('slot')):02x}." \
+                f"{_int(dev.get('function'))}"
+            what = str(_dict(dev.get("class_info")).get("desc") or
+                       f"{_int(ident.get('vendor')):04x}:{_int(ident.get('device')):04x}")
+            for bar in _list(dev.get("regions")):
                 if not isinstance(bar, dict) or bar.get("type") != "memory":
                     continue
                 start, size = bar.get("address"), bar.get("size")
                 if not isinstance(start, int) or not isinstance(size, int) or size <= 0 \
                         or start <= 0 or start + size > 1 << 64:
                     continue  # not assigned yet (the guest has not programmed the BAR)
-                name = f"pci {where} {what} BAR{bar.get('bar', '?')}"
+                name = f"pci {where} {what} BAR{_int(bar.get('bar'))}"
                 out.append(DeviceRange(start, start + size, "mmio", name[:MAX_NAME], "pci"))
     return out
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and 0 <= value < 1 << 16 else 0
 
 
 async def machine_map(client: Any) -> list[DeviceRange]:

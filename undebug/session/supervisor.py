@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from undebug.errors import UndebugError
+from undebug.session import nethost
 from undebug.session.breakpoints import MAX_WATCH, OWNERS, WATCHES
 from undebug.session.guest import Guest
 from undebug.session.protocol import (
@@ -126,6 +127,13 @@ class ControlServer:
             return {"files": await guest.target_xml()}
         if op == "machine_map":
             return {"ranges": [r.to_json() for r in await guest.machine_map()]}
+        if op == "net_host":
+            return await nethost.host_view(guest.qmp)
+        if op == "capture_start":
+            return await nethost.capture_start(guest.qmp, str(args.get("file", "")),
+                                               str(args.get("netdev", "net0")))
+        if op == "capture_stop":
+            return await nethost.capture_stop(guest.qmp)
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ __all__ = ["ISA_DEBUG_EXIT_PORT", "Forward", "QemuConfig", "QemuFiles", "RamRegi
 
 QEMU_BINARY = "qemu-system-x86_64"
 ISA_DEBUG_EXIT_PORT = 0x501  # QEMU's default, where Unikraft and Nanos write their exit
-_FORWARD = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
+_FORWARD = re.compile(r"^(tcp|udp):(\d{0,5}):(\d{1,5})$")
 
 
 def find_qemu() -> str:
@@ -78,12 +79,30 @@ class Forward:
 
     @classmethod
     def parse(cls, spec: str) -> Forward:
+        """``PROTO:HOSTPORT:GUESTPORT``; HOSTPORT 0 or empty: any free port (:meth:`bound`)."""
         match = _FORWARD.match(spec)
-        if not match or not all(0 < int(p) < 65536 for p in match.group(2, 3)):
+        host = int(match.group(2) or 0) if match else -1
+        if not match or not 0 <= host < 65536 or not 0 < int(match.group(3)) < 65536:
             raise UsageError(
-                f"bad --forward {spec!r}", hint="write it as tcp:HOSTPORT:GUESTPORT, e.g. tcp:8080:80"
+                f"bad --forward {spec!r}", hint="write it as tcp:HOSTPORT:GUESTPORT or "
+                "udp:HOSTPORT:GUESTPORT, e.g. tcp:8080:80 (HOSTPORT 0 or empty: a free port)"
             )
-        return cls(match.group(1), int(match.group(2)), int(match.group(3)))
+        return cls(match.group(1), host, int(match.group(3)))
+
+    def bound(self) -> Forward:
+        """This forward with a free loopback port of its protocol in place of port 0 (the
+        kernel's choice, released just before QEMU binds it: another process could take
+        it in between, and QEMU then fails to start, saying so)."""
+        if self.host_port:
+            return self
+        kind = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        return Forward(self.proto, port, self.guest_port)
+
+    def __str__(self) -> str:
+        return f"{self.proto}:{self.host_port}:{self.guest_port}"
 
     def hostfwd(self) -> str:
         return f"hostfwd={self.proto}:127.0.0.1:{self.host_port}-:{self.guest_port}"
