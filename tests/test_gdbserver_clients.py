@@ -270,17 +270,20 @@ def test_monitor_threads_and_ps_print_the_clis_text_in_gdb_and_lldb(served: Prox
     ours = {str(t["id"]): t["name"] for t in guest_threads(served.guest).values()}
     expected = {tid: "evil\\x1b]0;owned\\x07" if name.startswith("evil") else name
                 for tid, name in ours.items()}
-    raw = gdb(served, "monitor threads", "monitor ps", "monitor maps", "monitor nope")
+    raw = gdb(served, "monitor threads", "monitor ps", "monitor maps", "monitor heap",
+              "monitor nope")
     assert b"\x1b" not in raw and b"\x07" not in raw
     out = raw.decode()
     assert _table(out) == expected, out
     assert re.search(rf"^{served.guest} +paused +tcg +2 ", out, re.M), out  # ps, gdb has it
-    assert "undebug: no monitor command 'nope'" in out and "help, maps, ps, threads" in out, out
+    assert "undebug: no monitor command 'nope'" in out and "help, heap, maps, ps, threads" in out, out
     # maps: the thread stacks by name, the hostile one escaped (from the page tables).
     stack = guest_threads(served.guest)["worker-0"]["stack"]
     assert re.search(rf"^{stack[0]:#018x}-{stack[1]:#018x}  rw-s .* stack of worker-0$", out,
                      re.M), out
     assert "guard page of evil\\x1b]0;owned\\x07" in out, out
+    heap = undebug("heap", served.guest).stdout  # the same renderer, the guest as it is now
+    assert heap.splitlines()[0] in out, (heap, out)
     raw = lldb(served, "process plugin packet monitor threads")
     assert b"\x1b" not in raw and _table(raw.decode()) == expected, raw
     assert b"response: OK" in raw
@@ -296,7 +299,7 @@ def test_monitor_output_is_hex_encoded_o_packets_then_ok(served: Proxy) -> None:
         packets.append(client.read())
     assert packets[-1] == b"OK" and len(packets) >= 2, packets
     text = b"".join(bytes.fromhex(p[1:].decode()) for p in packets[:-1]).decode()
-    assert text.startswith("undebug monitor commands: help, maps, ps, threads"), text
+    assert text.startswith("undebug monitor commands: help, heap, maps, ps, threads"), text
     assert client.ask(b"qRcmd,zz").startswith(b"E")  # not hex
     assert client.ask(b"D") == b"OK"
     client.sock.close()

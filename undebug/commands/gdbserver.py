@@ -75,6 +75,7 @@ def _end_with_parent(parent: int) -> None:
 
 def _monitor_commands() -> dict[str, MonitorCommand]:
     """gdb's ``monitor NAME``: the CLI commands of that name, their text as printed."""
+    from undebug.commands.heap import heap_body
     from undebug.commands.inspect import threads_body
     from undebug.commands.lifecycle import ps
     from undebug.commands.maps import maps_body
@@ -82,14 +83,15 @@ def _monitor_commands() -> dict[str, MonitorCommand]:
     no_options = argparse.Namespace(check=False)
     return {"threads": lambda target: threads_body(target, no_options),
             "ps": lambda target: ps(no_options),
-            "maps": lambda target: maps_body(target, no_options)}
+            "maps": lambda target: maps_body(target, no_options),
+            "heap": lambda target: heap_body(target, no_options)}
 
 
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
          description="Listen for gdb (target remote PATH: a 0600 unix socket in the guest's "
          "session directory, or --listen HOST:PORT) and serve the guest with its OS's own "
          "threads: info threads, thread apply all bt, breakpoints, watchpoints, continue, step, "
-         "monitor threads|ps|maps|help. One "
+         "monitor threads|ps|maps|heap|help. One "
          "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
          "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
