@@ -9,6 +9,7 @@ sleeping threads' saved contexts as their registers), with gdb's CPU time and th
 server's (from /proc) for each round: on a loaded machine the wall time is mostly the
 ~6 round trips per thread waiting to be scheduled. Baseline: ``bench/gdb/osv_bt.py``
 (see bench/threads.py) by ``gdb -batch`` against an identical second QEMU's own gdbstub.
+Also, for the record, LLDB 14 through the same server: ``thread list`` + ``bt all``.
 Both guests are paused between rounds (gdb's detach resumes them: ``undebug stop``, QMP
 ``stop``), rounds are interleaved, medians. The results check that gdb saw every thread
 through the server and unwound each. Goal: under 2 s end to end through the server.
@@ -43,8 +44,10 @@ TIMEOUT_S = 300
 
 
 def _serve(guest: UndebugGuest) -> tuple[subprocess.Popen[bytes], str]:
-    """``undebug gdbserver NAME`` (its default unix socket) and where gdb connects."""
-    proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", guest.name],
+    """``undebug gdbserver NAME`` on a free loopback port (LLDB's gdb-remote takes no unix
+    socket) and where gdb connects."""
+    proc = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", guest.name,
+                             "--listen", "127.0.0.1:0"],
                             env=guest.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -76,13 +79,26 @@ def _gdb_through_server(where: str) -> tuple[Clock, dict[str, int]]:
         "unwound_to_thread_entry": out.count(" thread_trampoline ")}
 
 
+def _lldb_through_server(where: str) -> tuple[Clock, dict[str, int]]:
+    """The same in LLDB 14: ``thread list`` (names from jThreadsInfo) and ``bt all``."""
+    with Clock() as clock:
+        done = subprocess.run(["lldb", "--no-lldbinit", "-b", "-o", f"target create {GUEST}",
+                               "-o", f"gdb-remote {where}", "-o", "thread list",
+                               "-o", "bt all", "-o", "detach"],
+                              capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
+    out = done.stdout
+    return clock, {"thread_list_rows": len(re.findall(r"^[ *] thread #\d+: tid = .*, name = ",
+                                                      out, re.M)),
+                   "frames": len(re.findall(r"^ +[ *] frame #\d+: ", out, re.M))}
+
+
 def run() -> dict[str, Any]:
     used = ensure_guest()
     tmp = Path(tempfile.mkdtemp(prefix="ud-bench-gs-"))
     append = f"threads={WORKERS}"
     samples: dict[str, list[float]] = {"server_gdb_s": [], "server_gdb_cpu_s": [],
-                                       "server_cpu_s": [], "osv_script_s": [],
-                                       "osv_script_cpu_s": []}
+                                       "server_cpu_s": [], "lldb_s": [], "lldb_cpu_s": [],
+                                       "osv_script_s": [], "osv_script_cpu_s": []}
     seen: dict[str, Any] = {}
     ud = plain = None
     server: subprocess.Popen[bytes] | None = None
@@ -100,6 +116,10 @@ def run() -> dict[str, Any]:
             undebug("stop", ud.name, env=ud.env, stdout=subprocess.DEVNULL)
             samples["server_gdb_s"].append(clock.wall)
             samples["server_gdb_cpu_s"].append(clock.cpu)
+            clock, seen["lldb"] = _lldb_through_server(where)
+            undebug("stop", ud.name, env=ud.env, stdout=subprocess.DEVNULL)
+            samples["lldb_s"].append(clock.wall)
+            samples["lldb_cpu_s"].append(clock.cpu)
             clock, osv = gdb_round(plain)
             samples["osv_script_s"].append(clock.wall)
             samples["osv_script_cpu_s"].append(clock.cpu)
@@ -120,6 +140,7 @@ def run() -> dict[str, Any]:
             "threads": threads,
             "gdb_through_server_s": med.get("server_gdb_s"),
             "osv_script_over_qemu_stub_s": med.get("osv_script_s"),
+            "lldb_thread_list_bt_all_through_server_s": med.get("lldb_s"),
             "cpu_gdb_plus_server_s": round(med["server_gdb_cpu_s"] + med["server_cpu_s"], 3)
             if "server_cpu_s" in med else None,
             "speedup": round(med["osv_script_s"] / med["server_gdb_s"], 1)
