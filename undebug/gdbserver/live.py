@@ -165,6 +165,9 @@ class LiveBackend:
             kind, when = event.type, event.time
             if kind == "stopped" and event.stop is not None:
                 return Event("stopped", when, _stop_from(event.stop))
+            if kind == "user_paused":  # undebug stop: in the thread on the vCPU QEMU named
+                cpu = event.extra.get("cpu")
+                return Event("stopped", when, Stop(SIGINT, cpu if isinstance(cpu, int) else None))
             if kind == "crashed":
                 return Event("crashed", when, _outcome_stop(event.outcome, ended=False))
             if kind == "ended":

@@ -146,6 +146,7 @@ class RunControl(ABC):
             self.user_paused = True
             self._resume_after_freeze = False
         self.write_record()
+        self.broadcast({"type": "user_paused", "cpu": self.paused_cpu})
 
     async def resume(self) -> None:
         async with self._lock:
