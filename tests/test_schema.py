@@ -79,6 +79,11 @@ def test_run_control_commands_match_the_schema(guest_image: Path) -> None:
         check("wait", run_json("wait", name, "--timeout", "60"))
         check("step", run_json("step", name))
         check("delete", run_json("delete", name, "1"))
+        check("watch", run_json("watch", name, "planted_counter"))
+        check("watch", run_json("watch", name, "--list"))
+        check("cont", run_json("cont", name))
+        check("wait", run_json("wait", name, "--timeout", "60"))  # a watchpoint's stop
+        check("delete", run_json("delete", name, "2"))
         check("stop", run_json("stop", name))
         check("cont", run_json("cont", name))
     finally:

@@ -60,6 +60,8 @@ def _stop_line(info: dict[str, Any]) -> str:
     thread = info.get("thread")
     who = f" in thread {thread['id']} {escape(thread['name'])}" if thread else ""
     bp = f" {info['breakpoint']}" if info.get("breakpoint") else ""
+    if info.get("watch") and info.get("data_address") is not None:
+        bp += f" ({info['watch']} at {info['data_address']:#x})"
     return f"stopped: {info['reason']}{bp} on vCPU {info['cpu']}{who}: {where}"
 
 
@@ -75,7 +77,11 @@ def _break_arguments(p: argparse.ArgumentParser) -> None:
                    help="list the guest's breakpoints instead (yours and gdb's)")
 
 
-def _breakpoint_line(bp: Breakpoint) -> str:
+def breakpoint_line(bp: Breakpoint) -> str:
+    """One breakpoint or watchpoint as ``break --list`` and ``watch --list`` print it."""
+    if bp.watch is not None:
+        return f"watchpoint {bp.id} on {bp.address:#x} ({escape(bp.location)}, {bp.length} " \
+            f"bytes, {bp.watch}, set by {bp.owner})"
     kind = "hardware" if bp.hardware else "software"
     return f"breakpoint {bp.id} at {bp.address:#x} ({escape(bp.location)}, {kind}, " \
         f"set by {bp.owner})"
@@ -94,13 +100,13 @@ def break_(args: argparse.Namespace) -> Report:
         if args.list:
             bps = client.status().breakpoints
             return Report(data={"breakpoints": [bp.to_json() for bp in bps]}, render=lambda: [
-                _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
-        address = _location(args.target, args.location, args.elf)
+                breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
+        address = runtime_location(args.target, args.location, args.elf)
         bp = client.insert_breakpoint(address, args.hardware, args.location)
-    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [_breakpoint_line(bp)])
+    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [breakpoint_line(bp)])
 
 
-def _location(name: str, location: str, elf_path: Path | None) -> int:
+def runtime_location(name: str, location: str, elf_path: Path | None) -> int:
     """The runtime address of a breakpoint LOCATION: an address as given; a symbol or
     FILE:LINE from the ELF, plus the load offset the guest runs it at (a KASLR slide,
     found by :class:`~undebug.target.LiveTarget` from the guest)."""
@@ -128,7 +134,8 @@ def delete(args: argparse.Namespace) -> Report:
         ids = [args.id] if args.id is not None else [bp.id for bp in client.status().breakpoints]
         deleted = [client.delete_breakpoint(bp_id) for bp_id in ids]
     return Report(data={"deleted": [bp.to_json() for bp in deleted]},
-                  render=lambda: [f"deleted breakpoint {bp.id}" for bp in deleted])
+                  render=lambda: [f"deleted {'watchpoint' if bp.watch else 'breakpoint'} "
+                                  f"{bp.id}" for bp in deleted])
 
 
 # ---- step / wait ----------------------------------------------------------------------

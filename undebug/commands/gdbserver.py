@@ -16,6 +16,8 @@ from undebug.text import escape
 if TYPE_CHECKING:  # imported by the command itself: logging is not for every start-up
     import logging
 
+    from undebug.gdbserver.monitor import MonitorCommand
+
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
@@ -71,10 +73,25 @@ def _end_with_parent(parent: int) -> None:
         raise _Terminated
 
 
+def _monitor_commands() -> dict[str, MonitorCommand]:
+    """gdb's ``monitor NAME``: the CLI commands of that name, their text as printed."""
+    from undebug.commands.heap import heap_body
+    from undebug.commands.inspect import threads_body
+    from undebug.commands.lifecycle import ps
+    from undebug.commands.maps import maps_body
+
+    no_options = argparse.Namespace(check=False)
+    return {"threads": lambda target: threads_body(target, no_options),
+            "ps": lambda target: ps(no_options),
+            "maps": lambda target: maps_body(target, no_options),
+            "heap": lambda target: heap_body(target, no_options)}
+
+
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
          description="Listen for gdb (target remote PATH: a 0600 unix socket in the guest's "
          "session directory, or --listen HOST:PORT) and serve the guest with its OS's own "
-         "threads: info threads, thread apply all bt, breakpoints, continue, step. One "
+         "threads: info threads, thread apply all bt, breakpoints, watchpoints, continue, step, "
+         "monitor threads|ps|maps|heap|help. One "
          "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
          "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
@@ -100,7 +117,8 @@ def gdbserver(args: argparse.Namespace) -> Report:
         address = parse_listen(args.listen, args.allow_remote) if args.listen else \
             session.path / GDB_SOCKET
         backend = LiveBackend(session, args.elf, force=args.force)
-        server = GdbServer(backend, lambda target: provider_for(target).threads(), address)
+        server = GdbServer(backend, lambda target: provider_for(target).threads(), address,
+                           _monitor_commands())
         print(f"listening on {server.where} (gdb: target remote {server.where})", flush=True)
         server.serve()
     except (KeyboardInterrupt, _Terminated):

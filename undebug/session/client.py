@@ -17,7 +17,7 @@ import socket
 from typing import Any
 
 from undebug.errors import SessionError, UsageError
-from undebug.session.breakpoints import Breakpoint, Owner
+from undebug.session.breakpoints import Breakpoint, Owner, Watch
 from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome, from_supervisor_death
 from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode, encode
@@ -235,11 +235,15 @@ class SupervisorClient:
         return parse_process_ram(self._reply("process_ram"))
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str,
-                          owner: Owner = "cli", when: tuple[str, int] | None = None
-                          ) -> Breakpoint:
+                          owner: Owner = "cli", when: tuple[str, int] | None = None,
+                          watch: Watch | None = None, length: int = 1) -> Breakpoint:
         """A ``gdb`` breakpoint belongs to this connection and goes when it closes; a
-        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``)."""
-        condition = {"when_register": when[0], "when_value": when[1]} if when else {}
+        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``).
+        With ``watch``: a watchpoint on ``length`` bytes at ``address``."""
+        condition: dict[str, Any] = {"when_register": when[0], "when_value": when[1]} \
+            if when else {}
+        if watch is not None:
+            condition |= {"watch": watch, "length": length}
         return parse_breakpoint(self._reply("break_insert", address=address, hardware=hardware,
                                             location=location, owner=owner, **condition))
 

@@ -353,6 +353,7 @@ class Guest(RunControl):
             "console": str(self.session.console_log),
             "run_token": self.run_token,
             "last_stop": self.last_stop,
+            "paused_cpu": self.paused_cpu,
             "breakpoints": [bp.to_json() for bp in self.breakpoints.all()],
             "frozen": self._freezes > 0,
             "shared_ram": self.qemu is not None and self.qemu.ram_fd is not None,
