@@ -37,15 +37,23 @@ def open_target(spec: str, elf: Path | None = None, *, stop: bool = True,
                 force: bool = False) -> Target:
     """The guest the user named, as a Target: the one place user input becomes one.
 
-    ``spec`` is what was typed: a session name (see ``undebug ps``); a dump bundle's path
-    joins here when undebug writes them. ``elf`` overrides the ELF the session remembers.
+    ``spec`` is what was typed: a session name (see ``undebug ps``) or a dump bundle's
+    path (:mod:`undebug.coretarget`). ``elf`` overrides the ELF the session remembers.
     """
+    from undebug.coretarget import is_bundle, open_bundle
+
+    if is_bundle(spec):
+        return open_bundle(Path(spec), elf, force=force)
     return LiveTarget(SessionDir.named(spec), elf, stop=stop, force=force)
 
 
 def guest_elf(spec: str, elf: Path | None = None) -> ElfFile:
     """The ELF of the guest ``spec`` without touching the guest (for symbol look-ups):
-    ``elf`` if given, else the one its session remembers."""
+    ``elf`` if given, else the one its session (or bundle) remembers."""
+    from undebug.coretarget import bundle_elf, is_bundle, read_bundle
+
+    if is_bundle(spec):
+        return bundle_elf(read_bundle(Path(spec)), elf)
     path = elf or remembered_elf(spec)
     if path is None:
         raise UsageError(f"no ELF known for guest {spec!r}", hint="pass --elf")
@@ -82,6 +90,9 @@ class Target(ABC):
         self.elf = elf
         self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
         self.warnings: list[str] = []
+        # what is damaged where the bytes come from (a truncated dump): a command shows
+        # what it can, then exits 2
+        self.problems: list[str] = []
         self.elf_mismatch: str | None = None  # why the ELF is not the guest's (--force)
 
     @abstractmethod

@@ -1,0 +1,224 @@
+"""``core.elf``: a paused guest as an ELF core that gdb and drgn open with guest threads.
+
+Memory comes in PT_LOAD segments at the guest-**virtual** addresses of the guest's own page
+tables (``p_vaddr``; ``p_paddr`` is the physical address), so ``gdb IMAGE core.elf`` reads
+variables where the guest sees them. Each guest thread is one ``NT_PRSTATUS`` (a sleeping
+one with the context it saved, as the gdbserver serves it: :class:`ThreadView`); the
+vCPUs' full machine state is in ``UNDEBUG`` notes, not ``CORE`` ones, so the debugger's
+thread list is the guest's. No ``QEMU`` note, no VMCOREINFO: drgn then reads it as a
+plain core with threads rather than refusing a "QEMU memory dump" of a non-Linux guest.
+
+``sparse`` leaves out pages that are all zero; each such page still lies in a PT_LOAD
+(``p_memsz`` past ``p_filesz``), so it reads as zero, not as the ELF's stale ``.data``.
+The program headers are written last (``e_phoff`` at the end): memory streams to the file
+in one pass, and their number is known only then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, Mapping, walk_mappings
+from undebug.elfcore import (
+    ELF_HEADER,
+    EM_X86_64,
+    ET_CORE,
+    EV_CURRENT,
+    FORMAT,
+    MAX_PHNUM,
+    NT_PRSTATUS,
+    NT_UNDEBUG_INFO,
+    NT_UNDEBUG_VCPU,
+    OWNER_CORE,
+    OWNER_UNDEBUG,
+    PF_R,
+    PF_W,
+    PF_X,
+    PHDR,
+    PT_LOAD,
+    PT_NOTE,
+    encode_note,
+    encode_prstatus,
+)
+from undebug.gdbserver.threads import ProxyThread
+from undebug.target import ReadError, Target
+
+__all__ = ["CoreStats", "write_core"]
+
+BLOCK = 4 << 20  # read this much guest RAM at a time
+ZERO_PAGE = bytes(PAGE_SIZE)
+CR0_PG = 1 << 31
+
+
+@dataclass
+class CoreStats:
+    segments: int = 0
+    mapped_bytes: int = 0  # what the page tables map (and RAM backs)
+    written_bytes: int = 0  # memory bytes in the file
+    zero_pages_skipped: int = 0
+    threads: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Virtually and physically contiguous memory with one set of permissions."""
+
+    virtual: int
+    physical: int
+    size: int
+    flags: int
+
+
+def _flags(m: Mapping) -> int:
+    return PF_R | (PF_W if m.writable else 0) | (PF_X if m.executable else 0)
+
+
+def _runs(mappings: list[Mapping]) -> list[_Run]:
+    runs: list[_Run] = []
+    for m in sorted(mappings, key=lambda m: m.virtual):
+        flags = _flags(m)
+        last = runs[-1] if runs else None
+        if last is not None and last.flags == flags and \
+                last.virtual + last.size == m.virtual and last.physical + last.size == m.physical:
+            runs[-1] = _Run(last.virtual, last.physical, last.size + m.size, flags)
+        else:
+            runs.append(_Run(m.virtual, m.physical, m.size, flags))
+    return runs
+
+
+def _mappings(target: Target, warnings: list[str]) -> list[Mapping]:
+    """What vCPU 0's page tables map; paging off (early boot): RAM as read, identity."""
+    regs = target.registers(0)
+    if not regs.get("cr0", CR0_PG) & CR0_PG:
+        raise ReadError("vCPU 0 has paging off: no virtual address space to dump yet")
+    walk = walk_mappings(target.read_physical, regs.get("cr3", 0),
+                         five_level=bool(regs.get("cr4", 0) & CR4_LA57))
+    warnings += [f"page tables: {p}" for p in walk.problems]
+    return list(walk.mappings)
+
+
+def _blocks(target: Target, run: _Run, warnings: list[str]) -> Iterator[tuple[int, bytes | None]]:
+    """(offset in run, bytes or None when unreadable) for each block of ``run``; a block
+    the target refuses (MMIO, outside RAM) is retried page by page."""
+    at = 0
+    while at < run.size:
+        size = min(BLOCK, run.size - at)
+        try:
+            yield at, target.read_physical(run.physical + at, size)
+        except ReadError:
+            for page in range(at, at + size, PAGE_SIZE):
+                try:
+                    yield page, target.read_physical(run.physical + page, PAGE_SIZE)
+                except ReadError:
+                    yield page, None
+        at += size
+
+
+class _Writer:
+    """Segments streamed to the file, their headers kept for the end."""
+
+    def __init__(self, out: BinaryIO, stats: CoreStats) -> None:
+        self.out = out
+        self.stats = stats
+        self.headers: list[bytes] = []
+        # the open segment: vaddr, paddr, offset, filesz, memsz, flags
+        self.open: list[int] | None = None
+
+    def _close(self) -> None:
+        if self.open is not None:
+            vaddr, paddr, offset, filesz, memsz, flags = self.open
+            self.headers.append(PHDR.pack(PT_LOAD, flags, offset if filesz else 0, vaddr,
+                                          paddr, filesz, memsz, PAGE_SIZE))
+            self.open = None
+
+    def add(self, vaddr: int, paddr: int, data: bytes | None, size: int, flags: int) -> None:
+        """``size`` bytes at ``vaddr``: ``data``, or zeros not written (None)."""
+        seg = self.open
+        contiguous = seg is not None and seg[0] + seg[4] == vaddr and seg[1] + seg[4] == paddr \
+            and seg[5] == flags
+        if seg is not None and contiguous and data is None:
+            seg[4] += size  # zeros after data or zeros: memsz grows, filesz stays
+            return
+        if seg is not None and contiguous and data is not None and seg[3] == seg[4]:
+            self.out.write(data)  # data right after data: filesz grows too
+            seg[3] += size
+            seg[4] += size
+            self.stats.written_bytes += size
+            return
+        self._close()
+        offset = self.out.tell()
+        if data is not None:
+            self.out.write(data)
+            self.stats.written_bytes += size
+        self.open = [vaddr, paddr, offset, 0 if data is None else size, size, flags]
+
+    def break_run(self) -> None:
+        self._close()
+
+    def finish(self) -> list[bytes]:
+        self._close()
+        return self.headers
+
+
+def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) -> bytes:
+    notes = [encode_note(OWNER_CORE, NT_PRSTATUS, encode_prstatus(t.gdb_id, t.registers))
+             for t in threads]
+    for cpu in range(target.cpu_count()):
+        payload = {"cpu": cpu, "registers": target.registers(cpu)}
+        notes.append(encode_note(OWNER_UNDEBUG, NT_UNDEBUG_VCPU, json.dumps(payload).encode()))
+    notes.append(encode_note(OWNER_UNDEBUG, NT_UNDEBUG_INFO,
+                             json.dumps({"format": FORMAT, **info}).encode()))
+    return b"".join(notes)
+
+
+def write_core(target: Target, threads: list[ProxyThread], out: BinaryIO, *,
+               sparse: bool = False, info: dict[str, object] | None = None) -> CoreStats:
+    """Write ``target``'s memory and ``threads`` (the first is gdb's current thread) to
+    ``out`` (a new file, at offset 0). Raises ReadError when there is nothing to dump."""
+    stats = CoreStats(threads=len(threads))
+    runs = _runs(_mappings(target, stats.warnings))
+    notes = _notes(target, threads, {"sparse": sparse, **(info or {})})
+    out.write(bytes(ELF_HEADER.size))
+    note_offset = out.tell()
+    out.write(notes)
+    out.write(bytes(-out.tell() % PAGE_SIZE))  # memory page-aligned in the file: mmap-able
+    writer = _Writer(out, stats)
+    for run in runs:
+        for at, block in _blocks(target, run, stats.warnings):
+            if block is None:
+                writer.break_run()  # mapped but not RAM (MMIO): not in the core
+                continue
+            stats.mapped_bytes += len(block)
+            if not sparse or block.count(0) == len(block):
+                if sparse:
+                    stats.zero_pages_skipped += len(block) // PAGE_SIZE
+                writer.add(run.virtual + at, run.physical + at, None if sparse else block,
+                           len(block), run.flags)
+                continue
+            for page in range(0, len(block), PAGE_SIZE):
+                chunk = block[page : page + PAGE_SIZE]
+                zero = chunk == ZERO_PAGE
+                stats.zero_pages_skipped += zero
+                writer.add(run.virtual + at + page, run.physical + at + page,
+                           None if zero else chunk, len(chunk), run.flags)
+        writer.break_run()
+    headers = writer.finish()
+    if len(headers) + 1 > MAX_PHNUM:
+        raise ReadError(f"{len(headers)} memory segments: more than an ELF core can number "
+                        f"({MAX_PHNUM}); the page tables are likely corrupt")
+    stats.segments = len(headers)
+    phoff = out.tell()
+    out.write(PHDR.pack(PT_NOTE, PF_R, note_offset, 0, 0, len(notes), len(notes), 4))
+    out.write(b"".join(headers))
+    out.seek(0)
+    ident = b"\x7fELF\x02\x01\x01".ljust(16, b"\0")  # 64-bit, little-endian, SysV
+    out.write(ELF_HEADER.pack(ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, phoff, 0, 0,
+                              ELF_HEADER.size, PHDR.size, len(headers) + 1, 0, 0, 0))
+    out.flush()
+    os.fsync(out.fileno())
+    return stats
