@@ -175,8 +175,8 @@ def is_bundle(spec: str) -> bool:
     """Whether ``spec`` names a bundle, not a session: a path (names hold no slash), or a
     directory with a bundle's files."""
     path = Path(spec)
-    return "/" in spec or path.is_dir() and any(
-        (path / f).exists() for f in (CORE_FILE, SUMMARY_FILE, INCOMPLETE_FILE))
+    return "/" in spec or (path.is_dir() and any(
+        (path / f).exists() for f in (CORE_FILE, SUMMARY_FILE, INCOMPLETE_FILE)))
 
 
 def read_bundle(path: Path) -> Bundle:
@@ -207,7 +207,7 @@ def read_bundle(path: Path) -> Bundle:
         bundle.problems.append(f"{summary} is not an undebug bundle summary (schema "
                                f"{escape(repr(schema))})")
     elif int(version) > BUNDLE_VERSION:
-        bundle.problems.append(f"{summary} has schema {escape(schema)}, newer than this "
+        bundle.problems.append(f"{summary} has schema {escape(str(schema))}, newer than this "
                                f"undebug reads ({BUNDLE_SCHEMA}): upgrade undebug; "
                                "showing what the core holds")
     bundle.summary = value

@@ -13,12 +13,23 @@ is checked against the file's size before it is used.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CoreFormatError", "CoreNote", "CoreSegment", "ParsedCore", "PRSTATUS_SIZE",
-           "PR_REGS", "encode_note", "encode_prstatus", "parse_core", "decode_prstatus"]
+__all__ = [
+    "PRSTATUS_SIZE",
+    "PR_REGS",
+    "CoreFormatError",
+    "CoreNote",
+    "CoreSegment",
+    "ParsedCore",
+    "decode_prstatus",
+    "encode_note",
+    "encode_prstatus",
+    "parse_core",
+]
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr, 64 bytes
 PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr, 56 bytes
@@ -29,8 +40,10 @@ PF_X, PF_W, PF_R = 1, 2, 4
 NT_PRSTATUS = 1
 OWNER_CORE = b"CORE"
 OWNER_UNDEBUG = b"UNDEBUG"
-NT_UNDEBUG_VCPU = 1  # JSON: {"cpu": N, "registers": {gdb name: value}}
-NT_UNDEBUG_INFO = 2  # JSON: {"format": 1, "elf_build_id": ..., "sparse": ...}
+# BFD reads a note of an owner it does not know by its type alone (type 1 as NT_PRSTATUS,
+# 2 as NT_FPREGSET): undebug's types are far from every core note type.
+NT_UNDEBUG_VCPU = 0x55444201  # JSON: {"cpu": N, "registers": {gdb name: value}}
+NT_UNDEBUG_INFO = 0x55444202  # JSON: {"format": 1, "build_id": ..., "sparse": ...}
 FORMAT = 1
 MAX_PHNUM = 0xFFFF - 1  # PN_XNUM (0xffff) would move the count to a section header
 MAX_NOTES_SIZE = 64 << 20  # no real guest needs more; a larger PT_NOTE is a tampered core
@@ -130,7 +143,7 @@ def _notes(data: bytes, warnings: list[str]) -> list[CoreNote]:
     return notes
 
 
-def parse_core(data: bytes | memoryview, file_size: int) -> ParsedCore:
+def parse_core(data: bytes | mmap.mmap, file_size: int) -> ParsedCore:
     """Segments and notes of an x86-64 ELF core held in ``data`` (a map of the file)."""
     if len(data) < ELF_HEADER.size:
         raise CoreFormatError(f"{len(data)} bytes: too short for an ELF header")

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from undebug import __version__
 from undebug.coretarget import (
     BUNDLE_SCHEMA,
     CONSOLE_FILE,
@@ -64,6 +63,16 @@ class BundleResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _version() -> str:
+    """The installed undebug's version (``undebug.__version__`` sits above this layer)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("undebug")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _utc_stamp(now: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
 
@@ -103,7 +112,7 @@ class _Dump:
         self.work = work
         self.warnings: list[str] = []
         self.summary: dict[str, Any] = {"schema": BUNDLE_SCHEMA, "complete": False,
-                                        "undebug_version": __version__}
+                                        "undebug_version": _version()}
 
     def run(self) -> None:
         from undebug.dump.core import write_core
@@ -179,7 +188,6 @@ class _Dump:
 
     def _flight(self, target: Target) -> dict[str, Any] | None:
         from tracers.flight import HEADER_SYMBOL, read_flight_recorder
-
         from undebug.dump.summary import flight_tail
 
         if target.elf.symbol(HEADER_SYMBOL) is None:

@@ -9,7 +9,10 @@ thread list is the guest's. No ``QEMU`` note, no VMCOREINFO: drgn then reads it 
 plain core with threads rather than refusing a "QEMU memory dump" of a non-Linux guest.
 
 ``sparse`` leaves out pages that are all zero; each such page still lies in a PT_LOAD
-(``p_memsz`` past ``p_filesz``), so it reads as zero, not as the ELF's stale ``.data``.
+(``p_memsz`` past ``p_filesz``), which gdb and drgn read as zero. But gdb reads such a
+page from the executable when the executable has bytes there (Linux leaves unchanged file
+pages out of its cores that way): a zero page over the ELF's own file-backed ``.data``
+is written, or gdb would show the ELF's stale value.
 The program headers are written last (``e_phoff`` at the end): memory streams to the file
 in one pass, and their number is known only then.
 """
@@ -20,9 +23,11 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, Any
 
 from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, Mapping, walk_mappings
+from undebug.elf_headers import PT_LOAD as ELF_PT_LOAD
+from undebug.elf_headers import ElfHeaderError, program_headers
 from undebug.elfcore import (
     ELF_HEADER,
     EM_X86_64,
@@ -102,6 +107,20 @@ def _mappings(target: Target, warnings: list[str]) -> list[Mapping]:
     return list(walk.mappings)
 
 
+def _file_backed(target: Target) -> list[tuple[int, int]]:
+    """[start, end) of what the guest's ELF holds bytes for, at runtime addresses."""
+    try:
+        segments = program_headers(target.elf.path.read_bytes())
+    except (OSError, ElfHeaderError):
+        return []
+    return [(s.vaddr + target.load_offset, s.vaddr + target.load_offset + s.filesz)
+            for s in segments if s.type == ELF_PT_LOAD and s.filesz]
+
+
+def _overlaps(ranges: list[tuple[int, int]], start: int, size: int) -> bool:
+    return any(low < start + size and start < high for low, high in ranges)
+
+
 def _blocks(target: Target, run: _Run, warnings: list[str]) -> Iterator[tuple[int, bytes | None]]:
     """(offset in run, bytes or None when unreadable) for each block of ``run``; a block
     the target refuses (MMIO, outside RAM) is retried page by page."""
@@ -122,7 +141,7 @@ def _blocks(target: Target, run: _Run, warnings: list[str]) -> Iterator[tuple[in
 class _Writer:
     """Segments streamed to the file, their headers kept for the end."""
 
-    def __init__(self, out: BinaryIO, stats: CoreStats) -> None:
+    def __init__(self, out: IO[Any], stats: CoreStats) -> None:
         self.out = out
         self.stats = stats
         self.headers: list[bytes] = []
@@ -132,7 +151,7 @@ class _Writer:
     def _close(self) -> None:
         if self.open is not None:
             vaddr, paddr, offset, filesz, memsz, flags = self.open
-            self.headers.append(PHDR.pack(PT_LOAD, flags, offset if filesz else 0, vaddr,
+            self.headers.append(PHDR.pack(PT_LOAD, flags, offset, vaddr,
                                           paddr, filesz, memsz, PAGE_SIZE))
             self.open = None
 
@@ -176,7 +195,7 @@ def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) 
     return b"".join(notes)
 
 
-def write_core(target: Target, threads: list[ProxyThread], out: BinaryIO, *,
+def write_core(target: Target, threads: list[ProxyThread], out: IO[Any], *,
                sparse: bool = False, info: dict[str, object] | None = None) -> CoreStats:
     """Write ``target``'s memory and ``threads`` (the first is gdb's current thread) to
     ``out`` (a new file, at offset 0). Raises ReadError when there is nothing to dump."""
@@ -188,23 +207,26 @@ def write_core(target: Target, threads: list[ProxyThread], out: BinaryIO, *,
     out.write(notes)
     out.write(bytes(-out.tell() % PAGE_SIZE))  # memory page-aligned in the file: mmap-able
     writer = _Writer(out, stats)
+    file_backed = _file_backed(target) if sparse else []
     for run in runs:
         for at, block in _blocks(target, run, stats.warnings):
             if block is None:
                 writer.break_run()  # mapped but not RAM (MMIO): not in the core
                 continue
             stats.mapped_bytes += len(block)
-            if not sparse or block.count(0) == len(block):
+            vaddr = run.virtual + at
+            if not sparse or (block.count(0) == len(block) and \
+                    not _overlaps(file_backed, vaddr, len(block))):
                 if sparse:
                     stats.zero_pages_skipped += len(block) // PAGE_SIZE
-                writer.add(run.virtual + at, run.physical + at, None if sparse else block,
+                writer.add(vaddr, run.physical + at, None if sparse else block,
                            len(block), run.flags)
                 continue
             for page in range(0, len(block), PAGE_SIZE):
                 chunk = block[page : page + PAGE_SIZE]
-                zero = chunk == ZERO_PAGE
+                zero = chunk == ZERO_PAGE and not _overlaps(file_backed, vaddr + page, PAGE_SIZE)
                 stats.zero_pages_skipped += zero
-                writer.add(run.virtual + at + page, run.physical + at + page,
+                writer.add(vaddr + page, run.physical + at + page,
                            None if zero else chunk, len(chunk), run.flags)
         writer.break_run()
     headers = writer.finish()

@@ -134,5 +134,5 @@ def flight_tail(raw: bytes, elf: Path, count: int = FLIGHT_TAIL) -> tuple[list[d
         printer = EventPrinter(tps, None, wall_clock=False)
         printer.lines(TraceModel(decoded, tps), collect=True)
     except (UndebugError, ValueError) as exc:
-        return [], warnings + [f"flight recorder undecodable: {escape(str(exc))}"]
+        return [], [*warnings, f"flight recorder undecodable: {escape(str(exc))}"]
     return printer.events[-count:], warnings
