@@ -38,6 +38,7 @@ ET_CORE, EM_X86_64, EV_CURRENT = 4, 62, 1
 PT_LOAD, PT_NOTE = 1, 4
 PF_X, PF_W, PF_R = 1, 2, 4
 NT_PRSTATUS = 1
+NT_AUXV = 6  # drgn wants one in any user-space-style core; undebug's holds AT_NULL only
 OWNER_CORE = b"CORE"
 OWNER_UNDEBUG = b"UNDEBUG"
 # BFD reads a note of an owner it does not know by its type alone (type 1 as NT_PRSTATUS,

@@ -34,6 +34,7 @@ from undebug.elfcore import (
     ET_CORE,
     EV_CURRENT,
     FORMAT,
+    NT_AUXV,
     MAX_PHNUM,
     NT_PRSTATUS,
     NT_UNDEBUG_INFO,
@@ -187,6 +188,7 @@ class _Writer:
 def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) -> bytes:
     notes = [encode_note(OWNER_CORE, NT_PRSTATUS, encode_prstatus(t.gdb_id, t.registers))
              for t in threads]
+    notes.append(encode_note(OWNER_CORE, NT_AUXV, bytes(16)))  # AT_NULL: no process
     for cpu in range(target.cpu_count()):
         payload = {"cpu": cpu, "registers": target.registers(cpu)}
         notes.append(encode_note(OWNER_UNDEBUG, NT_UNDEBUG_VCPU, json.dumps(payload).encode()))

@@ -1,0 +1,202 @@
+"""Dump bundles of the real reference guest, read back offline: by undebug's own commands
+through CoreTarget, by stock gdb and by drgn. One breakpoint stop is dumped; every offline
+answer is compared with the live one at that same stop (the guest stays stopped), or with
+an independent reader (gdb, drgn, the ELF's own bytes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import boot, check_planted_counter, undebug
+
+SCRUBBED_SEED = 0x5C7BBED05C7BBED0  # planted_scrubbed[] in the ELF (refguest README)
+
+
+@pytest.fixture(scope="module")
+def stopped(guest_image: Path) -> Iterator[str]:
+    """A guest stopped at a breakpoint in a worker (checksum_block), for the module."""
+    name = boot("dumpme", "threads=4", guest_image)
+    assert undebug("break", name, "checksum_block").code == 0
+    stop = undebug("wait", name, "--timeout", "30", "--json")
+    assert stop.code == 0, stop.stdout + stop.stderr
+    yield name
+    undebug("kill", name)
+
+
+@pytest.fixture(scope="module")
+def bundles(stopped: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("bundles")
+    made = {}
+    for kind, extra in (("full", []), ("sparse", ["--sparse"])):
+        result = undebug("dump", stopped, "-o", str(out / kind), "--json", *extra)
+        assert result.code == 0, result.stdout + result.stderr
+        made[kind] = Path(result.json()["bundle"])
+    return made
+
+
+def data(*args: str) -> dict[str, Any]:
+    result = undebug(*args, "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    doc = result.json()
+    doc.pop("warnings")
+    return doc
+
+
+def mem_int(target: str, symbol: str) -> int:
+    return int.from_bytes(bytes.fromhex(data("mem", target, symbol, "8")["hex"]), "little")
+
+
+@pytest.mark.parametrize("kind", ["full", "sparse"])
+def test_offline_commands_agree_with_the_live_guest_at_the_stop(
+        stopped: str, bundles: dict[str, Path], kind: str) -> None:
+    bundle = str(bundles[kind])
+    assert data("threads", bundle) == data("threads", stopped)
+    live_bt = data("bt", stopped, "--all")
+    assert data("bt", bundle, "--all") == live_bt
+    # the stop is in a worker: its planted chain is in the offline backtraces
+    chains = [[f["function"] for f in t["frames"]] for t in live_bt["backtraces"]]
+    assert ["checksum_block", "handle_request", "worker_main"] in [c[:3] for c in chains]
+    for symbol in ("planted_counter", "requests_handled"):
+        assert mem_int(bundle, symbol) == mem_int(stopped, symbol)
+    check_planted_counter(mem_int(bundle, "planted_counter"),
+                          mem_int(bundle, "requests_handled"), cpus=2)
+    for cpu in ("0", "1"):
+        assert data("regs", bundle, "--cpu", cpu) == data("regs", stopped, "--cpu", cpu)
+    assert data("sym", bundle, "worker_main") == data("sym", stopped, "worker_main")
+
+
+def test_bundle_files_are_private_and_the_summary_names_the_stop(bundles: dict[str, Path]) -> None:
+    for bundle in bundles.values():
+        assert (bundle.stat().st_mode & 0o777) == 0o700
+        for f in bundle.iterdir():
+            assert (f.stat().st_mode & 0o777) == 0o600, f
+        assert not (bundle / "INCOMPLETE").exists()
+        summary = json.loads((bundle / "summary.json").read_text())
+        assert summary["schema"] == "undebug-bundle/1" and summary["complete"] is True
+        assert summary["reason"]["kind"] == "request"
+        worker = next(t for t in summary["threads"]
+                      if t["frames"] and t["frames"][0]["function"] == "checksum_block")
+        assert [f["method"] for f in worker["frames"]][0] == "registers"
+        assert "qemu-system-x86_64" in Path(summary["qemu_command_line"][0]).name
+        assert summary["elfs"][0]["build_id"] == _build_id(Path(summary["elfs"][0]["path"]))
+
+
+def _build_id(elf: Path) -> str:
+    out = subprocess.run(["readelf", "-n", str(elf)], capture_output=True, text=True).stdout
+    found = re.search(r"Build ID: ([0-9a-f]+)", out)
+    assert found
+    return found.group(1)
+
+
+def _elf_bytes_of(elf: Path, symbol: str, size: int) -> bytes:
+    """``size`` bytes of ``symbol`` as the ELF file holds them (pyelftools, not undebug)."""
+    from elftools.elf.elffile import ELFFile
+
+    with elf.open("rb") as f:
+        e = ELFFile(f)
+        sym = e.get_section_by_name(".symtab").get_symbol_by_name(symbol)[0]
+        address = sym["st_value"]
+        for seg in e.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= address < \
+                    seg["p_vaddr"] + seg["p_filesz"]:
+                f.seek(seg["p_offset"] + address - seg["p_vaddr"])
+                return f.read(size)
+    raise AssertionError(f"{symbol} has no file bytes")
+
+
+def gdb(elf: Path, core: Path, *commands: str) -> str:
+    args = ["gdb", "-batch", "-nx", "-ex", "set pagination off"]
+    for c in commands:
+        args += ["-ex", c]
+    proc = subprocess.run([*args, str(elf), str(core)], capture_output=True, text=True,
+                          timeout=120)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["full", "sparse"])
+def test_gdb_sees_guest_threads_their_chains_and_runtime_values(
+        stopped: str, bundles: dict[str, Path], guest_image: Path, kind: str) -> None:
+    core = bundles[kind] / "core.elf"
+    threads = data("threads", stopped)["threads"]
+    out = gdb(guest_image, core, "info threads", "thread apply all bt",
+              "print/x planted_counter", "print/x requests_handled",
+              "print/x planted_scrubbed[7]")
+    assert "too small" not in out and "warning" not in out.lower(), out
+    assert sorted(int(i) for i in re.findall(r"LWP (\d+)\)?\s", out.split("Thread ")[0])) \
+        == sorted(t["id"] for t in threads)
+    # each worker's chain reaches worker_main: the running one from its vCPU's registers,
+    # the sleeping ones from their saved contexts
+    for t in threads:
+        if t["name"].startswith("worker-"):
+            block = out.split(f"(LWP {t['id']}):")[1].split("\nThread ")[0]
+            assert "worker_main" in block, block
+    assert re.search(r"#0 .*checksum_block .*\n#1 .*handle_request .*\n#2 .*worker_main", out)
+    values = [int(v, 16) for v in re.findall(r"^\$\d+ = (0x[0-9a-f]+)$", out, re.M)]
+    assert values[0] == mem_int(stopped, "planted_counter")
+    check_planted_counter(values[0], values[1], cpus=2)
+    # the guest zeroed this page of .data at boot: the ELF's bytes are stale
+    assert _elf_bytes_of(guest_image, "planted_scrubbed", 8) == struct.pack("<Q", SCRUBBED_SEED)
+    assert values[2] == 0
+
+
+def _segments(core: Path) -> list[tuple[int, int, int]]:
+    """(vaddr, filesz, memsz) of each PT_LOAD, by readelf."""
+    out = subprocess.run(["readelf", "-lW", str(core)], capture_output=True, text=True).stdout
+    return [(int(m[1], 16), int(m[2], 16), int(m[3], 16)) for m in
+            re.finditer(r"LOAD\s+0x\S+\s+(0x\S+)\s+0x\S+\s+(0x\S+)\s+(0x\S+)", out)]
+
+
+def test_sparse_leaves_zero_pages_out_and_they_still_read_as_zero(
+        stopped: str, bundles: dict[str, Path], guest_image: Path) -> None:
+    full, sparse = bundles["full"] / "core.elf", bundles["sparse"] / "core.elf"
+    assert sparse.stat().st_size * 10 < full.stat().st_size
+    # a page past a segment's file bytes (left out as zero) somewhere in the guest's .bss
+    holes = [(v + f, v + m) for v, f, m in _segments(sparse) if f < m]
+    assert holes
+    start = holes[-1][0]
+    live = data("mem", stopped, hex(start), "64")["hex"]
+    assert live == "00" * 64
+    assert data("mem", str(bundles["sparse"]), hex(start), "64")["hex"] == live
+    out = gdb(guest_image, sparse, f"x/8gx {start:#x}")
+    assert re.findall(r"0x[0-9a-f]{16}", out.split(":", 1)[1]) == ["0x0000000000000000"] * 8, out
+
+
+def test_drgn_opens_the_core_with_threads_and_reads_the_counter(
+        stopped: str, bundles: dict[str, Path], guest_image: Path) -> None:
+    drgn = pytest.importorskip("drgn", reason="drgn (PyPI) is not installed: pip install drgn")
+    prog = drgn.Program()
+    prog.set_core_dump(str(bundles["sparse"] / "core.elf"))
+    module = prog.extra_module("refguest", create=True)
+    module.address_range = (0x100000, 1 << 32)
+    module.try_file(str(guest_image), force=True)
+    assert prog["planted_counter"].value_() == mem_int(stopped, "planted_counter")
+    assert prog["planted_scrubbed"][0].value_() == 0
+    ids = sorted(t.tid for t in prog.threads())
+    assert ids == sorted(t["id"] for t in data("threads", stopped)["threads"])
+    blocked = next(t for t in data("threads", stopped)["threads"] if t["name"] == "blocked")
+    frames = [f.name for f in prog.thread(blocked["id"]).stack_trace()]
+    assert frames[:4] == ["schedule", "block", "wait_for_event", "blocker_main"]
+
+
+def test_run_control_on_a_bundle_is_refused(bundles: dict[str, Path]) -> None:
+    for command in (["cont"], ["stop"], ["step"], ["break", "--list"]):
+        result = undebug(command[0], str(bundles["full"]), *command[1:])
+        assert result.code == 2
+        assert "never run, stopped, stepped or given breakpoints" in result.stderr
+
+
+def test_flight_recorder_reads_from_a_bundle(stopped: str, bundles: dict[str, Path]) -> None:
+    live = undebug("trace", "show", stopped, "--flight-recorder", "--json").json()
+    offline = undebug("trace", "show", str(bundles["full"]), "--flight-recorder", "--json")
+    assert offline.code == 0, offline.stderr
+    doc = offline.json()
+    assert doc["events"] and doc["events"] == live["events"]
