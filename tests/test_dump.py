@@ -200,3 +200,73 @@ def test_flight_recorder_reads_from_a_bundle(stopped: str, bundles: dict[str, Pa
     assert offline.code == 0, offline.stderr
     doc = offline.json()
     assert doc["events"] and doc["events"] == live["events"]
+
+
+# ---- damaged bundles: a clear message, exit 2, and what can still be shown ----------
+
+@pytest.fixture
+def copy(bundles: dict[str, Path], tmp_path: Path) -> Path:
+    import shutil
+
+    dest = tmp_path / "bundle"
+    shutil.copytree(bundles["sparse"], dest)
+    return dest
+
+
+def _edit_summary(bundle: Path, **changes: Any) -> None:
+    path = bundle / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(changes)
+    path.write_text(json.dumps(summary))
+
+
+def test_a_truncated_core_is_reported_with_exit_2(copy: Path) -> None:
+    core = copy / "core.elf"
+    with core.open("r+b") as f:
+        f.truncate(core.stat().st_size // 2)
+    result = undebug("threads", str(copy))
+    assert result.code == 2
+    assert "truncated core" in result.stderr
+
+
+def test_a_core_without_the_vcpu_notes_still_lists_the_sleeping_threads(
+        copy: Path, stopped: str) -> None:
+    core = copy / "core.elf"
+    raw = bytearray(core.read_bytes())
+    count = raw.count(b"UNDEBUG\0")
+    assert count >= 3  # two vCPUs and the info note
+    core.write_bytes(bytes(raw.replace(b"UNDEBUG\0", b"XNDEBUG\0")))
+    result = undebug("threads", str(copy), "--json")
+    assert result.code == 2
+    assert any("has no vCPU notes" in w for w in result.json()["warnings"])
+    shown = {t["id"] for t in result.json()["threads"]}
+    sleeping = {t["id"] for t in data("threads", stopped)["threads"] if t["cpu"] is None}
+    assert sleeping <= shown
+
+
+def test_a_summary_of_a_newer_schema_is_refused_with_what_the_core_shows(
+        copy: Path, stopped: str) -> None:
+    _edit_summary(copy, schema="undebug-bundle/99")
+    result = undebug("threads", str(copy), "--json")
+    assert result.code == 2
+    assert any("newer than this undebug reads" in w for w in result.json()["warnings"])
+    assert result.json()["threads"] == data("threads", stopped)["threads"]
+
+
+def test_a_missing_elf_is_named_and_elf_overrides_it(copy: Path, guest_image: Path) -> None:
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["elfs"][0]["path"] = str(copy / "gone.elf")
+    _edit_summary(copy, elfs=summary["elfs"])
+    result = undebug("threads", str(copy))
+    assert result.code == 2
+    assert "the guest's ELF is missing" in result.stderr and "gone.elf" in result.stderr
+    assert "--elf" in result.stderr
+    assert undebug("threads", str(copy), "--elf", str(guest_image)).code == 0
+
+
+def test_an_incomplete_bundle_says_so(copy: Path) -> None:
+    (copy / "INCOMPLETE").write_text("this bundle is incomplete: the disk filled up\n")
+    result = undebug("threads", str(copy))
+    assert result.code == 2
+    assert "the disk filled up" in result.stderr
+    assert "worker-0" in result.stdout

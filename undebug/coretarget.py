@@ -238,8 +238,11 @@ def open_bundle(path: Path, elf: Path | None = None, force: bool = False) -> Cor
     target = CoreTarget(path / CORE_FILE, bundle_elf(bundle, elf))
     target.problems[:0] = bundle.problems
     target.bundle = bundle
-    recorded = target.info.get("build_id")
-    if recorded != target.elf.build_id:
+    entries = bundle.summary.get("elfs")
+    recorded = target.info.get("build_id") or (
+        entries[0].get("build_id") if isinstance(entries, list) and entries and
+        isinstance(entries[0], dict) else None)
+    if recorded is not None and recorded != target.elf.build_id:
         problem = (f"{target.elf.path} has build-id {target.elf.build_id}, the dumped guest "
                    f"had {recorded}")
         if not force:

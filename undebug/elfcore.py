@@ -159,6 +159,7 @@ def parse_core(data: bytes | mmap.mmap, file_size: int) -> ParsedCore:
     warnings: list[str] = []
     segments: list[CoreSegment] = []
     notes: list[CoreNote] = []
+    cut: list[int] = []
     for index in range(phnum):
         p_type, flags, offset, vaddr, paddr, filesz, memsz, _align = \
             PHDR.unpack_from(data, phoff + index * PHDR.size)
@@ -172,12 +173,13 @@ def parse_core(data: bytes | mmap.mmap, file_size: int) -> ParsedCore:
                 warnings.append(f"PT_LOAD {index} is malformed (filesz {filesz:#x}, memsz "
                                 f"{memsz:#x} at {vaddr:#x}): ignored")
                 continue
-            if offset + filesz > file_size:
-                kept = max(0, file_size - offset) & ~0xFFF
-                warnings.append(f"PT_LOAD {index} at {vaddr:#x} is cut short by the end of "
-                                f"the file (truncated core): {kept:#x} of {filesz:#x} bytes "
-                                "kept")
-                segments.append(CoreSegment(vaddr, paddr, offset, kept, kept, flags))
-                continue
+            if offset + filesz > file_size:  # a truncated copy: keep what is there
+                cut.append(vaddr)
+                filesz = memsz = max(0, file_size - offset) & ~0xFFF
+                if not filesz:
+                    continue
             segments.append(CoreSegment(vaddr, paddr, offset, filesz, memsz, flags))
+    if cut:
+        warnings.append(f"truncated core: {len(cut)} memory segments from {cut[0]:#x} on "
+                        "end past the end of the file; their memory is missing")
     return ParsedCore(segments, notes, warnings)

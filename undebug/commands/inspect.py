@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from undebug.commands import add_elf_arguments, command
-from undebug.errors import EXIT_USAGE, UsageError
+from undebug.errors import EXIT_USAGE, UndebugError, UsageError
 from undebug.output import Report
 from undebug.text import escape
 
@@ -36,7 +36,13 @@ def _with_target(body: Callable[[Target, argparse.Namespace], Report]) \
 
         with open_target(args.target, args.elf, stop=not args.no_stop,
                          force=args.force) as target:
-            report = body(target, args)
+            try:
+                report = body(target, args)
+            except UndebugError as exc:
+                if not target.problems:
+                    raise
+                raise UsageError(f"{exc.message} (the dump is damaged: "
+                                 f"{'; '.join(target.problems)})") from None
             report.warnings[:0] = target.warnings + target.problems
             if target.problems:  # a damaged dump: what it holds is shown, and exit 2
                 report.exit_code = EXIT_USAGE

@@ -388,9 +388,8 @@ def _flight_recorder_source(args: argparse.Namespace, note: str | None = None) -
     from tracers.flight import HEADER_SYMBOL, read_flight_recorder
     from tracers.metadata import load_tracepoints
     from tracers.unikraft.metadata import has_unikraft_tracepoints
-    from undebug.target import open_target
-
     from undebug.coretarget import is_bundle
+    from undebug.target import open_target
 
     if not is_bundle(args.source) and _is_file(args.source):
         raise UsageError("--flight-recorder reads a guest's memory: pass its name or a "

@@ -13,8 +13,6 @@ plain core with threads rather than refusing a "QEMU memory dump" of a non-Linux
 page from the executable when the executable has bytes there (Linux leaves unchanged file
 pages out of its cores that way): a zero page over the ELF's own file-backed ``.data``
 is written, or gdb would show the ELF's stale value.
-The program headers are written last (``e_phoff`` at the end): memory streams to the file
-in one pass, and their number is known only then.
 """
 
 from __future__ import annotations
@@ -34,8 +32,8 @@ from undebug.elfcore import (
     ET_CORE,
     EV_CURRENT,
     FORMAT,
-    NT_AUXV,
     MAX_PHNUM,
+    NT_AUXV,
     NT_PRSTATUS,
     NT_UNDEBUG_INFO,
     NT_UNDEBUG_VCPU,
@@ -139,50 +137,64 @@ def _blocks(target: Target, run: _Run, warnings: list[str]) -> Iterator[tuple[in
         at += size
 
 
-class _Writer:
-    """Segments streamed to the file, their headers kept for the end."""
+@dataclass
+class _Segment:
+    vaddr: int
+    paddr: int
+    filesz: int  # the first filesz bytes are in the file, the rest of memsz is zero
+    memsz: int
+    flags: int
+    offset: int = 0
 
-    def __init__(self, out: IO[Any], stats: CoreStats) -> None:
-        self.out = out
-        self.stats = stats
-        self.headers: list[bytes] = []
-        # the open segment: vaddr, paddr, offset, filesz, memsz, flags
-        self.open: list[int] | None = None
 
-    def _close(self) -> None:
-        if self.open is not None:
-            vaddr, paddr, offset, filesz, memsz, flags = self.open
-            self.headers.append(PHDR.pack(PT_LOAD, flags, offset, vaddr,
-                                          paddr, filesz, memsz, PAGE_SIZE))
-            self.open = None
+class _Planner:
+    """The segments, from pages seen in address order: data after data grows a segment,
+    zeros after anything grow its ``memsz`` only."""
 
-    def add(self, vaddr: int, paddr: int, data: bytes | None, size: int, flags: int) -> None:
-        """``size`` bytes at ``vaddr``: ``data``, or zeros not written (None)."""
+    def __init__(self) -> None:
+        self.segments: list[_Segment] = []
+        self.open: _Segment | None = None
+
+    def add(self, vaddr: int, paddr: int, size: int, flags: int, stored: bool) -> None:
         seg = self.open
-        contiguous = seg is not None and seg[0] + seg[4] == vaddr and seg[1] + seg[4] == paddr \
-            and seg[5] == flags
-        if seg is not None and contiguous and data is None:
-            seg[4] += size  # zeros after data or zeros: memsz grows, filesz stays
+        if seg is not None and seg.vaddr + seg.memsz == vaddr and \
+                seg.paddr + seg.memsz == paddr and seg.flags == flags and \
+                (not stored or seg.filesz == seg.memsz):
+            seg.memsz += size
+            seg.filesz += size if stored else 0
             return
-        if seg is not None and contiguous and data is not None and seg[3] == seg[4]:
-            self.out.write(data)  # data right after data: filesz grows too
-            seg[3] += size
-            seg[4] += size
-            self.stats.written_bytes += size
-            return
-        self._close()
-        offset = self.out.tell()
-        if data is not None:
-            self.out.write(data)
-            self.stats.written_bytes += size
-        self.open = [vaddr, paddr, offset, 0 if data is None else size, size, flags]
+        self.open = _Segment(vaddr, paddr, size if stored else 0, size, flags)
+        self.segments.append(self.open)
 
     def break_run(self) -> None:
-        self._close()
+        self.open = None
 
-    def finish(self) -> list[bytes]:
-        self._close()
-        return self.headers
+
+def _plan(target: Target, runs: list[_Run], sparse: bool, stats: CoreStats) -> list[_Segment]:
+    """Pass one: which pages go in the file (each block read once, kept by none)."""
+    planner = _Planner()
+    file_backed = _file_backed(target) if sparse else []
+    for run in runs:
+        for at, block in _blocks(target, run, stats.warnings):
+            if block is None:
+                planner.break_run()  # mapped but not RAM (MMIO): not in the core
+                continue
+            stats.mapped_bytes += len(block)
+            vaddr, paddr = run.virtual + at, run.physical + at
+            if not sparse:
+                planner.add(vaddr, paddr, len(block), run.flags, True)
+                continue
+            if block.count(0) == len(block) and not _overlaps(file_backed, vaddr, len(block)):
+                stats.zero_pages_skipped += len(block) // PAGE_SIZE
+                planner.add(vaddr, paddr, len(block), run.flags, False)
+                continue
+            for page in range(0, len(block), PAGE_SIZE):
+                zero = block[page : page + PAGE_SIZE] == ZERO_PAGE and \
+                    not _overlaps(file_backed, vaddr + page, PAGE_SIZE)
+                stats.zero_pages_skipped += zero
+                planner.add(vaddr + page, paddr + page, PAGE_SIZE, run.flags, not zero)
+        planner.break_run()
+    return planner.segments
 
 
 def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) -> bytes:
@@ -200,49 +212,39 @@ def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) 
 def write_core(target: Target, threads: list[ProxyThread], out: IO[Any], *,
                sparse: bool = False, info: dict[str, object] | None = None) -> CoreStats:
     """Write ``target``'s memory and ``threads`` (the first is gdb's current thread) to
-    ``out`` (a new file, at offset 0). Raises ReadError when there is nothing to dump."""
+    ``out`` (a new file, at offset 0). Raises ReadError when there is nothing to dump.
+
+    Two passes over guest memory (the guest is held still): the first decides which
+    pages go in, so that the headers can come first and a truncated copy of the file
+    still has them (and every segment before the cut)."""
     stats = CoreStats(threads=len(threads))
     runs = _runs(_mappings(target, stats.warnings))
-    notes = _notes(target, threads, {"sparse": sparse, **(info or {})})
-    out.write(bytes(ELF_HEADER.size))
-    note_offset = out.tell()
-    out.write(notes)
-    out.write(bytes(-out.tell() % PAGE_SIZE))  # memory page-aligned in the file: mmap-able
-    writer = _Writer(out, stats)
-    file_backed = _file_backed(target) if sparse else []
-    for run in runs:
-        for at, block in _blocks(target, run, stats.warnings):
-            if block is None:
-                writer.break_run()  # mapped but not RAM (MMIO): not in the core
-                continue
-            stats.mapped_bytes += len(block)
-            vaddr = run.virtual + at
-            if not sparse or (block.count(0) == len(block) and \
-                    not _overlaps(file_backed, vaddr, len(block))):
-                if sparse:
-                    stats.zero_pages_skipped += len(block) // PAGE_SIZE
-                writer.add(vaddr, run.physical + at, None if sparse else block,
-                           len(block), run.flags)
-                continue
-            for page in range(0, len(block), PAGE_SIZE):
-                chunk = block[page : page + PAGE_SIZE]
-                zero = chunk == ZERO_PAGE and not _overlaps(file_backed, vaddr + page, PAGE_SIZE)
-                stats.zero_pages_skipped += zero
-                writer.add(vaddr + page, run.physical + at + page,
-                           None if zero else chunk, len(chunk), run.flags)
-        writer.break_run()
-    headers = writer.finish()
-    if len(headers) + 1 > MAX_PHNUM:
-        raise ReadError(f"{len(headers)} memory segments: more than an ELF core can number "
+    segments = _plan(target, runs, sparse, stats)
+    if len(segments) + 1 > MAX_PHNUM:
+        raise ReadError(f"{len(segments)} memory segments: more than an ELF core can number "
                         f"({MAX_PHNUM}); the page tables are likely corrupt")
-    stats.segments = len(headers)
-    phoff = out.tell()
-    out.write(PHDR.pack(PT_NOTE, PF_R, note_offset, 0, 0, len(notes), len(notes), 4))
-    out.write(b"".join(headers))
-    out.seek(0)
+    notes = _notes(target, threads, {"sparse": sparse, **(info or {})})
+    phoff = ELF_HEADER.size
+    note_offset = phoff + PHDR.size * (len(segments) + 1)
+    offset = note_offset + len(notes)
+    offset += -offset % PAGE_SIZE  # memory page-aligned in the file: mmap-able
+    data_start = offset
+    for seg in segments:
+        seg.offset = offset
+        offset += seg.filesz
     ident = b"\x7fELF\x02\x01\x01".ljust(16, b"\0")  # 64-bit, little-endian, SysV
     out.write(ELF_HEADER.pack(ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, phoff, 0, 0,
-                              ELF_HEADER.size, PHDR.size, len(headers) + 1, 0, 0, 0))
+                              ELF_HEADER.size, PHDR.size, len(segments) + 1, 0, 0, 0))
+    out.write(PHDR.pack(PT_NOTE, PF_R, note_offset, 0, 0, len(notes), len(notes), 4))
+    out.write(b"".join(PHDR.pack(PT_LOAD, s.flags, s.offset, s.vaddr, s.paddr, s.filesz,
+                                 s.memsz, PAGE_SIZE) for s in segments))
+    out.write(notes)
+    out.write(bytes(data_start - out.tell()))
+    for seg in segments:
+        for at in range(0, seg.filesz, BLOCK):
+            out.write(target.read_physical(seg.paddr + at, min(BLOCK, seg.filesz - at)))
+        stats.written_bytes += seg.filesz
+    stats.segments = len(segments)
     out.flush()
     os.fsync(out.fileno())
     return stats
