@@ -115,13 +115,8 @@ class _Dump:
                                         "undebug_version": _version()}
 
     def run(self) -> None:
-        from undebug.dump.core import write_core
-        from undebug.dump.summary import all_threads, backtraces, crash_json, crash_signature
-        from undebug.gdbserver.threads import ThreadView
-        from undebug.os import provider_for
         from undebug.session.client import live_status
         from undebug.session.store import SessionDir
-        from undebug.target import open_target
 
         session = SessionDir.named(self.request.session)
         status = live_status(session)
@@ -131,7 +126,31 @@ class _Dump:
                  image=status.image, qemu_command_line=_qemu_command_line(status.qemu_pid),
                  smp=status.smp, memory_mb=status.memory_mb, append=status.append,
                  outcome=None if status.outcome is None else status.outcome.to_json())
-        with open_target(self.request.session, force=True) as target:
+        s["maps"] = s["heap"] = s["net"] = None  # filled in when their issues land
+        if status.state == "ended":  # exited (run --ci: an unexpected code): no memory
+            from undebug.elf import ElfFile
+
+            s["elfs"] = [self._elf(Path(status.elf), ElfFile(status.elf).build_id)] \
+                if status.elf else []
+            s["reason"] = self._reason(None, status)
+            s["core"] = s["crash"] = s["signature"] = None
+            self.warnings.append("the guest had ended: no memory, registers or threads "
+                                 "to dump")
+        else:
+            self._memory(session.name, status)
+        s["console_tail"] = self._console(session.console_log)
+        s["trace_tail"] = self._trace_tail(session.trace_file)
+
+    def _memory(self, name: str, status: GuestStatus) -> None:
+        """core.elf and what the paused guest's memory says (threads, crash, flight)."""
+        from undebug.dump.core import write_core
+        from undebug.dump.summary import all_threads, backtraces, crash_json, crash_signature
+        from undebug.gdbserver.threads import ThreadView
+        from undebug.os import provider_for
+        from undebug.target import open_target
+
+        s = self.summary
+        with open_target(name, force=True) as target:
             self.warnings += target.warnings
             provider = provider_for(target)
             crashed = status.outcome is not None and not status.outcome.ok
@@ -146,7 +165,6 @@ class _Dump:
             s["crash"] = crash_json(crash)
             s["reason"] = self._reason(crash, status)
             s["signature"] = crash_signature(crash, s["reason"]["kind"], traces)
-            s["maps"] = s["heap"] = s["net"] = None  # filled in when their issues land
             view = ThreadView.from_target(target, lambda t: provider.threads())
             first = crash.cpu if crash is not None and crash.cpu is not None else 0
             ordered = sorted(view.threads, key=lambda t: t.cpu != first)  # gdb's current
@@ -161,8 +179,6 @@ class _Dump:
                          "zero_pages_skipped": stats.zero_pages_skipped,
                          "threads": stats.threads}
             s["flight_recorder"] = self._flight(target)
-        s["console_tail"] = self._console(session.console_log)
-        s["trace_tail"] = self._trace_tail(session.trace_file)
 
     def _elf(self, path: Path, build_id: str | None) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": str(path.resolve()), "build_id": build_id, "copy": None}

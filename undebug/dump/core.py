@@ -56,6 +56,7 @@ __all__ = ["CoreStats", "write_core"]
 BLOCK = 4 << 20  # read this much guest RAM at a time
 ZERO_PAGE = bytes(PAGE_SIZE)
 CR0_PG = 1 << 31
+MAX_PROBE = 1 << 40  # RAM probed up to 1 TiB when paging is off
 
 
 @dataclass
@@ -95,11 +96,34 @@ def _runs(mappings: list[Mapping]) -> list[_Run]:
     return runs
 
 
+def _ram_end(target: Target) -> int:
+    """Where guest RAM from 0 ends, probed (one byte per probe): doubling, then halving."""
+    def readable(address: int) -> bool:
+        try:
+            target.read_physical(address, 1)
+        except ReadError:
+            return False
+        return True
+
+    if not readable(0):
+        return 0
+    high = PAGE_SIZE
+    while high < MAX_PROBE and readable(high):
+        high *= 2
+    low = high // 2  # readable; high is not (or the cap)
+    while high - low > PAGE_SIZE:
+        middle = (low + high) // 2 & ~(PAGE_SIZE - 1)
+        low, high = (middle, high) if readable(middle) else (low, middle)
+    return high
+
+
 def _mappings(target: Target, warnings: list[str]) -> list[Mapping]:
-    """What vCPU 0's page tables map; paging off (early boot): RAM as read, identity."""
+    """What vCPU 0's page tables map; paging off (early boot): RAM from 0, identity."""
     regs = target.registers(0)
     if not regs.get("cr0", CR0_PG) & CR0_PG:
-        raise ReadError("vCPU 0 has paging off: no virtual address space to dump yet")
+        warnings.append("vCPU 0 has paging off: guest RAM is dumped at virtual = physical")
+        end = _ram_end(target)
+        return [Mapping(0, 0, end, PAGE_SIZE, True, False, True)] if end else []
     walk = walk_mappings(target.read_physical, regs.get("cr3", 0),
                          five_level=bool(regs.get("cr4", 0) & CR4_LA57))
     warnings += [f"page tables: {p}" for p in walk.problems]
