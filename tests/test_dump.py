@@ -271,3 +271,35 @@ def test_an_incomplete_bundle_says_so(copy: Path) -> None:
     assert result.code == 2
     assert "the disk filled up" in result.stderr
     assert "worker-0" in result.stdout
+
+
+def test_gdbserver_serves_a_bundle_to_gdb_with_thread_names(
+        stopped: str, bundles: dict[str, Path], guest_image: Path) -> None:
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver",
+                               str(bundles["sparse"]), "--listen", "127.0.0.1:0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        where = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
+        assert where, line + server.stderr.read() if server.stderr else line
+        proc = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {where[1]}",
+                              "-ex", "info threads", "-ex", "thread apply all bt", "-ex",
+                              "print/x planted_counter", "-ex", "continue",
+                              str(guest_image)], capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    console = proc.stderr  # gdb prints the server's O packets there
+    out = proc.stdout
+    threads = data("threads", stopped)["threads"]
+    for t in threads:
+        if "\x1b" not in t["name"]:
+            assert f'Thread {t["id"]} "{t["name"]}"' in out, out
+    assert re.search(r"#0 .*checksum_block .*\n#1 .*handle_request .*\n#2 .*worker_main", out)
+    counter = int(re.findall(r"^\$1 = (0x[0-9a-f]+)$", out, re.M)[0], 16)
+    assert counter == mem_int(stopped, "planted_counter")
+    assert "this is a dump bundle: it cannot run" in console

@@ -42,6 +42,7 @@ FLIGHT_FILE = "flight-recorder.bin"
 CONSOLE_FILE = "console.log"
 TRACE_TAIL_FILE = "trace-tail.utrace"
 ELF_DIR = "elf"
+TARGET_XML_FILE = "gdb-target.json"  # QEMU's register layout files, for undebug gdbserver
 MAX_SUMMARY = 64 << 20
 
 

@@ -28,6 +28,7 @@ from undebug.coretarget import (
     FLIGHT_FILE,
     INCOMPLETE_FILE,
     SUMMARY_FILE,
+    TARGET_XML_FILE,
     TRACE_TAIL_FILE,
 )
 from undebug.errors import UndebugError, UsageError
@@ -179,6 +180,22 @@ class _Dump:
                          "zero_pages_skipped": stats.zero_pages_skipped,
                          "threads": stats.threads}
             s["flight_recorder"] = self._flight(target)
+            self._target_xml(target)
+
+    def _target_xml(self, target: Target) -> None:
+        """QEMU's register layout (``target.xml`` and its includes), which ``undebug
+        gdbserver BUNDLE`` serves as the live guest's was."""
+        from undebug.target import LiveTarget
+
+        if not isinstance(target, LiveTarget):
+            return
+        try:
+            files = target.client.target_xml()
+        except UndebugError as exc:
+            self.warnings.append(f"no register layout for undebug gdbserver: {exc.message}")
+            return
+        with _private(self.work / TARGET_XML_FILE, "w") as out:
+            json.dump(files, out)
 
     def _elf(self, path: Path, build_id: str | None) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": str(path.resolve()), "build_id": build_id, "copy": None}
