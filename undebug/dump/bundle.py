@@ -169,6 +169,7 @@ class _Dump:
             view = ThreadView.from_target(target, lambda t: provider.threads())
             first = crash.cpu if crash is not None and crash.cpu is not None else 0
             ordered = sorted(view.threads, key=lambda t: t.cpu != first)  # gdb's current
+            started = time.perf_counter()
             with _private(self.work / CORE_FILE) as out:
                 stats = write_core(target, ordered, out, sparse=self.request.sparse,
                                    info={"build_id": target.elf.build_id,
@@ -178,7 +179,8 @@ class _Dump:
                          "segments": stats.segments, "mapped_bytes": stats.mapped_bytes,
                          "written_bytes": stats.written_bytes,
                          "zero_pages_skipped": stats.zero_pages_skipped,
-                         "threads": stats.threads}
+                         "threads": stats.threads,
+                         "seconds": round(time.perf_counter() - started, 3)}
             s["flight_recorder"] = self._flight(target)
             self._target_xml(target)
 
@@ -283,7 +285,6 @@ def write_bundle(request: BundleRequest) -> BundleResult:
         with _private(work / INCOMPLETE_FILE, "w") as f:
             f.write(f"this bundle is incomplete: {failure}\n")
     with _private(work / SUMMARY_FILE, "w") as f:
-        json.dump(dump.summary, f, indent=1)
-        f.write("\n")
+        f.write(json.dumps(dump.summary) + "\n")  # no indent: the C encoder, 10x faster
     os.replace(work, final)
     return BundleResult(final, failure is None, dump.summary, dump.warnings)

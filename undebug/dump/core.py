@@ -55,6 +55,7 @@ __all__ = ["CoreStats", "write_core"]
 
 BLOCK = 4 << 20  # read this much guest RAM at a time
 ZERO_PAGE = bytes(PAGE_SIZE)
+ZERO_BLOCK = bytes(BLOCK)  # compared with (memcmp): faster than counting zeros
 CR0_PG = 1 << 31
 MAX_PROBE = 1 << 40  # RAM probed up to 1 TiB when paging is off
 
@@ -208,7 +209,8 @@ def _plan(target: Target, runs: list[_Run], sparse: bool, stats: CoreStats) -> l
             if not sparse:
                 planner.add(vaddr, paddr, len(block), run.flags, True)
                 continue
-            if block.count(0) == len(block) and not _overlaps(file_backed, vaddr, len(block)):
+            zero = block == ZERO_BLOCK if len(block) == BLOCK else block.count(0) == len(block)
+            if zero and not _overlaps(file_backed, vaddr, len(block)):
                 stats.zero_pages_skipped += len(block) // PAGE_SIZE
                 planner.add(vaddr, paddr, len(block), run.flags, False)
                 continue
