@@ -28,8 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.threads import GUEST, Clock, PlainGuest, UndebugGuest, ensure_guest, median, \
-    teardown, undebug
+from bench.threads import GUEST, Clock, PlainGuest, UndebugGuest, ensure_guest, median, teardown, undebug
 
 MEMORY_MB = 1024
 APPEND = "threads=2000"
@@ -111,8 +110,9 @@ def stress(tmp: Path, rounds: int) -> dict[str, Any]:
         for _ in range(rounds):
             extra = ["--hang-after", "2"] if kind == "hang" else []
             proc = subprocess.run(
-                [sys.executable, "-m", "undebug.cli", "run", "--ci", "--json", "--timeout", "60", "--smp", "2",
-                 "--append", f"threads=4 crash={kind} crash_after=100", *extra, str(GUEST)],
+                [sys.executable, "-m", "undebug.cli", "run", "--ci", "--json", "--timeout",
+                 "60", "--smp", "2", "--append", f"threads=4 crash={kind} crash_after=100",
+                 *extra, str(GUEST)],
                 env={**env, "PYTHONPATH": str(GUEST.parents[1])}, capture_output=True,
                 text=True, check=False)
             try:

@@ -303,3 +303,16 @@ def test_gdbserver_serves_a_bundle_to_gdb_with_thread_names(
     counter = int(re.findall(r"^\$1 = (0x[0-9a-f]+)$", out, re.M)[0], 16)
     assert counter == mem_int(stopped, "planted_counter")
     assert "this is a dump bundle: it cannot run" in console
+
+
+def test_the_summary_holds_the_last_flight_recorder_events(bundles: dict[str, Path]) -> None:
+    shown = undebug("trace", "show", str(bundles["full"]), "--flight-recorder", "--json")
+    events = shown.json()["events"]
+    tail = json.loads((bundles["full"] / "summary.json").read_text())["flight_recorder"]["tail"]
+    assert len(tail) == 50
+
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return (e["index"], e["tsc"], e["cpu"], e["tid"], e["thread"], e["tracepoint"],
+                e["args"])
+
+    assert [key(e) for e in tail] == [key(e) for e in events[-50:]]

@@ -9,6 +9,7 @@ top functions, no addresses), so CI can group repeats of one crash.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,7 @@ def flight_tail(raw: bytes, elf: Path, count: int = FLIGHT_TAIL) -> tuple[list[d
     from tracers.decode import decode
     from tracers.metadata import load_tracepoints
     from tracers.model import TraceModel
+    from tracers.records import Records
     from tracers.report import EventPrinter
 
     warnings: list[str] = []
@@ -131,8 +133,21 @@ def flight_tail(raw: bytes, elf: Path, count: int = FLIGHT_TAIL) -> tuple[list[d
         tps = None
     try:
         decoded = decode(raw, tracepoint_count=tps.count if tps else None)
-        printer = EventPrinter(tps, None, wall_clock=False)
-        printer.lines(TraceModel(decoded, tps), collect=True)
+        whole = TraceModel(decoded, tps)
+        # render only the last records in time order (the rings hold ~100,000): twice the
+        # count, as trace show leaves out sync records
+        chosen = whole.order[-2 * count :]
+        r = decoded.records
+        last = Records(r.tsc[chosen], r.id[chosen], r.cpu[chosen], r.nslots[chosen],
+                       r.seq[chosen], r.tid[chosen], r.session[chosen], r.args[chosen],
+                       {j: r.strings[r.start + int(i)] for j, i in enumerate(chosen)
+                        if r.start + int(i) in r.strings})
+        printer = EventPrinter(tps, None, names=whole.thread_names, wall_clock=False)
+        printer.lines(TraceModel(dataclasses.replace(decoded, records=last, damage=[]), tps),
+                      collect=True)
     except (UndebugError, ValueError) as exc:
         return [], [*warnings, f"flight recorder undecodable: {escape(str(exc))}"]
-    return printer.events[-count:], warnings
+    events = printer.events[-count:]
+    for event in events:  # the index in the whole copy, as trace show gives it
+        event["index"] = r.start + int(chosen[event["index"]])
+    return events, warnings
