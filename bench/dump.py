@@ -134,11 +134,11 @@ def stress(tmp: Path, rounds: int) -> dict[str, Any]:
             else:
                 classified += crash.get("function") == function
         result[kind] = {"runs": rounds, "detected": detected, "classified": classified}
-    total = rounds * len(KINDS)
+    total = rounds * len(KINDS)  # 0: the stress run was skipped (rates None)
     result["detection_rate"] = sum(r["detected"] for r in result.values()
-                                   if isinstance(r, dict)) / total
+                                   if isinstance(r, dict)) / total if total else None
     result["classification_rate"] = sum(r["classified"] for r in result.values()
-                                        if isinstance(r, dict)) / total
+                                        if isinstance(r, dict)) / total if total else None
     return result
 
 

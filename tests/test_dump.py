@@ -316,3 +316,52 @@ def test_the_summary_holds_the_last_flight_recorder_events(bundles: dict[str, Pa
                 e["args"])
 
     assert [key(e) for e in tail] == [key(e) for e in events[-50:]]
+
+
+def test_a_tampered_core_never_crashes_the_reader(bundles: dict[str, Path], guest_image: Path,
+                                                  tmp_path: Path) -> None:
+    """Seeded random damage to a real core's headers, notes and size: opening it and
+    reading through it raise undebug's own errors (shown as messages), nothing else."""
+    import random
+
+    from undebug.coretarget import CoreTarget
+    from undebug.dump.summary import all_threads, backtraces
+    from undebug.elf import ElfFile
+    from undebug.os import provider_for
+    from undebug.errors import UndebugError
+
+    original = (bundles["sparse"] / "core.elf").read_bytes()
+    phnum = struct.unpack_from("<H", original, 56)[0]
+    front = 64 + 56 * phnum + 0x2000  # headers, program headers, notes
+    elf = ElfFile(guest_image)
+    rng = random.Random(14)
+    core = tmp_path / "core.elf"
+    opened = 0
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(front)] = rng.randrange(256)
+        if rng.random() < 0.3:
+            del data[rng.randrange(len(data)):]
+        core.write_bytes(bytes(data))
+        try:
+            target = CoreTarget(core, elf)
+        except UndebugError:
+            continue
+        opened += 1
+        with target:
+            for address in (0, 0x100000, elf.symbol("planted_counter").address, 1 << 63):
+                try:
+                    target.read(address, 4096)
+                    target.read_physical(address, 64)
+                except UndebugError:
+                    pass
+            for cpu in range(target.cpu_count()):
+                assert isinstance(target.registers(cpu), dict)
+            try:  # what threads and bt --all do with it
+                provider = provider_for(target)
+                threads, warnings = all_threads(target, provider)
+                backtraces(target, provider, threads, 16, warnings)
+            except UndebugError:
+                pass
+    assert opened > 100  # most damage leaves a readable core: the reads above ran

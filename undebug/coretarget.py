@@ -103,6 +103,11 @@ class CoreTarget(Target):
                 self._vcpu(payload)
             elif note.type == NT_UNDEBUG_INFO:
                 self.info = payload
+        count = next(n for n in range(len(self._registers) + 1) if n not in self._registers)
+        if count < len(self._registers):  # vCPUs are 0..N-1: a gap is a damaged note
+            self.problems.append(f"{core.name}: vCPU notes for {sorted(self._registers)} "
+                                 f"are not numbered from 0 up: only vCPUs 0..{count - 1} used")
+            self._registers = {cpu: r for cpu, r in self._registers.items() if cpu < count}
         if not self._registers:
             self.problems.append(f"{core.name} has no vCPU notes (not written by undebug, or "
                                  "damaged): no registers, so no running threads")
@@ -127,7 +132,7 @@ class CoreTarget(Target):
             self._map = None
 
     def cpu_count(self) -> int:
-        return max(self._registers, default=-1) + 1
+        return len(self._registers)
 
     def registers(self, cpu: int) -> dict[str, int]:
         if cpu not in self._registers:
