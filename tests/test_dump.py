@@ -327,8 +327,8 @@ def test_a_tampered_core_never_crashes_the_reader(bundles: dict[str, Path], gues
     from undebug.coretarget import CoreTarget
     from undebug.dump.summary import all_threads, backtraces
     from undebug.elf import ElfFile
-    from undebug.os import provider_for
     from undebug.errors import UndebugError
+    from undebug.os import provider_for
 
     original = (bundles["sparse"] / "core.elf").read_bytes()
     phnum = struct.unpack_from("<H", original, 56)[0]
