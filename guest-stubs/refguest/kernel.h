@@ -271,4 +271,6 @@ extern char ap_tramp_cr3[], ap_tramp_stack[], ap_tramp_cpu[];
 extern char boot_stack_bottom[], boot_stack_top[], boot_stack_guard[];
 extern void *isr_stub_table[256];
 
+void scrub_planted(void);             /* main.c: zero planted_scrubbed[] (a .data page) */
+
 #endif
