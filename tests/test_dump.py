@@ -365,3 +365,30 @@ def test_a_tampered_core_never_crashes_the_reader(bundles: dict[str, Path], gues
             except UndebugError:
                 pass
     assert opened > 100  # most damage leaves a readable core: the reads above ran
+
+
+def test_a_dump_that_fails_midway_is_marked_incomplete(stopped: str, tmp_path: Path) -> None:
+    """A real write failure: the file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) cuts
+    core.elf at 4 MiB with EFBIG; the bundle is still renamed into place, marked."""
+    import resource
+    import signal
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "undebug.cli", "dump", stopped, "-o",
+                           str(tmp_path), "--json"], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["complete"] is False
+    bundle = Path(doc["bundle"])
+    assert [p.name for p in tmp_path.iterdir()] == [bundle.name]  # no .partial left
+    assert "File too large" in (bundle / "INCOMPLETE").read_text()
+    summary = json.loads((bundle / "summary.json").read_text())
+    assert summary["complete"] is False and "File too large" in summary["failure"]
+    shown = undebug("threads", str(bundle))
+    assert shown.code == 2 and "incomplete" in shown.stderr

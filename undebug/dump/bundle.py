@@ -272,12 +272,17 @@ def write_bundle(request: BundleRequest) -> BundleResult:
             from None
     dump = _Dump(request, work)
     failure: str | None = None
+    interrupted: BaseException | None = None
     try:
         dump.run()
     except UndebugError as exc:
         failure = exc.message
     except OSError as exc:
         failure = f"{exc.filename or 'writing'}: {exc.strerror}"
+    except Exception as exc:  # a bug on hostile guest memory: the bundle still says so
+        failure = f"undebug failed while dumping: {type(exc).__name__}: {escape(str(exc))}"
+    except BaseException as exc:  # Ctrl-C: what was written is kept, marked, then stop
+        failure, interrupted = "interrupted", exc
     dump.summary["complete"] = failure is None
     dump.summary["warnings"] = dump.warnings
     if failure is not None:
@@ -287,4 +292,6 @@ def write_bundle(request: BundleRequest) -> BundleResult:
     with _private(work / SUMMARY_FILE, "w") as f:
         f.write(json.dumps(dump.summary) + "\n")  # no indent: the C encoder, 10x faster
     os.replace(work, final)
+    if interrupted is not None:
+        raise interrupted
     return BundleResult(final, failure is None, dump.summary, dump.warnings)
