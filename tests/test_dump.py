@@ -392,3 +392,18 @@ def test_a_dump_that_fails_midway_is_marked_incomplete(stopped: str, tmp_path: P
     assert summary["complete"] is False and "File too large" in summary["failure"]
     shown = undebug("threads", str(bundle))
     assert shown.code == 2 and "incomplete" in shown.stderr
+
+
+def test_include_elf_makes_the_bundle_open_without_the_original(
+        stopped: str, tmp_path: Path, guest_image: Path) -> None:
+    result = undebug("dump", stopped, "-o", str(tmp_path), "--sparse", "--include-elf",
+                     "--json")
+    assert result.code == 0, result.stderr
+    bundle = Path(result.json()["bundle"])
+    copy = bundle / "elf" / guest_image.name
+    assert copy.read_bytes() == guest_image.read_bytes()
+    assert copy.stat().st_mode & 0o777 == 0o600
+    summary = json.loads((bundle / "summary.json").read_text())
+    summary["elfs"][0]["path"] = "/nonexistent/refguest.elf"  # "another machine"
+    (bundle / "summary.json").write_text(json.dumps(summary))
+    assert data("threads", str(bundle)) == data("threads", stopped)
