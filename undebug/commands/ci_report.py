@@ -8,6 +8,7 @@ escaped (control characters removed, which XML 1.0 cannot carry) for the report.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -25,6 +26,8 @@ SCREEN_EVENTS = 8
 SCREEN_CONSOLE = 10
 MAX_ANNOTATIONS = 10  # GitHub shows at most 10 errors per step and drops the rest
 STEP_SUMMARY_MAX = 1 << 20  # GitHub refuses a step summary over 1 MiB
+MAX_SCAN = 50_000  # entries looked at to place a bare source file name in the checkout
+SKIP_DIRS = frozenset({"node_modules", "venv", "build", "undebug-dumps", "__pycache__"})
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -79,11 +82,32 @@ class Failure:
 
 def _relative(path: str) -> str:
     """A repository-relative path when the file is under the working directory (CI runs
-    from the checkout), else as given."""
+    from the checkout); a bare name (DWARF 5 leaves the compilation directory's files
+    without one) when exactly one file of that name is under it; else as given."""
+    here = Path.cwd().resolve()
+    if not Path(path).is_absolute() and not (here / path).exists():
+        found = _unique_under(here, Path(path).name) if "/" not in path else None
+        return path if found is None else str(found.relative_to(here))
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+        return str(Path(path).resolve().relative_to(here))
     except (ValueError, OSError):
         return path
+
+
+@functools.cache
+def _unique_under(root: Path, name: str) -> Path | None:
+    """The one file called ``name`` under ``root`` (hidden directories, virtualenvs and
+    build outputs skipped; at most MAX_SCAN entries looked at), or None."""
+    found: list[Path] = []
+    seen = 0
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in SKIP_DIRS]
+        seen += len(files) + len(subdirs)
+        if name in files:
+            found.append(Path(directory) / name)
+        if len(found) > 1 or seen > MAX_SCAN:
+            return None
+    return found[0] if found else None
 
 
 def crash_screen(f: Failure) -> list[str]:
