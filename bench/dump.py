@@ -153,7 +153,10 @@ def run() -> dict[str, Any]:
     guest = ensure_guest()
     rounds = int(os.environ.get("UNDEBUG_BENCH_STRESS_ROUNDS", "20"))
     tmp = Path(tempfile.mkdtemp(prefix="undebug-bench-dump-"))
-    measured = dumps(tmp / "dumps")
+    try:
+        measured = dumps(tmp / "dumps")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     stress_dir = Path(tempfile.mkdtemp(prefix="undebug-bench-stress-"))
     try:
         stressed = stress(stress_dir, rounds)
