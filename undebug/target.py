@@ -49,15 +49,23 @@ def open_target(spec: str, elf: Path | None = None, *, stop: bool = True,
                 force: bool = False) -> Target:
     """The guest the user named, as a Target: the one place user input becomes one.
 
-    ``spec`` is what was typed: a session name (see ``undebug ps``); a dump bundle's path
-    joins here when undebug writes them. ``elf`` overrides the ELF the session remembers.
+    ``spec`` is what was typed: a session name (see ``undebug ps``) or a dump bundle's
+    path (:mod:`undebug.coretarget`). ``elf`` overrides the ELF the session remembers.
     """
+    from undebug.coretarget import is_bundle, open_bundle
+
+    if is_bundle(spec):
+        return open_bundle(Path(spec), elf, force=force)
     return LiveTarget(SessionDir.named(spec), elf, stop=stop, force=force)
 
 
 def guest_elf(spec: str, elf: Path | None = None) -> ElfFile:
     """The ELF of the guest ``spec`` without touching the guest (for symbol look-ups):
-    ``elf`` if given, else the one its session remembers."""
+    ``elf`` if given, else the one its session (or bundle) remembers."""
+    from undebug.coretarget import bundle_elf, is_bundle, read_bundle
+
+    if is_bundle(spec):
+        return bundle_elf(read_bundle(Path(spec)), elf)
     path = elf or remembered_elf(spec)
     if path is None:
         raise UsageError(f"no ELF known for guest {spec!r}", hint="pass --elf")
@@ -126,6 +134,9 @@ class Target(ABC):
         self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
         self.programs: list[tuple[ElfFile, int]] = []  # a kernel's programs, and their offsets
         self.warnings: list[str] = []
+        # what is damaged where the bytes come from (a truncated dump): a command shows
+        # what it can, then exits 2
+        self.problems: list[str] = []
         self.elf_mismatch: str | None = None  # why the ELF is not the guest's (--force)
 
     @abstractmethod
@@ -185,6 +196,14 @@ class Target(ABC):
         """Every ELF whose code the guest runs, with its load offset: the kernel first."""
         return [(self.elf, self.load_offset), *self.programs]
 
+    def copy_physical(self, address: int, size: int, fd: int) -> None:
+        """Write ``size`` bytes of guest-physical memory to file descriptor ``fd`` at its
+        offset (a dump's bulk path: a live guest's shared RAM goes kernel to kernel)."""
+        for at in range(0, size, MAX_RPC_READ):
+            data = memoryview(self.read_physical(address + at, min(MAX_RPC_READ, size - at)))
+            while data:
+                data = data[os.write(fd, data):]
+
     def module_at(self, address: int) -> tuple[ElfFile, int]:
         """The ELF whose text holds runtime ``address`` (the kernel's when none does)."""
         return next(((elf, offset) for elf, offset in self.modules
@@ -206,6 +225,11 @@ class _Ram(ABC):
 
     def __init__(self, layout: list[tuple[int, int, int]]) -> None:
         self.regions = layout
+
+    def copy(self, address: int, size: int, fd: int) -> bool:
+        """``size`` bytes at ``address`` written to ``fd`` without a pass through Python,
+        where this kind of RAM can; False: the caller reads them instead."""
+        return False
 
     @abstractmethod
     def _copy(self, offset: int, size: int) -> bytes:
@@ -237,12 +261,27 @@ class _SharedRam(_Ram):
     def __init__(self, fd: int, layout: list[tuple[int, int, int]]) -> None:
         super().__init__(layout)
         self.map = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self.fd = os.dup(fd)  # for sendfile: a dump copies without a pass through Python
+
+    def copy(self, address: int, size: int, fd: int) -> bool:
+        """By sendfile(2); False when the range is not in one region."""
+        for phys, offset, length in self.regions:
+            if phys <= address and address + size <= phys + length:
+                start, done = offset + address - phys, 0
+                while done < size:
+                    sent = os.sendfile(fd, self.fd, start + done, size - done)
+                    if sent <= 0:
+                        raise ReadError(f"guest RAM at {address + done:#x} ends early")
+                    done += sent
+                return True
+        return False
 
     def _copy(self, offset: int, size: int) -> bytes:
         return self.map[offset : offset + size]
 
     def close(self) -> None:
         self.map.close()
+        os.close(self.fd)
 
 
 class _ProcessRam(_Ram):
@@ -510,6 +549,15 @@ class LiveTarget(Target):
                 raise ReadError(f"cannot read {size} bytes at {address:#x}: {exc.message}") \
                     from None
         return bytes(out)
+
+    def copy_physical(self, address: int, size: int, fd: int) -> None:
+        self._reading()
+        try:
+            if self._ram is not None and self._ram.copy(address, size, fd):
+                return
+        except OSError:  # sendfile refused (an old kernel, a pipe): the plain way
+            pass
+        super().copy_physical(address, size, fd)
 
     def read_physical(self, address: int, size: int) -> bytes:
         self._reading()

@@ -278,4 +278,6 @@ extern char boot_stack_bottom[], boot_stack_top[], boot_stack_guard[];
 extern char __image_start[], __text_end[];   /* refguest.ld: the text segment */
 extern void *isr_stub_table[256];
 
+void scrub_planted(void);             /* main.c: zero planted_scrubbed[] (a .data page) */
+
 #endif
