@@ -73,6 +73,26 @@ def test_offline_commands_agree_with_the_live_guest_at_the_stop(
     assert data("sym", bundle, "worker_main") == data("sym", stopped, "worker_main")
 
 
+def test_the_summary_holds_maps_heap_and_net_as_their_commands_show_them(
+        stopped: str, bundles: dict[str, Path]) -> None:
+    """summary.json's maps, heap and net are the data of those commands at the stop (net:
+    the guest's own view; QEMU's host view is not kept), and maps and heap read the same
+    from the bundle as from the live guest."""
+    summary = json.loads((bundles["full"] / "summary.json").read_text())
+    live_maps, live_heap = data("maps", stopped), data("heap", stopped)
+    assert summary["maps"] == live_maps and summary["heap"] == live_heap
+    assert any(r["kinds"] and "stack" in r["kinds"] for r in summary["maps"]["regions"])
+    assert summary["heap"]["heaps"] and summary["heap"]["heaps"][0]["total"] > 0
+    live_net = data("net", stopped)
+    assert summary["net"] == {k: live_net[k] for k in ("lwip", "interfaces", "sockets")}
+    assert summary["net"]["lwip"] is True
+    for kind in ("full", "sparse"):
+        bundle = str(bundles[kind])
+        assert data("heap", bundle) == live_heap
+        offline = data("maps", bundle)
+        assert offline["regions"] == live_maps["regions"], kind
+
+
 def test_bundle_files_are_private_and_the_summary_names_the_stop(bundles: dict[str, Path]) -> None:
     for bundle in bundles.values():
         assert (bundle.stat().st_mode & 0o777) == 0o700

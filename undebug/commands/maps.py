@@ -8,7 +8,7 @@ the table a person reads. Guest text (thread names in region names) is escaped.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from undebug.commands import command
 from undebug.commands.inspect import _target_arguments, _with_target
@@ -20,25 +20,7 @@ if TYPE_CHECKING:  # the real imports are lazy, for start-up time
     from undebug.os.memmap import MemoryMap, Region
     from undebug.target import Target
 
-__all__ = ["human_size", "maps_json"]
-
-
-def _region_json(r: Region) -> dict[str, Any]:
-    return {"start": r.start, "end": r.end, "size": r.end - r.start, "mapped": r.mapped,
-            "permissions": r.permissions, "writable": r.writable, "executable": r.executable,
-            "user": r.user, "physical": r.physical, "page_sizes": list(r.page_sizes),
-            "names": list(r.names), "kinds": list(r.kinds), "threads": list(r.threads),
-            "flags": list(r.flags)}
-
-
-def maps_json(memmap: MemoryMap) -> dict[str, Any]:
-    """The ``maps --json`` document's data (docs/cli.md), shared with dumps and the TUI."""
-    return {"cr3": memmap.cr3, "five_level": memmap.five_level,
-            "write_protect": memmap.write_protect, "mapped_bytes": memmap.mapped_bytes,
-            "tables_read": memmap.tables_read, "complete": memmap.complete,
-            "problems": memmap.problems, "flagged": memmap.flagged(),
-            "regions": [_region_json(r) for r in memmap.regions],
-            "devices": [d.to_json() for d in memmap.devices]}
+__all__ = ["human_size"]
 
 
 def _row(r: Region) -> tuple[str, ...]:
@@ -86,7 +68,7 @@ def maps_body(target: Target, args: argparse.Namespace) -> Report:
         warnings.append("CR0.WP is clear on vCPU 0: the kernel writes through read-only "
                         "pages")
     failed = args.check and bool(memmap.flagged())
-    return Report(data=maps_json(memmap), warnings=warnings, render=lambda: maps_lines(memmap),
+    return Report(data=memmap.to_json(), warnings=warnings, render=lambda: maps_lines(memmap),
                   exit_code=EXIT_CHECK_FAILED if failed else 0)
 
 

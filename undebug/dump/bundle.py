@@ -15,8 +15,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from undebug.text import escape
 
 if TYPE_CHECKING:
     from undebug.os.crash import Crash
+    from undebug.os.provider import ThreadProvider
     from undebug.session.replies import GuestStatus
     from undebug.target import Target
 
@@ -127,7 +128,7 @@ class _Dump:
                  image=status.image, qemu_command_line=_qemu_command_line(status.qemu_pid),
                  smp=status.smp, memory_mb=status.memory_mb, append=status.append,
                  outcome=None if status.outcome is None else status.outcome.to_json())
-        s["maps"] = s["heap"] = s["net"] = None  # filled in when their issues land
+        s["maps"] = s["heap"] = s["net"] = None  # the guest's memory says (_guest_state)
         if status.state == "ended":  # exited (run --ci: an unexpected code): no memory
             from undebug.elf import ElfFile
 
@@ -182,7 +183,32 @@ class _Dump:
                          "threads": stats.threads,
                          "seconds": round(time.perf_counter() - started, 3)}
             s["flight_recorder"] = self._flight(target)
+            self._guest_state(target, provider)
             self._target_xml(target)
+
+    def _guest_state(self, target: Target, provider: ThreadProvider) -> None:
+        """``maps``, ``heap`` and ``net`` as their commands' ``--json`` give them (the
+        network: the guest's lwIP only; QEMU's view of the NIC goes with QEMU). One that
+        cannot be read stays null, with a warning; the others are still written."""
+        from undebug.os.lwip import guest_network
+        from undebug.os.memmap import memory_map
+
+        def network() -> dict[str, Any]:
+            snapshot = guest_network(target)
+            self.warnings.extend(f"net: {w}" for w in snapshot.warnings)
+            return {"lwip": snapshot.lwip,
+                    "interfaces": [asdict(i) for i in snapshot.interfaces],
+                    "sockets": [s.to_json() for s in snapshot.sockets]}
+
+        readers: dict[str, Callable[[], Any]] = {
+            "maps": lambda: memory_map(target, provider).to_json(),
+            "heap": lambda: {"heaps": [r.to_json() for r in provider.heaps()]},
+            "net": network}
+        for key, read in readers.items():
+            try:
+                self.summary[key] = read()
+            except UndebugError as exc:
+                self.warnings.append(f"{key}: {exc.message}")
 
     def _target_xml(self, target: Target) -> None:
         """QEMU's register layout (``target.xml`` and its includes), which ``undebug

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, Mapping, walk_mappings
 from undebug.os.provider import MemoryArea, ThreadProvider
@@ -73,6 +74,14 @@ class Region:
             return "---"
         return "r" + ("w" if self.writable else "-") + ("x" if self.executable else "-")
 
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "size": self.end - self.start,
+                "mapped": self.mapped, "permissions": self.permissions,
+                "writable": self.writable, "executable": self.executable, "user": self.user,
+                "physical": self.physical, "page_sizes": list(self.page_sizes),
+                "names": list(self.names), "kinds": list(self.kinds),
+                "threads": list(self.threads), "flags": list(self.flags)}
+
 
 @dataclass
 class MemoryMap:
@@ -94,6 +103,15 @@ class MemoryMap:
             for flag in region.flags:
                 counts[flag] += 1
         return {k: v for k, v in counts.items() if v}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``maps --json`` document's data (docs/cli.md), as dumps and the TUI use it."""
+        return {"cr3": self.cr3, "five_level": self.five_level,
+                "write_protect": self.write_protect, "mapped_bytes": self.mapped_bytes,
+                "tables_read": self.tables_read, "complete": self.complete,
+                "problems": self.problems, "flagged": self.flagged(),
+                "regions": [r.to_json() for r in self.regions],
+                "devices": [d.to_json() for d in self.devices]}
 
 
 def _areas(target: Target, provider: ThreadProvider, warnings: list[str]) -> list[MemoryArea]:
