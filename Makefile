@@ -6,7 +6,7 @@ VENV       := .venv
 VPY        := $(VENV)/bin/python
 BUILD      := $(CURDIR)/build
 GUEST      := $(BUILD)/refguest.elf
-APT_TOOLS  := qemu-system-x86_64:qemu-system-x86 gdb:gdb gcc:gcc make:make tmux:tmux
+APT_TOOLS  := qemu-system-x86_64:qemu-system-x86 gdb:gdb gcc:gcc make:make tmux:tmux lldb:lldb
 # The baselines `make bench` measures against (lttng-gen-tp comes with liblttng-ust-dev).
 BENCH_APT  := lttng-gen-tp:liblttng-ust-dev lttng-sessiond:lttng-tools babeltrace2:babeltrace2
 

@@ -35,6 +35,7 @@ APPEND = "threads=16"  # the issue's guest: ~2,800 events/s with tracing on
 LOW_RATE = "threads=6"  # ~1,000 events/s: the low end of the per-event goal
 FOLLOW_S = 10.0
 HIGH_RATE_EVENTS = 1_500_000  # 48 MB: one recording chunk (64 MB at the default 256M cap)
+SLOT_BYTES = 16
 GOALS = {"core_percent_per_guest": 0.5, "us_per_event": 2.0, "rss_mb": 30.0}
 
 
@@ -51,9 +52,28 @@ def _rss_mb(pid: int) -> float | None:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def _events(env: dict[str, str], name: str) -> int:
-    stats = _ud(env, "trace", "stats", name, "--json")
-    return int(json.loads(stats.stdout)["events"]) if stats.returncode == 0 else 0
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads: its wake-ups."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def _records(rundir: Path, name: str) -> int:
+    """Records the guest's recording holds so far (every chunk of it): its bytes over the
+    16-byte slot (tracers/FORMAT.md), which a stat gives at once where ``trace stats``
+    would decode the whole recording (minutes on a loaded host with 8 guests)."""
+    size = 0
+    for chunk in (rundir / name).glob("trace.utrace*"):
+        if chunk.suffix != ".anchors":
+            size += chunk.stat().st_size
+    return size // SLOT_BYTES
 
 
 def _wait_ready(console: Path, timeout: float = 120) -> None:
@@ -79,17 +99,20 @@ def window(env: dict[str, str], rundir: Path, guests: int, traced: bool,
         time.sleep(2.0)  # past boot: the rate at rest
         pids = {g["name"]: g["supervisor_pid"]
                 for g in json.loads(_ud(env, "ps", "--json").stdout)["guests"]}
-        events0 = {n: _events(env, n) for n in names} if traced else {}
+        events0 = {n: _records(rundir, n) for n in names} if traced else {}
         cpu0 = {n: _cpu_s(pids[n]) or 0.0 for n in names}
+        woken0 = {n: _wakeups(pids[n]) for n in names}
         time.sleep(WINDOW_S)
         cpu1 = {n: _cpu_s(pids[n]) or 0.0 for n in names}
-        events1 = {n: _events(env, n) for n in names} if traced else {}
+        woken1 = {n: _wakeups(pids[n]) for n in names}
+        events1 = {n: _records(rundir, n) for n in names} if traced else {}
         rss = [_rss_mb(pids[n]) for n in names]
     finally:
         for name in names:
             _ud(env, "kill", name)
     cpu = [cpu1[n] - cpu0[n] for n in names]
     events = [events1[n] - events0[n] for n in names] if traced else [0] * guests
+    woken = sum(woken1[n] - woken0[n] for n in names)
     row: dict[str, Any] = {
         "guests": guests, "traced": traced, "append": append, "window_s": WINDOW_S,
         "cpu_s_per_guest_minute": round(statistics.mean(cpu) * 60 / WINDOW_S, 4),
@@ -97,7 +120,10 @@ def window(env: dict[str, str], rundir: Path, guests: int, traced: bool,
         "supervisors_cpu_s": [round(c, 3) for c in cpu],
         "rss_mb_max": max(r for r in rss if r is not None),
         "events_per_s_per_guest": round(statistics.mean(events) / WINDOW_S),
+        "wakeups_per_s_per_guest": round(woken / guests / WINDOW_S, 1),
     }
+    if woken:
+        row["us_per_wakeup"] = round(sum(cpu) / woken * 1e6, 1)
     if traced and sum(events):
         row["us_per_event"] = round(sum(cpu) / sum(events) * 1e6, 2)
     return row
@@ -161,6 +187,73 @@ def follow_latency(env: dict[str, str], rundir: Path) -> dict[str, Any]:
             "goal_ms": 100}
 
 
+FLOOR_C = r"""
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {  /* argv[1]: the socket's fd; argv[2]: the output's */
+    static char buf[1 << 20];
+    int ep = epoll_create1(0), sock = atoi(argv[1]), out = atoi(argv[2]), n = 0;
+    struct epoll_event ev = {.events = EPOLLIN};
+    struct timespec a, b;
+    epoll_ctl(ep, EPOLL_CTL_ADD, sock, &ev);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+    for (;;) {
+        struct epoll_event e;
+        epoll_wait(ep, &e, 1, -1);
+        ssize_t r = recv(sock, buf, sizeof buf, 0);
+        if (r <= 0) break;
+        if (write(out, buf, r) != r) return 1;
+        n++;
+    }
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+    printf("%.3f %d\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3, n);
+    return 0;
+}
+"""
+FLOOR_PY = """
+import os, socket, sys, time
+sock, out = socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2])
+buf = bytearray(1 << 20); view = memoryview(buf); n = 0
+start = time.process_time_ns()
+while (got := sock.recv_into(view)):
+    os.write(out, bytes(view[:got])); n += 1
+print((time.process_time_ns() - start) / 1e3, n)
+"""
+FLOOR_BATCHES = 200
+
+
+def wakeup_floor(tmp: Path) -> dict[str, Any]:
+    """What one wake-up costs on this machine, whoever is woken: a bare C reader
+    (epoll_wait, recv, write) and a bare Python one (recv_into, write), each fed a 4.4 KB
+    batch every 50 ms by another process, as a guest's batches feed a supervisor. The
+    supervisor's cost per wake-up compares against these, measured in the same run."""
+    import socket
+
+    binary = tmp / "floor"
+    subprocess.run(["gcc", "-O2", "-x", "c", "-", "-o", str(binary)], input=FLOOR_C,
+                   text=True, check=True)
+    out: dict[str, Any] = {"batches": FLOOR_BATCHES, "interval_ms": 50, "batch_bytes": 4400}
+    for kind, argv in (("c", [str(binary)]), ("python", [sys.executable, "-c", FLOOR_PY])):
+        feed, read = socket.socketpair()
+        sink = os.open(tmp / f"floor-{kind}.out", os.O_WRONLY | os.O_CREAT, 0o600)
+        fds = (read.fileno(), sink)
+        proc = subprocess.Popen([*argv, *map(str, fds)], stdout=subprocess.PIPE, text=True,
+                                pass_fds=fds)
+        os.close(sink)
+        read.close()
+        for _ in range(FLOOR_BATCHES):
+            time.sleep(0.05)
+            feed.sendall(b"x" * 4400)
+        feed.close()
+        cpu_us, woken = proc.communicate(timeout=60)[0].split()
+        out[f"{kind}_us_per_wakeup"] = round(float(cpu_us) / max(int(woken), 1), 1)
+    return out
+
+
 def run() -> dict[str, Any]:
     if not GUEST.exists():
         subprocess.run(["make", "-s", "guest"], cwd=ROOT, check=True)
@@ -178,6 +271,8 @@ def run() -> dict[str, Any]:
         latency = follow_latency(env, tmp / "run")
         print(f"  follow latency: {latency}", flush=True)
         high = lossless_run(tmp, 1, "bench", HIGH_RATE_EVENTS, trace_file=False)
+        floor = wakeup_floor(tmp)
+        print(f"  wake-up floor: {floor}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     events = high["events_guest"]
@@ -190,6 +285,7 @@ def run() -> dict[str, Any]:
     traced_rows = [r for r in rows if r["traced"]]
     summary: dict[str, Any] = {
         "rows": rows, "follow_latency": latency, "max_rate": high_row, "goals": GOALS,
+        "wakeup_floor": floor,
         "goal_met": {
             "core_percent_per_guest": all(r["core_percent_per_guest"] <= 0.5
                                           for r in traced_rows),

@@ -121,11 +121,13 @@ class Qmp:
 class PlainGuest:
     """A second QEMU, identical to the one undebug starts, with a unix-socket gdbstub for
     gdb; started with ``-S``, let run to its ``ready`` line (and ``settle``), then stopped
-    (QMP). ``kernel`` is the reference guest unless given; ``append`` "" passes none."""
+    (QMP). ``kernel`` is the reference guest unless given; ``append`` "" passes none; ``args``
+    are more QEMU arguments (a -netdev, say)."""
 
     def __init__(self, directory: Path, append: str, memory: int = 256, smp: int = 2,
                  boot_timeout: float = 60, kernel: Path = GUEST, ready: bytes = READY,
-                 settle: float = 0, devices: tuple[str, ...] = ()) -> None:
+                 settle: float = 0, devices: tuple[str, ...] = (),
+                 args: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.gdb_sock = directory / "gdb.sock"
         self.console = directory / "console.log"
@@ -135,7 +137,7 @@ class PlainGuest:
             "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
             "-serial", f"file:{self.console}", "-M", "pc", "-accel", "tcg", "-m", str(memory),
             "-smp", str(smp), "-display", "none", "-vga", "none", "-nodefaults",
-            *(a for d in devices for a in ("-device", d)), "-kernel", str(kernel),
+            *(a for d in devices for a in ("-device", d)), *args, "-kernel", str(kernel),
             *(("-append", append) if append else ())], stdin=subprocess.DEVNULL)
         try:
             self.qmp = Qmp(directory / "qmp.sock")
@@ -177,15 +179,16 @@ def undebug(*argv: str, env: dict[str, str], **kwargs: Any) -> subprocess.Comple
 
 class UndebugGuest:
     """A guest under ``undebug run -d`` in a private runtime dir; ``undebug kill`` at close.
-    ``kernel``, ``append``, ``ready`` and ``settle`` as for :class:`PlainGuest`."""
+    ``kernel``, ``append``, ``ready`` and ``settle`` as for :class:`PlainGuest`; ``options``
+    are more ``undebug run`` options (``--forward``, say)."""
 
     def __init__(self, runtime: Path, name: str, append: str, memory: int = 256,
                  smp: int = 2, boot_timeout: float = 60, kernel: Path = GUEST,
-                 ready: bytes = READY, settle: float = 0) -> None:
+                 ready: bytes = READY, settle: float = 0, options: tuple[str, ...] = ()) -> None:
         self.name = name
         self.env = undebug_env(runtime)
         undebug("run", "-d", "--name", name, "--smp", str(smp), "--memory", str(memory),
-                *(("--append", append) if append else ()), str(kernel), env=self.env,
+                *(("--append", append) if append else ()), *options, str(kernel), env=self.env,
                 stdout=subprocess.DEVNULL)
         try:
             wait_ready(runtime / name / "console.log", boot_timeout, ready, settle)

@@ -218,7 +218,14 @@ def analyse(path: Path, console: str, kind: str) -> dict[str, Any]:
 
 
 def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (Linux /proc)."""
+    """CPU seconds of a live process: its threads' run time from ``/proc/PID/task/*/
+    schedstat`` (nanoseconds; ``/proc/PID/stat`` counts 10 ms ticks, too coarse for a
+    supervisor at rest), or user + system ticks where schedstat is missing."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:

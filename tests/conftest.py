@@ -81,6 +81,7 @@ def runtime_dir() -> Iterator[Path]:
     old = os.environ.get("UNDEBUG_RUNTIME_DIR")
     os.environ["UNDEBUG_RUNTIME_DIR"] = str(path)
     os.environ["UNDEBUG_CACHE_DIR"] = str(path / "cache")  # never the user's own cache
+    os.environ["UNDEBUG_DUMP_DIR"] = str(path / "dumps")  # run --ci's bundles, not in ./
     yield path
     for session in path.iterdir():  # end whatever a failed test left behind
         undebug("kill", session.name)

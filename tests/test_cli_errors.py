@@ -50,7 +50,8 @@ def test_not_an_elf_says_what_it_found(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\n")
     result = undebug("run", "-d", str(script))
     assert result.code == 2
-    assert "not an ELF kernel: found a file starting with b'#!/bin/s" in result.stderr
+    assert "neither an ELF kernel nor a disk image: found a file starting with b'#!/bin/s" \
+        in result.stderr
 
 
 def test_error_under_json_is_a_json_document(tmp_path: Path) -> None:

@@ -73,3 +73,28 @@ def test_a_note_running_past_its_segment_ends_the_list(guest_image: Path) -> Non
     note = next(s for s in program_headers(bytes(data)) if s.type == PT_NOTE)
     struct.pack_into("<I", data, note.offset + 4, 0xFFFFFFF0)  # descsz: far past the end
     assert notes(bytes(data), [note]) == []
+
+
+def test_note_sections_agree_with_readelf_and_survive_a_hostile_section_table(
+        guest_image: Path) -> None:
+    """SHT_NOTE sections (Unikraft's images have their build-id note in a PT_LOAD with no
+    PT_NOTE): the build-id agrees with readelf; a section table cut short, pointing past
+    the file or with tiny entries yields no notes, never an exception."""
+    from undebug.elf_headers import note_sections
+
+    data = guest_image.read_bytes()
+    text = subprocess.run([str(READELF), "-n", str(guest_image)], capture_output=True,
+                          text=True, check=True).stdout
+    expected = re.search(r"Build ID: (\w+)", text)
+    assert expected is not None
+    gnu = [n for n in note_sections(data) if n.name == b"GNU" and n.type == 3]
+    assert [n.desc.hex() for n in gnu] == [expected.group(1)]
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    assert note_sections(data[: shoff + 10]) == []
+    assert note_sections(data[:0x3C]) == []
+    past = bytearray(data)
+    struct.pack_into("<Q", past, 0x28, len(data) + 4096)
+    assert note_sections(bytes(past)) == []
+    tiny = bytearray(data)
+    struct.pack_into("<H", tiny, 0x3A, 8)
+    assert note_sections(bytes(tiny)) == []

@@ -66,7 +66,7 @@ def test_elf64_without_boot_protocol(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"", "found an empty file"),
-    (b"#!/bin/sh\necho hi\n", "not an ELF kernel"),
+    (b"#!/bin/sh\necho hi\n", "neither an ELF kernel nor a disk image"),
     (b"\x7fELF\x02\x01", "truncated or corrupt ELF header"),
 ])
 def test_not_an_elf(tmp_path: Path, content: bytes, message: str) -> None:
@@ -138,3 +138,32 @@ def test_an_image_qemu_refuses_says_what_qemu_said(tmp_path: Path) -> None:
     assert result.code == 2
     assert result.stderr.startswith("undebug: error: QEMU failed to start: qemu: invalid "
                                     "kernel header\n"), result.stderr
+
+
+def _mbr_disk(path: Path, partition_head: bytes) -> Path:
+    """A raw disk with an MBR: one partition at LBA 4 whose first bytes are
+    ``partition_head`` (Nanos' mkfs writes TFS there: its magic is ``NVMTFS``)."""
+    mbr = bytearray(512)
+    mbr[0x1BE:0x1CE] = bytes([0x80, 0, 0, 0, 0x83, 0, 0, 0]) + (4).to_bytes(4, "little") + \
+        (64).to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    path.write_bytes(bytes(mbr) + bytes(3 * 512) + partition_head + bytes(64 * 512))
+    return path
+
+
+def test_a_disk_image_with_nanos_tfs_is_recognised(tmp_path: Path) -> None:
+    from undebug.os import boot_defaults
+
+    image = inspect_image(_mbr_disk(tmp_path / "disk.raw", b"NVMTFS\x05\x01"))
+    assert image.is_disk and image.file_systems == ("nanos-tfs",)
+    defaults = boot_defaults(image)
+    assert defaults is not None
+    assert (defaults.machine, defaults.disk_if, defaults.devices) == \
+        ("q35", "virtio-scsi", ("virtio-rng-pci",))
+
+
+def test_a_disk_image_of_an_unknown_os_has_no_defaults(tmp_path: Path) -> None:
+    from undebug.os import boot_defaults
+
+    image = inspect_image(_mbr_disk(tmp_path / "disk.raw", b"\xeb\x3c\x90mkfs.fat"))
+    assert image.is_disk and image.file_systems == () and boot_defaults(image) is None

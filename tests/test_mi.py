@@ -318,7 +318,7 @@ def test_live_close_of_a_running_session_leaves_no_gdb_and_the_guest_running(
 
 def test_live_evaluate_at_a_gdbstub_reports_gdb_errors_as_usage_errors(
         guest_image: Path) -> None:
-    from undebug.commands.eval import evaluate_at
+    from undebug.evaluate import evaluate_at
 
     vm = Qemu()
     try:
@@ -447,7 +447,7 @@ def test_eval_thread_is_the_guest_id_where_gdbs_thread_numbers_differ(
     # ids. The server is undebug's own, with its thread provider reordering the real list.
     from dataclasses import replace
 
-    from undebug.commands.eval import evaluate_at
+    from undebug.evaluate import evaluate_at
     from undebug.gdbserver.live import LiveBackend
     from undebug.gdbserver.server import GdbServer
     from undebug.os import provider_for

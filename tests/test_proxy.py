@@ -241,7 +241,7 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     assert client.ask(b"P10=0100") == b"E16"  # rip is 8 bytes wide, not 2
     assert client.ask(b"T99999") == b"E01"
     assert client.ask(b"vNoSuchPacket;1") == b""
-    assert client.ask(b"Z2,1000,8") == b""  # watchpoints: not supported
+    assert client.ask(b"Z5,1000,8") == b""  # no such breakpoint type
     assert client.ask(b"G00").startswith(b"E")  # far too short for the register layout
     assert client.ask(b"p99") .startswith(b"E")
     current = int(client.ask(b"qC")[2:], 16)
@@ -257,7 +257,7 @@ def test_odd_and_malformed_packets_get_error_replies(proxy: Proxy) -> None:
     client.sock.sendall(frame(b"vCont;c"))
     time.sleep(0.3)
     client.send_raw(b"\x03")
-    assert re.fullmatch(rb"T02thread:[0-9a-f]+;core:[01];", client.read())
+    assert re.fullmatch(rb"T02thread:[0-9a-f]+;core:[01];hexname:[0-9a-f]+;", client.read())
     assert client.ask(b"D") == b"OK"
     client.sock.close()
     time.sleep(0.3)

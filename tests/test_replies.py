@@ -42,7 +42,7 @@ STATUS: dict[str, Any] = {
     "frozen": False, "shared_ram": True,
     "trace": {"received_bytes": 64, "recordings": [{"file": "/run/g/trace.utrace",
                                                      "dropped_chunks": 0}]},
-    "warnings": [], "qemu_state": "paused",
+    "warnings": [], "qemu_state": "paused", "ram_read": "shared-file",
 }
 
 

@@ -53,7 +53,7 @@ def test_an_error_is_an_envelope_with_error_only() -> None:
         jsonschema.Draft202012Validator(SCHEMA).validate(bad)
 
 
-def test_inspection_commands_match_the_schema(shared_guest: str) -> None:
+def test_inspection_commands_match_the_schema(shared_guest: str, tmp_path: Path) -> None:
     check("ps", run_json("ps"))
     check("threads", run_json("threads", shared_guest))
     check("bt", run_json("bt", shared_guest, "--all"))
@@ -61,6 +61,7 @@ def test_inspection_commands_match_the_schema(shared_guest: str) -> None:
     check("mem", run_json("mem", shared_guest, "planted_counter", "16"))
     check("sym", run_json("sym", shared_guest, "checksum_block"))
     check("sym", run_json("sym", shared_guest, "0x10"))
+    check("dump", run_json("dump", shared_guest, "-o", str(tmp_path), "--sparse"))
     check("eval", run_json("eval", shared_guest, "requests_handled"))
     check("trace stats", run_json("trace", "stats", shared_guest))
     check("trace show", run_json("trace", "show", shared_guest, "--filter", "heartbeat"))
@@ -79,13 +80,20 @@ def test_run_control_commands_match_the_schema(guest_image: Path) -> None:
         check("wait", run_json("wait", name, "--timeout", "60"))
         check("step", run_json("step", name))
         check("delete", run_json("delete", name, "1"))
+        check("watch", run_json("watch", name, "planted_counter"))
+        check("watch", run_json("watch", name, "--list"))
+        check("cont", run_json("cont", name))
+        check("wait", run_json("wait", name, "--timeout", "60"))  # a watchpoint's stop
+        check("delete", run_json("delete", name, "2"))
         check("stop", run_json("stop", name))
         check("cont", run_json("cont", name))
     finally:
         check("kill", run_json("kill", name))
 
 
-def test_ci_run_and_demo_match_the_schema(guest_image: Path) -> None:
-    check("run", run_json("run", "--ci", "--timeout", "60", "--append", "crash=panic",
-                          str(guest_image), code=1))
+def test_ci_run_and_demo_match_the_schema(guest_image: Path, tmp_path: Path) -> None:
+    failed = run_json("run", "--ci", "--timeout", "60", "--append", "crash=panic",
+                      "--dump-dir", str(tmp_path), str(guest_image), code=1)
+    check("run", failed)
+    assert Path(failed["bundle"]).parent == tmp_path
     check("demo", run_json("demo", "--once"))

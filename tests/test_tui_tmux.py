@@ -1,8 +1,9 @@
 """The real ``undebug tui`` in a real terminal (tmux): it draws the guest's threads, and
 the hostile thread name (an OSC 0 "set title" sequence, refguest README) is shown escaped
-and never retitles the terminal. A capture never holds a raw ESC (tmux interprets it), so
-the proof is the pane's title, which a raw ``ESC ] 0 ; owned BEL`` would set to "owned".
-With NO_COLOR set, the screen has no hue at all (``capture-pane -e`` keeps the colours)."""
+(in the threads and in a ``:`` command's output) and never retitles the terminal. A
+capture never holds a raw ESC (tmux interprets it), so the proof is the pane's title,
+which a raw ``ESC ] 0 ; owned BEL`` would set to "owned". With NO_COLOR set, the screen
+has no hue at all (``capture-pane -e`` keeps the colours)."""
 
 from __future__ import annotations
 
@@ -103,9 +104,22 @@ def test_tui_in_tmux_shows_threads_never_retitles_and_honours_no_color(
     try:
         wait_for_console(NAME, "refguest: ready")
         _start(tmux, NAME)
-        screen = _wait_screen(tmux, ["worker-0", "sleeper", "evil\\x1b]0;owned\\x07"])
-        assert "backtrace of thread" in screen and "console" in screen
+        # (drawn in steps: the backtrace's title once it is read)
+        _wait_screen(tmux, ["worker-0", "sleeper", "evil\\x1b]0;owned\\x07", "backtrace of thread",
+                            "console"])
         assert _hues(_capture(tmux, "-e"))  # in colour (what NO_COLOR takes away)
+        # the disassembly tab marks the selected thread's pc (the real program, keys sent)
+        subprocess.run([*tmux, "send-keys", "2"], check=True, timeout=30)
+        _wait_screen(tmux, ["disassembly at 0x", "=> 0x"])
+        # a : command's output (a child undebug's) shows the hostile name escaped too
+        subprocess.run([*tmux, "send-keys", ":"], check=True, timeout=30)
+        _wait_screen(tmux, ["an undebug command"])  # the bar has the keyboard
+        subprocess.run([*tmux, "send-keys", "-l", "threads"], check=True, timeout=30)
+        subprocess.run([*tmux, "send-keys", "Enter"], check=True, timeout=30)
+        _wait_screen(tmux, ["output of : commands", f": threads {NAME}", "worker-3"])
+        subprocess.run([*tmux, "send-keys", "z"], check=True, timeout=30)  # the tabs full-screen
+        output = _wait_screen(tmux, ["output of : commands", "evil"])
+        assert "evil\\x1b]0;owned\\x07" in output.split("output of : commands")[1]
         title = subprocess.run([*tmux, "display", "-p", "#{pane_title}"], capture_output=True,
                                text=True, check=True, timeout=30).stdout.strip()
         assert title == TITLE

@@ -154,6 +154,27 @@ def test_stock_gdb_sees_the_threads_through_the_gdbserver(running: Booted) -> No
     assert "No stack." not in out
 
 
+def test_lldb_sees_the_threads_by_name_through_the_gdbserver(running: Booted) -> None:
+    """LLDB 14 reads names only from jThreadsInfo/qThreadStopInfo (not qXfer:threads)."""
+    server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", running.name,
+                               "--listen", "127.0.0.1:0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        where = re.search(r"listening on (\S+)", line)
+        assert where is not None, line
+        out = subprocess.run(["lldb", "--no-lldbinit", "-b", "-o", f"target create {running.dbg}",
+                              "-o", f"gdb-remote {where.group(1)}", "-o", "thread list",
+                              "-o", "detach"], capture_output=True, text=True,
+                             timeout=120).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    listed = re.findall(r"^[ *] thread #\d+: tid = .*, name = '(.*?)'", out, re.M)
+    assert sorted(listed) == sorted(running.gdb_names), out
+
+
 def test_the_crash_is_described_from_the_trap_frame(crashed: Booted) -> None:
     import undebug as api
 

@@ -383,3 +383,51 @@ def test_trace_show_on_a_real_unikraft_image_prints_the_app_s_tracepoints() -> N
         assert stats.json()["buffer"]["samples"] >= len(events)
     finally:
         undebug("kill", name)
+
+
+# ---- the bridge: samples that undebug's Unikraft library forwards into its stream --------
+
+def _bridge_words(data: bytes, at: int) -> tuple[list[int], int]:
+    """The words guest-stubs/unikraft/uk.c's bridge_uk_trace() puts in one uk_tracepoint
+    record for the sample at ``at`` (cookie, ns, size, the payload's first 24 bytes as 3
+    little-endian words), and where the next sample starts."""
+    _, size, ns, cookie = struct.unpack_from("<IIQQ", data, at)
+    payload = data[at + HEADER : at + HEADER + min(size, 24)].ljust(24, b"\0")
+    return [cookie, ns, size, *struct.unpack("<3Q", payload)], at + HEADER + size
+
+
+@pytest.mark.parametrize("running", [["mix", "40"]], indirect=True)
+def test_forwarded_samples_get_their_definition_s_name_and_arguments(
+        running: ProcessTarget) -> None:
+    """Real samples in Unikraft's format (the mirror's buffer, live), packed as the
+    library packs them: each gets its tracepoint back with the arguments that fit in 24
+    bytes; a longer payload keeps those and says it was longer."""
+    from tracers.report import _event_args
+    from tracers.unikraft.bridge import PAYLOAD_BYTES, decode_bridged
+
+    recording = read_unikraft_buffer(running)
+    uk = recording.tracepoints
+    data = running.read(running.elf.symbol("uk_trace_buffer").address,  # type: ignore[union-attr]
+                        recording.buffer.used)
+    want = expected_events(40)
+    at = 0
+    string_sample: list[int] = []
+    for k, (name, args, payload) in enumerate(want):
+        words, at = _bridge_words(data, at)
+        sample = decode_bridged(words, uk)
+        assert sample is not None and sample.tracepoint.name == name
+        assert sample.ns == 1000 * (k + 1) and sample.size == payload
+        assert payload <= PAYLOAD_BYTES and sample.complete
+        assert _event_args(sample.tracepoint, sample.words, sample.text) == (args or {})
+        if name == STR_TP:
+            string_sample = words
+    assert at == recording.buffer.used
+    # a payload longer than the 24 bytes sent (the mirror writes none): the same "%s %ld"
+    # sample told as a 40-byte string plus the long: no argument fits, and it says so
+    longer = [*string_sample[:2], 1 + 40 + 8,
+              (string_sample[3] & ~0xFF) | 40, *string_sample[4:]]
+    cut = decode_bridged(longer, uk)
+    assert cut is not None and cut.tracepoint.name == STR_TP
+    assert cut.words == [] and not cut.complete and cut.size == 49
+    assert decode_bridged([0xDEAD, 1, 0, 0, 0, 0], uk) is None  # no such definition
+    assert decode_bridged([1, 2, 3], uk) is None

@@ -71,6 +71,30 @@ class FileChannel:
             if not self._next_chunk():
                 return 0
 
+    def skip_to_tail(self, keep: int) -> int:
+        """Skip what was recorded up to ``keep`` bytes before the current end (older chunks
+        too): a live view shows what happens now, not the history. The bytes skipped are
+        counted in ``offset`` as if read; a decoder fed across the jump resynchronises at
+        the next record (so feed it the stream header first). Returns the bytes skipped."""
+        skipped = 0
+        while True:
+            at = os.lseek(self._fd, 0, os.SEEK_CUR)
+            end = os.fstat(self._fd).st_size
+            later = not self._live or not self._next_chunk_absent()
+            to = end if later else max(at, end - keep)
+            os.lseek(self._fd, to, os.SEEK_SET)
+            skipped += to - at
+            self.offset += to - at
+            if not later or not self._next_chunk():
+                return skipped
+
+    def _next_chunk_absent(self) -> bool:
+        """The live chunk being read is still the live one (not rotated under us)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return True
+
     def _next_chunk(self) -> bool:
         """At the end of the chunk being read: go on in the next one if there is one."""
         if self._live:

@@ -39,6 +39,8 @@ from tracers.metadata import (
 from tracers.model import Span, TraceModel, tracepoint_name
 from tracers.records import Damage, Session, StreamSummary, Truncation
 from tracers.summary import StatsAccumulator
+from tracers.unikraft.bridge import BRIDGE_TRACEPOINT, decode_bridged
+from tracers.unikraft.metadata import UkTracepoints
 from undebug.text import escape
 
 __all__ = ["EventPrinter", "TraceStats", "damage_warnings", "show_json_tail", "span_json",
@@ -95,8 +97,10 @@ class EventPrinter:
     spans across batches (``--follow``): thread names, open spans, sessions announced."""
 
     def __init__(self, tracepoints: Tracepoints | None, filters: list[str] | None,
-                 names: dict[int, bytes] | None = None, wall_clock: bool = False) -> None:
+                 names: dict[int, bytes] | None = None, wall_clock: bool = False,
+                 unikraft: UkTracepoints | None = None) -> None:
         self.tracepoints = tracepoints
+        self.unikraft = unikraft  # names the samples a Unikraft guest's stub forwards
         self.wall_clock = wall_clock  # print UTC times where an anchor gives them
         self.filters = filters or []
         self.names: dict[int, bytes] = dict(names or {})
@@ -162,9 +166,21 @@ class EventPrinter:
                 detail = escape(text)
             elif ident == ID_LOG_STR and words:
                 detail = f"{_LEVELS.get(words[0], str(words[0]))}: {escape(text)}"
+            note = ""
+            if tp is not None and tp.name == BRIDGE_TRACEPOINT and self.unikraft is not None:
+                sample = decode_bridged(words, self.unikraft)
+                if sample is not None:  # a Unikraft tracepoint: its own name and arguments
+                    tp, words, text, name = sample.tracepoint, sample.words, sample.text, \
+                        sample.tracepoint.name
+                    note = f" (Unikraft sample at {sample.ns / 1e9:.9f} s, thread unknown" + (
+                        "" if sample.complete else
+                        f"; {sample.size}-byte payload, the first 24 bytes sent") + ")"
             args = _event_args(tp, words, text) if ident < RESERVED_FIRST else {}
+            if tp is not None and len(words) < tp.nargs and note:
+                for k in list(args)[len(words):]:
+                    args[k] = "?"
             if args:
-                detail = " ".join(f"{k}={v}" for k, v in args.items())
+                detail = " ".join(f"{k}={v}" for k, v in args.items()) + note
             if tp is not None and tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END):
                 key = (session, tid, tp.name)
                 if tp.kind == KIND_SPAN_BEGIN:

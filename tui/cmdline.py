@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from undebug import cli
 
-__all__ = ["Line", "command_helps", "command_parser", "read_line", "refusal", "split", "with_target"]
+__all__ = ["Line", "command_helps", "command_parser", "read_line", "read_only_refusal", "refusal",
+           "split", "with_target"]
 
 # The metavars of a first positional that names a guest (TARGET, NAME, or trace's
 # FILE|TARGET): the slot the shell's guest fills.
@@ -28,6 +29,13 @@ LONG_RUNNING: tuple[tuple[tuple[str, ...], str | None], ...] = (
     (("gdbserver",), None), (("run",), None), (("attach",), None), (("demo",), None),
     (("tui",), None), (("shell",), None), (("trace", "record"), None),
     (("trace", "show"), "follow"), (("logs",), "follow"),
+)
+
+# Commands that change the guest or write files: refused by a read-only front end
+# (``undebug tui --read-only``). (command path, option dest that makes it read-only or None)
+CHANGES: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    (("stop",), None), (("cont",), None), (("step",), None), (("break",), "list"),
+    (("delete",), None), (("kill",), None), (("trace", "export"), None),
 )
 
 
@@ -170,3 +178,14 @@ def split(text: str) -> list[str]:
     """The words of ``text`` as a POSIX shell splits them (raises ValueError on an
     unclosed quote)."""
     return shlex.split(text, comments=True)
+
+
+def read_only_refusal(words: list[str]) -> str | None:
+    """Why a read-only front end does not run this line (it changes the guest or writes
+    files); None when it only reads."""
+    line = read_line(words)
+    for path, reads in CHANGES:
+        if line.path == path and (reads is None or reads not in line.options):
+            return (f"{' '.join(path)} changes the guest or writes files, and this view is "
+                    f"read-only (--read-only); from a terminal: undebug {shlex.join(words)}")
+    return None

@@ -18,19 +18,24 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="no run control: stop, continue and step are refused")
     p.add_argument("--no-mouse", action="store_true",
                    help="leave the mouse to the terminal (its own text selection works)")
+    p.add_argument("--theme", choices=("dark", "light"), default="dark",
+                   help="colours for a dark or a light terminal (t switches; NO_COLOR: none)")
 
 
 @command("tui", "a full-screen view of a guest: threads, backtrace, registers, console",
          _arguments, json=False,
          description="Open a full-screen terminal view of the guest NAME (or of every guest, "
-         "to pick one): its threads, the selected thread's backtrace and registers, its "
-         "console, and run control (s stop, c continue, n step). Press ? for the keys. "
-         "Needs a terminal; NO_COLOR turns colour off.")
+         "to pick one): its threads, the selected thread's backtrace and registers, tabs of "
+         "panes (console, disassembly, source, memory, watch, trace, output, memory map, "
+         "heap, network), a : command "
+         "bar, and run control (s stop, c continue, n step, p snapshot). Press ? for the "
+         "keys (rebindable in ~/.config/undebug/tui-keys.toml). Needs a terminal; NO_COLOR "
+         "turns colour off.")
 def tui(args: argparse.Namespace) -> Report:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("undebug tui needs a terminal (stdin and stdout are not one)",
                          hint="for scripts, use undebug threads / bt / logs (with --json)")
     from tui.app import UndebugApp
 
-    UndebugApp(args.name, read_only=args.read_only).run(mouse=not args.no_mouse)
+    UndebugApp(args.name, read_only=args.read_only, theme=args.theme).run(mouse=not args.no_mouse)
     return Report()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from undebug.api import Backtrace, GuestStatus, GuestText, ThreadsView
+from undebug.api import Backtrace, GuestStatus, ThreadsView
 
 
 @dataclass
@@ -33,11 +33,6 @@ class BacktraceRead(Message):
     thread_id: int
     run_token: int
     backtrace: Backtrace
-
-
-@dataclass
-class ConsoleRead(Message):
-    lines: list[GuestText]
 
 
 @dataclass

@@ -16,11 +16,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from undebug.console import ConsoleFollower, tail_lines
+from undebug.disasm import Instruction, disassemble
 from undebug.elf import Symbol
-from undebug.errors import UndebugError
+from undebug.errors import UndebugError, UsageError
+from undebug.evaluate import Evaluation, evaluate_in
 from undebug.locations import resolve_location
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
@@ -28,15 +30,22 @@ from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient, live_status
 from undebug.session.replies import GuestStatus, Stop
 from undebug.session.store import SessionDir, sessions
-from undebug.target import Target, guest_elf, open_target
+from undebug.target import LiveTarget, Target, guest_elf, open_target
 from undebug.text import escape
-from undebug.unwind import Backtrace, unwind
+from undebug.unwind import Backtrace, Frame, unwind
 
-__all__ = ["Backtrace", "Breakpoint", "Console", "GuestStatus", "GuestText", "GuestThread",
-           "Session", "Stop", "ThreadsView", "attach", "break_at", "guests", "pause", "resume",
-           "status", "step"]
+__all__ = ["Backtrace", "Breakpoint", "Console", "Evaluation", "Frame", "GuestStatus",
+           "GuestText", "GuestThread", "Instruction", "Network", "Session", "Stop",
+           "ThreadsView", "attach", "break_at",
+           "evaluate", "guests", "pause", "resume", "source_path", "status", "step"]
 
 _D = TypeVar("_D")
+
+if TYPE_CHECKING:  # imported when used: maps and heap are not every session's
+    from undebug.os.heap import HeapReport
+    from undebug.os.lwip import Interface, Socket
+    from undebug.os.memmap import MemoryMap
+    from undebug.session.host_net import HostNetwork
 
 
 class GuestText(str):
@@ -85,6 +94,22 @@ class ThreadsView:
         return next((t for t in self.threads if t.id == thread_id), None)
 
 
+@dataclass(frozen=True)
+class Network:
+    """The guest's network at one moment, as ``undebug net`` shows it: lwIP's interfaces
+    and sockets (``lwip`` False: the guest has no lwIP), and QEMU's view of the NIC and
+    of the user-mode NAT kept apart in ``host`` (None: no QEMU to ask). ``run_token`` and
+    ``live`` as in :class:`ThreadsView`."""
+
+    run_token: int
+    live: bool
+    lwip: bool
+    interfaces: list[Interface]
+    sockets: list[Socket]
+    host: HostNetwork | None
+    warnings: list[str]
+
+
 class Session:
     """One guest, held still while the session is open (unless ``stop=False``)."""
 
@@ -116,7 +141,7 @@ class Session:
             token = self.target.run_token
             threads = self.threads()
             vcpus = dict(self.provider.threads().vcpus)
-        symbolize = self.target.elf.symbolize
+        symbolize = self.target.symbolize
         where = {t.id: GuestText(symbolize(pc) or f"{pc:#x}")
                  for t in threads for pc in (t.registers.get("rip", 0),)}
         return ThreadsView(token, self.live, threads, where, vcpus, list(self.warnings))
@@ -128,7 +153,8 @@ class Session:
         thread = self.thread(thread_id)
         trace = unwind(self.target.elf, self.target.read, thread.registers, thread.stack,
                        max_frames=max_frames, trap_frames=self.provider.trap_frame,
-                       resumes_after_call=thread.resumes_after_call)
+                       resumes_after_call=thread.resumes_after_call,
+                       load_offset=self.target.load_offset, programs=self.target.programs)
         return dataclasses.replace(trace, frames=[_safe(frame) for frame in trace.frames])
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
@@ -140,9 +166,60 @@ class Session:
     def read_physical(self, address: int, size: int) -> bytes:
         return self.target.read_physical(address, size)
 
+    def memory_map(self) -> MemoryMap:
+        """The guest's memory map, as ``undebug maps`` shows it (:mod:`undebug.os.memmap`);
+        each region's ``names`` made :class:`GuestText` (they hold thread names)."""
+        from undebug.os.memmap import memory_map
+
+        with self.target.moment():
+            found = memory_map(self.target, self.provider)
+        found.regions = [dataclasses.replace(r, names=tuple(GuestText(n) for n in r.names))
+                         for r in found.regions]
+        return found
+
+    def heaps(self) -> list[HeapReport]:
+        """The guest's allocators, as ``undebug heap`` shows them (:mod:`undebug.os.heap`)."""
+        with self.target.moment():
+            return self.provider.heaps()
+
+    def network(self) -> Network:
+        """The guest's network (:func:`undebug.os.lwip.guest_network`, then QEMU's view
+        through the supervisor), as ``undebug net`` reads it; guest text made GuestText."""
+        from undebug.os.lwip import guest_network
+        from undebug.session.host_net import host_network
+
+        with self.target.moment():
+            token = self.target.run_token
+            snapshot = guest_network(self.target)
+        host = host_network(self.target.client.net_host()) \
+            if isinstance(self.target, LiveTarget) else None
+        return Network(token, self.live, snapshot.lwip, [_safe(i) for i in snapshot.interfaces],
+                       [_safe(s) for s in snapshot.sockets], host,
+                       [*self.warnings, *snapshot.warnings])
+
     def symbol(self, name: str) -> Symbol | None:
         symbol = self.target.elf.symbol(name)
         return _safe(symbol) if symbol is not None else None
+
+    def address(self, text: str) -> int:
+        """The address ``text`` names: a number (``0x...``, decimal) or a symbol, as
+        ``undebug mem`` reads its ADDR|SYMBOL."""
+        if text[:1].isdigit():
+            try:
+                return int(text, 0)
+            except ValueError:
+                raise UsageError(f"bad address {text!r}", hint="write a number such as "
+                                 "0x1000, or a symbol") from None
+        found = self.target.address_of(text)
+        if found is None:
+            raise UsageError(f"no symbol {text!r} in {self.target.elf.path}")
+        return found
+
+    def disassemble(self, pc: int, before: int = 8, after: int = 16) -> list[Instruction]:
+        """The instructions around ``pc`` (undebug/disasm.py), read from the guest."""
+        found = disassemble(self.target.elf, self.target.read, pc, before=before, after=after,
+                            load_offset=self.target.load_offset)
+        return [_safe(instruction) for instruction in found]
 
     def close(self) -> None:
         self.target.close()
@@ -198,6 +275,12 @@ def step(name: str, cpu: int | None = None) -> Stop:
         return client.step(cpu)
 
 
+def source_path(name: str, file: str) -> Path | None:
+    """Where the source ``file`` of a frame of guest ``name`` is on this machine (found
+    through its ELF's compilation directories), or None when it is not here."""
+    return guest_elf(name).source_path(file)
+
+
 def break_at(name: str, location: str, hardware: bool = False) -> Breakpoint:
     """A breakpoint the supervisor keeps at a function, FILE:LINE or an address, as
     ``undebug break NAME LOCATION`` sets it (owner "cli": it stays until deleted)."""
@@ -224,3 +307,12 @@ class Console:
 
 def _line(raw: bytes) -> GuestText:
     return GuestText(raw.decode("utf-8", "surrogateescape"))
+
+
+def evaluate(name: str, expressions: list[str], thread: int | None = None) \
+        -> tuple[list[Evaluation], list[str]]:
+    """Each C expression's value (``undebug eval NAME EXPR``), all through one gdb, and
+    gdb's warnings. Values carry guest strings: they are :class:`GuestText`."""
+    warnings: list[str] = []
+    found = evaluate_in(name, expressions, thread, warnings)
+    return [_safe(e) for e in found], warnings

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from undebug.elf_headers import PT_LOAD, ElfHeaderError, notes, program_headers
+from undebug.elf_headers import PT_LOAD, ElfHeaderError, note_sections, notes, program_headers
 from undebug.errors import UsageError
 
 NT_GNU_BUILD_ID = 3
@@ -35,7 +35,7 @@ MAX_STRUCT_SIZE = 1 << 20  # larger than any struct an OS helper reads per objec
 CACHE_VERSION = 2  # bump when the index format changes: old files are then ignored
 _ARCH = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
          "EM_ARM": "arm", "EM_RISCV": "riscv"}
-_SHF_ALLOC, _SHF_EXECINSTR = 0x2, 0x4
+_SHF_WRITE, _SHF_ALLOC, _SHF_EXECINSTR = 0x1, 0x2, 0x4
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,17 @@ class Section:
     address: int
     size: int
     file_offset: int
+    flags: int = 0  # sh_flags
+
+    @property
+    def kind(self) -> str:
+        """What a loaded section holds, as a memory map names it: text, rodata, data or
+        bss (by name: the index keeps no section types), from its flags."""
+        if self.flags & _SHF_EXECINSTR:
+            return "text"
+        if not self.flags & _SHF_WRITE:
+            return "rodata"
+        return "bss" if self.name.startswith(".bss") else "data"
 
 
 @dataclass(frozen=True)
@@ -130,9 +141,10 @@ def _check_bounds(elf: Any, size: int) -> None:
 
 
 def _build_id(data: bytes) -> tuple[str | None, int | None]:
-    """The GNU build-id and the virtual address of its bytes (where the guest has them)."""
+    """The GNU build-id and the virtual address of its bytes (where the guest has them):
+    from a PT_NOTE, else from a note section (Unikraft's images have no PT_NOTE)."""
     segments = program_headers(data)
-    for note in notes(data, segments):
+    for note in [*notes(data, segments), *note_sections(data)]:
         if note.type != NT_GNU_BUILD_ID or note.name != b"GNU":
             continue
         address = None
@@ -328,8 +340,8 @@ class ElfFile:
         self._by_name = {s.name: s for s in symbols}
         self._sorted = sorted(symbols, key=lambda s: (s.address, s.kind != "func"))
         self._starts = [s.address for s in self._sorted]
-        self._sections = {str(n): Section(str(n), int(a), int(s), int(o))
-                          for n, a, s, o, _ in index["sections"]}
+        self._sections = {str(n): Section(str(n), int(a), int(s), int(o), int(f))
+                          for n, a, s, o, f in index["sections"]}
         self._text = sorted((int(a), int(a) + int(s)) for _, a, s, _, flags in index["sections"]
                             if int(flags) & _SHF_ALLOC and int(flags) & _SHF_EXECINSTR)
         # A size-0 symbol (assembly without .size) covers up to the next symbol, like gdb's.
@@ -426,6 +438,14 @@ class ElfFile:
         self._load()
         return self._sections.get(name)
 
+    @property
+    def loaded_sections(self) -> list[Section]:
+        """The sections the guest holds in memory (SHF_ALLOC, not empty), by address; not
+        ``.tbss``, the size of each thread's TLS zeroes, which takes no memory of its own."""
+        self._load()
+        return sorted((s for s in self._sections.values() if s.flags & _SHF_ALLOC and s.size > 0
+                       and not s.name.startswith(".tbss")), key=lambda s: s.address)
+
     # -- DWARF --------------------------------------------------------------------------
 
     def line_at(self, address: int) -> tuple[str, int] | None:
@@ -455,6 +475,30 @@ class ElfFile:
                 key = (int(number), int(address))
                 best = key if best is None or key < best else best
         return None if best is None else best[1]
+
+    def source_path(self, file: str) -> Path | None:
+        """Where the source ``file`` (a path from the line program, often relative to its
+        compilation unit's directory) is on this machine, or None when it is not."""
+        candidates = [Path(file)] if Path(file).is_absolute() else \
+            [Path(d) / file for d in self.derived("compdirs", self._comp_dirs)]
+        return next((c for c in candidates if c.is_file()), None)
+
+    def _comp_dirs(self) -> list[str]:
+        """The compilation directories (DW_AT_comp_dir) of the DWARF's units, once each."""
+        import io
+
+        from elftools.elf.elffile import ELFFile
+
+        found: list[str] = []
+        with contextlib.suppress(Exception):  # no or broken DWARF: no directories
+            dwarf = ELFFile(io.BytesIO(self.path.read_bytes())).get_dwarf_info(
+                relocate_dwarf_sections=False)
+            for cu in dwarf.iter_CUs():
+                value = cu.get_top_DIE().attributes.get("DW_AT_comp_dir")
+                name = value.value.decode("utf-8", "replace") if value is not None else None
+                if name and name not in found:
+                    found.append(name)
+        return found
 
     def struct(self, name: str) -> StructLayout | None:
         """The layout of ``struct name`` (or a typedef of a struct), or None without DWARF;

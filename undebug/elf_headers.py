@@ -12,9 +12,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["PT_LOAD", "PT_NOTE", "ElfHeaderError", "Note", "Segment", "notes", "program_headers"]
+__all__ = ["PT_LOAD", "PT_NOTE", "ElfHeaderError", "Note", "Segment", "note_sections", "notes",
+           "program_headers"]
 
 PT_LOAD, PT_NOTE = 1, 4
+SHT_NOTE = 7
+MAX_SECTIONS = 65535
 MAX_NOTES = 4096  # per segment: a real ELF has a handful
 
 
@@ -86,23 +89,57 @@ def program_headers(data: bytes) -> list[Segment]:
     return out
 
 
+def _notes_in(data: bytes, end: str, pos: int, stop: int) -> list[Note]:
+    """The notes in ``data[pos:stop]``; a malformed note ends the list."""
+    found: list[Note] = []
+    for _ in range(MAX_NOTES):
+        if pos + 12 > stop:
+            break
+        namesz, descsz, ntype = struct.unpack_from(end + "III", data, pos)
+        desc_at = pos + 12 + (namesz + 3) // 4 * 4
+        following = desc_at + (descsz + 3) // 4 * 4
+        if following > stop:
+            break
+        found.append(Note(data[pos + 12 : pos + 12 + namesz].rstrip(b"\0"), ntype,
+                          data[desc_at : desc_at + descsz], desc_at))
+        pos = following
+    return found
+
+
 def notes(data: bytes, segments: list[Segment] | None = None) -> list[Note]:
     """The notes of every PT_NOTE segment; a malformed note ends its segment's list."""
     _, end = _ident(data)
     found: list[Note] = []
     for segment in program_headers(data) if segments is None else segments:
-        if segment.type != PT_NOTE:
+        if segment.type == PT_NOTE:
+            found += _notes_in(data, end, *segment.file_range(len(data)))
+    return found
+
+
+def note_sections(data: bytes) -> list[Note]:
+    """The notes of every SHT_NOTE section, for an ELF whose linker script put its notes
+    in a PT_LOAD but gave them no PT_NOTE (Unikraft's ``PHDRS`` has none): a section
+    table that is absent, truncated or malformed yields no notes."""
+    is64, end = _ident(data)
+    if is64:
+        if len(data) < 0x40:
+            return []
+        shoff, = struct.unpack_from(end + "Q", data, 0x28)
+        entsize, count = struct.unpack_from(end + "HH", data, 0x3A)
+        layout, at, need = end + "QQ", 0x18, 64
+    else:
+        shoff, = struct.unpack_from(end + "I", data, 0x20)
+        entsize, count = struct.unpack_from(end + "HH", data, 0x2E)
+        layout, at, need = end + "II", 0x10, 40
+    if not shoff or entsize < need or shoff + min(count, MAX_SECTIONS) * entsize > len(data):
+        return []
+    found: list[Note] = []
+    for i in range(min(count, MAX_SECTIONS)):
+        base = shoff + i * entsize
+        sh_type, = struct.unpack_from(end + "I", data, base + 4)
+        if sh_type != SHT_NOTE:
             continue
-        pos, stop = segment.file_range(len(data))
-        for _ in range(MAX_NOTES):
-            if pos + 12 > stop:
-                break
-            namesz, descsz, ntype = struct.unpack_from(end + "III", data, pos)
-            desc_at = pos + 12 + (namesz + 3) // 4 * 4
-            following = desc_at + (descsz + 3) // 4 * 4
-            if following > stop:
-                break
-            found.append(Note(data[pos + 12 : pos + 12 + namesz].rstrip(b"\0"), ntype,
-                              data[desc_at : desc_at + descsz], desc_at))
-            pos = following
+        offset, size = struct.unpack_from(layout, data, base + at)
+        if offset + size <= len(data):
+            found += _notes_in(data, end, offset, offset + size)
     return found

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["escape"]
+__all__ = ["escape", "hexdump", "human_size"]
 
 # Backslash (so escapes cannot be forged), C0 controls except tab, DEL, C1 controls
 # (0x80-0x9f, which some terminals obey), the bytes of invalid UTF-8 (decoded as lone
@@ -41,3 +41,24 @@ def escape(value: str | bytes, *, keep_newlines: bool = False) -> str:
     if keep_newlines:
         return "\n".join(_UNSAFE.sub(_replace, line) for line in value.split("\n"))
     return _UNSAFE.sub(_replace, value)
+
+
+def hexdump(address: int, data: bytes) -> list[str]:
+    """``data`` (read at ``address``) as 16-byte lines of hex and printable ASCII: guest
+    bytes shown without ever reaching the terminal raw."""
+    lines = []
+    for at in range(0, len(data), 16):
+        chunk = data[at : at + 16]
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{address + at:016x}  {chunk.hex(' '):<47}  {text}")
+    return lines
+
+
+def human_size(size: int) -> str:
+    """4K, 2M, 1G, 1.5G, or bytes below 1 KiB."""
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.0f}{unit}" if value == int(value) or value >= 100 \
+                else f"{value:.1f}{unit}"
+    return f"{size}B"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import struct
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from undebug.cfi import EXPRESSION, OFFSET, REGISTER, UNDEFINED, VAL_OFFSET, CfiRow, Fde, load_fdes
@@ -307,10 +307,21 @@ def _step(fde: Fde | None, block: TrapFrame | None, lookup: int, regs: list[int 
     return cfa, caller, "fp", None
 
 
+def _module(modules: list[tuple[_Tables, int]], lookup: int) -> tuple[_Tables, int]:
+    """The ELF (its tables) and load offset whose code holds runtime ``lookup``: the
+    first one's (the kernel's) unless a program's text or CFI has it."""
+    for tables, offset in modules:
+        at = (lookup - offset) & MASK
+        if tables.elf.in_text(at) or tables.find(at) is not None:
+            return tables, offset
+    return modules[0]
+
+
 def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[str, int],
            stack: tuple[int, int] | None = None, max_frames: int = 64,
            trap_frames: TrapFrameHook | None = None,
-           resumes_after_call: bool = False) -> Backtrace:
+           resumes_after_call: bool = False, load_offset: int = 0,
+           programs: Sequence[tuple[ElfFile, int]] = ()) -> Backtrace:
     """Walk the stack of one thread from its registers (gdb's x86-64 names).
 
     ``read(address, size)`` reads guest virtual memory and raises on failure; ``stack`` is
@@ -320,9 +331,12 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
     gives the vector and error code. ``registers["cr2"]``, if there, is the newest #PF's.
     ``resumes_after_call``: the pc is a return address (a switched-out thread's saved
     context), so its line is looked up at the call, as for every caller frame.
+    ``load_offset``: where ``elf`` runs from its link address (a KASLR slide);
+    ``programs``: more ELFs (a kernel's user programs) with theirs, so one walk crosses
+    from a program into the kernel above its system call. Frames keep runtime pcs.
     """
-    tables = _tables(elf)
-    result = Backtrace([], list(tables.errors))
+    modules = [(_tables(elf), load_offset), *((_tables(e), o) for e, o in programs)]
+    result = Backtrace([], [e for t, _ in modules for e in t.errors])
     regs: list[int | None] = [registers.get(name) for name in REGISTERS]
     pc, sp = regs[RA], regs[RSP]
     if pc is None or sp is None:
@@ -334,7 +348,9 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
     exact, method = not resumes_after_call, "registers"
     for index in range(max_frames):
         lookup = pc if exact else pc - 1  # a return address points after its call
-        function, offset, file, line = tables.place(lookup, pc)
+        tables, slide = _module(modules, lookup)
+        lookup = (lookup - slide) & MASK
+        function, offset, file, line = tables.place(lookup, (pc - slide) & MASK)
         fde = tables.find(lookup)
         label = function or f"{pc:#x}"
         block, frame_sp = None, regs[RSP]
@@ -345,7 +361,7 @@ def unwind(elf: ElfFile, read: Callable[[int, int], bytes], registers: Mapping[s
         cfa: int | None = None
         stop: _Stop | None = None
         try:
-            if function is None and fde is None and not elf.in_text(lookup):
+            if function is None and fde is None and not tables.elf.in_text(lookup):
                 raise _Stop(f"pc {pc:#x} is not inside any known function: stopped there")
             cfa, caller, next_method, trap = _step(fde, block, lookup, regs, stacks, read, cr2,
                                                    label)

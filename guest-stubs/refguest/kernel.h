@@ -263,12 +263,21 @@ extern int opt_trace;                 /* enum in trace_glue.c */
 extern uint64_t opt_trace_bench, opt_trace_flood;
 bool trace_parse_option(const char *key, const char *val);
 
+/* ---- net.c (virtio-net + lwIP; main.c parses net= and corrupt=cyclic-pcbs) -- */
+enum { NET_AUTO, NET_ON, NET_OFF };
+extern int opt_net;                   /* net=auto|on|off; auto: on if a virtio-net device is found */
+extern int opt_corrupt_cyclic_pcbs;
+void net_start(void);                 /* after the workers: adds the `net` thread */
+
 /* asm */
 void switch_context(struct context *save, struct context *load);
 void thread_trampoline(void);
 extern char ap_trampoline_start[], ap_trampoline_end[];
 extern char ap_tramp_cr3[], ap_tramp_stack[], ap_tramp_cpu[];
 extern char boot_stack_bottom[], boot_stack_top[], boot_stack_guard[];
+extern char __image_start[], __text_end[];   /* refguest.ld: the text segment */
 extern void *isr_stub_table[256];
+
+void scrub_planted(void);             /* main.c: zero planted_scrubbed[] (a .data page) */
 
 #endif

@@ -104,8 +104,22 @@ static void parse_option(char *tok)
 	} else if (!strcmp(tok, "corrupt") && has_val) {
 		if (!strcmp(val, "cyclic-threads"))
 			opt_corrupt_cyclic = 1;
+		else if (!strcmp(val, "cyclic-pcbs"))
+			opt_corrupt_cyclic_pcbs = 1;
 		else
 			kprintf("refguest: warning: bad value '%s' for corrupt (ignored)\n", val);
+	} else if (!strcmp(tok, "net") && has_val) {
+		if (!strcmp(val, "auto"))
+			opt_net = NET_AUTO;
+		else if (!strcmp(val, "on"))
+			opt_net = NET_ON;
+		else if (!strcmp(val, "off"))
+			opt_net = NET_OFF;
+		else
+		{
+			kprintf("refguest: warning: bad value '%s' for net (using auto)\n", val);
+			opt_net = NET_AUTO;
+		}
 	} else {
 		kprintf("refguest: warning: unknown option '%s'\n", tok);
 	}
@@ -398,7 +412,7 @@ void kmain(struct hvm_start_info *si)
 	percpu[0].index = 0;
 	percpu[0].online = 1;
 	wrmsr(0xc0000101, (uint64_t)&percpu[0]);      /* GS base */
-	planted_counter = PLANTED_COUNTER_SEED;
+	planted_counter = PLANTED_COUNTER_SEED; scrub_planted();
 	serial_init();
 
 	size_t cmdline_len = 0;
@@ -455,6 +469,7 @@ void kmain(struct hvm_start_info *si)
 		ksnprintf(name, sizeof name, "worker-%u", i);
 		thread_create(name, worker_main, w, 1);
 	}
+	net_start();
 	while (!planted_ready())
 		sleep_ms(1);
 	ready_uptime_ms = uptime_ms();
@@ -467,4 +482,18 @@ void kmain(struct hvm_start_info *si)
 	}
 	trace_start_bench();
 	main_loop();
+}
+
+/* A page of .data the guest zeroes at boot (scrub_planted, from kmain): its ELF bytes are
+ * stale at run time, and a sparse dump leaves the all-zero page out (it must still read
+ * as zero, not as .data). At the end of the file: the line numbers above stay put. */
+#define PLANTED_SCRUBBED_SEED 0x5c7bbed05c7bbed0ULL
+volatile uint64_t planted_scrubbed[512] __attribute__((aligned(4096))) = {
+	[0 ... 511] = PLANTED_SCRUBBED_SEED,
+};
+
+void scrub_planted(void)
+{
+	for (unsigned i = 0; i < 512; i++)
+		planted_scrubbed[i] = 0;
 }

@@ -24,6 +24,9 @@ static spinlock_t heap_lock;
 #define PTE_PWT 0x008ULL
 #define PTE_PCD 0x010ULL
 #define PTE_PS  0x080ULL
+#define PTE_NX  (1ULL << 63)
+#define EFER_NXE (1ULL << 11)
+#define CR0_WP  (1ULL << 16)
 #define PTE_ADDR 0x000ffffffffff000ULL
 
 static inline bool bit_get(uint64_t i) { return page_bitmap[i >> 3] & (1u << (i & 7)); }
@@ -144,20 +147,41 @@ void unmap_page(uint64_t va)
 	__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
 }
 
+/* NX when the CPU has it (CPUID 0x80000001 EDX bit 20); the AP trampoline
+ * turns EFER.NXE on by the same test before it uses these tables. */
+static uint64_t nx_bit(void)
+{
+	uint32_t a = 0x80000001, b, c = 0, d;
+	__asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+	if (!(d & (1u << 20)))
+		return 0;
+	wrmsr(0xc0000080, rdmsr(0xc0000080) | EFER_NXE);
+	return PTE_NX;
+}
+
 static void paging_init(void)
 {
 	pml4 = table_alloc();
-	/* RAM with 4 KiB pages; page 0 stays unmapped (NULL page). */
+	uint64_t nx = nx_bit();
+	uint64_t text_lo = (uint64_t)__image_start, text_hi = (uint64_t)__text_end;
+	/* RAM with 4 KiB pages; page 0 stays unmapped (NULL page). The image's
+	 * text segment (text, rodata, eh_frame) is read-only and the only
+	 * executable RAM above 1 MiB; RAM below 1 MiB stays writable and
+	 * executable: the AP trampoline is copied to 0x8000 and run there. */
 	uint64_t end = (ram_top + (2ULL << 20) - 1) & ~((2ULL << 20) - 1);
 	for (uint64_t va = 0; va < end; va += PAGE_SIZE) {
 		uint64_t *pte = walk(va, true);
-		*pte = va ? (va | PTE_P | PTE_W) : 0;
+		uint64_t flags = va < 0x100000 ? PTE_W : va >= text_lo && va < text_hi ? 0 : PTE_W | nx;
+		*pte = va ? (va | PTE_P | flags) : 0;
 	}
 	/* IOAPIC and local APIC (2 MiB each, uncached). */
-	map_2m(0xfec00000ULL, PTE_PCD | PTE_PWT);
-	map_2m(0xfee00000ULL, PTE_PCD | PTE_PWT);
+	map_2m(0xfec00000ULL, PTE_PCD | PTE_PWT | nx);
+	map_2m(0xfee00000ULL, PTE_PCD | PTE_PWT | nx);
 	kernel_cr3 = (uint64_t)pml4;
 	__asm__ volatile("mov %0, %%cr3" : : "r"(kernel_cr3) : "memory");
+	uint64_t cr0;
+	__asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+	__asm__ volatile("mov %0, %%cr0" : : "r"(cr0 | CR0_WP) : "memory");  /* ring 0 obeys R/O */
 	unmap_page((uint64_t)boot_stack_guard);
 }
 
@@ -266,6 +290,21 @@ void kfree(void *p)
 	irq_restore(f);
 }
 
+/* Planted fragmentation (README, "Planted state"): 16 blocks of 32 bytes at the
+ * start of the arena, the even ones freed again: 8 free 32-byte blocks between
+ * used ones, which only kmalloc(n <= 16) could reuse, and nothing does. */
+void *heap_planted[16];
+
+static void heap_plant(void)
+{
+	for (unsigned i = 0; i < 16; i++)
+		heap_planted[i] = kmalloc(16);
+	for (unsigned i = 0; i < 16; i += 2) {
+		kfree(heap_planted[i]);
+		heap_planted[i] = NULL;
+	}
+}
+
 /* ---- init --------------------------------------------------------------- */
 static uint8_t cmos_read(uint8_t reg)
 {
@@ -321,4 +360,5 @@ void mm_init(const struct hvm_start_info *si)
 	page_hint = 0;
 	paging_init();
 	heap_init();
+	heap_plant();
 }

@@ -35,12 +35,18 @@ tramp_pm32:
 	movl %eax, %cr4
 	movl REL(ap_tramp_cr3), %eax
 	movl %eax, %cr3
+	movl $0x80000001, %eax           /* NX? (mm.c's tables use it if so) */
+	cpuid
+	movl %edx, %esi
 	movl $0xC0000080, %ecx
 	rdmsr
-	orl $0x100, %eax
-	wrmsr
+	orl $0x100, %eax                 /* LME */
+	btl $20, %esi
+	jnc 1f
+	orl $0x800, %eax                 /* NXE */
+1:	wrmsr
 	movl %cr0, %eax
-	orl $0x80000001, %eax
+	orl $0x80010001, %eax            /* PG | WP | PE */
 	andl $~0x60000000, %eax
 	movl %eax, %cr0
 	ljmpl $0x18, $REL(tramp_lm64)

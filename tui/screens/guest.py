@@ -1,6 +1,9 @@
-"""One guest: its threads, the selected thread's backtrace and registers, its console,
-and run control. Views are read once per stop (cached by run token); while the guest
-runs, the threads are re-read every second without stopping it, marked LIVE."""
+"""One guest: its threads, the selected thread's backtrace and registers, the tabbed panes
+(tui/panes.py: console, disassembly, source, memory, watch, trace, output, memory map,
+heap, network), the ``:`` command bar, and run control. Views are read once per stop
+(cached by run token); while the guest runs, the threads are re-read every second
+without stopping it, marked LIVE, and ``p`` takes a consistent snapshot (pause, read,
+resume)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.containers import Container, Horizontal, Vertical
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from tui import messages
+from tui.panes import PANES
+from tui.screens.paned import PanedScreen
 from tui.widgets.backtrace import BacktracePane, backtrace_text
-from tui.widgets.console import ConsolePane
+from tui.widgets.command_bar import CommandBar
 from tui.widgets.registers import RegistersPane
 from tui.widgets.status import StatusBar
 from tui.widgets.threads import COLUMNS, ThreadsTable
@@ -24,62 +29,82 @@ from undebug import api
 from undebug.errors import UndebugError
 
 LIVE_PERIOD = 1.0  # s between reads of a running guest's threads (and status checks)
-CONSOLE_PERIOD = 0.5
 
 
-class GuestScreen(Screen[None]):
+class GuestScreen(PanedScreen):
     DEFAULT_CSS = """
+    GuestScreen #body { height: 1fr; }
     GuestScreen #main { height: 1fr; }
+    GuestScreen #panes { height: 1fr; }
+    GuestScreen.wide #body { layout: horizontal; }
+    GuestScreen.wide #main { width: 3fr; }
+    GuestScreen.wide #panes { width: 2fr; }
     GuestScreen #left { width: 2fr; }
     GuestScreen #right { width: 1fr; min-width: 34; max-width: 64; }
-    GuestScreen #filter, GuestScreen #location { display: none; }
-    GuestScreen #filter.shown, GuestScreen #location.shown { display: block; }
+    GuestScreen #filter, GuestScreen #location, GuestScreen #command,
+    GuestScreen #completions { display: none; }
+    GuestScreen #filter.shown, GuestScreen #location.shown, GuestScreen #command.shown,
+    GuestScreen #completions.shown { display: block; }
+    GuestScreen #completions { height: 1; padding: 0 1; }
+    GuestScreen TabPane { padding: 0; }
     GuestScreen ThreadsTable, GuestScreen BacktracePane, GuestScreen RegistersPane,
-    GuestScreen ConsolePane { border: round $primary-darken-2; }
+    GuestScreen TextPane, GuestScreen RichLog, GuestScreen WatchTable
+    { border: round $primary-darken-2; }
     GuestScreen :focus { border: round $accent; }
     """
 
+    # Each has an id, so a keymap file can rebind it (tui/keymap.py).
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("s", "stop", "stop"),
-        Binding("c", "cont", "continue"),
-        Binding("n", "step", "step"),
-        Binding("b", "break", "break"),
-        Binding("r", "refresh", "refresh"),
-        Binding("slash", "filter", "filter"),
-        Binding("ctrl+t", "toggle_case", "case", priority=True, show=False),
-        Binding("o", "sort", "sort"),
-        Binding("y", "copy", "copy bt", show=False),
-        Binding("e", "equivalent", "as CLI", show=False),
-        Binding("tab", "app.focus_next", "next pane", show=False),
-        Binding("escape", "close_filter", "clear filter", show=False),
+        Binding("s", "stop", "stop", id="stop"),
+        Binding("c", "cont", "continue", id="continue"),
+        Binding("n", "step", "step", id="step"),
+        Binding("b", "break", "break", id="break"),
+        Binding("p", "snapshot", "snapshot", id="snapshot"),
+        Binding("r", "refresh", "refresh", id="refresh"),
+        Binding("colon", "command", "command", id="command"),
+        Binding("slash", "filter", "filter", id="filter"),
+        Binding("ctrl+t", "toggle_case", "case", priority=True, show=False, id="case"),
+        Binding("o", "sort", "sort", show=False, id="sort"),
+        Binding("y", "copy", "copy bt", show=False, id="copy"),
+        Binding("e", "equivalent", "as CLI", show=False, id="equivalent"),
+        Binding("right_square_bracket,l", "next_tab(1)", "next tab", show=False, id="next_tab"),
+        Binding("left_square_bracket,h", "next_tab(-1)", "previous tab", show=False,
+                id="previous_tab"),
+        *(Binding(str(i % 10), f"tab({i - 1})", p.pane_title, show=False, id=f"tab.{p.pane_id}")
+          for i, p in enumerate(PANES, 1)),
+        Binding("z", "zoom", "zoom", show=False, id="zoom"),
+        Binding("tab", "app.focus_next", "next pane", show=False, id="focus_next"),
+        Binding("escape", "close_filter", "clear filter", show=False, id="close"),
     ]
 
     def __init__(self, guest: str, read_only: bool = False) -> None:
-        super().__init__()
-        self.guest = guest
-        self.read_only = read_only
-        self.view: api.ThreadsView | None = None
-        self.status: api.GuestStatus | None = None
-        self.backtraces: dict[tuple[int, int], api.Backtrace] = {}
+        super().__init__(guest, read_only)
         self.ignore_case = True
-        self.console: api.Console | None = None
         self._table: ThreadsTable | None = None
+        self.holding = False  # a snapshot of the running guest is shown: no live ticks
         self.gone = False  # the session was removed: the last view stays, nothing is read
         self.view_stop = -1  # the run token of the last breakpoint stop selected for
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.guest, self.read_only)
-        with Horizontal(id="main"):
-            with Vertical(id="left"):
-                yield ThreadsTable(id="threads")
-                yield Input(placeholder="filter: a regular expression (ctrl+t: case)",
-                            id="filter")
-                yield Input(placeholder="break at: a function, FILE:LINE or an address",
-                            id="location")
-            with Vertical(id="right"):
-                yield BacktracePane(id="backtrace")
-                yield RegistersPane(id="registers")
-        yield ConsolePane(id="console")
+        with Container(id="body"):
+            with Horizontal(id="main"):
+                with Vertical(id="left"):
+                    yield ThreadsTable(id="threads")
+                    yield Input(placeholder="filter: a regular expression (ctrl+t: case)",
+                                id="filter")
+                    yield Input(placeholder="break at: a function, FILE:LINE or an address",
+                                id="location")
+                with Vertical(id="right"):
+                    yield BacktracePane(id="backtrace")
+                    yield RegistersPane(id="registers")
+            with TabbedContent(id="panes"):
+                for i, pane in enumerate(PANES, 1):
+                    with TabPane(f"{i % 10} {pane.pane_title}", id=f"tab-{pane.pane_id}"):
+                        assert issubclass(pane, Widget)
+                        yield pane(id=pane.pane_id)
+        yield CommandBar(self.guest, id="command")
+        yield Static(id="completions")
         yield Footer()
 
     @property
@@ -90,10 +115,8 @@ class GuestScreen(Screen[None]):
     def on_mount(self) -> None:
         self._table = self.query_one(ThreadsTable)
         self._table.border_title = "threads"
-        self.query_one(ConsolePane).border_title = "console"
         self.read_view()
         self.set_interval(LIVE_PERIOD, self._tick)
-        self.set_interval(CONSOLE_PERIOD, self.read_console)
 
     # ---- reading the guest (workers: blocking calls off the app's thread) -------------
 
@@ -104,10 +127,11 @@ class GuestScreen(Screen[None]):
             self.read_view()
 
     @work(exclusive=True, thread=True, group="view")
-    def read_view(self, force: bool = False) -> None:
+    def read_view(self, force: bool = False, snapshot: bool = False) -> None:
         """The status; the threads when the stop changed or the guest runs; on a new stop
         also the selected thread's backtrace (the vCPU-0 thread's at first), read in the
-        same consistent snapshot."""
+        same consistent snapshot. ``snapshot``: of a running guest too (paused for the
+        read, resumed after), held on screen until the next key that reads."""
         worker = get_current_worker()
         if self.gone:
             return
@@ -119,10 +143,11 @@ class GuestScreen(Screen[None]):
         try:
             shown = self.view
             if status.ended or (not force and shown is not None and not shown.live
-                                and not status.runs and status.run_token == shown.run_token):
+                                and (self.holding or not status.runs)
+                                and (self.holding or status.run_token == shown.run_token)):
                 self.post_message(messages.ViewRead(status, None))
                 return
-            live = status.runs and shown is not None
+            live = status.runs and shown is not None and not snapshot
             with api.attach(self.guest, stop=not live) as session:
                 view = session.view()
                 backtrace = None
@@ -133,6 +158,7 @@ class GuestScreen(Screen[None]):
             self.post_message(messages.Notice(f"reading the guest: {exc.message}"))
             return
         if not worker.is_cancelled:
+            self.holding = snapshot and status.runs
             self.post_message(messages.ViewRead(status, view, backtrace))
 
     def _wanted(self, view: api.ThreadsView, status: api.GuestStatus) -> api.GuestThread | None:
@@ -163,20 +189,6 @@ class GuestScreen(Screen[None]):
             return
         if not get_current_worker().is_cancelled:
             self.post_message(read)
-
-    @work(exclusive=True, thread=True, group="console")
-    def read_console(self) -> None:
-        if self.gone:
-            return
-        try:
-            if self.console is None:
-                self.console = api.Console(self.guest)
-            lines = self.console.poll()
-        except UndebugError as exc:
-            self.post_message(messages.Notice(f"the console: {exc.message}"))
-            return
-        if lines:
-            self.post_message(messages.ConsoleRead(lines))
 
     @work(thread=True, group="control")
     def control(self, verb: str, cpu: int | None = None, location: str = "") -> None:
@@ -217,12 +229,15 @@ class GuestScreen(Screen[None]):
                 self.backtraces[(view.run_token, select)] = backtrace
                 self.view_stop = view.run_token
             table.show(view, select=select)
-            table.border_title = f"threads ({len(view.threads)})" + (" LIVE" if view.live else "")
+            label = " LIVE" if view.live else " SNAPSHOT" if self.holding else ""
+            table.border_title = f"threads ({len(view.threads)}){label}"
+            self.query_one(RegistersPane).note_stop(view)
             self._show_selected(read_backtrace=not view.live)
             for warning in [] if view.live else view.warnings[-1:]:  # live: torn, and says so
                 self.query_one(StatusBar).say(warning)
         live = self.view is not None and self.view.live and message.status.runs
-        self.query_one(StatusBar).show(message.status, live)
+        self.query_one(StatusBar).show(message.status, live, self.holding)
+        self.show_panes()
 
     @on(messages.GuestGone)
     def _gone(self, message: messages.GuestGone) -> None:
@@ -235,10 +250,7 @@ class GuestScreen(Screen[None]):
         if message.thread_id == self.query_one(ThreadsTable).selected:
             self.query_one(BacktracePane).show(message.thread_id, message.backtrace,
                                                message.run_token)
-
-    @on(messages.ConsoleRead)
-    def _console_read(self, message: messages.ConsoleRead) -> None:
-        self.query_one(ConsolePane).add(message.lines)
+            self.show_panes()
 
     @on(messages.Notice)
     def _notice(self, message: messages.Notice) -> None:
@@ -263,6 +275,7 @@ class GuestScreen(Screen[None]):
             self.query_one(BacktracePane).show(thread.id, cached, self.view.run_token)
         elif read_backtrace:
             self.read_backtrace(thread.id)
+        self.show_panes()
 
     # ---- keys -----------------------------------------------------------------------
 
@@ -297,7 +310,14 @@ class GuestScreen(Screen[None]):
 
     def action_refresh(self) -> None:
         self.backtraces.clear()
+        self.holding = False
         self.read_view(force=True)
+
+    def action_snapshot(self) -> None:
+        """A consistent picture of a running guest: paused, read, resumed (then held
+        until r); of a stopped one, the stop read again."""
+        self.backtraces.clear()
+        self.read_view(force=True, snapshot=True)
 
     def action_copy(self) -> None:
         """The selected thread's backtrace to the clipboard (OSC 52), as text: escaped."""
@@ -317,7 +337,10 @@ class GuestScreen(Screen[None]):
         if selected is not None:
             lines += [f"undebug bt {self.guest} --thread {selected}",
                       f"undebug regs {self.guest} --thread {selected}"]
-        lines.append(f"undebug logs {self.guest} -n 200 -f")
+        focus = self.focus_now()
+        active = self.active_pane()
+        if focus is not None and active is not None:
+            lines += [line for line in active.equivalent(focus) if line not in lines]
         self.query_one(StatusBar).say("; ".join(lines), "cyan")
 
     def action_filter(self) -> None:
@@ -340,7 +363,10 @@ class GuestScreen(Screen[None]):
         event.input.value = ""
 
     def action_close_filter(self) -> None:
-        """Escape: close the location box, or clear and close the filter."""
+        """Escape: close the command bar, the location box, or clear and close the filter."""
+        if self.query_one(CommandBar).has_class("shown"):
+            self._close_command()
+            return
         for box in self.query("#location, #filter").results(Input):
             if box.has_class("shown"):
                 box.value = ""

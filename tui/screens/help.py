@@ -13,9 +13,14 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 INTRO = ("The threads pane lists the guest's own threads; the one on vCPU 0 is selected "
-         "when the screen opens. Move with the arrow keys: the backtrace and registers "
-         "panes follow the selected thread. Views are read once per stop; while the guest "
-         "runs, the threads are re-read every second, marked LIVE.")
+         "when the screen opens. Move with the arrow keys (or j/k): the backtrace and "
+         "registers follow the selected thread, and the tabs below (1-9, 0) show its code, "
+         "source, memory, watched expressions, trace, console, and the guest's memory map "
+         "(what looks wrong in red), heap and network. Tab moves to the "
+         "backtrace: the highlighted frame is the one disassembled; Enter shows its "
+         "source line. Views are read once per stop; while the guest runs, the threads "
+         "are re-read every second, marked LIVE (p: a consistent snapshot). : runs any "
+         "undebug command.")
 
 
 class HelpScreen(ModalScreen[None]):

@@ -1,5 +1,6 @@
 """The status bar: session, guest state, accelerator, uptime, which stop is shown (or
-that the picture is live), and the last message for the user."""
+that the picture is live, or a snapshot), the trace's rate and losses, and the last
+message for the user."""
 
 from __future__ import annotations
 
@@ -30,11 +31,20 @@ class StatusBar(Static):
         self.read_only = read_only
         self.status: GuestStatus | None = None
         self.live = False
+        self.holding = False
         self.message: Text | None = None
+        self.rate: tuple[float, int, int] | None = None  # events/s, records lost, bytes dropped
+        self.rate_unit = "/s"
 
-    def show(self, status: GuestStatus, live: bool) -> None:
-        self.status, self.live = status, live
+    def show(self, status: GuestStatus, live: bool, holding: bool = False) -> None:
+        self.status, self.live, self.holding = status, live, holding
         self._paint()
+
+    def trace(self, per_second: float, lost: int, dropped_bytes: int, unit: str = "/s") -> None:
+        """The trace pane's rate (events/s, or KiB/s while it decodes nothing) and losses."""
+        if (per_second, lost, dropped_bytes) != self.rate or unit != self.rate_unit:
+            self.rate, self.rate_unit = (per_second, lost, dropped_bytes), unit
+            self._paint()
 
     def gone(self, reason: str) -> None:
         """The guest's session was removed: say so for good, in place of its state."""
@@ -56,8 +66,14 @@ class StatusBar(Static):
             state = "running" if s.runs else s.state  # held for a read: it runs for the user
             text.append_text(guest(state, _STATE_STYLE.get(state, "red")))
             text.append(f"  {s.accel or '-'}  up {uptime(s.uptime_s)}")
-            text.append("  LIVE" if self.live else f"  stop #{s.run_token}",
-                        style="reverse" if self.live else "")
+            text.append("  LIVE" if self.live else "  SNAPSHOT" if self.holding
+                        else f"  stop #{s.run_token}",
+                        style="reverse" if self.live or self.holding else "")
+        if self.rate is not None:
+            per_second, lost, dropped = self.rate
+            text.append(f"  trace {per_second:.0f}{self.rate_unit}")
+            if lost or dropped:
+                text.append(f" lost {lost}" + (f" +{dropped}B" if dropped else ""), style="red")
         if self.read_only:
             text.append("  read-only", style="cyan")
         if self.message is not None:

@@ -38,8 +38,8 @@ def _describe_stop(session: SessionDir, stop: Stop, elf: Path | None) -> dict[st
     with open_target(session.name, elf) as target:
         pc = stop.pc
         if pc is not None:
-            info["function"] = target.elf.symbolize(pc)
-            line = target.elf.line_at(pc)
+            info["function"] = target.symbolize(pc)
+            line = target.line_at(pc)
             info["file"], info["line"] = line if line else (None, None)
         try:
             snapshot = provider_for(target).threads()
@@ -60,6 +60,8 @@ def _stop_line(info: dict[str, Any]) -> str:
     thread = info.get("thread")
     who = f" in thread {thread['id']} {escape(thread['name'])}" if thread else ""
     bp = f" {info['breakpoint']}" if info.get("breakpoint") else ""
+    if info.get("watch") and info.get("data_address") is not None:
+        bp += f" ({info['watch']} at {info['data_address']:#x})"
     return f"stopped: {info['reason']}{bp} on vCPU {info['cpu']}{who}: {where}"
 
 
@@ -75,7 +77,11 @@ def _break_arguments(p: argparse.ArgumentParser) -> None:
                    help="list the guest's breakpoints instead (yours and gdb's)")
 
 
-def _breakpoint_line(bp: Breakpoint) -> str:
+def breakpoint_line(bp: Breakpoint) -> str:
+    """One breakpoint or watchpoint as ``break --list`` and ``watch --list`` print it."""
+    if bp.watch is not None:
+        return f"watchpoint {bp.id} on {bp.address:#x} ({escape(bp.location)}, {bp.length} " \
+            f"bytes, {bp.watch}, set by {bp.owner})"
     kind = "hardware" if bp.hardware else "software"
     return f"breakpoint {bp.id} at {bp.address:#x} ({escape(bp.location)}, {kind}, " \
         f"set by {bp.owner})"
@@ -87,9 +93,6 @@ def _breakpoint_line(bp: Breakpoint) -> str:
          "cont`. --list shows every breakpoint with who set it: cli (undebug break) or gdb "
          "(a debugger through undebug gdbserver; those go when it disconnects).")
 def break_(args: argparse.Namespace) -> Report:
-    from undebug.locations import resolve_location
-    from undebug.target import guest_elf
-
     if args.list == (args.location is not None) or (args.list and args.hardware):
         raise UsageError("give a LOCATION to set a breakpoint, or --list (alone) to list them")
     session = SessionDir.named(args.target)
@@ -97,11 +100,24 @@ def break_(args: argparse.Namespace) -> Report:
         if args.list:
             bps = client.status().breakpoints
             return Report(data={"breakpoints": [bp.to_json() for bp in bps]}, render=lambda: [
-                _breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
-        elf = None if args.location[:1].isdigit() else guest_elf(args.target, args.elf)
-        address = resolve_location(elf, args.location)
+                breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
+        address = runtime_location(args.target, args.location, args.elf)
         bp = client.insert_breakpoint(address, args.hardware, args.location)
-    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [_breakpoint_line(bp)])
+    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [breakpoint_line(bp)])
+
+
+def runtime_location(name: str, location: str, elf_path: Path | None) -> int:
+    """The runtime address of a breakpoint LOCATION: an address as given; a symbol or
+    FILE:LINE from the ELF, plus the load offset the guest runs it at (a KASLR slide,
+    found by :class:`~undebug.target.LiveTarget` from the guest)."""
+    from undebug.locations import resolve_location
+    from undebug.target import guest_elf, open_target
+
+    if location[:1].isdigit():
+        return resolve_location(None, location)
+    guest_elf(name, elf_path)  # no ELF: said before the guest is stopped
+    with open_target(name, elf_path, force=True) as target:
+        return resolve_location(target.elf, location, target.load_offset)
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,7 +134,8 @@ def delete(args: argparse.Namespace) -> Report:
         ids = [args.id] if args.id is not None else [bp.id for bp in client.status().breakpoints]
         deleted = [client.delete_breakpoint(bp_id) for bp_id in ids]
     return Report(data={"deleted": [bp.to_json() for bp in deleted]},
-                  render=lambda: [f"deleted breakpoint {bp.id}" for bp in deleted])
+                  render=lambda: [f"deleted {'watchpoint' if bp.watch else 'breakpoint'} "
+                                  f"{bp.id}" for bp in deleted])
 
 
 # ---- step / wait ----------------------------------------------------------------------

@@ -80,13 +80,13 @@ def summarize(session: SessionDir) -> dict[str, Any]:
         snapshot = provider_for(target).threads()
         names = {t.id: t.name for t in snapshot.threads}
         threads = [{"id": t.id, "name": t.name, "state": t.state, "cpu": t.cpu,
-                    "function": target.elf.symbolize(t.registers.get("rip", 0))}
+                    "function": target.symbolize(t.registers.get("rip", 0))}
                    for t in snapshot.threads]
         cpus = []
         for cpu in range(target.cpu_count()):
             rip = target.registers(cpu).get("rip", 0)
             on = snapshot.vcpus.get(cpu)
-            cpus.append({"cpu": cpu, "rip": rip, "function": target.elf.symbolize(rip),
+            cpus.append({"cpu": cpu, "rip": rip, "function": target.symbolize(rip),
                          "thread": names.get(on) if on is not None else None})
         planted = {name: target.read_int(address) for name in PLANTED_GLOBALS
                    if (address := target.address_of(name)) is not None}

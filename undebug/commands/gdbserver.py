@@ -16,9 +16,13 @@ from undebug.text import escape
 if TYPE_CHECKING:  # imported by the command itself: logging is not for every start-up
     import logging
 
+    from undebug.gdbserver.monitor import MonitorCommand
+
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    p.add_argument("target", metavar="TARGET",
+                   help="a guest's name (see undebug ps) or a dump bundle's path (served "
+                   "read-only)")
     p.add_argument("--listen", metavar="HOST:PORT|PATH",
                    help="where gdb connects instead of the default, a 0600 unix socket in "
                    "the guest's session directory: a loopback TCP address (port 0: a free "
@@ -71,15 +75,34 @@ def _end_with_parent(parent: int) -> None:
         raise _Terminated
 
 
+def _monitor_commands() -> dict[str, MonitorCommand]:
+    """gdb's ``monitor NAME``: the CLI commands of that name, their text as printed."""
+    from undebug.commands.heap import heap_body
+    from undebug.commands.inspect import threads_body
+    from undebug.commands.lifecycle import ps
+    from undebug.commands.maps import maps_body
+
+    no_options = argparse.Namespace(check=False)
+    return {"threads": lambda target: threads_body(target, no_options),
+            "ps": lambda target: ps(no_options),
+            "maps": lambda target: maps_body(target, no_options),
+            "heap": lambda target: heap_body(target, no_options)}
+
+
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
          description="Listen for gdb (target remote PATH: a 0600 unix socket in the guest's "
          "session directory, or --listen HOST:PORT) and serve the guest with its OS's own "
-         "threads: info threads, thread apply all bt, breakpoints, continue, step. One "
+         "threads: info threads, thread apply all bt, breakpoints, watchpoints, continue, step, "
+         "monitor threads|ps|maps|heap|help. One "
          "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
          "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
     import logging
+    import tempfile
+    from pathlib import Path
 
+    from undebug.coretarget import is_bundle
+    from undebug.gdbserver.dump import DumpBackend
     from undebug.gdbserver.live import LiveBackend
     from undebug.gdbserver.server import GdbServer, parse_listen
     from undebug.os import provider_for
@@ -91,16 +114,23 @@ def gdbserver(args: argparse.Namespace) -> Report:
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logger.propagate = False
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    backend: LiveBackend | None = None
+    backend: LiveBackend | DumpBackend | None = None
     server: GdbServer | None = None
+    private: str | None = None  # the socket's own 0700 directory, for a bundle
     try:
         if args.parent_pid is not None:
             _end_with_parent(args.parent_pid)
-        session = SessionDir.named(args.target)
-        address = parse_listen(args.listen, args.allow_remote) if args.listen else \
-            session.path / GDB_SOCKET
-        backend = LiveBackend(session, args.elf, force=args.force)
-        server = GdbServer(backend, lambda target: provider_for(target).threads(), address)
+        if is_bundle(args.target):  # a dump: served read-only, from a socket of its own
+            address = parse_listen(args.listen, args.allow_remote) if args.listen else \
+                Path(private := tempfile.mkdtemp(prefix="undebug-gdbserver-")) / GDB_SOCKET
+            backend = DumpBackend(Path(args.target), args.elf, force=args.force)
+        else:
+            session = SessionDir.named(args.target)
+            address = parse_listen(args.listen, args.allow_remote) if args.listen else \
+                session.path / GDB_SOCKET
+            backend = LiveBackend(session, args.elf, force=args.force)
+        server = GdbServer(backend, lambda target: provider_for(target).threads(), address,
+                           _monitor_commands())
         print(f"listening on {server.where} (gdb: target remote {server.where})", flush=True)
         server.serve()
     except (KeyboardInterrupt, _Terminated):
@@ -110,6 +140,10 @@ def gdbserver(args: argparse.Namespace) -> Report:
             server.close()
         if backend is not None:
             backend.close()
+        if private is not None:
+            import shutil
+
+            shutil.rmtree(private, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
         logger.removeHandler(handler)
     return Report()

@@ -1,7 +1,8 @@
 """Looking inside a guest: ``threads``, ``bt``, ``regs``, ``mem``, ``sym``.
 
 Each opens the guest as a :class:`~undebug.target.Target`, which holds it still for the
-command (unless ``--no-stop``) and lets it go as it was. Guest strings are escaped.
+command (unless ``--no-stop``) and lets it go as it was; a dump bundle's path opens the
+dump instead (:mod:`undebug.coretarget`). Guest strings are escaped.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from undebug.commands import add_elf_arguments, command
-from undebug.errors import UsageError
+from undebug.errors import EXIT_USAGE, UndebugError, UsageError
 from undebug.output import Report
-from undebug.text import escape
+from undebug.text import escape, hexdump
 
 if TYPE_CHECKING:  # the real imports are lazy, for start-up time
-    from undebug.os.provider import GuestThread
     from undebug.target import Target
-    from undebug.unwind import Frame
 
 
 def _target_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    p.add_argument("target", metavar="TARGET",
+                   help="a guest's name (see undebug ps) or a dump bundle's path")
     add_elf_arguments(p)
     p.add_argument("--no-stop", action="store_true",
                    help="do not pause a running guest (what is read may be torn)")
@@ -36,30 +36,32 @@ def _with_target(body: Callable[[Target, argparse.Namespace], Report]) \
 
         with open_target(args.target, args.elf, stop=not args.no_stop,
                          force=args.force) as target:
-            report = body(target, args)
-            report.warnings[:0] = target.warnings
+            try:
+                report = body(target, args)
+            except UndebugError as exc:
+                if not target.problems:
+                    raise
+                raise UsageError(f"{exc.message} (the dump is damaged: "
+                                 f"{'; '.join(target.problems)})") from None
+            report.warnings[:0] = target.warnings + target.problems
+            if target.problems:  # a damaged dump: what it holds is shown, and exit 2
+                report.exit_code = EXIT_USAGE
         return report
     return run
 
 
 def _where(target: Target, pc: int) -> str:
-    return target.elf.symbolize(pc) or f"{pc:#x}"
+    return target.symbolize(pc) or f"{pc:#x}"
 
 
 # ---- threads ------------------------------------------------------------------------
 
-def _thread_json(target: Target, t: GuestThread) -> dict[str, Any]:
-    pc = t.registers.get("rip", 0)
-    return {"id": t.id, "name": t.name, "state": t.state, "cpu": t.cpu,
-            "wait_reason": t.wait_reason, "pc": pc, "function": target.elf.symbolize(pc),
-            "stack": list(t.stack) if t.stack else None, "address": t.address}
-
-
 def threads_body(target: Target, args: argparse.Namespace) -> Report:
+    from undebug.dump.summary import thread_json
     from undebug.os import provider_for
 
     snapshot = provider_for(target).threads()
-    rows = [_thread_json(target, t) for t in snapshot.threads]
+    rows = [thread_json(target, t) for t in snapshot.threads]
 
     def render() -> list[str]:
         table = [("ID", "NAME", "STATE", "CPU", "WAIT", "WHERE")]
@@ -104,16 +106,6 @@ def _bt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=_frame_limit, default=64, metavar="N", help="depth limit (64)")
 
 
-def _frame_json(f: Frame) -> dict[str, Any]:
-    out: dict[str, Any] = {"index": f.index, "pc": f.pc, "cfa": f.cfa, "function": f.function,
-                           "offset": f.offset, "file": f.file, "line": f.line,
-                           "method": f.method}
-    if f.trap is not None:  # only the exception frame has the key
-        out["exception"] = {"vector": f.trap.vector, "name": f.trap.name,
-                            "error_code": f.trap.error_code, "cr2": f.trap.cr2}
-    return out
-
-
 def _frame_line(f: dict[str, Any]) -> str:
     trap = f.get("exception")
     if trap is not None:  # gdb's "<signal handler called>", with what the OS saved
@@ -127,47 +119,25 @@ def _frame_line(f: dict[str, Any]) -> str:
     return f"  #{f['index']:<2} {f['pc']:#018x} in {where}{at}"
 
 
-def _vcpu_thread(target: Target, cpu: int) -> GuestThread:
-    """vCPU ``cpu`` as a thread (the gdbserver's id for it: VCPU_THREAD_BASE + cpu)."""
-    from undebug.gdbserver.threads import VCPU_THREAD_BASE
-    from undebug.os.provider import GuestThread
-
-    return GuestThread(id=VCPU_THREAD_BASE + cpu, name=f"vCPU {cpu}", state="running",
-                       cpu=cpu, registers=dict(target.registers(cpu)), stack=None)
-
-
 def bt_body(target: Target, args: argparse.Namespace) -> Report:
+    from undebug.dump.summary import all_threads, backtraces, vcpu_thread
     from undebug.os import provider_for
-    from undebug.unwind import unwind
 
     provider = provider_for(target)
     snapshot = provider.threads()
     warnings = list(snapshot.warnings)
     # A vCPU that runs no known guest thread (a crash before the scheduler starts, an
     # interrupt) is unwound from its own registers, as gdb's thread of that vCPU.
-    idle = [cpu for cpu in range(target.cpu_count()) if snapshot.vcpus.get(cpu) is None]
     if args.all:
-        chosen = snapshot.threads + [_vcpu_thread(target, cpu) for cpu in idle]
+        chosen = all_threads(target, provider)[0]
     elif args.thread is not None:
         chosen = [snapshot.find(args.thread)]
     elif (current := snapshot.vcpus.get(0)) is not None:  # like gdb's current thread
         chosen = [snapshot.find(current)]
     else:
         warnings.append("no guest thread runs on vCPU 0: unwinding the vCPU's registers")
-        chosen = [_vcpu_thread(target, 0)]
-    traces: list[dict[str, Any]] = []
-    for thread in chosen:
-        if thread.state == "exited":
-            traces.append({"thread": _thread_json(target, thread), "frames": [],
-                           "complete": True})
-            continue
-        trace = unwind(target.elf, target.read, thread.registers, thread.stack,
-                       max_frames=args.max_frames, trap_frames=provider.trap_frame,
-                       resumes_after_call=thread.resumes_after_call)
-        warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
-        traces.append({"thread": _thread_json(target, thread),
-                       "frames": [_frame_json(f) for f in trace.frames],
-                       "complete": trace.complete})
+        chosen = [vcpu_thread(target, 0)]
+    traces = backtraces(target, provider, chosen, args.max_frames, warnings)
 
     def render() -> list[str]:
         lines: list[str] = []
@@ -247,15 +217,6 @@ def _number(text: str, what: str) -> int:
             from None
 
 
-def hexdump(address: int, data: bytes) -> list[str]:
-    lines = []
-    for at in range(0, len(data), 16):
-        chunk = data[at : at + 16]
-        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
-        lines.append(f"{address + at:016x}  {chunk.hex(' '):<47}  {text}")
-    return lines
-
-
 def mem_body(target: Target, args: argparse.Namespace) -> Report:
     length = _number(args.length, "length")
     if not 0 < length <= 1 << 30:
@@ -284,7 +245,8 @@ command("mem", "read guest memory", _mem_arguments)(_with_target(mem_body))
 # ---- sym ----------------------------------------------------------------------------
 
 def _sym_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    p.add_argument("target", metavar="TARGET",
+                   help="a guest's name (see undebug ps) or a dump bundle's path")
     add_elf_arguments(p, force=False)
     p.add_argument("what", metavar="NAME|ADDR", help="a symbol name, or an address to look up")
 

@@ -35,6 +35,15 @@ def _cost(g: GuestStatus) -> str:
     return f"{g.cost.supervisor_cpu_s:.2f}s {rss >> 20 if rss is not None else '?'}M"
 
 
+def _ports(g: GuestStatus) -> str:
+    """run --forward as docker ps shows it: "127.0.0.1:41234->7/tcp" ("-" for none)."""
+    shown = []
+    for forward in g.forwards:
+        proto, host, guest = [*forward.split(":"), "", ""][:3]
+        shown.append(f"127.0.0.1:{host}->{guest}/{proto}")
+    return escape(",".join(shown)) or "-"
+
+
 @command("ps", "list guests and their state")
 def ps(args: argparse.Namespace) -> Report:
     guests, warnings = [], []
@@ -50,14 +59,15 @@ def ps(args: argparse.Namespace) -> Report:
             warnings.append(exc.message)
 
     def render() -> list[str]:
-        rows = [("NAME", "STATE", "ACCEL", "CPUS", "MEM", "UPTIME", "SUPERVISOR", "IMAGE")]
+        rows = [("NAME", "STATE", "ACCEL", "CPUS", "MEM", "UPTIME", "SUPERVISOR", "PORTS",
+                 "IMAGE")]
         for g in guests:
             state = g.state
             if g.outcome and state != "running":
                 state = f"{state} ({g.outcome.kind})"
             memory = f"{g.memory_mb}M" if g.memory_mb else "-"
             rows.append((escape(g.name), escape(state), str(g.accel or "-"), str(g.smp or "-"),
-                         memory, _uptime(g.uptime_s), _cost(g), escape(g.image or "")))
+                         memory, _uptime(g.uptime_s), _cost(g), _ports(g), escape(g.image or "")))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
                  for r in rows]

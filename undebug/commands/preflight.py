@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["arm_adopted_guest", "prepare_guest"]
 
+BOOT_WAIT_S = 120.0  # TCG on a loaded host: Nanos takes 1.5-10 s to relocate itself
+POLL_S = 0.25
+
 
 def prepare_guest(launched: Launched, force: bool, paused: bool) -> None:
     """Check the ELF (a mismatch ends the guest: exit 2 unless ``force``), arm the crash
@@ -28,6 +31,20 @@ def prepare_guest(launched: Launched, force: bool, paused: bool) -> None:
 
     claim = launched.claim
     with SupervisorClient(claim.session) as client:
+        if _is_elf(launched.status.elf) and _boots_from_disk(claim.session):
+            if paused:
+                launched.warnings.append("--paused holds the guest before its firmware loads "
+                                         "the kernel from the disk: the ELF is not checked "
+                                         "and no crash breakpoint is set")
+                return
+            launched.status = client.resume()
+            try:
+                launched.warnings.extend(_when_booted(claim.session.name, client, force))
+            except UsageError:
+                client.kill()
+                claim.remove()
+                raise
+            return
         if _is_elf(launched.status.elf):
             try:
                 with open_target(claim.session.name, force=force) as target:
@@ -55,6 +72,40 @@ def arm_adopted_guest(name: str) -> list[str]:
             return target.warnings + _arm_crash_stops(client, target)
     except UndebugError as exc:
         return [f"no crash breakpoints: {exc.message}"]
+
+
+def _boots_from_disk(session: SessionDir) -> bool:
+    from undebug.session.spec import SessionSpec
+
+    return SessionSpec.load(session.path).image_is_disk
+
+
+def _when_booted(name: str, client: SupervisorClient, force: bool) -> list[str]:
+    """A kernel booted from a disk is not in memory at the first instruction: its
+    firmware loads it, and it may move itself (KASLR). Look again every POLL_S until its
+    provider says it runs where the Target found it, then check the ELF and arm the crash
+    stops at their runtime addresses; after BOOT_WAIT_S, the last mismatch is the error."""
+    import time
+
+    from undebug.os import provider_class
+    from undebug.target import open_target
+
+    deadline = time.monotonic() + BOOT_WAIT_S
+    last: UsageError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with open_target(name, force=force) as target:
+                provider = provider_class(target.elf)
+                if provider is None or provider.booted(target):
+                    return target.warnings + _arm_crash_stops(client, target)
+        except SessionError:
+            return []  # it ended already: its outcome tells why
+        except UsageError as exc:
+            last = exc  # not loaded yet, or not this ELF: said if it stays so
+        time.sleep(POLL_S)
+    if last is not None:
+        raise last
+    return [f"the kernel did not finish booting in {BOOT_WAIT_S:.0f} s: no crash breakpoints"]
 
 
 def _is_elf(path: str | None) -> bool:

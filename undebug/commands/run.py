@@ -1,5 +1,6 @@
 """``undebug run``: boot an image under a supervisor, detached, in the foreground, or as a
-CI check that exits 0 on a clean shutdown and 1 on a crash, a non-zero exit or a hang."""
+CI check that exits 0 on a clean shutdown and 1 on a crash, a non-zero exit or a hang
+(with a dump bundle of the failure, and JUnit / GitHub reports: commands/ci_report.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from undebug.commands import command, session_name
+from undebug.commands import command, number_at_least, session_name
+from undebug.commands.boot import boot_choices, split_debug_elfs
 from undebug.commands.preflight import prepare_guest
 from undebug.commands.trace import trace_size
 from undebug.commands.verdict import os_outcome
@@ -20,9 +22,10 @@ from undebug.console import ConsoleFollower, tail_lines
 from undebug.errors import EXIT_CHECK_FAILED, UsageError
 from undebug.output import Report
 from undebug.session.client import SupervisorClient
-from undebug.session.outcome import Outcome, from_timeout
+from undebug.session.outcome import Outcome, from_silence, from_timeout
 from undebug.session.store import SessionClaim, SessionDir
 from undebug.text import escape
+from undebug.vm.qemu import DISK_INTERFACES, MACHINES
 
 if TYPE_CHECKING:  # the launcher is imported when a guest is started, not before
     from undebug.session.launcher import Launched
@@ -33,11 +36,22 @@ POLL_S = 0.05
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", type=Path, help="the kernel image to boot (ELF)")
-    p.add_argument("--debug-elf", action="append", default=[], type=Path, metavar="FILE",
-                   help="the ELF with the guest's symbols and DWARF, when IMAGE is stripped "
-                   "(default: IMAGE.dbg beside IMAGE if it exists, else IMAGE); every later "
-                   "command uses it")
+    p.add_argument("image", metavar="IMAGE", type=Path,
+                   help="the kernel image to boot (ELF), or a bootable disk image")
+    p.add_argument("--debug-elf", action="append", default=[], metavar="FILE[@ADDR]",
+                   help="an ELF with symbols and DWARF (repeatable): the kernel's, when IMAGE "
+                   "is stripped or a disk (default: IMAGE.dbg beside IMAGE if it exists, else "
+                   "IMAGE), and the programs' (a static program at its link address, or at "
+                   "@ADDR); every later command uses them")
+    p.add_argument("--disk", action="append", default=[], type=Path, metavar="FILE",
+                   help="another raw disk image (repeatable); disks are opened with "
+                   "snapshot=on: the guest's writes never reach the file")
+    p.add_argument("--disk-if", choices=DISK_INTERFACES, default=None,
+                   help="how the disks are attached (default: the OS's, else virtio-blk)")
+    p.add_argument("--machine", choices=MACHINES, default=None,
+                   help="QEMU's machine (default: the OS's for a disk image, else pc)")
+    p.add_argument("--kernel", type=Path, metavar="FILE",
+                   help="boot FILE with -kernel while IMAGE is the disk")
     p.add_argument("--force", action="store_true",
                    help="boot even when the debug ELF does not match the guest's memory")
     p.add_argument("-d", "--detach", action="store_true",
@@ -50,7 +64,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smp", type=int, default=1, metavar="N", help="number of vCPUs (1)")
     p.add_argument("--append", default="", metavar="ARGS", help="the guest's kernel command line")
     p.add_argument("--forward", action="append", default=[], metavar="tcp:HOSTPORT:GUESTPORT",
-                   help="forward 127.0.0.1:HOSTPORT to the guest (repeatable)")
+                   help="forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (tcp or udp; "
+                   "repeatable; HOSTPORT 0 or empty: a free port, shown by status and ps); "
+                   "the guest gets a virtio-net device on QEMU user networking")
     p.add_argument("--paused", action="store_true",
                    help="hold the guest before its first instruction (resume with cont)")
     p.add_argument("--trace-file", type=Path, metavar="FILE",
@@ -71,25 +87,42 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="exit 0 on a clean shutdown, 1 on a crash, non-zero exit or timeout")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="with --ci: wall-clock limit in seconds (default 300)")
+    p.add_argument("--dump-dir", type=Path, default=None, metavar="DIR",
+                   help="with --ci: where a failure's dump bundle goes (default "
+                   "$UNDEBUG_DUMP_DIR, else ./undebug-dumps), one <name>-<UTC time>/ per "
+                   "failure")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE",
+                   help="with --ci: write a JUnit XML report to FILE")
+    p.add_argument("--expect-exit", type=int, default=None, metavar="N",
+                   help="with --ci: the guest's exit code that passes (default: 0, or what "
+                   "its OS calls a clean exit)")
+    p.add_argument("--hang-after", type=number_at_least(0.1, float), default=None,
+                   metavar="S", help="with --ci: a hang when no trace record arrives for S "
+                   "seconds (needs the tracing stub; default off)")
 
 
 def launch(args: argparse.Namespace) -> Launched:
     from undebug.session.launcher import LaunchRequest, launch_guest
 
-    if args.timeout is not None and not args.ci:
-        raise UsageError("--timeout goes with --ci")
+    for option in ("timeout", "dump_dir", "junit", "expect_exit", "hang_after"):
+        if getattr(args, option) is not None and not args.ci:
+            raise UsageError(f"--{option.replace('_', '-')} goes with --ci")
     if args.otlp is not None and args.no_trace:
         raise UsageError("--otlp exports the guest's trace: it cannot go with --no-trace")
     if args.ci and args.detach:
         raise UsageError("--ci runs in the foreground; drop -d")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    boot = boot_choices(args.image, args.machine, args.disk_if)
+    kernels, programs = split_debug_elfs(args.debug_elf)
     return launch_guest(LaunchRequest(
         image=args.image, name=args.name, accel=args.accel, memory_mb=args.memory,
         smp=args.smp, append=args.append, forwards=tuple(args.forward), paused=True,
         trace=not args.no_trace, trace_file=args.trace_file,
-        trace_max_size=args.trace_max_size, debug_elfs=tuple(args.debug_elf),
-        traceparent=args.traceparent or None))
+        trace_max_size=args.trace_max_size, debug_elfs=kernels,
+        traceparent=args.traceparent or None, machine=boot.machine, kernel=args.kernel,
+        disks=tuple(args.disk), disk_if=boot.disk_if, devices=boot.devices,
+        programs=programs))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:
@@ -106,6 +139,8 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
     stream = sys.stdout if not args.ci else sys.stderr
     deadline = time.monotonic() + (args.timeout or 300.0) if args.ci else None
     told_crash = False
+    quiet = _QuietTrace(session.trace_file, args.hang_after) if args.ci and args.hang_after \
+        else None
     while True:
         event = client.next_event(POLL_S)
         if show:
@@ -124,6 +159,11 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
                 sys.stderr.write(
                     f"undebug: {escape(outcome.reason)}\nundebug: the guest is paused for "
                     f"inspection as {session.name!r}; press Ctrl-C to end it\n")
+        if quiet is not None and quiet.silent():
+            client.pause()
+            state = client.status().qemu_state or "paused"
+            line = (tail_lines(session.console_log, 1) or [b""])[0]
+            return from_silence(quiet.seconds, escape(line) or "(console empty)", state)
         if deadline is not None and time.monotonic() > deadline:
             client.pause()
             state = client.status().qemu_state or "paused"
@@ -131,14 +171,89 @@ def _watch(session: SessionDir, client: SupervisorClient, args: argparse.Namespa
             return from_timeout(args.timeout or 300.0, escape(line) or "(console empty)", state)
 
 
-def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome) -> dict[str, Any]:
-    """The verdict with the console tail; then end the guest (dump bundles come later)."""
+class _QuietTrace:
+    """``--hang-after S``: the trace recording has not grown for S seconds (a guest whose
+    stub streams records and then goes silent; counted from the start, so a guest that
+    never sends one is a hang too)."""
+
+    def __init__(self, recording: Path, seconds: float) -> None:
+        self.recording = recording
+        self.seconds = seconds
+        self.size = -1
+        self.since = time.monotonic()
+
+    def silent(self) -> bool:
+        try:
+            size = self.recording.stat().st_size
+        except OSError:
+            size = 0
+        now = time.monotonic()
+        if size != self.size:
+            self.size, self.since = size, now
+        return now - self.since > self.seconds
+
+
+def _expected(outcome: Outcome, expect: int | None) -> Outcome:
+    """``--expect-exit N``: an exit passes with code N, and only with N."""
+    if expect is None or outcome.kind != "exit" or outcome.exit_code is None:
+        return outcome
+    if outcome.exit_code == expect:
+        return dataclasses.replace(outcome, ok=True,
+                                   reason=f"guest exited with code {expect}, as expected")
+    return dataclasses.replace(outcome, ok=False, reason=f"guest exited with code "
+                               f"{outcome.exit_code}, expected {expect}")
+
+
+def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome,
+               args: argparse.Namespace, started: float) -> tuple[dict[str, Any], list[str]]:
+    """The verdict with the console tail and, for a failure, a bundle written while the
+    guest is still there (paused); then the CI reports; then end the guest."""
+    from undebug.commands.ci_report import Failure, crash_screen, github_annotations, junit_xml
+
     session = claim.session
     tail = [escape(line) for line in tail_lines(session.console_log, CONSOLE_TAIL)]
+    data: dict[str, Any] = {"name": session.name, "outcome": outcome.to_json(),
+                            "console_tail": tail}
+    summary, bundle = None, None
+    if not outcome.ok:
+        from undebug.dump.bundle import BundleRequest, write_bundle
+
+        result = write_bundle(BundleRequest(
+            session.name, args.dump_dir or Path(os.environ.get("UNDEBUG_DUMP_DIR")
+                                                or "undebug-dumps"), sparse=True,
+            reason={"kind": outcome.kind, "text": outcome.reason, "source": "run"}))
+        summary, bundle = result.summary, result.path
+        data["bundle"] = str(bundle)
+        data["signature"] = summary.get("signature")
     if outcome.run_state is not None:
         client.kill()
     claim.remove()
-    return {"name": session.name, "outcome": outcome.to_json(), "console_tail": tail}
+    failure = Failure(session.name, args.image, outcome.to_json(), summary, bundle,
+                      time.monotonic() - started, tail)
+    if args.junit is not None:
+        _write_private(args.junit, junit_xml(failure))
+    screen = [] if outcome.ok else crash_screen(failure)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        notes = github_annotations(failure)
+        if args.json:
+            sys.stderr.write("".join(line + "\n" for line in notes))
+        else:
+            screen = notes + screen
+        step = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step:
+            from undebug.commands.ci_report import step_summary
+
+            step_summary(failure, Path(step))
+    return data, screen
+
+
+def _write_private(path: Path, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 @command("run", "boot a unikernel image under undebug", _arguments,
@@ -160,6 +275,8 @@ def run(args: argparse.Namespace) -> Report:
                       warnings=launched.warnings, render=lambda: [session.name])
     for warning in launched.warnings if not args.json else []:  # now, not after the run
         sys.stderr.write(f"warning: {escape(warning)}\n")
+    started = time.monotonic()
+    screen: list[str] = []
     try:
         with SupervisorClient(session) as client:
             client.own()
@@ -170,7 +287,8 @@ def run(args: argparse.Namespace) -> Report:
                 client.kill()
                 raise
             if args.ci:
-                data = _finish_ci(claim, client, outcome)
+                outcome = _expected(outcome, args.expect_exit)
+                data, screen = _finish_ci(claim, client, outcome, args, started)
             else:
                 data = {"name": session.name, "outcome": outcome.to_json()}
     finally:
@@ -189,4 +307,4 @@ def run(args: argparse.Namespace) -> Report:
     return Report(
         data=data, warnings=launched.warnings if args.json else [],
         exit_code=0 if outcome.ok else EXIT_CHECK_FAILED,
-        render=lambda: [f"undebug: {verdict}: {escape(outcome.reason)}"])
+        render=lambda: [*screen, f"undebug: {verdict}: {escape(outcome.reason)}"])

@@ -408,11 +408,12 @@ def _flight_recorder_source(args: argparse.Namespace, note: str | None = None) -
     from tracers.flight import HEADER_SYMBOL, read_flight_recorder
     from tracers.metadata import load_tracepoints
     from tracers.unikraft.metadata import has_unikraft_tracepoints
+    from undebug.coretarget import is_bundle
     from undebug.target import open_target
 
-    if _is_file(args.source):
-        raise UsageError("--flight-recorder reads a live guest's memory: pass its name",
-                         hint="a recorded file is read without --flight-recorder")
+    if not is_bundle(args.source) and _is_file(args.source):
+        raise UsageError("--flight-recorder reads a guest's memory: pass its name or a "
+                         "dump bundle", hint="a recorded file is read without --flight-recorder")
     with open_target(args.source, args.elf, force=args.force) as target:
         if target.elf.symbol(HEADER_SYMBOL) is None and has_unikraft_tracepoints(target.elf):
             return _unikraft_source(args, target, note)
@@ -534,8 +535,11 @@ def _show(args: argparse.Namespace) -> Report:
     try:
         for batch in source.batches(SHOW_WINDOW, follow=args.follow):
             if printer is None:
+                from tracers.unikraft.bridge import bridge_for
+
                 printer = EventPrinter(source.tracepoints, args.filter,
-                                       wall_clock=args.wall_clock)
+                                       wall_clock=args.wall_clock,
+                                       unikraft=bridge_for(source.tracepoints))
                 matcher = SpanMatcher(source.tracepoints)
                 if args.follow:  # (without --follow, summary() notes every session's)
                     for w in source.first_notes:

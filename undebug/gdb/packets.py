@@ -23,7 +23,7 @@ __all__ = [  # noqa: RUF022 (grouped by role, not sorted)
 
 MAX_PACKET = 1 << 20  # a packet this long without '#' is garbage, not data to buffer
 QEMU_MAX_READ = 2048  # QEMU 7.2 answers E22 to `m` above MAX_PACKET_LENGTH / 2
-_ESCAPED = frozenset(b"#$}*")
+_NEEDS_ESCAPE = re.compile(rb"[#$}*]")
 _FRAMING = re.compile(rb"[$#]")
 _CONTROL = re.compile(rb"[+\-\x03]")
 _CHECKSUM = re.compile(rb"[0-9a-fA-F]{2}")
@@ -68,7 +68,11 @@ def checksum(body: bytes) -> int:
 
 def escape(payload: bytes) -> bytes:
     """Escape '#', '$', '}', '*' as 0x7d, byte ^ 0x20, so binary data can be sent."""
-    return b"".join(bytes((0x7D, b ^ 0x20)) if b in _ESCAPED else bytes((b,)) for b in payload)
+    return _NEEDS_ESCAPE.sub(_escaped, payload)
+
+
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return bytes((0x7D, match.group()[0] ^ 0x20))
 
 
 def frame(payload: bytes) -> bytes:

@@ -36,6 +36,7 @@ class Stop:
     breakpoint: int | None = None  # the backend's breakpoint id
     message: str | None = None  # for the debugger's console (escaped)
     exit_reply: bytes | None = None  # W/X: the guest has ended
+    watch: tuple[str, int] | None = None  # a watchpoint hit: ("watch"|"rwatch"|"awatch", address)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class ServedBreakpoint:
     id: int
     address: int
     hardware: bool
+    watch: str | None = None  # a watchpoint: "write", "read" or "access"
+    length: int = 1
 
 
 class Backend(Protocol):
@@ -111,6 +114,13 @@ class Backend(Protocol):
     def insert_breakpoint(self, address: int, hardware: bool, location: str) -> ServedBreakpoint:
         """A breakpoint that lives as long as this backend's connection (UsageError: one is
         there already)."""
+        ...
+
+    def insert_watchpoint(self, address: int, length: int, watch: str,
+                          location: str) -> ServedBreakpoint:
+        """A watchpoint (``watch``: "write", "read" or "access") on ``length`` bytes,
+        for this connection's life like a breakpoint; deleted with
+        :meth:`delete_breakpoint` (UsageError: one is there already)."""
         ...
 
     def delete_breakpoint(self, bp_id: int) -> None: ...

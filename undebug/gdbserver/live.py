@@ -13,9 +13,10 @@ import logging
 import time
 from pathlib import Path
 
-from undebug.errors import SessionError, UndebugError
+from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.gdbserver.backend import (
     SIGABRT,
+    SIGINT,
     SIGKILL,
     SIGSEGV,
     SIGTRAP,
@@ -24,7 +25,7 @@ from undebug.gdbserver.backend import (
     ServedBreakpoint,
     Stop,
 )
-from undebug.session.breakpoints import Breakpoint
+from undebug.session.breakpoints import WATCHES, Breakpoint
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome
 from undebug.session.replies import GuestStatus, MalformedReply
@@ -38,9 +39,15 @@ __all__ = ["LiveBackend"]
 log = logging.getLogger("undebug.gdbserver")
 
 
+_STOP_KEYS = {"write": "watch", "read": "rwatch", "access": "awatch"}  # RSP stop replies
+
+
 def _stop_from(stop: SupervisorStop) -> Stop:
     """A ``stopped`` event, a step, or a status's ``last_stop``."""
-    return Stop(stop.signal or SIGTRAP, stop.cpu, stop.breakpoint)
+    watch = None
+    if stop.watch is not None and stop.data_address is not None:
+        watch = (_STOP_KEYS[stop.watch], stop.data_address)
+    return Stop(stop.signal or SIGTRAP, stop.cpu, stop.breakpoint, watch=watch)
 
 
 def _outcome_stop(outcome: Outcome | None, ended: bool, cpu: int | None = None) -> Stop:
@@ -57,7 +64,7 @@ def _outcome_stop(outcome: Outcome | None, ended: bool, cpu: int | None = None) 
 
 
 def _breakpoint(bp: Breakpoint) -> ServedBreakpoint:
-    return ServedBreakpoint(bp.id, bp.address, bp.hardware)
+    return ServedBreakpoint(bp.id, bp.address, bp.hardware, bp.watch, bp.length)
 
 
 class LiveBackend:
@@ -119,8 +126,10 @@ class LiveBackend:
         outcome, last = status.outcome, status.last_stop
         if status.ended or outcome:
             stop: Stop | None = _outcome_stop(outcome, status.ended, last.cpu if last else None)
-        else:
-            stop = _stop_from(last) if last else None
+        elif last:
+            stop = _stop_from(last)
+        else:  # paused by someone (undebug stop, an interrupt): on the vCPU QEMU named
+            stop = Stop(SIGINT, status.paused_cpu) if status.paused_cpu is not None else None
         return GuestState(running=status.running, ended=status.ended,
                           crashed=outcome is not None and not status.ended,
                           user_paused=status.user_paused, stop=stop)
@@ -156,6 +165,9 @@ class LiveBackend:
             kind, when = event.type, event.time
             if kind == "stopped" and event.stop is not None:
                 return Event("stopped", when, _stop_from(event.stop))
+            if kind == "user_paused":  # undebug stop: in the thread on the vCPU QEMU named
+                cpu = event.extra.get("cpu")
+                return Event("stopped", when, Stop(SIGINT, cpu if isinstance(cpu, int) else None))
             if kind == "crashed":
                 return Event("crashed", when, _outcome_stop(event.outcome, ended=False))
             if kind == "ended":
@@ -171,6 +183,13 @@ class LiveBackend:
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str) -> ServedBreakpoint:
         return _breakpoint(self.client.insert_breakpoint(address, hardware, location, owner="gdb"))
+
+    def insert_watchpoint(self, address: int, length: int, watch: str,
+                          location: str) -> ServedBreakpoint:
+        if watch not in WATCHES:
+            raise UsageError(f"no watchpoint kind {watch!r}: one of {', '.join(WATCHES)}")
+        return _breakpoint(self.client.insert_breakpoint(
+            address, False, location, owner="gdb", watch=watch, length=length))
 
     def delete_breakpoint(self, bp_id: int) -> None:
         self.client.delete_breakpoint(bp_id)

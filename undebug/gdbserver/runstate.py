@@ -1,8 +1,10 @@
 """Run control for the gdbserver: waiting for the resumed guest to stop, and why it did.
 
-The backend tells stops by events (stopped, crashed, ended) and by its state (a pause by
-someone else, ``undebug stop``, sends no event). While the guest runs, the server also
-watches the debugger's connection for its interrupt byte (0x03).
+The backend tells stops by events (stopped, crashed, ended; the live backend turns the
+supervisor's ``user_paused``, i.e. ``undebug stop``, into a stop on the vCPU QEMU named)
+and by its state, checked every second too (a pause a backend has no event for). While
+the guest runs, the server also watches the debugger's connection for its interrupt byte
+(0x03).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ a dump) and serves the guest's threads instead, the way pyOCD's and OpenOCD's RT
 - :mod:`undebug.gdbserver.threads`: guest threads as gdb sees them, registers encoded;
 - :mod:`undebug.gdbserver.session`: the packets answered, thread ids translated;
 - :mod:`undebug.gdbserver.runstate`: run control: waiting for a stop;
+- :mod:`undebug.gdbserver.stopinfo`: stop replies and LLDB's per-thread answers;
+- :mod:`undebug.gdbserver.stoppoints`: the debugger's breakpoints and watchpoints;
+- :mod:`undebug.gdbserver.memorymap`: the memory map gdb reads, from the page tables;
+- :mod:`undebug.gdbserver.monitor`: ``monitor NAME`` (qRcmd): the CLI's views;
 - :mod:`undebug.gdbserver.backend`: what the guest behind it offers (a Target per stop, run
   control, breakpoints), and the thread provider the command injects;
 - :mod:`undebug.gdbserver.live`: that backend for a live guest (its supervisor).
@@ -25,12 +29,14 @@ import os
 import select
 import socket
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from undebug.errors import SessionError, UsageError
 from undebug.gdb.packets import RspException
 from undebug.gdb.tdesc import TargetDescription, parse_target_xml
 from undebug.gdbserver.backend import Backend, ThreadProvider
+from undebug.gdbserver.monitor import MonitorCommand
 from undebug.gdbserver.session import GdbSession
 from undebug.gdbserver.wire import GdbConnection
 
@@ -128,9 +134,11 @@ class GdbServer:
     """Listens on one address and serves one debugger at a time until the guest ends."""
 
     def __init__(self, backend: Backend, provider: ThreadProvider,
-                 address: ListenAddress) -> None:
+                 address: ListenAddress,
+                 monitor: Mapping[str, MonitorCommand] | None = None) -> None:
         self.backend = backend
         self.provider = provider
+        self.monitor = monitor  # gdb's `monitor NAME` commands
         try:
             self.xml_files = backend.target_xml()
             files = {name: text.encode() for name, text in self.xml_files.items()}
@@ -167,7 +175,7 @@ class GdbServer:
             log.info("debugger connected%s", f" from {peer[0]}:{peer[1]}"
                      if isinstance(peer, tuple) else "")
             session = GdbSession(GdbConnection(sock, self.listener), self.backend,
-                                 self.provider, self.layout, self.xml_files)
+                                 self.provider, self.layout, self.xml_files, self.monitor)
             session.run()
             log.info("debugger disconnected; waiting for the next one")
         log.info("the guest has ended")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.gdb.packets import RspException, ThreadId, decode, parse_features
@@ -30,7 +31,11 @@ from undebug.gdb.registers import (
 )
 from undebug.gdb.tdesc import Register, TargetDescription
 from undebug.gdbserver.backend import SIGTRAP, Backend, Stop, ThreadProvider
+from undebug.gdbserver.memorymap import memory_map_xml
+from undebug.gdbserver.monitor import MonitorCommand, monitor_text
 from undebug.gdbserver.runstate import wait_for_stop
+from undebug.gdbserver.stopinfo import stop_reply, thread_stop_info, threads_info
+from undebug.gdbserver.stoppoints import Stoppoints
 from undebug.gdbserver.threads import ProxyThread, ThreadView
 from undebug.gdbserver.wire import BadPacket, ClientGone, GdbConnection, to_hex_text
 from undebug.target import ReadError, Target
@@ -43,6 +48,7 @@ PACKET_SIZE = 0x4000
 MAX_MEMORY = (PACKET_SIZE - 32) // 2  # bytes in one m reply
 PAGE = 4096
 EPERM, EFAULT, EINVAL = 0x01, 0x0E, 0x16
+MONITOR_CHUNK = (PACKET_SIZE - 16) // 8  # characters per O packet (UTF-8, then hex)
 
 
 class PacketError(Exception):
@@ -57,10 +63,12 @@ class GdbSession:
     """Answers one connected debugger until it detaches or goes away."""
 
     def __init__(self, conn: GdbConnection, backend: Backend, provider: ThreadProvider,
-                 layout: TargetDescription, xml_files: dict[str, str]) -> None:
+                 layout: TargetDescription, xml_files: dict[str, str],
+                 monitor: Mapping[str, MonitorCommand] | None = None) -> None:
         self.conn = conn
         self.backend = backend
         self.provider = provider
+        self.monitor = monitor or {}
         self.layout = layout
         self.xml_files = {name: text.encode() for name, text in xml_files.items()}
         self.done = False
@@ -69,13 +77,13 @@ class GdbSession:
         self.current = 0  # the thread of the last stop (gdb id)
         self.g_thread = 0  # Hg: registers of this thread (0: the current one)
         self.c_thread = -1  # Hc: s/c of this thread (-1: all, 0: any)
-        self.owned: dict[tuple[int, int], int] = {}  # (Z type, address) -> supervisor bp id
-        self.adopted: set[tuple[int, int]] = set()  # someone else's breakpoint there
-        self.hardware: dict[int, bool] = {}  # supervisor bp id -> a hardware breakpoint
+        self.points = Stoppoints(backend)  # the debugger's breakpoints and watchpoints
         self.last_stop = Stop(SIGTRAP)  # what ? reports
         self._view: ThreadView | None = None
         self._view_of: Target | None = None
         self._listed: list[int] = []  # qsThreadInfo continues this list
+        self._map: bytes | None = None  # the memory map of the stop of _map_of
+        self._map_of: Target | None = None
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -120,16 +128,9 @@ class GdbSession:
                 return
 
     def _cleanup(self) -> None:
-        self._remove_breakpoints()
+        self.points.remove_all()
         self.backend.release()
         self.conn.close()
-
-    def _remove_breakpoints(self) -> None:
-        for bp_id in self.owned.values():
-            with contextlib.suppress(UndebugError):
-                self.backend.delete_breakpoint(bp_id)
-        self.owned.clear()
-        self.adopted.clear()
 
     # ---- dispatch -----------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class GdbSession:
 
     def _dispatch(self, text: str, packet: bytes) -> bytes | None:
         kind = text[:1]
-        if kind == "q":
+        if kind in ("q", "j"):  # j: LLDB's JSON queries
             return self._query(text)
         if text == "QStartNoAckMode":
             self.conn.send(b"OK")
@@ -180,7 +181,10 @@ class GdbSession:
         if kind in ("M", "X"):
             return self._write_memory(kind, packet[1:])
         if kind in ("Z", "z"):
-            return self._breakpoint(text)
+            try:
+                return self.points.handle(text)
+            except UsageError as exc:
+                raise PacketError(exc.message) from None
         if kind in ("c", "C"):
             return self._resume(None)
         if kind in ("s", "S"):
@@ -204,12 +208,15 @@ class GdbSession:
             self.error_messages = features.get("error-message") is True
             self.swbreak = features.get("swbreak") is True
             return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read+;"
-                    "QStartNoAckMode+;vContSupported+;swbreak+;hwbreak+").encode()
+                    "qXfer:memory-map:read+;QStartNoAckMode+;vContSupported+;swbreak+;"
+                    "hwbreak+").encode()
         if name == "qXfer" and args.startswith("features:read:"):
             annex, _, span = args.removeprefix("features:read:").partition(":")
             if annex not in self.xml_files:
                 raise PacketError(f"no target description file {annex!r}", EINVAL)
             return _xfer(self.xml_files[annex], span)
+        if name == "qXfer" and args.startswith("memory-map:read::"):
+            return _xfer(self._memory_map(), args.removeprefix("memory-map:read::"))
         if name == "qXfer" and args.startswith("threads:read::"):
             return _xfer(self._views().xml(), args.removeprefix("threads:read::"))
         if text == "qfThreadInfo":
@@ -217,16 +224,35 @@ class GdbSession:
             return self._more_threads()
         if text == "qsThreadInfo":
             return self._more_threads()
+        if text == "jThreadsInfo":
+            return threads_info(self._views(), self.last_stop, self.layout.registers)
+        if text.startswith("qThreadStopInfo"):
+            thread = self._thread(int(text.removeprefix("qThreadStopInfo"), 16))
+            return thread_stop_info(self._views(), self.last_stop, thread,
+                                    self._hardware(self.last_stop))
+        if text.startswith("qRcmd,"):
+            return self._monitor(bytes.fromhex(text[6:]).decode("utf-8", "replace"))
         if text.startswith("qThreadExtraInfo,"):
             thread = self._thread(ThreadId.parse(text.partition(",")[2]).tid)
             return to_hex_text(f"{thread.name}, {thread.state}")
         if text == "qC":
             return b"QC%x" % self._current().gdb_id
+        if name == "qOffsets":  # a guest that runs slid from its ELF (KASLR)
+            self._views()  # the OS awareness may find the slide as it reads the threads
+            offset = self.backend.target().load_offset & (1 << 64) - 1
+            return b"Text=%x;Data=%x;Bss=%x" % (offset, offset, offset) if offset else b""
         if name == "qAttached":
             return b"1"  # so gdb detaches on quit instead of sending k
         if name == "qSymbol":
             return b"OK"
         return b""
+
+    def _monitor(self, line: str) -> bytes:
+        """``monitor LINE``: the text in O packets (as many as it takes), then OK."""
+        text = monitor_text(line, self.monitor, self.backend.target())
+        for at in range(0, len(text), MONITOR_CHUNK):
+            self._console(text[at : at + MONITOR_CHUNK])
+        return b"OK"
 
     def _more_threads(self) -> bytes:
         if not self._listed:
@@ -246,6 +272,17 @@ class GdbSession:
             for warning in self._view.warnings:
                 self.backend.warn_once(warning)
         return self._view
+
+    def _memory_map(self) -> bytes:
+        """The memory-map document of this stop (an error when the page tables give none:
+        gdb then goes without a map)."""
+        target = self.backend.target()
+        if self._map_of is not target:
+            self._map, self._map_of = memory_map_xml(target), target
+        if self._map is None:
+            raise PacketError("no memory map: paging is off or its tables are unreadable",
+                              EINVAL, quiet=True)
+        return self._map
 
     def _thread(self, gdb_id: int) -> ProxyThread:
         thread = self._views().get(gdb_id)
@@ -337,34 +374,6 @@ class GdbSession:
                 raise PacketError(exc.message, EFAULT) from None
         return b"OK"
 
-    def _breakpoint(self, text: str) -> bytes:
-        kind_text, address_text, _ = text[1:].partition(";")[0].split(",")
-        kind, address = int(kind_text), int(address_text, 16)
-        if kind not in (0, 1):
-            return b""  # watchpoints: the supervisor has none yet
-        key = (kind, address)
-        if text[0] == "z":
-            if key in self.owned:
-                self.backend.delete_breakpoint(self.owned.pop(key))
-            self.adopted.discard(key)
-            return b"OK"
-        if key in self.owned or key in self.adopted:
-            return b"OK"
-        symbol = self.backend.target().elf.symbolize(address)
-        location = symbol or f"{address:#x}"
-        try:
-            bp = self.backend.insert_breakpoint(address, kind == 1, location)
-        except UsageError as exc:  # one there already (`undebug break`): use it, leave it
-            there = [b for b in self.backend.breakpoints() if b.address == address]
-            if not there:
-                raise PacketError(exc.message) from None
-            self.adopted.add(key)
-            self.hardware[there[0].id] = there[0].hardware
-            return b"OK"
-        self.owned[key] = bp.id
-        self.hardware[bp.id] = bp.hardware
-        return b"OK"
-
     # ---- run control --------------------------------------------------------------------
 
     def _vcont(self, actions: str) -> bytes | None:
@@ -423,13 +432,11 @@ class GdbSession:
         if thread is None:
             return b"S%02x" % stop.signal
         self.current, self.g_thread = thread.gdb_id, 0
-        reply = f"T{stop.signal:02x}thread:{thread.gdb_id:x};"
-        if thread.cpu is not None:
-            reply += f"core:{thread.cpu:x};"
-        bp = stop.breakpoint
-        if bp is not None and self.swbreak and bp in self.hardware:
-            reply += "hwbreak:;" if self.hardware[bp] else "swbreak:;"
-        return reply.encode()
+        return stop_reply(stop, thread, self._hardware(stop))
+
+    def _hardware(self, stop: Stop) -> bool | None:
+        """swbreak/hwbreak for this stop, if the client takes them."""
+        return self.points.hardware_of(stop) if self.swbreak else None
 
     def _console(self, text: str) -> None:
         """Text for the debugger's console (an O packet: only while the target runs)."""
@@ -437,7 +444,7 @@ class GdbSession:
 
     def _detach(self) -> None:
         """gdb's detach lets the program run: delete our breakpoints and resume."""
-        self._remove_breakpoints()
+        self.points.remove_all()
         self.backend.release()
         state = self.backend.state()
         if not state.ended and not state.crashed:

@@ -9,17 +9,24 @@ from undebug.errors import UsageError
 
 if TYPE_CHECKING:
     from undebug.elf import ElfFile
-    from undebug.os.provider import ThreadProvider
+    from undebug.os.provider import BootDefaults, ThreadProvider
     from undebug.target import Target
+    from undebug.vm.image import BootImage
 
-__all__ = ["provider_class", "provider_for"]
+__all__ = ["boot_defaults", "provider_class", "provider_for"]
 
 
 def _known() -> list[type[ThreadProvider]]:
+    from undebug.os.nanos import NanosProvider
     from undebug.os.refguest import RefguestProvider
     from undebug.os.unikraft import UnikraftProvider
 
-    return [RefguestProvider, UnikraftProvider]
+    return [RefguestProvider, UnikraftProvider, NanosProvider]
+
+
+def boot_defaults(image: BootImage) -> BootDefaults | None:
+    """How the OS whose disk ``image`` is needs to be booted, if one recognises it."""
+    return next((d for p in _known() if (d := p.boot_defaults(image)) is not None), None)
 
 
 def provider_class(elf: ElfFile) -> type[ThreadProvider] | None:

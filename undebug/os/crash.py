@@ -132,7 +132,8 @@ def find_crash(provider: ThreadProvider, panic_functions: Collection[str],
         trace = unwind(target.elf, target.read, registers,
                        thread.stack if thread is not None else None,
                        max_frames=MAX_CRASH_FRAMES, trap_frames=provider.trap_frame,
-                       resumes_after_call=thread is not None and thread.resumes_after_call)
+                       resumes_after_call=thread is not None and thread.resumes_after_call,
+                       load_offset=target.load_offset, programs=target.programs)
         found = _crashing(trace, panic_functions)
         if found is not None:
             return _describe(*found, thread, cpu, panic_words)

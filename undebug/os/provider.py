@@ -20,9 +20,11 @@ from undebug.trapframe import TrapFrame
 
 if TYPE_CHECKING:
     from undebug.os.crash import Crash
+    from undebug.os.heap import HeapReport
+    from undebug.vm.image import BootImage
 
-__all__ = ["CrashStop", "GuestThread", "StructValue", "ThreadProvider", "ThreadSnapshot",
-           "read_struct", "walk_list"]
+__all__ = ["BootDefaults", "CrashStop", "GuestThread", "MemoryArea", "StructValue",
+           "ThreadProvider", "ThreadSnapshot", "read_struct", "walk_list"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
 
@@ -76,6 +78,19 @@ class ThreadSnapshot:
 
 
 @dataclass(frozen=True)
+class MemoryArea:
+    """Guest-virtual ``[start, end)`` that the OS knows the purpose of (its heap, a guard
+    page, an exception stack): a memory map names the pages it covers. ``name`` is raw
+    guest text when it holds a thread's name: escape it."""
+
+    start: int
+    end: int
+    kind: str  # heap, stack, guard (must stay unmapped), or what the OS calls it
+    name: str
+    thread: int | None = None  # the id of the guest thread whose stack or guard it is
+
+
+@dataclass(frozen=True)
 class CrashStop:
     """Where an OS enters its crash path: ``symbol``, when ``register`` holds ``value``
     at its entry (None: always). ``run`` sets a crash breakpoint there, so the guest is
@@ -85,6 +100,15 @@ class CrashStop:
     label: str  # how the verdict names it: "ukplat_terminate(UKPLAT_CRASH)"
     register: str | None = None
     value: int | None = None
+
+
+@dataclass(frozen=True)
+class BootDefaults:
+    """How QEMU must boot an OS's disk image (``run DISK`` without ``--machine``)."""
+
+    machine: str
+    disk_if: str
+    devices: tuple[str, ...] = ()
 
 
 class StructValue:
@@ -169,6 +193,17 @@ class ThreadProvider(ABC):
         return []
 
     @classmethod
+    def booted(cls, target: Target) -> bool:
+        """Whether the kernel runs where ``target`` says (for one its firmware loads from a
+        disk and that may move itself): only then are its symbols' addresses right."""
+        return True
+
+    @classmethod
+    def boot_defaults(cls, image: BootImage) -> BootDefaults | None:
+        """The machine this OS's disk ``image`` needs, if the image is this OS's."""
+        return None
+
+    @classmethod
     def exit_verdict(cls, code: int) -> tuple[bool, str] | None:
         """What exit code ``code`` (isa-debug-exit) means for this OS: (ok, reason), or
         None for the default (0 is a clean exit, anything else a failure)."""
@@ -195,6 +230,18 @@ class ThreadProvider(ABC):
         (:mod:`undebug.os.crash`); None where this OS cannot tell, or nothing shows a
         crash. Call it for a guest known to have crashed (pvpanic, a triple fault)."""
         return None
+
+    def memory_areas(self) -> list[MemoryArea]:
+        """What this OS knows of its address space beyond the ELF's sections and its
+        threads' stacks (:mod:`undebug.os.memmap` has those): heap, guard pages, per-CPU
+        stacks. Bounded and cycle-safe like a thread walk; problems go into
+        ``self.target.warnings``."""
+        return []
+
+    def heaps(self) -> list[HeapReport]:
+        """Each allocator of this OS as it is now (:mod:`undebug.os.heap`); [] when
+        undebug does not know the OS's allocator."""
+        return []
 
     @abstractmethod
     def check(self) -> None:

@@ -28,14 +28,17 @@ from __future__ import annotations
 
 from undebug.elf import ElfFile
 from undebug.os.crash import Crash, find_crash
+from undebug.os.heap import HeapReport
 from undebug.os.provider import (
     MAX_THREADS,
     CrashStop,
     GuestThread,
+    MemoryArea,
     StructValue,
     ThreadProvider,
     ThreadSnapshot,
     read_c_string,
+    read_struct,
     walk_list,
 )
 from undebug.target import ReadError, Target
@@ -75,6 +78,15 @@ REGS_SAVED = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10"
 PANIC_FUNCTIONS = ("ukplat_terminate",)
 UKPLAT_CRASH = 3  # enum ukplat_gstate (include/uk/plat/bootstrap.h), when DWARF lacks it
 EXIT_NO_CRASH, EXIT_CRASH = 41, 42  # QEMU_ISA_DEBUG_EXIT_{NO_,}CRASH
+# plat/kvm/x86/traps.c: per-CPU IST stacks in .bss, each symbol MAXCOUNT x its size.
+EXCEPTION_STACKS = {"cpu_trap_stack": "trap stack", "cpu_crit_stack": "critical trap stack",
+                    "cpu_intr_stack": "interrupt stack"}
+# include/uk/plat/memory.h UKPLAT_MEMRT_*: what a boot memory region holds. FREE memory is
+# what ukboot hands to the allocator (its heap).
+MEMRT = {0x1: ("heap", "free memory (ukalloc's heap)"), 0x2: ("os", "reserved"),
+         0x4: ("os", "kernel image"), 0x8: ("os", "initrd"), 0x10: ("os", "command line"),
+         0x20: ("os", "device tree"), 0x40: ("os", "boot stack"), 0x80: ("os", "device")}
+MAX_MEMREGIONS = 128
 
 
 def _trap_vector(function: str) -> int | None:
@@ -128,6 +140,68 @@ class UnikraftProvider(ThreadProvider):
 
     def crash(self) -> Crash | None:
         return find_crash(self, PANIC_FUNCTIONS, "crash (UK_CRASH or UK_ASSERT)")
+
+    def heaps(self) -> list[HeapReport]:
+        from undebug.os.ukalloc import unikraft_heaps
+
+        return unikraft_heaps(self)
+
+    def memory_areas(self) -> list[MemoryArea]:
+        """The boot memory regions (``bi_bootinfo->mrds``: the allocator's free memory,
+        the kernel, the command line), the per-CPU exception stacks, and each thread's
+        auxiliary stack (``_mem.auxstack``, of the default size: the configured one is
+        not in the ELF)."""
+        target, areas = self.target, []
+        for symbol, name in EXCEPTION_STACKS.items():
+            found = target.elf.symbol(symbol)
+            if found is not None and found.size:
+                start = found.address + target.load_offset
+                areas.append(MemoryArea(start, start + found.size, "stack",
+                                        f"{name} ({symbol})"))
+        areas += self._boot_regions()
+        for thread in self.threads().threads:
+            try:
+                value = read_struct(target, self.need_struct("uk_thread"), thread.address)
+                aux = value.int("_mem.auxstack") \
+                    if value.layout.has_member("_mem.auxstack") else 0
+            except ReadError:
+                continue  # the thread walk has warned about this entry
+            if aux:
+                areas.append(MemoryArea(aux, aux + DEFAULT_STACK_SIZE, "stack",
+                                        f"auxiliary stack of {thread.name}", thread.id))
+        return areas
+
+    def _boot_regions(self) -> list[MemoryArea]:
+        target = self.target
+        info_at, info = target.address_of("bi_bootinfo"), target.elf.struct("ukplat_bootinfo")
+        desc = target.elf.struct("ukplat_memregion_desc")
+        if info_at is None or info is None or desc is None or not info.has_member("mrds.mrds"):
+            return []
+        try:
+            pointer = target.read_int(info_at)
+            if not pointer:
+                return []
+            value = read_struct(target, info, pointer)
+            count = value.int("mrds.count", signed=False)
+            if count > MAX_MEMREGIONS:
+                target.warnings.append(f"bootinfo claims {count} memory regions: reading "
+                                       f"{MAX_MEMREGIONS}")
+                count = MAX_MEMREGIONS
+            first = pointer + info.member("mrds.mrds").offset
+            raw = target.read(first, count * desc.size)
+        except ReadError as exc:
+            target.warnings.append(f"boot memory regions unreadable: {exc.message}")
+            return []
+        areas = []
+        for i in range(count):
+            at = i * desc.size
+            region = StructValue(desc, first + at, raw[at : at + desc.size])
+            start, length, code = (region.int("vbase") + region.int("pg_off"),
+                                   region.int("len"), region.int("type"))
+            kind, name = MEMRT.get(code, ("os", f"memory region type {code:#x}"))
+            if length > 0 and start + length <= 1 << 64:
+                areas.append(MemoryArea(start, start + length, kind, name))
+        return areas
 
     def _running(self, warnings: list[str]) -> dict[int, int]:
         """Thread struct address -> the vCPU running it."""

@@ -17,19 +17,22 @@ import socket
 from typing import Any
 
 from undebug.errors import SessionError, UsageError
-from undebug.session.breakpoints import Breakpoint, Owner
+from undebug.session.breakpoints import Breakpoint, Owner, Watch
+from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome, from_supervisor_death
 from undebug.session.protocol import MAX_LINE, ErrorCode, ProtocolError, decode, encode
 from undebug.session.replies import (
     CpuRegisters,
     GuestStatus,
     MalformedReply,
+    ProcessRam,
     Reply,
     Stop,
     SupervisorEvent,
     parse_breakpoint,
     parse_event,
     parse_outcome,
+    parse_process_ram,
     parse_ram_layout,
     parse_registers,
     parse_status,
@@ -194,6 +197,27 @@ class SupervisorClient:
     def write_memory(self, address: int, data: bytes) -> None:
         self.call("write_memory", address=address, data=base64.b64encode(data).decode())
 
+    def machine_map(self) -> list[DeviceRange]:
+        """Guest-physical RAM, ROM and device ranges as QEMU names them (SessionError when
+        there is no QMP connection)."""
+        raw = self.call("machine_map").get("ranges")
+        try:
+            return [DeviceRange.from_json(r) for r in raw] if isinstance(raw, list) else []
+        except (KeyError, TypeError, ValueError):
+            raise SessionError(f"guest {self.session.name!r}: a malformed machine_map reply") \
+                from None
+
+    def net_host(self) -> dict[str, Any]:
+        """The NIC as QEMU sees it: ``rx_filters``, ``network`` and ``usernet`` (raw)."""
+        return self.call("net_host")
+
+    def capture_start(self, file: str, netdev: str = "net0") -> None:
+        """QEMU writes the NIC's packets to ``file`` (pcap) until :meth:`capture_stop`."""
+        self.call("capture_start", file=file, netdev=netdev)
+
+    def capture_stop(self) -> None:
+        self.call("capture_stop")
+
     def memory_fd(self) -> tuple[list[tuple[int, int, int]], int]:
         """Guest RAM's layout and a read-only descriptor of it (the caller closes it);
         SessionError when RAM is not shared."""
@@ -205,12 +229,21 @@ class SupervisorClient:
             os.close(fd)
             raise
 
+    def process_ram(self) -> ProcessRam:
+        """Where an adopted QEMU holds guest RAM, to read in place; SessionError (with the
+        reason) when it cannot be."""
+        return parse_process_ram(self._reply("process_ram"))
+
     def insert_breakpoint(self, address: int, hardware: bool, location: str,
-                          owner: Owner = "cli", when: tuple[str, int] | None = None
-                          ) -> Breakpoint:
+                          owner: Owner = "cli", when: tuple[str, int] | None = None,
+                          watch: Watch | None = None, length: int = 1) -> Breakpoint:
         """A ``gdb`` breakpoint belongs to this connection and goes when it closes; a
-        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``)."""
-        condition = {"when_register": when[0], "when_value": when[1]} if when else {}
+        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``).
+        With ``watch``: a watchpoint on ``length`` bytes at ``address``."""
+        condition: dict[str, Any] = {"when_register": when[0], "when_value": when[1]} \
+            if when else {}
+        if watch is not None:
+            condition |= {"watch": watch, "length": length}
         return parse_breakpoint(self._reply("break_insert", address=address, hardware=hardware,
                                             location=location, owner=owner, **condition))
 

@@ -26,7 +26,9 @@ from undebug.errors import UndebugError
 from undebug.gdb.packets import ThreadId
 from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
+from undebug.session.adopted_ram import AdoptedRam, RamUnavailable, locate
 from undebug.session.breakpoints import Breakpoint
+from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 from undebug.session.qemu_process import QemuProcess
@@ -86,11 +88,15 @@ class Guest(RunControl):
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
         self.recorder: TraceRecorder | None = None
         self.record_error: str | None = None  # why session.json could not be written
+        self.adopted_ram: AdoptedRam | None = None  # an adopted QEMU's RAM, read in place
+        self.no_adopted_ram: str | None = None  # why not (attach only)
 
     async def start(self) -> None:
         if self.spec.mode == "launch":
             await self._launch_qemu()
         await self._connect_qmp()
+        if self.spec.mode == "attach":
+            await self._locate_ram()
         await self._connect_trace()
         await self._connect_rsp()
         if self.spec.mode == "launch" and not self.spec.start_paused:
@@ -118,6 +124,28 @@ class Guest(RunControl):
         self.spawn(self._watch_qmp(self.qmp))
         if self.spec.mode == "attach":
             self.machine = await self.qmp.machine()
+
+    async def _locate_ram(self) -> None:
+        """Find an adopted QEMU's RAM for clients to read in place (adopted_ram.py)."""
+        how = "pass QEMU's QMP unix socket (-qmp unix:PATH,server=on,wait=off) to --qmp"
+        try:
+            if self.qmp is None:
+                raise RamUnavailable(f"no QMP: {how}")
+            if self.spec.qmp is not None and not isinstance(
+                    self.spec.qmp_address(self.session), str):
+                raise RamUnavailable(f"QMP at {self.spec.qmp} is TCP, whose peer does not tell "
+                                     f"QEMU's pid: {how}")
+            self.adopted_ram = await locate(self.qmp.hmp, self.qmp.peer_pid)
+        except RamUnavailable as exc:
+            self.no_adopted_ram = f"bulk reads of guest RAM go through the supervisor (slow): {exc}"
+            log.warning("%s", self.no_adopted_ram)
+        except Exception as exc:  # QMP refused an HMP command: the slow path still works
+            self.no_adopted_ram = ("bulk reads of guest RAM go through the supervisor (slow): "
+                                   f"QEMU's monitor did not answer: {exc}")
+            log.warning("%s", self.no_adopted_ram)
+        else:
+            log.info("guest RAM read in place from QEMU pid %d: %s", self.adopted_ram.pid,
+                     self.adopted_ram.layout)
 
     async def _connect_trace(self) -> None:
         """Connect the trace port before the guest's first instruction: QEMU discards
@@ -257,6 +285,17 @@ class Guest(RunControl):
             data: bytes = await self._stub(rsp.read_physical, address, size)
         return data
 
+    async def machine_map(self) -> list[DeviceRange]:
+        """What backs guest-physical memory: RAM, ROM, device MMIO (QEMU's own map)."""
+        if self.qmp is None:
+            raise RequestError(ErrorCode.UNSUPPORTED, "no QMP connection (attach without "
+                               "--qmp): QEMU's physical map is unknown")
+        try:
+            return await self.qmp.machine_map()
+        except Exception as exc:  # QMP's own errors, a QEMU that went away, a timeout
+            raise RequestError(ErrorCode.UNSUPPORTED,
+                               f"QEMU did not describe its physical map: {exc!r}") from None
+
     async def read_registers(self, cpu: int | None) -> list[dict[str, Any]]:
         """Registers of one vCPU (or all), by the names of the stub's target description."""
         async with self.paused() as rsp:
@@ -274,7 +313,20 @@ class Guest(RunControl):
     def memory_fd(self) -> tuple[dict[str, Any], list[int]]:
         if self.qemu is None or self.qemu.ram_fd is None or self.ended.is_set():
             raise RequestError(ErrorCode.UNSUPPORTED, "guest RAM is not shared with undebug")
-        return memory_fd_reply(self.qemu.ram_fd, int(self.machine["memory_mb"]))
+        return memory_fd_reply(self.qemu.ram_fd, int(self.machine["memory_mb"]),
+                               self.spec.machine)
+
+    def process_ram(self) -> dict[str, Any]:
+        """Where an adopted QEMU holds guest RAM, for clients' ``process_vm_readv``."""
+        if self.adopted_ram is None or self.ended.is_set():
+            raise RequestError(ErrorCode.UNSUPPORTED, self.no_adopted_ram
+                               or "guest RAM is shared as a file (memory_fd)")
+        return self.adopted_ram.reply()
+
+    def _ram_read(self) -> str:
+        if self.qemu is not None and self.qemu.ram_fd is not None:
+            return "shared-file"
+        return "qemu-process" if self.adopted_ram is not None else "supervisor"
 
     def status(self) -> dict[str, Any]:
         if self.ended.is_set():
@@ -289,7 +341,7 @@ class Guest(RunControl):
             "user_paused": self.user_paused,
             "mode": self.spec.mode,
             "image": self.spec.image,
-            "elf": self.spec.elf or self.spec.image,
+            "elf": self.spec.elf or (None if self.spec.image_is_disk else self.spec.image),
             **self.machine,
             "append": self.spec.append,
             "forwards": self.spec.forwards,
@@ -301,13 +353,16 @@ class Guest(RunControl):
             "console": str(self.session.console_log),
             "run_token": self.run_token,
             "last_stop": self.last_stop,
+            "paused_cpu": self.paused_cpu,
             "breakpoints": [bp.to_json() for bp in self.breakpoints.all()],
             "frozen": self._freezes > 0,
             "shared_ram": self.qemu is not None and self.qemu.ram_fd is not None,
+            "ram_read": self._ram_read(),
             "trace": self.recorder.status() if self.recorder else None,
             "cost": self._cost(),
             "warnings": (self.recorder.warnings() if self.recorder else [])
-            + ([self.record_error] if self.record_error else []),
+            + ([self.record_error] if self.record_error else [])
+            + ([self.no_adopted_ram] if self.no_adopted_ram else []),
         }
 
     def _cost(self) -> dict[str, Any]:

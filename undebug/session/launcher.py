@@ -23,7 +23,13 @@ from undebug.session.spec import SessionSpec
 from undebug.session.store import SessionClaim, SessionDir, claim_default_name, keep_log
 from undebug.text import escape
 from undebug.vm.accel import choose_accel
-from undebug.vm.image import check_debug_elf, debug_elf_beside, inspect_image
+from undebug.vm.image import (
+    BootImage,
+    check_debug_elf,
+    debug_elf_beside,
+    inspect_disk,
+    inspect_image,
+)
 from undebug.vm.qemu import Forward, check_machine, find_qemu
 
 __all__ = ["LaunchRequest", "Launched", "launch_guest", "start_supervisor"]
@@ -127,6 +133,12 @@ class LaunchRequest:
     trace_max_size: int = 256 << 20  # run --trace-max-size (0: no limit)
     debug_elfs: tuple[Path, ...] = ()  # run --debug-elf (default: IMAGE.dbg, else IMAGE)
     traceparent: str | None = None  # run --traceparent: kept in the recordings' .origin
+    machine: str = "pc"
+    kernel: Path | None = None  # run --kernel: -kernel with a disk IMAGE
+    disks: tuple[Path, ...] = ()  # run --disk
+    disk_if: str = "virtio-blk"
+    devices: tuple[str, ...] = ()  # more -device arguments (the OS's defaults)
+    programs: tuple[str, ...] = ()  # program ELFs beside the kernel's, "PATH[@ADDR]"
 
 
 def _check_trace_file(path: Path) -> None:
@@ -142,12 +154,38 @@ def _check_trace_file(path: Path) -> None:
         raise UsageError(f"{where} is not writable")
 
 
+def _program(spec: str) -> str:
+    """A ``--debug-elf FILE[@ADDR]`` of a program: FILE checked, ADDR a number."""
+    path, at, address = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if at and not Path(spec).exists():
+        try:
+            if int(address, 0) < 0:
+                raise ValueError(address)
+        except ValueError:
+            raise UsageError(f"--debug-elf {spec}: {address!r} is not a load address",
+                             hint="write it as FILE@0x400000") from None
+    else:
+        path, address = spec, ""
+    resolved = str(check_debug_elf(Path(path), "--debug-elf"))
+    return f"{resolved}@{address}" if address else resolved
+
+
+def _disks(request: LaunchRequest, image: BootImage) -> None:
+    """``--disk`` files are disk images; ``--kernel`` boots beside a disk IMAGE only."""
+    for disk in request.disks:
+        inspect_disk(disk, "--disk")
+    if request.kernel is not None:
+        if not image.is_disk:
+            raise UsageError("--kernel goes with a disk IMAGE: this IMAGE is a kernel already")
+        inspect_image(request.kernel)
+
+
 def _debug_elf(request: LaunchRequest) -> Path | None:
     """The ELF with the guest's symbols, when it is not the image: ``--debug-elf``, else
     ``IMAGE.dbg`` beside the image. The session remembers it for every later command."""
     if len(request.debug_elfs) > 1:
-        raise UsageError("one --debug-elf per guest for now",
-                         hint="a kernel with separate program ELFs is not supported yet")
+        raise UsageError("more than one kernel ELF among the --debug-elf files",
+                         hint="pass one kernel; the others must be programs")
     for given in request.debug_elfs:
         if "@" in given.name and not given.exists():
             raise UsageError(f"--debug-elf {given}: load addresses (FILE@ADDR) are not "
@@ -182,9 +220,10 @@ def launch_guest(request: LaunchRequest) -> Launched:
         warnings.append(f"--append is {len(request.append.encode())} bytes but this "
                         f"{image.description} takes at most {image.cmdline_max}: the rest "
                         "is dropped")
-    for forward in request.forwards:
-        Forward.parse(forward)
-    check_machine(request.memory_mb, request.smp)
+    forwards = [str(Forward.parse(forward).bound()) for forward in request.forwards]
+    check_machine(request.memory_mb, request.smp, request.machine, request.disk_if)
+    _disks(request, image)
+    programs = [_program(p) for p in request.programs]
     find_qemu()
     accel = choose_accel(request.accel)
     if request.trace_file is not None:
@@ -197,10 +236,14 @@ def launch_guest(request: LaunchRequest) -> Launched:
         mode="launch", image=str(image.path.resolve()),
         elf=str(debug_elf) if debug_elf is not None else None, accel=accel.name,
         accel_reason=accel.reason, memory_mb=request.memory_mb, smp=request.smp,
-        append=request.append, forwards=list(request.forwards), start_paused=request.paused,
+        append=request.append, forwards=forwards, start_paused=request.paused,
         trace=request.trace,
         trace_file=str(request.trace_file.resolve()) if request.trace_file else None,
-        trace_max_size=request.trace_max_size)
+        trace_max_size=request.trace_max_size, machine=request.machine,
+        image_is_disk=image.is_disk,
+        kernel=str(request.kernel.resolve()) if request.kernel else None,
+        disks=[str(d.resolve()) for d in request.disks], disk_if=request.disk_if,
+        devices=list(request.devices), programs=programs)
     try:
         launched = Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:
@@ -214,7 +257,7 @@ def launch_guest(request: LaunchRequest) -> Launched:
                             "trace export will give the guest's spans no parent")
     if request.trace:
         for recording in (claim.session.trace_file, request.trace_file):
-            if recording is not None:
+            if recording is not None and (debug_elf is not None or not image.is_disk):
                 _write_origin(recording, debug_elf or image.path, image.path,
                               claim.session.name, request.traceparent, warnings)
     return launched

@@ -85,6 +85,12 @@ def from_supervisor_death(pid: object) -> Outcome:
     return Outcome("killed", f"supervisor died (pid {pid})", False)
 
 
+def from_silence(seconds: float, last_line: str, run_state: str | None) -> Outcome:
+    """``run --ci --hang-after``: the trace stream went quiet (the guest hangs)."""
+    return Outcome("hang", f"no trace record for {seconds:g} s (guest paused); last console "
+                   f"line: {last_line}", False, None, run_state)
+
+
 def from_timeout(seconds: float, last_line: str, run_state: str | None) -> Outcome:
     """``run --ci --timeout`` passed: a hang, or a guest that never boots."""
     return Outcome("timeout", f"no shutdown within {seconds:g} s (guest paused); last console "

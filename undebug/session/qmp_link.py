@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 from undebug.errors import UndebugError
+from undebug.session.adopted_ram import peer_pid
+from undebug.session.machine_map import DeviceRange, machine_map
 from undebug.session.ram import pmemsave
 
 __all__ = ["EVENTS", "QmpLink"]
@@ -24,21 +27,43 @@ CONNECT_TIMEOUT = 10.0
 
 
 class QmpLink:
-    """One QMP connection (a ``qemu.qmp.QMPClient``)."""
+    """One QMP connection (a ``qemu.qmp.QMPClient``); ``peer_pid`` is QEMU's pid when the
+    socket is a unix one (its peer credentials), else None."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, peer_pid: int | None = None) -> None:
         self.client = client
+        self.peer_pid = peer_pid
 
     @classmethod
-    async def connect(cls, name: str, address: str) -> QmpLink:
+    async def connect(cls, name: str, address: str | tuple[str, int]) -> QmpLink:
         from qemu.qmp import QMPClient
 
         client = QMPClient(name)
+        pid = None
         try:
-            await asyncio.wait_for(client.connect(address), CONNECT_TIMEOUT)
+            if isinstance(address, str):  # our own socket, to ask who is at the other end
+                sock = socket.socket(socket.AF_UNIX)
+                sock.setblocking(False)
+                try:
+                    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(
+                        sock, address), CONNECT_TIMEOUT)
+                    pid = peer_pid(sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                await asyncio.wait_for(client.connect(sock), CONNECT_TIMEOUT)
+            else:
+                await asyncio.wait_for(client.connect(address), CONNECT_TIMEOUT)
         except Exception as exc:
-            raise UndebugError(f"cannot connect to QMP at {address}: {exc}") from None
-        return cls(client)
+            shown = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+            raise UndebugError(f"cannot connect to QMP at {shown}: {exc}") from None
+        return cls(client, pid)
+
+    async def hmp(self, command: str) -> str:
+        """An HMP command's text answer (``human-monitor-command``): text for humans, to
+        be parsed defensively."""
+        reply = await self.client.execute("human-monitor-command", {"command-line": command})
+        return reply if isinstance(reply, str) else ""
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(name, data) of each run-state event (:data:`EVENTS`), as QEMU sends them."""
@@ -72,6 +97,9 @@ class QmpLink:
 
     async def pmemsave(self, address: int, size: int) -> bytes:
         return await pmemsave(self.client, address, size)
+
+    async def machine_map(self, timeout: float = 10.0) -> list[DeviceRange]:
+        return await asyncio.wait_for(machine_map(self.client), timeout)
 
     async def disconnect(self, timeout: float) -> None:
         await asyncio.wait_for(self.client.disconnect(), timeout)

@@ -38,10 +38,11 @@ def read_only(fd: int) -> int:
     return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
-def memory_fd_reply(fd: int, memory_mb: int) -> tuple[dict[str, Any], list[int]]:
+def memory_fd_reply(fd: int, memory_mb: int, machine: str = "pc") \
+        -> tuple[dict[str, Any], list[int]]:
     """The ``memory_fd`` reply: the size and the guest-physical layout of the RAM, with
     its descriptor attached."""
-    layout = ram_layout(memory_mb)
+    layout = ram_layout(memory_mb, machine)
     return {"size": os.fstat(fd).st_size,
             "layout": [[r.physical, r.offset, r.size] for r in layout]}, [fd]
 

@@ -18,13 +18,14 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
 from undebug.errors import SessionError
-from undebug.session.breakpoints import OWNERS, Breakpoint, Owner
+from undebug.session.breakpoints import OWNERS, WATCHES, Breakpoint, Owner, Watch
 from undebug.session.outcome import Outcome
 from undebug.session.store import SessionDir
 
-__all__ = ["CpuRegisters", "GuestStatus", "MalformedReply", "Reply", "Stop", "SupervisorEvent",
-           "parse_breakpoint", "parse_event", "parse_outcome", "parse_ram_layout", "parse_registers",
-           "parse_status", "parse_stop", "recorded_status"]
+__all__ = ["CpuRegisters", "GuestStatus", "MalformedReply", "ProcessRam", "Reply", "Stop",
+           "SupervisorEvent", "parse_breakpoint", "parse_event", "parse_outcome",
+           "parse_process_ram", "parse_ram_layout", "parse_registers", "parse_status",
+           "parse_stop", "recorded_status"]
 
 _T = TypeVar("_T")
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
@@ -156,14 +157,17 @@ def parse_outcome(reply: Reply) -> Outcome:
 
 def parse_breakpoint(reply: Reply) -> Breakpoint:
     owner: Owner = reply.choice("owner", OWNERS)
+    watch: Watch | None = reply.choice("watch", WATCHES) \
+        if reply.data.get("watch") is not None else None
     return Breakpoint(reply.integer("id"), reply.integer("address"), reply.boolean("hardware"),
                       reply.string("location"), owner, reply.opt_string("when_register"),
-                      reply.opt_integer("when_value"))
+                      reply.opt_integer("when_value"), watch,
+                      reply.integer("length") if "length" in reply.data else 1)
 
 
 # ---- stops ------------------------------------------------------------------------------
 
-_STOP_FIELDS = ("cpu", "pc", "signal", "reason", "breakpoint")
+_STOP_FIELDS = ("cpu", "pc", "signal", "reason", "breakpoint", "watch", "data_address")
 
 
 @dataclass(frozen=True)
@@ -173,21 +177,28 @@ class Stop:
     cpu: int | None  # the vCPU that stopped (None: the stub named none we know)
     pc: int | None
     signal: int | None
-    reason: str  # "breakpoint", "step", "signal N"
-    breakpoint: int | None  # the breakpoint's id, when one was hit
+    reason: str  # "breakpoint", "watchpoint", "step", "signal N"
+    breakpoint: int | None  # the breakpoint's (or watchpoint's) id, when one was hit
+    watch: Watch | None = None  # a watchpoint hit: the access ("write", "read", "access")
+    data_address: int | None = None  # ... and the watched address QEMU named
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
     def to_json(self) -> dict[str, Any]:
-        return _write_back({"cpu": self.cpu, "pc": self.pc, "signal": self.signal,
-                            "reason": self.reason, "breakpoint": self.breakpoint},
-                           self.extra, self.keys)
+        known: dict[str, Any] = {"cpu": self.cpu, "pc": self.pc, "signal": self.signal,
+                                 "reason": self.reason, "breakpoint": self.breakpoint}
+        if self.watch is not None:
+            known |= {"watch": self.watch, "data_address": self.data_address}
+        return _write_back(known, self.extra, self.keys)
 
 
 def parse_stop(reply: Reply) -> Stop:
+    watch: Watch | None = reply.choice("watch", WATCHES) \
+        if reply.data.get("watch") is not None else None
     return Stop(reply.opt_integer("cpu"), reply.opt_integer("pc"), reply.opt_integer("signal"),
-                reply.string("reason"), reply.opt_integer("breakpoint"), reply.extra(_STOP_FIELDS),
-                reply.keys())
+                reply.string("reason"), reply.opt_integer("breakpoint"), watch,
+                reply.opt_integer("data_address") if "data_address" in reply.data else None,
+                reply.extra(_STOP_FIELDS), reply.keys())
 
 
 # ---- the guest's status -----------------------------------------------------------------
@@ -198,7 +209,7 @@ _STATUS_FIELDS = (
     "name", "state", "user_paused", "mode", "image", "elf", "accel", "accel_reason", "smp",
     "memory_mb", "append", "forwards", "supervisor_pid", "qemu_pid", "started", "uptime_s",
     "outcome", "console", "run_token", "last_stop", "breakpoints", "frozen", "shared_ram",
-    "warnings", "qemu_state", "cost")
+    "warnings", "qemu_state", "cost", "ram_read", "paused_cpu")
 
 
 @dataclass(frozen=True)
@@ -252,6 +263,10 @@ class GuestStatus:
     warnings: tuple[str, ...] = ()  # what looks wrong (a trace recording the disk refused)
     qemu_state: str | None = None  # QMP's run state; only the live ``status`` asks QEMU
     cost: GuestCost | None = None  # None: a record from before undebug measured it
+    # how clients read guest RAM in bulk: shared-file, qemu-process or supervisor (None:
+    # a record from before undebug said)
+    ram_read: str | None = None
+    paused_cpu: int | None = None  # the vCPU QEMU named when a pause (undebug stop) stopped it
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)  # as parsed
 
@@ -283,7 +298,8 @@ class GuestStatus:
             "breakpoints": [bp.to_json() for bp in self.breakpoints],
             "frozen": self.frozen, "shared_ram": self.shared_ram,
             "warnings": list(self.warnings), "qemu_state": self.qemu_state,
-            "cost": self.cost.to_json() if self.cost else None}
+            "cost": self.cost.to_json() if self.cost else None, "ram_read": self.ram_read,
+            "paused_cpu": self.paused_cpu}
         return _write_back(data, self.extra, self.keys)
 
 
@@ -306,6 +322,8 @@ def parse_status(reply: Reply) -> GuestStatus:
         qemu_state=reply.opt_string("qemu_state") if "qemu_state" in reply.data else None,
         cost=parse_cost(cost) if (cost := reply.opt_object("cost") if "cost" in reply.data
                                   else None) else None,
+        ram_read=reply.opt_string("ram_read") if "ram_read" in reply.data else None,
+        paused_cpu=reply.opt_integer("paused_cpu") if "paused_cpu" in reply.data else None,
         extra=reply.extra(_STATUS_FIELDS), keys=reply.keys())
 
 
@@ -367,6 +385,20 @@ def parse_ram_layout(reply: Reply) -> list[tuple[int, int, int]]:
             raise reply.error(f"field 'layout[{index}]' must be 3 non-negative integers")
         regions.append((region[0], region[1], region[2]))
     return regions
+
+
+@dataclass(frozen=True)
+class ProcessRam:
+    """``process_ram``: QEMU ``pid`` (started at ``start_time``, /proc's clock ticks) holds
+    guest-physical RAM at host-virtual addresses: ``layout`` [physical, host address, size]."""
+
+    pid: int
+    start_time: int
+    layout: list[tuple[int, int, int]]
+
+
+def parse_process_ram(reply: Reply) -> ProcessRam:
+    return ProcessRam(reply.integer("pid"), reply.integer("start_time"), parse_ram_layout(reply))
 
 
 def recorded_status(session: SessionDir) -> GuestStatus:

@@ -3,8 +3,9 @@
 "Running" is what the gdbstub sees: after our ``c``, until a stop reply. Reads hold the
 guest still and put it back as the user left it; a freeze holds it across many requests;
 breakpoints are kept here so they outlive every client. Stop replies that nobody waited
-for under ``_lock`` are the guest stopping by itself (a breakpoint): it then stays
-stopped until the user resumes it.
+for under ``_lock`` are the guest stopping by itself (a breakpoint, a watchpoint): it then
+stays stopped until the user resumes it. The user's pause remembers the vCPU the stub's
+interrupt reply names (``paused_cpu``), so a debugger is told that vCPU's thread stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from undebug.arch.x86_64 import is_canonical
 from undebug.gdb.packets import BreakpointType, StopReply, ThreadId
 from undebug.gdb.rsp import RspClient, RspException
-from undebug.session.breakpoints import Breakpoint, BreakpointTable, Owner
+from undebug.session.breakpoints import MAX_WATCH, Breakpoint, BreakpointTable, Owner, Watch
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
 
@@ -36,8 +37,26 @@ class RequestError(Exception):
         self.code = code
 
 
+_WATCH_TYPES = {"write": BreakpointType.WRITE_WATCH, "read": BreakpointType.READ_WATCH,
+                "access": BreakpointType.ACCESS_WATCH}
+_STOP_KEYS: dict[str, Watch] = {"watch": "write", "rwatch": "read", "awatch": "access"}
+
+
 def _kind(bp: Breakpoint) -> BreakpointType:
+    if bp.watch is not None:
+        return _WATCH_TYPES[bp.watch]
     return BreakpointType.HARDWARE if bp.hardware else BreakpointType.SOFTWARE
+
+
+def _watch_hit(reply: StopReply) -> tuple[Watch, int] | None:
+    """The kind and address of a watchpoint hit (``watch:ADDR`` and its r/a forms)."""
+    for key, watch in _STOP_KEYS.items():
+        if key in reply.info:
+            try:
+                return watch, int(reply.info[key], 16)
+            except ValueError:
+                return None
+    return None
 
 
 class RunControl(ABC):
@@ -51,6 +70,7 @@ class RunControl(ABC):
         self.run_token = 0  # changes whenever the guest has run: clients' caches key on it
         self.breakpoints = BreakpointTable()
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
+        self.paused_cpu: int | None = None  # the vCPU QEMU named when the user's pause stopped it
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
         self._freezes = 0
         self._resume_after_freeze = False
@@ -87,16 +107,21 @@ class RunControl(ABC):
                                f"the guest cannot run on: {self.outcome.reason}")
         if self.last_stop is not None and self.last_stop.get("cpu") is not None:
             await self._step_over_breakpoint(rsp, self.last_stop["cpu"])
-        self.last_stop = None
+        self.last_stop = self.paused_cpu = None
         await self._stub(rsp.cont)
         self.run_token += 1
 
-    async def _pause(self) -> None:
+    async def _pause(self) -> int | None:
+        """Stop the running guest; the vCPU the stub's interrupt reply names (None: it was
+        stopped already, or it had stopped by itself just before: a breakpoint)."""
         rsp = self._check_alive()
         if self.running:
             reply = await self._stub(rsp.interrupt, PAUSE_TIMEOUT)
-            if reply.signal != SIGINT:  # it had stopped by itself (a breakpoint) just before
+            if reply.signal != SIGINT:
                 await self._guest_stopped(reply)
+            elif reply.thread in self._vcpus:
+                return self._vcpus.index(reply.thread)
+        return None
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[RspClient]:
@@ -115,10 +140,13 @@ class RunControl(ABC):
     async def pause(self) -> None:
         """The user's pause: the guest stays paused until :meth:`resume`."""
         async with self._lock:
-            await self._pause()
+            cpu = await self._pause()
+            if cpu is not None:
+                self.paused_cpu = cpu
             self.user_paused = True
             self._resume_after_freeze = False
         self.write_record()
+        self.broadcast({"type": "user_paused", "cpu": self.paused_cpu})
 
     async def resume(self) -> None:
         async with self._lock:
@@ -166,10 +194,16 @@ class RunControl(ABC):
         if cpu is not None:
             registers = await self._stub(rsp.registers, reply.thread)
         pc = registers.get("rip")
-        bp = self.breakpoints.at(pc) if reply.signal == SIGTRAP else None
-        self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal,
-                          "reason": "breakpoint" if bp else f"signal {reply.signal}",
+        hit = _watch_hit(reply)
+        bp = None
+        if reply.signal == SIGTRAP:
+            bp = self.breakpoints.at(pc) if hit is None else \
+                self.breakpoints.watching(hit[1], hit[0])
+        reason = ("watchpoint" if hit else "breakpoint") if bp else f"signal {reply.signal}"
+        self.last_stop = {"cpu": cpu, "pc": pc, "signal": reply.signal, "reason": reason,
                           "breakpoint": bp.id if bp else None}
+        if hit is not None:
+            self.last_stop |= {"watch": hit[0], "data_address": hit[1]}
         if bp is not None and bp.owner == "crash":
             if bp.when_register is not None and registers.get(bp.when_register) != bp.when_value:
                 await self._resume()  # the same path without a crash (a clean halt)
@@ -233,19 +267,29 @@ class RunControl(ABC):
             self.run_token += 1  # what clients cached is stale now
 
     async def insert_breakpoint(self, address: int, hardware: bool, location: str,
-                                owner: Owner = "cli", when: tuple[str, int] | None = None
-                                ) -> Breakpoint:
+                                owner: Owner = "cli", when: tuple[str, int] | None = None,
+                                watch: Watch | None = None, length: int = 1) -> Breakpoint:
+        """A breakpoint, or with ``watch`` a watchpoint on ``length`` bytes."""
+        what = "code" if watch is None else "data"
         if not is_canonical(address, five_level=True):  # no paging mode maps it
             raise RequestError(ErrorCode.BAD_REQUEST,
-                               f"{address:#x} is not a canonical x86-64 address: no code can "
-                               "be there")
+                               f"{address:#x} is not a canonical x86-64 address: no {what} "
+                               "can be there")
+        if watch is not None and not 1 <= length <= MAX_WATCH:
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"a watchpoint covers 1 to {MAX_WATCH} bytes, not {length}")
         async with self.paused() as rsp:
-            if self.breakpoints.at(address) is not None:
+            there = self.breakpoints.at(address) if watch is None else \
+                self.breakpoints.watching(address, watch)
+            if there is not None and there.address == address:
+                kind = "a breakpoint" if watch is None else \
+                    f"{'an' if watch == 'access' else 'a'} {watch} watchpoint"
                 raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"a breakpoint at {address:#x} exists already")
-            bp = self.breakpoints.add(address, hardware, location, owner, when)
+                                   f"{kind} at {address:#x} exists already")
+            bp = self.breakpoints.add(address, hardware, location, owner, when, watch,
+                                      length if watch is not None else 1)
             try:
-                await self._stub(rsp.add_breakpoint, address, _kind(bp))
+                await self._stub(rsp.add_breakpoint, address, _kind(bp), bp.length)
             except RequestError:
                 self.breakpoints.remove(bp.id)
                 raise
@@ -257,7 +301,7 @@ class RunControl(ABC):
             bp = self.breakpoints.remove(bp_id)
             if bp is None:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"no breakpoint {bp_id}")
-            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
+            await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp), bp.length)
         self.write_record()
         return bp
 

@@ -15,7 +15,7 @@ from undebug.session.store import SessionDir
 from undebug.vm.accel import Accel
 from undebug.vm.qemu import Forward, QemuConfig
 
-__all__ = ["SessionSpec"]
+__all__ = ["SessionSpec", "socket_address"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,14 @@ class SessionSpec:
     trace_file: str | None = None  # also write the stream here (run --trace-file)
     trace_max_size: int = 256 << 20  # bytes kept per recording, in chunks (0: no limit)
     gdb: str | None = None  # attach: HOST:PORT or a unix socket path
-    qmp: str | None = None  # attach: QMP unix socket path, optional
+    qmp: str | None = None  # attach: QMP unix socket path (or HOST:PORT), optional
+    machine: str = "pc"
+    image_is_disk: bool = False  # image is the boot disk (run DISK)
+    kernel: str | None = None  # -kernel with a disk image (run --kernel)
+    disks: list[str] = field(default_factory=list)  # run --disk, after the image's
+    disk_if: str = "virtio-blk"
+    devices: list[str] = field(default_factory=list)  # more -device arguments
+    programs: list[str] = field(default_factory=list)  # program ELFs, "PATH" or "PATH@ADDR"
 
     def save(self, session_path: Path) -> None:
         fd = os.open(session_path / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -52,16 +59,24 @@ class SessionSpec:
             image=Path(self.image), accel=Accel(self.accel, self.accel_reason),
             files=session.qemu_files, memory_mb=self.memory_mb, smp=self.smp,
             append=self.append, forwards=tuple(Forward.parse(f) for f in self.forwards),
-            trace=self.trace)
+            trace=self.trace, machine=self.machine, image_is_disk=self.image_is_disk,
+            kernel=Path(self.kernel) if self.kernel else None,
+            disks=tuple(Path(d) for d in self.disks), disk_if=self.disk_if,
+            devices=tuple(self.devices))
 
     def gdb_address(self, session: SessionDir) -> str | tuple[str, int]:
         if self.mode == "launch":
             return str(session.qemu_files.gdb_socket)
         assert self.gdb is not None
-        host, sep, port = self.gdb.rpartition(":")
-        return (host, int(port)) if sep and port.isdigit() else self.gdb
+        return socket_address(self.gdb)
 
-    def qmp_address(self, session: SessionDir) -> str | None:
+    def qmp_address(self, session: SessionDir) -> str | tuple[str, int] | None:
         if self.mode == "launch":
             return str(session.qemu_files.qmp_socket)
-        return self.qmp
+        return None if self.qmp is None else socket_address(self.qmp)
+
+
+def socket_address(text: str) -> str | tuple[str, int]:
+    """``HOST:PORT`` as a TCP address, anything else as a unix socket path."""
+    host, sep, port = text.rpartition(":")
+    return (host, int(port)) if sep and port.isdigit() else text

@@ -106,6 +106,15 @@ class SessionDir:
 
     @classmethod
     def named(cls, name: str) -> SessionDir:
+        """The session of an existing guest's ``name`` (a path there is a dump bundle
+        given to a command that needs a live guest)."""
+        if "/" in name:  # a path: likely a dump bundle, which inspection commands take
+            raise UsageError(
+                f"{name!r} is a path, not a running guest: a dump bundle can be inspected "
+                "(threads, bt, regs, mem, sym, trace show --flight-recorder) but never "
+                "run, stopped, stepped or given breakpoints",
+                hint="name a live guest (see undebug ps)",
+            )
         return cls(runtime_dir() / validate_name(name))
 
     @property

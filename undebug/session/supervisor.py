@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from undebug.errors import UndebugError
-from undebug.session.breakpoints import OWNERS
+from undebug.session import nethost
+from undebug.session.breakpoints import MAX_WATCH, OWNERS, WATCHES
 from undebug.session.guest import Guest
 from undebug.session.protocol import (
     MAX_LINE,
@@ -90,9 +91,13 @@ class ControlServer:
             when = None
             if args.get("when_register") is not None:
                 when = (str(args["when_register"]), _int_arg(args, "when_value", 0, 2**64 - 1))
+            watch = args.get("watch")
+            if watch is not None and watch not in WATCHES:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"watch must be one of {WATCHES}")
+            length = _int_arg(args, "length", 1, MAX_WATCH) if watch is not None else 1
             bp = await guest.insert_breakpoint(address, bool(args.get("hardware")),
                                                str(args.get("location") or hex(address)), owner,
-                                               when)
+                                               when, watch, length)
             return bp.to_json()
         if op == "break_delete":
             return (await guest.delete_breakpoint(_int_arg(args, "id", 1, 2**31))).to_json()
@@ -120,6 +125,17 @@ class ControlServer:
             return {"cpu": cpu}
         if op == "target_xml":
             return {"files": await guest.target_xml()}
+        if op == "machine_map":
+            return {"ranges": [r.to_json() for r in await guest.machine_map()]}
+        if op == "net_host":
+            return await nethost.host_view(guest.qmp)
+        if op == "capture_start":
+            return await nethost.capture_start(guest.qmp, str(args.get("file", "")),
+                                               str(args.get("netdev", "net0")))
+        if op == "capture_stop":
+            return await nethost.capture_stop(guest.qmp)
+        if op == "process_ram":
+            return guest.process_ram()
         if op == "kill":
             await guest.shutdown()
             return {"outcome": guest.outcome.to_json() if guest.outcome else None}

@@ -1,0 +1,134 @@
+"""A real Nanos disk image through ``undebug run``: booted on the machine Nanos needs
+(q35, virtio-scsi, virtio-rng) from the disk alone, its kernel's KASLR slide found at
+run time, the program's threads by tid and name with backtraces in the program's ELF,
+the kernel's frames at their slid addresses, its crash stopped and told in words, its
+exit code read as Nanos means it.
+
+The images are built outside the repository (never committed; /work/nanos/BUILD.md says
+how): UNDEBUG_NANOS_DISK is a static program whose threads name themselves worker-0..2
+(pthread_setname_np) and loop in worker_main -> do_work -> nanosleep;
+UNDEBUG_NANOS_CRASH_DISK the same ELF, started with the argument "crash": its worker-1
+writes through NULL in do_work about 3 s in. UNDEBUG_NANOS_PROGRAM is that ELF,
+UNDEBUG_NANOS_KERNEL_ELF the kernel.elf the images' kernel.img was stripped from,
+UNDEBUG_NANOS_THREAD_TEST_DISK Nanos' own ``make image TARGET=thread_test``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import undebug, wait_for_console
+
+KERNEL_BASE = 0xFFFF_FFFF_8000_0000  # Nanos' kernel runs in the top 2 GiB (KERNEL_BASE)
+
+
+def _path(variable: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set (a Nanos image built outside the repository)")
+    return Path(value)
+
+
+def _nm(elf: Path) -> dict[str, int]:
+    """Symbol -> link address, by binutils' nm (not undebug's ELF reader)."""
+    out = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    return {parts[2]: int(parts[0], 16) for line in out.splitlines()
+            if len(parts := line.split()) == 3}
+
+
+@pytest.fixture(scope="module")
+def workers() -> object:
+    disk, kernel = _path("UNDEBUG_NANOS_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    program = _path("UNDEBUG_NANOS_PROGRAM")
+    result = undebug("run", "-d", "--name", "nanosw", "--debug-elf", str(kernel),
+                     "--debug-elf", str(program), str(disk), timeout=300)
+    assert result.code == 0, result.stderr
+    try:
+        wait_for_console("nanosw", "workers started", timeout=120)
+        yield kernel
+    finally:
+        undebug("kill", "nanosw")
+
+
+def test_threads_are_listed_by_tid_and_name(workers: Path) -> None:
+    threads = undebug("threads", "nanosw", "--json")
+    assert threads.code == 0, threads.stderr
+    listed = threads.json()["threads"]
+    workers_seen = {t["name"]: t for t in listed if t["name"].startswith("worker-")}
+    assert sorted(workers_seen) == ["worker-0", "worker-1", "worker-2"], listed
+    tids = [t["id"] for t in workers_seen.values()]
+    assert len(set(tids)) == 3 and all(0 < tid < 0x3FFF_0000 for tid in tids), tids
+
+
+def test_backtraces_reach_the_program_and_the_kernel_at_its_slide(workers: Path) -> None:
+    bt = undebug("bt", "nanosw", "--all", "--json")
+    assert bt.code == 0, bt.stderr
+    traces = bt.json()["backtraces"]
+    for trace in traces:
+        if trace["thread"]["name"].startswith("worker-"):
+            functions = [f["function"] for f in trace["frames"]]
+            assert functions.index("do_work") < functions.index("worker_main"), functions
+            assert "start_thread" in functions, functions
+    kernel_frames = [f for t in traces if t["thread"]["name"].startswith("kernel")
+                     for f in t["frames"]]
+    assert kernel_frames, [t["thread"]["name"] for t in traces]
+    symbols = _nm(workers)
+    slides = set()
+    for frame in kernel_frames:
+        assert frame["pc"] >= KERNEL_BASE and frame["function"], frame
+        slides.add(frame["pc"] - frame["offset"] - symbols[frame["function"]])
+    assert len(slides) == 1, slides  # one slide, the same for every kernel frame
+    slide = slides.pop()
+    assert slide != 0 and slide % 4096 == 0
+    # The kernel's own record of its offset, read at the slid address of the symbol
+    # (KERNEL_BASE + kas_kern_offset - START; kernel_phys_offset is 0 on x86 Nanos)
+    mem = undebug("mem", "nanosw", "kas_kern_offset", "8", "--json")
+    assert mem.code == 0, mem.stderr
+    assert mem.json()["address"] == symbols["kas_kern_offset"] + slide
+    assert int.from_bytes(bytes.fromhex(mem.json()["hex"]), "little") == slide
+
+
+def test_stock_gdb_sees_the_threads_by_name(workers: Path, tmp_path: Path) -> None:
+    import sys
+
+    program = _path("UNDEBUG_NANOS_PROGRAM")
+    sock = tmp_path / "gdb.sock"
+    server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", "nanosw",
+                               "--listen", str(sock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith(f"listening on {sock}")
+        out = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {sock}",
+                              "-ex", "info threads", "-ex", "thread apply all bt",
+                              "-ex", "detach", str(program)],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        server.terminate()  # the server this test started, by its Popen
+        server.wait(timeout=30)
+    for name in ("worker-0", "worker-1", "worker-2"):  # blocked in nanosleep, or running
+        assert f'"{name}" (' in out, out
+    assert out.count("in worker_main (") == 3, out
+    assert "(running on vCPU 0)" in out, out  # a worker, or the kernel's context
+
+
+def test_a_crashing_program_fails_ci_naming_the_signal_thread_and_function() -> None:
+    disk, kernel = _path("UNDEBUG_NANOS_CRASH_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    program = _path("UNDEBUG_NANOS_PROGRAM")
+    result = undebug("run", "--ci", "--timeout", "240", "--debug-elf", str(kernel),
+                     "--debug-elf", str(program), str(disk), timeout=300)
+    assert result.code == 1, (result.stdout, result.stderr)
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("undebug: FAIL: SIGSEGV at address 0x0 in do_work"), last
+    assert "'worker-1'" in last and "default_signal_action" in last, last
+
+
+def test_thread_test_passes_ci() -> None:
+    disk, kernel = _path("UNDEBUG_NANOS_THREAD_TEST_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    result = undebug("run", "--ci", "--timeout", "240", "--debug-elf", str(kernel),
+                     str(disk), timeout=300)
+    assert result.code == 0, (result.stdout, result.stderr)
+    assert result.stdout.splitlines()[-1] == \
+        "undebug: PASS: Nanos exited cleanly (isa-debug-exit code 0)"

@@ -1,0 +1,133 @@
+"""A live guest's trace events for the TUI: its session's recording followed as it grows
+(tracers/channel.py), decoded (tracers/decode.py) and printed as ``undebug trace show``
+prints them (tracers/report.py), with events counted per tracepoint and losses summed:
+what the guest said it dropped (LOST records) and what rotation took from the recording.
+
+It starts near the end of the recording (:meth:`TraceFollower.start`), and each
+:meth:`TraceFollower.poll` reads at most ``budget`` bytes, so a burst is caught up over
+several polls and the app never waits on one. While nobody looks at the events,
+:meth:`TraceFollower.skim` only counts the bytes that arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracers.channel import FileChannel, guest_channel
+from tracers.decode import ID_LOST, StreamDecoder
+from tracers.format import HEADER_SIZE, StreamHeader
+from tracers.metadata import Tracepoints, for_stream, load_tracepoints
+from tracers.model import TraceModel
+from tracers.report import EventPrinter
+from undebug.errors import UndebugError
+
+__all__ = ["TraceBatch", "TraceFollower"]
+
+WINDOW = 1 << 20  # bytes read and decoded at a time
+HISTORY = 64 << 10  # bytes of the recording before its end read at the start
+MAX_LINES = 20_000  # of a poll's lines, the newest kept (the pane keeps as many)
+
+
+@dataclass
+class TraceBatch:
+    lines: list[str] = field(default_factory=list)  # escaped, as trace show prints them
+    counts: dict[str, int] = field(default_factory=dict)  # tracepoint name -> events
+    lost: int = 0  # records the guest reported lost (LOST records) in this batch
+    dropped_bytes: int = 0  # of the recording, taken by rotation or a full disk (total)
+    warnings: list[str] = field(default_factory=list)
+    caught_up: bool = True  # False: there was more to read than the budget
+    skimmed: int = 0  # bytes passed over undecoded (see TraceFollower.skim)
+
+
+class TraceFollower:
+    """Follows guest ``name``'s recording from its start; ``poll`` what came since."""
+
+    def __init__(self, name: str) -> None:
+        from undebug.target import remembered_elf
+
+        self.channel: FileChannel = guest_channel(name)
+        self.warnings: list[str] = []
+        self.all_tracepoints: Tracepoints | None = None
+        elf = remembered_elf(name)
+        if elf is not None:
+            try:
+                self.all_tracepoints = load_tracepoints(elf)
+            except UndebugError as exc:
+                self.warnings.append(f"no tracepoint names: {exc.message}")
+        self.decoder: StreamDecoder | None = None
+        self.printer: EventPrinter | None = None
+        self.header = b""  # the stream header (start reads it)
+        self.pending_head = b""  # the stream header, read before a skip, not yet decoded
+        self.skipped = 0  # bytes of history not read (see start)
+        # thread id -> name from elsewhere (the threads view): a start past the history
+        # misses the names the stream gave at thread creation
+        self.known_names: dict[int, bytes] = {}
+
+    def start(self, history: int = HISTORY) -> None:
+        """Read the stream header, then skip to ``history`` bytes before the end: the
+        pane shows what happens now (decoding a long recording's past would take the
+        app's CPU for no line it shows)."""
+        head = self.channel.read(HEADER_SIZE)
+        header = StreamHeader.parse(head) if len(head) == HEADER_SIZE else None
+        if isinstance(header, StreamHeader) and header.header_size > HEADER_SIZE:
+            head += self.channel.read(header.header_size - HEADER_SIZE)
+        self.header = head
+        self.resume(history)
+
+    def resume(self, history: int = HISTORY) -> None:
+        """Decode again from ``history`` bytes before the end (after :meth:`skim`), with a
+        fresh decoder given the stream header first."""
+        self.decoder = StreamDecoder(None)
+        self.pending_head = self.header
+        self.skipped += self.channel.skip_to_tail(history)
+
+    def skim(self) -> TraceBatch:
+        """What came since, counted in bytes and not decoded: for a view that shows only
+        the rate (decoding costs the app's CPU: its one Python thread). Call
+        :meth:`resume` before polling again."""
+        moved = self.channel.skip_to_tail(0)
+        self.skipped += moved
+        dropped = self.channel.dropped()
+        return TraceBatch(skimmed=moved, dropped_bytes=dropped.dropped_bytes
+                          + dropped.unwritten_bytes if dropped else 0)
+
+    def poll(self, budget: int = 8 * WINDOW) -> TraceBatch:
+        batch = TraceBatch(warnings=self.warnings)
+        self.warnings = []
+        read = 0
+        while read < budget:
+            data = self.pending_head + self.channel.read(WINDOW)
+            self.pending_head = b""
+            if not data:
+                break
+            read += len(data)
+            if self.decoder is None:
+                self.decoder = StreamDecoder(None)
+            decoded = self.decoder.feed(data)
+            if self.printer is None and decoded.sessions:
+                tracepoints, notes = for_stream(self.all_tracepoints, decoded.sessions)
+                batch.warnings += notes
+                self.printer = EventPrinter(tracepoints, None)
+            if self.printer is None:
+                continue
+            for tid, known in dict(self.known_names).items():
+                self.printer.names.setdefault(tid, known)
+            model = TraceModel(decoded, self.printer.tracepoints)
+            self.printer.names.update(model.thread_names)
+            batch.lines += self.printer.lines(model)
+            for ident, count in model.counts_by_tracepoint().items():
+                name = model.tracepoint_name(ident)
+                batch.counts[name] = batch.counts.get(name, 0) + count
+            records = decoded.records
+            lost = records.id == ID_LOST
+            if lost.any():
+                batch.lost += int(records.args[lost, 0].sum())
+        else:
+            batch.caught_up = False
+        del batch.lines[:-MAX_LINES]
+        dropped = self.channel.dropped()
+        batch.dropped_bytes = dropped.dropped_bytes + dropped.unwritten_bytes if dropped else 0
+        return batch
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,306 @@
+"""``core.elf``: a paused guest as an ELF core that gdb and drgn open with guest threads.
+
+Memory comes in PT_LOAD segments at the guest-**virtual** addresses of the guest's own page
+tables (``p_vaddr``; ``p_paddr`` is the physical address), so ``gdb IMAGE core.elf`` reads
+variables where the guest sees them. Each guest thread is one ``NT_PRSTATUS`` (a sleeping
+one with the context it saved, as the gdbserver serves it: :class:`ThreadView`); the
+vCPUs' full machine state is in ``UNDEBUG`` notes, not ``CORE`` ones, so the debugger's
+thread list is the guest's. No ``QEMU`` note, no VMCOREINFO: drgn then reads it as a
+plain core with threads rather than refusing a "QEMU memory dump" of a non-Linux guest.
+
+``sparse`` leaves out pages that are all zero; each such page still lies in a PT_LOAD
+(``p_memsz`` past ``p_filesz``), which gdb and drgn read as zero. But gdb reads such a
+page from the executable when the executable has bytes there (Linux leaves unchanged file
+pages out of its cores that way): a zero page over the ELF's own file-backed ``.data``
+is written, or gdb would show the ELF's stale value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, Mapping, walk_mappings
+from undebug.elf_headers import PT_LOAD as ELF_PT_LOAD
+from undebug.elf_headers import ElfHeaderError, program_headers
+from undebug.elfcore import (
+    ELF_HEADER,
+    EM_X86_64,
+    ET_CORE,
+    EV_CURRENT,
+    FORMAT,
+    MAX_PHNUM,
+    NT_AUXV,
+    NT_PRSTATUS,
+    NT_UNDEBUG_INFO,
+    NT_UNDEBUG_VCPU,
+    OWNER_CORE,
+    OWNER_UNDEBUG,
+    PF_R,
+    PF_W,
+    PF_X,
+    PHDR,
+    PT_LOAD,
+    PT_NOTE,
+    encode_note,
+    encode_prstatus,
+)
+from undebug.gdbserver.threads import ProxyThread
+from undebug.target import ReadError, Target
+
+__all__ = ["CoreStats", "write_core"]
+
+BLOCK = 4 << 20  # read this much guest RAM at a time
+ZERO_PAGE = bytes(PAGE_SIZE)
+ZERO_BLOCK = bytes(BLOCK)  # compared with (memcmp): faster than counting zeros
+CR0_PG = 1 << 31
+MAX_PROBE = 1 << 40  # RAM probed up to 1 TiB when paging is off
+
+
+@dataclass
+class CoreStats:
+    segments: int = 0
+    mapped_bytes: int = 0  # what the page tables map (and RAM backs)
+    written_bytes: int = 0  # memory bytes in the file
+    zero_pages_skipped: int = 0
+    threads: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Virtually and physically contiguous memory with one set of permissions."""
+
+    virtual: int
+    physical: int
+    size: int
+    flags: int
+
+
+def _flags(m: Mapping) -> int:
+    return PF_R | (PF_W if m.writable else 0) | (PF_X if m.executable else 0)
+
+
+def _runs(mappings: list[Mapping]) -> list[_Run]:
+    runs: list[_Run] = []
+    for m in sorted(mappings, key=lambda m: m.virtual):
+        flags = _flags(m)
+        last = runs[-1] if runs else None
+        if last is not None and last.flags == flags and \
+                last.virtual + last.size == m.virtual and last.physical + last.size == m.physical:
+            runs[-1] = _Run(last.virtual, last.physical, last.size + m.size, flags)
+        else:
+            runs.append(_Run(m.virtual, m.physical, m.size, flags))
+    return runs
+
+
+def _ram_end(target: Target) -> int:
+    """Where guest RAM from 0 ends, probed (one byte per probe): doubling, then halving."""
+    def readable(address: int) -> bool:
+        try:
+            target.read_physical(address, 1)
+        except ReadError:
+            return False
+        return True
+
+    if not readable(0):
+        return 0
+    high = PAGE_SIZE
+    while high < MAX_PROBE and readable(high):
+        high *= 2
+    low = high // 2  # readable; high is not (or the cap)
+    while high - low > PAGE_SIZE:
+        middle = (low + high) // 2 & ~(PAGE_SIZE - 1)
+        low, high = (middle, high) if readable(middle) else (low, middle)
+    return high
+
+
+def _mappings(target: Target, warnings: list[str]) -> list[Mapping]:
+    """What vCPU 0's page tables map; paging off (early boot): RAM from 0, identity."""
+    regs = target.registers(0)
+    if not regs.get("cr0", CR0_PG) & CR0_PG:
+        warnings.append("vCPU 0 has paging off: guest RAM is dumped at virtual = physical")
+        end = _ram_end(target)
+        return [Mapping(0, 0, end, PAGE_SIZE, True, False, True)] if end else []
+    walk = walk_mappings(target.read_physical, regs.get("cr3", 0),
+                         five_level=bool(regs.get("cr4", 0) & CR4_LA57))
+    warnings += [f"page tables: {p}" for p in walk.problems]
+    return list(walk.mappings)
+
+
+def _file_backed(target: Target) -> list[tuple[int, int]]:
+    """[start, end) of what the guest's ELF holds bytes for, at runtime addresses."""
+    try:
+        segments = program_headers(target.elf.path.read_bytes())
+    except (OSError, ElfHeaderError):
+        return []
+    return [(s.vaddr + target.load_offset, s.vaddr + target.load_offset + s.filesz)
+            for s in segments if s.type == ELF_PT_LOAD and s.filesz]
+
+
+def _overlaps(ranges: list[tuple[int, int]], start: int, size: int) -> bool:
+    return any(low < start + size and start < high for low, high in ranges)
+
+
+def _blocks(target: Target, run: _Run, warnings: list[str]) -> Iterator[tuple[int, bytes | None]]:
+    """(offset in run, bytes or None when unreadable) for each block of ``run``; a block
+    the target refuses (MMIO, outside RAM) is retried page by page."""
+    at = 0
+    while at < run.size:
+        size = min(BLOCK, run.size - at)
+        try:
+            yield at, target.read_physical(run.physical + at, size)
+        except ReadError:
+            for page in range(at, at + size, PAGE_SIZE):
+                try:
+                    yield page, target.read_physical(run.physical + page, PAGE_SIZE)
+                except ReadError:
+                    yield page, None
+        at += size
+
+
+@dataclass
+class _Segment:
+    vaddr: int
+    paddr: int
+    filesz: int  # the first filesz bytes are in the file, the rest of memsz is zero
+    memsz: int
+    flags: int
+    offset: int = 0
+
+
+class _Planner:
+    """The segments, from pages seen in address order: data after data grows a segment,
+    zeros after anything grow its ``memsz`` only."""
+
+    def __init__(self) -> None:
+        self.segments: list[_Segment] = []
+        self.open: _Segment | None = None
+
+    def add(self, vaddr: int, paddr: int, size: int, flags: int, stored: bool) -> None:
+        seg = self.open
+        if seg is not None and seg.vaddr + seg.memsz == vaddr and \
+                seg.paddr + seg.memsz == paddr and seg.flags == flags and \
+                (not stored or seg.filesz == seg.memsz):
+            seg.memsz += size
+            seg.filesz += size if stored else 0
+            return
+        self.open = _Segment(vaddr, paddr, size if stored else 0, size, flags)
+        self.segments.append(self.open)
+
+    def break_run(self) -> None:
+        self.open = None
+
+
+def _readable(target: Target, run: _Run) -> Iterator[tuple[int, int, bool]]:
+    """(offset in run, size, readable) of ``run``'s pieces, probed a byte at each end of
+    a block (RAM is contiguous; MMIO ends it on a page), page by page where they differ."""
+    def probe(address: int) -> bool:
+        try:
+            target.read_physical(address, 1)
+        except ReadError:
+            return False
+        return True
+
+    for at in range(0, run.size, BLOCK):
+        size = min(BLOCK, run.size - at)
+        first, last = probe(run.physical + at), probe(run.physical + at + size - 1)
+        if first and last:
+            yield at, size, True
+        elif not first and not last and size == PAGE_SIZE:
+            yield at, size, False
+        else:
+            for page in range(at, at + size, PAGE_SIZE):
+                yield page, PAGE_SIZE, probe(run.physical + page)
+
+
+def _plan(target: Target, runs: list[_Run], sparse: bool, stats: CoreStats) -> list[_Segment]:
+    """Pass one: which pages go in the file. A full dump only probes what is RAM; a
+    sparse one reads every block once (to find the zero pages) and keeps none."""
+    planner = _Planner()
+    file_backed = _file_backed(target) if sparse else []
+    for run in runs:
+        if not sparse:
+            for at, size, readable in _readable(target, run):
+                if not readable:
+                    planner.break_run()  # mapped but not RAM (MMIO): not in the core
+                    continue
+                stats.mapped_bytes += size
+                planner.add(run.virtual + at, run.physical + at, size, run.flags, True)
+            planner.break_run()
+            continue
+        for at, block in _blocks(target, run, stats.warnings):
+            if block is None:
+                planner.break_run()  # mapped but not RAM (MMIO): not in the core
+                continue
+            stats.mapped_bytes += len(block)
+            vaddr, paddr = run.virtual + at, run.physical + at
+            zero = block == ZERO_BLOCK if len(block) == BLOCK else block.count(0) == len(block)
+            if zero and not _overlaps(file_backed, vaddr, len(block)):
+                stats.zero_pages_skipped += len(block) // PAGE_SIZE
+                planner.add(vaddr, paddr, len(block), run.flags, False)
+                continue
+            for page in range(0, len(block), PAGE_SIZE):
+                zero = block[page : page + PAGE_SIZE] == ZERO_PAGE and \
+                    not _overlaps(file_backed, vaddr + page, PAGE_SIZE)
+                stats.zero_pages_skipped += zero
+                planner.add(vaddr + page, paddr + page, PAGE_SIZE, run.flags, not zero)
+        planner.break_run()
+    return planner.segments
+
+
+def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) -> bytes:
+    notes = [encode_note(OWNER_CORE, NT_PRSTATUS, encode_prstatus(t.gdb_id, t.registers))
+             for t in threads]
+    notes.append(encode_note(OWNER_CORE, NT_AUXV, bytes(16)))  # AT_NULL: no process
+    for cpu in range(target.cpu_count()):
+        payload = {"cpu": cpu, "registers": target.registers(cpu)}
+        notes.append(encode_note(OWNER_UNDEBUG, NT_UNDEBUG_VCPU, json.dumps(payload).encode()))
+    notes.append(encode_note(OWNER_UNDEBUG, NT_UNDEBUG_INFO,
+                             json.dumps({"format": FORMAT, **info}).encode()))
+    return b"".join(notes)
+
+
+def write_core(target: Target, threads: list[ProxyThread], out: IO[Any], *,
+               sparse: bool = False, info: dict[str, object] | None = None) -> CoreStats:
+    """Write ``target``'s memory and ``threads`` (the first is gdb's current thread) to
+    ``out`` (a new file, at offset 0). Raises ReadError when there is nothing to dump.
+
+    Two passes over guest memory (the guest is held still): the first decides which
+    pages go in, so that the headers can come first and a truncated copy of the file
+    still has them (and every segment before the cut)."""
+    stats = CoreStats(threads=len(threads))
+    runs = _runs(_mappings(target, stats.warnings))
+    segments = _plan(target, runs, sparse, stats)
+    if len(segments) + 1 > MAX_PHNUM:
+        raise ReadError(f"{len(segments)} memory segments: more than an ELF core can number "
+                        f"({MAX_PHNUM}); the page tables are likely corrupt")
+    notes = _notes(target, threads, {"sparse": sparse, **(info or {})})
+    phoff = ELF_HEADER.size
+    note_offset = phoff + PHDR.size * (len(segments) + 1)
+    offset = note_offset + len(notes)
+    offset += -offset % PAGE_SIZE  # memory page-aligned in the file: mmap-able
+    data_start = offset
+    for seg in segments:
+        seg.offset = offset
+        offset += seg.filesz
+    ident = b"\x7fELF\x02\x01\x01".ljust(16, b"\0")  # 64-bit, little-endian, SysV
+    out.write(ELF_HEADER.pack(ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, phoff, 0, 0,
+                              ELF_HEADER.size, PHDR.size, len(segments) + 1, 0, 0, 0))
+    out.write(PHDR.pack(PT_NOTE, PF_R, note_offset, 0, 0, len(notes), len(notes), 4))
+    out.write(b"".join(PHDR.pack(PT_LOAD, s.flags, s.offset, s.vaddr, s.paddr, s.filesz,
+                                 s.memsz, PAGE_SIZE) for s in segments))
+    out.write(notes)
+    out.write(bytes(data_start - out.tell()))
+    out.flush()  # the memory goes to the descriptor itself (sendfile from shared RAM)
+    for seg in segments:
+        target.copy_physical(seg.paddr, seg.filesz, out.fileno())
+        stats.written_bytes += seg.filesz
+    stats.segments = len(segments)
+    out.seek(0, os.SEEK_END)  # the buffered file learns where the descriptor is
+    # no fsync: the bundle's rename is what readers wait for (QEMU's dump is not synced
+    # either, and syncing 1 GiB doubled the time on a busy disk)
+    return stats
