@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from undebug.commands import command
 from undebug.errors import EXIT_CHECK_FAILED
 from undebug.output import Report
 from undebug.text import escape
+
+if TYPE_CHECKING:
+    from undebug.dump.bundle import BundleResult
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -53,9 +57,14 @@ def bundle_lines(path: Path, summary: dict[str, object], complete: bool) -> list
 def dump(args: argparse.Namespace) -> Report:
     from undebug.dump.bundle import BundleRequest, write_bundle
 
-    result = write_bundle(BundleRequest(session=args.target, parent=args.output,
-                                        sparse=args.sparse, include_elf=args.include_elf,
-                                        qemu_core=args.qemu_core))
+    return bundle_report(write_bundle(BundleRequest(
+        session=args.target, parent=args.output, sparse=args.sparse,
+        include_elf=args.include_elf, qemu_core=args.qemu_core)))
+
+
+def bundle_report(result: BundleResult) -> Report:
+    """What a dump says (``undebug dump``, gdbserver's ``monitor dump``): exit 1 when it
+    failed midway."""
     warnings = list(result.warnings)
     if not result.complete:
         warnings.insert(0, f"the dump failed midway: {result.summary.get('failure')}")
