@@ -15,7 +15,20 @@ import bench
 RESULTS = Path(__file__).parent / "results"
 
 
+USAGE = """usage: python -m bench [NAME ...]   (make bench: all of them)
+
+Runs the named benchmarks (default: every one) and writes bench/results/NAME.json; what each
+measures, its environment variables and its last numbers: bench/README.md. Benchmarks:
+"""
+
+
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):  # never a run: some take many minutes
+        print(USAGE, end="")
+        for module in pkgutil.iter_modules(bench.__path__):
+            if not module.name.startswith("_"):
+                print(f"  {module.name}")
+        return 0
     wanted = set(sys.argv[1:])
     for module in pkgutil.iter_modules(bench.__path__):
         if module.name.startswith("_") or (wanted and module.name not in wanted):

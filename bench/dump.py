@@ -15,6 +15,10 @@ reference guest through ``run --ci`` ``STRESS_ROUNDS`` times (default 20, env
 
 Goals (same run): the full dump at least as fast as QEMU's; --sparse at least 5x faster
 and 10x smaller than QEMU's dump; open + threads under 1 s; every crash detected.
+
+Run it as ``python -m bench dump`` (a module of the bench package, not a script). The
+stress run boots a fresh guest per crash kind per round (160 ``run --ci`` runs at the
+default 20 rounds); ``UNDEBUG_BENCH_STRESS_ROUNDS=0`` skips it.
 """
 
 from __future__ import annotations

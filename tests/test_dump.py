@@ -47,6 +47,7 @@ def data(*args: str) -> dict[str, Any]:
     assert result.code == 0, result.stdout + result.stderr
     doc = result.json()
     doc.pop("warnings")
+    doc.pop("schema")  # the envelope's: summary.json's maps/heap/net hold the data only
     return doc
 
 
@@ -307,7 +308,7 @@ def test_gdbserver_serves_a_bundle_to_gdb_with_thread_names(
         assert where, line + server.stderr.read() if server.stderr else line
         proc = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {where[1]}",
                               "-ex", "info threads", "-ex", "thread apply all bt", "-ex",
-                              "print/x planted_counter", "-ex", "continue",
+                              "print/x planted_counter", "-ex", "monitor dump", "-ex", "continue",
                               str(guest_image)], capture_output=True, text=True,
                              timeout=120)
     finally:
@@ -323,6 +324,7 @@ def test_gdbserver_serves_a_bundle_to_gdb_with_thread_names(
     counter = int(re.findall(r"^\$1 = (0x[0-9a-f]+)$", out, re.M)[0], 16)
     assert counter == mem_int(stopped, "planted_counter")
     assert "this is a dump bundle: it cannot run" in console
+    assert "undebug: monitor dump needs a live guest: this is a dump bundle already" in console
 
 
 def test_the_summary_holds_the_last_flight_recorder_events(bundles: dict[str, Path]) -> None:
@@ -427,3 +429,53 @@ def test_include_elf_makes_the_bundle_open_without_the_original(
     summary["elfs"][0]["path"] = "/nonexistent/refguest.elf"  # "another machine"
     (bundle / "summary.json").write_text(json.dumps(summary))
     assert data("threads", str(bundle)) == data("threads", stopped)
+
+
+def test_qemu_core_is_qemus_own_elf_dump_private_beside_ours(stopped: str, tmp_path: Path) -> None:
+    """--qemu-core: QEMU's dump-guest-memory (paging off) as qemu-core.elf, read by binutils'
+    readelf: an ELF core with one CORE NT_PRSTATUS and one QEMU note per vCPU, RAM at its
+    physical addresses (QEMU's format without paging), 0600; undebug's core.elf is still
+    there."""
+    result = undebug("dump", stopped, "-o", str(tmp_path), "--sparse", "--qemu-core", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    doc = result.json()
+    bundle = Path(doc["bundle"])
+    qemu = bundle / "qemu-core.elf"
+    assert (qemu.stat().st_mode & 0o777) == 0o600
+    assert doc["qemu_core"]["file"] == "qemu-core.elf" and doc["qemu_core"]["error"] is None
+    assert doc["qemu_core"]["bytes"] == qemu.stat().st_size
+    header = subprocess.run(["readelf", "-h", str(qemu)], capture_output=True, text=True).stdout
+    assert re.search(r"Type:\s+CORE", header) and "X86-64" in header
+    notes = subprocess.run(["readelf", "-n", str(qemu)], capture_output=True, text=True).stdout
+    owners = re.findall(r"^\s+(\S+)\s+0x[0-9a-f]+\s+(.+?)\s*$", notes, re.M)
+    summary = json.loads((bundle / "summary.json").read_text())
+    smp = summary["smp"]
+    assert smp == 2  # boot()'s
+    assert sum(1 for o, t in owners if o == "CORE" and "NT_PRSTATUS" in t) == smp, notes
+    assert sum(1 for o, _ in owners if o == "QEMU") == smp, notes
+    loads = subprocess.run(["readelf", "-lW", str(qemu)], capture_output=True,
+                           text=True).stdout
+    segments = re.findall(r"^\s+LOAD\s+0x[0-9a-f]+ (0x[0-9a-f]+) (0x[0-9a-f]+) "
+                          r"0x[0-9a-f]+ (0x[0-9a-f]+)", loads, re.M)
+    # paging=false: no page-table walk, every segment at virtual = physical (QEMU 7.2),
+    # the guest's RAM (< 3 GiB: one block at 0) and the BIOS ROM below 4 GiB
+    assert segments and all(v == p for v, p, _ in segments), segments
+    ram = {int(p, 16): int(size, 16) for _, p, size in segments}
+    assert ram[0] == summary["memory_mb"] << 20
+    assert (bundle / "core.elf").exists() and not (bundle / "INCOMPLETE").exists()
+    assert "qemu-core.elf:" in undebug("dump", stopped, "-o", str(tmp_path / "t"),
+                                       "--sparse", "--qemu-core").stdout
+
+
+def test_the_qemu_core_op_refuses_bad_arguments(stopped: str) -> None:
+    """The supervisor's qemu_core op, over the real socket: a relative path and a
+    timeout that is no finite number are refused before QEMU is asked."""
+    from undebug.errors import UsageError
+    from undebug.session.client import SupervisorClient
+    from undebug.session.store import SessionDir
+
+    with SupervisorClient(SessionDir.named(stopped)) as client:
+        with pytest.raises(UsageError, match="absolute path"):
+            client.qemu_core("relative/qemu-core.elf")
+        with pytest.raises(UsageError, match="timeout"):
+            client.call("qemu_core", file="/nonexistent/x.elf", timeout=float("nan"))

@@ -7,6 +7,7 @@ interrupt and ``undebug stop``."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -276,7 +277,8 @@ def test_monitor_threads_and_ps_print_the_clis_text_in_gdb_and_lldb(served: Prox
     out = raw.decode()
     assert _table(out) == expected, out
     assert re.search(rf"^{served.guest} +paused +tcg +2 ", out, re.M), out  # ps, gdb has it
-    assert "undebug: no monitor command 'nope'" in out and "help, heap, maps, ps, threads" in out, out
+    assert "undebug: no monitor command 'nope'" in out, out
+    assert "help, dump, heap, maps, net, ps, threads" in out, out
     # maps: the thread stacks by name, the hostile one escaped (from the page tables).
     stack = guest_threads(served.guest)["worker-0"]["stack"]
     assert re.search(rf"^{stack[0]:#018x}-{stack[1]:#018x}  rw-s .* stack of worker-0$", out,
@@ -289,6 +291,31 @@ def test_monitor_threads_and_ps_print_the_clis_text_in_gdb_and_lldb(served: Prox
     assert b"response: OK" in raw
 
 
+def test_monitor_dump_writes_a_bundle_of_this_stop_and_monitor_net_shows_lwip(
+        served: Proxy, tmp_path: Path) -> None:
+    """``monitor dump DIR`` in stock gdb: a sparse bundle of the guest as gdb holds it;
+    offline, ``undebug threads PATH`` prints the table ``monitor threads`` printed at that
+    same stop. ``monitor net``: what ``undebug net`` prints (guest's lwIP, QEMU's view)."""
+    raw = gdb(served, "monitor threads", f"monitor dump {tmp_path}", "monitor net",
+              "monitor net extra")
+    out = raw.decode()
+    bundle = re.search(r"^bundle: (/\S+)$", out, re.M)
+    assert bundle, out
+    path = Path(bundle[1])
+    assert path.parent == tmp_path and (path / "core.elf").exists(), out
+    assert not (path / "INCOMPLETE").exists()
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["core"]["sparse"] is True and summary["core"]["zero_pages_skipped"] > 0
+    offline = undebug("threads", str(path))
+    assert offline.code == 0, offline.stderr
+    assert _table(offline.stdout) == _table(out) and len(_table(out)) >= 6, (offline, out)
+    # this guest has no NIC (no --forward): lwIP's (empty) table, then QEMU's view, live
+    net = undebug("net", served.guest)
+    assert net.code == 0 and "host: no NIC" in net.stdout, net
+    assert net.stdout in out, (net.stdout, out)
+    assert "undebug: monitor net takes no arguments" in out, out
+
+
 def test_monitor_output_is_hex_encoded_o_packets_then_ok(served: Proxy) -> None:
     client = RawClient(served.where)
     client.ask(b"qSupported")
@@ -299,7 +326,7 @@ def test_monitor_output_is_hex_encoded_o_packets_then_ok(served: Proxy) -> None:
         packets.append(client.read())
     assert packets[-1] == b"OK" and len(packets) >= 2, packets
     text = b"".join(bytes.fromhex(p[1:].decode()) for p in packets[:-1]).decode()
-    assert text.startswith("undebug monitor commands: help, heap, maps, ps, threads"), text
+    assert text.startswith("undebug monitor commands: help, dump, heap, maps, net, ps, threads"), text
     assert client.ask(b"qRcmd,zz").startswith(b"E")  # not hex
     assert client.ask(b"D") == b"OK"
     client.sock.close()

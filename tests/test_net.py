@@ -220,3 +220,34 @@ def test_guest_without_lwip_still_shows_the_host_view(
     assert [n["mac"] for n in doc["host"]["nics"]] == ["52:54:00:12:34:56"]
     text = undebug("net", name, "--elf", str(elf), "--force")
     assert "host: NIC" in text.stdout and "no lwIP symbols" in text.stderr
+
+
+def test_a_bundle_lists_the_open_connection_as_the_live_guest_did(
+        net_guest: tuple[str, dict[str, int]], tmp_path: Path) -> None:
+    """``net BUNDLE``: the guest's lwIP view read from the core equals the live one at the
+    dump (guest paused in between); the host view went with QEMU: null and a warning."""
+    name, ports = net_guest
+    conn = _connect(ports["tcp"])
+    client_port = conn.getsockname()[1]
+    try:
+        assert undebug("stop", name).code == 0
+        try:
+            live = _net(name)
+            dumped = undebug("dump", name, "-o", str(tmp_path), "--sparse", "--json")
+            assert dumped.code == 0, dumped.stdout + dumped.stderr
+        finally:
+            assert undebug("cont", name).code == 0
+        offline = _net(dumped.json()["bundle"])
+        text = undebug("net", dumped.json()["bundle"])
+    finally:
+        conn.close()
+    (mine,) = _tcp(offline, client_port)
+    assert mine["state"] == "ESTABLISHED" and mine["local_port"] == ECHO_PORT
+    assert offline["sockets"] == live["sockets"]
+    assert offline["interfaces"] == live["interfaces"] and offline["lwip"] is True
+    assert live["host"]["nics"] and offline["host"] is None and offline["capture"] is None
+    assert any("host view" in w and "not available from a dump" in w
+               for w in offline["warnings"])
+    assert text.code == 0 and "ESTABLISHED" in text.stdout and "host:" not in text.stdout
+    refused = undebug("net", dumped.json()["bundle"], "--capture", str(tmp_path / "x.pcap"))
+    assert refused.code == 2 and "live guest" in refused.stderr

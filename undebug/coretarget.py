@@ -41,6 +41,7 @@ INCOMPLETE_FILE = "INCOMPLETE"
 FLIGHT_FILE = "flight-recorder.bin"
 CONSOLE_FILE = "console.log"
 TRACE_TAIL_FILE = "trace-tail.utrace"
+QEMU_CORE_FILE = "qemu-core.elf"  # undebug dump --qemu-core: QEMU's own format
 ELF_DIR = "elf"
 TARGET_XML_FILE = "gdb-target.json"  # QEMU's register layout files, for undebug gdbserver
 MAX_SUMMARY = 64 << 20

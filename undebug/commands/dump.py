@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from undebug.commands import command
 from undebug.errors import EXIT_CHECK_FAILED
 from undebug.output import Report
 from undebug.text import escape
+
+if TYPE_CHECKING:
+    from undebug.dump.bundle import BundleResult
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +24,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    "zero); smaller and faster")
     p.add_argument("--include-elf", action="store_true",
                    help="copy the guest's ELF into the bundle, so it opens on another machine")
+    p.add_argument("--qemu-core", action="store_true",
+                   help="also have QEMU write its own dump-guest-memory ELF (paging off) "
+                   "as qemu-core.elf, for tools that want QEMU's format")
 
 
 def bundle_lines(path: Path, summary: dict[str, object], complete: bool) -> list[str]:
@@ -33,6 +40,10 @@ def bundle_lines(path: Path, summary: dict[str, object], complete: bool) -> list
         lines.append(f"core.elf: {core.get('threads')} threads, {core.get('segments')} "
                      f"segments, {core.get('written_bytes')} of {core.get('mapped_bytes')} "
                      "mapped bytes written")
+    qemu = summary.get("qemu_core")
+    if isinstance(qemu, dict):
+        lines.append(f"qemu-core.elf: {qemu.get('bytes')} bytes" if qemu.get("file") else
+                     f"qemu-core.elf: missing ({escape(str(qemu.get('error')))})")
     return lines
 
 
@@ -46,13 +57,20 @@ def bundle_lines(path: Path, summary: dict[str, object], complete: bool) -> list
 def dump(args: argparse.Namespace) -> Report:
     from undebug.dump.bundle import BundleRequest, write_bundle
 
-    result = write_bundle(BundleRequest(session=args.target, parent=args.output,
-                                        sparse=args.sparse, include_elf=args.include_elf))
+    return bundle_report(write_bundle(BundleRequest(
+        session=args.target, parent=args.output, sparse=args.sparse,
+        include_elf=args.include_elf, qemu_core=args.qemu_core)))
+
+
+def bundle_report(result: BundleResult) -> Report:
+    """What a dump says (``undebug dump``, gdbserver's ``monitor dump``): exit 1 when it
+    failed midway."""
     warnings = list(result.warnings)
     if not result.complete:
         warnings.insert(0, f"the dump failed midway: {result.summary.get('failure')}")
     return Report(data={"bundle": str(result.path), "complete": result.complete,
                         "core": result.summary.get("core"),
-                        "signature": result.summary.get("signature")},
+                        "signature": result.summary.get("signature"),
+                        "qemu_core": result.summary.get("qemu_core")},
                   warnings=warnings, exit_code=0 if result.complete else EXIT_CHECK_FAILED,
                   render=lambda: bundle_lines(result.path, result.summary, result.complete))

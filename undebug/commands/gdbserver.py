@@ -6,10 +6,13 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from undebug.commands import add_elf_arguments, command
+from undebug.errors import UsageError
 from undebug.output import Report
 from undebug.text import escape
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:  # imported by the command itself: logging is not for every st
     import logging
 
     from undebug.gdbserver.monitor import MonitorCommand
+    from undebug.target import Target
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -75,31 +79,60 @@ def _end_with_parent(parent: int) -> None:
         raise _Terminated
 
 
+def _no_arguments(name: str, body: Callable[[Target], Report]) -> MonitorCommand:
+    def run(target: Target, rest: str) -> Report:
+        if rest:
+            raise UsageError(f"monitor {name} takes no arguments")
+        return body(target)
+    return run
+
+
+def _monitor_dump(target: Target, rest: str) -> Report:
+    """``monitor dump [DIR]``: a bundle of the live guest as it is stopped now, sparse as
+    ``run --ci`` writes them, in DIR (default: ``$UNDEBUG_DUMP_DIR``, else
+    ``./undebug-dumps``, from the server's directory)."""
+    from undebug.commands.dump import bundle_report
+    from undebug.dump.bundle import BundleRequest, write_bundle
+    from undebug.target import LiveTarget
+
+    if not isinstance(target, LiveTarget):
+        raise UsageError("monitor dump needs a live guest: this is a dump bundle already")
+    parent = Path(rest or os.environ.get("UNDEBUG_DUMP_DIR") or "undebug-dumps")
+    return bundle_report(write_bundle(BundleRequest(target.client.session.name,
+                                                    parent.expanduser().absolute(),
+                                                    sparse=True)))
+
+
 def _monitor_commands() -> dict[str, MonitorCommand]:
     """gdb's ``monitor NAME``: the CLI commands of that name, their text as printed."""
     from undebug.commands.heap import heap_body
     from undebug.commands.inspect import threads_body
     from undebug.commands.lifecycle import ps
     from undebug.commands.maps import maps_body
+    from undebug.commands.net import net_body
 
-    no_options = argparse.Namespace(check=False)
-    return {"threads": lambda target: threads_body(target, no_options),
-            "ps": lambda target: ps(no_options),
-            "maps": lambda target: maps_body(target, no_options),
-            "heap": lambda target: heap_body(target, no_options)}
+    no_options = argparse.Namespace(check=False, capture=None, capture_stop=False)
+    plain: dict[str, Callable[[Target], Report]] = {
+        "threads": lambda target: threads_body(target, no_options),
+        "ps": lambda target: ps(no_options),
+        "maps": lambda target: maps_body(target, no_options),
+        "heap": lambda target: heap_body(target, no_options),
+        "net": lambda target: net_body(target, no_options)}
+    commands = {name: _no_arguments(name, body) for name, body in plain.items()}
+    commands["dump"] = _monitor_dump
+    return commands
 
 
 @command("gdbserver", "serve the guest's threads to gdb (a thread-aware gdbserver)", _arguments,
          description="Listen for gdb (target remote PATH: a 0600 unix socket in the guest's "
          "session directory, or --listen HOST:PORT) and serve the guest with its OS's own "
          "threads: info threads, thread apply all bt, breakpoints, watchpoints, continue, step, "
-         "monitor threads|ps|maps|heap|help. One "
+         "monitor threads|ps|maps|heap|net|dump [DIR]|help. One "
          "debugger at a time; its breakpoints go when it goes (gdb's detach also lets the "
          "guest run). Ctrl-C ends the server and leaves the guest as it is.", json=False)
 def gdbserver(args: argparse.Namespace) -> Report:
     import logging
     import tempfile
-    from pathlib import Path
 
     from undebug.coretarget import is_bundle
     from undebug.gdbserver.dump import DumpBackend

@@ -4,7 +4,9 @@ QEMU sees it, kept apart.
 The guest's view is lwIP's own state (:mod:`undebug.os.lwip`); the host's needs no guest
 knowledge: QMP ``query-rx-filter`` and HMP ``info network`` / ``info usernet`` (the user-mode
 NAT's connections), asked through the supervisor, which owns QMP. ``--capture`` has QEMU
-write the NIC's packets to a pcap (a ``filter-dump`` added at run time).
+write the NIC's packets to a pcap (a ``filter-dump`` added at run time). On a dump bundle
+the guest's view comes from the core (the same walker); QEMU's went with QEMU: ``host`` is
+null, with a warning.
 """
 
 from __future__ import annotations
@@ -15,22 +17,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from undebug.commands import add_elf_arguments, command
+from undebug.commands import command
+from undebug.commands.inspect import _target_arguments, _with_target
 from undebug.errors import UsageError
 from undebug.output import Report
-from undebug.session.client import SupervisorClient
-from undebug.session.host_net import host_network
-from undebug.session.store import SessionDir
 from undebug.text import escape
 
 if TYPE_CHECKING:
-    from undebug.os.lwip import NetSnapshot
+    from undebug.session.client import SupervisorClient
+    from undebug.target import Target
+
+NO_HOST_VIEW = "the host view (QEMU's NIC, NAT and filters) is not available from a dump"
+
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME", help="a guest's name (see undebug ps)")
-    add_elf_arguments(p)
-    p.add_argument("--no-stop", action="store_true",
-                   help="do not pause a running guest (what is read may be torn)")
+    _target_arguments(p)
     capture = p.add_mutually_exclusive_group()
     capture.add_argument("--capture", type=Path, metavar="FILE",
                          help="start writing the guest NIC's packets to FILE (pcap, 0600) "
@@ -55,17 +56,6 @@ def _capture(client: SupervisorClient, args: argparse.Namespace) -> dict[str, An
         raise UsageError(f"--capture {args.capture}: {exc.strerror}") from None
     client.capture_start(str(path))
     return {"state": "started", "file": str(path)}
-
-
-def _guest_view(args: argparse.Namespace, warnings: list[str]) -> NetSnapshot:
-    from undebug.os.lwip import guest_network
-    from undebug.target import open_target
-
-    with open_target(args.name, args.elf, stop=not args.no_stop, force=args.force) as target:
-        warnings += target.warnings
-        snapshot = guest_network(target)
-    warnings += snapshot.warnings
-    return snapshot
 
 
 def _endpoint(addr: str | None, port: int | None) -> str:
@@ -94,6 +84,8 @@ def _render(data: dict[str, Any]) -> list[str]:
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in table]
     host = data["host"]
+    if host is None:
+        return lines
     for nic in host["nics"]:
         lines.append(f"host: NIC {escape(nic['name'])} mac {nic['mac']}"
                      f"{' promiscuous' if nic['promiscuous'] else ''}")
@@ -112,23 +104,38 @@ def _render(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-@command("net", "the guest's network: interfaces and sockets, and the NIC as QEMU sees it",
-         _arguments,
-         description="Interfaces and sockets of the guest's lwIP (one line per socket, as ss "
-         "-tanp), read from guest memory while the guest is held still; then QEMU's view of "
-         "the NIC (rx filter, MAC) and of the user-mode NAT's connections, which needs no "
-         "guest knowledge. --capture FILE has QEMU write the NIC's packets to FILE (pcap).")
-def net(args: argparse.Namespace) -> Report:
+def net_body(target: Target, args: argparse.Namespace) -> Report:
+    """The guest's lwIP view from ``target``; QEMU's through the supervisor when the
+    target is live, else ``host`` null and a warning (a bundle holds no QEMU)."""
+    from undebug.os.lwip import guest_network
+    from undebug.session.host_net import host_network
+    from undebug.target import LiveTarget
+
     warnings: list[str] = []
-    with SupervisorClient(SessionDir.named(args.name)) as client:
-        capture = _capture(client, args)
-        snapshot = _guest_view(args, warnings)
-        host = host_network(client.net_host())
+    client = target.client if isinstance(target, LiveTarget) else None
+    if client is None and (args.capture is not None or args.capture_stop):
+        raise UsageError("--capture needs a live guest, not a dump bundle")
+    capture = None if client is None else _capture(client, args)
+    snapshot = guest_network(target)
+    warnings += snapshot.warnings
+    host = None if client is None else host_network(client.net_host()).to_json()
+    if client is None:
+        warnings.append(NO_HOST_VIEW)
     data = {
         "lwip": snapshot.lwip,
         "interfaces": [asdict(i) for i in snapshot.interfaces],
         "sockets": [s.to_json() for s in snapshot.sockets],
-        "host": host.to_json(),
+        "host": host,
         "capture": capture,
     }
     return Report(data=data, warnings=warnings, render=lambda: _render(data))
+
+
+command("net", "the guest's network: interfaces and sockets, and the NIC as QEMU sees it",
+        _arguments,
+        description="Interfaces and sockets of the guest's lwIP (one line per socket, as ss "
+        "-tanp), read from guest memory while the guest is held still; then QEMU's view of "
+        "the NIC (rx filter, MAC) and of the user-mode NAT's connections, which needs no "
+        "guest knowledge. --capture FILE has QEMU write the NIC's packets to FILE (pcap). "
+        "On a dump bundle: the guest's view from the core, and no host view (a warning)."
+        )(_with_target(net_body))

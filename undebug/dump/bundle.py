@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from undebug.coretarget import (
     ELF_DIR,
     FLIGHT_FILE,
     INCOMPLETE_FILE,
+    QEMU_CORE_FILE,
     SUMMARY_FILE,
     TARGET_XML_FILE,
     TRACE_TAIL_FILE,
@@ -53,6 +55,7 @@ class BundleRequest:
     parent: Path  # the bundle is a new directory in here
     sparse: bool = False
     include_elf: bool = False
+    qemu_core: bool = False  # also QEMU's own dump-guest-memory ELF (qemu-core.elf)
     reason: dict[str, Any] | None = None  # the outcome the caller saw (run --ci), if any
     dir_name: str | None = None  # default <session>-<UTC time>
 
@@ -129,6 +132,7 @@ class _Dump:
                  smp=status.smp, memory_mb=status.memory_mb, append=status.append,
                  outcome=None if status.outcome is None else status.outcome.to_json())
         s["maps"] = s["heap"] = s["net"] = None  # the guest's memory says (_guest_state)
+        s["qemu_core"] = None  # requested only (_qemu_core)
         if status.state == "ended":  # exited (run --ci: an unexpected code): no memory
             from undebug.elf import ElfFile
 
@@ -138,6 +142,8 @@ class _Dump:
             s["core"] = s["crash"] = s["signature"] = None
             self.warnings.append("the guest had ended: no memory, registers or threads "
                                  "to dump")
+            if self.request.qemu_core:
+                self._no_qemu_core("the guest had ended: no QEMU to dump it")
         else:
             self._memory(session.name, status)
         s["console_tail"] = self._console(session.console_log)
@@ -185,6 +191,8 @@ class _Dump:
             s["flight_recorder"] = self._flight(target)
             self._guest_state(target, provider)
             self._target_xml(target)
+            if self.request.qemu_core:
+                self._qemu_core(target)
 
     def _guest_state(self, target: Target, provider: ThreadProvider) -> None:
         """``maps``, ``heap`` and ``net`` as their commands' ``--json`` give them (the
@@ -224,6 +232,46 @@ class _Dump:
             return
         with _private(self.work / TARGET_XML_FILE, "w") as out:
             json.dump(files, out)
+
+    def _no_qemu_core(self, why: str) -> None:
+        self.summary["qemu_core"] = {"file": None, "error": why}
+        self.warnings.append(f"{QEMU_CORE_FILE} is missing: {why}")
+
+    def _qemu_core(self, target: Target) -> None:
+        """QEMU's ``dump-guest-memory`` (paging off) of the still-paused guest, through
+        the supervisor. The file is made 0600 first (QEMU truncates it, keeping the
+        mode), its mode checked after; any failure leaves a warning, not a bundle marked
+        incomplete: undebug's own core.elf is the bundle's."""
+        from undebug.target import LiveTarget
+
+        if not isinstance(target, LiveTarget):
+            self._no_qemu_core("not a live guest")
+            return
+        path = self.work / QEMU_CORE_FILE
+        with _private(path):
+            pass
+        try:
+            progress = target.client.qemu_core(str(path.resolve()))
+            st = os.stat(path, follow_symlinks=False)
+        except (UndebugError, OSError) as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self._no_qemu_core(exc.message if isinstance(exc, UndebugError)
+                               else f"{exc.strerror}")
+            return
+        mode = st.st_mode & 0o7777
+        if not stat.S_ISREG(st.st_mode):
+            self._no_qemu_core("not a regular file after QEMU wrote it")
+            return
+        if mode != 0o600:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+            self.warnings.append(f"QEMU left {QEMU_CORE_FILE} mode {mode:o}: made 0600")
+        self.summary["qemu_core"] = {"file": QEMU_CORE_FILE, "bytes": st.st_size,
+                                     "seconds": progress.get("seconds"), "error": None}
 
     def _elf(self, path: Path, build_id: str | None) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": str(path.resolve()), "build_id": build_id, "copy": None}

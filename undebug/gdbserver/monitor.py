@@ -3,7 +3,9 @@ LLDB) prints undebug's own views in the debugger's console, so a user in an IDE'
 console needs no terminal beside it.
 
 The commands are injected by the command layer (this package imports no front end): each
-takes the Target of this stop and returns the CLI's :class:`~undebug.output.Report`, whose
+takes the Target of this stop and the rest of the line (its arguments, ``""`` for none;
+a command that takes none refuses others) and returns the CLI's
+:class:`~undebug.output.Report`, whose
 lines (escaped by the CLI's renderers, as on a terminal) and warnings (escaped here, as
 :func:`~undebug.output.emit` does) become the text. Per the RSP, the text goes in ``O``
 packets, hex-encoded, and the reply is ``OK``.
@@ -20,8 +22,8 @@ from undebug.text import escape
 
 __all__ = ["MonitorCommand", "monitor_text"]
 
-MonitorCommand = Callable[[Target], Report]
-"""One ``monitor NAME``: the Report of the CLI command of that name, on this Target."""
+MonitorCommand = Callable[[Target, str], Report]
+"""One ``monitor NAME ARGS``: the Report of the CLI command of that name, on this Target."""
 
 
 def _help(commands: Mapping[str, MonitorCommand]) -> str:
@@ -38,10 +40,8 @@ def monitor_text(line: str, commands: Mapping[str, MonitorCommand], target: Targ
     command = commands.get(name)
     if command is None:
         return f"undebug: no monitor command {escape(name)!r}\n" + _help(commands)
-    if rest.strip():
-        return f"undebug: monitor {name} takes no arguments\n"
     try:
-        report = command(target)
+        report = command(target, rest.strip())
     except UndebugError as exc:
         return f"undebug: {escape(exc.message)}\n"
     lines = report.render() if report.render else []

@@ -218,6 +218,11 @@ class SupervisorClient:
     def capture_stop(self) -> None:
         self.call("capture_stop")
 
+    def qemu_core(self, file: str) -> dict[str, Any]:
+        """QEMU's own ELF core (``dump-guest-memory``, paging off) written to ``file``;
+        its progress at the end: ``completed``/``total`` bytes, ``seconds``."""
+        return self.call("qemu_core", file=file)
+
     def memory_fd(self) -> tuple[list[tuple[int, int, int]], int]:
         """Guest RAM's layout and a read-only descriptor of it (the caller closes it);
         SessionError when RAM is not shared."""

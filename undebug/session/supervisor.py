@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from undebug.errors import UndebugError
-from undebug.session import nethost
+from undebug.session import nethost, qemu_core
 from undebug.session.breakpoints import MAX_WATCH, OWNERS, WATCHES
 from undebug.session.guest import Guest
 from undebug.session.protocol import (
@@ -134,6 +135,13 @@ class ControlServer:
                                                str(args.get("netdev", "net0")))
         if op == "capture_stop":
             return await nethost.capture_stop(guest.qmp)
+        if op == "qemu_core":
+            timeout = args.get("timeout", qemu_core.MAX_WAIT)
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or \
+                    not math.isfinite(timeout):
+                raise RequestError(ErrorCode.BAD_REQUEST, "timeout must be a number")
+            return await qemu_core.qemu_core(guest.qmp, str(args.get("file", "")),
+                                             float(timeout))
         if op == "process_ram":
             return guest.process_ram()
         if op == "kill":
