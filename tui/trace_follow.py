@@ -12,6 +12,7 @@ several polls and the app never waits on one. While nobody looks at the events,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tracers.channel import FileChannel, guest_channel
 from tracers.decode import ID_LOST, StreamDecoder
@@ -19,9 +20,9 @@ from tracers.format import HEADER_SIZE, StreamHeader
 from tracers.metadata import Tracepoints, for_stream, load_tracepoints
 from tracers.model import TraceModel
 from tracers.report import EventPrinter
-from undebug.errors import UndebugError
+from undebug.errors import UndebugError, UsageError
 
-__all__ = ["TraceBatch", "TraceFollower"]
+__all__ = ["TraceBatch", "TraceFollower", "bundle_channel"]
 
 WINDOW = 1 << 20  # bytes read and decoded at a time
 HISTORY = 64 << 10  # bytes of the recording before its end read at the start
@@ -43,12 +44,17 @@ class TraceFollower:
     """Follows guest ``name``'s recording from its start; ``poll`` what came since."""
 
     def __init__(self, name: str) -> None:
-        from undebug.target import remembered_elf
+        from undebug.coretarget import is_bundle
+        from undebug.target import guest_elf, remembered_elf
 
-        self.channel: FileChannel = guest_channel(name)
         self.warnings: list[str] = []
         self.all_tracepoints: Tracepoints | None = None
-        elf = remembered_elf(name)
+        if is_bundle(name):
+            self.channel = bundle_channel(Path(name))
+            elf: Path | None = guest_elf(name).path
+        else:
+            self.channel = guest_channel(name)
+            elf = remembered_elf(name)
         if elf is not None:
             try:
                 self.all_tracepoints = load_tracepoints(elf)
@@ -131,3 +137,17 @@ class TraceFollower:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def bundle_channel(bundle: Path) -> FileChannel:
+    """A dump bundle's events (docs/bundle.md): its trace tail when it is the whole
+    recording (a cut one lacks the stream header), else its flight recorder."""
+    from undebug.coretarget import FLIGHT_FILE, TRACE_TAIL_FILE, read_bundle
+
+    tail = read_bundle(bundle).summary.get("trace_tail")
+    whole = isinstance(tail, dict) and tail.get("whole") is True
+    for path in ([bundle / TRACE_TAIL_FILE] if whole else []) + [bundle / FLIGHT_FILE]:
+        if path.is_file():
+            return FileChannel(path)
+    raise UsageError(f"the bundle {bundle} holds no trace events (no whole trace tail, no "
+                     "flight recorder)")
