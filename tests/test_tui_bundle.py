@@ -1,0 +1,118 @@
+"""The TUI and the shell on a dump bundle of the real reference guest: one that
+``undebug run --ci`` wrote when the planted null-pointer crash (crash=null) took the guest
+down in real QEMU (TCG). What the TUI shows is checked against the planted crash
+(guest-stubs/refguest/README.md: crash_null, on a worker thread) and against the CLI on
+the same bundle (``undebug threads/mem``); run control must be refused, the bundle being
+one moment, offline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from tests.conftest import undebug
+from tests.test_ci_dump import only_bundle, run_ci
+from tests.test_shell import _shell
+from tests.test_tui import drive, screen, shown_functions, until
+from tui.app import UndebugApp
+from tui.widgets.backtrace import BacktracePane
+from tui.widgets.console import ConsolePane
+from tui.widgets.memory import MemoryPane
+from tui.widgets.output import OutputPane
+from tui.widgets.pane import TextPane
+from tui.widgets.status import StatusBar
+from tui.widgets.threads import ThreadsTable
+
+
+@pytest.fixture(scope="module")
+def bundle(guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    out = tmp_path_factory.mktemp("tui-bundle")
+    code, _, err = run_ci(out, "threads=4 crash=null crash_after=100")
+    assert code == 1, err
+    yield str(only_bundle(out))
+
+
+def summary(bundle: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((Path(bundle) / "summary.json").read_text())
+    return doc
+
+
+async def backtrace_shown(pilot: Pilot[None]) -> None:
+    pane = screen(pilot).query_one(BacktracePane)
+    await until(pilot, lambda: pane.shown is not None, "a backtrace")
+
+
+def test_the_crashed_thread_is_selected_with_its_backtrace_and_the_bar_says_dump(
+        bundle: str) -> None:
+    crash = summary(bundle)["crash"]
+    threads = undebug("threads", bundle, "--json").json()["threads"]
+    crashed = next(t for t in threads if t["id"] == crash["thread_id"])
+    assert crashed["name"].startswith("worker-")
+    console_last = (Path(bundle) / "console.log").read_text(errors="replace").splitlines()[-1]
+
+    async def body(pilot: Pilot[None]) -> None:
+        await backtrace_shown(pilot)
+        assert screen(pilot).selected == crashed["id"]
+        assert screen(pilot).query_one(ThreadsTable).selected == crashed["id"]
+        functions = shown_functions(pilot)
+        assert "crash_null" in functions and "worker_main" in functions, functions
+        bar = str(screen(pilot).query_one(StatusBar).render())
+        assert bundle in bar and "DUMP" in bar and summary(bundle)["time_utc"] in bar, bar
+        # the console pane: the bundle's console log, which ends with the crash
+        console = screen(pilot).query_one(ConsolePane)
+        await until(pilot, lambda: any(console_last.strip() in line.text
+                                       for line in console.lines), "the console's tail")
+        assert console_last.strip()
+
+    drive(UndebugApp(bundle), body)
+
+
+def test_memory_of_planted_counter_is_the_bundles(bundle: str) -> None:
+    cli = undebug("mem", bundle, "planted_counter", "256", "--json").json()
+
+    async def body(pilot: Pilot[None]) -> None:
+        await backtrace_shown(pilot)
+        await pilot.press("4")
+        await pilot.press(*"planted_counter", "enter")
+        pane = screen(pilot).query_one(MemoryPane)
+        await until(pilot, lambda: pane.address is not None, "the bytes")
+        lines = pane.query_one("#memory-bytes", TextPane).plain
+        shown = bytes.fromhex("".join(li[18:65].replace(" ", "") for li in lines))
+        assert shown.hex() == cli["hex"]
+
+    drive(UndebugApp(bundle), body)
+
+
+def test_run_control_is_refused_on_a_dump(bundle: str) -> None:
+    async def body(pilot: Pilot[None]) -> None:
+        await backtrace_shown(pilot)
+        status = screen(pilot).query_one(StatusBar)
+        for key in ("s", "c", "n", "b"):
+            status.message = None
+            await pilot.press(key)
+            assert status.message is not None and "dump bundle" in status.message.plain, key
+        await pilot.press("escape", "colon", *"stop", "enter")
+        output = screen(pilot).query_one(OutputPane)
+        await until(pilot, lambda: output.last == f"stop {bundle}", "the refusal")
+        text = "\n".join(output.plain)
+        assert "dump bundle" in text and "(exit code 2)" in text, text
+
+    drive(UndebugApp(bundle), body)
+
+
+def test_the_shell_on_a_bundle_prints_what_the_cli_prints_and_refuses_run_control(
+        bundle: str) -> None:
+    cli = undebug("threads", bundle)
+    assert cli.code == 0
+    proc = _shell([bundle], "threads\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == cli.stdout
+    refused = _shell([bundle], "stop\nthreads\n")
+    assert refused.returncode == 2
+    assert "dump bundle" in refused.stderr
+    assert refused.stdout == cli.stdout  # the lines after a refusal still run
