@@ -49,7 +49,8 @@ class TraceFollower:
 
         self.warnings: list[str] = []
         self.all_tracepoints: Tracepoints | None = None
-        if is_bundle(name):
+        self.still = is_bundle(name)  # a dump's events: all of them decoded, once
+        if self.still:
             self.channel = bundle_channel(Path(name))
             elf: Path | None = guest_elf(name).path
         else:
@@ -82,7 +83,9 @@ class TraceFollower:
 
     def resume(self, history: int = HISTORY) -> None:
         """Decode again from ``history`` bytes before the end (after :meth:`skim`), with a
-        fresh decoder given the stream header first."""
+        fresh decoder given the stream header first. A dump's are never skimmed: kept."""
+        if self.still and self.decoder is not None:
+            return
         self.decoder = StreamDecoder(None)
         self.pending_head = self.header
         self.skipped += self.channel.skip_to_tail(history)
@@ -90,7 +93,9 @@ class TraceFollower:
     def skim(self) -> TraceBatch:
         """What came since, counted in bytes and not decoded: for a view that shows only
         the rate (decoding costs the app's CPU: its one Python thread). Call
-        :meth:`resume` before polling again."""
+        :meth:`resume` before polling again. A dump's events wait, all of them, to be shown."""
+        if self.still:
+            return TraceBatch()
         moved = self.channel.skip_to_tail(0)
         self.skipped += moved
         dropped = self.channel.dropped()
