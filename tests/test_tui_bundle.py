@@ -162,3 +162,24 @@ def test_the_shell_on_a_bundle_prints_what_the_cli_prints_and_refuses_run_contro
     assert refused.returncode == 2
     assert "stop needs a live guest" in refused.stderr
     assert refused.stdout == cli.stdout  # the lines after a refusal still run
+
+
+def test_the_api_opens_a_bundle_through_its_usual_entries(bundle: str) -> None:
+    """api.attach / status / Console take a bundle's path as they take a name: the TUI's
+    only way in. Typed results as for a live guest, at run token 0, never live."""
+    from undebug import api
+
+    cli = undebug("threads", bundle, "--json").json()["threads"]
+    with api.attach(bundle) as session:
+        view = session.view()
+        assert [t.id for t in view.threads] == [t["id"] for t in cli]
+        assert all(isinstance(t.name, api.GuestText) for t in view.threads)
+        assert view.run_token == 0 and not view.live
+    status = api.status(bundle)
+    assert status.state == "dumped" and not status.runs and status.run_token == 0
+    found = api.dump(bundle)
+    assert found is not None and found.crash_thread == summary(bundle)["crash"]["thread_id"]
+    assert api.dump("no-such-guest") is None  # a name: not a bundle
+    log = (Path(bundle) / "console.log").read_bytes().decode("utf-8", "surrogateescape")
+    assert [line.raw for line in api.Console(bundle).poll()] == \
+        log.replace("\r", "").splitlines()[-200:]
