@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from undebug.commands import command
 from undebug.errors import UsageError
@@ -38,6 +39,10 @@ def tui(args: argparse.Namespace) -> Report:
         raise UsageError("undebug tui needs a terminal (stdin and stdout are not one)",
                          hint="for scripts, use undebug threads / bt / logs (with --json)")
     from tui.app import UndebugApp
+    from undebug.coretarget import is_bundle, read_bundle
+
+    if args.name is not None and is_bundle(args.name):
+        read_bundle(Path(args.name))  # "not a dump bundle" (exit 2) before the screen opens
 
     UndebugApp(args.name, read_only=args.read_only, theme=args.theme).run(mouse=not args.no_mouse)
     return Report()
