@@ -92,6 +92,8 @@ class UndebugApp(App[None]):
         keys.append(("", f"rebind keys by their [id] in {keymap_path()}"))
         if self.read_only:
             keys.append(("", "read-only (--read-only): stop, continue and step are refused"))
+        if isinstance(self.screen, GuestScreen) and self.screen.dump is not None:
+            keys.append(("", "a dump bundle: stop, continue, step and break are refused"))
         self.push_screen(HelpScreen(keys))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:

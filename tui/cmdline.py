@@ -180,12 +180,15 @@ def split(text: str) -> list[str]:
     return shlex.split(text, comments=True)
 
 
-def read_only_refusal(words: list[str]) -> str | None:
+def read_only_refusal(words: list[str], dump: str | None = None) -> str | None:
     """Why a read-only front end does not run this line (it changes the guest or writes
-    files); None when it only reads."""
+    files); None when it only reads. ``dump``: the front end shows that dump bundle."""
     line = read_line(words)
     for path, reads in CHANGES:
         if line.path == path and (reads is None or reads not in line.options):
+            if dump is not None:
+                return (f"{' '.join(path)} needs a live guest, and {dump} is a dump bundle "
+                        "(one moment, offline): run control is off")
             return (f"{' '.join(path)} changes the guest or writes files, and this view is "
                     f"read-only (--read-only); from a terminal: undebug {shlex.join(words)}")
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from undebug.commands import command
 from undebug.errors import UsageError
@@ -12,8 +13,9 @@ from undebug.output import Report
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME", nargs="?",
-                   help="the guest to open (see undebug ps); without it, a list of guests")
+    p.add_argument("name", metavar="NAME|BUNDLE", nargs="?",
+                   help="the guest to open (see undebug ps), or a dump bundle's path (the "
+                   "crashed thread selected, run control off); without it, a list of guests")
     p.add_argument("--read-only", action="store_true",
                    help="no run control: stop, continue and step are refused")
     p.add_argument("--no-mouse", action="store_true",
@@ -29,13 +31,18 @@ def _arguments(p: argparse.ArgumentParser) -> None:
          "panes (console, disassembly, source, memory, watch, trace, output, memory map, "
          "heap, network), a : command "
          "bar, and run control (s stop, c continue, n step, p snapshot). Press ? for the "
-         "keys (rebindable in ~/.config/undebug/tui-keys.toml). Needs a terminal; NO_COLOR "
+         "keys (rebindable in ~/.config/undebug/tui-keys.toml). A dump bundle's path (undebug "
+         "dump, run --ci) opens the dump with the same panes and no run control. Needs a terminal; NO_COLOR "
          "turns colour off.")
 def tui(args: argparse.Namespace) -> Report:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("undebug tui needs a terminal (stdin and stdout are not one)",
                          hint="for scripts, use undebug threads / bt / logs (with --json)")
     from tui.app import UndebugApp
+    from undebug.coretarget import is_bundle, read_bundle
+
+    if args.name is not None and is_bundle(args.name):
+        read_bundle(Path(args.name))  # "not a dump bundle" (exit 2) before the screen opens
 
     UndebugApp(args.name, read_only=args.read_only, theme=args.theme).run(mouse=not args.no_mouse)
     return Report()

@@ -59,11 +59,19 @@ class GuestFacts:
         """The guest's threads; [] when they cannot be read (an ended guest, no OS
         awareness): completion then offers nothing rather than an error."""
         import undebug
+        from undebug.coretarget import is_bundle
         from undebug.session.client import SupervisorClient
         from undebug.session.store import SessionDir
 
         with self._lock:
             try:
+                if is_bundle(name):  # a dump: read once, it never changes
+                    if name not in self._threads:
+                        with undebug.attach(name) as guest:
+                            self._threads[name] = (0, [ThreadChoice(t.id, escape(t.name),
+                                                                    escape(t.state))
+                                                       for t in guest.threads()])
+                    return self._threads[name][1]
                 with SupervisorClient(SessionDir.named(name), timeout=2.0) as client:
                     cached = self._threads.get(name)
                     if cached is not None and cached[0] == client.status().run_token:

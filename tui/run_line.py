@@ -32,7 +32,8 @@ class Ran:
     moved: bool  # a run-control command: the guest's state may have changed
 
 
-def run_line(guest: str, text: str, read_only: bool) -> Ran:
+def run_line(guest: str, text: str, read_only: bool, dump: str | None = None) -> Ran:
+    """``dump``: ``guest`` is that dump bundle: run control is refused as read-only."""
     try:
         words = split(text)
     except ValueError as exc:
@@ -41,7 +42,8 @@ def run_line(guest: str, text: str, read_only: bool) -> Ran:
         return Ran("", "", 0, False)
     words = with_target(words, guest)
     line = shlex.join(words)
-    reason = refusal(words) or (read_only_refusal(words) if read_only else None)
+    reason = refusal(words) or (read_only_refusal(words, dump)
+                                if read_only or dump is not None else None)
     if reason is not None:
         return Ran(line, f"undebug: error: {reason}", EXIT_USAGE, False)
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "160"}

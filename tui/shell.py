@@ -1,4 +1,4 @@
-"""``undebug shell [NAME]``: the CLI's commands as a REPL (prompt_toolkit).
+"""``undebug shell [NAME|BUNDLE]``: the CLI's commands as a REPL (prompt_toolkit).
 
 Each line is an undebug command line run in-process through the CLI's own parser and
 dispatch (``undebug.cli.main``), so it prints exactly what the CLI prints and exits with
@@ -6,7 +6,8 @@ its code; with NAME, a line that leaves the TARGET slot empty gets NAME there. C
 lives in tui/completion.py, the reading of a line against the parser in tui/cmdline.py.
 When stdin or stdout is not a terminal the lines are read plainly (no prompt, no colour)
 and the shell's exit code is that of the last line that failed, so scripts can pipe
-commands in.
+commands in. With a dump bundle's path, lines take the bundle as their target and run
+control (``stop``, ``cont``, ``step``, ``break``, ...) is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from tui.cmdline import command_helps, refusal, split, with_target
+from tui.cmdline import command_helps, read_only_refusal, refusal, split, with_target
 from undebug import cli
 from undebug.commands import command
 from undebug.errors import EXIT_USAGE, UndebugError
@@ -50,7 +51,10 @@ class Shell:
     """Runs lines; ``failed`` is the exit code of the last line that failed (0: none)."""
 
     def __init__(self, name: str | None) -> None:
+        from undebug.coretarget import is_bundle
+
         self.name = name
+        self.dump = name if name is not None and is_bundle(name) else None
         self.failed = 0
         self.done = False
 
@@ -76,7 +80,7 @@ class Shell:
             return self._python(rest)
         if self.name is not None:
             words = with_target(words, self.name)
-        reason = refusal(words)
+        reason = refusal(words) or (read_only_refusal(words, self.dump) if self.dump else None)
         if reason is not None:
             sys.stderr.write(f"undebug: error: {escape(reason)}\n")
             return EXIT_USAGE
@@ -183,21 +187,27 @@ def run_interactive(shell: Shell) -> int:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME", nargs="?",
-                   help="the guest the commands are about (see undebug ps): they then take no TARGET")
+    p.add_argument("name", metavar="NAME|BUNDLE", nargs="?",
+                   help="the guest the commands are about (see undebug ps), or a dump bundle's "
+                   "path (run control refused): they then take no TARGET")
 
 
 @command("shell", "run undebug commands at a prompt, with completion and history", _arguments,
          json=False, description="A REPL of undebug's commands: each line is an undebug "
          "command line (threads, bt --thread 8, mem planted_counter 8, ...), printed as the "
          "CLI prints it. `help` lists the commands, `py` opens Python with the guest "
-         "attached. Without a terminal, lines are read from stdin and the exit code is the "
+         "attached. A dump bundle's path in place of NAME: the commands read the dump, "
+         "run control is refused. Without a terminal, lines are read from stdin and the exit code is the "
          "last failing line's.")
 def shell(args: argparse.Namespace) -> Report:
     if args.name is not None:
+        from undebug.coretarget import is_bundle, read_bundle
         from undebug.session.store import SessionDir
 
-        SessionDir.named(args.name).read_record()  # "no guest named ..." (exit 2) up front
+        if is_bundle(args.name):
+            read_bundle(Path(args.name))  # "not a dump bundle" (exit 2) up front
+        else:
+            SessionDir.named(args.name).read_record()  # "no guest named ..." (exit 2) up front
     repl = Shell(args.name)
     if sys.stdin.isatty() and sys.stdout.isatty():
         code_ = run_interactive(repl)

@@ -12,6 +12,7 @@ several polls and the app never waits on one. While nobody looks at the events,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tracers.channel import FileChannel, guest_channel
 from tracers.decode import ID_LOST, StreamDecoder
@@ -19,9 +20,9 @@ from tracers.format import HEADER_SIZE, StreamHeader
 from tracers.metadata import Tracepoints, for_stream, load_tracepoints
 from tracers.model import TraceModel
 from tracers.report import EventPrinter
-from undebug.errors import UndebugError
+from undebug.errors import UndebugError, UsageError
 
-__all__ = ["TraceBatch", "TraceFollower"]
+__all__ = ["TraceBatch", "TraceFollower", "bundle_channel"]
 
 WINDOW = 1 << 20  # bytes read and decoded at a time
 HISTORY = 64 << 10  # bytes of the recording before its end read at the start
@@ -43,12 +44,18 @@ class TraceFollower:
     """Follows guest ``name``'s recording from its start; ``poll`` what came since."""
 
     def __init__(self, name: str) -> None:
-        from undebug.target import remembered_elf
+        from undebug.coretarget import is_bundle
+        from undebug.target import guest_elf, remembered_elf
 
-        self.channel: FileChannel = guest_channel(name)
         self.warnings: list[str] = []
         self.all_tracepoints: Tracepoints | None = None
-        elf = remembered_elf(name)
+        self.still = is_bundle(name)  # a dump's events: all of them decoded, once
+        if self.still:
+            self.channel = bundle_channel(Path(name))
+            elf: Path | None = guest_elf(name).path
+        else:
+            self.channel = guest_channel(name)
+            elf = remembered_elf(name)
         if elf is not None:
             try:
                 self.all_tracepoints = load_tracepoints(elf)
@@ -76,7 +83,9 @@ class TraceFollower:
 
     def resume(self, history: int = HISTORY) -> None:
         """Decode again from ``history`` bytes before the end (after :meth:`skim`), with a
-        fresh decoder given the stream header first."""
+        fresh decoder given the stream header first. A dump's are never skimmed: kept."""
+        if self.still and self.decoder is not None:
+            return
         self.decoder = StreamDecoder(None)
         self.pending_head = self.header
         self.skipped += self.channel.skip_to_tail(history)
@@ -84,7 +93,9 @@ class TraceFollower:
     def skim(self) -> TraceBatch:
         """What came since, counted in bytes and not decoded: for a view that shows only
         the rate (decoding costs the app's CPU: its one Python thread). Call
-        :meth:`resume` before polling again."""
+        :meth:`resume` before polling again. A dump's events wait, all of them, to be shown."""
+        if self.still:
+            return TraceBatch()
         moved = self.channel.skip_to_tail(0)
         self.skipped += moved
         dropped = self.channel.dropped()
@@ -131,3 +142,17 @@ class TraceFollower:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def bundle_channel(bundle: Path) -> FileChannel:
+    """A dump bundle's events (docs/bundle.md): its trace tail when it is the whole
+    recording (a cut one lacks the stream header), else its flight recorder."""
+    from undebug.coretarget import FLIGHT_FILE, TRACE_TAIL_FILE, read_bundle
+
+    tail = read_bundle(bundle).summary.get("trace_tail")
+    whole = isinstance(tail, dict) and tail.get("whole") is True
+    for path in ([bundle / TRACE_TAIL_FILE] if whole else []) + [bundle / FLIGHT_FILE]:
+        if path.is_file():
+            return FileChannel(path)
+    raise UsageError(f"the bundle {bundle} holds no trace events (no whole trace tail, no "
+                     "flight recorder)")

@@ -34,9 +34,9 @@ from undebug.target import LiveTarget, Target, guest_elf, open_target
 from undebug.text import escape
 from undebug.unwind import Backtrace, Frame, unwind
 
-__all__ = ["Backtrace", "Breakpoint", "Console", "Evaluation", "Frame", "GuestStatus",
+__all__ = ["Backtrace", "Breakpoint", "Console", "Dump", "Evaluation", "Frame", "GuestStatus",
            "GuestText", "GuestThread", "Instruction", "Network", "Session", "Stop",
-           "ThreadsView", "attach", "break_at",
+           "ThreadsView", "attach", "break_at", "dump",
            "evaluate", "guests", "pause", "resume", "source_path", "status", "step"]
 
 _D = TypeVar("_D")
@@ -253,8 +253,66 @@ def guests() -> tuple[list[GuestStatus], list[str]]:
 
 
 def status(name: str) -> GuestStatus:
-    """The guest's state, accelerator, uptime and run token, from its supervisor."""
+    """The guest's state, accelerator, uptime and run token, from its supervisor; of a
+    dump bundle, state ``dumped`` at run token 0 (one moment, forever)."""
+    found = dump(name)
+    if found is not None:
+        return found.status
     return live_status(SessionDir.named(name))
+
+
+@dataclass(frozen=True)
+class Dump:
+    """A dump bundle as a front end presents it (docs/bundle.md): where it is, when it
+    was dumped and why, and the thread that crashed (the summary's crash reading, else
+    vCPU 0's). ``status`` is what :func:`status` gives for it."""
+
+    path: str
+    guest: GuestText
+    time_utc: str
+    reason: GuestText
+    crash_thread: int | None  # None: no crash reading; select vCPU 0's thread
+    status: GuestStatus
+    problems: list[str]
+
+
+def dump(spec: str) -> Dump | None:
+    """The bundle ``spec`` names (a path, as every inspection command takes one), or
+    None when it names a session."""
+    from undebug.coretarget import CONSOLE_FILE, is_bundle, read_bundle
+
+    if not is_bundle(spec):
+        return None
+    bundle = read_bundle(Path(spec))
+    summary = bundle.summary
+
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else ""
+
+    def number(value: object) -> int | None:
+        return value if type(value) is int else None
+
+    def table(value: object) -> dict[str, object]:
+        return value if isinstance(value, dict) else {}
+
+    reason, crash = table(summary.get("reason")), table(summary.get("crash"))
+    elfs = summary.get("elfs")
+    elf = elfs[0].get("path") if isinstance(elfs, list) and elfs and \
+        isinstance(elfs[0], dict) else None
+    when = summary.get("time")
+    guest = text(summary.get("guest")) or Path(spec).name
+    state = GuestStatus(
+        name=guest, state="dumped", user_paused=False, mode="launch",
+        image=text(summary.get("image")) or None, elf=text(elf) or None, accel=None,
+        accel_reason=None, smp=number(summary.get("smp")),
+        memory_mb=number(summary.get("memory_mb")), append=text(summary.get("append")) or None,
+        forwards=(), supervisor_pid=None, qemu_pid=None,
+        started=float(when) if isinstance(when, (int, float)) else 0.0, uptime_s=0.0,
+        outcome=None, console=str(Path(spec) / CONSOLE_FILE), run_token=0, last_stop=None,
+        breakpoints=(), frozen=False, shared_ram=False, warnings=tuple(bundle.problems))
+    why = text(reason.get("text")) or text(reason.get("kind")) or "no reason recorded"
+    return Dump(spec, GuestText(guest), text(summary.get("time_utc")) or "unknown time",
+                GuestText(why), number(crash.get("thread_id")), state, list(bundle.problems))
 
 
 def pause(name: str) -> GuestStatus:
@@ -295,7 +353,8 @@ class Console:
     Each line is a :class:`GuestText` (the guest wrote it)."""
 
     def __init__(self, name: str, tail: int = 200) -> None:
-        path = SessionDir.named(name).console_log
+        found = dump(name)  # a bundle: its console log, which no longer grows
+        path = Path(found.status.console) if found else SessionDir.named(name).console_log
         self._first = [_line(raw) for raw in tail_lines(path, tail)]
         self._follower = ConsoleFollower(path, start_at_end=True)
 

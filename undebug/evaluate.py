@@ -209,6 +209,15 @@ def evaluate_in(name: str, expressions: list[str], thread: int | None = None,
         except UsageError as exc:
             results[i] = Evaluation(expression, error=exc.message, hint=exc.hint)
     asked = [e for i, e in enumerate(expressions) if i not in results]
+    from undebug.coretarget import is_bundle
+
+    if is_bundle(name):
+        if asked:
+            found = iter(_evaluate_bundle(name, asked, thread, warnings, elf, force))
+            for i in range(len(expressions)):
+                if i not in results:
+                    results[i] = next(found)
+        return [results[i] for i in range(len(expressions))]
     session = SessionDir.named(name)
     with SupervisorClient(session) as client:
         status = client.status()
@@ -232,6 +241,27 @@ def evaluate_in(name: str, expressions: list[str], thread: int | None = None,
             if i not in results:
                 results[i] = next(found)
     return [results[i] for i in range(len(expressions))]
+
+
+def _evaluate_bundle(bundle: str, asked: list[str], thread: int | None,
+                     warnings: list[str] | None, elf: Path | None,
+                     force: bool) -> list[Evaluation]:
+    """A dump bundle's values: gdb on ``undebug gdbserver BUNDLE`` (it serves the dump
+    read-only), its socket in a private 0700 directory, gdb disconnected after."""
+    import shutil
+    import tempfile
+
+    from undebug.gdb.mi import MiSession
+    from undebug.target import guest_elf
+
+    elf_path = elf or guest_elf(bundle).path
+    private = Path(tempfile.mkdtemp(prefix="undebug-eval-"))
+    try:
+        with Gdbserver(bundle, private, elf=elf, force=force) as proxy, \
+                MiSession.start(elf_path) as mi:
+            return evaluate_all(mi, proxy.listening(), asked, thread, warnings, resume=False)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def evaluate_at(address: str, elf: Path | None, expression: str, thread: int | None = None,

@@ -3,7 +3,8 @@
 heap, network), the ``:`` command bar, and run control. Views are read once per stop
 (cached by run token); while the guest runs, the threads are re-read every second
 without stopping it, marked LIVE, and ``p`` takes a consistent snapshot (pause, read,
-resume)."""
+resume). A dump bundle's path opens the same screen on the dump: one stop, forever, the
+crashed thread selected, run control refused."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from textual.worker import get_current_worker
 
 from tui import messages
 from tui.panes import PANES
-from tui.screens.paned import PanedScreen
+from tui.screens.paned import DUMP_REFUSAL, PanedScreen
 from tui.widgets.backtrace import BacktracePane, backtrace_text
 from tui.widgets.command_bar import CommandBar
 from tui.widgets.registers import RegistersPane
@@ -86,7 +87,7 @@ class GuestScreen(PanedScreen):
         self.view_stop = -1  # the run token of the last breakpoint stop selected for
 
     def compose(self) -> ComposeResult:
-        yield StatusBar(self.guest, self.read_only)
+        yield StatusBar(self.guest, self.read_only, self.dump)
         with Container(id="body"):
             with Horizontal(id="main"):
                 with Vertical(id="left"):
@@ -116,7 +117,8 @@ class GuestScreen(PanedScreen):
         self._table = self.query_one(ThreadsTable)
         self._table.border_title = "threads"
         self.read_view()
-        self.set_interval(LIVE_PERIOD, self._tick)
+        if self.dump is None:  # a dump never changes: nothing to tick for
+            self.set_interval(LIVE_PERIOD, self._tick)
 
     # ---- reading the guest (workers: blocking calls off the app's thread) -------------
 
@@ -136,7 +138,7 @@ class GuestScreen(PanedScreen):
         if self.gone:
             return
         try:
-            status = api.status(self.guest)
+            status = self.dump.status if self.dump is not None else api.status(self.guest)
         except UndebugError as exc:  # its session was removed: killed and forgotten
             self.post_message(messages.GuestGone(exc.message))
             return
@@ -164,7 +166,11 @@ class GuestScreen(PanedScreen):
     def _wanted(self, view: api.ThreadsView, status: api.GuestStatus) -> api.GuestThread | None:
         """The thread to select in a stopped view: the one on the vCPU that hit a
         breakpoint (a new stop the guest made), else the one selected, else the one on
-        vCPU 0 (opening), else the first."""
+        vCPU 0 (opening), else the first. A dump opens on the thread that crashed."""
+        crashed = self.dump.crash_thread if self.dump is not None and self.view is None else None
+        found = next((t for t in view.threads if t.id == crashed), None)
+        if found is not None:
+            return found
         stop = status.last_stop
         if stop is not None and stop.reason == "breakpoint" and stop.cpu is not None \
                 and status.run_token == view.run_token and self.view_stop != view.run_token:
@@ -280,6 +286,9 @@ class GuestScreen(PanedScreen):
     # ---- keys -----------------------------------------------------------------------
 
     def _may_control(self) -> bool:
+        if self.dump is not None:
+            self.query_one(StatusBar).say(DUMP_REFUSAL)
+            return False
         if self.read_only:
             self.query_one(StatusBar).say("read-only: run control is off (--read-only)")
         elif self.gone:

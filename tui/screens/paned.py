@@ -20,7 +20,9 @@ from tui.widgets.status import StatusBar
 from tui.widgets.threads import ThreadsTable
 from tui.widgets.trace import TracePane
 from undebug import api
+from undebug.errors import UndebugError
 
+DUMP_REFUSAL = "a dump bundle: one moment, offline; run control is off"
 WIDE = 160  # columns from which the panes stand beside the threads, not under them
 
 
@@ -29,6 +31,7 @@ class PanedScreen(Screen[None]):
         super().__init__()
         self.guest = guest
         self.read_only = read_only
+        self.dump = _dump(guest)  # a bundle's path: the screen shows a dump (no run control)
         self.view: api.ThreadsView | None = None
         self.status: api.GuestStatus | None = None
         self.backtraces: dict[tuple[int, int], api.Backtrace] = {}
@@ -144,7 +147,8 @@ class PanedScreen(Screen[None]):
 
     @work(thread=True, group="command")
     def run_command(self, text: str) -> None:
-        ran = run_line(self.guest, text, self.read_only)
+        ran = run_line(self.guest, text, self.read_only,
+                       dump=self.dump.path if self.dump is not None else None)
         self.app.call_from_thread(self._command_ran, ran.line, ran.output, ran.code)
         if ran.moved:
             self.app.call_from_thread(self.action_refresh)
@@ -154,3 +158,11 @@ class PanedScreen(Screen[None]):
         self.action_show_tab("output")
         self.query_one(StatusBar).say(f"{line}: exit code {code}", "red" if code else "green")
 
+
+def _dump(guest: str) -> api.Dump | None:
+    """The bundle ``guest`` names, if it is one (a bundle that cannot be read shows its
+    error when the screen reads it)."""
+    try:
+        return api.dump(guest)
+    except UndebugError:
+        return None

@@ -1,6 +1,6 @@
 """The status bar: session, guest state, accelerator, uptime, which stop is shown (or
-that the picture is live, or a snapshot), the trace's rate and losses, and the last
-message for the user."""
+that the picture is live, or a snapshot; of a dump bundle: its path, time and reason),
+the trace's rate and losses, and the last message for the user."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.widgets.text import guest
-from undebug.api import GuestStatus
+from undebug.api import Dump, GuestStatus
 
 _STATE_STYLE = {"running": "green", "paused": "yellow"}
 
@@ -25,9 +25,10 @@ class StatusBar(Static):
     StatusBar { height: 1; background: $panel; padding: 0 1; }
     """
 
-    def __init__(self, name: str, read_only: bool) -> None:
+    def __init__(self, name: str, read_only: bool, dump: Dump | None = None) -> None:
         super().__init__()
         self.session = name
+        self.dump = dump  # a dump bundle: its path, time and reason in place of the state
         self.read_only = read_only
         self.status: GuestStatus | None = None
         self.live = False
@@ -60,7 +61,11 @@ class StatusBar(Static):
 
     def _paint(self) -> None:
         text = guest(self.session, "bold")
-        if self.status is not None:
+        if self.dump is not None:
+            text.append("  DUMP", style="reverse")
+            text.append(f"  {self.dump.time_utc}  ")
+            text.append_text(guest(self.dump.reason, "red"))
+        elif self.status is not None:
             s = self.status
             text.append("  ")
             state = "running" if s.runs else s.state  # held for a read: it runs for the user

@@ -23,7 +23,8 @@ def value_line(expression: str, value: str, type_: str | None) -> str:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
+    p.add_argument("target", metavar="TARGET",
+                   help="a guest's name (see undebug ps) or a dump bundle's path")
     p.add_argument("expression", metavar="EXPR",
                    help="a C expression over the guest's symbols, e.g. 'thread_list->name'")
     p.add_argument("--thread", type=int, metavar="ID",
