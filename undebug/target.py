@@ -34,7 +34,6 @@ from undebug.session.client import SupervisorClient
 from undebug.session.machine_map import DeviceRange
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
-from undebug.vm.process_memory import ProcessMemory, ptrace_hint, start_time
 
 __all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
 
@@ -291,6 +290,8 @@ class _ProcessRam(_Ram):
 
     def __init__(self, pid: int, layout: list[tuple[int, int, int]]) -> None:
         super().__init__(layout)
+        from undebug.vm.process_memory import ProcessMemory  # ctypes: only when adopted
+
         self.memory = ProcessMemory(pid)
 
     def _copy(self, offset: int, size: int) -> bytes:
@@ -395,6 +396,8 @@ class LiveTarget(Target):
             os.close(fd)
 
     def _process_ram(self) -> _ProcessRam | None:
+        from undebug.vm.process_memory import ptrace_hint, start_time
+
         try:
             found = self.client.process_ram()
         except UndebugError as exc:  # the supervisor's reason, or an older supervisor's

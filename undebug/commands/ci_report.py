@@ -14,8 +14,6 @@ import re
 import time
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape as xml_escape
-from xml.sax.saxutils import quoteattr
 
 from undebug.text import escape
 
@@ -156,12 +154,16 @@ def _event_text(event: dict[str, Any]) -> str:
 
 
 def _xml(text: str) -> str:
+    from xml.sax.saxutils import escape as xml_escape
+
     return xml_escape(_XML_BAD.sub("?", text))
 
 
 def junit_xml(f: Failure) -> str:
     """One testsuite with one testcase: the guest's run (GitLab and the GitHub test-report
     actions read ``testsuites/testsuite/testcase``, ``failure`` and ``system-out``)."""
+    from xml.sax.saxutils import quoteattr
+
     where = f.locations()
     file, line = (_relative(where[0][0]), where[0][1]) if where else (str(f.image), 0)
     name = f"run {f.image.name}"

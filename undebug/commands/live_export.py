@@ -9,13 +9,14 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from undebug.session.store import SessionDir
 
 if TYPE_CHECKING:
+    import subprocess
+
     from tracers.export.otlp import OtlpDelivery
 
 __all__ = ["export_state", "progress", "start_live_export"]
@@ -47,6 +48,7 @@ def progress(args: argparse.Namespace) -> Callable[[OtlpDelivery], None] | None:
 def start_live_export(session: SessionDir, url: str) -> subprocess.Popen[bytes]:
     """``run --otlp``: the live export in a process of its own (the supervisor imports no
     exporter), its output in the session's export.log; it ends with the guest."""
+    import subprocess  # only run --otlp needs it (startup: tests/test_startup.py)
     import sys
 
     fd = os.open(session.export_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

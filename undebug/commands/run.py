@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -294,6 +293,8 @@ def run(args: argparse.Namespace) -> Report:
     finally:
         claim.release()
     if exporter is not None:  # the guest has ended: the export sends what is left, then ends
+        import subprocess
+
         try:
             exporter.wait(timeout=EXPORT_WAIT_S)
         except subprocess.TimeoutExpired:
