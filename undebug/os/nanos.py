@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from undebug.elf import ElfFile
 from undebug.os.crash import Crash
+from undebug.os.heap import HeapReport
 from undebug.os.provider import (
     MAX_THREADS,
     BootDefaults,
@@ -259,6 +260,11 @@ class NanosProvider(ThreadProvider):
         return GuestThread(id=value.int("tid", signed=True), name=name or "<unnamed>",
                            state=state, cpu=cpu, registers=registers, stack=None,
                            wait_reason=wait, address=value.address)
+
+    def heaps(self) -> list[HeapReport]:
+        from undebug.os.nanos_heap import nanos_heaps
+
+        return nanos_heaps(self)
 
     # ---- crash ----
 
