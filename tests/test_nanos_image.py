@@ -193,3 +193,27 @@ def test_heap_reads_the_kernel_heaps_as_gdb_does(workers: Path, tmp_path: Path) 
                                     "((struct id_heap *)heaps.virtual_huge)->total")
     assert int(physical) == reports["heaps->physical"]["total"]
     assert int(virtual) == reports["heaps->virtual_huge"]["total"]
+
+
+def test_maps_names_the_kernel_at_its_slide_and_the_program(workers: Path) -> None:
+    maps = undebug("maps", "nanosw", "--json")
+    assert maps.code == 0, maps.stderr
+    regions = maps.json()["regions"]
+    symbols = _nm(workers)
+    mem = undebug("mem", "nanosw", "kas_kern_offset", "8", "--json")
+    slide = int.from_bytes(bytes.fromhex(mem.json()["hex"]), "little")
+    text = [r for r in regions if ".text" in r["names"]]
+    assert text and text[0]["start"] <= symbols["start_process"] + slide < text[-1]["end"]
+    kernel = [r for r in regions if "kernel" in r["kinds"]]
+    # START: the first byte of the kernel's .text, its lowest loaded section
+    assert kernel[0]["start"] == text[0]["start"] == symbols["START"] + slide, kernel[0]
+    assert text[0]["mapped"] and not text[0]["user"] and text[0]["executable"], text[0]
+    # the program's own sections, in user mode at its link address (a static ELF)
+    program = _nm(_path("UNDEBUG_NANOS_PROGRAM"))
+    code = [r for r in regions if "workers .text" in r["names"] and r["mapped"]]
+    assert code and all(r["user"] and r["executable"] for r in code), code
+    assert any(r["start"] <= program["do_work"] < r["end"] for r in
+               (r for r in regions if "workers .text" in r["names"]))
+    # demand paging leaves most of the program unmapped: named, and not a flaw
+    assert any(not r["mapped"] for r in regions if "program" in r["kinds"])
+    assert not any("unmapped" in r["flags"] for r in regions if "program" in r["kinds"])

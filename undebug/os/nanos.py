@@ -31,9 +31,11 @@ from undebug.os.crash import Crash
 from undebug.os.heap import HeapReport
 from undebug.os.provider import (
     MAX_THREADS,
+    PROGRAM_KIND,
     BootDefaults,
     CrashStop,
     GuestThread,
+    MemoryArea,
     StructValue,
     ThreadProvider,
     ThreadSnapshot,
@@ -260,6 +262,27 @@ class NanosProvider(ThreadProvider):
         return GuestThread(id=value.int("tid", signed=True), name=name or "<unnamed>",
                            state=state, cpu=cpu, registers=registers, stack=None,
                            wait_reason=wait, address=value.address)
+
+    def memory_areas(self) -> list[MemoryArea]:
+        """The kernel/user split: the kernel image as a whole at its slid address (its
+        sections are the memory map's own), and each program's sections where
+        ``--debug-elf`` put it, as ``program`` areas: Nanos maps a program's pages on
+        demand, so the parts not touched yet are unmapped, and that is no flaw."""
+        target, areas = self.target, []
+        sections = target.elf.loaded_sections
+        if sections:
+            low = min(s.address for s in sections)
+            high = max(s.address + s.size for s in sections)
+            areas.append(MemoryArea((low + target.load_offset) & MASK,
+                                    (high + target.load_offset) & MASK, "kernel",
+                                    f"Nanos kernel (linked at {low:#x})"))
+        for elf, offset in target.programs:
+            program = elf.path.name
+            for section in elf.loaded_sections:
+                start = section.address + offset
+                areas.append(MemoryArea(start, start + section.size, PROGRAM_KIND,
+                                        f"{program} {section.name}"))
+        return areas
 
     def heaps(self) -> list[HeapReport]:
         from undebug.os.nanos_heap import nanos_heaps

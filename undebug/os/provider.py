@@ -27,6 +27,7 @@ __all__ = ["BootDefaults", "CrashStop", "GuestThread", "MemoryArea", "StructValu
            "ThreadProvider", "ThreadSnapshot", "read_struct", "walk_list"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
+PROGRAM_KIND = "program"  # a MemoryArea of a program the OS pages in on demand
 
 
 @dataclass(frozen=True)
