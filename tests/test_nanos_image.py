@@ -217,3 +217,11 @@ def test_maps_names_the_kernel_at_its_slide_and_the_program(workers: Path) -> No
     # demand paging leaves most of the program unmapped: named, and not a flaw
     assert any(not r["mapped"] for r in regions if "program" in r["kinds"])
     assert not any("unmapped" in r["flags"] for r in regions if "program" in r["kinds"])
+
+
+def test_sym_gives_link_addresses_and_says_so(workers: Path) -> None:
+    """sym reads only the ELF: on Nanos (KASLR) it says its addresses are link ones."""
+    sym = undebug("sym", "nanosw", "kas_kern_offset", "--json")
+    assert sym.code == 0, sym.stderr
+    assert sym.json()["address"] == _nm(workers)["kas_kern_offset"]
+    assert any("link addresses" in w for w in sym.json()["warnings"]), sym.json()

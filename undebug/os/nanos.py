@@ -68,6 +68,7 @@ class NanosProvider(ThreadProvider):
     name = "nanos"
     required_symbols: ClassVar[tuple[str, ...]] = ("kas_kern_offset", "kernel_phys_offset",
                                                    "processes")
+    relocates = True
 
     @classmethod
     def boot_defaults(cls, image: BootImage) -> BootDefaults | None:

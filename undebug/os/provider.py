@@ -179,6 +179,9 @@ class ThreadProvider(ABC):
 
     name: ClassVar[str]
     required_symbols: ClassVar[tuple[str, ...]]
+    # the kernel runs slid from its ELF's link addresses (KASLR): what reads only the ELF
+    # (``undebug sym``) says its addresses are link addresses
+    relocates: ClassVar[bool] = False
 
     def __init__(self, target: Target) -> None:
         self.target = target
