@@ -225,3 +225,20 @@ def test_sym_gives_link_addresses_and_says_so(workers: Path) -> None:
     assert sym.code == 0, sym.stderr
     assert sym.json()["address"] == _nm(workers)["kas_kern_offset"]
     assert any("link addresses" in w for w in sym.json()["warnings"]), sym.json()
+
+
+def test_the_crash_stop_holds_only_for_signals_whose_default_is_fatal() -> None:
+    """default_signal_action(t, qs) also gets SIGCHLD and the like, and returns: the crash
+    stop's condition is on qs->si.si_signo (its offset as gdb computes it from the DWARF)."""
+    from undebug.elf import ElfFile
+    from undebug.os.nanos import NanosProvider
+
+    kernel = _path("UNDEBUG_NANOS_KERNEL_ELF")
+    (stop,) = NanosProvider.crash_stops(ElfFile(kernel))
+    out = subprocess.run(["gdb", "-batch", "-nx", "-ex",
+                          "print (long)&((struct queued_signal *)0)->si.si_signo", str(kernel)],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert (stop.register, stop.offset) == ("rsi", int(out.split(" = ")[1]))
+    fatal = {stop.value, *stop.values}
+    assert {11, 6, 9, 15} <= fatal  # SIGSEGV, SIGABRT, SIGKILL, SIGTERM
+    assert not {17, 18, 23, 28} & fatal  # SIGCHLD, SIGCONT, SIGURG, SIGWINCH: ignored

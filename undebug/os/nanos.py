@@ -57,6 +57,11 @@ KERNEL_IDS = 0x3FFF_0000  # ids of the per-CPU kernel contexts: this + vCPU (tid
 SIGNAL_STOP = "default_signal_action"
 # src/runtime/runtime.h VM_EXIT_*: a signal's number, or these
 VM_EXIT_GDB, VM_EXIT_FAULT, VM_EXIT_HALT = 0x7D, 0x7E, 0x7F
+# the signals whose default action (default_signal_action's switch) ends the program:
+# terminate, core dump, stop (Nanos halts for these too); the rest (SIGCHLD, SIGCONT,
+# SIGURG, SIGWINCH, real-time ones) it ignores, returning
+FATAL_SIGNALS = (11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22, 24,
+                 25, 26, 27, 29, 30, 31)
 SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV",
            13: "SIGPIPE", 15: "SIGTERM"}
 
@@ -80,9 +85,16 @@ class NanosProvider(ThreadProvider):
 
     @classmethod
     def crash_stops(cls, elf: ElfFile) -> list[CrashStop]:
-        """``default_signal_action``: every signal without a handler ends there, and it
-        halts QEMU (isa-debug-exit) once it has printed the thread's context."""
-        return [CrashStop(SIGNAL_STOP, f"{SIGNAL_STOP} (a signal without a handler)")]
+        """``default_signal_action(t, qs)``: every signal without a handler gets there; for
+        a fatal one it halts QEMU (isa-debug-exit) once it has printed the thread's
+        context, so the stop holds only when ``qs->si.si_signo`` is fatal (SIGCHLD and
+        the like return: the program runs on)."""
+        label = f"{SIGNAL_STOP} (a signal without a handler)"
+        layout = elf.struct("queued_signal")
+        if layout is None or not layout.has_member("si.si_signo"):
+            return [CrashStop(SIGNAL_STOP, label)]
+        return [CrashStop(SIGNAL_STOP, label, "rsi", FATAL_SIGNALS[0],
+                          layout.member("si.si_signo").offset, FATAL_SIGNALS[1:])]
 
     @classmethod
     def exit_verdict(cls, code: int) -> tuple[bool, str] | None:
@@ -310,9 +322,11 @@ class NanosProvider(ThreadProvider):
             return self._signal_crash(thread, signal, cpu)
         return None
 
-    def _signal_crash(self, thread: StructValue, signal: StructValue, cpu: int) -> Crash:
+    def _signal_crash(self, thread: StructValue, signal: StructValue, cpu: int) -> Crash | None:
         info = self._thread(thread, {}, set())
         number = signal.int("si.si_signo", signed=True)
+        if number not in FATAL_SIGNALS:
+            return None  # default_signal_action ignores it: no crash
         name = SIGNALS.get(number, f"signal {number}")
         fault = signal.int("si.sifields.sigfault.addr") if number in (7, 8, 11) else None
         pc = info.registers.get("rip", 0)

@@ -101,6 +101,10 @@ class CrashStop:
     label: str  # how the verdict names it: "ukplat_terminate(UKPLAT_CRASH)"
     register: str | None = None
     value: int | None = None
+    # with ``offset``: the condition is on the u32 at ``register`` + ``offset`` (an
+    # argument passed by pointer), and holds when it is ``value`` or one of ``values``
+    offset: int | None = None
+    values: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
