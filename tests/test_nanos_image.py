@@ -10,11 +10,14 @@ how): UNDEBUG_NANOS_DISK is a static program whose threads name themselves worke
 UNDEBUG_NANOS_CRASH_DISK the same ELF, started with the argument "crash": its worker-1
 writes through NULL in do_work about 3 s in. UNDEBUG_NANOS_PROGRAM is that ELF,
 UNDEBUG_NANOS_KERNEL_ELF the kernel.elf the images' kernel.img was stripped from,
-UNDEBUG_NANOS_THREAD_TEST_DISK Nanos' own ``make image TARGET=thread_test``."""
+UNDEBUG_NANOS_THREAD_TEST_DISK Nanos' own ``make image TARGET=thread_test``;
+UNDEBUG_NANOS_NET_DISK a static program that binds a TCP listener on 8080 and a UDP
+socket on 5353 and prints the fds socket() gave it ("netd listening: tcp fd N, udp fd M")."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -242,3 +245,28 @@ def test_the_crash_stop_holds_only_for_signals_whose_default_is_fatal() -> None:
     fatal = {stop.value, *stop.values}
     assert {11, 6, 9, 15} <= fatal  # SIGSEGV, SIGABRT, SIGKILL, SIGTERM
     assert not {17, 18, 23, 28} & fatal  # SIGCHLD, SIGCONT, SIGURG, SIGWINCH: ignored
+
+
+def test_net_gives_the_program_s_sockets_their_fds() -> None:
+    """Nanos has no lwIP sockets API: the fds come from the process's fd table (its
+    netsock -> pcb), checked against what socket() returned in the program."""
+    disk, kernel = _path("UNDEBUG_NANOS_NET_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    result = undebug("run", "-d", "--name", "nanosnet", "--forward", "tcp::8080",
+                     "--debug-elf", str(kernel), str(disk), timeout=300)
+    assert result.code == 0, result.stderr
+    try:
+        console = wait_for_console("nanosnet", "netd listening", timeout=120)
+        found = re.search(r"netd listening: tcp fd (\d+), udp fd (\d+)", console)
+        assert found, console
+        net = undebug("net", "nanosnet", "--json")
+        assert net.code == 0, net.stderr
+        sockets = net.json()["sockets"]
+        listener = [s for s in sockets if s["proto"] == "tcp" and s["local_port"] == 8080]
+        udp = [s for s in sockets if s["proto"] == "udp" and s["local_port"] == 5353]
+        assert [s["state"] for s in listener] == ["LISTEN"], sockets
+        assert (listener[0]["fd"], len(udp)) == (int(found[1]), 1), sockets
+        assert udp[0]["fd"] == int(found[2]), sockets
+        # the kernel's own DHCP client has a pcb and no fd
+        assert [s["fd"] for s in sockets if s["local_port"] == 68] == [None], sockets
+    finally:
+        undebug("kill", "nanosnet")

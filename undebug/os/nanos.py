@@ -62,6 +62,8 @@ VM_EXIT_GDB, VM_EXIT_FAULT, VM_EXIT_HALT = 0x7D, 0x7E, 0x7F
 # SIGURG, SIGWINCH, real-time ones) it ignores, returning
 FATAL_SIGNALS = (11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22, 24,
                  25, 26, 27, 29, 30, 31)
+FDESC_TYPE_SOCKET, AF_INET, AF_INET6 = 4, 2, 10  # unix_internal.h, net_system_structs.h
+MAX_FDS = 65_536
 SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV",
            13: "SIGPIPE", 15: "SIGTERM"}
 
@@ -153,14 +155,7 @@ class NanosProvider(ThreadProvider):
         warnings: list[str] = []
         running = self._per_cpu(warnings)
         threads: list[GuestThread] = []
-        base = self.need_symbol("processes")
-        symbol = self.target.elf.symbol("processes")
-        count = max(1, (symbol.size if symbol else 8) // 8)
-        try:
-            processes = [self.target.read_int(base + 8 * i) for i in range(count)]
-        except ReadError as exc:
-            warnings.append(f"processes[] unreadable: {exc.message}")
-            processes = []
+        processes = self._processes(warnings)
         on_cpu: set[int] = set()
         for process in processes:
             if process:
@@ -174,6 +169,19 @@ class NanosProvider(ThreadProvider):
         if not any(p for p in processes):
             warnings.append("no process yet: the kernel has not started the program")
         return ThreadSnapshot.running_on(threads, self.target.cpu_count(), warnings)
+
+    def _processes(self, warnings: list[str]) -> list[int]:
+        """The ``struct process`` addresses in ``processes[]`` (empty slots left out)."""
+        base = self.need_symbol("processes")
+        symbol = self.target.elf.symbol("processes")
+        count = max(1, (symbol.size if symbol else 8) // 8)
+        try:
+            raw = self.target.read(base, 8 * count)
+        except ReadError as exc:
+            warnings.append(f"processes[] unreadable: {exc.message}")
+            return []
+        found = (int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+        return [p for p in found if p]
 
     def _per_cpu(self, warnings: list[str]) -> dict[int, tuple[int, int]]:
         """vCPU -> (its current context, its cpuinfo), from gs_base (checked: ``m.self``)."""
@@ -296,6 +304,40 @@ class NanosProvider(ThreadProvider):
                 areas.append(MemoryArea(start, start + section.size, PROGRAM_KIND,
                                         f"{program} {section.name}"))
         return areas
+
+    def socket_fds(self) -> dict[int, int]:
+        """Each process's ``files`` (a vector: ``struct buffer`` of fdesc pointers, fd =
+        index) whose fdesc is an inet socket (``struct netsock``: ``sock.f.type`` is
+        FDESC_TYPE_SOCKET, ``sock.domain`` AF_INET/AF_INET6) -> its pcb
+        (``info.tcp.lw``, the same word as ``info.udp.lw``)."""
+        target = self.target
+        process, buffer = target.elf.struct("process"), target.elf.struct("buffer")
+        netsock = target.elf.struct("netsock")
+        if process is None or buffer is None or netsock is None or \
+                not process.has_member("files") or not netsock.has_member("info.tcp.lw"):
+            return {}
+        fds: dict[int, int] = {}
+        for address in self._processes(target.warnings):
+            try:
+                files = read_struct(target, buffer,
+                                    read_struct(target, process, address).int("files"))
+                count = min(MAX_FDS, max(0, files.int("end") - files.int("start")) // 8)
+                raw = target.read(files.int("contents") + files.int("start"), count * 8)
+            except ReadError as exc:
+                target.warnings.append(f"fd table of process at {address:#x} unreadable: "
+                                       f"{exc.message}")
+                continue
+            for fd in range(count):
+                fdesc = int.from_bytes(raw[fd * 8 : fd * 8 + 8], "little")
+                try:
+                    sock = read_struct(target, netsock, fdesc) if fdesc else None
+                except ReadError:
+                    continue  # a closed slot's stale pointer
+                if sock is not None and sock.int("sock.f.type") == FDESC_TYPE_SOCKET and \
+                        sock.int("sock.domain") in (AF_INET, AF_INET6) and \
+                        sock.int("info.tcp.lw"):
+                    fds[sock.int("info.tcp.lw")] = fd
+        return fds
 
     def heaps(self) -> list[HeapReport]:
         from undebug.os.nanos_heap import nanos_heaps

@@ -251,6 +251,12 @@ class ThreadProvider(ABC):
         undebug does not know the OS's allocator."""
         return []
 
+    def socket_fds(self) -> dict[int, int]:
+        """lwIP pcb address -> fd, from the OS's own fd table (an OS on lwIP without its
+        sockets API, as Nanos); {} where undebug knows none. Problems go into
+        ``self.target.warnings``."""
+        return {}
+
     @abstractmethod
     def check(self) -> None:
         """Raise :class:`UsageError` naming what the ELF lacks for this provider beyond
