@@ -220,6 +220,16 @@ def test_maps_names_the_kernel_at_its_slide_and_the_program(workers: Path) -> No
     # demand paging leaves most of the program unmapped: named, and not a flaw
     assert any(not r["mapped"] for r in regions if "program" in r["kinds"])
     assert not any("unmapped" in r["flags"] for r in regions if "program" in r["kinds"])
+    # each worker's user stack: the process's mapping its saved rsp lies in
+    threads = undebug("threads", "nanosw", "--json").json()["threads"]
+    workers_seen = {t["name"]: t["id"] for t in threads if t["name"].startswith("worker-")}
+    spans = set()
+    for name, tid in workers_seen.items():
+        stack = [r for r in regions if f"user stack of {name}" in r["names"]]
+        assert stack and all(r["threads"] == [tid] for r in stack), (name, stack)
+        assert all(r["user"] and r["writable"] for r in stack if r["mapped"]), stack
+        spans.add((stack[0]["start"], stack[-1]["end"]))
+    assert len(spans) == 3, spans  # three distinct stacks
 
 
 def test_sym_gives_link_addresses_and_says_so(workers: Path) -> None:

@@ -64,6 +64,9 @@ FATAL_SIGNALS = (11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 19, 20, 
                  25, 26, 27, 29, 30, 31)
 FDESC_TYPE_SOCKET, AF_INET, AF_INET6 = 4, 2, 10  # unix_internal.h, net_system_structs.h
 MAX_FDS = 65_536
+MAX_VMAPS = 100_000
+INVALID_ADDRESS = MASK  # Nanos' INVALID_ADDRESS: (void *)-1
+VMAP_FLAG_STACK, VMAP_FLAG_HEAP = 0x40, 0x80  # src/unix/unix_internal.h
 SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV",
            13: "SIGPIPE", 15: "SIGTERM"}
 
@@ -303,6 +306,51 @@ class NanosProvider(ThreadProvider):
                 start = section.address + offset
                 areas.append(MemoryArea(start, start + section.size, PROGRAM_KIND,
                                         f"{program} {section.name}"))
+        return areas + self._user_areas()
+
+    def _user_areas(self) -> list[MemoryArea]:
+        """From each process's ``vmaps`` (a rangemap: an rbtree of ``struct vmap``,
+        ``node.r`` its range): its main stack and brk heap by their VMAP_FLAG_*, and the
+        mapping each of its threads' saved user rsp lies in, as that thread's stack; all
+        ``program`` areas, paged in on demand."""
+        target = self.target
+        process, rangemap = target.elf.struct("process"), target.elf.struct("rangemap")
+        vmap = target.elf.struct("vmap")
+        if process is None or rangemap is None or vmap is None or \
+                not process.has_member("vmaps") or not vmap.has_member("node.r.start"):
+            return []
+        ranges: list[tuple[int, int, int]] = []
+        for address in self._processes(target.warnings):
+            try:
+                vmaps = read_struct(target, process, address).int("vmaps")
+                if vmaps in (0, INVALID_ADDRESS):
+                    continue  # a kernel-only process: no user mappings
+                tree = read_struct(target, rangemap, vmaps)
+            except ReadError as exc:
+                target.warnings.append(f"vmaps of process at {address:#x} unreadable: "
+                                       f"{exc.message}")
+                continue
+            base = vmap.member("node.n").offset
+            for node in self._in_order(tree.int("t.root"), min(tree.int("t.count"), MAX_VMAPS),
+                                       "vmaps", target.warnings):
+                try:
+                    value = read_struct(target, vmap, (node - base) & MASK)
+                except ReadError:
+                    continue
+                ranges.append((value.int("node.r.start"), value.int("node.r.end"),
+                               value.int("flags")))
+        areas = []
+        for start, end, flags in ranges:
+            if flags & VMAP_FLAG_STACK:
+                areas.append(MemoryArea(start, end, PROGRAM_KIND, "the program's main stack"))
+            elif flags & VMAP_FLAG_HEAP:
+                areas.append(MemoryArea(start, end, PROGRAM_KIND, "the program's heap (brk)"))
+        for thread in self.threads().threads:
+            sp = thread.registers.get("rsp", 0) if thread.id < KERNEL_IDS else 0
+            found = next(((s, e) for s, e, _ in ranges if s <= sp < e), None) if sp else None
+            if found is not None:
+                areas.append(MemoryArea(found[0], found[1], PROGRAM_KIND,
+                                        f"user stack of {thread.name}", thread.id))
         return areas
 
     def socket_fds(self) -> dict[int, int]:
