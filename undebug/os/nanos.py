@@ -62,11 +62,6 @@ VM_EXIT_GDB, VM_EXIT_FAULT, VM_EXIT_HALT = 0x7D, 0x7E, 0x7F
 # SIGURG, SIGWINCH, real-time ones) it ignores, returning
 FATAL_SIGNALS = (11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22, 24,
                  25, 26, 27, 29, 30, 31)
-FDESC_TYPE_SOCKET, AF_INET, AF_INET6 = 4, 2, 10  # unix_internal.h, net_system_structs.h
-MAX_FDS = 65_536
-MAX_VMAPS = 100_000
-INVALID_ADDRESS = MASK  # Nanos' INVALID_ADDRESS: (void *)-1
-VMAP_FLAG_STACK, VMAP_FLAG_HEAP = 0x40, 0x80  # src/unix/unix_internal.h
 SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV",
            13: "SIGPIPE", 15: "SIGTERM"}
 
@@ -158,7 +153,7 @@ class NanosProvider(ThreadProvider):
         warnings: list[str] = []
         running = self._per_cpu(warnings)
         threads: list[GuestThread] = []
-        processes = self._processes(warnings)
+        processes = self.processes(warnings)
         on_cpu: set[int] = set()
         for process in processes:
             if process:
@@ -173,7 +168,7 @@ class NanosProvider(ThreadProvider):
             warnings.append("no process yet: the kernel has not started the program")
         return ThreadSnapshot.running_on(threads, self.target.cpu_count(), warnings)
 
-    def _processes(self, warnings: list[str]) -> list[int]:
+    def processes(self, warnings: list[str]) -> list[int]:
         """The ``struct process`` addresses in ``processes[]`` (empty slots left out)."""
         base = self.need_symbol("processes")
         symbol = self.target.elf.symbol("processes")
@@ -216,7 +211,7 @@ class NanosProvider(ThreadProvider):
         layout = self.need_struct("thread")
         node_offset = layout.member("n").offset
         threads = []
-        for node in self._in_order(tree.int("root"), min(tree.int("count"), MAX_THREADS),
+        for node in self.in_order(tree.int("root"), min(tree.int("count"), MAX_THREADS),
                                    f"thread tree of process {pid}", warnings):
             try:
                 thread = read_struct(self.target, layout, (node - node_offset) & MASK)
@@ -226,7 +221,7 @@ class NanosProvider(ThreadProvider):
             threads.append(self._thread(thread, running, on_cpu))
         return threads
 
-    def _in_order(self, root: int, count: int, what: str, warnings: list[str]) -> list[int]:
+    def in_order(self, root: int, count: int, what: str, warnings: list[str]) -> list[int]:
         """The rbnodes of a tree in order (by tid), at most ``count``; a loop or a node
         past the count ends the walk with a warning."""
         layout = self.need_struct("rbnode")
@@ -306,86 +301,14 @@ class NanosProvider(ThreadProvider):
                 start = section.address + offset
                 areas.append(MemoryArea(start, start + section.size, PROGRAM_KIND,
                                         f"{program} {section.name}"))
-        return areas + self._user_areas()
+        from undebug.os.nanos_user import user_areas
 
-    def _user_areas(self) -> list[MemoryArea]:
-        """From each process's ``vmaps`` (a rangemap: an rbtree of ``struct vmap``,
-        ``node.r`` its range): its main stack and brk heap by their VMAP_FLAG_*, and the
-        mapping each of its threads' saved user rsp lies in, as that thread's stack; all
-        ``program`` areas, paged in on demand."""
-        target = self.target
-        process, rangemap = target.elf.struct("process"), target.elf.struct("rangemap")
-        vmap = target.elf.struct("vmap")
-        if process is None or rangemap is None or vmap is None or \
-                not process.has_member("vmaps") or not vmap.has_member("node.r.start"):
-            return []
-        ranges: list[tuple[int, int, int]] = []
-        for address in self._processes(target.warnings):
-            try:
-                vmaps = read_struct(target, process, address).int("vmaps")
-                if vmaps in (0, INVALID_ADDRESS):
-                    continue  # a kernel-only process: no user mappings
-                tree = read_struct(target, rangemap, vmaps)
-            except ReadError as exc:
-                target.warnings.append(f"vmaps of process at {address:#x} unreadable: "
-                                       f"{exc.message}")
-                continue
-            base = vmap.member("node.n").offset
-            for node in self._in_order(tree.int("t.root"), min(tree.int("t.count"), MAX_VMAPS),
-                                       "vmaps", target.warnings):
-                try:
-                    value = read_struct(target, vmap, (node - base) & MASK)
-                except ReadError:
-                    continue
-                ranges.append((value.int("node.r.start"), value.int("node.r.end"),
-                               value.int("flags")))
-        areas = []
-        for start, end, flags in ranges:
-            if flags & VMAP_FLAG_STACK:
-                areas.append(MemoryArea(start, end, PROGRAM_KIND, "the program's main stack"))
-            elif flags & VMAP_FLAG_HEAP:
-                areas.append(MemoryArea(start, end, PROGRAM_KIND, "the program's heap (brk)"))
-        for thread in self.threads().threads:
-            sp = thread.registers.get("rsp", 0) if thread.id < KERNEL_IDS else 0
-            found = next(((s, e) for s, e, _ in ranges if s <= sp < e), None) if sp else None
-            if found is not None:
-                areas.append(MemoryArea(found[0], found[1], PROGRAM_KIND,
-                                        f"user stack of {thread.name}", thread.id))
-        return areas
+        return areas + user_areas(self)
 
     def socket_fds(self) -> dict[int, int]:
-        """Each process's ``files`` (a vector: ``struct buffer`` of fdesc pointers, fd =
-        index) whose fdesc is an inet socket (``struct netsock``: ``sock.f.type`` is
-        FDESC_TYPE_SOCKET, ``sock.domain`` AF_INET/AF_INET6) -> its pcb
-        (``info.tcp.lw``, the same word as ``info.udp.lw``)."""
-        target = self.target
-        process, buffer = target.elf.struct("process"), target.elf.struct("buffer")
-        netsock = target.elf.struct("netsock")
-        if process is None or buffer is None or netsock is None or \
-                not process.has_member("files") or not netsock.has_member("info.tcp.lw"):
-            return {}
-        fds: dict[int, int] = {}
-        for address in self._processes(target.warnings):
-            try:
-                files = read_struct(target, buffer,
-                                    read_struct(target, process, address).int("files"))
-                count = min(MAX_FDS, max(0, files.int("end") - files.int("start")) // 8)
-                raw = target.read(files.int("contents") + files.int("start"), count * 8)
-            except ReadError as exc:
-                target.warnings.append(f"fd table of process at {address:#x} unreadable: "
-                                       f"{exc.message}")
-                continue
-            for fd in range(count):
-                fdesc = int.from_bytes(raw[fd * 8 : fd * 8 + 8], "little")
-                try:
-                    sock = read_struct(target, netsock, fdesc) if fdesc else None
-                except ReadError:
-                    continue  # a closed slot's stale pointer
-                if sock is not None and sock.int("sock.f.type") == FDESC_TYPE_SOCKET and \
-                        sock.int("sock.domain") in (AF_INET, AF_INET6) and \
-                        sock.int("info.tcp.lw"):
-                    fds[sock.int("info.tcp.lw")] = fd
-        return fds
+        from undebug.os.nanos_user import socket_fds
+
+        return socket_fds(self)
 
     def heaps(self) -> list[HeapReport]:
         from undebug.os.nanos_heap import nanos_heaps
