@@ -68,3 +68,50 @@ def test_a_crash_stop_whose_condition_fails_lets_the_guest_go_on(guest_image: Pa
         time.sleep(0.1)
     assert status["outcome"]["kind"] == "exit" and status["outcome"]["exit_code"] == 0
     undebug("kill", name)
+
+
+def _code_u32(image: Path, address: int) -> int:
+    """The first 4 bytes of the code at ``address``, from the ELF file (not the guest)."""
+    text = ElfFile(image).section(".text")
+    assert text is not None and text.address <= address < text.address + text.size
+    with open(image, "rb") as f:
+        f.seek(text.file_offset + address - text.address)
+        return int.from_bytes(f.read(4), "little")
+
+
+def test_a_condition_on_memory_holds_for_one_of_its_values(guest_image: Path) -> None:
+    """The condition on the u32 a register points to (Nanos passes its signal number by
+    pointer): here rip, at exit_qemu's entry, points to the function's first bytes."""
+    name = "crash-mem"
+    address = _boot(name, guest_image, "threads=2 run_for=200")
+    first = _code_u32(guest_image, address)
+    try:
+        with SupervisorClient(SessionDir.named(name)) as client:
+            bp = client.insert_breakpoint(address, False, "exit_qemu", owner="crash",
+                                          when=("rip", first ^ 1),
+                                          when_memory=(0, (first ^ 2, first)))
+            assert (bp.when_offset, bp.when_values) == (0, (first ^ 2, first))
+            client.resume()
+        deadline = time.monotonic() + 20
+        while (status := _status(name))["outcome"] is None:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status["state"] == "paused" and status["last_stop"]["reason"] == "crash"
+    finally:
+        undebug("kill", name)
+
+
+def test_a_condition_on_memory_that_fails_lets_the_guest_go_on(guest_image: Path) -> None:
+    name = "crash-mem-go"
+    address = _boot(name, guest_image, "threads=2 run_for=200")
+    first = _code_u32(guest_image, address)
+    with SupervisorClient(SessionDir.named(name)) as client:
+        client.insert_breakpoint(address, False, "exit_qemu", owner="crash",
+                                 when=("rip", first ^ 1), when_memory=(0, (first ^ 2,)))
+        client.resume()
+    deadline = time.monotonic() + 20
+    while (status := _status(name))["state"] != "ended":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert status["outcome"]["kind"] == "exit" and status["outcome"]["exit_code"] == 0
+    undebug("kill", name)

@@ -10,11 +10,14 @@ how): UNDEBUG_NANOS_DISK is a static program whose threads name themselves worke
 UNDEBUG_NANOS_CRASH_DISK the same ELF, started with the argument "crash": its worker-1
 writes through NULL in do_work about 3 s in. UNDEBUG_NANOS_PROGRAM is that ELF,
 UNDEBUG_NANOS_KERNEL_ELF the kernel.elf the images' kernel.img was stripped from,
-UNDEBUG_NANOS_THREAD_TEST_DISK Nanos' own ``make image TARGET=thread_test``."""
+UNDEBUG_NANOS_THREAD_TEST_DISK Nanos' own ``make image TARGET=thread_test``;
+UNDEBUG_NANOS_NET_DISK a static program that binds a TCP listener on 8080 and a UDP
+socket on 5353 and prints the fds socket() gave it ("netd listening: tcp fd N, udp fd M")."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -43,8 +46,11 @@ def _nm(elf: Path) -> dict[str, int]:
 def workers() -> object:
     disk, kernel = _path("UNDEBUG_NANOS_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
     program = _path("UNDEBUG_NANOS_PROGRAM")
-    result = undebug("run", "-d", "--name", "nanosw", "--debug-elf", str(kernel),
-                     "--debug-elf", str(program), str(disk), timeout=300)
+    # --forward only for the NIC it brings (virtio-net on QEMU user networking): the
+    # program listens on nothing, so guest port 8080 is never answered
+    result = undebug("run", "-d", "--name", "nanosw", "--forward", "tcp::8080",
+                     "--debug-elf", str(kernel), "--debug-elf", str(program), str(disk),
+                     timeout=300)
     assert result.code == 0, result.stderr
     try:
         wait_for_console("nanosw", "workers started", timeout=120)
@@ -132,3 +138,145 @@ def test_thread_test_passes_ci() -> None:
     assert result.code == 0, (result.stdout, result.stderr)
     assert result.stdout.splitlines()[-1] == \
         "undebug: PASS: Nanos exited cleanly (isa-debug-exit code 0)"
+
+
+def test_net_shows_the_interface_dhcp_configured_from_qemu_user_net(workers: Path) -> None:
+    """Nanos' lwIP fork keeps lwIP's globals (netif_list, the pcb lists) in the kernel
+    ELF: the walker reads them at their slid addresses. QEMU's user network hands out
+    10.0.2.15/24 with gateway 10.0.2.2 (its documented defaults); lwIP's DHCP client
+    holds a UDP pcb on port 68."""
+    net = undebug("net", "nanosw", "--json")
+    assert net.code == 0, net.stderr
+    doc = net.json()
+    assert doc["lwip"] is True, doc["warnings"]
+    dhcp = [i for i in doc["interfaces"] if i["ipv4"] == "10.0.2.15"]
+    assert len(dhcp) == 1, doc["interfaces"]
+    assert dhcp[0]["netmask"] == "255.255.255.0" and dhcp[0]["gateway"] == "10.0.2.2"
+    assert dhcp[0]["link"] is True and dhcp[0]["address"] >= KERNEL_BASE - (1 << 47)
+    assert any(s["proto"] == "udp" and s["local_port"] == 68 for s in doc["sockets"]), \
+        doc["sockets"]
+
+
+def _gdb_prints(kernel: Path, tmp_path: Path, *expressions: str) -> list[str]:
+    """What stock gdb, on the kernel ELF over ``undebug gdbserver`` (which answers
+    qOffsets with the slide), prints for each expression."""
+    import sys
+
+    sock = tmp_path / "gdb.sock"
+    server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", "nanosw",
+                               "--listen", str(sock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith(f"listening on {sock}")
+        command = ["gdb", "-batch", "-nx", "-ex", f"target remote {sock}"]
+        for expression in expressions:
+            command += ["-ex", f"print {expression}"]
+        out = subprocess.run([*command, "-ex", "detach", str(kernel)], capture_output=True,
+                             text=True, timeout=120).stdout
+    finally:
+        server.terminate()  # the server this test started, by its Popen
+        server.wait(timeout=30)
+    return [line.split(" = ", 1)[1] for line in out.splitlines()
+            if line.startswith("$") and " = " in line]
+
+
+def test_heap_reads_the_kernel_heaps_as_gdb_does(workers: Path, tmp_path: Path) -> None:
+    heap = undebug("heap", "nanosw", "--json")
+    assert heap.code == 0, heap.stderr
+    reports = {h["allocator"].split(" ")[0]: h for h in heap.json()["heaps"]}
+    assert {"heaps->physical", "heaps->virtual_huge", "heaps->general"} <= set(reports), reports
+    counted = [h for h in reports.values() if h["total"] is not None]
+    assert len(counted) >= 3, reports
+    for report in counted:
+        assert report["total"] > report["used"] >= 0, report
+        assert report["free"] == report["total"] - report["used"], report
+    assert reports["heaps->general"]["used"] > 0  # the mcache behind kernel malloc
+    # totals are fixed once the kernel has set its heaps up: safe to read twice
+    physical, virtual = _gdb_prints(workers, tmp_path, "page_heap.total",
+                                    "((struct id_heap *)heaps.virtual_huge)->total")
+    assert int(physical) == reports["heaps->physical"]["total"]
+    assert int(virtual) == reports["heaps->virtual_huge"]["total"]
+
+
+def test_maps_names_the_kernel_at_its_slide_and_the_program(workers: Path) -> None:
+    maps = undebug("maps", "nanosw", "--json")
+    assert maps.code == 0, maps.stderr
+    regions = maps.json()["regions"]
+    symbols = _nm(workers)
+    mem = undebug("mem", "nanosw", "kas_kern_offset", "8", "--json")
+    slide = int.from_bytes(bytes.fromhex(mem.json()["hex"]), "little")
+    text = [r for r in regions if ".text" in r["names"]]
+    assert text and text[0]["start"] <= symbols["start_process"] + slide < text[-1]["end"]
+    kernel = [r for r in regions if "kernel" in r["kinds"]]
+    # START: the first byte of the kernel's .text, its lowest loaded section
+    assert kernel[0]["start"] == text[0]["start"] == symbols["START"] + slide, kernel[0]
+    assert text[0]["mapped"] and not text[0]["user"] and text[0]["executable"], text[0]
+    # the program's own sections, in user mode at its link address (a static ELF)
+    program = _nm(_path("UNDEBUG_NANOS_PROGRAM"))
+    code = [r for r in regions if "workers .text" in r["names"] and r["mapped"]]
+    assert code and all(r["user"] and r["executable"] for r in code), code
+    assert any(r["start"] <= program["do_work"] < r["end"] for r in
+               (r for r in regions if "workers .text" in r["names"]))
+    # demand paging leaves most of the program unmapped: named, and not a flaw
+    assert any(not r["mapped"] for r in regions if "program" in r["kinds"])
+    assert not any("unmapped" in r["flags"] for r in regions if "program" in r["kinds"])
+    # each worker's user stack: the process's mapping its saved rsp lies in
+    threads = undebug("threads", "nanosw", "--json").json()["threads"]
+    workers_seen = {t["name"]: t["id"] for t in threads if t["name"].startswith("worker-")}
+    spans = set()
+    for name, tid in workers_seen.items():
+        stack = [r for r in regions if f"user stack of {name}" in r["names"]]
+        assert stack and all(r["threads"] == [tid] for r in stack), (name, stack)
+        assert all(r["user"] and r["writable"] for r in stack if r["mapped"]), stack
+        spans.add((stack[0]["start"], stack[-1]["end"]))
+    assert len(spans) == 3, spans  # three distinct stacks
+
+
+def test_sym_gives_link_addresses_and_says_so(workers: Path) -> None:
+    """sym reads only the ELF: on Nanos (KASLR) it says its addresses are link ones."""
+    sym = undebug("sym", "nanosw", "kas_kern_offset", "--json")
+    assert sym.code == 0, sym.stderr
+    assert sym.json()["address"] == _nm(workers)["kas_kern_offset"]
+    assert any("link addresses" in w for w in sym.json()["warnings"]), sym.json()
+
+
+def test_the_crash_stop_holds_only_for_signals_whose_default_is_fatal() -> None:
+    """default_signal_action(t, qs) also gets SIGCHLD and the like, and returns: the crash
+    stop's condition is on qs->si.si_signo (its offset as gdb computes it from the DWARF)."""
+    from undebug.elf import ElfFile
+    from undebug.os.nanos import NanosProvider
+
+    kernel = _path("UNDEBUG_NANOS_KERNEL_ELF")
+    (stop,) = NanosProvider.crash_stops(ElfFile(kernel))
+    out = subprocess.run(["gdb", "-batch", "-nx", "-ex",
+                          "print (long)&((struct queued_signal *)0)->si.si_signo", str(kernel)],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert (stop.register, stop.offset) == ("rsi", int(out.split(" = ")[1]))
+    fatal = {stop.value, *stop.values}
+    assert {11, 6, 9, 15} <= fatal  # SIGSEGV, SIGABRT, SIGKILL, SIGTERM
+    assert not {17, 18, 23, 28} & fatal  # SIGCHLD, SIGCONT, SIGURG, SIGWINCH: ignored
+
+
+def test_net_gives_the_program_s_sockets_their_fds() -> None:
+    """Nanos has no lwIP sockets API: the fds come from the process's fd table (its
+    netsock -> pcb), checked against what socket() returned in the program."""
+    disk, kernel = _path("UNDEBUG_NANOS_NET_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    result = undebug("run", "-d", "--name", "nanosnet", "--forward", "tcp::8080",
+                     "--debug-elf", str(kernel), str(disk), timeout=300)
+    assert result.code == 0, result.stderr
+    try:
+        console = wait_for_console("nanosnet", "netd listening", timeout=120)
+        found = re.search(r"netd listening: tcp fd (\d+), udp fd (\d+)", console)
+        assert found, console
+        net = undebug("net", "nanosnet", "--json")
+        assert net.code == 0, net.stderr
+        sockets = net.json()["sockets"]
+        listener = [s for s in sockets if s["proto"] == "tcp" and s["local_port"] == 8080]
+        udp = [s for s in sockets if s["proto"] == "udp" and s["local_port"] == 5353]
+        assert [s["state"] for s in listener] == ["LISTEN"], sockets
+        assert (listener[0]["fd"], len(udp)) == (int(found[1]), 1), sockets
+        assert udp[0]["fd"] == int(found[2]), sockets
+        # the kernel's own DHCP client has a pcb and no fd
+        assert [s["fd"] for s in sockets if s["local_port"] == 68] == [None], sockets
+    finally:
+        undebug("kill", "nanosnet")

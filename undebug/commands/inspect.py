@@ -254,6 +254,7 @@ def _sym_arguments(p: argparse.ArgumentParser) -> None:
 @command("sym", "look up a symbol or an address (reads only the ELF: the guest runs on)",
          _sym_arguments)
 def sym(args: argparse.Namespace) -> Report:
+    from undebug.os import provider_class
     from undebug.target import guest_elf
 
     elf = guest_elf(args.target, args.elf)
@@ -274,6 +275,13 @@ def sym(args: argparse.Namespace) -> Report:
                 "offset": 0, "size": symbol.size, "kind": symbol.kind,
                 "file": line[0] if line else None, "line": line[1] if line else None}
 
+    warnings: list[str] = []
+    provider = provider_class(elf)
+    if provider is not None and provider.relocates:
+        warnings.append(f"{provider.name} runs its kernel slid from its link addresses "
+                        "(KASLR): these are the ELF's link addresses; the running guest's "
+                        "are these plus its load offset (mem, bt and break apply it)")
+
     def render() -> list[str]:
         if data["symbol"] is None:
             return [f"{data['address']:#x}: no symbol"]
@@ -281,5 +289,5 @@ def sym(args: argparse.Namespace) -> Report:
         offset = f"+{data['offset']:#x}" if data["offset"] else ""
         return [f"{data['address']:#x}  {escape(data['symbol'])}{offset}{where}"]
 
-    return Report(data=data, render=render)
+    return Report(data=data, warnings=warnings, render=render)
 

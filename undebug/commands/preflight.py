@@ -134,8 +134,10 @@ def _arm_crash_stops(client: SupervisorClient, target: Target) -> list[str]:
             continue
         when = (stop.register, stop.value) if stop.register is not None and \
             stop.value is not None else None
+        memory = (stop.offset, stop.values) if stop.offset is not None else None
         try:
-            client.insert_breakpoint(address, False, stop.label, owner="crash", when=when)
+            client.insert_breakpoint(address, False, stop.label, owner="crash", when=when,
+                                     when_memory=memory)
         except SessionError as exc:
             warnings.append(f"cannot stop crashes at {stop.symbol}: {exc.message}")
     return warnings

@@ -249,10 +249,12 @@ def socket_table(target: Target, warnings: list[str], offset: int = 0) -> dict[i
     return fds
 
 
-def walk_lwip(target: Target, socket_offset: int = 0) -> NetSnapshot:
-    """Every interface and pcb of the guest's lwIP, read now."""
+def walk_lwip(target: Target, socket_offset: int = 0,
+              fds: dict[int, int] | None = None) -> NetSnapshot:
+    """Every interface and pcb of the guest's lwIP, read now; ``fds`` (pcb -> fd) adds
+    what the OS's own fd table says to lwIP's ``sockets[]``."""
     warnings: list[str] = []
-    walker = _Walker(target, socket_table(target, warnings, socket_offset))
+    walker = _Walker(target, socket_table(target, warnings, socket_offset) | (fds or {}))
     walker.warnings = warnings
     interfaces = walker.interfaces()
     sockets = walker.tcp()
@@ -268,4 +270,6 @@ def guest_network(target: Target) -> NetSnapshot:
         return NetSnapshot([], [], [f"{target.elf.path} has no lwIP symbols with DWARF "
                                     "(tcp_active_pcbs, struct tcp_pcb): no guest view of the "
                                     "network, only QEMU's"], lwip=False)
-    return walk_lwip(target)
+    from undebug.os import provider_for
+
+    return walk_lwip(target, fds=provider_for(target).socket_fds())

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from undebug.arch.x86_64 import CR4_LA57, PAGE_SIZE, Mapping, walk_mappings
-from undebug.os.provider import MemoryArea, ThreadProvider
+from undebug.os.provider import PROGRAM_KIND, MemoryArea, ThreadProvider
 from undebug.session.machine_map import DeviceRange
 from undebug.target import Target
 
@@ -41,7 +41,7 @@ FLAGS = {  # a region's flags (JSON) and what they say (text)
     RO_WRITABLE: "writable, read-only in the ELF",
     NO_BACKING: "maps no RAM or device",
 }
-_EXPECT_UNMAPPED = frozenset({"guard", "null"})
+_EXPECT_UNMAPPED = frozenset({"guard", "null", PROGRAM_KIND})  # a program: paged on demand
 _READ_ONLY_KINDS = frozenset({"text", "rodata"})
 
 

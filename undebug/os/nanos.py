@@ -28,11 +28,14 @@ from typing import ClassVar
 
 from undebug.elf import ElfFile
 from undebug.os.crash import Crash
+from undebug.os.heap import HeapReport
 from undebug.os.provider import (
     MAX_THREADS,
+    PROGRAM_KIND,
     BootDefaults,
     CrashStop,
     GuestThread,
+    MemoryArea,
     StructValue,
     ThreadProvider,
     ThreadSnapshot,
@@ -54,6 +57,11 @@ KERNEL_IDS = 0x3FFF_0000  # ids of the per-CPU kernel contexts: this + vCPU (tid
 SIGNAL_STOP = "default_signal_action"
 # src/runtime/runtime.h VM_EXIT_*: a signal's number, or these
 VM_EXIT_GDB, VM_EXIT_FAULT, VM_EXIT_HALT = 0x7D, 0x7E, 0x7F
+# the signals whose default action (default_signal_action's switch) ends the program:
+# terminate, core dump, stop (Nanos halts for these too); the rest (SIGCHLD, SIGCONT,
+# SIGURG, SIGWINCH, real-time ones) it ignores, returning
+FATAL_SIGNALS = (11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22, 24,
+                 25, 26, 27, 29, 30, 31)
 SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV",
            13: "SIGPIPE", 15: "SIGTERM"}
 
@@ -65,6 +73,7 @@ class NanosProvider(ThreadProvider):
     name = "nanos"
     required_symbols: ClassVar[tuple[str, ...]] = ("kas_kern_offset", "kernel_phys_offset",
                                                    "processes")
+    relocates = True
 
     @classmethod
     def boot_defaults(cls, image: BootImage) -> BootDefaults | None:
@@ -76,9 +85,16 @@ class NanosProvider(ThreadProvider):
 
     @classmethod
     def crash_stops(cls, elf: ElfFile) -> list[CrashStop]:
-        """``default_signal_action``: every signal without a handler ends there, and it
-        halts QEMU (isa-debug-exit) once it has printed the thread's context."""
-        return [CrashStop(SIGNAL_STOP, f"{SIGNAL_STOP} (a signal without a handler)")]
+        """``default_signal_action(t, qs)``: every signal without a handler gets there; for
+        a fatal one it halts QEMU (isa-debug-exit) once it has printed the thread's
+        context, so the stop holds only when ``qs->si.si_signo`` is fatal (SIGCHLD and
+        the like return: the program runs on)."""
+        label = f"{SIGNAL_STOP} (a signal without a handler)"
+        layout = elf.struct("queued_signal")
+        if layout is None or not layout.has_member("si.si_signo"):
+            return [CrashStop(SIGNAL_STOP, label)]
+        return [CrashStop(SIGNAL_STOP, label, "rsi", FATAL_SIGNALS[0],
+                          layout.member("si.si_signo").offset, FATAL_SIGNALS[1:])]
 
     @classmethod
     def exit_verdict(cls, code: int) -> tuple[bool, str] | None:
@@ -137,14 +153,7 @@ class NanosProvider(ThreadProvider):
         warnings: list[str] = []
         running = self._per_cpu(warnings)
         threads: list[GuestThread] = []
-        base = self.need_symbol("processes")
-        symbol = self.target.elf.symbol("processes")
-        count = max(1, (symbol.size if symbol else 8) // 8)
-        try:
-            processes = [self.target.read_int(base + 8 * i) for i in range(count)]
-        except ReadError as exc:
-            warnings.append(f"processes[] unreadable: {exc.message}")
-            processes = []
+        processes = self.processes(warnings)
         on_cpu: set[int] = set()
         for process in processes:
             if process:
@@ -158,6 +167,19 @@ class NanosProvider(ThreadProvider):
         if not any(p for p in processes):
             warnings.append("no process yet: the kernel has not started the program")
         return ThreadSnapshot.running_on(threads, self.target.cpu_count(), warnings)
+
+    def processes(self, warnings: list[str]) -> list[int]:
+        """The ``struct process`` addresses in ``processes[]`` (empty slots left out)."""
+        base = self.need_symbol("processes")
+        symbol = self.target.elf.symbol("processes")
+        count = max(1, (symbol.size if symbol else 8) // 8)
+        try:
+            raw = self.target.read(base, 8 * count)
+        except ReadError as exc:
+            warnings.append(f"processes[] unreadable: {exc.message}")
+            return []
+        found = (int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+        return [p for p in found if p]
 
     def _per_cpu(self, warnings: list[str]) -> dict[int, tuple[int, int]]:
         """vCPU -> (its current context, its cpuinfo), from gs_base (checked: ``m.self``)."""
@@ -189,7 +211,7 @@ class NanosProvider(ThreadProvider):
         layout = self.need_struct("thread")
         node_offset = layout.member("n").offset
         threads = []
-        for node in self._in_order(tree.int("root"), min(tree.int("count"), MAX_THREADS),
+        for node in self.in_order(tree.int("root"), min(tree.int("count"), MAX_THREADS),
                                    f"thread tree of process {pid}", warnings):
             try:
                 thread = read_struct(self.target, layout, (node - node_offset) & MASK)
@@ -199,7 +221,7 @@ class NanosProvider(ThreadProvider):
             threads.append(self._thread(thread, running, on_cpu))
         return threads
 
-    def _in_order(self, root: int, count: int, what: str, warnings: list[str]) -> list[int]:
+    def in_order(self, root: int, count: int, what: str, warnings: list[str]) -> list[int]:
         """The rbnodes of a tree in order (by tid), at most ``count``; a loop or a node
         past the count ends the walk with a warning."""
         layout = self.need_struct("rbnode")
@@ -260,6 +282,39 @@ class NanosProvider(ThreadProvider):
                            state=state, cpu=cpu, registers=registers, stack=None,
                            wait_reason=wait, address=value.address)
 
+    def memory_areas(self) -> list[MemoryArea]:
+        """The kernel/user split: the kernel image as a whole at its slid address (its
+        sections are the memory map's own), and each program's sections where
+        ``--debug-elf`` put it, as ``program`` areas: Nanos maps a program's pages on
+        demand, so the parts not touched yet are unmapped, and that is no flaw."""
+        target, areas = self.target, []
+        sections = target.elf.loaded_sections
+        if sections:
+            low = min(s.address for s in sections)
+            high = max(s.address + s.size for s in sections)
+            areas.append(MemoryArea((low + target.load_offset) & MASK,
+                                    (high + target.load_offset) & MASK, "kernel",
+                                    f"Nanos kernel (linked at {low:#x})"))
+        for elf, offset in target.programs:
+            program = elf.path.name
+            for section in elf.loaded_sections:
+                start = section.address + offset
+                areas.append(MemoryArea(start, start + section.size, PROGRAM_KIND,
+                                        f"{program} {section.name}"))
+        from undebug.os.nanos_user import user_areas
+
+        return areas + user_areas(self)
+
+    def socket_fds(self) -> dict[int, int]:
+        from undebug.os.nanos_user import socket_fds
+
+        return socket_fds(self)
+
+    def heaps(self) -> list[HeapReport]:
+        from undebug.os.nanos_heap import nanos_heaps
+
+        return nanos_heaps(self)
+
     # ---- crash ----
 
     def crash(self) -> Crash | None:
@@ -280,9 +335,11 @@ class NanosProvider(ThreadProvider):
             return self._signal_crash(thread, signal, cpu)
         return None
 
-    def _signal_crash(self, thread: StructValue, signal: StructValue, cpu: int) -> Crash:
+    def _signal_crash(self, thread: StructValue, signal: StructValue, cpu: int) -> Crash | None:
         info = self._thread(thread, {}, set())
         number = signal.int("si.si_signo", signed=True)
+        if number not in FATAL_SIGNALS:
+            return None  # default_signal_action ignores it: no crash
         name = SIGNALS.get(number, f"signal {number}")
         fault = signal.int("si.sifields.sigfault.addr") if number in (7, 8, 11) else None
         pc = info.registers.get("rip", 0)

@@ -27,6 +27,7 @@ __all__ = ["BootDefaults", "CrashStop", "GuestThread", "MemoryArea", "StructValu
            "ThreadProvider", "ThreadSnapshot", "read_struct", "walk_list"]
 
 MAX_THREADS = 100_000  # no real unikernel has more; a larger count is a corrupt guest
+PROGRAM_KIND = "program"  # a MemoryArea of a program the OS pages in on demand
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class CrashStop:
     label: str  # how the verdict names it: "ukplat_terminate(UKPLAT_CRASH)"
     register: str | None = None
     value: int | None = None
+    # with ``offset``: the condition is on the u32 at ``register`` + ``offset`` (an
+    # argument passed by pointer), and holds when it is ``value`` or one of ``values``
+    offset: int | None = None
+    values: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,9 @@ class ThreadProvider(ABC):
 
     name: ClassVar[str]
     required_symbols: ClassVar[tuple[str, ...]]
+    # the kernel runs slid from its ELF's link addresses (KASLR): what reads only the ELF
+    # (``undebug sym``) says its addresses are link addresses
+    relocates: ClassVar[bool] = False
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -242,6 +250,12 @@ class ThreadProvider(ABC):
         """Each allocator of this OS as it is now (:mod:`undebug.os.heap`); [] when
         undebug does not know the OS's allocator."""
         return []
+
+    def socket_fds(self) -> dict[int, int]:
+        """lwIP pcb address -> fd, from the OS's own fd table (an OS on lwIP without its
+        sockets API, as Nanos); {} where undebug knows none. Problems go into
+        ``self.target.warnings``."""
+        return {}
 
     @abstractmethod
     def check(self) -> None:

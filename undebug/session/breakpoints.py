@@ -41,12 +41,20 @@ class Breakpoint:
     when_value: int | None = None
     watch: Watch | None = None  # a watchpoint: what access stops the guest
     length: int = 1  # the bytes a watchpoint covers
+    # a condition on memory: the u32 at when_register + when_offset is when_value or
+    # one of when_values (Nanos: the signal number its crash path gets by pointer)
+    when_offset: int | None = None
+    when_values: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A breakpoint's JSON has no watchpoint fields (as before watchpoints were)."""
         data = asdict(self)
         if self.watch is None:
             del data["watch"], data["length"]
+        if self.when_offset is None:
+            del data["when_offset"], data["when_values"]
+        else:
+            data["when_values"] = list(self.when_values)
         return data
 
 
@@ -57,10 +65,12 @@ class BreakpointTable:
 
     def add(self, address: int, hardware: bool, location: str, owner: Owner = "cli",
             when: tuple[str, int] | None = None, watch: Watch | None = None,
-            length: int = 1) -> Breakpoint:
+            length: int = 1, when_memory: tuple[int, tuple[int, ...]] | None = None) \
+            -> Breakpoint:
         register, value = when if when is not None else (None, None)
+        offset, values = when_memory if when is not None and when_memory else (None, ())
         bp = Breakpoint(self._next, address, hardware, location, owner, register, value, watch,
-                        length)
+                        length, offset, values)
         self._by_id[bp.id] = bp
         self._next += 1
         return bp

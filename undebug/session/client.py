@@ -241,12 +241,16 @@ class SupervisorClient:
 
     def insert_breakpoint(self, address: int, hardware: bool, location: str,
                           owner: Owner = "cli", when: tuple[str, int] | None = None,
-                          watch: Watch | None = None, length: int = 1) -> Breakpoint:
+                          watch: Watch | None = None, length: int = 1,
+                          when_memory: tuple[int, tuple[int, ...]] | None = None) -> Breakpoint:
         """A ``gdb`` breakpoint belongs to this connection and goes when it closes; a
-        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``).
-        With ``watch``: a watchpoint on ``length`` bytes at ``address``."""
+        ``crash`` one stops the guest as crashed (if register ``when[0]`` is ``when[1]``;
+        with ``when_memory`` (offset, values): if the u32 at that register + offset is
+        ``when[1]`` or one of values). With ``watch``: a watchpoint on ``length`` bytes."""
         condition: dict[str, Any] = {"when_register": when[0], "when_value": when[1]} \
             if when else {}
+        if when and when_memory:
+            condition |= {"when_offset": when_memory[0], "when_values": list(when_memory[1])}
         if watch is not None:
             condition |= {"watch": watch, "length": length}
         return parse_breakpoint(self._reply("break_insert", address=address, hardware=hardware,

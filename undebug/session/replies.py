@@ -162,7 +162,10 @@ def parse_breakpoint(reply: Reply) -> Breakpoint:
     return Breakpoint(reply.integer("id"), reply.integer("address"), reply.boolean("hardware"),
                       reply.string("location"), owner, reply.opt_string("when_register"),
                       reply.opt_integer("when_value"), watch,
-                      reply.integer("length") if "length" in reply.data else 1)
+                      reply.integer("length") if "length" in reply.data else 1,
+                      reply.opt_integer("when_offset") if "when_offset" in reply.data else None,
+                      tuple(v for v in reply.data.get("when_values") or []
+                            if isinstance(v, int)))
 
 
 # ---- stops ------------------------------------------------------------------------------

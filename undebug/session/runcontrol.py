@@ -26,6 +26,7 @@ from undebug.session.protocol import ErrorCode
 __all__ = ["RequestError", "RunControl"]
 
 PAUSE_TIMEOUT = 5.0
+MASK64 = (1 << 64) - 1
 SIGINT, SIGTRAP = 2, 5  # GDB signal numbers in stop replies: our interrupt, a debug stop
 
 
@@ -205,7 +206,7 @@ class RunControl(ABC):
         if hit is not None:
             self.last_stop |= {"watch": hit[0], "data_address": hit[1]}
         if bp is not None and bp.owner == "crash":
-            if bp.when_register is not None and registers.get(bp.when_register) != bp.when_value:
+            if bp.when_register is not None and not await self._holds(rsp, bp, registers):
                 await self._resume()  # the same path without a crash (a clean halt)
                 return
             self.last_stop["reason"] = "crash"
@@ -214,6 +215,18 @@ class RunControl(ABC):
         self._resume_after_freeze = False
         self.write_record()
         self.broadcast({"type": "stopped", **self.last_stop})
+
+    async def _holds(self, rsp: RspClient, bp: Breakpoint, registers: dict[str, int]) -> bool:
+        """A crash breakpoint's condition, on its register or on the u32 it points to (an
+        unreadable one holds: a crash path with a broken argument is still a crash)."""
+        value = registers.get(bp.when_register or "")
+        if bp.when_offset is not None and value is not None:
+            try:
+                raw = await self._stub(rsp.read_memory, (value + bp.when_offset) & MASK64, 4)
+            except RequestError:
+                return True
+            value = int.from_bytes(raw[:4], "little")
+        return value == bp.when_value or value in bp.when_values
 
     async def _step_over_breakpoint(self, rsp: RspClient, cpu: int) -> StopReply:
         """Single-step vCPU ``cpu``; QEMU would re-report a breakpoint under its pc, so
@@ -268,7 +281,9 @@ class RunControl(ABC):
 
     async def insert_breakpoint(self, address: int, hardware: bool, location: str,
                                 owner: Owner = "cli", when: tuple[str, int] | None = None,
-                                watch: Watch | None = None, length: int = 1) -> Breakpoint:
+                                watch: Watch | None = None, length: int = 1,
+                                when_memory: tuple[int, tuple[int, ...]] | None = None) \
+            -> Breakpoint:
         """A breakpoint, or with ``watch`` a watchpoint on ``length`` bytes."""
         what = "code" if watch is None else "data"
         if not is_canonical(address, five_level=True):  # no paging mode maps it
@@ -287,7 +302,7 @@ class RunControl(ABC):
                 raise RequestError(ErrorCode.BAD_REQUEST,
                                    f"{kind} at {address:#x} exists already")
             bp = self.breakpoints.add(address, hardware, location, owner, when, watch,
-                                      length if watch is not None else 1)
+                                      length if watch is not None else 1, when_memory)
             try:
                 await self._stub(rsp.add_breakpoint, address, _kind(bp), bp.length)
             except RequestError:

@@ -44,6 +44,7 @@ from undebug.session.store import SessionDir
 log = logging.getLogger("undebug.supervisor")
 
 MAX_READ = 16 << 20
+MAX_WHEN_VALUES = 64  # a crash breakpoint condition's values (signals: < 65)
 
 
 class ControlServer:
@@ -89,16 +90,17 @@ class ControlServer:
             owner = args.get("owner", "cli")
             if owner not in OWNERS:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"owner must be one of {OWNERS}")
-            when = None
+            when, when_memory = None, None
             if args.get("when_register") is not None:
                 when = (str(args["when_register"]), _int_arg(args, "when_value", 0, 2**64 - 1))
+                when_memory = _when_memory(args)
             watch = args.get("watch")
             if watch is not None and watch not in WATCHES:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"watch must be one of {WATCHES}")
             length = _int_arg(args, "length", 1, MAX_WATCH) if watch is not None else 1
             bp = await guest.insert_breakpoint(address, bool(args.get("hardware")),
                                                str(args.get("location") or hex(address)), owner,
-                                               when, watch, length)
+                                               when, watch, length, when_memory)
             return bp.to_json()
         if op == "break_delete":
             return (await guest.delete_breakpoint(_int_arg(args, "id", 1, 2**31))).to_json()
@@ -246,6 +248,18 @@ async def _send_with_fds(writer: asyncio.StreamWriter, data: bytes, fds: list[in
             await writer.drain()
     finally:
         sock.close()
+
+
+def _when_memory(args: dict[str, Any]) -> tuple[int, tuple[int, ...]] | None:
+    """A crash breakpoint's condition on memory: (offset, values), at most 64 values."""
+    if args.get("when_offset") is None:
+        return None
+    values = args.get("when_values") or []
+    if not isinstance(values, list) or len(values) > MAX_WHEN_VALUES:
+        raise RequestError(ErrorCode.BAD_REQUEST,
+                           f"when_values must be a list of at most {MAX_WHEN_VALUES} integers")
+    checked = tuple(_int_arg({"when_values": v}, "when_values", 0, 2**32 - 1) for v in values)
+    return _int_arg(args, "when_offset", 0, 2**32 - 1), checked
 
 
 def _int_arg(args: dict[str, Any], key: str, low: int, high: int) -> int:
