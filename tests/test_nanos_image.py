@@ -103,7 +103,8 @@ def test_stock_gdb_sees_the_threads_by_name(workers: Path, tmp_path: Path) -> No
     program = _path("UNDEBUG_NANOS_PROGRAM")
     sock = tmp_path / "gdb.sock"
     server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", "nanosw",
-                               "--listen", str(sock)], stdout=subprocess.PIPE, text=True)
+                               "--listen", str(sock), "--symbol-file", str(program)],
+                              stdout=subprocess.PIPE, text=True)  # gdb has the program
     try:
         assert server.stdout is not None
         assert server.stdout.readline().startswith(f"listening on {sock}")

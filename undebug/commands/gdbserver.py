@@ -35,6 +35,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="allow a non-loopback --listen address (the protocol has no "
                    "authentication)")
     add_elf_arguments(p)
+    p.add_argument("--symbol-file", type=Path, metavar="ELF",
+                   help="the ELF you give gdb when it is one of the guest's programs (run "
+                   "--debug-elf PROGRAM), not its kernel: qOffsets then answers that "
+                   "program's load offset instead of the kernel's slide")
     p.add_argument("--verbose", action="store_true", help="log every packet to stderr")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # undebug eval's child
 
@@ -163,7 +167,7 @@ def gdbserver(args: argparse.Namespace) -> Report:
                 session.path / GDB_SOCKET
             backend = LiveBackend(session, args.elf, force=args.force)
         server = GdbServer(backend, lambda target: provider_for(target).threads(), address,
-                           _monitor_commands())
+                           _monitor_commands(), args.symbol_file)
         print(f"listening on {server.where} (gdb: target remote {server.where})", flush=True)
         server.serve()
     except (KeyboardInterrupt, _Terminated):

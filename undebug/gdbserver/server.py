@@ -37,7 +37,7 @@ from undebug.gdb.packets import RspException
 from undebug.gdb.tdesc import TargetDescription, parse_target_xml
 from undebug.gdbserver.backend import Backend, ThreadProvider
 from undebug.gdbserver.monitor import MonitorCommand
-from undebug.gdbserver.session import GdbSession
+from undebug.gdbserver.session import GdbSession, symbol_file_offset
 from undebug.gdbserver.wire import GdbConnection
 
 __all__ = ["GdbServer", "ListenAddress", "parse_listen"]
@@ -135,10 +135,12 @@ class GdbServer:
 
     def __init__(self, backend: Backend, provider: ThreadProvider,
                  address: ListenAddress,
-                 monitor: Mapping[str, MonitorCommand] | None = None) -> None:
+                 monitor: Mapping[str, MonitorCommand] | None = None,
+                 symbol_file: Path | None = None) -> None:
         self.backend = backend
         self.provider = provider
         self.monitor = monitor  # gdb's `monitor NAME` commands
+        self.symbol_file = symbol_file  # the ELF gdb is given, for qOffsets
         try:
             self.xml_files = backend.target_xml()
             files = {name: text.encode() for name, text in self.xml_files.items()}
@@ -146,7 +148,10 @@ class GdbServer:
         except (KeyError, RspException, SessionError) as exc:
             raise UsageError(f"cannot get the guest's register layout from QEMU: {exc}") \
                 from None
-        backend.target()  # the ELF and its build-id are checked now, not at gdb's connect
+        try:  # the ELF and its build-id are checked now, not at gdb's connect
+            symbol_file_offset(backend.target(), symbol_file)
+        except ValueError as exc:
+            raise UsageError(f"--symbol-file: {exc}") from None
         backend.release()
         self.address = address
         self.stopping = False
@@ -175,7 +180,8 @@ class GdbServer:
             log.info("debugger connected%s", f" from {peer[0]}:{peer[1]}"
                      if isinstance(peer, tuple) else "")
             session = GdbSession(GdbConnection(sock, self.listener), self.backend,
-                                 self.provider, self.layout, self.xml_files, self.monitor)
+                                 self.provider, self.layout, self.xml_files, self.monitor,
+                                 self.symbol_file)
             session.run()
             log.info("debugger disconnected; waiting for the next one")
         log.info("the guest has ended")

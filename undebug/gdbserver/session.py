@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.gdb.packets import RspException, ThreadId, decode, parse_features
@@ -64,8 +65,10 @@ class GdbSession:
 
     def __init__(self, conn: GdbConnection, backend: Backend, provider: ThreadProvider,
                  layout: TargetDescription, xml_files: dict[str, str],
-                 monitor: Mapping[str, MonitorCommand] | None = None) -> None:
+                 monitor: Mapping[str, MonitorCommand] | None = None,
+                 symbol_file: Path | None = None) -> None:
         self.conn = conn
+        self.symbol_file = symbol_file  # the ELF gdb was given (None: the kernel's)
         self.backend = backend
         self.provider = provider
         self.monitor = monitor or {}
@@ -239,7 +242,7 @@ class GdbSession:
             return b"QC%x" % self._current().gdb_id
         if name == "qOffsets":  # a guest that runs slid from its ELF (KASLR)
             self._views()  # the OS awareness may find the slide as it reads the threads
-            offset = self.backend.target().load_offset & (1 << 64) - 1
+            offset = symbol_file_offset(self.backend.target(), self.symbol_file) & (1 << 64) - 1
             return b"Text=%x;Data=%x;Bss=%x" % (offset, offset, offset) if offset else b""
         if name == "qAttached":
             return b"1"  # so gdb detaches on quit instead of sending k
@@ -472,3 +475,17 @@ def _read_prefix(target: Target, address: int, length: int) -> bytes:
         except ReadError:
             break
     return bytes(out)
+
+
+def symbol_file_offset(target: Target, symbol_file: Path | None) -> int:
+    """The load offset of the ELF gdb was given, which is what gdb applies ``qOffsets`` to:
+    the kernel's slide by default, a program's own offset when gdb has the program
+    (``gdbserver --symbol-file``); a file that is none of the guest's: ValueError."""
+    if symbol_file is None:
+        return target.load_offset
+    chosen = symbol_file.resolve()
+    for elf, offset in target.modules:
+        if Path(elf.path).resolve() == chosen:
+            return offset
+    names = ", ".join(str(elf.path) for elf, _ in target.modules)
+    raise ValueError(f"{symbol_file} is none of the guest's ELFs ({names})")
