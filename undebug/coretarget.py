@@ -27,6 +27,7 @@ from undebug.elfcore import (
     parse_core,
 )
 from undebug.errors import UsageError
+from undebug.session.machine_map import DeviceRange
 from undebug.target import ReadError, Target
 from undebug.text import escape
 
@@ -37,6 +38,7 @@ BUNDLE_VERSION = 1
 BUNDLE_SCHEMA = f"undebug-bundle/{BUNDLE_VERSION}"  # docs/bundle.md
 CORE_FILE = "core.elf"
 SUMMARY_FILE = "summary.json"
+MAX_DEVICES = 4096  # device ranges read back from a summary (QEMU has a few dozen)
 INCOMPLETE_FILE = "INCOMPLETE"
 FLIGHT_FILE = "flight-recorder.bin"
 CONSOLE_FILE = "console.log"
@@ -166,6 +168,19 @@ class CoreTarget(Target):
 
     def read_physical(self, address: int, size: int) -> bytes:
         return self._read(self._physical, address, size, "guest-physical")
+
+    def machine_map(self) -> list[DeviceRange]:
+        """QEMU's device map as the dump recorded it (summary.json's maps.devices): a
+        dump has no QEMU to ask. A summary that lies about it: [] and a warning."""
+        maps = self.bundle.summary.get("maps") if self.bundle is not None else None
+        raw = maps.get("devices") if isinstance(maps, dict) else None
+        if not isinstance(raw, list):
+            return []
+        try:
+            return [DeviceRange.from_json(d) for d in raw[:MAX_DEVICES]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.warnings.append("summary.json's maps.devices is malformed: no device map")
+            return []
 
 
 @dataclass
