@@ -198,13 +198,7 @@ int kvsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
 int ksnprintf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void console_write(const char *s, size_t n);
-void *memset(void *d, int c, size_t n);
-void *memcpy(void *d, const void *s, size_t n);
-void *memmove(void *d, const void *s, size_t n);
-int memcmp(const void *a, const void *b, size_t n);
-size_t strlen(const char *s);
-int strcmp(const char *a, const char *b);
-int strncmp(const char *a, const char *b, size_t n);
+#include "lwip-port/string.h"  /* memset ... strncmp: one set, lwIP's <string.h> too */
 char *strlcpy0(char *d, const char *s, size_t n);
 
 /* ---- mm.c --------------------------------------------------------------- */

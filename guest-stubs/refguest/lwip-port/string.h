@@ -1,4 +1,4 @@
-/* refguest: the <string.h> lwIP includes (console.c has these functions). */
+/* refguest: the string functions console.c has, as kernel.h and lwIP's <string.h> see them. */
 #ifndef REFGUEST_LWIP_STRING_H
 #define REFGUEST_LWIP_STRING_H
 #include <stddef.h>
