@@ -13,38 +13,26 @@ import re
 from typing import Any
 
 from undebug.session.protocol import ErrorCode
-from undebug.session.qmp_link import QmpLink
+from undebug.session.qmp_link import QmpLink, request
 from undebug.session.runcontrol import RequestError
 
-__all__ = ["CAPTURE_ID", "capture_start", "capture_stop", "execute", "host_view"]
+__all__ = ["CAPTURE_ID", "capture_start", "capture_stop", "host_view"]
 
 CAPTURE_ID = "undebug-capture"
 _NETDEV = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-
-
-async def execute(qmp: QmpLink | None, command: str, **args: Any) -> Any:
-    if qmp is None:
-        raise RequestError(ErrorCode.UNSUPPORTED, "no QMP connection to this guest's QEMU")
-    from qemu.qmp import ExecuteError
-
-    try:
-        return await qmp.client.execute(command, args or None)
-    except ExecuteError as exc:
-        raise RequestError(ErrorCode.BAD_REQUEST, f"QEMU refused {command}: {exc}") \
-            from None
 
 
 async def host_view(qmp: QmpLink | None) -> dict[str, Any]:
     """``rx_filters`` (query-rx-filter's list; empty without a NIC), ``network`` and
     ``usernet`` (HMP text)."""
     try:
-        filters = await execute(qmp, "query-rx-filter")
+        filters = await request(qmp, "query-rx-filter")
     except RequestError as exc:
         if exc.code != ErrorCode.BAD_REQUEST:  # no NIC: QEMU says "no net client"
             raise
         filters = []
-    network = await execute(qmp, "human-monitor-command", **{"command-line": "info network"})
-    usernet = await execute(qmp, "human-monitor-command", **{"command-line": "info usernet"})
+    network = await request(qmp, "human-monitor-command", **{"command-line": "info network"})
+    usernet = await request(qmp, "human-monitor-command", **{"command-line": "info usernet"})
     if not isinstance(filters, list):
         filters = []
     for nic in filters:  # the VLAN table lists all 4096 ids when VLANs are not filtered
@@ -59,11 +47,11 @@ async def capture_start(qmp: QmpLink | None, path: str, netdev: str) -> dict[str
         raise RequestError(ErrorCode.BAD_REQUEST, "the capture file must be an absolute path")
     if not _NETDEV.match(netdev):
         raise RequestError(ErrorCode.BAD_REQUEST, f"bad netdev id {netdev!r}")
-    await execute(qmp, "object-add", **{"qom-type": "filter-dump", "id": CAPTURE_ID,
+    await request(qmp, "object-add", **{"qom-type": "filter-dump", "id": CAPTURE_ID,
                                          "netdev": netdev, "file": path, "queue": "all"})
     return {"id": CAPTURE_ID, "file": path, "netdev": netdev}
 
 
 async def capture_stop(qmp: QmpLink | None) -> dict[str, Any]:
-    await execute(qmp, "object-del", id=CAPTURE_ID)
+    await request(qmp, "object-del", id=CAPTURE_ID)
     return {"id": CAPTURE_ID}

@@ -14,9 +14,8 @@ import asyncio
 import time
 from typing import Any
 
-from undebug.session.nethost import execute
 from undebug.session.protocol import ErrorCode
-from undebug.session.qmp_link import QmpLink
+from undebug.session.qmp_link import QmpLink, request
 from undebug.session.runcontrol import RequestError
 
 __all__ = ["MAX_WAIT", "qemu_core"]
@@ -32,11 +31,11 @@ async def qemu_core(qmp: QmpLink | None, path: str, timeout: float) -> dict[str,
     if not path.startswith("/") or "\n" in path:
         raise RequestError(ErrorCode.BAD_REQUEST, "the core file must be an absolute path")
     started = time.monotonic()
-    await execute(qmp, "dump-guest-memory", paging=False, protocol=f"file:{path}",
+    await request(qmp, "dump-guest-memory", paging=False, protocol=f"file:{path}",
                   detach=True, format="elf")
     deadline = started + min(max(timeout, 0.1), MAX_WAIT)
     while True:
-        progress = await execute(qmp, "query-dump")
+        progress = await request(qmp, "query-dump")
         status = progress.get("status") if isinstance(progress, dict) else None
         if status == "completed":
             break

@@ -16,9 +16,11 @@ from typing import Any
 from undebug.errors import UndebugError
 from undebug.session.adopted_ram import peer_pid
 from undebug.session.machine_map import DeviceRange, machine_map
+from undebug.session.protocol import ErrorCode
 from undebug.session.ram import pmemsave
+from undebug.session.runcontrol import RequestError
 
-__all__ = ["EVENTS", "QmpLink"]
+__all__ = ["EVENTS", "QmpLink", "request"]
 
 log = logging.getLogger("undebug.supervisor")
 
@@ -103,3 +105,17 @@ class QmpLink:
 
     async def disconnect(self, timeout: float) -> None:
         await asyncio.wait_for(self.client.disconnect(), timeout)
+
+
+async def request(qmp: QmpLink | None, command: str, **args: Any) -> Any:
+    """A QMP command for a client's request: its answer, or the RequestError the
+    client is sent (no QMP connection; QEMU refused it)."""
+    if qmp is None:
+        raise RequestError(ErrorCode.UNSUPPORTED, "no QMP connection to this guest's QEMU")
+    from qemu.qmp import ExecuteError
+
+    try:
+        return await qmp.client.execute(command, args or None)
+    except ExecuteError as exc:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"QEMU refused {command}: {exc}") \
+            from None
