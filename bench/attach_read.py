@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.memory import SIZE, VBASE, gdb_dumps, text_section
+from bench.memory import ROUNDS, SIZE, VBASE, measured_rounds, text_section
 from bench.threads import (
     GUEST,
     PlainGuest,
@@ -37,7 +37,6 @@ from bench.threads import (
     undebug_env,
 )
 
-ROUNDS = 3
 APPEND = "threads=4"
 RPC_SIZE = 4 << 20
 NAME = "adopted"
@@ -119,25 +118,12 @@ def run() -> dict[str, Any]:
         check["attach_warnings"] = adopted.warnings
         (tmp / "plain").mkdir()
         plain = PlainGuest(tmp / "plain", APPEND)
-        for i in range(ROUNDS):
-            out = str(tmp / "ud-text") if i == 0 else "-"
-            side = json.loads(subprocess.run(
-                [sys.executable, "-c", UNDEBUG_SIDE, NAME, str(SIZE), str(RPC_SIZE), str(VBASE),
-                 str(text_addr), str(len(text_bytes)), out],
-                env=adopted.env, check=True, capture_output=True, text=True).stdout)
-            check["in_place_used"] = side.pop("in_place")
-            check["target_warnings"] = side.pop("warnings")
-            dumps = gdb_dumps(plain, tmp, (text_addr, len(text_bytes)) if i == 0 else None)
-            for key, value in {**side, **dumps}.items():
-                samples.setdefault(key, []).append(value)
-        blobs = {"elf": text_bytes,
-                 "undebug_read_physical": (tmp / "ud-text.phys").read_bytes(),
-                 "undebug_read_virtual": (tmp / "ud-text.virt").read_bytes(),
-                 "gdb_dump_physical": (tmp / "text.phys").read_bytes(),
-                 "gdb_dump_virtual": (tmp / "text.virt").read_bytes()}
-        check["region"] = f".text {text_addr:#x}+{len(text_bytes):#x}"
-        check["identical"] = {k: v == text_bytes for k, v in blobs.items()}
-        check["all_identical"] = all(check["identical"].values())
+        measured_rounds([sys.executable, "-c", UNDEBUG_SIDE, NAME, str(SIZE), str(RPC_SIZE),
+                         str(VBASE)], adopted.env, plain, tmp, (text_addr, text_bytes),
+                        ("in_place", "warnings"),
+                        (("read_physical", "phys"), ("read_virtual", "virt")), samples, check)
+        check["in_place_used"] = check.pop("in_place")
+        check["target_warnings"] = check.pop("warnings")
     finally:
         teardown(tmp, adopted, plain)
 

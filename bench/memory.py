@@ -6,8 +6,8 @@ started by ``undebug run -d`` (the supervisor shares guest RAM as a file that
 (``LiveTarget(...)``), ``read_physical(0, 64 MiB)`` (first read after attach, then a
 second on the same mapping), ``read(VBASE, 64 MiB)`` of guest-virtual memory (walks the
 guest's page tables, 4 KiB pages), and the supervisor's RPC paths for 4 MiB:
-``_rpc_read("read_memory", ...)`` (gdbstub ``m`` packets) and
-``_rpc_read("read_physical", ...)``. Diagnostic floor: one slice of the mapping itself.
+``_rpc_read(..., physical=False)`` (gdbstub ``m`` packets) and
+``_rpc_read(..., physical=True)``. Diagnostic floor: one slice of the mapping itself.
 
 Baseline: gdb 13 ``dump binary memory`` of the same ranges over QEMU's gdbstub on an
 identical *second* QEMU started here (the supervisor owns the first guest's only gdbstub
@@ -61,16 +61,16 @@ try:
     t = time.perf_counter(); data = lt.read(vbase, size); r["read_virtual_s"] = time.perf_counter() - t
     assert len(data) == size
     del data
-    t = time.perf_counter(); data = lt._rpc_read("read_memory", vbase, rpc_size)
+    t = time.perf_counter(); data = lt._rpc_read(vbase, rpc_size, physical=False)
     r["rpc_read_memory_s"] = time.perf_counter() - t
     assert len(data) == rpc_size
-    t = time.perf_counter(); data = lt._rpc_read("read_physical", vbase, rpc_size)
+    t = time.perf_counter(); data = lt._rpc_read(vbase, rpc_size, physical=True)
     r["rpc_read_physical_s"] = time.perf_counter() - t
     assert len(data) == rpc_size
     if out != "-":
         Path(out + ".phys").write_bytes(lt.read_physical(text_addr, text_size))
         Path(out + ".virt").write_bytes(lt.read(text_addr, text_size))
-        Path(out + ".rpc").write_bytes(lt._rpc_read("read_memory", text_addr, text_size))
+        Path(out + ".rpc").write_bytes(lt._rpc_read(text_addr, text_size, physical=False))
 finally:
     lt.close()
 print(json.dumps(r))
@@ -118,6 +118,34 @@ def gdb_dumps(guest: PlainGuest, tmp: Path, text: tuple[int, int] | None) -> dic
     return {"gdb_dump_phys_s": times["phys"], "gdb_dump_virt_s": times["virt"], "gdb_wall_s": wall}
 
 
+def measured_rounds(side: list[str], env: dict[str, str], plain: PlainGuest, tmp: Path,
+                    text: tuple[int, bytes], flags: tuple[str, ...], blobs: tuple[str, ...],
+                    samples: dict[str, list[float]], check: dict[str, Any]) -> None:
+    """ROUNDS rounds of undebug's side (``side`` + the text range + where round 1 writes
+    what it read) against gdb's dumps of the identical plain guest; timings go to
+    ``samples``, the side's ``flags`` (how it read) to ``check``, and the text each read in
+    round 1 (``blobs``: ``ud-text.<suffix>`` for undebug_read_<name>) is compared with the
+    ELF's."""
+    text_addr, text_bytes = text
+    for i in range(ROUNDS):
+        out = str(tmp / "ud-text") if i == 0 else "-"
+        measured = json.loads(subprocess.run(
+            [*side, str(text_addr), str(len(text_bytes)), out], env=env, check=True,
+            capture_output=True, text=True).stdout)
+        check.update({flag: measured.pop(flag) for flag in flags})
+        dumps = gdb_dumps(plain, tmp, (text_addr, len(text_bytes)) if i == 0 else None)
+        for key, value in {**measured, **dumps}.items():
+            samples.setdefault(key, []).append(value)
+    read = {"elf": text_bytes,
+            **{f"undebug_{name}": (tmp / f"ud-text.{suffix}").read_bytes()
+               for name, suffix in blobs},
+            "gdb_dump_physical": (tmp / "text.phys").read_bytes(),
+            "gdb_dump_virtual": (tmp / "text.virt").read_bytes()}
+    check["region"] = f".text {text_addr:#x}+{len(text_bytes):#x}"
+    check["identical"] = {k: v == text_bytes for k, v in read.items()}
+    check["all_identical"] = all(check["identical"].values())
+
+
 def run() -> dict[str, Any]:
     guest = ensure_guest()
     text_addr, text_bytes = text_section()
@@ -129,25 +157,11 @@ def run() -> dict[str, Any]:
         ud = UndebugGuest(tmp / "run", "mem", APPEND)
         (tmp / "plain").mkdir()
         plain = PlainGuest(tmp / "plain", APPEND)
-        for i in range(ROUNDS):
-            out = str(tmp / "ud-text") if i == 0 else "-"
-            side = json.loads(subprocess.run(
-                [sys.executable, "-c", UNDEBUG_SIDE, "mem", str(SIZE), str(RPC_SIZE), str(VBASE),
-                 str(text_addr), str(len(text_bytes)), out],
-                env=ud.env, check=True, capture_output=True, text=True).stdout)
-            check["mmap_used"] = side.pop("mmap")
-            dumps = gdb_dumps(plain, tmp, (text_addr, len(text_bytes)) if i == 0 else None)
-            for key, value in {**side, **dumps}.items():
-                samples.setdefault(key, []).append(value)
-        blobs = {"elf": text_bytes,
-                 "undebug_read_physical": (tmp / "ud-text.phys").read_bytes(),
-                 "undebug_read_virtual": (tmp / "ud-text.virt").read_bytes(),
-                 "undebug_rpc_read_memory": (tmp / "ud-text.rpc").read_bytes(),
-                 "gdb_dump_physical": (tmp / "text.phys").read_bytes(),
-                 "gdb_dump_virtual": (tmp / "text.virt").read_bytes()}
-        check["region"] = f".text {text_addr:#x}+{len(text_bytes):#x}"
-        check["identical"] = {k: v == text_bytes for k, v in blobs.items()}
-        check["all_identical"] = all(check["identical"].values())
+        measured_rounds([sys.executable, "-c", UNDEBUG_SIDE, "mem", str(SIZE), str(RPC_SIZE),
+                         str(VBASE)], ud.env, plain, tmp, (text_addr, text_bytes), ("mmap",),
+                        (("read_physical", "phys"), ("read_virtual", "virt"),
+                         ("rpc_read_memory", "rpc")), samples, check)
+        check["mmap_used"] = check.pop("mmap")
     finally:
         teardown(tmp, ud, plain)
 
