@@ -11,6 +11,7 @@ from its address space (``process_vm_readv``) where the supervisor could locate 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -42,6 +43,10 @@ MASK = (1 << 64) - 1
 SAME_TEXT = 64  # bytes of a text page that may differ at the link address (patched code)
 PATCHED_AT_RUN_TIME = 0.01  # of an ELF's text, at most, in a guest that runs that ELF
 CR0_PG = 1 << 31
+# shared RAM reads at least this large go by pread(2), smaller ones are mmap slices: a
+# read fault on a hole of the memfd allocates a page (a 1 GiB read made QEMU's guest
+# cost 1 GiB of host memory), pread of a hole copies zeros and allocates nothing
+PREAD_FROM = 64 << 10
 
 
 def open_target(spec: str, elf: Path | None = None, *, stop: bool = True,
@@ -121,6 +126,19 @@ def _programs(session: SessionDir, warnings: list[str]) -> list[tuple[ElfFile, i
     return programs
 
 
+def _clip(pieces: list[tuple[int, int]], start: int, size: int) -> list[tuple[int, int]]:
+    """The parts of ``pieces`` (sorted, disjoint ``(address, size)``) in ``[start, start + size)``."""
+    end, out = start + size, []
+    for at in range(max(bisect.bisect_right(pieces, (start, 1 << 64)) - 1, 0), len(pieces)):
+        low, length = pieces[at]
+        if low >= end:
+            break
+        high = min(end, low + length)
+        if high > start:
+            out.append((max(low, start), high - max(low, start)))
+    return out
+
+
 class ReadError(UndebugError):
     """Guest memory that cannot be read: unmapped, outside RAM, or refused by the stub."""
 
@@ -195,6 +213,13 @@ class Target(ABC):
         """Every ELF whose code the guest runs, with its load offset: the kernel first."""
         return [(self.elf, self.load_offset), *self.programs]
 
+    def written_ranges(self, address: int, size: int) -> list[tuple[int, int]] | None:
+        """The ``(address, size)`` pieces of guest-physical ``[address, address + size)``
+        that the guest may have written, in address order; the rest reads as zero without
+        being read (a dump's sparse pass reads only these). None: not known here (read it
+        all), or not all of it is RAM."""
+        return None
+
     def copy_physical(self, address: int, size: int, fd: int) -> None:
         """Write ``size`` bytes of guest-physical memory to file descriptor ``fd`` at its
         offset (a dump's bulk path: a live guest's shared RAM goes kernel to kernel)."""
@@ -230,14 +255,29 @@ class _Ram(ABC):
         where this kind of RAM can; False: the caller reads them instead."""
         return False
 
+    def written_map(self) -> list[tuple[int, int]] | None:
+        """The guest-physical ``(address, size)`` pieces of all RAM that the guest may
+        have written, where this kind of RAM can tell (:meth:`Target.written_ranges`)."""
+        return None
+
+    def inside(self, address: int, size: int) -> bool:
+        return self._offset(address, size) is not None
+
+    def _offset(self, address: int, size: int) -> int | None:
+        """Where ``[address, address + size)`` is in the host memory, if in one region."""
+        for phys, offset, length in self.regions:
+            if phys <= address and address + size <= phys + length:
+                return offset + address - phys
+        return None
+
     @abstractmethod
     def _copy(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of the host memory (inside one region)."""
 
     def read(self, address: int, size: int) -> bytes:
-        for phys, offset, length in self.regions:  # the common case: one slice, one copy
-            if phys <= address and address + size <= phys + length:
-                return self._copy(offset + address - phys, size)
+        offset = self._offset(address, size)
+        if offset is not None:  # the common case: one slice, one copy
+            return self._copy(offset, size)
         out = bytearray()
         while len(out) < size:
             at = address + len(out)
@@ -264,18 +304,42 @@ class _SharedRam(_Ram):
 
     def copy(self, address: int, size: int, fd: int) -> bool:
         """By sendfile(2); False when the range is not in one region."""
-        for phys, offset, length in self.regions:
-            if phys <= address and address + size <= phys + length:
-                start, done = offset + address - phys, 0
-                while done < size:
-                    sent = os.sendfile(fd, self.fd, start + done, size - done)
-                    if sent <= 0:
-                        raise ReadError(f"guest RAM at {address + done:#x} ends early")
-                    done += sent
-                return True
-        return False
+        start = self._offset(address, size)
+        if start is None:
+            return False
+        done = 0
+        while done < size:
+            sent = os.sendfile(fd, self.fd, start + done, size - done)
+            if sent <= 0:
+                raise ReadError(f"guest RAM at {address + done:#x} ends early")
+            done += sent
+        return True
+
+    def written_map(self) -> list[tuple[int, int]] | None:
+        """The file's data, by ``lseek(SEEK_DATA/SEEK_HOLE)`` (shmem answers from its page
+        cache and swap, reading nothing): a page the guest never wrote is a hole, and a
+        hole reads as zero. Whole regions at a time: each call walks the kernel's page
+        index to the next hole or data, however far."""
+        pieces = []
+        for phys, start, length in self.regions:
+            at, end = start, start + length
+            while at < end:
+                try:
+                    data = os.lseek(self.fd, at, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # no data from here on
+                        break
+                    return None  # EINVAL: a file system without hole reporting
+                if data >= end:
+                    break
+                hole = min(end, os.lseek(self.fd, data, os.SEEK_HOLE))
+                pieces.append((phys + data - start, hole - data))
+                at = hole
+        return sorted(pieces)
 
     def _copy(self, offset: int, size: int) -> bytes:
+        if size >= PREAD_FROM:  # a hole read by pread stays a hole (see PREAD_FROM)
+            return os.pread(self.fd, size, offset)
         return self.map[offset : offset + size]
 
     def close(self) -> None:
@@ -293,6 +357,17 @@ class _ProcessRam(_Ram):
         from undebug.vm.process_memory import ProcessMemory  # ctypes: only when adopted
 
         self.memory = ProcessMemory(pid)
+
+    def written_map(self) -> list[tuple[int, int]] | None:
+        """The pages QEMU's page tables hold, where its RAM is private anonymous memory
+        (QEMU's default): one never faulted in reads as zero (ProcessMemory.touched)."""
+        pieces = []
+        for phys, offset, length in self.regions:
+            touched = self.memory.touched(offset, length)
+            if touched is None:
+                return None
+            pieces += [(phys + at - offset, n) for at, n in touched]
+        return sorted(pieces)
 
     def _copy(self, offset: int, size: int) -> bytes:
         try:
@@ -329,6 +404,8 @@ class LiveTarget(Target):
             self._registers: dict[int, dict[str, int]] | None = None
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
             self._tables: dict[int, bytes] = {}  # page-table pages read, this token
+            self._written: list[tuple[int, int]] | None = None  # RAM's, this token
+            self._written_asked = False
             self.relocation = self._relocate()
             self.programs = _programs(session, self.warnings)
             self._check_elf(force)
@@ -502,6 +579,7 @@ class LiveTarget(Target):
         self._registers = None
         self._pages.clear()
         self._tables.clear()
+        self._written_asked = False
         self._in_moment = True
         try:
             yield
@@ -561,6 +639,15 @@ class LiveTarget(Target):
         except OSError:  # sendfile refused (an old kernel, a pipe): the plain way
             pass
         super().copy_physical(address, size, fd)
+
+    def written_ranges(self, address: int, size: int) -> list[tuple[int, int]] | None:
+        self._reading()
+        if self._ram is None or not self._ram.inside(address, size):
+            return None
+        if not (self._stopped or self._in_moment) or not self._written_asked:
+            self._written = self._ram.written_map()  # once per moment, clipped per call
+            self._written_asked = True
+        return None if self._written is None else _clip(self._written, address, size)
 
     def read_physical(self, address: int, size: int) -> bytes:
         self._reading()

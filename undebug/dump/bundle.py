@@ -186,6 +186,8 @@ class _Dump:
                          "segments": stats.segments, "mapped_bytes": stats.mapped_bytes,
                          "written_bytes": stats.written_bytes,
                          "zero_pages_skipped": stats.zero_pages_skipped,
+                         "tested_bytes": stats.tested_bytes,
+                         "untouched_bytes": stats.untouched_bytes,
                          "threads": stats.threads,
                          "seconds": round(time.perf_counter() - started, 3)}
             s["flight_recorder"] = self._flight(target)

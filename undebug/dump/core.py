@@ -66,6 +66,8 @@ class CoreStats:
     mapped_bytes: int = 0  # what the page tables map (and RAM backs)
     written_bytes: int = 0  # memory bytes in the file
     zero_pages_skipped: int = 0
+    tested_bytes: int = 0  # read to find the zero pages (sparse)
+    untouched_bytes: int = 0  # zero without being read: the guest never wrote them
     threads: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -145,21 +147,17 @@ def _overlaps(ranges: list[tuple[int, int]], start: int, size: int) -> bool:
     return any(low < start + size and start < high for low, high in ranges)
 
 
-def _blocks(target: Target, run: _Run, warnings: list[str]) -> Iterator[tuple[int, bytes | None]]:
-    """(offset in run, bytes or None when unreadable) for each block of ``run``; a block
-    the target refuses (MMIO, outside RAM) is retried page by page."""
-    at = 0
-    while at < run.size:
-        size = min(BLOCK, run.size - at)
-        try:
-            yield at, target.read_physical(run.physical + at, size)
-        except ReadError:
-            for page in range(at, at + size, PAGE_SIZE):
-                try:
-                    yield page, target.read_physical(run.physical + page, PAGE_SIZE)
-                except ReadError:
-                    yield page, None
-        at += size
+def _read_block(target: Target, address: int, size: int) -> Iterator[tuple[int, bytes | None]]:
+    """(offset, bytes or None when unreadable) of physical ``[address, address + size)``:
+    one read, or page by page when the target refuses the block (MMIO, outside RAM)."""
+    try:
+        yield 0, target.read_physical(address, size)
+    except ReadError:
+        for page in range(0, size, PAGE_SIZE):
+            try:
+                yield page, target.read_physical(address + page, PAGE_SIZE)
+            except ReadError:
+                yield page, None
 
 
 @dataclass
@@ -195,61 +193,122 @@ class _Planner:
         self.open = None
 
 
-def _readable(target: Target, run: _Run) -> Iterator[tuple[int, int, bool]]:
-    """(offset in run, size, readable) of ``run``'s pieces, probed a byte at each end of
-    a block (RAM is contiguous; MMIO ends it on a page), page by page where they differ."""
-    def probe(address: int) -> bool:
+def _probe_block(target: Target, address: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, size, readable) of physical ``[address, address + size)``'s pieces, probed
+    a byte at each end (RAM is contiguous; MMIO ends it on a page), page by page where
+    they differ."""
+    def probe(at: int) -> bool:
         try:
-            target.read_physical(address, 1)
+            target.read_physical(at, 1)
         except ReadError:
             return False
         return True
 
-    for at in range(0, run.size, BLOCK):
-        size = min(BLOCK, run.size - at)
-        first, last = probe(run.physical + at), probe(run.physical + at + size - 1)
-        if first and last:
-            yield at, size, True
-        elif not first and not last and size == PAGE_SIZE:
-            yield at, size, False
-        else:
-            for page in range(at, at + size, PAGE_SIZE):
-                yield page, PAGE_SIZE, probe(run.physical + page)
+    first, last = probe(address), probe(address + size - 1)
+    if first and last:
+        yield 0, size, True
+    elif not first and not last and size == PAGE_SIZE:
+        yield 0, size, False
+    else:
+        for page in range(0, size, PAGE_SIZE):
+            yield page, PAGE_SIZE, probe(address + page)
+
+
+class _SparsePlan:
+    """A sparse dump's choices: a page goes in unless it is all zero, but for one over
+    the ELF's file-backed bytes (see the module's docstring)."""
+
+    def __init__(self, planner: _Planner, file_backed: list[tuple[int, int]],
+                 stats: CoreStats) -> None:
+        self.planner, self.file_backed, self.stats = planner, file_backed, stats
+
+    def zero(self, vaddr: int, paddr: int, size: int, flags: int) -> None:
+        if not _overlaps(self.file_backed, vaddr, size):
+            self.stats.zero_pages_skipped += size // PAGE_SIZE
+            self.planner.add(vaddr, paddr, size, flags, False)
+            return
+        for page in range(0, size, PAGE_SIZE):
+            keep = _overlaps(self.file_backed, vaddr + page, PAGE_SIZE)
+            self.stats.zero_pages_skipped += not keep
+            self.planner.add(vaddr + page, paddr + page, PAGE_SIZE, flags, keep)
+
+    def data(self, vaddr: int, paddr: int, data: bytes, flags: int) -> None:
+        """Pages read from the guest: tested for zeros (memcmp, no copy)."""
+        self.stats.tested_bytes += len(data)
+        if ZERO_BLOCK.startswith(data):
+            self.zero(vaddr, paddr, len(data), flags)
+            return
+        for page in range(0, len(data), PAGE_SIZE):
+            if data.startswith(ZERO_PAGE, page):
+                self.zero(vaddr + page, paddr + page, PAGE_SIZE, flags)
+            else:
+                self.planner.add(vaddr + page, paddr + page, PAGE_SIZE, flags, True)
+
+    def known(self, vaddr: int, paddr: int, size: int, flags: int,
+              target: Target, written: list[tuple[int, int]]) -> None:
+        """A block whose written pages the target told: only those are read; the rest
+        is zero, never read (and so never made to exist: a hole stays a hole)."""
+        at = paddr
+        for start, length in written:
+            if start > at:
+                self.stats.untouched_bytes += start - at
+                self.zero(vaddr + at - paddr, at, start - at, flags)
+            self.data(vaddr + start - paddr, start, target.read_physical(start, length), flags)
+            at = start + length
+        if at < paddr + size:
+            self.stats.untouched_bytes += paddr + size - at
+            self.zero(vaddr + at - paddr, at, paddr + size - at, flags)
 
 
 def _plan(target: Target, runs: list[_Run], sparse: bool, stats: CoreStats) -> list[_Segment]:
-    """Pass one: which pages go in the file. A full dump only probes what is RAM; a
-    sparse one reads every block once (to find the zero pages) and keeps none."""
+    """Pass one: which pages go in the file, a block at a time. Where the target knows
+    which pages the guest ever wrote (:meth:`Target.written_ranges`), a sparse dump reads
+    those only and a full one reads nothing; elsewhere a full dump probes what is RAM and
+    a sparse one reads every block (and keeps none of it)."""
     planner = _Planner()
-    file_backed = _file_backed(target) if sparse else []
+    sparse_plan = _SparsePlan(planner, _file_backed(target) if sparse else [], stats)
     for run in runs:
-        if not sparse:
-            for at, size, readable in _readable(target, run):
-                if not readable:
-                    planner.break_run()  # mapped but not RAM (MMIO): not in the core
-                    continue
-                stats.mapped_bytes += size
-                planner.add(run.virtual + at, run.physical + at, size, run.flags, True)
-            planner.break_run()
-            continue
-        for at, block in _blocks(target, run, stats.warnings):
-            if block is None:
-                planner.break_run()  # mapped but not RAM (MMIO): not in the core
-                continue
-            stats.mapped_bytes += len(block)
+        for at in range(0, run.size, BLOCK):
+            size = min(BLOCK, run.size - at)
             vaddr, paddr = run.virtual + at, run.physical + at
-            zero = block == ZERO_BLOCK if len(block) == BLOCK else block.count(0) == len(block)
-            if zero and not _overlaps(file_backed, vaddr, len(block)):
-                stats.zero_pages_skipped += len(block) // PAGE_SIZE
-                planner.add(vaddr, paddr, len(block), run.flags, False)
-                continue
-            for page in range(0, len(block), PAGE_SIZE):
-                zero = block[page : page + PAGE_SIZE] == ZERO_PAGE and \
-                    not _overlaps(file_backed, vaddr + page, PAGE_SIZE)
-                stats.zero_pages_skipped += zero
-                planner.add(vaddr + page, paddr + page, PAGE_SIZE, run.flags, not zero)
+            written = target.written_ranges(paddr, size)
+            if written is not None:  # all RAM
+                stats.mapped_bytes += size
+                if sparse:
+                    sparse_plan.known(vaddr, paddr, size, run.flags, target, written)
+                else:
+                    planner.add(vaddr, paddr, size, run.flags, True)
+            elif sparse:
+                for offset, block in _read_block(target, paddr, size):
+                    if block is None:
+                        planner.break_run()  # mapped but not RAM (MMIO): not in the core
+                        continue
+                    stats.mapped_bytes += len(block)
+                    sparse_plan.data(vaddr + offset, paddr + offset, block, run.flags)
+            else:
+                for offset, piece, readable in _probe_block(target, paddr, size):
+                    if not readable:
+                        planner.break_run()  # mapped but not RAM (MMIO): not in the core
+                        continue
+                    stats.mapped_bytes += piece
+                    planner.add(vaddr + offset, paddr + offset, piece, run.flags, True)
         planner.break_run()
     return planner.segments
+
+
+def _copy_segment(target: Target, seg: _Segment, fd: int, stats: CoreStats, sparse: bool) -> None:
+    """``seg``'s file bytes to ``fd`` at ``seg.offset``: where the target knows which pages
+    the guest wrote, those only, the rest left a hole in the file (it reads as zero, as
+    that memory does, and costs neither a read nor a write: a full dump of a guest that
+    used 1/8 of its RAM writes 1/8 of it)."""
+    written = target.written_ranges(seg.paddr, seg.filesz) if seg.filesz else []
+    if written is None:
+        written = [(seg.paddr, seg.filesz)]
+    elif not sparse:  # a sparse plan counted them already
+        stats.untouched_bytes += seg.filesz - sum(n for _, n in written)
+    for address, size in written:
+        os.lseek(fd, seg.offset + address - seg.paddr, os.SEEK_SET)
+        target.copy_physical(address, size, fd)
 
 
 def _notes(target: Target, threads: list[ProxyThread], info: dict[str, object]) -> bytes:
@@ -297,9 +356,10 @@ def write_core(target: Target, threads: list[ProxyThread], out: IO[Any], *,
     out.write(bytes(data_start - out.tell()))
     out.flush()  # the memory goes to the descriptor itself (sendfile from shared RAM)
     for seg in segments:
-        target.copy_physical(seg.paddr, seg.filesz, out.fileno())
+        _copy_segment(target, seg, out.fileno(), stats, sparse)
         stats.written_bytes += seg.filesz
     stats.segments = len(segments)
+    os.ftruncate(out.fileno(), offset)  # a hole at the end is still the file's
     out.seek(0, os.SEEK_END)  # the buffered file learns where the descriptor is
     # no fsync: the bundle's rename is what readers wait for (QEMU's dump is not synced
     # either, and syncing 1 GiB doubled the time on a busy disk)

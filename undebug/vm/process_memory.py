@@ -20,6 +20,12 @@ __all__ = ["CHUNK", "ProcessMemory", "ptrace_hint", "start_time"]
 
 CHUNK = 64 << 20  # bytes per system call: a bounded iovec, whatever a caller asks for
 YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
+PAGE = 4096
+PAGEMAP_ENTRY = 8
+MAX_MAPS = 16 << 20  # bytes of /proc/PID/maps read (QEMU has a few hundred lines)
+# /proc/PID/pagemap entry bits 63 (present) and 62 (swapped), in the entry's top byte:
+# 1 for a page with contents, 0 for one never faulted in (or dropped: reads as zero)
+_HELD = bytes(1 if b & 0xC0 else 0 for b in range(256))
 
 
 class _Iovec(ctypes.Structure):
@@ -48,6 +54,7 @@ class ProcessMemory:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._readv, self._new_bytes, self._as_string = _functions()
+        self._maps: list[tuple[int, int, bool]] | None = None  # (low, high, private anonymous)
 
     def read(self, address: int, size: int) -> bytes:
         """``size`` bytes at ``address``; a short read (a hole in the mapping) continues
@@ -69,6 +76,59 @@ class ProcessMemory:
             done += got
         data: bytes = out  # filled in place before anyone else holds it (see above)
         return data
+
+    def touched(self, address: int, size: int) -> list[tuple[int, int]] | None:
+        """The ``(address, size)`` pieces of ``[address, address + size)`` that hold a page
+        (present or swapped, by ``/proc/PID/pagemap``: flags only, which an unprivileged
+        reader gets too), where all of it is private anonymous memory: there a page never
+        faulted in reads as zero. None where it is not (a file or shared mapping holds
+        bytes no page table of this process shows) or when the kernel says no."""
+        if address % PAGE or size % PAGE or not self._anonymous(address, size):
+            return None
+        try:
+            with open(f"/proc/{self.pid}/pagemap", "rb", buffering=0) as f:
+                entries = os.pread(f.fileno(), size // PAGE * PAGEMAP_ENTRY,
+                                   address // PAGE * PAGEMAP_ENTRY)
+        except OSError:
+            return None
+        if len(entries) != size // PAGE * PAGEMAP_ENTRY:
+            return None
+        held = entries[PAGEMAP_ENTRY - 1 :: PAGEMAP_ENTRY].translate(_HELD)
+        pieces, at = [], held.find(1)
+        while at >= 0:
+            end = held.find(0, at)
+            end = len(held) if end < 0 else end
+            pieces.append((address + at * PAGE, (end - at) * PAGE))
+            at = held.find(1, end)
+        return pieces
+
+    def _anonymous(self, address: int, size: int) -> bool:
+        """Whether ``/proc/PID/maps`` has ``[address, address + size)`` all in private
+        mappings of no file (inode 0), read once per instance."""
+        if self._maps is None:
+            self._maps = []
+            try:
+                with open(f"/proc/{self.pid}/maps", "rb") as f:
+                    text = f.read(MAX_MAPS)
+            except OSError:
+                return False
+            for line in text.splitlines():
+                fields = line.split(None, 5)
+                try:
+                    low, high = (int(x, 16) for x in fields[0].split(b"-"))
+                    anonymous = fields[1][3:4] == b"p" and int(fields[4]) == 0
+                except (IndexError, ValueError):
+                    continue
+                self._maps.append((low, high, anonymous))
+        at, end = address, address + size
+        for low, high, anonymous in self._maps:  # in address order, as the kernel lists them
+            if low <= at < high:
+                if not anonymous:
+                    return False
+                at = high
+                if at >= end:
+                    return True
+        return False
 
 
 def start_time(pid: int) -> int | None:
