@@ -146,6 +146,23 @@ def test_expect_exit(tmp_path: Path) -> None:
 
 def test_ci_options_need_ci(tmp_path: Path) -> None:
     for option in (["--dump-dir", "x"], ["--junit", "x"], ["--expect-exit", "0"],
-                   ["--hang-after", "2"]):
+                   ["--hang-after", "2"], ["--qemu-core"]):
         result = undebug("run", *option, "build/refguest.elf")
         assert result.code == 2 and "goes with --ci" in result.stderr
+
+
+def test_qemu_core_puts_qemus_own_dump_in_the_failures_bundle(tmp_path: Path) -> None:
+    """--qemu-core: beside undebug's core.elf, QEMU's dump-guest-memory ELF of the crashed
+    guest, as binutils' readelf reads it: a core with one QEMU note per vCPU (-smp 2)."""
+    import json
+
+    code, out, err = run_ci(tmp_path, "threads=2 crash=null crash_after=100", "--qemu-core")
+    assert code == 1, out + err
+    doc = json.loads(out)
+    qemu = only_bundle(tmp_path) / "qemu-core.elf"
+    assert doc["qemu_core"]["file"] == "qemu-core.elf" and doc["qemu_core"]["error"] is None
+    assert doc["qemu_core"]["bytes"] == qemu.stat().st_size
+    assert (qemu.stat().st_mode & 0o777) == 0o600
+    notes = subprocess.run(["readelf", "-n", str(qemu)], capture_output=True, text=True).stdout
+    assert len(re.findall(r"^\s+QEMU\s+0x", notes, re.M)) == 2, notes
+    assert (only_bundle(tmp_path) / "core.elf").exists()

@@ -98,12 +98,15 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hang-after", type=number_at_least(0.1, float), default=None,
                    metavar="S", help="with --ci: a hang when no trace record arrives for S "
                    "seconds (needs the tracing stub; default off)")
+    p.add_argument("--qemu-core", action="store_true", default=None,
+                   help="with --ci: a failure's bundle also holds QEMU's own "
+                   "dump-guest-memory ELF (qemu-core.elf), for tools that want QEMU's format")
 
 
 def launch(args: argparse.Namespace) -> Launched:
     from undebug.session.launcher import LaunchRequest, launch_guest
 
-    for option in ("timeout", "dump_dir", "junit", "expect_exit", "hang_after"):
+    for option in ("timeout", "dump_dir", "junit", "expect_exit", "hang_after", "qemu_core"):
         if getattr(args, option) is not None and not args.ci:
             raise UsageError(f"--{option.replace('_', '-')} goes with --ci")
     if args.otlp is not None and args.no_trace:
@@ -220,10 +223,13 @@ def _finish_ci(claim: SessionClaim, client: SupervisorClient, outcome: Outcome,
         result = write_bundle(BundleRequest(
             session.name, args.dump_dir or Path(os.environ.get("UNDEBUG_DUMP_DIR")
                                                 or "undebug-dumps"), sparse=True,
+            qemu_core=bool(args.qemu_core),
             reason={"kind": outcome.kind, "text": outcome.reason, "source": "run"}))
         summary, bundle = result.summary, result.path
         data["bundle"] = str(bundle)
         data["signature"] = summary.get("signature")
+        if args.qemu_core:
+            data["qemu_core"] = summary.get("qemu_core")
     if outcome.run_state is not None:
         client.kill()
     claim.remove()
