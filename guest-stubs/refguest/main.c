@@ -492,8 +492,17 @@ volatile uint64_t planted_scrubbed[512] __attribute__((aligned(4096))) = {
 	[0 ... 511] = PLANTED_SCRUBBED_SEED,
 };
 
+/* A page of .bss the guest writes then zeroes at boot: its RAM page has been written (it
+ * is not a hole of the guest's memory) but is all zero, so a sparse dump must find it by
+ * reading it, and leave it out. */
+volatile uint64_t planted_bss_scrubbed[512] __attribute__((aligned(4096)));
+
 void scrub_planted(void)
 {
 	for (unsigned i = 0; i < 512; i++)
 		planted_scrubbed[i] = 0;
+	for (unsigned i = 0; i < 512; i++)
+		planted_bss_scrubbed[i] = PLANTED_SCRUBBED_SEED;
+	for (unsigned i = 0; i < 512; i++)
+		planted_bss_scrubbed[i] = 0;
 }
