@@ -32,7 +32,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.threads import GUEST, Clock, PlainGuest, UndebugGuest, ensure_guest, median, teardown, undebug
+from bench.threads import (
+    GUEST,
+    Clock,
+    PlainGuest,
+    UndebugGuest,
+    clean_env,
+    ensure_guest,
+    median,
+    teardown,
+    undebug,
+)
 
 MEMORY_MB = 1024
 APPEND = "threads=2000"
@@ -56,8 +66,9 @@ def _dump(name: str, out: Path, env: dict[str, str], *extra: str) -> tuple[float
 def dumps(tmp: Path) -> dict[str, Any]:
     samples: dict[str, list[float]] = {k: [] for k in (
         "qemu_s", "full_s", "full_cpu_s", "full_core_s", "sparse_s", "sparse_cpu_s",
-        "sparse_core_s", "open_threads_s")}
+        "sparse_core_s", "open_threads_s", "open_threads_clean_s")}
     sizes: dict[str, int] = {}
+    read: dict[str, dict[str, Any]] = {}  # summary.json's core: what was read, what not
     ud = plain = None
     try:
         ud = UndebugGuest(tmp / "run", "dumpbench", APPEND, memory=MEMORY_MB,
@@ -88,20 +99,28 @@ def dumps(tmp: Path) -> dict[str, Any]:
                 samples[f"{kind}_s"].append(wall)
                 samples[f"{kind}_cpu_s"].append(cpu)
                 samples[f"{kind}_core_s"].append(summary["core"]["seconds"])
-                sizes[kind] = (bundle / "core.elf").stat().st_size
+                core = (bundle / "core.elf").stat()
+                sizes[kind] = core.st_size
+                sizes[f"{kind}_on_disk"] = core.st_blocks * 512  # never-written pages: holes
                 sizes[f"{kind}_bundle"] = sum(f.stat().st_size for f in bundle.iterdir())
+                read[kind] = {k: summary["core"].get(k) for k in (
+                    "mapped_bytes", "written_bytes", "tested_bytes", "untouched_bytes")}
                 if kind == "sparse":
-                    with Clock() as clock:
-                        listed = json.loads(undebug("threads", str(bundle), "--json",
-                                                    env=ud.env, capture_output=True).stdout)
-                    samples["open_threads_s"].append(clock.wall)
+                    # this machine's env (compiles every module: no bytecode written), and
+                    # an installed undebug's (bytecode cached: bench/threads.py clean_env)
+                    for key, env in (("open_threads_s", ud.env), ("open_threads_clean_s",
+                                                                  clean_env(ud.env, tmp))):
+                        with Clock() as clock:
+                            listed = json.loads(undebug("threads", str(bundle), "--json",
+                                                        env=env, capture_output=True).stdout)
+                        samples[key].append(clock.wall)
                     threads = len(listed["threads"])
                 else:
                     (bundle / "core.elf").unlink()  # 1 GiB each: keep the disk
     finally:
         teardown(tmp, ud, plain)
     med = {k: median(v) for k, v in samples.items()}
-    return {"samples": samples, "medians": med, "sizes": sizes, "threads": threads,
+    return {"samples": samples, "medians": med, "sizes": sizes, "read": read, "threads": threads,
             "ratios": {
                 "full_vs_qemu_speed": med["qemu_s"] / med["full_s"],
                 "full_core_vs_qemu_speed": med["qemu_s"] / med["full_core_s"],
@@ -173,6 +192,7 @@ def run() -> dict[str, Any]:
         "sparse_s": measured["medians"]["sparse_s"],
         "sparse_core_s": measured["medians"]["sparse_core_s"],
         "open_threads_s": measured["medians"]["open_threads_s"],
+        "open_threads_clean_s": measured["medians"]["open_threads_clean_s"],
         "sizes": measured["sizes"], "ratios": ratios,
         "detection_rate": stressed["detection_rate"],
         "classification_rate": stressed["classification_rate"],
