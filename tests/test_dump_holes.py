@@ -27,7 +27,7 @@ from undebug.os import provider_for
 from undebug.session.client import SupervisorClient
 from undebug.session.store import SessionDir
 from undebug.target import LiveTarget
-from undebug.vm.process_memory import ProcessMemory
+from undebug.vm.process_memory import PAGEMAP_SPAN, ProcessMemory
 
 PAGE = 4096
 
@@ -150,6 +150,11 @@ def test_pagemap_names_the_pages_a_private_anonymous_mapping_holds() -> None:
     assert memory.touched(base, 64 * PAGE) == [(base + 3 * PAGE, PAGE),
                                                (base + 10 * PAGE, 3 * PAGE)]
     assert memory.touched(base + 11 * PAGE, 4 * PAGE) == [(base + 11 * PAGE, 2 * PAGE)]
+    # pagemap is read 1 GiB of address space at a time: a piece across that seam is one
+    big, big_base = private_mapping((PAGEMAP_SPAN >> 12) + 16)
+    big[PAGEMAP_SPAN - PAGE] = big[PAGEMAP_SPAN] = 1
+    assert memory.touched(big_base, PAGEMAP_SPAN + 16 * PAGE) == [
+        (big_base + PAGEMAP_SPAN - PAGE, 2 * PAGE)]
     shared = mmap.mmap(-1, 4 * PAGE)  # MAP_SHARED | MAP_ANONYMOUS: shmem, inode != 0
     shared_base = ctypes.addressof(ctypes.c_char.from_buffer(shared))
     assert ProcessMemory(os.getpid()).touched(shared_base, 4 * PAGE) is None

@@ -338,9 +338,15 @@ class _SharedRam(_Ram):
         return sorted(pieces)
 
     def _copy(self, offset: int, size: int) -> bytes:
-        if size >= PREAD_FROM:  # a hole read by pread stays a hole (see PREAD_FROM)
-            return os.pread(self.fd, size, offset)
-        return self.map[offset : offset + size]
+        if size < PREAD_FROM:
+            return self.map[offset : offset + size]
+        data = os.pread(self.fd, size, offset)  # a hole read so stays a hole (PREAD_FROM)
+        while len(data) < size:  # one read(2) stops short of 2 GiB
+            more = os.pread(self.fd, size - len(data), offset + len(data))
+            if not more:
+                break  # past the end of the file: short, as a slice of the map would be
+            data += more
+        return data
 
     def close(self) -> None:
         self.map.close()

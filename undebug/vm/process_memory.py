@@ -22,6 +22,7 @@ CHUNK = 64 << 20  # bytes per system call: a bounded iovec, whatever a caller as
 YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
 PAGE = 4096
 PAGEMAP_ENTRY = 8
+PAGEMAP_SPAN = 1 << 30  # address space whose pagemap is read at once (2 MiB of entries)
 MAX_MAPS = 16 << 20  # bytes of /proc/PID/maps read (QEMU has a few hundred lines)
 # /proc/PID/pagemap entry bits 63 (present) and 62 (swapped), in the entry's top byte:
 # 1 for a page with contents, 0 for one never faulted in (or dropped: reads as zero)
@@ -54,7 +55,6 @@ class ProcessMemory:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._readv, self._new_bytes, self._as_string = _functions()
-        self._maps: list[tuple[int, int, bool]] | None = None  # (low, high, private anonymous)
 
     def read(self, address: int, size: int) -> bytes:
         """``size`` bytes at ``address``; a short read (a hole in the mapping) continues
@@ -85,43 +85,39 @@ class ProcessMemory:
         bytes no page table of this process shows) or when the kernel says no."""
         if address % PAGE or size % PAGE or not self._anonymous(address, size):
             return None
+        pieces: list[tuple[int, int]] = []
         try:
             with open(f"/proc/{self.pid}/pagemap", "rb", buffering=0) as f:
-                entries = os.pread(f.fileno(), size // PAGE * PAGEMAP_ENTRY,
-                                   address // PAGE * PAGEMAP_ENTRY)
+                for start in range(address, address + size, PAGEMAP_SPAN):
+                    span = min(PAGEMAP_SPAN, address + size - start)
+                    entries = os.pread(f.fileno(), span // PAGE * PAGEMAP_ENTRY,
+                                       start // PAGE * PAGEMAP_ENTRY)
+                    if len(entries) != span // PAGE * PAGEMAP_ENTRY:
+                        return None
+                    _held_pieces(entries, start, pieces)
         except OSError:
             return None
-        if len(entries) != size // PAGE * PAGEMAP_ENTRY:
-            return None
-        held = entries[PAGEMAP_ENTRY - 1 :: PAGEMAP_ENTRY].translate(_HELD)
-        pieces, at = [], held.find(1)
-        while at >= 0:
-            end = held.find(0, at)
-            end = len(held) if end < 0 else end
-            pieces.append((address + at * PAGE, (end - at) * PAGE))
-            at = held.find(1, end)
         return pieces
 
     def _anonymous(self, address: int, size: int) -> bool:
         """Whether ``/proc/PID/maps`` has ``[address, address + size)`` all in private
-        mappings of no file (inode 0), read once per instance."""
-        if self._maps is None:
-            self._maps = []
+        mappings of no file (inode 0), as the mappings are now."""
+        try:
+            with open(f"/proc/{self.pid}/maps", "rb") as f:
+                text = f.read(MAX_MAPS)
+        except OSError:
+            return False
+        maps = []
+        for line in text.splitlines():
+            fields = line.split(None, 5)
             try:
-                with open(f"/proc/{self.pid}/maps", "rb") as f:
-                    text = f.read(MAX_MAPS)
-            except OSError:
-                return False
-            for line in text.splitlines():
-                fields = line.split(None, 5)
-                try:
-                    low, high = (int(x, 16) for x in fields[0].split(b"-"))
-                    anonymous = fields[1][3:4] == b"p" and int(fields[4]) == 0
-                except (IndexError, ValueError):
-                    continue
-                self._maps.append((low, high, anonymous))
+                low, high = (int(x, 16) for x in fields[0].split(b"-"))
+                anonymous = fields[1][3:4] == b"p" and int(fields[4]) == 0
+            except (IndexError, ValueError):
+                continue
+            maps.append((low, high, anonymous))
         at, end = address, address + size
-        for low, high, anonymous in self._maps:  # in address order, as the kernel lists them
+        for low, high, anonymous in maps:  # in address order, as the kernel lists them
             if low <= at < high:
                 if not anonymous:
                     return False
@@ -129,6 +125,21 @@ class ProcessMemory:
                 if at >= end:
                     return True
         return False
+
+
+def _held_pieces(entries: bytes, address: int, pieces: list[tuple[int, int]]) -> None:
+    """Append the pieces of held pages that ``entries`` (pagemap from ``address``) name,
+    growing the last piece when it ends where the first of these begins."""
+    held = entries[PAGEMAP_ENTRY - 1 :: PAGEMAP_ENTRY].translate(_HELD)
+    at = held.find(1)
+    while at >= 0:
+        end = held.find(0, at)
+        end = len(held) if end < 0 else end
+        start, size = address + at * PAGE, (end - at) * PAGE
+        if pieces and pieces[-1][0] + pieces[-1][1] == start:
+            start, size = pieces[-1][0], pieces.pop()[1] + size
+        pieces.append((start, size))
+        at = held.find(1, end)
 
 
 def start_time(pid: int) -> int | None:
