@@ -230,6 +230,8 @@ class Target(ABC):
 
     def module_at(self, address: int) -> tuple[ElfFile, int]:
         """The ELF whose text holds runtime ``address`` (the kernel's when none does)."""
+        if not self.programs:  # a kernel alone (most guests): no search
+            return self.elf, self.load_offset
         return next(((elf, offset) for elf, offset in self.modules
                      if elf.in_text((address - offset) & MASK)), (self.elf, self.load_offset))
 
