@@ -220,6 +220,12 @@ class Target(ABC):
         all), or not all of it is RAM."""
         return None
 
+    def ram_ranges(self, address: int, size: int) -> list[tuple[int, int]] | None:
+        """The ``(address, size)`` pieces of guest-physical ``[address, address + size)``
+        that :meth:`read_physical` reads, in address order (the rest raises ReadError),
+        where the target knows without trying; None: try."""
+        return None
+
     def copy_physical(self, address: int, size: int, fd: int) -> None:
         """Write ``size`` bytes of guest-physical memory to file descriptor ``fd`` at its
         offset (a dump's bulk path: a live guest's shared RAM goes kernel to kernel)."""
@@ -262,8 +268,9 @@ class _Ram(ABC):
         have written, where this kind of RAM can tell (:meth:`Target.written_ranges`)."""
         return None
 
-    def inside(self, address: int, size: int) -> bool:
-        return self._offset(address, size) is not None
+    def pieces(self, address: int, size: int) -> list[tuple[int, int]]:
+        """The parts of guest-physical ``[address, address + size)`` in these regions."""
+        return _clip(sorted((phys, length) for phys, _, length in self.regions), address, size)
 
     def _offset(self, address: int, size: int) -> int | None:
         """Where ``[address, address + size)`` is in the host memory, if in one region."""
@@ -369,13 +376,15 @@ class _ProcessRam(_Ram):
     def written_map(self) -> list[tuple[int, int]] | None:
         """The pages QEMU's page tables hold, where its RAM is private anonymous memory
         (QEMU's default): one never faulted in reads as zero (ProcessMemory.touched)."""
-        pieces = []
+        pieces, known = [], False
         for phys, offset, length in self.regions:
             touched = self.memory.touched(offset, length)
-            if touched is None:
-                return None
+            if touched is None:  # a ROM or a file-backed block: all of it may be written
+                pieces.append((phys, length))
+                continue
+            known = True
             pieces += [(phys + at - offset, n) for at, n in touched]
-        return sorted(pieces)
+        return sorted(pieces) if known else None
 
     def _copy(self, offset: int, size: int) -> bytes:
         try:
@@ -648,9 +657,12 @@ class LiveTarget(Target):
             pass
         super().copy_physical(address, size, fd)
 
+    def ram_ranges(self, address: int, size: int) -> list[tuple[int, int]] | None:
+        return None if self._ram is None else self._ram.pieces(address, size)
+
     def written_ranges(self, address: int, size: int) -> list[tuple[int, int]] | None:
         self._reading()
-        if self._ram is None or not self._ram.inside(address, size):
+        if self._ram is None or sum(n for _, n in self._ram.pieces(address, size)) != size:
             return None
         if not (self._stopped or self._in_moment) or not self._written_asked:
             self._written = self._ram.written_map()  # once per moment, clipped per call

@@ -262,22 +262,28 @@ class _SparsePlan:
 
 def _plan(target: Target, runs: list[_Run], sparse: bool, stats: CoreStats) -> list[_Segment]:
     """Pass one: which pages go in the file, a block at a time. Where the target knows
-    which pages the guest ever wrote (:meth:`Target.written_ranges`), a sparse dump reads
-    those only and a full one reads nothing; elsewhere a full dump probes what is RAM and
-    a sparse one reads every block (and keeps none of it)."""
+    what is RAM (:meth:`Target.ram_ranges`) and which pages the guest ever wrote
+    (:meth:`Target.written_ranges`), a sparse dump reads those only and a full one reads
+    nothing; elsewhere a full dump probes what is RAM and a sparse one reads every block
+    (and keeps none of it)."""
     planner = _Planner()
     sparse_plan = _SparsePlan(planner, _file_backed(target) if sparse else [], stats)
     for run in runs:
         for at in range(0, run.size, BLOCK):
             size = min(BLOCK, run.size - at)
             vaddr, paddr = run.virtual + at, run.physical + at
-            written = target.written_ranges(paddr, size)
-            if written is not None:  # all RAM
-                stats.mapped_bytes += size
-                if sparse:
-                    sparse_plan.known(vaddr, paddr, size, run.flags, target, written)
-                else:
-                    planner.add(vaddr, paddr, size, run.flags, True)
+            ram = target.ram_ranges(paddr, size)
+            if ram is not None:
+                end = paddr
+                for start, length in ram:
+                    if start > end:
+                        planner.break_run()  # mapped but not RAM (MMIO): not in the core
+                    stats.mapped_bytes += length
+                    _plan_ram(target, sparse_plan, vaddr + start - paddr, start, length,
+                              run.flags, sparse)
+                    end = start + length
+                if end < paddr + size:
+                    planner.break_run()
             elif sparse:
                 for offset, block in _read_block(target, paddr, size):
                     if block is None:
@@ -294,6 +300,20 @@ def _plan(target: Target, runs: list[_Run], sparse: bool, stats: CoreStats) -> l
                     planner.add(vaddr + offset, paddr + offset, piece, run.flags, True)
         planner.break_run()
     return planner.segments
+
+
+def _plan_ram(target: Target, plan: _SparsePlan, vaddr: int, paddr: int, size: int,
+              flags: int, sparse: bool) -> None:
+    """A piece known to be RAM: all of it in a full dump; in a sparse one, what is not
+    zero, found by reading the written pages only where the target can tell them."""
+    if not sparse:
+        plan.planner.add(vaddr, paddr, size, flags, True)
+        return
+    written = target.written_ranges(paddr, size)
+    if written is None:
+        plan.data(vaddr, paddr, target.read_physical(paddr, size), flags)
+    else:
+        plan.known(vaddr, paddr, size, flags, target, written)
 
 
 def _copy_segment(target: Target, seg: _Segment, fd: int, stats: CoreStats, sparse: bool) -> None:
