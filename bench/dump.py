@@ -13,8 +13,9 @@ reference guest through ``run --ci`` ``STRESS_ROUNDS`` times (default 20, env
 ``UNDEBUG_BENCH_STRESS_ROUNDS``): detected (exit 1 with a complete bundle) and classified
 (the bundle names the planted function; a hang is a hang).
 
-Goals (same run): the full dump at least as fast as QEMU's; --sparse at least 5x faster
-and 10x smaller than QEMU's dump; open + threads under 1 s; every crash detected.
+Goals (same run): the full dump at least as fast as QEMU's (the core, and the bundle end
+to end); --sparse at least 5x faster (the core) and 10x smaller than QEMU's dump, its
+bundle end to end at least as fast; open + threads under 1 s; every crash detected.
 
 Run it as ``python -m bench dump`` (a module of the bench package, not a script). The
 stress run boots a fresh guest per crash kind per round (160 ``run --ci`` runs at the

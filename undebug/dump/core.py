@@ -13,6 +13,12 @@ plain core with threads rather than refusing a "QEMU memory dump" of a non-Linux
 page from the executable when the executable has bytes there (Linux leaves unchanged file
 pages out of its cores that way): a zero page over the ELF's own file-backed ``.data``
 is written, or gdb would show the ELF's stale value.
+
+Pages the guest never wrote are known without reading them where the target can tell
+(:meth:`Target.written_ranges`: the holes of undebug's RAM memfd, an attached QEMU's
+pagemap): a sparse dump zero-tests only the written pages, and both kinds leave the rest
+holes in the file (they read as zero, as that memory does). Where it cannot tell, every
+page is read: the same file, slower.
 """
 
 from __future__ import annotations
