@@ -118,8 +118,13 @@ class _Dump:
         self.warnings: list[str] = []
         self.summary: dict[str, Any] = {"schema": BUNDLE_SCHEMA, "complete": False,
                                         "undebug_version": _version()}
+        self.cleanup = contextlib.ExitStack()  # what run() leaves behind if it fails
 
     def run(self) -> None:
+        with self.cleanup:
+            self._run()
+
+    def _run(self) -> None:
         from undebug.session.client import live_status
         from undebug.session.store import SessionDir
 
@@ -166,6 +171,7 @@ class _Dump:
             s["elfs"] = [self._elf(target.elf.path, target.elf.build_id)]
             s["vcpus"] = [{"cpu": cpu, "registers": target.registers(cpu)}
                           for cpu in range(target.cpu_count())]
+            flight = self._flight(target)  # decoded while the rest is written
             threads, warnings = all_threads(target, provider)
             self.warnings += warnings
             traces = backtraces(target, provider, threads, 64, self.warnings)
@@ -190,9 +196,9 @@ class _Dump:
                          "untouched_bytes": stats.untouched_bytes,
                          "threads": stats.threads,
                          "seconds": round(time.perf_counter() - started, 3)}
-            s["flight_recorder"] = self._flight(target)
             self._guest_state(target, provider)
             self._target_xml(target)
+            s["flight_recorder"] = flight()
             if self.request.qemu_core:
                 self._qemu_core(target)
 
@@ -297,22 +303,30 @@ class _Dump:
         where = f" (stopped: {stop.reason})" if stop is not None else ""
         return {"kind": "request", "text": f"dumped on request{where}", "source": "user"}
 
-    def _flight(self, target: Target) -> dict[str, Any] | None:
+    def _flight(self, target: Target) -> Callable[[], dict[str, Any] | None]:
+        """The flight recorder copied out now; its tail decoded beside the rest of the
+        dump (:class:`Beside`): call the result for summary.json's entry."""
         from tracers.flight import HEADER_SYMBOL, read_flight_recorder
+        from undebug.dump.beside import Beside
         from undebug.dump.summary import flight_tail
 
         if target.elf.symbol(HEADER_SYMBOL) is None:
-            return None
+            return lambda: None
         try:
             recording = read_flight_recorder(target)
         except UndebugError as exc:
             self.warnings.append(f"flight recorder: {exc.message}")
-            return None
+            return lambda: None
         with _private(self.work / FLIGHT_FILE) as out:
             out.write(recording.data)
-        events, warnings = flight_tail(recording.data, target.elf.path)
-        self.warnings += recording.warnings + warnings
-        return {"file": FLIGHT_FILE, "bytes": len(recording.data), "tail": events}
+        tail = Beside(flight_tail, recording.data, target.elf.path)
+        self.cleanup.callback(tail.close)  # a dump failing before finish() ends the child
+
+        def finish() -> dict[str, Any]:
+            events, warnings = tail.result()
+            self.warnings.extend(recording.warnings + warnings)
+            return {"file": FLIGHT_FILE, "bytes": len(recording.data), "tail": events}
+        return finish
 
     def _console(self, log: Path) -> list[str]:
         from undebug.console import tail_lines
