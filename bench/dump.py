@@ -138,6 +138,7 @@ def stress(tmp: Path, rounds: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for kind, function in KINDS.items():
         detected = classified = 0
+        failures: list[str] = []  # why a run was not detected (the first few)
         for _ in range(rounds):
             extra = ["--hang-after", "2"] if kind == "hang" else []
             proc = subprocess.run(
@@ -146,15 +147,19 @@ def stress(tmp: Path, rounds: int) -> dict[str, Any]:
                  *extra, str(GUEST)],
                 env={**env, "PYTHONPATH": str(GUEST.parents[1])}, capture_output=True,
                 text=True, check=False)
+            why = f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
             try:
                 doc = json.loads(proc.stdout)
             except ValueError:
+                failures.append(f"stdout not JSON; {why}")
                 continue
             bundle = Path(doc.get("bundle", "/nonexistent"))
             if proc.returncode != 1 or not (bundle / "summary.json").exists():
+                failures.append(f"no bundle; {why}")
                 continue
             summary = json.loads((bundle / "summary.json").read_text())
             if not summary.get("complete"):
+                failures.append(f"incomplete: {summary.get('failure')}")
                 continue
             detected += 1
             crash = summary.get("crash") or {}
@@ -164,7 +169,8 @@ def stress(tmp: Path, rounds: int) -> dict[str, Any]:
                 classified += doc["outcome"]["kind"] == "reset"
             else:
                 classified += crash.get("function") == function
-        result[kind] = {"runs": rounds, "detected": detected, "classified": classified}
+        result[kind] = {"runs": rounds, "detected": detected, "classified": classified,
+                        "failures": failures[:5]}
     total = rounds * len(KINDS)  # 0: the stress run was skipped (rates None)
     result["detection_rate"] = sum(r["detected"] for r in result.values()
                                    if isinstance(r, dict)) / total if total else None

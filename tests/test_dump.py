@@ -479,3 +479,25 @@ def test_the_qemu_core_op_refuses_bad_arguments(stopped: str) -> None:
             client.qemu_core("relative/qemu-core.elf")
         with pytest.raises(UsageError, match="timeout"):
             client.call("qemu_core", file="/nonexistent/x.elf", timeout=float("nan"))
+
+
+def test_a_bundle_name_taken_in_the_same_second_gets_a_number(stopped: str, tmp_path: Path) -> None:
+    """Two failures dumped within one second (a dump takes well under one): the second
+    bundle is <name>-<time>-2, the first untouched. Every name of the next seconds is
+    taken here beforehand, so whichever second the dump starts in, its name is taken."""
+    import time
+
+    now = int(time.time())
+    taken = [tmp_path / f"{stopped}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(t))}"
+             for t in range(now, now + 30)]
+    for path in taken:
+        path.mkdir()
+        (path / "mine").write_text("kept")
+    result = undebug("dump", stopped, "-o", str(tmp_path), "--sparse", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    bundle = Path(result.json()["bundle"])
+    assert bundle.parent == tmp_path and bundle.name.endswith("-2")
+    assert bundle.with_name(bundle.name[:-2]) in taken
+    assert (bundle / "core.elf").exists()
+    assert all((path / "mine").read_text() == "kept" and len(list(path.iterdir())) == 1
+               for path in taken)

@@ -10,6 +10,7 @@ with an ``INCOMPLETE`` file that says what failed: never silently partial.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ __all__ = ["BundleRequest", "BundleResult", "write_bundle"]
 CONSOLE_MAX = 4 << 20  # the console log's last bytes kept
 TRACE_TAIL_MAX = 8 << 20
 CONSOLE_TAIL_LINES = 20
+SAME_SECOND = 100  # bundles of one guest named after one second, at most
 
 
 @dataclass(frozen=True)
@@ -345,15 +347,35 @@ class _Dump:
                 "whole": copied == recording.stat().st_size}
 
 
+def _place(work: Path, final: Path, numbered: bool) -> Path:
+    """Rename the finished ``work`` to ``final``; a default name already taken (two
+    failures dumped in one second: a dump takes well under one) gets ``-2``, ``-3``..."""
+    for n in range(1, SAME_SECOND + 1):
+        path = final if n == 1 else final.with_name(f"{final.name}-{n}")
+        if n > 1 and not numbered:
+            break
+        if path.exists():  # rename(2) would replace an empty directory
+            continue
+        try:
+            os.rename(work, path)
+            return path
+        except OSError as exc:  # another dump took it meanwhile
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    raise UsageError(f"{final} exists (and {SAME_SECOND - 1} numbered after it): the bundle "
+                     f"is left in {work}", hint="choose another -o, or remove them")
+
+
 def write_bundle(request: BundleRequest) -> BundleResult:
-    """Dump guest ``request.session`` into a new bundle directory; raises UsageError only
-    before the directory exists (a bad destination), else returns it, maybe incomplete."""
+    """Dump guest ``request.session`` into a new bundle directory; raises UsageError for a
+    bad destination (before dumping; after, only if every name was taken), else returns
+    it, maybe incomplete."""
     now = time.time()
     name = request.dir_name or f"{request.session}-{_utc_stamp(now)}"
     final = request.parent / name
     try:
         request.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if final.exists():
+        if final.exists() and request.dir_name is not None:
             raise UsageError(f"{final} exists", hint="choose another -o, or remove it")
         work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial",
                                      dir=request.parent))
@@ -381,7 +403,7 @@ def write_bundle(request: BundleRequest) -> BundleResult:
             f.write(f"this bundle is incomplete: {failure}\n")
     with _private(work / SUMMARY_FILE, "w") as f:
         f.write(json.dumps(dump.summary) + "\n")  # no indent: the C encoder, 10x faster
-    os.replace(work, final)
+    final = _place(work, final, numbered=request.dir_name is None)
     if interrupted is not None:
         raise interrupted
     return BundleResult(final, failure is None, dump.summary, dump.warnings)
