@@ -90,10 +90,12 @@ def _differing_bytes(a: bytes, b: bytes, limit: int) -> int:
     return count
 
 
-def _programs(session: SessionDir, warnings: list[str]) -> list[tuple[ElfFile, int]]:
+def _programs(session: SessionDir, warnings: list[str],
+              unplaced: list[ElfFile]) -> list[tuple[ElfFile, int]]:
     """The program ELFs ``run --debug-elf`` named beside the kernel's, with their load
     offsets: ``@ADDR`` (where the first loadable segment is), else 0 (a static program
-    runs at its link address; a PIE one gets a warning)."""
+    runs at its link address; a PIE one goes into ``unplaced`` too, for the OS awareness
+    to find its load bias: :meth:`Target.place`)."""
     from undebug.session.spec import SessionSpec
 
     try:
@@ -115,8 +117,7 @@ def _programs(session: SessionDir, warnings: list[str]) -> list[tuple[ElfFile, i
         if at:
             offset = (int(address, 0) - min(loads, default=0)) & MASK
         elif head[16:18] == b"\x03\x00":  # ET_DYN
-            warnings.append(f"{elf.path.name} is position-independent: without @ADDR its "
-                            "symbols are shown at its link addresses")
+            unplaced.append(elf)
         programs.append((elf, offset))
     return programs
 
@@ -132,6 +133,9 @@ class Target(ABC):
         self.elf = elf
         self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
         self.programs: list[tuple[ElfFile, int]] = []  # a kernel's programs, and their offsets
+        # position-independent programs without @ADDR, at offset 0 in ``programs`` until
+        # the OS awareness finds where the guest put them (``place``)
+        self.unplaced: list[ElfFile] = []
         self.warnings: list[str] = []
         # what is damaged where the bytes come from (a truncated dump): a command shows
         # what it can, then exits 2
@@ -183,9 +187,24 @@ class Target(ABC):
         yield
 
     def address_of(self, name: str) -> int | None:
-        """The runtime address of a symbol (with the load offset), or None."""
+        """The runtime address of a kernel symbol (with the load offset), or None."""
         symbol = self.elf.symbol(name)
         return None if symbol is None else symbol.address + self.load_offset
+
+    def any_address_of(self, name: str) -> int | None:
+        """The runtime address of a symbol of the kernel, else of the first program or
+        library that has it (each at its own offset); or None."""
+        for elf, offset in self.modules:
+            symbol = elf.symbol(name)
+            if symbol is not None:
+                return (symbol.address + offset) & MASK
+        return None
+
+    def place(self, elf: ElfFile, offset: int) -> None:
+        """Put program ``elf`` (one of ``unplaced``) at ``offset``, as the OS awareness found
+        it in the guest's mappings."""
+        self.programs = [(e, offset if e is elf else o) for e, o in self.programs]
+        self.unplaced = [e for e in self.unplaced if e is not elf]
 
     def read_int(self, address: int, size: int = 8, signed: bool = False) -> int:
         return int.from_bytes(self.read(address, size), "little", signed=signed)
@@ -330,7 +349,7 @@ class LiveTarget(Target):
             self._pages: dict[int, int] = {}  # virtual page -> physical page, this token
             self._tables: dict[int, bytes] = {}  # page-table pages read, this token
             self.relocation = self._relocate()
-            self.programs = _programs(session, self.warnings)
+            self.programs = _programs(session, self.warnings, self.unplaced)
             self._check_elf(force)
         except BaseException:
             self.client.close()

@@ -224,9 +224,14 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
     if args.address[:1].isdigit():
         address = _number(args.address, "address")
     else:
-        found = target.address_of(args.address)
+        if target.unplaced:
+            from undebug.os import provider_for
+
+            provider_for(target)  # the OS awareness places the PIE programs
+        found = target.any_address_of(args.address)
         if found is None:
-            raise UsageError(f"no symbol {args.address!r} in {target.elf.path}")
+            raise UsageError(f"no symbol {args.address!r} in {target.elf.path} or its "
+                             "programs")
         address = found
     if args.format == "raw" and not args.json and sys.stdout.isatty():
         raise UsageError("refusing to write raw guest bytes to a terminal",
