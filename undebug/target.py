@@ -18,6 +18,7 @@ import mmap
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -35,7 +36,8 @@ from undebug.session.machine_map import DeviceRange
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
 
-__all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
+__all__ = ["LinkMapEntry", "LiveTarget", "ReadError", "Target", "guest_elf", "open_target",
+           "remembered_elf"]
 
 MAX_RPC_READ = 16 << 20
 MASK = (1 << 64) - 1
@@ -122,6 +124,17 @@ def _programs(session: SessionDir, warnings: list[str],
     return programs
 
 
+@dataclass(frozen=True)
+class LinkMapEntry:
+    """One ``struct link_map`` of a program's dynamic linker, as the guest has it (the OS
+    awareness reads them: :mod:`undebug.os.solib`). ``name`` is raw guest text."""
+
+    address: int
+    bias: int  # l_addr
+    name: str  # l_name ("" for the program itself)
+    dynamic: int  # l_ld: its PT_DYNAMIC, after its code and read-only data
+
+
 class ReadError(UndebugError):
     """Guest memory that cannot be read: unmapped, outside RAM, or refused by the stub."""
 
@@ -136,6 +149,9 @@ class Target(ABC):
         # position-independent programs without @ADDR, at offset 0 in ``programs`` until
         # the OS awareness finds where the guest put them (``place``)
         self.unplaced: list[ElfFile] = []
+        # the programs' dynamic linkers' link_map chains (the program's own entry first),
+        # matched to a host ELF in ``programs`` or not
+        self.link_maps: list[LinkMapEntry] = []
         self.warnings: list[str] = []
         # what is damaged where the bytes come from (a truncated dump): a command shows
         # what it can, then exits 2
@@ -199,6 +215,15 @@ class Target(ABC):
             if symbol is not None:
                 return (symbol.address + offset) & MASK
         return None
+
+    def library_at(self, address: int) -> str | None:
+        """``libc.so.6+0x1234`` for an address in a library of ``link_maps`` (between its
+        ``l_addr`` and its ``l_ld``): how a frame in a library with no host ELF is named."""
+        found = max((e for e in self.link_maps if e.name and e.bias <= address < e.dynamic),
+                    key=lambda e: e.bias, default=None)
+        if found is None:
+            return None
+        return f"{found.name.rsplit('/', 1)[-1]}+{address - found.bias:#x}"
 
     def place(self, elf: ElfFile, offset: int) -> None:
         """Put program ``elf`` (one of ``unplaced``) at ``offset``, as the OS awareness found

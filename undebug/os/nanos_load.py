@@ -107,4 +107,4 @@ def place_programs(provider: NanosProvider) -> None:
     for elf, bias in [(e, b) for e, b in target.programs if e not in lost]:
         for library in find_libraries(target, elf, bias, target.warnings, pcs):
             if library.elf is not None:
-                target.programs.append((library.elf, library.bias))
+                target.programs.append((library.elf, library.entry.bias))

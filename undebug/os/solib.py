@@ -24,10 +24,10 @@ from undebug.elf import ElfFile
 from undebug.elf_headers import PT_LOAD, ElfHeaderError, Segment, program_headers
 from undebug.errors import UndebugError
 from undebug.os.provider import read_c_string
-from undebug.target import ReadError, Target
+from undebug.target import LinkMapEntry, ReadError, Target
 from undebug.text import escape
 
-__all__ = ["MAX_LIBRARIES", "Library", "LinkMapEntry", "check_loaded", "find_libraries",
+__all__ = ["MAX_LIBRARIES", "Library", "check_loaded", "find_libraries",
            "link_map", "lowest_load", "r_debug_address"]
 
 MASK = (1 << 64) - 1
@@ -45,22 +45,11 @@ MAX_PAGES_TRIED = 4096  # of an ELF's read-only segments (most of them may not b
 
 
 @dataclass(frozen=True)
-class LinkMapEntry:
-    """One ``struct link_map`` as the guest has it. ``name`` is raw guest text."""
-
-    address: int
-    bias: int  # l_addr
-    name: str  # l_name ("" for the program itself)
-    dynamic: int  # l_ld
-
-
-@dataclass(frozen=True)
 class Library:
     """A library the program runs, with the host ELF undebug symbolizes it by (None: its
     frames stay ``??``, and ``problem`` says why)."""
 
-    name: str  # raw guest text
-    bias: int
+    entry: LinkMapEntry
     elf: ElfFile | None
     problem: str | None = None
 
@@ -218,9 +207,10 @@ def _host_elf(name: str, bias: int, target: Target, pcs: list[int],
 
 def find_libraries(target: Target, elf: ElfFile, bias: int, warnings: list[str],
                    pcs: list[int], sysroot: Path = Path("/")) -> list[Library]:
-    """Every library in the program's ``link_map`` chain (not the program itself), with
-    its host ELF where one matches; a missing or mismatched one is a warning. ``pcs``
-    (the threads') point at pages the guest surely has."""
+    """Every library in the program's ``link_map`` chain (after the program's own first
+    entry, checked against ``bias``), with its host ELF where one matches; a missing or
+    mismatched one is a warning. ``pcs`` (the threads') point at pages the guest surely
+    has. The chain goes into ``target.link_maps``."""
     r_debug = r_debug_address(target, elf, bias, warnings)
     if r_debug is None:
         return []
@@ -238,14 +228,19 @@ def find_libraries(target: Target, elf: ElfFile, bias: int, warnings: list[str],
                     return f.read(min(MAX_NAME, segment.filesz - at))
         return None
 
-    for entry in link_map(target, r_debug, warnings, unpaged=unpaged):
-        if not entry.name or entry.bias == bias:
-            continue  # the program itself (l_name "")
+    chain = link_map(target, r_debug, warnings, unpaged=unpaged)
+    target.link_maps += chain
+    if chain and chain[0].bias != bias:
+        warnings.append(f"the dynamic linker has {elf.path.name} at load bias "
+                        f"{chain[0].bias:#x}, not {bias:#x}")
+    for entry in chain[1:]:
+        if not entry.name:
+            continue  # a library without a name (the vDSO's, when it has none)
         host, problem = _host_elf(entry.name, entry.bias, target, pcs, sysroot)
         if host is None:
             warnings.append(f"library {escape(entry.name)} at {entry.bias:#x}: {problem}; "
                             "its frames are shown as ??")
-        libraries.append(Library(entry.name, entry.bias, host, problem))
+        libraries.append(Library(entry, host, problem))
     return libraries
 
 
