@@ -182,7 +182,7 @@ def _host_elf(name: str, bias: int, target: Target, pcs: list[int],
     else its text: :func:`check_loaded`), with its debug file (by build-id) for the
     symbols when there is one; else (None, why not)."""
     if not name.startswith("/"):
-        return None, "not a path"
+        return None, "not a file (the vDSO, which the kernel made)"
     host = sysroot / name.lstrip("/")
     if not host.is_file():
         return None, f"{host} does not exist on this host"
@@ -237,7 +237,7 @@ def find_libraries(target: Target, elf: ElfFile, bias: int, warnings: list[str],
         if not entry.name:
             continue  # a library without a name (the vDSO's, when it has none)
         host, problem = _host_elf(entry.name, entry.bias, target, pcs, sysroot)
-        if host is None:
+        if host is None and entry.name.startswith("/"):  # the vDSO is no file: no warning
             warnings.append(f"library {escape(entry.name)} at {entry.bias:#x}: {problem}; "
                             "its frames are shown as ??")
         libraries.append(Library(entry, host, problem))
