@@ -233,3 +233,27 @@ def test_an_unterminated_or_unreadable_name_is_cut_with_a_warning(chain: Chain) 
     entries = link_map(target, chain.at("rd"), warnings,
                        unpaged=lambda a: b"/lib64/ld.so\0rest" if a == 0xDEAD0000 else None)
     assert entries[2].name == "/lib64/ld.so"
+
+
+@pytest.mark.parametrize("at", ["", "@0x500000"])
+def test_a_pie_program_is_at_its_link_address_with_a_warning_unless_given_at(
+        guest_image: Path, host: Host, at: str) -> None:
+    """On an OS that knows no process mappings (the reference guest), a PIE program from
+    --debug-elf without @ADDR stays at its link addresses, said in a warning; @ADDR
+    places it (its lowest PT_LOAD, at link address 0 here, goes there)."""
+    from tests.conftest import undebug, wait_for_console
+    from tests.test_nanos_image import _nm
+
+    result = undebug("run", "-d", "--name", "piehost", "--debug-elf", str(guest_image),
+                     "--debug-elf", f"{host.exe.path}{at}", str(guest_image))
+    assert result.code == 0, result.stderr
+    try:
+        wait_for_console("piehost", "refguest: ready")
+        sym = undebug("sym", "piehost", "solib_host_marker", "--json")
+        assert sym.code == 0, sym.stderr
+        offset = int(at[1:], 16) if at else 0
+        assert sym.json()["address"] == _nm(host.exe.path)["solib_host_marker"] + offset
+        warned = [w for w in sym.json()["warnings"] if "position-independent" in w]
+        assert bool(warned) == (not at), sym.json()["warnings"]
+    finally:
+        undebug("kill", "piehost")
