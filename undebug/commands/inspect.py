@@ -257,7 +257,8 @@ def _sym_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", metavar="NAME|ADDR", help="a symbol name, or an address to look up")
 
 
-@command("sym", "look up a symbol or an address (reads only the ELF: the guest runs on)",
+@command("sym", "look up a symbol or an address (in the ELF; a program's or library's symbol "
+         "at its load bias, read from the guest)",
          _sym_arguments)
 def sym(args: argparse.Namespace) -> Report:
     from undebug.os import provider_class
