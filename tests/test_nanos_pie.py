@@ -30,11 +30,11 @@ PIE_LOW, PIE_RANGE = 0x400000, 4 << 20  # Nanos' DEFAULT_PROG_ADDR + PROCESS_PIE
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
 
 
-def _boot(name: str, disk: str, program: str) -> Iterator[Path]:
+def _boot(name: str, disk: str, program: str, *options: str) -> Iterator[Path]:
     disk_path, kernel = _path(disk), _path("UNDEBUG_NANOS_KERNEL_ELF")
     elf = _path(program)
     result = undebug("run", "-d", "--name", name, "--debug-elf", str(kernel),
-                     "--debug-elf", str(elf), str(disk_path), timeout=300)
+                     "--debug-elf", str(elf), *options, str(disk_path), timeout=300)
     assert result.code == 0, result.stderr
     try:
         wait_for_console(name, "workers started", timeout=120)
@@ -173,6 +173,34 @@ class TestDynamic:
             server.wait(timeout=30)
         assert out.count("in worker_main (") == 3, out
         assert out.count("in start_thread (") == 3, out
+
+
+class TestDynamicWithoutItsLibraries:
+    """--sysroot an empty directory: the libraries are in the guest's link_map but not on
+    this "host", so frames in libc stay ?? with the library's name and offset."""
+
+    @pytest.fixture(scope="class")
+    def bare(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+        empty = tmp_path_factory.mktemp("sysroot")
+        yield from _boot("nanosbare", "UNDEBUG_NANOS_DYNAMIC_DISK",
+                         "UNDEBUG_NANOS_DYNAMIC_PROGRAM", "--sysroot", str(empty))
+
+    def test_frames_in_a_missing_library_are_named_by_library_and_offset(self,
+                                                                         bare: Path) -> None:
+        traces, warnings = _worker_traces("nanosbare")
+        assert any("libc.so.6" in w and "does not exist on this host" in w
+                   for w in warnings), warnings
+        for trace in traces:  # each worker is in nanosleep: libc's code, without its CFI
+            top = trace["frames"][0]
+            assert top["function"] is None, top
+            name, _, offset = top["library"].partition("+")
+            base = top["pc"] - int(offset, 16)
+            assert name == "libc.so.6" and base % 4096 == 0 and base != 0, top
+        text = undebug("bt", "nanosbare", "--thread", str(traces[0]["thread"]["id"]))
+        assert text.code == 0, text.stderr
+        assert f"in ?? ({traces[0]['frames'][0]['library']})" in text.stdout, text.stdout
+        sym = undebug("sym", "nanosbare", "worker_main", "--json")  # the program: still there
+        assert sym.code == 0 and sym.json()["module"] == bare.name, sym.stderr
 
 
 def _debug_file(library: Path) -> Path:

@@ -135,6 +135,16 @@ class LinkMapEntry:
     dynamic: int  # l_ld: its PT_DYNAMIC, after its code and read-only data
 
 
+def _sysroot(session: SessionDir) -> Path:
+    """``run --sysroot``, else /."""
+    from undebug.session.spec import SessionSpec
+
+    try:
+        return Path(SessionSpec.load(session.path).sysroot or "/")
+    except (OSError, ValueError, TypeError):
+        return Path("/")
+
+
 class ReadError(UndebugError):
     """Guest memory that cannot be read: unmapped, outside RAM, or refused by the stub."""
 
@@ -152,6 +162,7 @@ class Target(ABC):
         # the programs' dynamic linkers' link_map chains (the program's own entry first),
         # matched to a host ELF in ``programs`` or not
         self.link_maps: list[LinkMapEntry] = []
+        self.sysroot = Path("/")  # the host directory the libraries' paths are under
         self.warnings: list[str] = []
         # what is damaged where the bytes come from (a truncated dump): a command shows
         # what it can, then exits 2
@@ -375,6 +386,7 @@ class LiveTarget(Target):
             self._tables: dict[int, bytes] = {}  # page-table pages read, this token
             self.relocation = self._relocate()
             self.programs = _programs(session, self.warnings, self.unplaced)
+            self.sysroot = _sysroot(session)
             self._check_elf(force)
         except BaseException:
             self.client.close()

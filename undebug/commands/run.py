@@ -40,8 +40,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug-elf", action="append", default=[], metavar="FILE[@ADDR]",
                    help="an ELF with symbols and DWARF (repeatable): the kernel's, when IMAGE "
                    "is stripped or a disk (default: IMAGE.dbg beside IMAGE if it exists, else "
-                   "IMAGE), and the programs' (a static program at its link address, or at "
-                   "@ADDR); every later command uses them")
+                   "IMAGE), and the programs' (a static program at its link address, a PIE "
+                   "where the OS provider finds it, or at @ADDR); every later command uses them")
+    p.add_argument("--sysroot", type=Path, metavar="DIR",
+                   help="where a dynamically linked program's libraries are on this host "
+                   "(default /): each one's path in the guest, under DIR, as gdb's sysroot")
     p.add_argument("--disk", action="append", default=[], type=Path, metavar="FILE",
                    help="another raw disk image (repeatable); disks are opened with "
                    "snapshot=on: the guest's writes never reach the file")
@@ -121,7 +124,7 @@ def launch(args: argparse.Namespace) -> Launched:
         trace_max_size=args.trace_max_size, debug_elfs=kernels,
         traceparent=args.traceparent or None, machine=boot.machine, kernel=args.kernel,
         disks=tuple(args.disk), disk_if=boot.disk_if, devices=boot.devices,
-        programs=programs))
+        programs=programs, sysroot=args.sysroot))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:

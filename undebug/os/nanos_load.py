@@ -105,6 +105,7 @@ def place_programs(provider: NanosProvider) -> None:
         target.place(elf, bias)
     target.unplaced = []
     for elf, bias in [(e, b) for e, b in target.programs if e not in lost]:
-        for library in find_libraries(target, elf, bias, target.warnings, pcs):
+        for library in find_libraries(target, elf, bias, target.warnings, pcs,
+                                      target.sysroot):
             if library.elf is not None:
                 target.programs.append((library.elf, library.entry.bias))

@@ -15,7 +15,7 @@ from undebug.os.nanos import KERNEL_IDS, MASK, NanosProvider
 from undebug.os.provider import PROGRAM_KIND, MemoryArea, read_struct
 from undebug.target import ReadError
 
-__all__ = ["socket_fds", "user_areas", "vmap_ranges"]
+__all__ = ["socket_fds", "user_areas"]
 
 FDESC_TYPE_SOCKET, AF_INET, AF_INET6 = 4, 2, 10  # unix_internal.h, net_system_structs.h
 MAX_FDS = 65_536
@@ -24,9 +24,11 @@ INVALID_ADDRESS = MASK  # Nanos' INVALID_ADDRESS: (void *)-1
 VMAP_FLAG_STACK, VMAP_FLAG_HEAP = 0x40, 0x80
 
 
-def vmap_ranges(provider: NanosProvider) -> list[tuple[int, int, int]]:
-    """(start, end, VMAP_FLAG_*) of each mapping in each process's ``vmaps`` (a
-    rangemap: an rbtree of ``struct vmap``, ``node.r`` its range), in address order."""
+def user_areas(provider: NanosProvider) -> list[MemoryArea]:
+    """From each process's ``vmaps`` (a rangemap: an rbtree of ``struct vmap``,
+    ``node.r`` its range): its main stack and brk heap by their VMAP_FLAG_*, and the
+    mapping each of its threads' saved user rsp lies in, as that thread's stack; all
+    ``program`` areas, paged in on demand."""
     target = provider.target
     process, rangemap = target.elf.struct("process"), target.elf.struct("rangemap")
     vmap = target.elf.struct("vmap")
@@ -53,14 +55,6 @@ def vmap_ranges(provider: NanosProvider) -> list[tuple[int, int, int]]:
                 continue
             ranges.append((value.int("node.r.start"), value.int("node.r.end"),
                            value.int("flags")))
-    return ranges
-
-
-def user_areas(provider: NanosProvider) -> list[MemoryArea]:
-    """From each process's mappings (:func:`vmap_ranges`): its main stack and brk heap
-    by their VMAP_FLAG_*, and the mapping each of its threads' saved user rsp lies in,
-    as that thread's stack; all ``program`` areas, paged in on demand."""
-    ranges = vmap_ranges(provider)
     areas = []
     for start, end, flags in ranges:
         if flags & VMAP_FLAG_STACK:
