@@ -66,6 +66,7 @@ class Host:
     exe: ElfFile
     target: ProcessTarget
     maps: list[tuple[int, int, str]]  # start, file offset, path
+    pid: int
 
     def base(self, path_end: str) -> int:
         return min(s for s, o, p in self.maps if p.endswith(path_end) and o == 0)
@@ -84,7 +85,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             if len(fields) >= 6:
                 maps.append((int(fields[0].split("-")[0], 16), int(fields[2], 16), fields[5]))
         target = ProcessTarget(ElfFile(exe), proc.pid)
-        yield Host(ElfFile(exe), target, maps)
+        yield Host(ElfFile(exe), target, maps, proc.pid)
         target.close()
     finally:
         proc.kill()  # the process this fixture started
@@ -143,6 +144,20 @@ def test_a_library_missing_or_different_on_the_host_is_a_warning(host: Host,
     again = find_libraries(host.target, host.exe, bias, warnings, [], sysroot=tmp_path)
     found = next(lib for lib in again if lib.entry.name == libc.entry.name)
     assert found.elf is None and "build-id mismatch" in (found.problem or ""), found
+
+
+def test_a_pie_s_bias_from_its_auxiliary_vector_is_the_one_the_kernel_chose(host: Host) -> None:
+    """program_bias (undebug/os/nanos_load.py) on the auxiliary vector Linux gave the real
+    process (/proc/PID/auxv): AT_ENTRY - e_entry, checked against AT_PHDR and, in memory,
+    the build-id; an AT_PHDR that does not fit is refused."""
+    from undebug.os.nanos_load import AT_PHDR, program_bias
+
+    raw = Path(f"/proc/{host.pid}/auxv").read_bytes()
+    aux = {tag: value for tag, value in struct.iter_unpack("<QQ", raw) if tag}
+    assert program_bias(host.target, host.exe, aux) == (host.base(str(host.exe.path)), "")
+    aux[AT_PHDR] += 0x1000
+    bias, why = program_bias(host.target, host.exe, aux)
+    assert bias is None and "not the program the guest runs" in why, why
 
 
 @dataclass

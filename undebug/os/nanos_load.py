@@ -29,9 +29,11 @@ __all__ = ["place_programs"]
 
 MASK = (1 << 64) - 1
 
-# the Targets whose programs' libraries were looked for (once a process exists)
-_SEARCHED: weakref.WeakSet[Target] = weakref.WeakSet()
+# the run token at which each Target's programs were last looked at: a look that found no
+# dynamic linker's chain (the program not started yet) is made again at the next stop
+_LOOKED: weakref.WeakKeyDictionary[Target, int] = weakref.WeakKeyDictionary()
 AT_PHDR, AT_ENTRY = 3, 9
+ET_DYN = 3
 
 
 def saved_aux(provider: NanosProvider) -> dict[int, int]:
@@ -53,23 +55,25 @@ def saved_aux(provider: NanosProvider) -> dict[int, int]:
     return {}
 
 
-def _entry_and_phoff(elf: ElfFile) -> tuple[int, int] | None:
+def _header(elf: ElfFile) -> tuple[int, int, int] | None:
+    """(e_type, e_entry, e_phoff) of an x86-64 ELF."""
     try:
         with elf.path.open("rb") as f:
             header = f.read(64)
+        kind, = struct.unpack_from("<H", header, 0x10)
         entry, phoff = struct.unpack_from("<QQ", header, 0x18)
     except (OSError, struct.error):
         return None
-    return entry, phoff
+    return kind, entry, phoff
 
 
 def program_bias(target: Target, elf: ElfFile, aux: dict[int, int]) -> tuple[int | None, str]:
     """(the load bias of ``elf`` in the guest, None when the process's auxiliary vector
     says it is not the program; what is uncertain about it, or "")."""
-    fields, low = _entry_and_phoff(elf), lowest_load(elf)
+    fields, low = _header(elf), lowest_load(elf)
     if fields is None or low is None or AT_ENTRY not in aux:
         return None, "the kernel keeps no auxiliary vector of the process yet"
-    entry, phoff = fields
+    _, entry, phoff = fields
     bias = (aux[AT_ENTRY] - entry) & MASK
     if AT_PHDR in aux and (aux[AT_PHDR] - phoff - low) & MASK != bias:
         return None, (f"the process's AT_ENTRY {aux[AT_ENTRY]:#x} and AT_PHDR "
@@ -83,18 +87,16 @@ def place_programs(provider: NanosProvider) -> None:
     (``AT_ENTRY`` - e_entry, checked against ``AT_PHDR``), then add the libraries of every
     program (``link_map``) whose host ELF matches to ``target.programs``."""
     target = provider.target
-    if not target.programs or target in _SEARCHED:
+    if not target.programs or target.link_maps or _LOOKED.get(target) == target.run_token:
         return
     aux = saved_aux(provider)
     if not aux:
         return  # no process yet: the next look (a later stop) tries again
-    _SEARCHED.add(target)
+    _LOOKED[target] = target.run_token
     pcs = [t.registers.get("rip", 0) for t in provider.threads().threads]
-    lost = []
     for elf in list(target.unplaced):
         bias, doubt = program_bias(target, elf, aux)
         if bias is None:
-            lost.append(elf)
             target.warnings.append(f"{elf.path.name} is position-independent and its load "
                                    f"bias was not found ({doubt}): its symbols are shown at "
                                    "its link addresses (give it with --debug-elf FILE@ADDR)")
@@ -104,7 +106,9 @@ def place_programs(provider: NanosProvider) -> None:
                                    f"AT_ENTRY): {doubt}")
         target.place(elf, bias)
     target.unplaced = []
-    for elf, bias in [(e, b) for e, b in target.programs if e not in lost]:
+    # not a PIE left at 0 (its bias unknown: its PT_DYNAMIC is not where the file says)
+    placed = [(e, b) for e, b in target.programs if b or (_header(e) or (ET_DYN,))[0] != ET_DYN]
+    for elf, bias in placed:
         for library in find_libraries(target, elf, bias, target.warnings, pcs,
                                       target.sysroot):
             if library.elf is not None:
