@@ -109,6 +109,10 @@ class TestStaticPie:
         assert mem.code == 0, mem.stderr
         assert mem.json()["address"] == symbols["worker_main"] + bias
         assert bytes.fromhex(mem.json()["hex"]) == _file_bytes(pie, symbols["worker_main"], 16)
+        maps = undebug("maps", "nanospie", "--json")
+        assert maps.code == 0, maps.stderr
+        text = [r for r in maps.json()["regions"] if f"{pie.name} .text" in r["names"]]
+        assert text[0]["start"] <= symbols["worker_main"] + bias < text[-1]["end"], text
 
 
 class TestDynamic:
