@@ -237,8 +237,8 @@ class Target(ABC):
         return f"{found.name.rsplit('/', 1)[-1]}+{address - found.bias:#x}"
 
     def place(self, elf: ElfFile, offset: int) -> None:
-        """Put program ``elf`` (one of ``unplaced``) at ``offset``, as the OS awareness found
-        it in the guest's mappings."""
+        """Put program ``elf`` (one of ``unplaced``) at ``offset``, where the OS awareness
+        found the guest had loaded it."""
         self.programs = [(e, offset if e is elf else o) for e, o in self.programs]
         self.unplaced = [e for e in self.unplaced if e is not elf]
 

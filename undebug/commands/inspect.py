@@ -225,11 +225,12 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
     if args.address[:1].isdigit():
         address = _number(args.address, "address")
     else:
-        if target.unplaced:
+        found = target.address_of(args.address)
+        if found is None:  # a program's or library's: where the OS awareness finds it
             from undebug.os import provider_for
 
-            provider_for(target)  # the OS awareness places the PIE programs
-        found = target.any_address_of(args.address)
+            provider_for(target)
+            found = target.any_address_of(args.address)
         if found is None:
             raise UsageError(f"no symbol {args.address!r} in {target.elf.path} or its "
                              "programs")

@@ -306,8 +306,8 @@ class NanosProvider(ThreadProvider):
         return areas + user_areas(self)
 
     def place_programs(self) -> None:
-        """A PIE program's load bias from the process's mappings, and the libraries its
-        dynamic linker loaded (:mod:`undebug.os.nanos_load`)."""
+        """A PIE program's load bias from the process Nanos made for it, and the libraries
+        its dynamic linker loaded (:mod:`undebug.os.nanos_load`)."""
         from undebug.os.nanos_load import place_programs
 
         place_programs(self)

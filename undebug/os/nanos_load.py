@@ -1,5 +1,5 @@
 """Where Nanos put a position-independent program, and the libraries its dynamic linker
-loaded: the program's load bias from the process's mappings, its libraries from the
+loaded: the program's load bias from the process Nanos made, its libraries from the
 dynamic linker's ``link_map`` chain (:mod:`undebug.os.solib`).
 
 Nanos (src/unix/exec.c ``load_process``) maps an ET_DYN program at ``DEFAULT_PROG_ADDR``
@@ -25,7 +25,7 @@ from undebug.target import ReadError, Target
 if TYPE_CHECKING:
     from undebug.os.nanos import NanosProvider
 
-__all__ = ["place_programs"]
+__all__ = ["place_programs", "program_bias", "saved_aux"]
 
 MASK = (1 << 64) - 1
 

@@ -2,9 +2,11 @@
 the program's ``PT_DYNAMIC`` holds ``DT_DEBUG``, which the dynamic linker points at its
 ``struct r_debug``; its ``r_map`` starts the ``struct link_map`` chain (``l_addr``: the
 load bias, ``l_name``: the path, ``l_next``). Each library's ELF is then looked for on
-the host (the image was built from host files): the same path, accepted only when its
-GNU build-id is the one in guest memory, and its separate debug file by that build-id
-(``/usr/lib/debug/.build-id/xx/rest.debug``, as gdb's ``debug-file-directory``).
+the host (the image was built from host files): the same path (under a sysroot, as
+gdb's), accepted only when its GNU build-id is the one in guest memory or, where the guest
+has not paged that in, its read-only pages are the guest's; its symbols come from its
+separate debug file by that build-id (``/usr/lib/debug/.build-id/xx/rest.debug``, as
+gdb's ``debug-file-directory``).
 
 The layouts are the SVR4 ABI's, as glibc's <link.h> declares them on x86-64 (no DWARF is
 needed: the libraries' own debug info is not the kernel's). Guest memory is hostile: the
@@ -58,13 +60,7 @@ def r_debug_address(target: Target, elf: ElfFile, bias: int, warnings: list[str]
     """The ``struct r_debug`` the dynamic linker published in the program's ``DT_DEBUG``
     (read from guest memory at ``bias`` + ``PT_DYNAMIC``'s address); None when the
     program has no PT_DYNAMIC or the linker has not filled it yet (a static-pie)."""
-    try:
-        with elf.path.open("rb") as f:
-            segments = program_headers(f.read(64 << 10))
-    except (OSError, ElfHeaderError) as exc:
-        warnings.append(f"{elf.path}: {exc}: its libraries are not looked for")
-        return None
-    dynamic = next((s for s in segments if s.type == PT_DYNAMIC), None)
+    dynamic = next((s for s in _segments(elf.path) if s.type == PT_DYNAMIC), None)
     if dynamic is None:
         return None
     try:
@@ -140,7 +136,7 @@ def _segments(path: Path) -> list[Segment]:
 
 def check_loaded(target: Target, elf: ElfFile, bias: int, pcs: list[int]) -> str:
     """Why ``elf`` at ``bias`` is not, or may not be, what the guest has ("" when it
-    is): its build-id where the guest has that page, else its executable segments'
+    is): its build-id where the guest has that page, else its read-only segments'
     bytes in the pages the guest has of them (first those of ``pcs``; Nanos pages a
     file in on demand, so its header page may never have been touched)."""
     expected, at = elf.build_id, elf.build_id_address
@@ -150,7 +146,11 @@ def check_loaded(target: Target, elf: ElfFile, bias: int, pcs: list[int]) -> str
             return "" if found == expected else \
                 f"build-id mismatch: {elf.path} has {expected}, the guest {found}"
     compared = tried = 0
-    with elf.code_path.open("rb") as f:
+    try:
+        f = elf.code_path.open("rb")
+    except OSError as exc:
+        return f"{elf.code_path} is unreadable: {exc.strerror}"
+    with f:
         for segment in _segments(elf.code_path):
             if segment.type != PT_LOAD or segment.flags & PF_W:
                 continue  # a writable segment holds relocated data: not the file's bytes
@@ -167,8 +167,8 @@ def check_loaded(target: Target, elf: ElfFile, bias: int, pcs: list[int]) -> str
                     continue
                 f.seek(segment.offset + first - low)
                 if f.read(last - first) != here:
-                    return (f"{elf.path} is not what the guest has at {first:#x} (its text "
-                            "differs)")
+                    return (f"{elf.path} is not what the guest has at {first:#x} (its bytes "
+                            "there differ)")
                 compared += 1
     if not compared:
         return (f"neither the build-id nor the text of {elf.path} is paged in at "
