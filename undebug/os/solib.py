@@ -198,8 +198,9 @@ def _host_elf(name: str, bias: int, target: Target, pcs: list[int],
         return elf, None
     debug = sysroot / DEBUG_DIR / build_id[:2] / f"{build_id[2:]}.debug"
     try:
-        if debug.is_file() and ElfFile(debug).build_id == build_id:
-            return ElfFile(debug, code=host), None
+        paired = ElfFile(debug, code=host)
+        if debug.is_file() and paired.build_id == build_id:
+            return paired, None
     except UndebugError:
         pass  # a broken debug file: the library's own symbols still serve
     return elf, None
