@@ -5,11 +5,12 @@ The span exporters' column paths (OTLP protobuf, OTLP/JSON, Jaeger JSON) describ
 as a row of :class:`Piece`\\ s — a constant, a fixed-width field, a decimal number, a
 varint, an entry of a small table — and :func:`strings` lays each record's pieces end to
 end. A piece is a byte matrix, one row a record, whose row i holds its bytes in its first
-``length[i]`` columns: laying out is a concatenation of matrices and one boolean-mask
-compaction, with no per-byte index arrays. Messages nest without being assembled twice (a
-protobuf length prefix is the varint of :func:`size`); records made a group at a time go
-back in order with :func:`place`, and :func:`spans_with_events` puts a span's head, its
-events and its tail one after another for the writers to join.
+(or last) ``length[i]`` columns: records whose pieces have the same lengths are laid out
+as one concatenation of column blocks, with no per-byte index arrays. Messages nest
+without being assembled twice (a protobuf length prefix is the varint of :func:`size`);
+records made a group at a time go back in order with :func:`place`, and
+:func:`spans_with_events` puts a span's head, its events and its tail one after another
+for the writers to join.
 """
 
 from __future__ import annotations
@@ -26,23 +27,34 @@ __all__ = ["Laid", "Piece", "choose", "const", "decimal", "event_rank", "fixed",
 
 _U8 = npt.NDArray[np.uint8]
 _I64 = npt.NDArray[np.int64]
-_HEX = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), np.uint8) \
-    .reshape(256, 2)
+_DIGITS4 = np.frombuffer(b"".join(b"%04d" % k for k in range(10_000)), np.uint8) \
+    .reshape(10_000, 4)
+_10K = np.uint64(10_000)
 _POW10 = np.array([10 ** k for k in range(20)], np.uint64)
 
 
 @dataclass(frozen=True)
 class Piece:
-    """Per record i, ``mat[i, :length[i]]``."""
+    """Per record i, the first ``length[i]`` bytes of row i of ``mat``, or with ``right``
+    its last ones. ``same``: every record's length is the same (a constant, an id)."""
 
     mat: _U8
     length: _I64
+    right: bool = False
+    same: bool = False
 
     def __len__(self) -> int:
         return len(self.length)
 
     def mask(self) -> npt.NDArray[np.bool_]:
-        return np.arange(self.mat.shape[1]) < self.length[:, None]
+        column = np.arange(self.mat.shape[1])
+        inside: npt.NDArray[np.bool_] = column >= self.mat.shape[1] - self.length[:, None] \
+            if self.right else column < self.length[:, None]
+        return inside
+
+    def columns(self, size: int) -> _U8:
+        """Every row's bytes when each has ``size`` of them."""
+        return self.mat[:, self.mat.shape[1] - size:] if self.right else self.mat[:, :size]
 
 
 @dataclass(frozen=True)
@@ -66,10 +78,60 @@ class Laid:
 
 
 def strings(pieces: list[Piece]) -> list[bytes]:
-    """Each record's pieces end to end, one byte string a record."""
-    data = lay(pieces).tobytes()
-    ends = np.cumsum(size(pieces)).tolist()
-    return [data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    """Each record's pieces end to end, one byte string a record.
+
+    Records are taken a layout at a time (the same length of every piece: most records
+    of a group share a few): then each piece is a block of columns and a record a row of
+    their concatenation, with no mask. Too many layouts (a few records each): the masks."""
+    n = len(pieces[0])
+    if not n:
+        return []
+    key = np.zeros(n, np.int64)
+    for p in pieces:
+        if p.same:
+            continue
+        low = int(p.length.min())
+        span = int(p.length.max()) - low + 1
+        if span == 1:
+            continue
+        if (int(key.max()) + 1) * span >= 1 << 62:  # renumbered densely before it overflows
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64).reshape(n)
+        key = key * span + (p.length - low)
+    layouts, which = np.unique(key, return_inverse=True)
+    if len(layouts) > max(16, n // 64):
+        data = lay(pieces).tobytes()
+        ends = np.cumsum(size(pieces)).tolist()
+        return [data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    if len(layouts) == 1:
+        return _rows(pieces, None, n)
+    by_layout = np.argsort(which.reshape(n), kind="stable")
+    cuts = np.searchsorted(which.reshape(n)[by_layout], np.arange(1, len(layouts)))
+    out = np.empty(n, object)
+    for rows in np.split(by_layout, cuts):
+        out[rows] = _rows(pieces, rows, len(rows))
+    made: list[bytes] = out.tolist()
+    return made
+
+
+def _rows(pieces: list[Piece], rows: _I64 | None, n: int) -> list[bytes]:
+    """The records ``rows`` (None: all), whose pieces have one length each."""
+    first = 0 if rows is None else int(rows[0])
+    widths = [int(p.length[first]) for p in pieces]
+    mat = np.empty((n, sum(widths)), np.uint8)
+    at = 0
+    for p, width in zip(pieces, widths, strict=True):
+        if not width:
+            continue
+        block = p.columns(width)
+        if p.mat.strides[0] == 0:  # a constant: the same row for all
+            mat[:, at:at + width] = block[0]
+        else:
+            mat[:, at:at + width] = block if rows is None else block[rows]
+        at += width
+    if not at:
+        return [b""] * n
+    made: list[bytes] = mat.view(np.dtype((np.void, mat.shape[1]))).ravel().tolist()  # type: ignore[assignment]
+    return made
 
 
 def place(n: int, groups: Sequence[tuple[npt.NDArray[np.integer], list[bytes]]]) -> list[bytes]:
@@ -115,17 +177,20 @@ def size(pieces: list[Piece]) -> _I64:
 
 def present(p: Piece, mask: npt.NDArray[np.bool_]) -> Piece:
     """``p`` where mask is set, nothing elsewhere."""
-    return Piece(p.mat, np.where(mask, p.length, 0))
+    if mask.all():
+        return p
+    return Piece(p.mat, np.where(mask, p.length, 0), p.right)
 
 
 def const(data: bytes, n: int) -> Piece:
     row = np.frombuffer(data, np.uint8)
-    return Piece(np.broadcast_to(row, (n, len(row))), np.full(n, len(row), np.int64))
+    return Piece(np.broadcast_to(row, (n, len(row))), np.full(n, len(row), np.int64),
+                 same=True)
 
 
 def fixed(matrix: _U8) -> Piece:
     """Row i of an (n, W) byte matrix."""
-    return Piece(matrix, np.full(len(matrix), matrix.shape[1], np.int64))
+    return Piece(matrix, np.full(len(matrix), matrix.shape[1], np.int64), same=True)
 
 
 def table(entries: list[bytes], index: npt.NDArray[np.integer]) -> Piece:
@@ -140,19 +205,24 @@ def table(entries: list[bytes], index: npt.NDArray[np.integer]) -> Piece:
 
 def hexed(matrix: _U8) -> Piece:
     """Lowercase hex of each row of an (n, W) byte matrix."""
-    return fixed(_HEX[matrix].reshape(len(matrix), -1))
+    text = np.ascontiguousarray(matrix).tobytes().hex().encode()
+    return fixed(np.frombuffer(text, np.uint8).reshape(len(matrix), 2 * matrix.shape[1]))
 
 
 def decimal(values: npt.NDArray[np.integer]) -> Piece:
-    """Each unsigned value's decimal digits."""
+    """Each unsigned value's decimal digits (right-aligned: made four at a time, from the
+    lowest)."""
     v = values.astype(np.uint64)
-    count = np.ones(len(v), np.int64)
-    for k in range(1, 20):
-        count += v >= _POW10[k]
+    count = np.maximum(np.searchsorted(_POW10, v, side="right"), 1).astype(np.int64)
     width = int(count.max()) if len(v) else 1
-    power = np.maximum(count[:, None] - 1 - np.arange(width), 0)
-    digits = (v[:, None] // _POW10[power]) % np.uint64(10)
-    return Piece(digits.astype(np.uint8) + np.uint8(48), count)
+    quads = (width + 3) // 4
+    mat = np.empty((len(v), 4 * quads), np.uint8)
+    for q in range(quads - 1, 0, -1):
+        rest = v // _10K
+        mat[:, 4 * q:4 * q + 4] = _DIGITS4[(v - rest * _10K).astype(np.intp)]
+        v = rest
+    mat[:, :4] = _DIGITS4[v.astype(np.intp)]
+    return Piece(mat[:, 4 * quads - width:], count, right=True)
 
 
 def varint(values: npt.NDArray[np.integer]) -> Piece:
@@ -168,18 +238,23 @@ def varint(values: npt.NDArray[np.integer]) -> Piece:
     return Piece(groups, count)
 
 
-def _widen(p: Piece, width: int) -> _U8:
-    if p.mat.shape[1] == width:
+def _left(p: Piece, width: int) -> _U8:
+    """p's bytes at the start of rows ``width`` wide."""
+    if not p.right and p.mat.shape[1] == width:
         return p.mat
     out = np.zeros((len(p), width), np.uint8)
-    out[:, :p.mat.shape[1]] = p.mat
+    out[np.arange(width) < p.length[:, None]] = p.mat[p.mask()]
     return out
 
 
 def choose(mask: npt.NDArray[np.bool_], yes: Piece, no: Piece) -> Piece:
     """``yes`` where mask is set, else ``no``."""
+    if not mask.any():
+        return no
+    if mask.all():
+        return yes
     width = max(yes.mat.shape[1], no.mat.shape[1])
-    return Piece(np.where(mask[:, None], _widen(yes, width), _widen(no, width)),
+    return Piece(np.where(mask[:, None], _left(yes, width), _left(no, width)),
                  np.where(mask, yes.length, no.length))
 
 
