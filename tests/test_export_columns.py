@@ -153,3 +153,34 @@ def test_json_from_columns_is_the_object_writers_text(
             a.close()
             b.close()
             assert made.getvalue() == expected.getvalue(), writer
+
+
+def test_json_of_a_stream_cut_into_batches_is_the_object_writers_text() -> None:
+    """Spans carried from batch to batch: a Jaeger trace whose spans came in earlier
+    batches (held) is written with them when its outermost span ends among columns."""
+    data = nested_stream()
+    for cut in range(80, len(data), 96):
+        builder = SpanBuilder(TPS, max_events=3)
+        dec = StreamDecoder(TPS.count)
+        parts: list[ExportSpan | SpanColumns] = []
+        for piece in (data[:cut], data[cut:], None):
+            decoded = dec.feed(piece) if piece is not None else dec.finish()
+            parts += builder.feed_parts(TraceModel(decoded, TPS, {}))
+        rest = builder.finish()
+        assert any(isinstance(p, SpanColumns) for p in parts), cut
+        for writer in (OtlpJsonWriter, JaegerJsonWriter):
+            made, expected = io.BytesIO(), io.BytesIO()
+            a, b = writer(made, RESOURCE), writer(expected, RESOURCE)  # type: ignore[abstract]
+            for part in parts:
+                if isinstance(part, SpanColumns):
+                    a.write_columns(part)
+                    b.write(part.spans())
+                else:
+                    a.write([part])
+                    b.write([part])
+            a.write(rest)
+            b.write(rest)
+            a.close()
+            b.close()
+            assert made.getvalue() == expected.getvalue(), (writer, cut)
+            assert made.getvalue().lower().count(b'"traceid"') > 12  # spans, not nothing
