@@ -184,3 +184,40 @@ def test_json_of_a_stream_cut_into_batches_is_the_object_writers_text() -> None:
             b.close()
             assert made.getvalue() == expected.getvalue(), (writer, cut)
             assert made.getvalue().lower().count(b'"traceid"') > 12  # spans, not nothing
+
+
+def test_packing_lays_out_each_record_as_its_pieces_end_to_end() -> None:
+    """packing.strings against the plain way (each record's bytes joined in Python), with
+    few layouts (records grouped by their pieces' lengths) and with too many (the masks);
+    and spans_with_events against joining a span's head, events and tail."""
+    import numpy as np
+
+    from tracers.export import packing as pk
+
+    rng = np.random.default_rng(7)
+    for n, wide in ((500, False), (3000, True)):
+        # narrow: a few layouts; wide (1 to 20 digits): more than the layout way takes
+        values = (np.uint64(10) ** rng.integers(0, 20, n).astype(np.uint64)
+                  + rng.integers(0, 9, n).astype(np.uint64)) if wide \
+            else rng.integers(0, 3, n, dtype=np.uint64)
+        mask = rng.random(n) < 0.5
+        ids = rng.integers(0, 256, (n, 4), dtype=np.uint8)
+        words = [b"a", b"bcd", b""]
+        index = rng.integers(0, 3, n)
+        pieces = [pk.const(b"<", n), pk.decimal(values), pk.present(pk.hexed(ids), mask),
+                  pk.table(words, index), pk.choose(mask, pk.decimal(values), pk.const(b"-", n)),
+                  pk.const(b">", n)]
+        expected = [b"<%d%s%s%s>" % (v, ids[i].tobytes().hex().encode() if mask[i] else b"",
+                                     words[index[i]], b"%d" % v if mask[i] else b"-")
+                    for i, v in enumerate(values.tolist())]
+        assert pk.strings(pieces) == expected, n
+        # one shape (two events a span: laid out whole), or all rare (joined from parts)
+        spans = 40 if wide else n // 2
+        event_span = np.sort(rng.integers(0, spans, n)) if wide else np.arange(n) // 2
+        heads = [pk.Group(np.arange(spans), [pk.decimal(np.arange(spans)), pk.const(b":", spans)])]
+        events = [pk.Group(np.arange(n), pieces)]
+        tails = [pk.Group(np.arange(spans), [pk.const(b";", spans)])]
+        laid = pk.spans_with_events(spans, heads, events, event_span, tails)
+        assert laid.text(0, spans) == b"".join(
+            b"%d:" % s + b"".join(e for e, at in zip(expected, event_span.tolist(), strict=True)
+                                  if at == s) + b";" for s in range(spans)), n
