@@ -221,3 +221,11 @@ def test_packing_lays_out_each_record_as_its_pieces_end_to_end() -> None:
         assert laid.text(0, spans) == b"".join(
             b"%d:" % s + b"".join(e for e, at in zip(expected, event_span.tolist(), strict=True)
                                   if at == s) + b";" for s in range(spans)), n
+    # two shapes of many spans each that a key without the number of events would merge:
+    # spans of head group 1 with no event, of head group 0 with one
+    heads = [pk.Group(np.arange(0, 128, 2), [pk.const(b"A", 64)]),
+             pk.Group(np.arange(1, 128, 2), [pk.const(b"B", 64)])]
+    events = [pk.Group(np.arange(64), [pk.decimal(np.arange(64))])]
+    laid = pk.spans_with_events(128, heads, events, np.arange(0, 128, 2))
+    assert laid.spans.tolist() == [b"A%d" % (s // 2) if s % 2 == 0 else b"B"
+                                   for s in range(128)]

@@ -166,12 +166,13 @@ def spans_with_events(n: int, heads: list[Group], events: list[Group],
     first = np.cumsum(count) - count
     head_of, head_at = _membership(heads, n)
     event_of, event_at = _membership(events, len(event_span))
-    key = head_of.copy()
+    key = head_of.copy()  # then a digit an event place: its group + 1, or 0 (none)
     for j in range(int(count.max()) if n else 0):
         more = np.flatnonzero(count > j)
         if int(key.max()) >= 1 << 40:  # renumbered densely before it overflows
             key = np.unique(key, return_inverse=True)[1].astype(np.int64).reshape(n)
-        key[more] = key[more] * (len(events) + 1) + event_of[first[more] + j] + 1
+        key *= len(events) + 1
+        key[more] += event_of[first[more] + j] + 1
     which = np.unique(key, return_inverse=True)[1]
     which = which.reshape(n)
     sizes = np.bincount(which)
