@@ -260,7 +260,11 @@ class OtlpWriter:
             if self.live:  # each request has the whole budget; one given up stops no other
                 self.deadline = time.monotonic() + self.timeout_s
                 self.delivery.gave_up = False
-            self._send(*item)
+            try:
+                self._send(*item)
+            except Exception as exc:  # counted, and the thread goes on: the writer waits on it
+                self.delivery.not_exported += item[1]
+                self.delivery.last_error = f"{type(exc).__name__}: {exc}"
             if self.progress is not None:
                 self.progress(self.delivery)
 
