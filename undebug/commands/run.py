@@ -27,6 +27,8 @@ from undebug.text import escape
 from undebug.vm.qemu import DISK_INTERFACES, MACHINES
 
 if TYPE_CHECKING:  # the launcher is imported when a guest is started, not before
+    from pathlib import Path
+
     from undebug.session.launcher import Launched
 
 CONSOLE_TAIL = 20
@@ -258,6 +260,22 @@ def _write_private(path: Path, text: str) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _note_os(warnings: list[str], *recordings: Path | None) -> None:
+    """The guest's OS in its recordings' FILE.origin (tracers/origin.py): the launcher
+    writes them but does not pick OS providers."""
+    from tracers.origin import note_os, read_origin
+    from undebug.commands.trace_export import guest_os
+
+    for recording in {r for r in recordings if r is not None}:
+        origin = read_origin(recording)
+        name = guest_os(origin.elf) if origin else None
+        try:
+            if name is not None:
+                note_os(recording, name)
+        except OSError as exc:
+            warnings.append(f"cannot add the guest's OS to {recording}.origin: {exc.strerror}")
+
+
 @command("run", "boot a unikernel image under undebug", _arguments,
          description="Boot IMAGE in QEMU under a per-guest supervisor. In the foreground the "
          "console streams to stdout and Ctrl-C ends the guest; with -d it runs on, named; "
@@ -265,6 +283,7 @@ def _write_private(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> Report:
     launched = launch(args)
     claim, session = launched.claim, launched.claim.session
+    _note_os(launched.warnings, session.trace_file, args.trace_file)
     prepare_guest(launched, args.force, args.paused)
     exporter = None
     if args.otlp is not None:

@@ -485,6 +485,12 @@ def _record(args: argparse.Namespace) -> Report:
            "were dropped to stay under --trace-max-size" if dropped.dropped_chunks else "")])
 
 
+def _guest_os(elf: Path | None) -> str | None:
+    from undebug.commands.trace_export import guest_os
+
+    return guest_os(str(elf)) if elf else None
+
+
 def _record_origin(name: str, output: Path) -> None:
     """``FILE.origin`` (tracers/origin.py): the guest's ELF and image, for later."""
     from tracers.origin import read_origin, write_origin
@@ -498,7 +504,8 @@ def _record_origin(name: str, output: Path) -> None:
     given = read_origin(session.trace_file)  # the run's, with its --traceparent
     try:
         write_origin(output, elf=elf, image=image, session=name,
-                     traceparent=given.traceparent if given else None)
+                     traceparent=given.traceparent if given else None,
+                     os_name=_guest_os(elf))
     except OSError as exc:
         sys.stderr.write(f"warning: cannot write {escape(str(output))}.origin: "
                          f"{exc.strerror}\n")
