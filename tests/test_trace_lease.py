@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import undebug, wait_for_console
+from tests.test_trace_export_otlp import Receiver, receiver  # noqa: F401 (a fixture)
 from tracers.decode import decode
 from undebug.elf import ElfFile
 from undebug.session.live_trace import LIVE_MS, message
@@ -170,6 +171,41 @@ def test_a_follower_makes_the_guest_flush_live_until_the_last_one_goes(
         for f in (first, second):
             if f is not None and f.proc.poll() is None:
                 f.stop(signal.SIGKILL)
+
+
+def test_a_live_otlp_export_holds_the_lease_too(resting_guest: str,
+                                                receiver: Receiver) -> None:  # noqa: F811
+    """``trace export --otlp URL --follow`` (what ``run --otlp`` starts) is a live reader."""
+    name = resting_guest
+    export = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "export", name,
+                               "--otlp", receiver.url, "--follow"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_consumers(name, 1)
+        assert live(recording_spacing_ms(name))
+    finally:
+        export.send_signal(signal.SIGINT)
+        export.wait(timeout=30)
+    wait_for_consumers(name, 0)
+    assert at_rest(recording_spacing_ms(name))
+
+
+def test_the_tuis_trace_pane_holds_the_lease_only_while_its_events_are_watched(
+        resting_guest: str) -> None:
+    from tui.trace_follow import TraceFollower
+
+    follower = TraceFollower(resting_guest)
+    try:
+        follower.hold_live(True)
+        follower.hold_live(True)  # every period while watched: still one lease
+        wait_for_consumers(resting_guest, 1)
+        follower.hold_live(False)  # the pane hidden: only the rate is counted
+        wait_for_consumers(resting_guest, 0)
+        follower.hold_live(True)
+        wait_for_consumers(resting_guest, 1)
+    finally:
+        follower.close()
+    wait_for_consumers(resting_guest, 0)
 
 
 # ---- the host's side of the port fed by the test: garbage, then a real message ----------
