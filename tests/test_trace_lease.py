@@ -208,6 +208,34 @@ def test_the_tuis_trace_pane_holds_the_lease_only_while_its_events_are_watched(
     wait_for_consumers(resting_guest, 0)
 
 
+def test_a_real_unikraft_guest_with_the_library_flushes_live_while_followed() -> None:
+    """The same on Unikraft 0.17 with undebug's library (guest-stubs/unikraft/), whose
+    poll thread (every 10 ms) reads the host's messages; the image must be built from
+    this tree's library (guest-stubs/unikraft/README.md): an older one keeps its rest
+    interval and fails here."""
+    from tests.test_unikraft_stub import _image
+
+    image = _image("UNDEBUG_UNIKRAFT_STUB_IMAGE")
+    name = "uklease"
+    assert undebug("run", "-d", "--name", name, str(image)).code == 0
+    follower: Follower | None = None
+    try:
+        wait_for_console(name, "worker-2: iteration 20")
+        assert at_rest(recording_spacing_ms(name))
+        follower = Follower(name)
+        wait_for_consumers(name, 1)
+        assert live_ms_in_guest(name, Path(f"{image}.dbg")) == LIVE_MS
+        assert live(recording_spacing_ms(name))
+        follower.stop(signal.SIGINT)
+        wait_for_consumers(name, 0)
+        assert live_ms_in_guest(name, Path(f"{image}.dbg")) == 0
+        assert at_rest(recording_spacing_ms(name))
+    finally:
+        if follower is not None and follower.proc.poll() is None:
+            follower.stop(signal.SIGKILL)
+        undebug("kill", name)
+
+
 # ---- the host's side of the port fed by the test: garbage, then a real message ----------
 
 def _own_qemu(tmp: Path, image: Path) -> tuple[subprocess.Popen[bytes], socket.socket]:
