@@ -84,6 +84,23 @@ def live_ms_in_guest(name: str, elf: Path) -> int:
     return int.from_bytes(raw[member.offset: member.offset + member.size], "little")
 
 
+def loop_wakeups_per_s(name: str, seconds: float = 3.0) -> float:
+    """Voluntary context switches of the supervisor's main thread (its event loop: the
+    trace stream is read by a thread of its own) per second."""
+    [pid] = [g["supervisor_pid"] for g in undebug("ps", "--json").json()["guests"]
+             if g["name"] == name]
+    status = Path(f"/proc/{pid}/task/{pid}/status")
+
+    def switches() -> int:
+        line = next(x for x in status.read_text().splitlines()
+                    if x.startswith("voluntary_ctxt_switches:"))
+        return int(line.split()[1])
+
+    before = switches()
+    time.sleep(seconds)
+    return (switches() - before) / seconds
+
+
 def flush_status(name: str) -> dict[str, object]:
     [guest] = [g for g in undebug("ps", "--json").json()["guests"] if g["name"] == name]
     flush = guest["trace"]["flush"]
@@ -234,6 +251,27 @@ def test_a_real_unikraft_guest_with_the_library_flushes_live_while_followed() ->
         if follower is not None and follower.proc.poll() is None:
             follower.stop(signal.SIGKILL)
         undebug("kill", name)
+
+
+def test_a_follower_ends_with_the_guest_having_printed_its_last_events(
+        guest_image: Path) -> None:
+    name = "leaseend"
+    assert undebug("run", "-d", "--name", name, "--append", "threads=3 run_for=4000",
+                   str(guest_image)).code == 0
+    follower = None
+    try:
+        wait_for_console(name, "refguest: ready")
+        follower = subprocess.Popen([sys.executable, "-m", "undebug.cli", "trace", "show",
+                                     name, "--follow"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        out, err = follower.communicate(timeout=60)  # the guest ends: so does the follower
+        assert follower.returncode == 0, err
+        last = undebug("trace", "show", name, "--json").json()["events"][-1]["time_ns"]
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+        undebug("kill", name)
+    assert f" {last // 10**9}.{last % 10**9:09d} " in out.splitlines()[-1]  # the last one
 
 
 # ---- the host's side of the port fed by the test: garbage, then a real message ----------
