@@ -133,7 +133,7 @@ def window(env: dict[str, str], rundir: Path, guests: int, traced: bool,
                     [sys.executable, "-m", "undebug.cli", "trace", "show", name, "--follow"],
                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             if paused:
-                _ud(env, "pause", name)
+                _ud(env, "stop", name)
         time.sleep(2.0)  # past boot: the rate at rest
         modes = _flush_modes(env)
         pids = {g["name"]: g["supervisor_pid"]
