@@ -258,12 +258,12 @@ class _Source:
             buf[: len(pending)] = pending
             try:
                 n = channel.readinto(memoryview(buf)[len(pending):])
-                if not n and follow and self._finished():
+                if not n and follow and channel.finished():
                     n = channel.readinto(memoryview(buf)[len(pending):])  # the last bytes
             except OSError as exc:
                 raise UsageError(f"cannot read {self.label}: {exc.strerror}") from None
             if not n:
-                if not follow or self._finished():
+                if not follow or channel.finished():
                     break
                 time.sleep(FOLLOW_POLL_S)
                 continue
@@ -272,14 +272,6 @@ class _Source:
             decoder = self.decoder or self._start(bytes(buf[:80]))
             yield decoder.feed_buffer(buf)
         yield (self.decoder or self._start(b"")).finish()
-
-    def _finished(self) -> bool:
-        """The followed guest has ended: its lease's connection closed (no wake-up of
-        the supervisor, which a connect every poll would cost), or, without a lease,
-        its supervisor no longer answers."""
-        if self.lease is not None:
-            return self.lease.gone()
-        return self.channel is not None and self.channel.finished()
 
     def _start(self, head: bytes) -> StreamDecoder:
         """The decoder, once the first bytes say which tracepoints the stream can use."""

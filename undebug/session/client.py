@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import itertools
 import os
-import select
 import socket
 from typing import Any
 
@@ -179,18 +178,6 @@ class SupervisorClient:
     def trace_live(self) -> None:
         """Ask for live trace flushing, held until this connection closes (docs/protocol.md)."""
         self.call("trace_live")
-
-    def gone(self) -> bool:
-        """Whether the supervisor has closed this connection (it ended), seen without a
-        request: a live reader that polls this instead of connecting anew each time
-        costs the supervisor no wake-up."""
-        ready, _, _ = select.select([self._sock], [], [], 0)
-        if not ready:
-            return False
-        try:
-            return not self._sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            return True
 
     def freeze(self) -> int:
         """Hold the guest still until :meth:`thaw` or the connection closes; the run token."""
