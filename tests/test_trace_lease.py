@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import supervisor_loop_wakeups_per_s, undebug, wait_for_console
 from tests.test_trace_export_otlp import Receiver, receiver  # noqa: F401 (a fixture)
 from tracers.decode import decode
 from undebug.elf import ElfFile
@@ -82,23 +82,6 @@ def live_ms_in_guest(name: str, elf: Path) -> int:
     assert result.code == 0, result.stderr
     raw = bytes.fromhex(result.json()["hex"])
     return int.from_bytes(raw[member.offset: member.offset + member.size], "little")
-
-
-def loop_wakeups_per_s(name: str, seconds: float = 3.0) -> float:
-    """Voluntary context switches of the supervisor's main thread (its event loop: the
-    trace stream is read by a thread of its own) per second."""
-    [pid] = [g["supervisor_pid"] for g in undebug("ps", "--json").json()["guests"]
-             if g["name"] == name]
-    status = Path(f"/proc/{pid}/task/{pid}/status")
-
-    def switches() -> int:
-        line = next(x for x in status.read_text().splitlines()
-                    if x.startswith("voluntary_ctxt_switches:"))
-        return int(line.split()[1])
-
-    before = switches()
-    time.sleep(seconds)
-    return (switches() - before) / seconds
 
 
 def flush_status(name: str) -> dict[str, object]:
@@ -166,6 +149,8 @@ def test_a_follower_makes_the_guest_flush_live_until_the_last_one_goes(
         assert flush_status(name)["mode"] == "live"
         assert live_ms_in_guest(name, guest_image) == LIVE_MS
         assert live(recording_spacing_ms(name))
+        # following wakes the stream's thread, never the event loop (no connect per poll)
+        assert supervisor_loop_wakeups_per_s(name) < 3
         # the follower prints the events as the batches come
         seen = len(first.arrivals)
         time.sleep(2)
