@@ -9,7 +9,6 @@ mirrors), written to a file and read as guest memory. Expected values come from
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
@@ -20,45 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.process_target import ProcessTarget
 from tests.test_unikraft import ImageTarget
 from undebug.elf import ElfFile
 from undebug.os.solib import MAX_NAME, find_libraries, link_map
-from undebug.target import ReadError, Target
 
 DATA = Path(__file__).parent / "data"
-
-
-class ProcessTarget(Target):
-    """A live host process's memory, read through /proc/PID/mem (real, not a guest)."""
-
-    def __init__(self, elf: ElfFile, pid: int) -> None:
-        super().__init__(elf)
-        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-
-    def read(self, address: int, size: int) -> bytes:
-        try:
-            data = os.pread(self.fd, size, address)
-        except OSError as exc:
-            raise ReadError(f"{address:#x}: {exc.strerror}") from None
-        if len(data) != size:
-            raise ReadError(f"{address:#x}+{size}: short read")
-        return data
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        raise ReadError("no physical memory in a process")
-
-    def registers(self, cpu: int) -> dict[str, int]:
-        return {}
-
-    def cpu_count(self) -> int:
-        return 1
-
-    @property
-    def run_token(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 @dataclass
