@@ -263,6 +263,15 @@ static void data_rx_post(void)
 	vq_kick(&q_drx);
 }
 
+/* Give used receive descriptor d back with the buffer of its slot (a queue's
+ * descriptor d always carries buffer d % nbufs), so the host can always send again. */
+static void rx_repost(struct vq *q, uint8_t *bufs, unsigned nbufs, uint32_t buflen, int d)
+{
+	vq_free(q, (uint16_t)d);
+	uint16_t nd = q->free_head;
+	(void)vq_add(q, bufs + (nd % nbufs) * buflen, buflen, DESC_F_WRITE);
+}
+
 /* What the host sent: fed to the parser (which trusts none of it), each buffer given
  * back in its descriptor slot so the host can always send again. */
 static void data_rx_poll(void)
@@ -277,9 +286,7 @@ static void data_rx_poll(void)
 		(void)undebug__hostmsg_feed(&undebug_trace_hostmsg,
 					    data_rx_buf[(unsigned)d % DATA_RX_BUFS],
 					    len < DATA_RX_LEN ? len : DATA_RX_LEN);
-		vq_free(&q_drx, (uint16_t)d);
-		uint16_t nd = q_drx.free_head;
-		(void)vq_add(&q_drx, data_rx_buf[nd % DATA_RX_BUFS], DATA_RX_LEN, DESC_F_WRITE);
+		rx_repost(&q_drx, &data_rx_buf[0][0], DATA_RX_BUFS, DATA_RX_LEN, d);
 		reposted = 1;
 	}
 	if (reposted)
@@ -326,10 +333,7 @@ static void ctrl_poll(void)
 				break;
 			}
 		}
-		/* re-post the same buffer in the same descriptor slot */
-		vq_free(&q_crx, (uint16_t)d);
-		uint16_t nd = q_crx.free_head;
-		(void)vq_add(&q_crx, ctrl_rx_buf[nd % CTRL_RX_BUFS], CTRL_RX_LEN, DESC_F_WRITE);
+		rx_repost(&q_crx, &ctrl_rx_buf[0][0], CTRL_RX_BUFS, CTRL_RX_LEN, d);
 		reposted = 1;
 	}
 	if (reposted)
