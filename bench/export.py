@@ -23,7 +23,9 @@ events (default 10,000,000; 0 skips it), peak RSS.
 
 Rates are given per wall second and per CPU second of the export process (user + system):
 on a loaded machine (the load average is recorded) the second is the one that holds up;
-the ratio to the naive SDK path is of the same run.
+the ratio to the naive SDK path is of the same run. Every process runs in the clean
+environment of bench/threads.py (bytecode cached, as an installed undebug has it: this
+machine's PYTHONDONTWRITEBYTECODE would compile every module from source each time).
 
 ``UNDEBUG_BENCH_EXPORT_EVENTS`` (default 1,000,000) sets the recording's size.
 """
@@ -159,9 +161,16 @@ provider.shutdown()
 """
 
 
+_ENV: dict[str, str] = {}  # the clean environment (run() sets it)
+
+
+def _run(command: list[str]) -> dict[str, Any]:
+    return measured(command, env=_ENV or None)
+
+
 def _export(path: Path, *args: str) -> dict[str, Any]:
-    result = measured([sys.executable, "-m", "undebug.cli", "trace", "export", str(path),
-                       *args, "--json"])
+    result = _run([sys.executable, "-m", "undebug.cli", "trace", "export", str(path),
+                   *args, "--json"])
     result["doc"] = json.loads(result.pop("stdout"))
     return result
 
@@ -183,7 +192,11 @@ def run() -> dict[str, Any]:
     load = [round(x, 1) for x in os.getloadavg()]
     samples: dict[str, list[dict[str, Any]]] = {k: [] for k in (
         "otlp", "naive_sdk", "otlp_json", "jaeger_json", "perfetto", "perfetto_empty")}
+    from bench.threads import clean_env
+
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
+        _ENV.update(clean_env(dict(os.environ), Path(tmp)))
+        _run([sys.executable, "-m", "undebug.cli", "trace", "export", "--help"])  # bytecode
         rec = Path(tmp) / "rec.utrace"
         spans = write_recording(rec, EVENTS)
         events = spans * 4
@@ -193,8 +206,9 @@ def run() -> dict[str, Any]:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
         try:
             for _ in range(ROUNDS):
-                before = server.decoded_spans, server.decoded
+                before = server.decoded_spans, server.decoded, server.requests
                 r = _export(rec, "--otlp", url)
+                r["requests"] = server.requests - before[2]
                 assert r["doc"]["otlp"]["exported"] == spans, r["doc"]["otlp"]
                 r["spans_per_s"] = spans / r["wall_s"]
                 r["spans_per_cpu_s"] = spans / r["cpu_s"]
@@ -202,7 +216,7 @@ def run() -> dict[str, Any]:
                 r["sampled_spans"] = server.decoded_spans - before[0]
                 samples["otlp"].append(r)
                 got = server.decoded_spans
-                n = measured([sys.executable, "-c", NAIVE, str(spans), url])
+                n = _run([sys.executable, "-c", NAIVE, str(spans), url])
                 n["spans_per_s"] = spans / n["wall_s"]
                 n["spans_per_cpu_s"] = spans / n["cpu_s"]
                 n["sampled_spans"] = server.decoded_spans - got
@@ -214,8 +228,8 @@ def run() -> dict[str, Any]:
                     r["events_per_cpu_s"] = events / r["cpu_s"]
                     samples[fmt.replace("-", "_")].append(r)
                 packets = 2 + 8 + 2 * spans + 2 * spans  # as --perfetto writes them
-                e = measured([sys.executable, "-c", PERFETTO_EMPTY, str(packets),
-                              str(Path(tmp) / "empty.pftrace")])
+                e = _run([sys.executable, "-c", PERFETTO_EMPTY, str(packets),
+                          str(Path(tmp) / "empty.pftrace")])
                 e.pop("stdout")
                 samples["perfetto_empty"].append(e)
             if BIG:
@@ -238,6 +252,7 @@ def run() -> dict[str, Any]:
         return statistics.median(r[field] for r in samples[key])
 
     summary = {
+        "python_env": "clean (bytecode cached, bench/threads.py clean_env)",
         "events": events, "spans": spans, "load_average": load, "load_average_after":
         [round(x, 1) for x in os.getloadavg()],
         "otlp_spans_per_s": round(med("otlp", "spans_per_s")),

@@ -37,10 +37,11 @@ print(int((np.bincount(r["id"], minlength=1 << 16)[:0xFF00]).sum()))
 """
 
 
-def measured(command: list[str]) -> dict[str, Any]:
-    """Run ``command``; its wall and CPU seconds, peak RSS and stdout."""
+def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``command`` (in ``env``, default this one); its wall and CPU seconds, peak RSS
+    and stdout."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start

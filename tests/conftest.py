@@ -65,6 +65,23 @@ def wait_for_console(name: str, needle: str, timeout: float = 60) -> str:
         time.sleep(0.2)
 
 
+def supervisor_loop_wakeups_per_s(name: str, seconds: float = 3.0) -> float:
+    """Voluntary context switches of the supervisor's main thread (its event loop: the
+    trace stream is read by a thread of its own) per second."""
+    [pid] = [g["supervisor_pid"] for g in undebug("ps", "--json").json()["guests"]
+             if g["name"] == name]
+    status = Path(f"/proc/{pid}/task/{pid}/status")
+
+    def switches() -> int:
+        line = next(x for x in status.read_text().splitlines()
+                    if x.startswith("voluntary_ctxt_switches:"))
+        return int(line.split()[1])
+
+    before = switches()
+    time.sleep(seconds)
+    return (switches() - before) / seconds
+
+
 def boot(name: str, append: str, guest_image: Path) -> str:
     """A reference guest of its own (-smp 2), booted and ready."""
     result = undebug("run", "-d", "--name", name, "--smp", "2", "--append", append,

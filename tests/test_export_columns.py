@@ -153,3 +153,79 @@ def test_json_from_columns_is_the_object_writers_text(
             a.close()
             b.close()
             assert made.getvalue() == expected.getvalue(), writer
+
+
+def test_json_of_a_stream_cut_into_batches_is_the_object_writers_text() -> None:
+    """Spans carried from batch to batch: a Jaeger trace whose spans came in earlier
+    batches (held) is written with them when its outermost span ends among columns."""
+    data = nested_stream()
+    for cut in range(80, len(data), 96):
+        builder = SpanBuilder(TPS, max_events=3)
+        dec = StreamDecoder(TPS.count)
+        parts: list[ExportSpan | SpanColumns] = []
+        for piece in (data[:cut], data[cut:], None):
+            decoded = dec.feed(piece) if piece is not None else dec.finish()
+            parts += builder.feed_parts(TraceModel(decoded, TPS, {}))
+        rest = builder.finish()
+        assert any(isinstance(p, SpanColumns) for p in parts), cut
+        for writer in (OtlpJsonWriter, JaegerJsonWriter):
+            made, expected = io.BytesIO(), io.BytesIO()
+            a, b = writer(made, RESOURCE), writer(expected, RESOURCE)  # type: ignore[abstract]
+            for part in parts:
+                if isinstance(part, SpanColumns):
+                    a.write_columns(part)
+                    b.write(part.spans())
+                else:
+                    a.write([part])
+                    b.write([part])
+            a.write(rest)
+            b.write(rest)
+            a.close()
+            b.close()
+            assert made.getvalue() == expected.getvalue(), (writer, cut)
+            assert made.getvalue().lower().count(b'"traceid"') > 12  # spans, not nothing
+
+
+def test_packing_lays_out_each_record_as_its_pieces_end_to_end() -> None:
+    """packing.strings against the plain way (each record's bytes joined in Python), with
+    few layouts (records grouped by their pieces' lengths) and with too many (the masks);
+    and spans_with_events against joining a span's head, events and tail."""
+    import numpy as np
+
+    from tracers.export import packing as pk
+
+    rng = np.random.default_rng(7)
+    for n, wide in ((500, False), (3000, True)):
+        # narrow: a few layouts; wide (1 to 20 digits): more than the layout way takes
+        values = (np.uint64(10) ** rng.integers(0, 20, n).astype(np.uint64)
+                  + rng.integers(0, 9, n).astype(np.uint64)) if wide \
+            else rng.integers(0, 3, n, dtype=np.uint64)
+        mask = rng.random(n) < 0.5
+        ids = rng.integers(0, 256, (n, 4), dtype=np.uint8)
+        words = [b"a", b"bcd", b""]
+        index = rng.integers(0, 3, n)
+        pieces = [pk.const(b"<", n), pk.decimal(values), pk.present(pk.hexed(ids), mask),
+                  pk.table(words, index), pk.choose(mask, pk.decimal(values), pk.const(b"-", n)),
+                  pk.const(b">", n)]
+        expected = [b"<%d%s%s%s>" % (v, ids[i].tobytes().hex().encode() if mask[i] else b"",
+                                     words[index[i]], b"%d" % v if mask[i] else b"-")
+                    for i, v in enumerate(values.tolist())]
+        assert pk.strings(pieces) == expected, n
+        # one shape (two events a span: laid out whole), or all rare (joined from parts)
+        spans = 40 if wide else n // 2
+        event_span = np.sort(rng.integers(0, spans, n)) if wide else np.arange(n) // 2
+        heads = [pk.Group(np.arange(spans), [pk.decimal(np.arange(spans)), pk.const(b":", spans)])]
+        events = [pk.Group(np.arange(n), pieces)]
+        tails = [pk.Group(np.arange(spans), [pk.const(b";", spans)])]
+        laid = pk.spans_with_events(spans, heads, events, event_span, tails)
+        assert laid.text(0, spans) == b"".join(
+            b"%d:" % s + b"".join(e for e, at in zip(expected, event_span.tolist(), strict=True)
+                                  if at == s) + b";" for s in range(spans)), n
+    # two shapes of many spans each that a key without the number of events would merge:
+    # spans of head group 1 with no event, of head group 0 with one
+    heads = [pk.Group(np.arange(0, 128, 2), [pk.const(b"A", 64)]),
+             pk.Group(np.arange(1, 128, 2), [pk.const(b"B", 64)])]
+    events = [pk.Group(np.arange(64), [pk.decimal(np.arange(64))])]
+    laid = pk.spans_with_events(128, heads, events, np.arange(0, 128, 2))
+    assert laid.spans.tolist() == [b"A%d" % (s // 2) if s % 2 == 0 else b"B"
+                                   for s in range(128)]

@@ -5,6 +5,8 @@ into batches. The real guest's recordings are exported in test_trace_export.py."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.test_trace_decode import BOOT, HZ, Encoder
 from tracers.decode import ID_FAULT, ID_PANIC, StreamDecoder, decode
 from tracers.export.select import Selection
@@ -291,3 +293,29 @@ def test_a_selection_keeps_the_nesting_of_what_it_keeps() -> None:
     assert [s.attributes["unikernel.args.req"] for s in late] == [2]
     early, _ = export(enc.bytes(), select=Selection.of(None, None, 1000 / HZ))
     assert sorted(s.name for s in early) == ["request", "sum"]
+
+
+def test_the_resource_names_a_unikernel_os_without_an_os_type_none_of_its_values_fit(
+        tmp_path: Path) -> None:
+    """os.type's values are a closed list (linux, windows, darwin, the BSDs, ...): the OS
+    provider's name goes to unikernel.os.type, a readable one to os.name; an origin
+    (a real file) without it gives neither."""
+    from tracers.export.resource import resource_attributes
+    from tracers.origin import note_os, read_origin, write_origin
+
+    for provider, readable in (("unikraft", "Unikraft"), ("nanos", "Nanos"),
+                               ("refguest", "undebug reference guest")):
+        attrs = resource_attributes(image="web", instance="i", sessions=[], os_name=provider,
+                                    environ={})
+        assert attrs["os.name"] == readable and attrs["unikernel.os.type"] == provider
+        assert "os.type" not in attrs
+    attrs = resource_attributes(image="web", instance="i", sessions=[], environ={})
+    assert not {"os.name", "os.type", "unikernel.os.type"} & set(attrs)
+    rec = tmp_path / "r.utrace"
+    write_origin(rec, elf=None, image=None, session="s")
+    assert read_origin(rec).os_name is None  # type: ignore[union-attr]
+    assert note_os(rec, "nanos")
+    origin = read_origin(rec)
+    assert origin is not None and origin.os_name == "nanos" and origin.session == "s"
+    assert (tmp_path / "r.utrace.origin").stat().st_mode & 0o777 == 0o600
+    assert not note_os(tmp_path / "none.utrace", "nanos")  # no origin to add it to

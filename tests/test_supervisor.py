@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import check_planted_counter, undebug, wait_for_console
+from tests.conftest import check_planted_counter, supervisor_loop_wakeups_per_s, undebug, wait_for_console
 from undebug.elf import ElfFile
 from undebug.session.client import SupervisorClient
 from undebug.session.replies import Reply, parse_status
@@ -59,6 +59,28 @@ def test_hostile_thread_name_is_escaped_in_logs(shared_guest: str) -> None:
                          capture_output=True, check=True).stdout
     assert b"name=evil\\x1b]0;owned\\x07 " in raw
     assert b"\x1b" not in raw and b"\x07" not in raw
+
+
+def test_logs_follow_leaves_the_supervisor_asleep_and_ends_with_the_guest(
+        guest_image: Path) -> None:
+    """``logs -f`` sees the guest's end on one kept connection: a connect per look
+    would wake the supervisor's event loop at every 0.1 s poll."""
+    name = "logsf"
+    assert undebug("run", "-d", "--name", name, "--no-trace", "--append",
+                   "threads=1 run_for=6000", str(guest_image)).code == 0
+    follower = None
+    try:
+        wait_for_console(name, "refguest: ready")
+        follower = subprocess.Popen([sys.executable, "-m", "undebug.cli", "logs", name, "-f"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert supervisor_loop_wakeups_per_s(name, seconds=2.0) < 3
+        out, err = follower.communicate(timeout=60)  # the guest ends: so does the follower
+        assert follower.returncode == 0, err
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+        undebug("kill", name)
+    assert "refguest: ready" in out and "shutdown code=0" in out, out[-500:]
 
 
 def test_planted_counter_is_read_from_guest_memory(shared_guest: str, guest_image: Path) -> None:

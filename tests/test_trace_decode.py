@@ -618,3 +618,7 @@ def test_cli_on_a_live_guest(shared_guest: str, tmp_path: Path) -> None:
     assert "recorded" in stdout and os.stat(out).st_mode & 0o777 == 0o600
     recorded = decode_file(out)
     assert recorded.problem is None and recorded.damage == [] and len(recorded.records) > 0
+    from tracers.origin import read_origin
+
+    origin = read_origin(out)  # FILE.origin: the ELF, and the OS provider that names it
+    assert origin is not None and origin.elf and origin.os_name == "refguest"

@@ -88,7 +88,11 @@ def test_export_writes_otlp_json_with_parents_names_and_attributes(
     assert resources[0]["host.name"] == socket.gethostname()
     assert resources[0]["host.arch"] == {"x86_64": "amd64"}.get(platform.machine(),
                                                                 platform.machine())
-    assert resources[0]["os.name"] == "refguest" and "os.type" not in resources[0]
+    # run --trace-file recorded the OS provider in FILE.origin; os.type has no value for it
+    assert json.loads(path.with_name(path.name + ".origin").read_text())["os_name"] \
+        == "refguest"
+    assert resources[0]["os.name"] == "undebug reference guest"
+    assert resources[0]["unikernel.os.type"] == "refguest" and "os.type" not in resources[0]
     tps = load_tracepoints(guest_image)
     assert resources[0]["unikernel.build_id"] == tps.build_id
 

@@ -410,3 +410,25 @@ def test_run_ci_otlp_returns_once_the_live_export_sent_every_span_of_the_run(
                    for rs in json.loads(line)["resourceSpans"] for ss in rs["scopeSpans"]
                    for s in ss["spans"])
     assert live and live == after
+
+
+def test_a_request_that_raises_in_the_sender_thread_is_counted_and_close_returns() -> None:
+    """The sender thread posts while the next request is encoded (at most SEND_AHEAD
+    ahead): one that raises must not leave the writer waiting on a dead thread."""
+    from tracers.export.otlp import SEND_AHEAD, OtlpWriter
+
+    unused = socket.socket()  # a port of ours, never contacted: the attempts raise first
+    unused.bind(("127.0.0.1", 0))
+    writer = OtlpWriter({"service.name": "t"}, headers={}, timeout_s=5,
+                        endpoint=f"http://127.0.0.1:{unused.getsockname()[1]}/v1/traces")
+    unused.close()
+
+    def broken() -> bool:
+        raise ValueError("encoder broke")
+
+    for _ in range(SEND_AHEAD + 3):  # more than the queue holds: put() waits on the thread
+        writer._submit(broken, 7)
+    writer.close()
+    d = writer.delivery
+    assert d.not_exported == 7 * (SEND_AHEAD + 3) and d.exported == 0
+    assert d.last_error == "ValueError: encoder broke"

@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, undebug, wait_for_console
+from tests.process_target import ProcessTarget
 from tracers.model import TraceModel
 from tracers.report import EventPrinter
 from tracers.unikraft.buffer import read_unikraft_buffer
 from tracers.unikraft.metadata import SECTION, load_unikraft, parse_definitions
 from tracers.unikraft.samples import decode_samples
 from undebug.elf import ElfFile
-from undebug.target import Target
 
 DATA = ROOT / "tests" / "data" / "unikraft"
 MAGIC = b"TRhd"
@@ -52,36 +52,6 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class ProcessTarget(Target):
-    """A running process's memory as a Target (the mirror program stands in for a guest)."""
-
-    def __init__(self, elf: Path, pid: int) -> None:
-        super().__init__(ElfFile(elf))
-        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-
-    def read(self, address: int, size: int) -> bytes:
-        return os.pread(self.fd, size, address)
-
-    def write(self, address: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, address)
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        raise NotImplementedError
-
-    def registers(self, cpu: int) -> dict[str, int]:
-        return {}
-
-    def cpu_count(self) -> int:
-        return 1
-
-    @property
-    def run_token(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 @pytest.fixture
 def running(mirror: Path, request: pytest.FixtureRequest) -> Iterator[ProcessTarget]:
     """The mirror program run with ``request.param`` (its buffer filled), as a Target."""
@@ -89,7 +59,7 @@ def running(mirror: Path, request: pytest.FixtureRequest) -> Iterator[ProcessTar
                             stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        target = ProcessTarget(mirror, proc.pid)
+        target = ProcessTarget(ElfFile(mirror), proc.pid, writable=True)
         yield target
         target.close()
     finally:

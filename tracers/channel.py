@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ class FileChannel:
     def __init__(self, path: Path, session: SessionDir | None = None) -> None:
         self.path = path
         self.session = session
+        self._watch: socket.socket | None = None  # kept open to the supervisor (finished)
         self.offset = 0
         self.skipped_chunks = 0
         self._anchors: dict[int, int] = {}  # stream offset -> host ns its header arrived
@@ -156,11 +158,23 @@ class FileChannel:
         return read_dropped(self.path)
 
     def finished(self) -> bool:
-        """True once nothing more can be appended (the guest's supervisor is gone)."""
-        return self.session is not None and not self.session.is_alive()
+        """True once nothing more can be appended (the guest's supervisor is gone): seen
+        on one connection to it kept open, not a connect per look, which would wake the
+        supervisor at every poll of a follower (bench/README.md, at_rest)."""
+        from undebug.session.store import has_ended
+
+        if self.session is None:
+            return False
+        if self._watch is None:
+            self._watch = self.session.watch()
+            if self._watch is None:
+                return True
+        return has_ended(self._watch)
 
     def close(self) -> None:
         os.close(self._fd)
+        if self._watch is not None:
+            self._watch.close()
 
     def __enter__(self) -> FileChannel:
         return self

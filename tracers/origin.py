@@ -3,8 +3,10 @@
 ``run --trace-file F`` and ``trace record -o F`` write it, so that later commands on the
 file find the ELF (tracepoint names) and the guest's identity without ``--elf``: the ELF
 with the tracepoints (the debug ELF when the session has one), the image booted, its
-build-id, the session's name and the host it ran on (name, machine). The file is untrusted input like
-the recording: bad or missing fields are None.
+build-id, the session's name, the host it ran on (name, machine) and the guest's OS as
+undebug's OS providers named it (the commands that launch or record add it: this layer
+does not pick providers). The file is untrusted input like the recording: bad or missing
+fields are None.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Origin", "origin_path", "read_origin", "write_origin"]
+__all__ = ["Origin", "note_os", "origin_path", "read_origin", "write_origin"]
 
 _LIMIT = 64 << 10
 
@@ -30,6 +32,7 @@ class Origin:
     host: str | None
     traceparent: str | None = None  # run --traceparent: the parent of the guest's spans
     host_arch: str | None = None  # the host's machine (platform.machine())
+    os_name: str | None = None  # the OS provider's name (refguest, unikraft, nanos), if known
 
 
 def origin_path(recording: Path) -> Path:
@@ -37,7 +40,8 @@ def origin_path(recording: Path) -> Path:
 
 
 def write_origin(recording: Path, *, elf: Path | None, image: Path | None,
-                 session: str | None, traceparent: str | None = None) -> None:
+                 session: str | None, traceparent: str | None = None,
+                 os_name: str | None = None) -> None:
     """Write ``F.origin`` (0600, replaced whole). The build-id is read from the ELF."""
     from undebug.elf import ElfFile
     from undebug.errors import UndebugError
@@ -50,12 +54,27 @@ def write_origin(recording: Path, *, elf: Path | None, image: Path | None,
             build_id = None
     origin = Origin(str(elf.resolve()) if elf else None,
                     str(image.resolve()) if image else None, build_id, session,
-                    socket.gethostname(), traceparent, platform.machine() or None)
+                    socket.gethostname(), traceparent, platform.machine() or None, os_name)
+    _write(recording, asdict(origin))
+
+
+def note_os(recording: Path, os_name: str) -> bool:
+    """Add the guest's OS to an existing ``F.origin`` (written by a layer that does not
+    know it); False when there is none to add it to."""
+    origin = read_origin(recording)
+    if origin is None:
+        return False
+    _write(recording, {**asdict(origin), "os_name": os_name})
+    return True
+
+
+def _write(recording: Path, doc: dict[str, str | None]) -> None:
+    """``F.origin`` replaced whole, 0600."""
     path = origin_path(recording)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(asdict(origin)) + "\n")
+        f.write(json.dumps(doc) + "\n")
     os.replace(tmp, path)
 
 
@@ -74,4 +93,4 @@ def read_origin(recording: Path) -> Origin | None:
         return value if isinstance(value, str) else None
 
     return Origin(text("elf"), text("image"), text("build_id"), text("session"), text("host"),
-                  text("traceparent"), text("host_arch"))
+                  text("traceparent"), text("host_arch"), text("os_name"))

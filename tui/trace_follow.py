@@ -6,7 +6,9 @@ what the guest said it dropped (LOST records) and what rotation took from the re
 It starts near the end of the recording (:meth:`TraceFollower.start`), and each
 :meth:`TraceFollower.poll` reads at most ``budget`` bytes, so a burst is caught up over
 several polls and the app never waits on one. While nobody looks at the events,
-:meth:`TraceFollower.skim` only counts the bytes that arrive.
+:meth:`TraceFollower.skim` only counts the bytes that arrive; while someone does, the
+follower holds the guest's live flushing (:meth:`TraceFollower.hold_live`), so events
+show within ~40 ms instead of the stub's rest interval (undebug/session/live_trace.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from tracers.metadata import Tracepoints, for_stream, load_tracepoints
 from tracers.model import TraceModel
 from tracers.report import EventPrinter
 from undebug.errors import UndebugError, UsageError
+from undebug.session.client import SupervisorClient, hold_live_trace
+from undebug.session.store import SessionDir
 
 __all__ = ["TraceBatch", "TraceFollower", "bundle_channel"]
 
@@ -69,6 +73,9 @@ class TraceFollower:
         # thread id -> name from elsewhere (the threads view): a start past the history
         # misses the names the stream gave at thread creation
         self.known_names: dict[int, bytes] = {}
+        self.name = name
+        self.lease: SupervisorClient | None = None  # live flushing, while events are shown
+        self.asked = False  # for the lease, since the events were last hidden
 
     def start(self, history: int = HISTORY) -> None:
         """Read the stream header, then skip to ``history`` bytes before the end: the
@@ -140,7 +147,19 @@ class TraceFollower:
         batch.dropped_bytes = dropped.dropped_bytes + dropped.unwritten_bytes if dropped else 0
         return batch
 
+    def hold_live(self, watched: bool) -> None:
+        """Hold the guest's live flushing while the events are watched, not otherwise."""
+        if watched and not self.asked and not self.still:
+            self.asked = True  # once: a guest without a lease to give is not asked again
+            self.lease = hold_live_trace(SessionDir.named(self.name))
+        elif not watched:
+            self.asked = False
+            if self.lease is not None:
+                self.lease.close()
+                self.lease = None
+
     def close(self) -> None:
+        self.hold_live(False)
         self.channel.close()
 
 

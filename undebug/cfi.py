@@ -45,7 +45,8 @@ class Fde:
 
 def load_fdes(elf: ElfFile) -> list[Fde]:
     """Every FDE of ``elf``, sorted by start (raises ``ValueError`` for corrupt CFI)."""
-    raw = elf.derived(CACHE_PART, lambda: _decode(elf))
+    part = CACHE_PART if elf.code_path == elf.path else f"{CACHE_PART}-code"
+    raw = elf.derived(part, lambda: _decode(elf))
     fdes = []
     for start, end, signal, rows, error in raw:
         table = tuple(CfiRow(int(pc), None if reg is None else (int(reg), int(off)),
@@ -66,7 +67,7 @@ def _decode(elf: ElfFile) -> list[list[Any]]:
     from elftools.elf.elffile import ELFFile
 
     try:
-        elffile = ELFFile(io.BytesIO(elf.path.read_bytes()))
+        elffile = ELFFile(io.BytesIO(elf.code_path.read_bytes()))
         dwarf = elffile.get_dwarf_info(relocate_dwarf_sections=False)
         entries: list[Any] = []
         if dwarf.has_EH_CFI():

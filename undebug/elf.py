@@ -251,8 +251,11 @@ def _parse(elf: Any, data: bytes) -> dict[str, Any]:
 class ElfFile:
     """One guest ELF, parsed on first use; every lookup after that is a dict or a bisect."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, code: Path | str | None = None) -> None:
         self.path = Path(path)
+        # a separate debug file's stripped twin, which has the code and the call frame
+        # information (.eh_frame) the debug file keeps as NOBITS: the unwinder reads it
+        self.code_path = self.path if code is None else Path(code)
         self.loaded_from_cache = False  # set by the load: tests and --verbose timing use it
         self._index: dict[str, Any] | None = None
         self._sorted: list[Symbol] = []

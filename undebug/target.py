@@ -19,6 +19,7 @@ import mmap
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -36,7 +37,8 @@ from undebug.session.machine_map import DeviceRange
 from undebug.session.replies import recorded_status
 from undebug.session.store import SessionDir
 
-__all__ = ["LiveTarget", "ReadError", "Target", "guest_elf", "open_target", "remembered_elf"]
+__all__ = ["LinkMapEntry", "LiveTarget", "ReadError", "Target", "guest_elf", "open_target",
+           "remembered_elf"]
 
 MAX_RPC_READ = 16 << 20
 MASK = (1 << 64) - 1
@@ -95,10 +97,12 @@ def _differing_bytes(a: bytes, b: bytes, limit: int) -> int:
     return count
 
 
-def _programs(session: SessionDir, warnings: list[str]) -> list[tuple[ElfFile, int]]:
+def _programs(session: SessionDir, warnings: list[str],
+              unplaced: list[ElfFile]) -> list[tuple[ElfFile, int]]:
     """The program ELFs ``run --debug-elf`` named beside the kernel's, with their load
     offsets: ``@ADDR`` (where the first loadable segment is), else 0 (a static program
-    runs at its link address; a PIE one gets a warning)."""
+    runs at its link address; a PIE one goes into ``unplaced`` too, for the OS awareness
+    to find its load bias: :meth:`Target.place`)."""
     from undebug.session.spec import SessionSpec
 
     try:
@@ -120,10 +124,30 @@ def _programs(session: SessionDir, warnings: list[str]) -> list[tuple[ElfFile, i
         if at:
             offset = (int(address, 0) - min(loads, default=0)) & MASK
         elif head[16:18] == b"\x03\x00":  # ET_DYN
-            warnings.append(f"{elf.path.name} is position-independent: without @ADDR its "
-                            "symbols are shown at its link addresses")
+            unplaced.append(elf)
         programs.append((elf, offset))
     return programs
+
+
+@dataclass(frozen=True)
+class LinkMapEntry:
+    """One ``struct link_map`` of a program's dynamic linker, as the guest has it (the OS
+    awareness reads them: :mod:`undebug.os.solib`). ``name`` is raw guest text."""
+
+    address: int
+    bias: int  # l_addr
+    name: str  # l_name ("" for the program itself)
+    dynamic: int  # l_ld: its PT_DYNAMIC, after its code and read-only data
+
+
+def _sysroot(session: SessionDir) -> Path:
+    """``run --sysroot``, else /."""
+    from undebug.session.spec import SessionSpec
+
+    try:
+        return Path(SessionSpec.load(session.path).sysroot or "/")
+    except (OSError, ValueError, TypeError):
+        return Path("/")
 
 
 def _clip(pieces: list[tuple[int, int]], start: int, size: int) -> list[tuple[int, int]]:
@@ -150,6 +174,13 @@ class Target(ABC):
         self.elf = elf
         self.load_offset = load_offset  # a KASLR slide: runtime address = ELF address + this
         self.programs: list[tuple[ElfFile, int]] = []  # a kernel's programs, and their offsets
+        # position-independent programs without @ADDR, at offset 0 in ``programs`` until
+        # the OS awareness finds where the guest put them (``place``)
+        self.unplaced: list[ElfFile] = []
+        # the programs' dynamic linkers' link_map chains (the program's own entry first),
+        # matched to a host ELF in ``programs`` or not
+        self.link_maps: list[LinkMapEntry] = []
+        self.sysroot = Path("/")  # the host directory the libraries' paths are under
         self.warnings: list[str] = []
         # what is damaged where the bytes come from (a truncated dump): a command shows
         # what it can, then exits 2
@@ -201,9 +232,33 @@ class Target(ABC):
         yield
 
     def address_of(self, name: str) -> int | None:
-        """The runtime address of a symbol (with the load offset), or None."""
+        """The runtime address of a kernel symbol (with the load offset), or None."""
         symbol = self.elf.symbol(name)
         return None if symbol is None else symbol.address + self.load_offset
+
+    def any_address_of(self, name: str) -> int | None:
+        """The runtime address of a symbol of the kernel, else of the first program or
+        library that has it (each at its own offset); or None."""
+        for elf, offset in self.modules:
+            symbol = elf.symbol(name)
+            if symbol is not None:
+                return (symbol.address + offset) & MASK
+        return None
+
+    def library_at(self, address: int) -> str | None:
+        """``libc.so.6+0x1234`` for an address in a library of ``link_maps`` (between its
+        ``l_addr`` and its ``l_ld``): how a frame in a library with no host ELF is named."""
+        found = max((e for e in self.link_maps if e.name and e.bias <= address < e.dynamic),
+                    key=lambda e: e.bias, default=None)
+        if found is None:
+            return None
+        return f"{found.name.rsplit('/', 1)[-1]}+{address - found.bias:#x}"
+
+    def place(self, elf: ElfFile, offset: int) -> None:
+        """Put program ``elf`` (one of ``unplaced``) at ``offset``, where the OS awareness
+        found the guest had loaded it."""
+        self.programs = [(e, offset if e is elf else o) for e, o in self.programs]
+        self.unplaced = [e for e in self.unplaced if e is not elf]
 
     def read_int(self, address: int, size: int = 8, signed: bool = False) -> int:
         return int.from_bytes(self.read(address, size), "little", signed=signed)
@@ -424,7 +479,8 @@ class LiveTarget(Target):
             self._written: list[tuple[int, int]] | None = None  # RAM's, this token
             self._written_asked = False
             self.relocation = self._relocate()
-            self.programs = _programs(session, self.warnings)
+            self.programs = _programs(session, self.warnings, self.unplaced)
+            self.sysroot = _sysroot(session)
             self._check_elf(force)
         except BaseException:
             self.client.close()

@@ -3,12 +3,15 @@
  *
  * Found by a PCI configuration scan (ports 0xCF8/0xCFC) for vendor 0x1af4,
  * device 0x1003.  Queues used: 2 (control receive), 3 (control transmit) and
- * the transmit queue of the port named "undebug.trace" (port n >= 1 ->
- * queue 2n+3; port 1 -> queue 5).  Data buffers point straight into the
+ * the receive and transmit queues of the port named "undebug.trace" (port n >= 1
+ * -> queues 2n+2 and 2n+3; port 1 -> 4 and 5).  The receive queue carries the
+ * host's control messages (hostmsg.h: how often to flush), polled like the rest.
+ * Data buffers point straight into the
  * per-CPU rings (zero copy): ring memory is released to the producer
  * (ctail) only when the device has returned the buffer, so an in-flight
  * buffer is never rewritten. */
 #include "internal.h"
+#include "hostmsg.h"
 
 void undebug__set_transport(enum undebug_transport t);
 
@@ -54,6 +57,8 @@ void undebug__set_transport(enum undebug_transport t);
 #define CTRL_RX_BUFS 16u
 #define CTRL_RX_LEN 128u
 #define CTRL_TX_BUFS 16u
+#define DATA_RX_BUFS 4u
+#define DATA_RX_LEN 64u
 
 struct vdesc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 struct vavail { uint16_t flags, idx, ring[]; };
@@ -70,8 +75,8 @@ struct vq {
 	int pending_notify;
 };
 
-static uint8_t vq_mem[3][VQ_BYTES] __attribute__((aligned(4096)));
-static struct vq q_crx, q_ctx, q_dtx;
+static uint8_t vq_mem[4][VQ_BYTES] __attribute__((aligned(4096)));
+static struct vq q_crx, q_ctx, q_dtx, q_drx;
 static uint16_t io;
 static int present;
 static uint32_t our_port = 1;
@@ -87,6 +92,9 @@ static uint16_t fifo[VQ_MAX];
 static unsigned fifo_head, fifo_n;
 
 static uint8_t ctrl_rx_buf[CTRL_RX_BUFS][CTRL_RX_LEN] __attribute__((aligned(64)));
+static uint8_t data_rx_buf[DATA_RX_BUFS][DATA_RX_LEN] __attribute__((aligned(64)));
+/* the host's last word on flushing (a symbol: a debugger or a dump reads it) */
+struct undebug_hostmsg_parser undebug_trace_hostmsg;
 struct ctrl_msg { uint32_t id; uint16_t event, value; };
 static struct ctrl_msg ctrl_tx_buf[VQ_MAX] __attribute__((aligned(64)));
 static struct undebug_stream_header wire_hdr __attribute__((aligned(64)));
@@ -239,7 +247,50 @@ static void set_host_open(int open)
 	} else {
 		hdr_pending = 0;
 		undebug__detach_all();
+		/* whoever asked for live flushing is gone with the connection */
+		undebug_trace_hostmsg.live_ms = 0;
+		undebug_trace_hostmsg.n = 0;
 	}
+}
+
+/* ---- host -> guest: the trace port's receive queue ---------------------------- */
+static void data_rx_post(void)
+{
+	for (unsigned i = 0; i < DATA_RX_BUFS && q_drx.nfree; i++) {
+		uint16_t nd = q_drx.free_head;
+		(void)vq_add(&q_drx, data_rx_buf[nd % DATA_RX_BUFS], DATA_RX_LEN, DESC_F_WRITE);
+	}
+	vq_kick(&q_drx);
+}
+
+/* Give used receive descriptor d back with the buffer of its slot (a queue's
+ * descriptor d always carries buffer d % nbufs), so the host can always send again. */
+static void rx_repost(struct vq *q, uint8_t *bufs, unsigned nbufs, uint32_t buflen, int d)
+{
+	vq_free(q, (uint16_t)d);
+	uint16_t nd = q->free_head;
+	(void)vq_add(q, bufs + (nd % nbufs) * buflen, buflen, DESC_F_WRITE);
+}
+
+/* What the host sent: fed to the parser (which trusts none of it), each buffer given
+ * back in its descriptor slot so the host can always send again. */
+static void data_rx_poll(void)
+{
+	uint32_t len;
+	int d;
+	int reposted = 0;
+	if (!q_drx.size)
+		return;
+	while ((d = vq_get_used(&q_drx, &len)) >= 0) {
+		/* descriptor d always carries buffer d % DATA_RX_BUFS */
+		(void)undebug__hostmsg_feed(&undebug_trace_hostmsg,
+					    data_rx_buf[(unsigned)d % DATA_RX_BUFS],
+					    len < DATA_RX_LEN ? len : DATA_RX_LEN);
+		rx_repost(&q_drx, &data_rx_buf[0][0], DATA_RX_BUFS, DATA_RX_LEN, d);
+		reposted = 1;
+	}
+	if (reposted)
+		vq_kick(&q_drx);
 }
 
 static void ctrl_poll(void)
@@ -262,8 +313,11 @@ static void ctrl_poll(void)
 					our_port = m->id;
 					port_named = 1;
 					/* port n transmits on queue 2n+3 (port 1: queue 5) */
-					if (m->id != 1 && m->id < 64 && !fifo_n)
+					if (m->id != 1 && m->id < 64 && !fifo_n) {
 						(void)vq_setup(&q_dtx, (uint16_t)(2 * m->id + 3), vq_mem[2]);
+						if (!vq_setup(&q_drx, (uint16_t)(2 * m->id + 2), vq_mem[3]))
+							data_rx_post();
+					}
 					ctrl_send(m->id, C_PORT_OPEN, 1);
 				}
 				break;
@@ -279,10 +333,7 @@ static void ctrl_poll(void)
 				break;
 			}
 		}
-		/* re-post the same buffer in the same descriptor slot */
-		vq_free(&q_crx, (uint16_t)d);
-		uint16_t nd = q_crx.free_head;
-		(void)vq_add(&q_crx, ctrl_rx_buf[nd % CTRL_RX_BUFS], CTRL_RX_LEN, DESC_F_WRITE);
+		rx_repost(&q_crx, &ctrl_rx_buf[0][0], CTRL_RX_BUFS, CTRL_RX_LEN, d);
 		reposted = 1;
 	}
 	if (reposted)
@@ -330,7 +381,7 @@ static int submit(const void *buf, uint32_t len, uint8_t ring, uint64_t end)
 
 /* ---- batching ------------------------------------------------------------------- */
 static uint32_t flush_bytes = UNDEBUG_FLUSH_BYTES;
-static uint32_t flush_ms = UNDEBUG_FLUSH_MS;
+static uint32_t flush_ms = UNDEBUG_FLUSH_MS;       /* at rest: nobody follows live */
 static uint64_t pending_since[UNDEBUG_MAX_CPUS];   /* tsc of a ring's oldest unsent data */
 
 void undebug_trace_set_flush(uint32_t bytes, uint32_t ms)
@@ -339,13 +390,22 @@ void undebug_trace_set_flush(uint32_t bytes, uint32_t ms)
 	__atomic_store_n(&flush_ms, ms, __ATOMIC_RELAXED);
 }
 
+/* The age limit now: the rest interval, or the host's LIVE one while someone follows
+ * the stream live, whichever is shorter (a guest told to flush often stays so). */
+static uint64_t flush_age_ms(void)
+{
+	uint32_t rest = __atomic_load_n(&flush_ms, __ATOMIC_RELAXED);
+	uint32_t live = undebug_trace_hostmsg.live_ms;
+	return live && live < rest ? live : rest;
+}
+
 /* Is ring idx's unsent data [spos, h) worth a buffer now: big, old, a half-full
  * ring (streaming must never wait for the age limit to lose nothing), or a drain. */
 static int batch_ready(const struct undebug_ring *r, unsigned idx, uint64_t h, int draining)
 {
 	uint64_t n = h - r->spos, now = undebug__tsc();
 	uint32_t bytes = __atomic_load_n(&flush_bytes, __ATOMIC_RELAXED);
-	uint64_t ms = __atomic_load_n(&flush_ms, __ATOMIC_RELAXED);
+	uint64_t ms = flush_age_ms();
 	if (!pending_since[idx])
 		pending_since[idx] = now ? now : 1;
 	if (draining || n >= bytes || n >= r->size / 2 || !ms ||
@@ -356,12 +416,10 @@ static int batch_ready(const struct undebug_ring *r, unsigned idx, uint64_t h, i
 
 /* Queue ring r's data [spos, head) if enough descriptors are free for all
  * of it (the cut must be at a record boundary). */
-static void send_ring(struct undebug_ring *r, unsigned idx, int draining)
+static void send_ring(struct undebug_ring *r, unsigned idx)
 {
 	uint64_t h = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
 	if (h == r->spos)
-		return;
-	if (!batch_ready(r, idx, h, draining))
 		return;
 	uint64_t n = h - r->spos;
 	unsigned need = (unsigned)((n + MAX_BUF - 1) / MAX_BUF) + 1;
@@ -388,6 +446,7 @@ void undebug__virtio_poll(int draining)
 		return;
 	(void)undebug__inb(io + VIO_ISR);      /* ack a (masked) interrupt */
 	ctrl_poll();
+	data_rx_poll();
 	reclaim();
 	if (host_open) {
 		if (hdr_pending && !inflight) {
@@ -400,10 +459,18 @@ void undebug__virtio_poll(int draining)
 		}
 		if (!hdr_pending) {
 			undebug__attach_all();
-			for (unsigned i = 0; i < undebug__ncpus; i++) {
+			/* one ring ready sends them all: one wake-up of the host, not one per CPU */
+			int ready = draining;
+			for (unsigned i = 0; i < undebug__ncpus && !ready; i++) {
+				struct undebug_ring *r = &undebug_trace_rings[i];
+				uint64_t h = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+				if (r->attached && h != r->spos)
+					ready = batch_ready(r, i, h, 0);
+			}
+			for (unsigned i = 0; ready && i < undebug__ncpus; i++) {
 				struct undebug_ring *r = &undebug_trace_rings[i];
 				if (r->attached)
-					send_ring(r, i, draining);
+					send_ring(r, i);
 			}
 		}
 	}
@@ -444,7 +511,7 @@ int undebug_trace_use_virtio(void)
 	}
 	undebug__outl(io + VIO_DRV_FEATURES, F_MULTIPORT);
 	if (vq_setup(&q_crx, 2, vq_mem[0]) || vq_setup(&q_ctx, 3, vq_mem[1]) ||
-	    vq_setup(&q_dtx, 5, vq_mem[2])) {
+	    vq_setup(&q_dtx, 5, vq_mem[2]) || vq_setup(&q_drx, 4, vq_mem[3])) {
 		undebug__outb(io + VIO_STATUS, ST_FAILED);
 		return -1;
 	}
@@ -455,6 +522,7 @@ int undebug_trace_use_virtio(void)
 		(void)vq_add(&q_crx, ctrl_rx_buf[nd % CTRL_RX_BUFS], CTRL_RX_LEN, DESC_F_WRITE);
 	}
 	vq_kick(&q_crx);
+	data_rx_post();
 	present = 1;
 	undebug__set_transport(UNDEBUG_TRANSPORT_VIRTIO);
 	undebug_trace_header.transport = UNDEBUG_TRANSPORT_VIRTIO;

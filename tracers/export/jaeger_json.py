@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from tracers.export import packing as pk
 from tracers.export.attributes import AttributeJson, AttrValue
 from tracers.export.columns import SpanColumns
 from tracers.export.json_columns import jaeger_spans
@@ -70,8 +71,9 @@ class JaegerJsonWriter:
         self.max_held = max_held
         service = str(resource.get("service.name", "unikernel"))
         tags = {k: v for k, v in resource.items() if k != "service.name"}
-        self._processes = json.dumps({PROCESS: {"serviceName": service,
-                                                "tags": jaeger_tags(tags)}}).encode()
+        processes = json.dumps({PROCESS: {"serviceName": service,
+                                          "tags": jaeger_tags(tags)}}).encode()
+        self._tail = b'],"processes":' + processes + b"}\n"  # a trace's entry's end
         self.held: dict[bytes, list[bytes]] = {}  # trace id -> its spans' text
         self.text = _SpanText()
         self.count = 0
@@ -83,11 +85,47 @@ class JaegerJsonWriter:
             self._hold(span.trace_id, self.text.span(span).encode(), span.local_root)
 
     def write_columns(self, columns: SpanColumns) -> None:
-        texts = jaeger_spans(columns).each()
-        traces: list[bytes] = columns.trace.view(np.dtype((np.void, 16))).ravel().tolist()  # type: ignore[assignment]
-        for trace, root, text in zip(traces, (~columns.has_parent).tolist(), texts,
-                                     strict=True):
-            self._hold(trace, text, root)
+        """As :meth:`write` would, a trace at a time rather than a span: a trace whose
+        outermost span is among the columns is written whole, in the order of its spans
+        (none of them is held: a span in columns began in their batch, and so did all
+        its descendants); the spans of the others are held."""
+        texts = jaeger_spans(columns).spans
+        n = len(texts)
+        if not n:
+            return
+        words = columns.trace.view(">u8").reshape(n, 2)
+        order = np.lexsort((words[:, 1], words[:, 0]))
+        new = np.ones(n, np.bool_)
+        new[1:] = (words[order[1:]] != words[order[:-1]]).any(axis=1)
+        trace = np.empty(n, np.int64)
+        trace[order] = np.cumsum(new) - 1
+        roots = np.flatnonzero(~columns.has_parent)
+        root_of = np.full(int(trace.max()) + 1, -1, np.int64)
+        root_of[trace[roots]] = roots
+        mine = root_of[trace]
+        for row in np.flatnonzero(mine < 0).tolist():  # in a trace that ends later
+            self._hold(columns.trace[row].tobytes(), texts[row], False)
+        rows = np.flatnonzero(mine >= 0)
+        if not len(rows):
+            return
+        rows = rows[np.argsort(mine[rows] * (n + 1) + rows, kind="stable")]
+        first = np.ones(len(rows), np.bool_)
+        first[1:] = mine[rows[1:]] != mine[rows[:-1]]
+        m = len(roots)
+        heads = np.array(pk.strings([pk.const(b',{"traceID":"', m),
+                                     pk.hexed(columns.trace[roots]),
+                                     pk.const(b'","spans":[', m)]), object)
+        if not self.traces:
+            heads[0] = heads[0][1:]
+        parts = np.empty(2 * len(rows) + m, object)
+        starts = np.flatnonzero(first)
+        at = np.arange(len(rows)) * 2 + np.cumsum(first) - 1
+        parts[at] = b","
+        parts[at[starts]] = heads
+        parts[at + 1] = texts[rows]
+        parts[np.append(at[starts[1:]] - 1, len(parts) - 1)] = self._tail
+        self.out.write(b"".join(parts.tolist()))
+        self.traces += m
 
     def _hold(self, trace_id: bytes, text: bytes, root: bool) -> None:
         self.held.setdefault(trace_id, []).append(text)
@@ -102,7 +140,7 @@ class JaegerJsonWriter:
         self.count -= len(spans)
         self.out.write(b"".join([b"," if self.traces else b"", b'{"traceID":"',
                                  trace_id.hex().encode(), b'","spans":[', b",".join(spans),
-                                 b'],"processes":', self._processes, b"}\n"]))
+                                 self._tail]))
         self.traces += 1
 
     def close(self) -> None:

@@ -67,7 +67,7 @@ def _u64(values: np.ndarray) -> Piece:
     return pk.decimal(values.astype(np.uint64))
 
 
-def _events(c: SpanColumns, jaeger: bool) -> list[bytes]:
+def _events(c: SpanColumns, jaeger: bool) -> list[pk.Group]:
     """Each event's item, after a comma unless it is its span's first."""
     later = pk.event_rank(c.ev_span, len(c)) > 0
     out = []
@@ -83,8 +83,8 @@ def _events(c: SpanColumns, jaeger: bool) -> list[bytes]:
             pieces = [lead, _const('{"timeUnixNano":"', m), _u64(c.ev_time[rows]),
                       _const(f'","name":{_dumps(tp.name)},"attributes":[', m),
                       *_items(group, m, False), _const("]}", m)]
-        out.append((rows, pk.strings(pieces)))
-    return pk.place(len(c.ev_id), out)
+        out.append(pk.Group(rows, pieces))
+    return out
 
 
 def otlp_spans(c: SpanColumns) -> Laid:
@@ -94,7 +94,7 @@ def otlp_spans(c: SpanColumns) -> Laid:
         m = len(rows)
         has, dropped = c.has_parent[rows], c.dropped[rows]
         name = _dumps(c.tps.by_id[int(c.begin_id[rows[0]])].name)
-        heads.append((rows, pk.strings([
+        heads.append(pk.Group(rows, [
             _const(',{"traceId":"', m), pk.hexed(c.trace[rows]), _const('","spanId":"', m),
             pk.hexed(c.span[rows]), _const('"', m),
             pk.present(_const(',"parentSpanId":"', m), has),
@@ -102,14 +102,12 @@ def otlp_spans(c: SpanColumns) -> Laid:
             _const(f',"name":{name},"kind":1,"startTimeUnixNano":"', m), _u64(c.start_ns[rows]),
             _const('","endTimeUnixNano":"', m), _u64(c.end_ns[rows]),
             _const('","attributes":[', m), *_items(group, m, False),
-            _const('],"events":[', m)])))
-        tails.append((rows, pk.strings([
+            _const('],"events":[', m)]))
+        tails.append(pk.Group(rows, [
             _const('],"status":{"code":0}', m),
             pk.present(_const(',"droppedEventsCount":', m), dropped > 0),
-            pk.present(_u64(dropped), dropped > 0), _const("}", m)])))
-    n = len(c)
-    return pk.spans_with_events(pk.place(n, heads), _events(c, False), c.ev_span,
-                                pk.place(n, tails))
+            pk.present(_u64(dropped), dropped > 0), _const("}", m)]))
+    return pk.spans_with_events(len(c), heads, _events(c, False), c.ev_span, tails)
 
 
 def jaeger_spans(c: SpanColumns) -> Laid:
@@ -121,7 +119,7 @@ def jaeger_spans(c: SpanColumns) -> Laid:
         name = _dumps(c.tps.by_id[int(c.begin_id[rows[0]])].name)
         trace = pk.hexed(c.trace[rows])
         start_us = c.start_ns[rows] // 1000
-        heads.append((rows, pk.strings([
+        heads.append(pk.Group(rows, [
             _const('{"traceID":"', m), trace, _const('","spanID":"', m),
             pk.hexed(c.span[rows]),
             _const(f'","flags":1,"operationName":{name},"references":[', m),
@@ -130,10 +128,9 @@ def jaeger_spans(c: SpanColumns) -> Laid:
             pk.present(pk.hexed(c.parent[rows]), has), pk.present(_const('"}', m), has),
             _const('],"startTime":', m), _u64(start_us), _const(',"duration":', m),
             _u64(c.end_ns[rows] // 1000 - start_us), _const(',"tags":[', m),
-            *_items(group, m, True), _const('],"logs":[', m)])))
-    n = len(c)
-    tails = [_TAIL] * n
-    return pk.spans_with_events(pk.place(n, heads), _events(c, True), c.ev_span, tails)
+            *_items(group, m, True), _const('],"logs":[', m)]))
+    tails = [pk.Group(g.rows, [_const(_TAIL, len(g.rows))]) for g in heads]
+    return pk.spans_with_events(len(c), heads, _events(c, True), c.ev_span, tails)
 
 
-_TAIL = b'],"processID":"p1","warnings":null}'
+_TAIL = '],"processID":"p1","warnings":null}'

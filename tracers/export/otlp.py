@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tracers.export import otlp_proto
 from tracers.export.attributes import AttrValue
 from tracers.export.columns import SpanColumns
@@ -45,7 +47,10 @@ PROTOCOLS = ("http/protobuf", "grpc")
 
 LIVE_QUEUE = 16  # --follow: requests waiting to be sent; past it a request is dropped
 LIVE_FLUSH_S = 1.0  # --follow: spans wait at most about this long for a full request
-DEFAULT_CHUNK = 2048  # spans a request (~0.5 MB): the HTTP client costs ms a request
+DEFAULT_CHUNK = 2048  # spans a request made by the SDK from objects (~0.5 MB)
+REQUEST_BYTES = 2 << 20  # a request encoded here from columns: at most about this big
+# (a collector takes 4 MiB by default; the HTTP client costs ms a request, so fewer, bigger)
+SEND_AHEAD = 2  # requests encoded while one is being sent (not live: none dropped)
 PER_REQUEST_S = 10.0  # the SDK's own default per request
 
 
@@ -111,14 +116,20 @@ class OtlpDelivery:
 
 
 class OtlpWriter:
-    """A span writer (as the file writers) that sends chunks of ``chunk`` spans over
-    OTLP/HTTP with the official ``OTLPSpanExporter``, within ``timeout_s`` in all
-    (endpoint None: the OTEL_EXPORTER_OTLP_* variables, as the SDK reads them)."""
+    """A span writer (as the file writers) that sends chunks of ``chunk`` spans (from
+    columns: of about ``request_bytes``) over OTLP/HTTP with the official
+    ``OTLPSpanExporter``, within ``timeout_s`` in all (endpoint None: the
+    OTEL_EXPORTER_OTLP_* variables, as the SDK reads them).
+
+    Requests are sent by a thread of their own, so the next one is encoded while one is
+    on the wire (the HTTP client waits with the GIL released): live, through a bounded
+    queue whose overflow is dropped and counted; from a recording, at most SEND_AHEAD
+    ahead, waiting for room, so nothing is dropped."""
 
     def __init__(self, resource: dict[str, AttrValue], *, endpoint: str | None,
                  headers: dict[str, str], timeout_s: float, protocol: str = "http/protobuf",
                  insecure: bool | None = None, chunk: int = DEFAULT_CHUNK,
-                 live: bool = False,
+                 request_bytes: int = REQUEST_BYTES, live: bool = False,
                  progress: Callable[[OtlpDelivery], None] | None = None) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -126,6 +137,7 @@ class OtlpWriter:
         self.resource = Resource(resource)
         self.scope = InstrumentationScope("undebug", "1")
         self.chunk = chunk
+        self.request_bytes = request_bytes
         self.deadline = time.monotonic() + timeout_s
         self._log = _Collect()
         logging.getLogger("opentelemetry.exporter").addHandler(self._log)
@@ -153,19 +165,17 @@ class OtlpWriter:
         self._client = getattr(self.exporter, "_client", None) if protocol != "grpc" else None
         self._resource_field = otlp_proto.resource_field(resource)
         self._encoded: list[bytes] = []
-        self._encoded_count = 0
-        # live (--follow): requests go through a bounded queue to a sender thread, so a
-        # slow collector never holds up reading the guest's stream; each request has
-        # the whole time budget
+        self._encoded_count = self._encoded_bytes = 0
+        # live (--follow): a slow collector never holds up reading the guest's stream;
+        # each request has the whole time budget
+        self.live = live
         self.timeout_s = timeout_s
         self.progress = progress  # live: told the counts after each request and drop
         self._since: float | None = None  # when the oldest pending span came
-        self._queue: queue.Queue[tuple[Callable[[], bool], int] | None] | None = None
-        if live:
-            self._queue = queue.Queue(LIVE_QUEUE)
-            self._sender = threading.Thread(target=self._drain, name="otlp-sender",
-                                            daemon=True)
-            self._sender.start()
+        self._queue: queue.Queue[tuple[Callable[[], bool], int] | None] = \
+            queue.Queue(LIVE_QUEUE if live else SEND_AHEAD)
+        self._sender = threading.Thread(target=self._drain, name="otlp-sender", daemon=True)
+        self._sender.start()
 
     def write(self, spans: list[ExportSpan]) -> None:
         self.pending += spans
@@ -183,7 +193,7 @@ class OtlpWriter:
 
     def _flush_if_old(self) -> None:
         """Live: what has waited LIVE_FLUSH_S goes out without filling a request."""
-        if self._queue is None:
+        if not self.live:
             return
         if not self.pending and not self._encoded_count:
             self._since = None
@@ -201,19 +211,29 @@ class OtlpWriter:
             self._send_encoded()
 
     def _encode(self, columns: SpanColumns) -> None:
-        messages = otlp_proto.span_messages(columns)
+        spans = otlp_proto.span_messages(columns).spans
+        ends = np.cumsum(np.fromiter(map(len, spans), np.int64, len(spans)))
         at = 0
-        while at < len(columns):
-            take = min(self.chunk - self._encoded_count, len(columns) - at)
-            self._encoded.append(messages.text(at, at + take))
+        while at < len(spans):
+            base = int(ends[at - 1]) if at else 0
+            fit = int(np.searchsorted(ends, base + self.request_bytes - self._encoded_bytes,
+                                      side="right")) - at
+            take = min(fit, len(spans) - at)
+            if take <= 0 and self._encoded_count:  # full: out with what it has
+                self._send_encoded()
+                continue
+            take = max(take, 1)  # a span bigger than a request goes alone
+            self._encoded += spans[at:at + take].tolist()
             self._encoded_count += take
+            self._encoded_bytes += int(ends[at + take - 1]) - base
             at += take
-            if self._encoded_count == self.chunk:
+            if self._encoded_bytes >= self.request_bytes or at < len(spans):
                 self._send_encoded()
 
     def _send_encoded(self) -> None:
         body = otlp_proto.request(self._resource_field, b"".join(self._encoded))
-        count, self._encoded, self._encoded_count = self._encoded_count, [], 0
+        count, self._encoded, self._encoded_count, self._encoded_bytes = \
+            self._encoded_count, [], 0, 0
         client = self._client
         self._submit(lambda: bool(client.export(body).success), count)  # type: ignore[union-attr]
 
@@ -225,8 +245,8 @@ class OtlpWriter:
                      len(spans))
 
     def _submit(self, attempt: Callable[[], bool], count: int) -> None:
-        if self._queue is None:
-            self._send(attempt, count)
+        if not self.live:
+            self._queue.put((attempt, count))  # waits while SEND_AHEAD are
             return
         try:
             self._queue.put_nowait((attempt, count))
@@ -236,11 +256,15 @@ class OtlpWriter:
                 self.progress(self.delivery)
 
     def _drain(self) -> None:
-        assert self._queue is not None
         while (item := self._queue.get()) is not None:
-            self.deadline = time.monotonic() + self.timeout_s
-            self.delivery.gave_up = False  # live: a request given up does not stop the rest
-            self._send(*item)
+            if self.live:  # each request has the whole budget; one given up stops no other
+                self.deadline = time.monotonic() + self.timeout_s
+                self.delivery.gave_up = False
+            try:
+                self._send(*item)
+            except Exception as exc:  # counted, and the thread goes on: the writer waits on it
+                self.delivery.not_exported += item[1]
+                self.delivery.last_error = f"{type(exc).__name__}: {exc}"
             if self.progress is not None:
                 self.progress(self.delivery)
 
@@ -266,9 +290,9 @@ class OtlpWriter:
 
     def close(self) -> None:
         self._flush()
-        if self._queue is not None:
-            self._queue.put(None)  # (blocks while the queue is full: the sender drains it)
-            self._sender.join()
+        self._queue.put(None)  # (blocks while the queue is full: the sender drains it)
+        self._sender.join()
+        if self.live:
             self.delivery.gave_up = self.delivery.not_exported > 0
         self.exporter.shutdown()
         logging.getLogger("opentelemetry.exporter").removeHandler(self._log)

@@ -68,7 +68,7 @@ class OtlpJsonWriter:
         self.per_line = per_line
         self.lines = 0
         self.text = SpanText()
-        self._parts: list[bytes] = []  # the next line's spans' text, in pieces
+        self._parts: list[bytes] = []  # the next line's spans' text
         self._count = 0
         # the resource's JSON is the same on every line: made once
         head = json.dumps({"attributes": encode_attributes(resource)})
@@ -77,24 +77,26 @@ class OtlpJsonWriter:
 
     def write(self, spans: list[ExportSpan]) -> None:
         for span in spans:
-            self._add(self.text.span(span).encode(), 1)
+            self._add([b"," + self.text.span(span).encode()])
 
     def write_columns(self, columns: SpanColumns) -> None:
-        text = otlp_spans(columns)
+        spans = otlp_spans(columns).spans  # each after a comma
         at = 0
-        while at < len(columns):
-            take = min(self.per_line - self._count, len(columns) - at)
-            self._add(text.text(at, at + take)[1:], take)
+        while at < len(spans):
+            take = min(self.per_line - self._count, len(spans) - at)
+            self._add(spans[at:at + take].tolist())
             at += take
 
-    def _add(self, text: bytes, count: int) -> None:
-        self._parts.append(text)
-        self._count += count
+    def _add(self, spans: list[bytes]) -> None:
+        """Spans' text, each after a comma."""
+        self._parts += spans
+        self._count += len(spans)
         if self._count >= self.per_line:
             self._line()
 
     def _line(self) -> None:
-        self.out.write(self._prefix + b",".join(self._parts) + b"]}]}]}\n")
+        self._parts[0] = self._parts[0][1:]
+        self.out.write(b"".join([self._prefix, *self._parts, b"]}]}]}\n"]))
         self._parts, self._count = [], 0
         self.lines += 1
 

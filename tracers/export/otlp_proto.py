@@ -99,7 +99,7 @@ def span_messages(c: SpanColumns) -> Laid:
                 pk.const(_field(0x12, tp.name.encode()), m), *_attrs(group, m, 0x1A)]
         length = pk.varint(pk.size(body))
         event_size[rows] = 1 + length.length + pk.size(body)
-        events.append((rows, pk.strings([pk.const(b"\x5a", m), length, *body])))
+        events.append(pk.Group(rows, [pk.const(b"\x5a", m), length, *body]))
     in_span = np.bincount(c.ev_span, event_size, minlength=n).astype(np.int64)
     heads = []
     for rows, group in c.span_groups():
@@ -116,8 +116,8 @@ def span_messages(c: SpanColumns) -> Laid:
                 *_attrs([*group, extra], m, 0x4A),
                 pk.const(b"\x7a\x00\x85\x01" + _FLAGS_HAS_IS_REMOTE.to_bytes(4, "little"), m)]
         length = pk.varint(pk.size(body) + in_span[rows])
-        heads.append((rows, pk.strings([pk.const(b"\x12", m), length, *body])))
-    return pk.spans_with_events(pk.place(n, heads), pk.place(k, events), c.ev_span)
+        heads.append(pk.Group(rows, [pk.const(b"\x12", m), length, *body]))
+    return pk.spans_with_events(n, heads, events, c.ev_span)
 
 
 def request(resource: bytes, spans: bytes) -> bytes:

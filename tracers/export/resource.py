@@ -2,6 +2,9 @@
 
 Semantic-convention keys where one fits (``service.name``, ``service.instance.id``,
 ``host.name``, ``host.arch``, ``os.name``); the guest's own facts under ``unikernel.*``.
+``os.type`` is left out: its values are a closed list (linux, windows, darwin, the BSDs,
+...) with none for a unikernel, and consumers switch on it; the OS's kind (undebug's
+provider: refguest, unikraft, nanos) is ``unikernel.os.type`` instead.
 ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` are honoured as the OpenTelemetry
 SDKs do (the service name given on the command line wins over both).
 """
@@ -30,6 +33,9 @@ def _env_attributes(text: str) -> dict[str, AttrValue]:
 
 
 # platform.machine() -> the semantic conventions' host.arch
+# undebug's OS providers -> os.name (human-readable, as the conventions want it)
+_OS_NAMES = {"refguest": "undebug reference guest", "unikraft": "Unikraft", "nanos": "Nanos"}
+
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "i386": "x86", "i686": "x86", "ppc64le": "ppc64", "ppc64": "ppc64", "s390x": "s390x"}
 
@@ -42,8 +48,8 @@ def resource_attributes(*, image: str | None, instance: str, sessions: list[Sess
     """The resource: ``service.name`` from ``service_name``, else OTEL_SERVICE_NAME,
     else OTEL_RESOURCE_ATTRIBUTES' service.name, else the image's name, else ``unikernel``.
     ``host``/``host_arch``: the hypervisor host's (from the recording's origin);
-    ``os_name``: the unikernel's OS as undebug knows it (``os.type`` is left out: the
-    conventions' values name no unikernel); ``extra``: more (QEMU's ``process.*``)."""
+    ``os_name``: the unikernel's OS provider as undebug knows it (os.name and
+    unikernel.os.type); ``extra``: more (QEMU's ``process.*``)."""
     env = os.environ if environ is None else environ
     attrs: dict[str, AttrValue] = {}
     attrs.update(_env_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
@@ -56,7 +62,8 @@ def resource_attributes(*, image: str | None, instance: str, sessions: list[Sess
     if host_arch:
         attrs.setdefault("host.arch", _ARCH.get(host_arch, host_arch))
     if os_name:
-        attrs.setdefault("os.name", os_name)
+        attrs.setdefault("os.name", _OS_NAMES.get(os_name, os_name))
+        attrs["unikernel.os.type"] = os_name
     for key, value in (extra or {}).items():
         attrs.setdefault(key, value)
     attrs["telemetry.sdk.name"] = "undebug"

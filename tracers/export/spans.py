@@ -13,10 +13,10 @@ thread), so exporting the same recording twice (a retry) sends the same ids and 
 de-duplicates instead of doubling. Each outermost span starts its own trace, whose id is
 the same kind of hash.
 
-Speed: a batch that nests cleanly is placed with numpy (nesting.py) and, when its
-tracepoints have only unsigned arguments, kept as columns (columns.py) that the encoders
-write with numpy; anything else is walked record by record. Both give the same spans
-(tests/test_export_columns.py).
+Speed: a batch that nests cleanly is placed with numpy (nesting.py, nested_spans.py)
+and, when its tracepoints have only unsigned arguments, kept as columns (columns.py)
+that the encoders write with numpy; anything else is walked record by record here.
+Both give the same spans (tests/test_export_columns.py).
 
 Time: a record's wall clock is ``anchor + (tsc - header_tsc) / tsc_hz`` (FORMAT.md
 section 9), where the anchor is the host's clock when the stream header arrived. Its
@@ -28,9 +28,6 @@ since boot counted from the Unix epoch, and the exporter warns.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -44,8 +41,10 @@ from tracers.export.attributes import (
     tracepoint_args,
     word_value,
 )
-from tracers.export.columns import SpanColumns, make_events
-from tracers.export.ids import SPAN, TRACE, idents
+from tracers.export.batch_rows import BatchRows, OpenSpan, derived_id, innermost_kept, key_session
+from tracers.export.columns import SpanColumns
+from tracers.export.ids import SPAN, TRACE
+from tracers.export.nested_spans import NestedPath
 from tracers.export.select import Selection
 from tracers.export.spans_model import ExportCounts, ExportSpan, SpanEvent
 from tracers.export.traceparent import TraceParent, parse_traceparent
@@ -66,7 +65,7 @@ from tracers.metadata import (
     Tracepoints,
 )
 from tracers.model import TraceModel
-from tracers.records import Records, Session
+from tracers.records import Session
 
 __all__ = ["VECTOR_NAMES", "ExportCounts", "ExportSpan", "SpanBuilder", "SpanEvent"]
 
@@ -75,56 +74,7 @@ VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "
                 17: "#AC", 18: "#MC", 19: "#XM"}
 
 
-class _Cols:
-    """A batch's columns as Python lists, each converted on first use: indexing numpy
-    arrays one element at a time costs more than the whole walk (the column path uses
-    the arrays, ``r`` and ``times_ns``, and converts none)."""
-
-    id: list[int]
-    tid: list[int]
-    cpu: list[int]
-    tsc: list[int]
-    seq: list[int]
-    session: list[int]
-    args: list[list[int]]
-    times: list[int]
-    since_boot: list[int]
-
-    def __init__(self, r: Records, times: np.ndarray, since_boot: np.ndarray) -> None:
-        self.r, self.times_ns, self._since_boot = r, times, since_boot
-        self.strings, self.start = r.strings, r.start
-
-    def __getattr__(self, name: str) -> list[Any]:
-        """A column not converted yet (only then is this called): converted, kept."""
-        arrays = {"times": self.times_ns, "since_boot": self._since_boot}
-        if name in arrays:
-            column = arrays[name]
-        elif name in ("id", "tid", "cpu", "tsc", "seq", "session", "args"):
-            column = getattr(self.r, name)
-        else:
-            raise AttributeError(name)
-        values: list[Any] = column.tolist()
-        setattr(self, name, values)
-        return values
-
-    def text(self, i: int) -> bytes:
-        return self.strings.get(self.start + i, b"")
-
-
-@dataclass
-class _Open:
-    span: ExportSpan
-    tp_name: str
-    kept: bool = True  # selected for export (tracers/export/select.py)
-
-
-def _ident(session: Session, cpu: int, tsc: int, seq: int, tid: int, size: int,
-           person: bytes) -> bytes:
-    made: bytes = idents(session, [cpu], [tsc], [seq], [tid], size, person)[0].tobytes()
-    return made
-
-
-class SpanBuilder:
+class SpanBuilder(NestedPath):
     """Feed it each batch's :class:`TraceModel` in stream order; it returns the spans that
     ended there. ``finish`` returns those still open, ended at their session's last
     record, marked unterminated."""
@@ -143,30 +93,14 @@ class SpanBuilder:
         self.counts = ExportCounts()
         self.names: dict[int, bytes] = {}
         # (session, tid) -> open spans, outermost first
-        self.open: dict[tuple[int, int], list[_Open]] = {}
+        self.open: dict[tuple[int, int], list[OpenSpan]] = {}
         self.last_ns: dict[int, int] = {}  # session -> the newest time seen in it
         self.sessions: dict[int, Session] = {}
         self._session = -1
         self._plain: dict[int, tuple[str, ...]] = {}  # tracepoint -> its unsigned args' names
         self._codes: dict[int, dict[str, AttrValue]] = {}
         self._seen_unanchored: set[int] = set()
-        # per record id, for the fast path (nesting.py): its kind there and its span name
-        self._kinds = np.full(1 << 16, nesting.OTHER, np.int8)
-        self._kinds[:RESERVED_FIRST] = nesting.EVENT
-        self._kinds[ID_LOG_STR] = nesting.EVENT
-        self._name_codes = np.full(1 << 16, -1, np.int32)
-        codes: dict[str, int] = {}
-        for tp in tracepoints.by_id.values():
-            if tp.kind in (KIND_SPAN_BEGIN, KIND_SPAN_END) and tp.id < RESERVED_FIRST:
-                self._kinds[tp.id] = nesting.BEGIN if tp.kind == KIND_SPAN_BEGIN else \
-                    nesting.END
-                self._name_codes[tp.id] = codes.setdefault(tp.name, len(codes))
-        self._codes_of = codes
-        # ids whose records the column path takes: tracepoints with unsigned arguments only
-        self._plain_ok = np.zeros(1 << 16, np.bool_)
-        for tp in tracepoints.by_id.values():
-            if tp.id < RESERVED_FIRST and plain_names(tp) is not None:
-                self._plain_ok[tp.id] = True
+        self._fast_tables(tracepoints)
 
     # ---- feeding -------------------------------------------------------------------------
 
@@ -197,7 +131,7 @@ class SpanBuilder:
         wanted = (r.id < RESERVED_FIRST) | np.isin(r.id, (ID_FAULT, ID_PANIC, ID_LOG_STR,
                                                           ID_THREAD_NAME, ID_SPAN_CONTEXT))
         rows = order[wanted[order]]
-        cols = _Cols(r, times, since_boot)
+        cols = BatchRows(r, times, since_boot)
         sessions = r.session[rows]
         cuts = np.flatnonzero(sessions[1:] != sessions[:-1]) + 1
         for part in np.split(rows, cuts) if len(rows) else []:
@@ -217,143 +151,7 @@ class SpanBuilder:
                 self._walk(cols, part.tolist(), ended)  # type: ignore[arg-type]
         return ended
 
-    def _nested(self, c: _Cols, rows: np.ndarray,
-                ended: list[ExportSpan | SpanColumns]) -> bool:
-        """The fast path: one session's rows placed by nesting.py, then only spans and
-        events made here. False (nothing done): the batch needs the walk."""
-        if not self.fast or self.select is not None or self.contexts or not len(rows):
-            return False
-        session = c.session[int(rows[0])]
-        ids = c.r.id[rows]
-        tids = c.r.tid[rows]
-        carried = {key[1]: [self._codes_of[o.tp_name] for o in stack]
-                   for key, stack in self.open.items() if key[0] == session and stack}
-        n = nesting.nest(tids, self._kinds[ids], self._name_codes[ids], carried,
-                         self.max_depth)
-        if n is None:
-            return False
-        stacks = {tid: self.open[(session, tid)] for tid in carried}
-        if self.host_parent is None and self._plain_ok[ids].all():
-            self._columns(c, rows, n, session, stacks, ended)
-            return True
-        tps, counts = self.tps.by_id, self.counts
-
-        def span_of(ref: int, tid: int) -> ExportSpan:
-            return made[ref] if ref >= 0 else stacks[tid][-1 - ref].span
-
-        made: list[ExportSpan] = []
-        for i, ref in zip(rows[n.begins].tolist(), n.begin_parent.tolist(), strict=True):
-            tid = c.tid[i]
-            parent = None if ref == nesting.NONE else span_of(ref, tid)
-            made.append(self._span(c, i, (session, tid), tps[c.id[i]], parent,
-                                   parent.trace_id if parent else None))
-        for i, ref in zip(rows[n.ends].tolist(), n.end_span.tolist(), strict=True):
-            tid = c.tid[i]
-            ended.append(self._close(span_of(ref, tid), tps[c.id[i]], c.args[i], c.times[i],
-                                     tid))
-        times, max_events = c.times, self.max_events
-        for i, ref in zip(rows[n.events].tolist(), n.event_span.tolist(), strict=True):
-            if ref == nesting.NONE:
-                counts.outside_spans += 1
-                continue
-            span = span_of(ref, c.tid[i])
-            if len(span.events) >= max_events:
-                span.dropped_events += 1
-                counts.dropped_events += 1
-                continue
-            ident = c.id[i]
-            span.events.append(self._event(c, i, ident, tps.get(ident), times[i]))
-            counts.span_events += 1
-        for tid, refs in n.still_open.items():
-            self.open[(session, tid)] = [
-                stacks[tid][-1 - ref] if ref < 0 else _Open(made[ref], made[ref].name)
-                for ref in refs]
-        return True
-
-    def _columns(self, c: _Cols, rows: np.ndarray, n: nesting.Nesting, session: int,
-                 stacks: dict[int, list[_Open]], ended: list[ExportSpan | SpanColumns]) -> None:
-        """The column path: the batch's spans as arrays; those still open at its end
-        become objects (on the stacks), as do the ends and events of spans carried in."""
-        r, counts, times = c.r, self.counts, c.times_ns
-        where = self.sessions[session]
-        b = rows[n.begins]
-        ref = n.begin_parent
-        nb = len(b)
-        span_id = idents(where, r.cpu[b], r.tsc[b], r.seq[b], r.tid[b], 8, SPAN)
-        trace = np.zeros((nb, 16), np.uint8)
-        parent = np.zeros((nb, 8), np.uint8)
-        root = ref == nesting.NONE
-        trace[root] = idents(where, r.cpu[b[root]], r.tsc[b[root]], r.seq[b[root]],
-                             r.tid[b[root]], 16, TRACE)
-        counts.traces += int(root.sum())
-        for j in np.flatnonzero((ref < 0) & ~root).tolist():  # children of spans carried in
-            outer = stacks[int(r.tid[b[j]])][-1 - int(ref[j])].span
-            trace[j] = np.frombuffer(outer.trace_id, np.uint8)
-            parent[j] = np.frombuffer(outer.span_id, np.uint8)
-        own = ref >= 0
-        parent[own] = span_id[ref[own]]
-        for level in np.unique(n.begin_level[own]).tolist():  # outer levels first
-            at = own & (n.begin_level == level)
-            trace[at] = trace[ref[at]]
-        # the ends: of spans begun here (columns) or carried in (objects)
-        e = rows[n.ends]
-        mine = n.end_span >= 0
-        closed = n.end_span[mine]
-        end_id = np.full(nb, -1, np.int64)
-        end_ns = times[b].astype(np.int64)
-        end_args = np.zeros_like(r.args[b])
-        end_id[closed] = r.id[e[mine]]
-        end_ns[closed] = np.maximum(times[e[mine]], end_ns[closed])
-        end_args[closed] = r.args[e[mine]]
-        # events: kept up to max_events a span (in time order), the rest counted
-        v = rows[n.events]
-        to = n.event_span
-        counts.outside_spans += int((to == nesting.NONE).sum())
-        into = np.flatnonzero(to >= 0)
-        by_span = into[np.argsort(to[into], kind="stable")]
-        count = np.bincount(to[by_span], minlength=nb)
-        rank = np.arange(len(by_span)) - (np.cumsum(count) - count)[to[by_span]]
-        keep = by_span[rank < self.max_events]
-        dropped = np.bincount(to[by_span[rank >= self.max_events]], minlength=nb)
-        counts.dropped_events += int(dropped.sum())
-        counts.span_events += len(keep)
-        ve = v[keep]
-        cols = SpanColumns(
-            self.tps, key_session(self.sessions, session),
-            {t: name.decode(errors="replace") for t, name in self.names.items()},
-            trace, span_id, parent, ~root, r.id[b].astype(np.int64), end_id,
-            r.tid[b].astype(np.int64), r.cpu[b].astype(np.int64), times[b].astype(np.int64),
-            end_ns, r.args[b], end_args, dropped.astype(np.int64), to[keep],
-            r.id[ve].astype(np.int64), r.cpu[ve].astype(np.int64),
-            times[ve].astype(np.int64), r.args[ve])
-        if len(closed):
-            ended.append(cols.take(closed))
-            counts.spans += len(closed)
-        tps = self.tps.by_id
-        for i, at in zip(e[~mine].tolist(), n.end_span[~mine].tolist(), strict=True):
-            tid = int(r.tid[i])
-            ended.append(self._close(stacks[tid][-1 - at].span, tps[int(r.id[i])],
-                                     r.args[i].tolist(), int(times[i]), tid))
-        carried_in = np.flatnonzero((to < 0) & (to != nesting.NONE))
-        if len(carried_in):
-            for j, event in zip(carried_in.tolist(), make_events(
-                    self.tps, r.id[v[carried_in]], times[v[carried_in]], r.cpu[v[carried_in]],
-                    r.args[v[carried_in]]), strict=True):
-                span = stacks[int(r.tid[v[j]])][-1 - int(to[j])].span
-                if len(span.events) >= self.max_events:
-                    span.dropped_events += 1
-                    counts.dropped_events += 1
-                    continue
-                span.events.append(event)
-                counts.span_events += 1
-        still = [j for refs in n.still_open.values() for j in refs if j >= 0]
-        objects = dict(zip(still, cols.take(np.array(still, np.int64)).spans(), strict=True))
-        for tid, refs in n.still_open.items():
-            self.open[(session, tid)] = [
-                stacks[tid][-1 - j] if j < 0 else _Open(objects[j], objects[j].name)
-                for j in refs]
-
-    def _walk(self, c: _Cols, rows: list[int], ended: list[ExportSpan]) -> None:
+    def _walk(self, c: BatchRows, rows: list[int], ended: list[ExportSpan]) -> None:
         tps = self.tps.by_id
         counts = self.counts
         ids, tids, sessions, times = c.id, c.tid, c.session, c.times
@@ -373,7 +171,7 @@ class SpanBuilder:
             elif ident in (ID_FAULT, ID_PANIC):
                 self._exception(c, i, key, ended)
             else:
-                span = _kept(self.open.get(key))
+                span = innermost_kept(self.open.get(key))
                 if span is None:
                     counts.outside_spans += 1
                     continue
@@ -384,7 +182,7 @@ class SpanBuilder:
                 span.events.append(self._event(c, i, ident, tp, times[i]))
                 counts.span_events += 1
 
-    def _event(self, c: _Cols, i: int, ident: int, tp: Tracepoint | None, time_ns: int) \
+    def _event(self, c: BatchRows, i: int, ident: int, tp: Tracepoint | None, time_ns: int) \
             -> SpanEvent:
         words = c.args[i]
         cpu = c.cpu[i]
@@ -421,25 +219,25 @@ class SpanBuilder:
             code = self._codes[tp.id] = code_attributes(tp)
         return code
 
-    def _begin(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint) -> None:
+    def _begin(self, c: BatchRows, i: int, key: tuple[int, int], tp: Tracepoint) -> None:
         stack = self.open.setdefault(key, [])
         if len(stack) >= self.max_depth:
             self.counts.too_deep += 1
             return
         # the nearest selected ancestor is the parent
-        parent = _kept(stack)
+        parent = innermost_kept(stack)
         trace_id = (parent or stack[-1].span).trace_id if stack else None
         span = self._span(c, i, key, tp, parent, trace_id)
         kept = self.select is None or self.select.keeps(tp.name, c.since_boot[i])
-        stack.append(_Open(span, tp.name, kept))
+        stack.append(OpenSpan(span, tp.name, kept))
 
-    def _span(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint,
+    def _span(self, c: BatchRows, i: int, key: tuple[int, int], tp: Tracepoint,
               parent: ExportSpan | None, trace_id: bytes | None) -> ExportSpan:
         """The span record ``i`` begins. ``trace_id``: the trace of the spans it is inside
         (None: it is outermost), ``parent`` the one of them it is a child of."""
         session = self.sessions[key[0]]
         cpu, tsc, seq, time_ns = c.cpu[i], c.tsc[i], c.seq[i], c.times[i]
-        span_id = _ident(session, cpu, tsc, seq, key[1], 8, SPAN)
+        span_id = derived_id(session, cpu, tsc, seq, key[1], 8, SPAN)
         attrs: dict[str, AttrValue] = {"thread.id": key[1], "cpu.logical_number": cpu,
                                        **self._code(tp)}
         # a traceparent: the guest's for this span, else the host's for an outermost one
@@ -460,7 +258,7 @@ class SpanBuilder:
         elif trace_id is not None:
             parent_id, root = (parent.span_id, False) if parent else (None, True)
         else:
-            trace_id = _ident(session, cpu, tsc, seq, key[1], 16, TRACE)
+            trace_id = derived_id(session, cpu, tsc, seq, key[1], 16, TRACE)
             parent_id, root = None, True
             self.counts.traces += 1
         if context is not None and isinstance(context[1], str):
@@ -474,7 +272,7 @@ class SpanBuilder:
         return ExportSpan(trace_id, span_id, parent_id, tp.name, time_ns, time_ns, attrs,
                           local_root=root, remote_parent=remote)
 
-    def _end(self, c: _Cols, i: int, key: tuple[int, int], tp: Tracepoint,
+    def _end(self, c: BatchRows, i: int, key: tuple[int, int], tp: Tracepoint,
              ended: list[ExportSpan]) -> None:
         stack = self.open.get(key, [])
         at = next((k for k in range(len(stack) - 1, -1, -1) if stack[k].tp_name == tp.name),
@@ -496,7 +294,7 @@ class SpanBuilder:
                 span.attributes[f"unikernel.end_args.{k}"] = v
         return self._done(span, tid)
 
-    def _exception(self, c: _Cols, i: int, key: tuple[int, int],
+    def _exception(self, c: BatchRows, i: int, key: tuple[int, int],
                    ended: list[ExportSpan]) -> None:
         """A fault or panic: an exception event with error status on the thread's
         innermost open span, or, with none open, a span of its own (so it is seen)."""
@@ -514,7 +312,7 @@ class SpanBuilder:
         event = SpanEvent("exception", time_ns, {"exception.type": kind,
                                                  "exception.message": message,
                                                  "cpu.logical_number": cpu})
-        target = _kept(self.open.get(key))
+        target = innermost_kept(self.open.get(key))
         if target is not None:
             span = target
             span.events.append(event)  # past max_events too: an exception is never dropped
@@ -522,8 +320,8 @@ class SpanBuilder:
             return
         session = self.sessions[key[0]]
         tsc, seq = c.tsc[i], c.seq[i]
-        span = ExportSpan(_ident(session, cpu, tsc, seq, key[1], 16, TRACE),
-                          _ident(session, cpu, tsc, seq, key[1], 8, SPAN), None,
+        span = ExportSpan(derived_id(session, cpu, tsc, seq, key[1], 16, TRACE),
+                          derived_id(session, cpu, tsc, seq, key[1], 8, SPAN), None,
                           kind, time_ns, time_ns,
                           {"thread.id": key[1], "cpu.logical_number": cpu}, [event], message)
         host = self.host_parent[1] if self.host_parent else None
@@ -569,17 +367,3 @@ class SpanBuilder:
                 self.counts.unterminated += 1
                 out.append(self._done(span, key[1]))
         return out
-
-
-def key_session(sessions: dict[int, Session], session: int) -> int | None:
-    """The value of a span's ``unikernel.session``: given when the stream has more than
-    one session (or this is not the first)."""
-    return session if len(sessions) > 1 or session else None
-
-
-def _kept(stack: list[_Open] | None) -> ExportSpan | None:
-    """The innermost selected span of a thread's open spans."""
-    for entry in reversed(stack or ()):
-        if entry.kept:
-            return entry.span
-    return None

@@ -117,6 +117,7 @@ class TracePane(Pane, Vertical):
                 if self.watched and not decoding:
                     follower.resume()
                 decoding = self.watched
+                follower.hold_live(decoding)
                 batch = follower.poll() if decoding else follower.skim()
                 now = time.monotonic()
                 self.post_message(self.Read(batch, max(now - last, 1e-3)))

@@ -18,6 +18,7 @@ from undebug.output import Report
 from undebug.text import escape, hexdump
 
 if TYPE_CHECKING:  # the real imports are lazy, for start-up time
+    from undebug.elf import ElfFile
     from undebug.target import Target
 
 
@@ -112,7 +113,7 @@ def _frame_line(f: dict[str, Any]) -> str:
         what = "".join(f" {part}" for part in (
             trap["name"], None if trap["cr2"] is None else f"cr2={trap['cr2']:#x}") if part)
         return f"  #{f['index']:<2} <exception{what}>"
-    where = escape(f["function"] or "??")
+    where = escape(f["function"] or "??" + (f" ({f['library']})" if f.get("library") else ""))
     if f["offset"]:
         where += f"+{f['offset']:#x}"
     at = f" at {escape(f['file'])}:{f['line']}" if f["file"] else ""
@@ -225,8 +226,14 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
         address = _number(args.address, "address")
     else:
         found = target.address_of(args.address)
+        if found is None:  # a program's or library's: where the OS awareness finds it
+            from undebug.os import provider_for
+
+            provider_for(target)
+            found = target.any_address_of(args.address)
         if found is None:
-            raise UsageError(f"no symbol {args.address!r} in {target.elf.path}")
+            raise UsageError(f"no symbol {args.address!r} in {target.elf.path} or its "
+                             "programs")
         address = found
     if args.format == "raw" and not args.json and sys.stdout.isatty():
         raise UsageError("refusing to write raw guest bytes to a terminal",
@@ -251,7 +258,8 @@ def _sym_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", metavar="NAME|ADDR", help="a symbol name, or an address to look up")
 
 
-@command("sym", "look up a symbol or an address (reads only the ELF: the guest runs on)",
+@command("sym", "look up a symbol or an address (in the ELF; a program's or library's symbol "
+         "at its load bias, read from the guest)",
          _sym_arguments)
 def sym(args: argparse.Namespace) -> Report:
     from undebug.os import provider_class
@@ -266,14 +274,13 @@ def sym(args: argparse.Namespace) -> Report:
         data = {"address": address, "symbol": symbol.name if symbol else None,
                 "offset": address - symbol.address if symbol else None,
                 "file": line[0] if line else None, "line": line[1] if line else None}
+    elif elf.symbol(args.what) is None:
+        found = _program_symbol(args)
+        if found is None:
+            raise UsageError(f"no symbol {args.what!r} in {elf.path} or the guest's programs")
+        return Report(data=found[0], warnings=found[1], render=lambda: _sym_line(found[0]))
     else:
-        symbol = elf.symbol(args.what)
-        if symbol is None:
-            raise UsageError(f"no symbol {args.what!r} in {elf.path}")
-        line = elf.line_at(symbol.address)
-        data = {"address": symbol.address, "symbol": symbol.name,
-                "offset": 0, "size": symbol.size, "kind": symbol.kind,
-                "file": line[0] if line else None, "line": line[1] if line else None}
+        data = _symbol_json(elf, args.what, 0)
 
     warnings: list[str] = []
     provider = provider_class(elf)
@@ -282,12 +289,43 @@ def sym(args: argparse.Namespace) -> Report:
                         "(KASLR): these are the ELF's link addresses; the running guest's "
                         "are these plus its load offset (mem, bt and break apply it)")
 
-    def render() -> list[str]:
-        if data["symbol"] is None:
-            return [f"{data['address']:#x}: no symbol"]
-        where = f" at {escape(data['file'])}:{data['line']}" if data["file"] else ""
-        offset = f"+{data['offset']:#x}" if data["offset"] else ""
-        return [f"{data['address']:#x}  {escape(data['symbol'])}{offset}{where}"]
+    return Report(data=data, warnings=warnings, render=lambda: _sym_line(data))
 
-    return Report(data=data, warnings=warnings, render=render)
+
+def _sym_line(data: dict[str, Any]) -> list[str]:
+    if data["symbol"] is None:
+        return [f"{data['address']:#x}: no symbol"]
+    where = f" at {escape(data['file'])}:{data['line']}" if data["file"] else ""
+    offset = f"+{data['offset']:#x}" if data["offset"] else ""
+    module = f" in {escape(data['module'])}" if "module" in data else ""
+    return [f"{data['address']:#x}  {escape(data['symbol'])}{offset}{module}{where}"]
+
+
+def _symbol_json(elf: ElfFile, name: str, offset: int) -> dict[str, Any]:
+    symbol = elf.symbol(name)
+    assert symbol is not None
+    line = elf.line_at(symbol.address)
+    return {"address": (symbol.address + offset) & (1 << 64) - 1, "symbol": symbol.name,
+            "offset": 0, "size": symbol.size, "kind": symbol.kind,
+            "file": line[0] if line else None, "line": line[1] if line else None}
+
+
+def _program_symbol(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]] | None:
+    """A symbol of one of the guest's programs or libraries, at its runtime address: their
+    load biases are in the guest's memory (a PIE's, a library's), so it is read, paused
+    for the look-up. None: no such symbol, or no guest to read (it has ended)."""
+    from undebug.os import provider_for
+    from undebug.target import open_target
+
+    try:
+        with open_target(args.target, args.elf) as target:
+            provider_for(target)
+            for program, offset in target.programs:
+                if program.symbol(args.what) is not None:
+                    data = _symbol_json(program, args.what, offset)
+                    data.update(module=program.code_path.name, load_offset=offset)
+                    return data, list(target.warnings)
+    except UndebugError:
+        return None
+    return None
 

@@ -9,7 +9,7 @@ import time
 from undebug.commands import command, number_at_least
 from undebug.console import ConsoleFollower, tail_lines
 from undebug.output import Report
-from undebug.session.store import SessionDir
+from undebug.session.store import SessionDir, has_ended
 from undebug.text import escape
 
 
@@ -37,12 +37,19 @@ def logs(args: argparse.Namespace) -> Report:
             sys.stdout.write("".join(escape(line) + "\n" for line in lines))
         if not args.follow:
             sys.stdout.write("".join(escape(line) + "\n" for line in follower.poll(True)))
-    while args.follow:
-        sys.stdout.flush()
-        alive = session.is_alive()
-        for line in follower.poll(flush_partial=not alive):
-            sys.stdout.write(escape(line) + "\n")
-        if not alive:
-            break
-        time.sleep(0.1)
+    # The guest's end is seen on one connection kept open: a connect per look would wake
+    # its supervisor ten times a second (bench/README.md, at_rest).
+    watch = session.watch() if args.follow else None
+    try:
+        while args.follow:
+            sys.stdout.flush()
+            alive = watch is not None and not has_ended(watch)
+            for line in follower.poll(flush_partial=not alive):
+                sys.stdout.write(escape(line) + "\n")
+            if not alive:
+                break
+            time.sleep(0.1)
+    finally:
+        if watch is not None:
+            watch.close()
     return Report()

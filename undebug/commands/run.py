@@ -27,6 +27,8 @@ from undebug.text import escape
 from undebug.vm.qemu import DISK_INTERFACES, MACHINES
 
 if TYPE_CHECKING:  # the launcher is imported when a guest is started, not before
+    from pathlib import Path
+
     from undebug.session.launcher import Launched
 
 CONSOLE_TAIL = 20
@@ -40,8 +42,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug-elf", action="append", default=[], metavar="FILE[@ADDR]",
                    help="an ELF with symbols and DWARF (repeatable): the kernel's, when IMAGE "
                    "is stripped or a disk (default: IMAGE.dbg beside IMAGE if it exists, else "
-                   "IMAGE), and the programs' (a static program at its link address, or at "
-                   "@ADDR); every later command uses them")
+                   "IMAGE), and the programs' (a static program at its link address, a PIE "
+                   "where the OS provider finds it, or at @ADDR); every later command uses them")
+    p.add_argument("--sysroot", type=Path, metavar="DIR",
+                   help="where a dynamically linked program's libraries are on this host "
+                   "(default /): each one's path in the guest, under DIR, as gdb's sysroot")
     p.add_argument("--disk", action="append", default=[], type=Path, metavar="FILE",
                    help="another raw disk image (repeatable); disks are opened with "
                    "snapshot=on: the guest's writes never reach the file")
@@ -124,7 +129,7 @@ def launch(args: argparse.Namespace) -> Launched:
         trace_max_size=args.trace_max_size, debug_elfs=kernels,
         traceparent=args.traceparent or None, machine=boot.machine, kernel=args.kernel,
         disks=tuple(args.disk), disk_if=boot.disk_if, devices=boot.devices,
-        programs=programs))
+        programs=programs, sysroot=args.sysroot))
 
 
 def _print_console(lines: list[bytes], stream: Any) -> None:
@@ -261,6 +266,22 @@ def _write_private(path: Path, text: str) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _note_os(warnings: list[str], *recordings: Path | None) -> None:
+    """The guest's OS in its recordings' FILE.origin (tracers/origin.py): the launcher
+    writes them but does not pick OS providers."""
+    from tracers.origin import note_os, read_origin
+    from undebug.commands.trace_export import guest_os
+
+    for recording in {r for r in recordings if r is not None}:
+        origin = read_origin(recording)
+        name = guest_os(origin.elf) if origin else None
+        try:
+            if name is not None:
+                note_os(recording, name)
+        except OSError as exc:
+            warnings.append(f"cannot add the guest's OS to {recording}.origin: {exc.strerror}")
+
+
 @command("run", "boot a unikernel image under undebug", _arguments,
          description="Boot IMAGE in QEMU under a per-guest supervisor. In the foreground the "
          "console streams to stdout and Ctrl-C ends the guest; with -d it runs on, named; "
@@ -268,6 +289,7 @@ def _write_private(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> Report:
     launched = launch(args)
     claim, session = launched.claim, launched.claim.session
+    _note_os(launched.warnings, session.trace_file, args.trace_file)
     prepare_guest(launched, args.force, args.paused)
     exporter = None
     if args.otlp is not None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from tracers.decode import Decoded, Session, StreamDecoder
     from tracers.metadata import Tracepoints
     from tracers.records import StreamSummary
+    from undebug.session.client import SupervisorClient
     from undebug.target import Target
 
 
@@ -238,6 +239,7 @@ class _Source:
     decoded: Decoded | None = None  # a Unikraft buffer: decoded at once, no stream
     buffer: dict[str, object] | None = None  # its state, for --json
     force: bool = False  # --force: name a recording of another build with this ELF anyway
+    lease: SupervisorClient | None = None  # a followed guest's live flushing, held open
 
     def batches(self, window: int, follow: bool = False) -> Iterator[Decoded]:
         if self.decoded is not None:
@@ -332,6 +334,8 @@ class _Source:
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()
+        if self.lease is not None:
+            self.lease.close()
 
 
 def _open_source(args: argparse.Namespace) -> _Source:
@@ -361,7 +365,17 @@ def _open_source(args: argparse.Namespace) -> _Source:
         channel.close()
         raise
     return _Source(str(channel.path), tps, warnings, channel,
-                   force=getattr(args, "force", False))
+                   force=getattr(args, "force", False), lease=_live_lease(args))
+
+
+def _live_lease(args: argparse.Namespace) -> SupervisorClient | None:
+    """Following a guest live: its stub flushes often while this is held (live_trace.py)."""
+    if not getattr(args, "follow", False) or _is_file(args.source):
+        return None
+    from undebug.session.client import hold_live_trace
+    from undebug.session.store import SessionDir
+
+    return hold_live_trace(SessionDir.named(args.source))
 
 
 def _silent_guest(args: argparse.Namespace) -> str | None:
@@ -485,6 +499,12 @@ def _record(args: argparse.Namespace) -> Report:
            "were dropped to stay under --trace-max-size" if dropped.dropped_chunks else "")])
 
 
+def _guest_os(elf: Path | None) -> str | None:
+    from undebug.commands.trace_export import guest_os
+
+    return guest_os(str(elf)) if elf else None
+
+
 def _record_origin(name: str, output: Path) -> None:
     """``FILE.origin`` (tracers/origin.py): the guest's ELF and image, for later."""
     from tracers.origin import read_origin, write_origin
@@ -498,7 +518,8 @@ def _record_origin(name: str, output: Path) -> None:
     given = read_origin(session.trace_file)  # the run's, with its --traceparent
     try:
         write_origin(output, elf=elf, image=image, session=name,
-                     traceparent=given.traceparent if given else None)
+                     traceparent=given.traceparent if given else None,
+                     os_name=_guest_os(elf))
     except OSError as exc:
         sys.stderr.write(f"warning: cannot write {escape(str(output))}.origin: "
                          f"{exc.strerror}\n")

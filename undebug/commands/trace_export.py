@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tracers.records import Decoded, Session
     from undebug.commands.trace import _Source
 
-__all__ = ["add_export_arguments", "export"]
+__all__ = ["add_export_arguments", "export", "guest_os"]
 
 
 def add_export_arguments(q: argparse.ArgumentParser) -> None:
@@ -123,6 +123,7 @@ class _Identity:
     traceparent: str | None  # run --traceparent
     host_arch: str | None = None
     process: dict[str, AttrValue] | None = None  # QEMU's process.* (a live guest only)
+    os_name: str | None = None  # the OS provider's name, as recorded
 
 
 def _identity(args: argparse.Namespace) -> _Identity:
@@ -143,7 +144,7 @@ def _identity(args: argparse.Namespace) -> _Identity:
         return _Identity(None, instance, None, None, process=process)
     return _Identity(Path(origin.image).stem if origin.image else None,
                      origin.session or instance, origin.host, origin.traceparent,
-                     origin.host_arch, process)
+                     origin.host_arch, process, origin.os_name)
 
 
 def _qemu_process(name: str) -> dict[str, AttrValue] | None:
@@ -171,8 +172,8 @@ def _qemu_process(name: str) -> dict[str, AttrValue] | None:
     return out
 
 
-def _os_name(elf: str | None) -> str | None:
-    """The unikernel's OS, by the provider its ELF's symbols select (os.name)."""
+def guest_os(elf: str | None) -> str | None:
+    """The unikernel's OS: the name of the provider its ELF's symbols select."""
     from undebug.elf import ElfFile
     from undebug.errors import UndebugError
     from undebug.os import provider_class
@@ -296,7 +297,8 @@ def export(args: argparse.Namespace, source: _Source) -> Report:
                          "written by run --trace-file or trace record names it in "
                          "FILE.origin)")
     who = _identity(args)
-    os_name = _os_name(source.all_tracepoints.source or None)
+    # as recorded (FILE.origin), else as the ELF with the tracepoints says
+    os_name = who.os_name or guest_os(source.all_tracepoints.source or None)
 
     def resource_of(sessions: list[Session]) -> dict[str, AttrValue]:
         return resource_attributes(image=who.image, instance=who.instance, sessions=sessions,

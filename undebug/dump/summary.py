@@ -77,8 +77,11 @@ def backtraces(target: Target, provider: ThreadProvider, threads: list[GuestThre
                        resumes_after_call=thread.resumes_after_call,
                        load_offset=target.load_offset, programs=target.programs)
         warnings += [f"thread {thread.id}: {w}" for w in trace.warnings]
-        traces.append({"thread": thread_json(target, thread),
-                       "frames": [frame_json(f) for f in trace.frames],
+        frames = [frame_json(f) for f in trace.frames]
+        for frame in frames:  # a library with no host ELF: its name and offset
+            if frame["function"] is None and (library := target.library_at(frame["pc"])):
+                frame["library"] = library
+        traces.append({"thread": thread_json(target, thread), "frames": frames,
                        "complete": trace.complete})
     return traces
 

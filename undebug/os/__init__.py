@@ -41,14 +41,17 @@ def provider_for(target: Target) -> ThreadProvider:
 
     provider = provider_class(target.elf)
     if provider is not None:
-        found = provider(target)
+        found: ThreadProvider = provider(target)
         try:
             found.check()
         except UsageError as exc:
-            return VcpuProvider(target, exc.message)
+            found = VcpuProvider(target, exc.message)
+        found.place_programs()
         return found
     known = ", ".join(p.name for p in _known())
     what = "it has no symbols (stripped?)" if not target.elf.has_symbols else \
         "it is none of the OSes undebug knows"
-    return VcpuProvider(target, f"no guest threads for {target.elf.path}: {what} "
-                                f"(undebug knows: {known})")
+    fallback = VcpuProvider(target, f"no guest threads for {target.elf.path}: {what} "
+                                    f"(undebug knows: {known})")
+    fallback.place_programs()
+    return fallback

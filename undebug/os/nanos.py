@@ -296,7 +296,7 @@ class NanosProvider(ThreadProvider):
                                     (high + target.load_offset) & MASK, "kernel",
                                     f"Nanos kernel (linked at {low:#x})"))
         for elf, offset in target.programs:
-            program = elf.path.name
+            program = elf.code_path.name  # a library's, not its debug file's
             for section in elf.loaded_sections:
                 start = section.address + offset
                 areas.append(MemoryArea(start, start + section.size, PROGRAM_KIND,
@@ -304,6 +304,13 @@ class NanosProvider(ThreadProvider):
         from undebug.os.nanos_user import user_areas
 
         return areas + user_areas(self)
+
+    def place_programs(self) -> None:
+        """A PIE program's load bias from the process Nanos made for it, and the libraries
+        its dynamic linker loaded (:mod:`undebug.os.nanos_load`)."""
+        from undebug.os.nanos_load import place_programs
+
+        place_programs(self)
 
     def socket_fds(self) -> dict[int, int]:
         from undebug.os.nanos_user import socket_fds

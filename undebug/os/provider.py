@@ -257,6 +257,15 @@ class ThreadProvider(ABC):
         ``self.target.warnings``."""
         return {}
 
+    def place_programs(self) -> None:
+        """Find where the guest put each position-independent program that ``--debug-elf``
+        gave no ``@ADDR`` (``target.unplaced``), and its libraries: an OS that knows its
+        processes' mappings overrides this; here each one gets a warning instead."""
+        for elf in self.target.unplaced:
+            self.target.warnings.append(f"{elf.path.name} is position-independent: without "
+                                        "@ADDR its symbols are shown at its link addresses")
+        self.target.unplaced = []
+
     @abstractmethod
     def check(self) -> None:
         """Raise :class:`UsageError` naming what the ELF lacks for this provider beyond

@@ -41,7 +41,7 @@ from undebug.session.replies import (
 )
 from undebug.session.store import SessionDir
 
-__all__ = ["SupervisorClient", "live_status"]
+__all__ = ["SupervisorClient", "hold_live_trace", "live_status"]
 
 
 class SupervisorClient:
@@ -175,6 +175,10 @@ class SupervisorClient:
         """Events on this connection from now on: see :meth:`next_event`."""
         self.call("subscribe")
 
+    def trace_live(self) -> None:
+        """Ask for live trace flushing, held until this connection closes (docs/protocol.md)."""
+        self.call("trace_live")
+
     def freeze(self) -> int:
         """Hold the guest still until :meth:`thaw` or the connection closes; the run token."""
         return self._reply("freeze").integer("run_token")
@@ -280,6 +284,23 @@ class SupervisorClient:
 
     def _event(self, event: object) -> SupervisorEvent:
         return parse_event(Reply(event, f"guest {self.session.name!r}: an event"))
+
+
+def hold_live_trace(session: SessionDir) -> SupervisorClient | None:
+    """A live reader's lease on the guest's live flushing (a connection to keep open and
+    close when done), or None when there is none to hold: the guest has ended, or its
+    supervisor predates ``trace_live`` or records no trace. The reader follows the
+    recording either way; without a lease its events arrive a rest interval late."""
+    try:
+        client = SupervisorClient(session, timeout=5.0)
+    except (SessionError, UsageError):
+        return None
+    try:
+        client.trace_live()
+    except (SessionError, UsageError):
+        client.close()
+        return None
+    return client
 
 
 def live_status(session: SessionDir) -> GuestStatus:

@@ -28,6 +28,7 @@ from undebug.gdb.rsp import RspClient, RspException
 from undebug.session import outcome as outcomes
 from undebug.session.adopted_ram import AdoptedRam, RamUnavailable, locate
 from undebug.session.breakpoints import Breakpoint
+from undebug.session.live_trace import LiveTrace
 from undebug.session.machine_map import DeviceRange
 from undebug.session.outcome import Outcome
 from undebug.session.protocol import ErrorCode
@@ -87,6 +88,7 @@ class Guest(RunControl):
         self.last_stop: dict[str, Any] | None = None  # why the guest stopped by itself
         self._vcpus: list[ThreadId] = []  # the stub's thread id of each vCPU, by index
         self.recorder: TraceRecorder | None = None
+        self.live_trace: LiveTrace | None = None  # the live readers' leases (trace_live)
         self.record_error: str | None = None  # why session.json could not be written
         self.adopted_ram: AdoptedRam | None = None  # an adopted QEMU's RAM, read in place
         self.no_adopted_ram: str | None = None  # why not (attach only)
@@ -157,6 +159,7 @@ class Guest(RunControl):
         if self.spec.trace_file:
             outputs.append(Path(self.spec.trace_file))
         self.recorder = TraceRecorder(outputs, self.spec.trace_max_size)
+        self.live_trace = LiveTrace(self.recorder.send)
         self.spawn(self.recorder.record(str(path)))
 
     async def _connect_rsp(self) -> None:
@@ -358,7 +361,8 @@ class Guest(RunControl):
             "frozen": self._freezes > 0,
             "shared_ram": self.qemu is not None and self.qemu.ram_fd is not None,
             "ram_read": self._ram_read(),
-            "trace": self.recorder.status() if self.recorder else None,
+            "trace": {**self.recorder.status(), "flush": self.live_trace.status()}
+            if self.recorder and self.live_trace else None,
             "cost": self._cost(),
             "warnings": (self.recorder.warnings() if self.recorder else [])
             + ([self.record_error] if self.record_error else [])

@@ -139,6 +139,7 @@ class LaunchRequest:
     disk_if: str = "virtio-blk"
     devices: tuple[str, ...] = ()  # more -device arguments (the OS's defaults)
     programs: tuple[str, ...] = ()  # program ELFs beside the kernel's, "PATH[@ADDR]"
+    sysroot: Path | None = None  # run --sysroot: where the programs' libraries are
 
 
 def _check_trace_file(path: Path) -> None:
@@ -224,6 +225,8 @@ def launch_guest(request: LaunchRequest) -> Launched:
     check_machine(request.memory_mb, request.smp, request.machine, request.disk_if)
     _disks(request, image)
     programs = [_program(p) for p in request.programs]
+    if request.sysroot is not None and not request.sysroot.is_dir():
+        raise UsageError(f"--sysroot {request.sysroot} is not a directory")
     find_qemu()
     accel = choose_accel(request.accel)
     if request.trace_file is not None:
@@ -243,7 +246,8 @@ def launch_guest(request: LaunchRequest) -> Launched:
         image_is_disk=image.is_disk,
         kernel=str(request.kernel.resolve()) if request.kernel else None,
         disks=[str(d.resolve()) for d in request.disks], disk_if=request.disk_if,
-        devices=list(request.devices), programs=programs)
+        devices=list(request.devices), programs=programs,
+        sysroot=str(request.sysroot.resolve()) if request.sysroot else None)
     try:
         launched = Launched(claim, start_supervisor(claim, spec), warnings)
     except BaseException:

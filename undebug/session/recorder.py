@@ -5,7 +5,9 @@ stream comes from the virtio-serial port's socket, goes to ``trace.utrace`` in t
 session directory (and a ``run --trace-file`` copy), capped by ``--trace-max-size`` in
 rotated chunks (tracers/chunks.py), with the host clock of the stream header beside
 every copy (tracers/FORMAT.md section 9). A full disk loses trace data, counted and
-reported in the session record, and nothing else: run control goes on.
+reported in the session record, and nothing else: run control goes on. The same socket
+carries the host's few control messages to the guest (:meth:`TraceRecorder.send`,
+live_trace.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class TraceRecorder:
     def __init__(self, outputs: list[Path], max_size: int) -> None:
         self.writers = [ChunkWriter(p, max_size) for p in outputs]
         self.received = 0
+        self._sock: socket.socket | None = None  # connected, until the recording ends
 
     async def record(self, socket_path: str) -> None:
         """Append the stream to disk as it arrives: nothing received is lost if QEMU or
@@ -54,10 +57,12 @@ class TraceRecorder:
             sock.close()
             self._close()
             raise
+        self._sock = sock
         pump = asyncio.ensure_future(asyncio.to_thread(self._pump, sock))
         try:
             await asyncio.shield(pump)
         finally:
+            self._sock = None
             if not pump.done():  # cancelled (the supervisor ends): wake the blocked read
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -79,6 +84,20 @@ class TraceRecorder:
             if not nbytes:
                 return
             self.append(bytes(view[:nbytes]))
+
+    def send(self, data: bytes) -> bool:
+        """Write a control message to the guest (host -> guest on the same port), from
+        the event loop while the pump thread is blocked in its read (a socket allows
+        that). Never waits: a guest that takes no input (an older stub) leaves QEMU's
+        side unread, and a full socket then refuses the message (False)."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            return sock.send(data, socket.MSG_DONTWAIT) == len(data)
+        except OSError as exc:
+            log.warning("trace port: cannot send to the guest: %s", exc)
+            return False
 
     def append(self, chunk: bytes) -> None:
         """One batch of the stream, to every recording (the first with its anchor)."""

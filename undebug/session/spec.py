@@ -42,6 +42,7 @@ class SessionSpec:
     disk_if: str = "virtio-blk"
     devices: list[str] = field(default_factory=list)  # more -device arguments
     programs: list[str] = field(default_factory=list)  # program ELFs, "PATH" or "PATH@ADDR"
+    sysroot: str | None = None  # where the programs' libraries are on the host (run --sysroot)
 
     def save(self, session_path: Path) -> None:
         fd = os.open(session_path / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import socket
 import stat
@@ -35,6 +36,7 @@ __all__ = [
     "SessionClaim",
     "SessionDir",
     "claim_default_name",
+    "has_ended",
     "keep_log",
     "log_path",
     "private_dir",
@@ -241,13 +243,23 @@ class SessionDir:
 
     def is_alive(self) -> bool:
         """Whether a supervisor answers on the control socket."""
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(2.0)
-            try:
-                sock.connect(str(self.control_socket))
-            except OSError:
-                return False
-        return True
+        sock = self.watch()
+        if sock is not None:
+            sock.close()
+        return sock is not None
+
+    def watch(self) -> socket.socket | None:
+        """A connection to the supervisor to keep while waiting for its end, which
+        :func:`has_ended` then sees without waking it (a connect per look would); None
+        when none answers."""
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(2.0)
+        try:
+            sock.connect(str(self.control_socket))
+        except OSError:
+            sock.close()
+            return None
+        return sock
 
     def remove_ended(self, wait: float = 0.0) -> bool:
         """Delete the session once its guest has ended (waiting up to ``wait`` seconds
@@ -362,3 +374,15 @@ def sessions() -> Iterator[SessionDir]:
     for path in sorted(runtime_dir().iterdir()):
         if _NAME.match(path.name) and path.is_dir() and (path / "session.json").exists():
             yield SessionDir(path)
+
+
+def has_ended(watch: socket.socket) -> bool:
+    """Whether the supervisor behind a :meth:`SessionDir.watch` connection has gone (it
+    closed the connection): a look at this process's own socket, no request."""
+    ready, _, _ = select.select([watch], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return not watch.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return True

@@ -155,6 +155,7 @@ class ControlServer:
         owner = False
         freezes = 0  # this connection's holds on the guest, released when it goes
         breakpoints: set[int] = set()  # this connection's "gdb" breakpoints, deleted then
+        live = False  # this connection holds a live-trace lease (trace_live), ended then
         events: asyncio.Queue[dict[str, Any] | None] | None = None
         write_lock = asyncio.Lock()
 
@@ -194,6 +195,16 @@ class ControlServer:
                             await self.guest.thaw()
                     elif op == "memory_fd":
                         result, fds = self.guest.memory_fd()
+                    elif op == "trace_live":
+                        leases = self.guest.live_trace
+                        if leases is None:
+                            raise RequestError(ErrorCode.UNSUPPORTED,
+                                               "this guest's trace is not recorded")
+                        if not live:
+                            leases.acquire()
+                            live = True
+                            self.guest.write_record()
+                        result = leases.status()
                     elif op == "subscribe":
                         if events is None:
                             events = asyncio.Queue()
@@ -221,6 +232,9 @@ class ControlServer:
             if pump_task is not None:
                 pump_task.cancel()
             writer.close()
+            if live and self.guest.live_trace is not None:
+                self.guest.live_trace.release()
+                self.guest.write_record()
             for bp_id in sorted(breakpoints):  # unless deleted meanwhile
                 with contextlib.suppress(RequestError):
                     await self.guest.delete_breakpoint(bp_id)

@@ -120,17 +120,22 @@ int undebug_trace_connected(void);
  * data to the transport in batches (virtio: up to 64 KiB per buffer, one
  * notify per call).  Safe in interrupt context. */
 void undebug_trace_poll(void);
-/* Batching (virtio): a poll hands a ring's new data to the host only once it
- * holds `bytes` or its oldest unsent byte is `ms` old (or the ring is half
+/* Batching (virtio): a poll hands the rings' new data to the host only once a
+ * ring holds `bytes` or its oldest unsent byte is `ms` old (or the ring is half
  * full, or a drain asks), so a quiet guest wakes the host a few times a second
- * instead of at every timer tick.  Defaults UNDEBUG_FLUSH_BYTES (16 KiB) and
- * UNDEBUG_FLUSH_MS (50 ms); 0 for either sends at every poll.  Any time. */
+ * instead of at every timer tick.  `ms` is the interval at rest: while a host
+ * reader follows the stream live, the host asks (a message on the trace port,
+ * tracers/FORMAT.md 7.1) for a shorter one, 20 ms from undebug, and takes it
+ * back when the last reader goes; the shorter of the two applies.  Defaults
+ * UNDEBUG_FLUSH_BYTES (16 KiB) and UNDEBUG_FLUSH_MS (250 ms: the data waits in
+ * the rings, which are the flight recorder too, at most that long); 0 for
+ * either sends at every poll.  Any time. */
 void undebug_trace_set_flush(uint32_t bytes, uint32_t ms);
 #ifndef UNDEBUG_FLUSH_BYTES
 #define UNDEBUG_FLUSH_BYTES (16u * 1024u)
 #endif
 #ifndef UNDEBUG_FLUSH_MS
-#define UNDEBUG_FLUSH_MS 50u
+#define UNDEBUG_FLUSH_MS 250u
 #endif
 /* Flush until every attached ring is sent and (virtio) every buffer is
  * back from the device, or `max_cycles` TSC cycles passed.  Returns 0 when
