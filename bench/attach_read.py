@@ -45,7 +45,7 @@ UNDEBUG_SIDE = r"""
 import json, sys, time
 from pathlib import Path
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget
+from undebug.live_target import LiveTarget
 name, size, rpc_size, vbase, text_addr, text_size, out = sys.argv[1:8]
 size, rpc_size, vbase, text_addr, text_size = map(int, (size, rpc_size, vbase, text_addr, text_size))
 r = {}

@@ -110,8 +110,9 @@ def test_attach_keeps_a_running_guest_running(foreign_qemu, guest_image: Path) -
     assert result.json()["status"]["ram_read"] == "qemu-process"
     assert not any("slow" in w for w in result.json()["warnings"])
     from undebug.elf import ElfFile
+    from undebug.live_target import LiveTarget
     from undebug.session.store import SessionDir
-    from undebug.target import LiveTarget, ReadError
+    from undebug.target import ReadError
 
     elf = ElfFile(guest_image)
     counter, requests = elf.symbol("planted_counter"), elf.symbol("requests_handled")
@@ -222,8 +223,8 @@ def test_attach_without_reads_in_place_warns_why_and_reads_through_the_superviso
             assert f"pid {foreign_qemu[4].pid})" in warning  # SO_PEERCRED found QEMU
 
         from undebug.elf import ElfFile
+        from undebug.live_target import LiveTarget
         from undebug.session.store import SessionDir
-        from undebug.target import LiveTarget
 
         elf = ElfFile(guest_image)
         counter, requests = elf.symbol("planted_counter"), elf.symbol("requests_handled")
@@ -268,8 +269,8 @@ def test_a_real_unikraft_guest_is_read_in_place() -> None:
         assert {"worker-0", "worker-1", "worker-2"} <= {t["name"] for t in
                                                         threads.json()["threads"]}
 
+        from undebug.live_target import LiveTarget
         from undebug.session.store import SessionDir
-        from undebug.target import LiveTarget
 
         with LiveTarget(SessionDir.named("ukfast")) as target:
             assert target._ram is not None and not target.warnings

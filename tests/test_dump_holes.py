@@ -24,10 +24,10 @@ from tests.test_attach import foreign_qemu  # noqa: F401 (a fixture: a QEMU star
 from undebug.dump.core import CoreStats, write_core
 from undebug.elf import ElfFile
 from undebug.gdbserver.threads import ThreadView
+from undebug.live_target import LiveTarget
 from undebug.os import provider_for
 from undebug.session.client import SupervisorClient
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget
 from undebug.vm.process_memory import PAGEMAP_SPAN, ProcessMemory
 
 PAGE = 4096

@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import boot, undebug, wait_for_console
 from tests.test_schema import check
 from undebug.elf import ElfFile
+from undebug.live_target import LiveTarget
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget
 
 HEAP_FIELDS = {"total": "total_bytes", "used": "used_bytes", "peak": "peak_bytes",
                "allocations": "alloc_count", "frees": "free_count", "failed": "failed_count"}

@@ -17,8 +17,8 @@ import undebug as api
 from tests.conftest import check_planted_counter, undebug, wait_for_console
 from undebug.elf import ElfFile
 from undebug.errors import SessionError
+from undebug.live_target import LiveTarget
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget
 
 EVIL = "evil\x1b]0;owned\x07"
 

@@ -20,9 +20,9 @@ from tests.conftest import boot, undebug, wait_for_console
 from tests.test_schema import check
 from undebug.arch.x86_64 import Mapping, walk_mappings
 from undebug.elf import ElfFile
+from undebug.live_target import LiveTarget
 from undebug.os import provider_for
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget
 
 MIB2 = 2 << 20
 EVIL = "evil\x1b]0;owned\x07"  # the planted hostile thread name

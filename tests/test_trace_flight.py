@@ -58,7 +58,7 @@ def test_corrupt_ring_descriptors_are_reported_and_skipped(guest_image: Path) ->
         assert intact["warnings"] == [] and intact["damage"] == []
         assert {e["cpu"] for e in intact["events"]} == {0, 1}
         from tracers.flight import read_flight_recorder
-        from undebug.target import LiveTarget
+        from undebug.live_target import LiveTarget
 
         with LiveTarget(SessionDir.named(name)) as target:
             before = read_flight_recorder(target)

@@ -353,8 +353,8 @@ def test_overload_host_counted_loss_equals_the_in_band_lost_totals(
 def test_flight_recorder_of_a_crashed_guest_that_never_streamed(
         guest_image: Path, tracepoints: Tracepoints, detached: list[str]) -> None:
     from tracers.flight import read_flight_recorder
+    from undebug.live_target import LiveTarget
     from undebug.session.store import SessionDir
-    from undebug.target import LiveTarget
 
     name = "tl-crashed"
     detached.append(name)

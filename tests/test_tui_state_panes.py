@@ -33,9 +33,9 @@ from tui.widgets.net import NetPane
 from tui.widgets.pane import TextPane
 from tui.widgets.status import StatusBar
 from undebug.elf import ElfFile
+from undebug.live_target import LiveTarget
 from undebug.os import provider_for
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget
 
 NAME = "tui-state"
 EVIL = "evil\x1b]0;owned\x07"  # the reference guest's hostile thread name

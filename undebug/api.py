@@ -23,6 +23,7 @@ from undebug.disasm import Instruction, disassemble
 from undebug.elf import Symbol
 from undebug.errors import UndebugError, UsageError
 from undebug.evaluate import Evaluation, evaluate_in
+from undebug.live_target import LiveTarget
 from undebug.locations import resolve_location
 from undebug.os import provider_for
 from undebug.os.provider import GuestThread, ThreadProvider
@@ -30,7 +31,7 @@ from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient, live_status
 from undebug.session.replies import GuestStatus, Stop
 from undebug.session.store import SessionDir, sessions
-from undebug.target import LiveTarget, Target, guest_elf, open_target
+from undebug.target import Target, guest_elf, open_target
 from undebug.text import escape
 from undebug.unwind import Backtrace, Frame, unwind
 

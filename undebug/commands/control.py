@@ -109,7 +109,7 @@ def break_(args: argparse.Namespace) -> Report:
 def runtime_location(name: str, location: str, elf_path: Path | None) -> int:
     """The runtime address of a breakpoint LOCATION: an address as given; a symbol or
     FILE:LINE from the ELF, plus the load offset the guest runs it at (a KASLR slide,
-    found by :class:`~undebug.target.LiveTarget` from the guest)."""
+    found by :class:`~undebug.live_target.LiveTarget` from the guest)."""
     from undebug.locations import resolve_location
     from undebug.target import guest_elf, open_target
 

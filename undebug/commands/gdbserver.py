@@ -97,7 +97,7 @@ def _monitor_dump(target: Target, rest: str) -> Report:
     ``./undebug-dumps``, from the server's directory)."""
     from undebug.commands.dump import bundle_report
     from undebug.dump.bundle import BundleRequest, write_bundle
-    from undebug.target import LiveTarget
+    from undebug.live_target import LiveTarget
 
     if not isinstance(target, LiveTarget):
         raise UsageError("monitor dump needs a live guest: this is a dump bundle already")

@@ -107,9 +107,9 @@ def _render(data: dict[str, Any]) -> list[str]:
 def net_body(target: Target, args: argparse.Namespace) -> Report:
     """The guest's lwIP view from ``target``; QEMU's through the supervisor when the
     target is live, else ``host`` null and a warning (a bundle holds no QEMU)."""
+    from undebug.live_target import LiveTarget
     from undebug.os.lwip import guest_network
     from undebug.session.host_net import host_network
-    from undebug.target import LiveTarget
 
     warnings: list[str] = []
     client = target.client if isinstance(target, LiveTarget) else None

@@ -231,7 +231,7 @@ class _Dump:
     def _target_xml(self, target: Target) -> None:
         """QEMU's register layout (``target.xml`` and its includes), which ``undebug
         gdbserver BUNDLE`` serves as the live guest's was."""
-        from undebug.target import LiveTarget
+        from undebug.live_target import LiveTarget
 
         if not isinstance(target, LiveTarget):
             return
@@ -252,7 +252,7 @@ class _Dump:
         the supervisor. The file is made 0600 first (QEMU truncates it, keeping the
         mode), its mode checked after; any failure leaves a warning, not a bundle marked
         incomplete: undebug's own core.elf is the bundle's."""
-        from undebug.target import LiveTarget
+        from undebug.live_target import LiveTarget
 
         if not isinstance(target, LiveTarget):
             self._no_qemu_core("not a live guest")

@@ -1,6 +1,6 @@
 """A live guest as a gdbserver :class:`~undebug.gdbserver.backend.Backend`: its supervisor.
 
-Reads go through a :class:`~undebug.target.LiveTarget` opened at each stop (guest RAM
+Reads go through a :class:`~undebug.live_target.LiveTarget` opened at each stop (guest RAM
 mapped from QEMU), so its caches and the thread view key on one run token; run control,
 breakpoints and writes go to the supervisor, which owns them. The supervisor's typed
 replies (undebug/session/replies.py) become the backend's dataclasses here and nowhere else.
@@ -25,13 +25,14 @@ from undebug.gdbserver.backend import (
     ServedBreakpoint,
     Stop,
 )
+from undebug.live_target import LiveTarget
 from undebug.session.breakpoints import WATCHES, Breakpoint
 from undebug.session.client import SupervisorClient
 from undebug.session.outcome import Outcome
 from undebug.session.replies import GuestStatus, MalformedReply
 from undebug.session.replies import Stop as SupervisorStop
 from undebug.session.store import SessionDir
-from undebug.target import LiveTarget, Target
+from undebug.target import Target
 from undebug.text import escape
 
 __all__ = ["LiveBackend"]
