@@ -186,6 +186,23 @@ def test_json_of_a_stream_cut_into_batches_is_the_object_writers_text() -> None:
             assert made.getvalue().lower().count(b'"traceid"') > 12  # spans, not nothing
 
 
+def test_jaeger_json_written_a_few_parts_at_a_time_is_the_same_text() -> None:
+    """The column writer joins at most ``write_parts`` parts (span texts, commas, a
+    trace's head and tail) for a write: cut anywhere, the file is the object writer's."""
+    _, _, columns = build([nested_stream()], TPS, fast=True, max_events=3)
+    for parts in (1, 2, 3, 7):
+        made, expected = io.BytesIO(), io.BytesIO()
+        a = JaegerJsonWriter(made, RESOURCE, write_parts=parts)
+        b = JaegerJsonWriter(expected, RESOURCE)
+        for c in columns:
+            a.write_columns(c)
+            b.write(c.spans())
+        a.close()
+        b.close()
+        assert made.getvalue() == expected.getvalue(), parts
+        assert made.getvalue().count(b'"traceID"') > 12  # spans, not nothing
+
+
 def test_packing_lays_out_each_record_as_its_pieces_end_to_end() -> None:
     """packing.strings against the plain way (each record's bytes joined in Python), with
     few layouts (records grouped by their pieces' lengths) and with too many (the masks);
