@@ -8,18 +8,36 @@ format is only how an attribute is spelled.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 from tracers.export import packing as pk
 from tracers.export.attributes import AttrValue
 from tracers.export.columns import Attr, SpanColumns, event_groups
 from tracers.export.packing import Laid, Piece
 
-__all__ = ["jaeger_spans", "otlp_spans"]
+__all__ = ["TEXT_SPANS", "in_parts", "jaeger_spans", "otlp_spans"]
 
+TEXT_SPANS = 8192
+"""Spans whose text is made at once (a batch can hold 32 k): their strings (~8-12 MiB)
+and piece matrices are what a writer holds, so fewer fresh pages are faulted in per batch
+(memory malloc gives back is taken again), for the same bytes: a span's text is its own."""
 _INT64_MAX = np.uint64((1 << 63) - 1)
 _dumps = json.dumps
+
+
+def in_parts(c: SpanColumns, rows: npt.NDArray[np.int64] | None = None,
+             size: int = TEXT_SPANS) -> Iterator[SpanColumns]:
+    """The spans ``rows`` (default all, in order) as columns of at most ``size`` spans."""
+    if rows is None:
+        if len(c) <= size:
+            yield c
+            return
+        rows = np.arange(len(c), dtype=np.int64)
+    for lo in range(0, len(rows), size):
+        yield c.take(rows[lo:lo + size])
 
 
 def _item(key: str, value: AttrValue, jaeger: bool) -> bytes:
