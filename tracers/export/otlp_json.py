@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from tracers.export.attributes import AttributeJson, AttrValue
 from tracers.export.columns import SpanColumns
 from tracers.export.json_columns import TEXT_SPANS, in_parts, otlp_spans
@@ -83,12 +86,15 @@ class OtlpJsonWriter:
 
     def write_columns(self, columns: SpanColumns) -> None:
         for part in in_parts(columns, size=self.text_spans):
-            spans = otlp_spans(part).spans  # each after a comma
-            at = 0
-            while at < len(spans):
-                take = min(self.per_line - self._count, len(spans) - at)
-                self._add(spans[at:at + take].tolist())
-                at += take
+            self._add_laid(otlp_spans(part).spans)
+
+    def _add_laid(self, spans: npt.NDArray[np.object_]) -> None:
+        """Spans' text, each after a comma, a line at a time."""
+        at = 0
+        while at < len(spans):
+            take = min(self.per_line - self._count, len(spans) - at)
+            self._add(spans[at:at + take].tolist())
+            at += take
 
     def _add(self, spans: list[bytes]) -> None:
         """Spans' text, each after a comma."""
