@@ -186,6 +186,28 @@ def test_json_of_a_stream_cut_into_batches_is_the_object_writers_text() -> None:
             assert made.getvalue().lower().count(b'"traceid"') > 12  # spans, not nothing
 
 
+def test_json_made_and_written_a_few_spans_at_a_time_is_the_same_text() -> None:
+    """The column writers make the text of at most ``text_spans`` spans at once, and Jaeger
+    JSON's joins at most ``write_parts`` parts (span texts, commas, a trace's head and
+    tail) for a write: cut anywhere, in a trace or between them, the file is the object
+    writer's."""
+    _, _, columns = build([nested_stream()], TPS, fast=True, max_events=3)
+    assert max(len(c) for c in columns) > 7
+    for spans, parts in ((1, 1), (2, 3), (3, 2), (7, 1024), (8192, 5)):
+        for writer, options in ((OtlpJsonWriter, {}), (JaegerJsonWriter,
+                                                       {"write_parts": parts})):
+            made, expected = io.BytesIO(), io.BytesIO()
+            a = writer(made, RESOURCE, text_spans=spans, **options)  # type: ignore[abstract]
+            b = writer(expected, RESOURCE)  # type: ignore[abstract]
+            for c in columns:
+                a.write_columns(c)
+                b.write(c.spans())
+            a.close()
+            b.close()
+            assert made.getvalue() == expected.getvalue(), (writer, spans, parts)
+            assert made.getvalue().lower().count(b'"traceid"') > 12  # spans, not nothing
+
+
 def test_packing_lays_out_each_record_as_its_pieces_end_to_end() -> None:
     """packing.strings against the plain way (each record's bytes joined in Python), with
     few layouts (records grouped by their pieces' lengths) and with too many (the masks);

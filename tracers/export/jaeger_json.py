@@ -13,16 +13,21 @@ import json
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tracers.export import packing as pk
 from tracers.export.attributes import AttributeJson, AttrValue
 from tracers.export.columns import SpanColumns
-from tracers.export.json_columns import jaeger_spans
+from tracers.export.json_columns import TEXT_SPANS, in_parts, jaeger_spans
 from tracers.export.spans import ExportSpan
 
 __all__ = ["JaegerJsonWriter", "jaeger_tags"]
 
 PROCESS = "p1"
+WRITE_PARTS = 1024
+"""Parts (a span's text, a comma, a trace's head or tail) joined for one write: ~0.7 MiB,
+a buffer malloc takes back and gives again, where a batch's whole text (~45 MiB, past
+its mmap threshold) was mapped and faulted in afresh for every batch."""
 
 
 def _tag(k: str, v: AttrValue) -> dict[str, Any]:
@@ -66,9 +71,12 @@ class _SpanText:
 
 class JaegerJsonWriter:
     def __init__(self, out: IO[bytes], resource: dict[str, AttrValue],
-                 max_held: int = 10_000) -> None:
+                 max_held: int = 10_000, write_parts: int = WRITE_PARTS,
+                 text_spans: int = TEXT_SPANS) -> None:
         self.out = out
         self.max_held = max_held
+        self.write_parts = write_parts
+        self.text_spans = text_spans
         service = str(resource.get("service.name", "unikernel"))
         tags = {k: v for k, v in resource.items() if k != "service.name"}
         processes = json.dumps({PROCESS: {"serviceName": service,
@@ -89,8 +97,7 @@ class JaegerJsonWriter:
         outermost span is among the columns is written whole, in the order of its spans
         (none of them is held: a span in columns began in their batch, and so did all
         its descendants); the spans of the others are held."""
-        texts = jaeger_spans(columns).spans
-        n = len(texts)
+        n = len(columns)
         if not n:
             return
         words = columns.trace.view(">u8").reshape(n, 2)
@@ -103,29 +110,42 @@ class JaegerJsonWriter:
         root_of = np.full(int(trace.max()) + 1, -1, np.int64)
         root_of[trace[roots]] = roots
         mine = root_of[trace]
-        for row in np.flatnonzero(mine < 0).tolist():  # in a trace that ends later
-            self._hold(columns.trace[row].tobytes(), texts[row], False)
+        held = np.flatnonzero(mine < 0)  # in a trace that ends later
+        for part in in_parts(columns, held, self.text_spans):
+            for trace_id, text in zip(part.trace, jaeger_spans(part).spans.tolist(),
+                                      strict=True):
+                self._hold(trace_id.tobytes(), text, False)
         rows = np.flatnonzero(mine >= 0)
         if not len(rows):
             return
         rows = rows[np.argsort(mine[rows] * (n + 1) + rows, kind="stable")]
         first = np.ones(len(rows), np.bool_)
         first[1:] = mine[rows[1:]] != mine[rows[:-1]]
-        m = len(roots)
-        heads = np.array(pk.strings([pk.const(b',{"traceID":"', m),
-                                     pk.hexed(columns.trace[roots]),
-                                     pk.const(b'","spans":[', m)]), object)
-        if not self.traces:
+        last = np.append(first[1:], True)
+        for lo, part in zip(range(0, len(rows), self.text_spans),
+                            in_parts(columns, rows, self.text_spans), strict=True):
+            self._traces(part, first[lo:lo + len(part)], last[lo:lo + len(part)])
+
+    def _traces(self, part: SpanColumns, first: npt.NDArray[np.bool_],
+                last: npt.NDArray[np.bool_]) -> None:
+        """Spans of whole traces in order (``first``/``last``: a trace's first or last
+        span), their trace's head before the first and its tail after the last."""
+        heads = np.array(pk.strings([pk.const(b',{"traceID":"', int(first.sum())),
+                                     pk.hexed(part.trace[first]),
+                                     pk.const(b'","spans":[', int(first.sum()))]), object)
+        if not self.traces and len(heads):
             heads[0] = heads[0][1:]
-        parts = np.empty(2 * len(rows) + m, object)
-        starts = np.flatnonzero(first)
-        at = np.arange(len(rows)) * 2 + np.cumsum(first) - 1
+        k = len(part)
+        parts = np.empty(2 * k + int(last.sum()), object)
+        at = np.arange(k) * 2 + np.cumsum(last) - last
         parts[at] = b","
-        parts[at[starts]] = heads
-        parts[at + 1] = texts[rows]
-        parts[np.append(at[starts[1:]] - 1, len(parts) - 1)] = self._tail
-        self.out.write(b"".join(parts.tolist()))
-        self.traces += m
+        parts[at[first]] = heads
+        parts[at + 1] = jaeger_spans(part).spans
+        parts[at[last] + 2] = self._tail
+        pieces = parts.tolist()
+        for at_part in range(0, len(pieces), self.write_parts):
+            self.out.write(b"".join(pieces[at_part:at_part + self.write_parts]))
+        self.traces += len(heads)
 
     def _hold(self, trace_id: bytes, text: bytes, root: bool) -> None:
         self.held.setdefault(trace_id, []).append(text)

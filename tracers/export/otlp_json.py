@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from tracers.export.attributes import AttributeJson, AttrValue
 from tracers.export.columns import SpanColumns
-from tracers.export.json_columns import otlp_spans
+from tracers.export.json_columns import TEXT_SPANS, in_parts, otlp_spans
 from tracers.export.spans import ExportSpan
 
 __all__ = ["OtlpJsonWriter", "SpanText", "any_value", "encode_attributes"]
@@ -63,9 +66,11 @@ class SpanText:
 class OtlpJsonWriter:
     """Writes spans as they come, ``per_line`` to a request (a line)."""
 
-    def __init__(self, out: IO[bytes], resource: dict[str, AttrValue], per_line: int = 512) -> None:
+    def __init__(self, out: IO[bytes], resource: dict[str, AttrValue], per_line: int = 512,
+                 text_spans: int = TEXT_SPANS) -> None:
         self.out = out
         self.per_line = per_line
+        self.text_spans = text_spans
         self.lines = 0
         self.text = SpanText()
         self._parts: list[bytes] = []  # the next line's spans' text
@@ -80,7 +85,11 @@ class OtlpJsonWriter:
             self._add([b"," + self.text.span(span).encode()])
 
     def write_columns(self, columns: SpanColumns) -> None:
-        spans = otlp_spans(columns).spans  # each after a comma
+        for part in in_parts(columns, size=self.text_spans):
+            self._add_laid(otlp_spans(part).spans)
+
+    def _add_laid(self, spans: npt.NDArray[np.object_]) -> None:
+        """Spans' text, each after a comma, a line at a time."""
         at = 0
         while at < len(spans):
             take = min(self.per_line - self._count, len(spans) - at)

@@ -122,6 +122,9 @@ def trace(args: argparse.Namespace) -> Report:
     if args.trace_command == "show":
         return _show(args)
     if args.trace_command == "export":
+        # before numpy loads OpenBLAS: its worker threads spin ~0.06 s of CPU after start
+        # and the export does no linear algebra (an explicit setting is kept)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         from undebug.commands.trace_export import export
 
         return export(args, _open_source(args))
