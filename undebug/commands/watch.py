@@ -55,18 +55,13 @@ def watch(args: argparse.Namespace) -> Report:
 
 
 def _where(args: argparse.Namespace) -> tuple[int, int]:
-    """The address and the length to watch: a symbol's own, an address's ``--len``."""
-    from undebug.locations import resolve_location
-    from undebug.target import guest_elf
+    """The address and the length to watch: a symbol's own (the kernel's, a program's or
+    a library's: :func:`undebug.os.locate.guest_location`), an address's ``--len``."""
+    from undebug.os.locate import guest_location
 
-    if args.location[:1].isdigit():
-        return resolve_location(None, args.location), args.length or WORD
-    elf = guest_elf(args.target, args.elf)
-    symbol = elf.symbol(args.location)
-    if symbol is None:
-        raise UsageError(f"no symbol {args.location!r} in {elf.path}",
+    found = guest_location(args.target, args.location, args.elf)
+    if found.symbol is None and found.elf is not None:
+        raise UsageError(f"{args.location} is a line of code, not a variable",
                          hint="give a global variable's name or an address")
-    from undebug.commands.control import runtime_location
-
-    return (runtime_location(args.target, args.location, args.elf),
-            args.length or symbol.size or WORD)
+    size = found.symbol.size if found.symbol is not None else WORD
+    return found.address, args.length or size or WORD
