@@ -339,7 +339,7 @@ def source_path(name: str, file: str) -> Path | None:
 def break_at(name: str, location: str, hardware: bool = False) -> Breakpoint:
     """A breakpoint the supervisor keeps at a function, FILE:LINE or an address, as
     ``undebug break NAME LOCATION`` sets it (owner "cli": it stays until deleted)."""
-    address = guest_location(name, location).address
+    address = guest_location(name, location)[0].address
     with SupervisorClient(SessionDir.named(name)) as client:
         return client.insert_breakpoint(address, hardware, location)
 

@@ -22,6 +22,7 @@ class Location:
     elf: ElfFile | None = None
     offset: int = 0
     symbol: Symbol | None = None
+    also: tuple[str, ...] = ()  # the other ELFs with a symbol of that name (file names)
 
 
 def _address(text: str) -> int:
@@ -36,12 +37,17 @@ def _address(text: str) -> int:
 
 def resolve_in(modules: Sequence[tuple[ElfFile, int]], text: str) -> Location:
     """Where ``text`` is in the first of ``modules`` (ELFs with their load offsets: a
-    kernel, then its programs and libraries) that has it; an address needs none."""
+    kernel, then its programs and libraries) that has it; ``MODULE:SYMBOL`` (an ELF's
+    file name: ``libc.so.6:clock_nanosleep``) in that one; an address needs none."""
     if text[:1].isdigit():
         return Location(_address(text))
     if not modules:
         raise UsageError(f"{text!r} is not an address, and no ELF is known to look it up in",
                          hint="pass --elf")
+    module, sep, name = text.partition(":")
+    named = [(e, o) for e, o in modules if module in (e.code_path.name, e.path.name)]
+    if sep and named and name and not name[:1].isdigit() and ":" not in name:
+        modules, text = named, name
     file, sep, line = text.rpartition(":")
     searched = ", ".join(str(elf.code_path) for elf, _ in modules)
     if sep and line.isdigit():
@@ -52,10 +58,11 @@ def resolve_in(modules: Sequence[tuple[ElfFile, int]], text: str) -> Location:
         hint = None if any(elf.has_dwarf for elf, _ in modules) else \
             "the ELF has no DWARF line table"
         raise UsageError(f"no code at {text} in {searched}", hint=hint)
-    for elf, offset in modules:
+    for i, (elf, offset) in enumerate(modules):
         symbol = elf.symbol(text)
         if symbol is not None:
-            return Location((symbol.address + offset) & MASK, elf, offset, symbol)
+            also = tuple(e.code_path.name for e, _ in modules[i + 1:] if e.symbol(text))
+            return Location((symbol.address + offset) & MASK, elf, offset, symbol, also)
     raise UsageError(f"no symbol {text!r} (function or variable) in {searched}",
                      hint="give a function name, FILE:LINE or an address")
 

@@ -106,9 +106,10 @@ def break_(args: argparse.Namespace) -> Report:
                 breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
         from undebug.os.locate import guest_location
 
-        address = guest_location(args.target, args.location, args.elf).address
-        bp = client.insert_breakpoint(address, args.hardware, args.location)
-    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [breakpoint_line(bp)])
+        found, warnings = guest_location(args.target, args.location, args.elf)
+        bp = client.insert_breakpoint(found.address, args.hardware, args.location)
+    return Report(data={"breakpoint": bp.to_json()}, warnings=warnings,
+                  render=lambda: [breakpoint_line(bp)])
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:

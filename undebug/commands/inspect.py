@@ -222,12 +222,14 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
     length = _number(args.length, "length")
     if not 0 < length <= 1 << 30:
         raise UsageError(f"length {length} is out of range (1 .. 1 GiB)")
+    warnings: list[str] = []
     if args.address[:1].isdigit():
         address = _number(args.address, "address")
     else:  # the kernel's, else a program's or library's where the OS awareness finds it
-        from undebug.os.locate import locate
+        from undebug.os.locate import ambiguity, locate
 
-        address = locate(target, args.address).address
+        found = locate(target, args.address)
+        address, warnings = found.address, ambiguity(found)
     if args.format == "raw" and not args.json and sys.stdout.isatty():
         raise UsageError("refusing to write raw guest bytes to a terminal",
                          hint="redirect to a file (> out.bin) or use --format hex")
@@ -236,7 +238,8 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
         sys.stdout.buffer.write(data)
         return Report()
     return Report(data={"address": address, "size": length, "physical": args.phys,
-                        "hex": data.hex()}, render=lambda: hexdump(address, data))
+                        "hex": data.hex()}, warnings=warnings,
+                  render=lambda: hexdump(address, data))
 
 
 command("mem", "read guest memory", _mem_arguments)(_with_target(mem_body))
@@ -306,7 +309,7 @@ def _program_symbol(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
     load biases are in the guest's memory (a PIE's, a library's), so it is read, paused
     for the look-up (:func:`undebug.os.locate.locate`). None: FILE:LINE, or no guest to
     read (it has ended)."""
-    from undebug.os.locate import locate
+    from undebug.os.locate import ambiguity, locate
     from undebug.target import open_target
 
     try:
@@ -319,6 +322,6 @@ def _program_symbol(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
             return None
         data = _symbol_json(found.elf, found.symbol, found.offset)
         data.update(module=found.elf.code_path.name, load_offset=found.offset)
-        return data, list(target.warnings)
+        return data, [*target.warnings, *ambiguity(found)]
     return None
 

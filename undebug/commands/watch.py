@@ -46,22 +46,23 @@ def watch(args: argparse.Namespace) -> Report:
             wps = [bp for bp in client.status().breakpoints if bp.watch is not None]
             return Report(data={"watchpoints": [wp.to_json() for wp in wps]}, render=lambda: [
                 breakpoint_line(wp) for wp in wps] or ["no watchpoints"])
-        address, length = _where(args)
+        address, length, warnings = _where(args)
         if not 1 <= length <= MAX_WATCH:
             raise UsageError(f"--len {length}: a watchpoint covers 1 to {MAX_WATCH} bytes")
         kind: Watch = "read" if args.read else "access" if args.access else "write"
         wp = client.insert_breakpoint(address, False, args.location, watch=kind, length=length)
-    return Report(data={"watchpoint": wp.to_json()}, render=lambda: [breakpoint_line(wp)])
+    return Report(data={"watchpoint": wp.to_json()}, warnings=warnings,
+                  render=lambda: [breakpoint_line(wp)])
 
 
-def _where(args: argparse.Namespace) -> tuple[int, int]:
+def _where(args: argparse.Namespace) -> tuple[int, int, list[str]]:
     """The address and the length to watch: a symbol's own (the kernel's, a program's or
     a library's: :func:`undebug.os.locate.guest_location`), an address's ``--len``."""
     from undebug.os.locate import guest_location
 
-    found = guest_location(args.target, args.location, args.elf)
+    found, warnings = guest_location(args.target, args.location, args.elf)
     if found.symbol is None and found.elf is not None:
         raise UsageError(f"{args.location} is a line of code, not a variable",
                          hint="give a global variable's name or an address")
     size = found.symbol.size if found.symbol is not None else WORD
-    return found.address, args.length or size or WORD
+    return found.address, args.length or size or WORD, warnings
