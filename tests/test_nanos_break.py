@@ -41,6 +41,13 @@ def _return_sites(elf: Path, callee: int) -> set[int]:
     return sites
 
 
+def _eval_number(name: str, expression: str) -> int:
+    """gdb's value of a C expression through ``undebug eval``."""
+    result = undebug("eval", name, expression, "--json")
+    assert result.code == 0, result.stderr
+    return int(result.json()["value"])
+
+
 def _wait(name: str) -> dict[str, Any]:
     result = undebug("wait", name, "--timeout", "90", "--json")
     assert result.code == 0, result.stdout + result.stderr
@@ -99,6 +106,8 @@ def test_a_breakpoint_in_the_static_program_stops_a_worker(static: Path) -> None
                                       symbols["do_work"])
     assert bp["address"] == symbols["do_work"] and bias == 0  # static: its link address
     assert stop["file"] == "workers.c", stop
+    # eval: gdb gets the program's symbols too
+    assert _eval_number("nanosbrk", "(unsigned long)&counters") == symbols["counters"]
 
 
 def test_a_watchpoint_on_the_program_s_variable_fires_in_a_worker(static: Path) -> None:
@@ -133,6 +142,7 @@ def test_a_breakpoint_in_a_pie_is_at_its_load_bias() -> None:
                                        symbols["do_work"])
         assert PIE_LOW <= bias < PIE_LOW + PIE_RANGE, hex(bias)
         assert bp["address"] == symbols["do_work"] + bias
+        assert _eval_number("nanospiebrk", "(unsigned long)&do_work") == bp["address"]
 
 
 def test_a_breakpoint_in_libc_is_at_the_library_s_bias_and_named_as_gdb_does() -> None:
@@ -149,6 +159,8 @@ def test_a_breakpoint_in_libc_is_at_the_library_s_bias_and_named_as_gdb_does() -
                                        "clock_nanosleep", LIBC, at)
         assert bias % 4096 == 0 and bias > PIE_LOW + PIE_RANGE, hex(bias)
         assert bp["address"] == at + bias
+        assert _eval_number("nanosdynbrk", "(unsigned long)&start_thread") == \
+            libc["start_thread"] + bias
         for spelled in ("clock_nanosleep@@GLIBC_2.17", "clock_nanosleep@GLIBC_2.2.5",
                         "libc.so.6:clock_nanosleep"):
             sym = undebug("sym", "nanosdynbrk", spelled, "--json")

@@ -73,7 +73,9 @@ def _stop_line(info: dict[str, Any]) -> str:
 def _break_arguments(p: argparse.ArgumentParser) -> None:
     _name(p)
     p.add_argument("location", metavar="LOCATION", nargs="?",
-                   help="a function (its first instruction), FILE:LINE or an address")
+                   help="a function (its first instruction: the kernel's, else a program's "
+                   "or library's at its load bias; MODULE:FUNCTION for one file's, e.g. "
+                   "libc.so.6:clock_nanosleep), FILE:LINE or an address")
     p.add_argument("--hardware", action="store_true",
                    help="a hardware breakpoint (debug registers) instead of a software one")
     p.add_argument("--list", action="store_true",

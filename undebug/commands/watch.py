@@ -19,7 +19,8 @@ WORD = 8  # bytes watched at a bare address when --len is not given
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
     p.add_argument("location", metavar="SYMBOL|ADDR", nargs="?",
-                   help="a variable (its symbol: watches its whole size) or an address")
+                   help="a variable (its symbol, the kernel's or a program's or library's, "
+                   "MODULE:SYMBOL for one file's: watches its whole size) or an address")
     access = p.add_mutually_exclusive_group()
     access.add_argument("--read", action="store_true", help="stop when the guest reads it")
     access.add_argument("--access", action="store_true",
