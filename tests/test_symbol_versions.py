@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.test_nanos_image import _nm
 from tests.test_nanos_pie import LIBC, _debug_file
 from undebug.elf import ElfFile
@@ -60,3 +62,27 @@ def test_a_name_is_found_with_or_without_its_version() -> None:
         if plain.binding != "local":  # not shadowed by a static of the same name
             assert plain.address == new, old_name
         assert by_old.address == old, old_name
+
+
+def test_module_colon_symbol_and_a_miss_naming_every_file(tmp_path: Path) -> None:
+    """resolve_in over a program (gcc -g here, with its own clock_nanosleep, as the Nanos
+    kernel has one) and the host's libc at made-up offsets: the first file's name wins,
+    MODULE:SYMBOL picks libc's, and a miss names both files."""
+    from undebug.errors import UsageError
+    from undebug.locations import resolve_in
+
+    source = tmp_path / "own.c"
+    source.write_text("int clock_nanosleep(void) { return 1; }\nint main(void) { return 0; }\n")
+    program = tmp_path / "own"
+    subprocess.run(["gcc", "-g", "-o", str(program), str(source)], check=True)
+    libc_at = _versioned(_debug_file(LIBC))["clock_nanosleep@@GLIBC_2.17"][1]
+    modules = [(ElfFile(program), 0x1000), (ElfFile(_debug_file(LIBC), LIBC), 0x7F0000000000)]
+    first = resolve_in(modules, "clock_nanosleep")
+    assert first.address == _nm(program)["clock_nanosleep"] + 0x1000
+    assert first.also == ("libc.so.6",)
+    chosen = resolve_in(modules, "libc.so.6:clock_nanosleep")
+    assert chosen.address == libc_at + 0x7F0000000000 and chosen.elf is modules[1][0]
+    assert resolve_in(modules, "own.c:2").elf is modules[0][0]  # FILE:LINE still
+    with pytest.raises(UsageError) as miss:
+        resolve_in(modules, "no_such_function")
+    assert str(program) in miss.value.message and str(LIBC) in miss.value.message

@@ -323,5 +323,4 @@ def _program_symbol(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
         data = _symbol_json(found.elf, found.symbol, found.offset)
         data.update(module=found.elf.code_path.name, load_offset=found.offset)
         return data, [*target.warnings, *ambiguity(found)]
-    return None
 
