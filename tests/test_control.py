@@ -68,7 +68,7 @@ def test_step_moves_one_instruction_on_the_stopped_vcpu(guest: str) -> None:
 
 
 def test_bad_locations_and_ids(guest: str) -> None:
-    for location, message in [("no_such_function", "no function or symbol"),
+    for location, message in [("no_such_function", "no symbol 'no_such_function'"),
                               ("main.c:99999", "no code at main.c:99999")]:
         result = undebug("break", guest, location)
         assert result.code == 2 and message in result.stderr

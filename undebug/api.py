@@ -24,8 +24,8 @@ from undebug.elf import Symbol
 from undebug.errors import UndebugError, UsageError
 from undebug.evaluate import Evaluation, evaluate_in
 from undebug.live_target import LiveTarget
-from undebug.locations import resolve_location
 from undebug.os import provider_for
+from undebug.os.locate import guest_location, locate
 from undebug.os.provider import GuestThread, ThreadProvider
 from undebug.session.breakpoints import Breakpoint
 from undebug.session.client import SupervisorClient, live_status
@@ -211,10 +211,7 @@ class Session:
             except ValueError:
                 raise UsageError(f"bad address {text!r}", hint="write a number such as "
                                  "0x1000, or a symbol") from None
-        found = self.target.address_of(text)
-        if found is None:
-            raise UsageError(f"no symbol {text!r} in {self.target.elf.path}")
-        return found
+        return locate(self.target, text).address
 
     def disassemble(self, pc: int, before: int = 8, after: int = 16) -> list[Instruction]:
         """The instructions around ``pc`` (undebug/disasm.py), read from the guest."""
@@ -343,8 +340,7 @@ def source_path(name: str, file: str) -> Path | None:
 def break_at(name: str, location: str, hardware: bool = False) -> Breakpoint:
     """A breakpoint the supervisor keeps at a function, FILE:LINE or an address, as
     ``undebug break NAME LOCATION`` sets it (owner "cli": it stays until deleted)."""
-    elf = None if location[:1].isdigit() else guest_elf(name)
-    address = resolve_location(elf, location)
+    address = guest_location(name, location)[0].address
     with SupervisorClient(SessionDir.named(name)) as client:
         return client.insert_breakpoint(address, hardware, location)
 

@@ -32,7 +32,7 @@ __all__ = ["MAX_STRUCT_SIZE", "ElfFile", "LoadedText", "Member", "MemberNotFound
            "Symbol", "cache_dir"]
 
 MAX_STRUCT_SIZE = 1 << 20  # larger than any struct an OS helper reads per object: corrupt DWARF
-CACHE_VERSION = 2  # bump when the index format changes: old files are then ignored
+CACHE_VERSION = 3  # bump when the index format changes: old files are then ignored
 _ARCH = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "aarch64",
          "EM_ARM": "arm", "EM_RISCV": "riscv"}
 _SHF_WRITE, _SHF_ALLOC, _SHF_EXECINSTR = 0x1, 0x2, 0x4
@@ -44,6 +44,7 @@ class Symbol:
     address: int
     size: int
     kind: str  # "func" or "object"
+    binding: str = "global"  # "global", "weak" or "local" (a file's static)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def _symbols(elf: Any) -> list[list[Any]]:
     from elftools.elf.sections import SymbolTableSection
 
     kinds = {"STT_FUNC": "func", "STT_OBJECT": "object"}
+    bindings = {"STB_GLOBAL": "global", "STB_WEAK": "weak"}
     out: list[list[Any]] = []
     seen: set[str] = set()
     for section in elf.iter_sections():
@@ -187,7 +189,8 @@ def _symbols(elf: Any) -> list[list[Any]]:
             kind = kinds.get(sym["st_info"]["type"])
             if kind and sym.name and sym["st_shndx"] != "SHN_UNDEF" and sym.name not in seen:
                 seen.add(sym.name)  # the first (the static symtab before .dynsym) wins
-                out.append([sym.name, sym["st_value"], sym["st_size"], kind])
+                out.append([sym.name, sym["st_value"], sym["st_size"], kind,
+                            bindings.get(sym["st_info"]["bind"], "local")])
     return out
 
 
@@ -246,6 +249,13 @@ def _parse(elf: Any, data: bytes) -> dict[str, Any]:
             "build_id_address": build_id_address, "loaded_text": _loaded_text(elf, data),
             "architecture": _ARCH.get(machine, machine.removeprefix("EM_").lower()),
             "symbols": _symbols(elf), "sections": sections, "dwarf": dwarf}
+
+
+def _unversioned(name: str) -> str:
+    """A symbol's name without its ELF symbol version (``clock_nanosleep@@GLIBC_2.17``,
+    ``clock_nanosleep@GLIBC_2.2.5``: ``clock_nanosleep``), as gdb shows it."""
+    at = name.find("@")
+    return name if at <= 0 else name[:at]
 
 
 class ElfFile:
@@ -339,9 +349,19 @@ class ElfFile:
                 raise
 
     def _unpack(self, index: dict[str, Any]) -> None:
-        symbols = [Symbol(str(n), int(a), int(s), str(k)) for n, a, s, k in index["symbols"]]
-        self._by_name = {s.name: s for s in symbols}
-        self._sorted = sorted(symbols, key=lambda s: (s.address, s.kind != "func"))
+        raw = [str(n) for n, *_ in index["symbols"]]
+        symbols = [Symbol(_unversioned(str(n)), int(a), int(s), str(k), str(b))
+                   for n, a, s, k, b in index["symbols"]]
+        # a name as the file spells it (clock_nanosleep@@GLIBC_2.17), else without its
+        # version: the default one (@@) before an older one (@), as the linker binds it
+        self._by_name = dict(zip(raw, symbols, strict=True))
+        for _, sym in sorted(zip(raw, symbols, strict=True), key=lambda r: "@@" not in r[0]):
+            self._by_name.setdefault(sym.name, sym)
+        # of aliases at one address the last is shown, as gdb picks its minimal symbol:
+        # a global before a file's static, then the greatest name (nanosleep, not
+        # __nanosleep; malloc, not __libc_malloc)
+        self._sorted = sorted(symbols, key=lambda s: (s.address, s.kind != "func",
+                                                      s.binding != "local", s.name))
         self._starts = [s.address for s in self._sorted]
         self._sections = {str(n): Section(str(n), int(a), int(s), int(o), int(f))
                           for n, a, s, o, f in index["sections"]}

@@ -229,8 +229,11 @@ def evaluate_in(name: str, expressions: list[str], thread: int | None = None,
         # Connecting stops the guest; gdb's detach would resume it even if it was stopped
         # before (paused, at a breakpoint): then gdb disconnects instead and it stays stopped.
         # gdb starts (and reads the ELF) while the proxy starts: they do not need each other yet
+        programs = _program_files(name, elf, force)
         with Gdbserver(name, session.path, elf=elf, force=force) as proxy, \
                 MiSession.start(elf_path) as mi:
+            for path, offset in programs:  # their symbols where the guest runs them
+                mi.console(f"add-symbol-file {path} -o {offset:#x}")
             found = iter(evaluate_all(mi, proxy.listening(), asked, thread, warnings,
                                       resume=status.running))
             if warnings is not None:
@@ -241,6 +244,22 @@ def evaluate_in(name: str, expressions: list[str], thread: int | None = None,
             if i not in results:
                 results[i] = next(found)
     return [results[i] for i in range(len(expressions))]
+
+
+def _program_files(name: str, elf: Path | None, force: bool) -> list[tuple[Path, int]]:
+    """The guest's programs and their libraries (``run --debug-elf``, the dynamic
+    linker's ``link_map``) at their load offsets, as every other command finds their
+    symbols (:func:`undebug.os.locate.locate`): gdb is handed them with
+    ``add-symbol-file -o``. A file gdb's command line could not take whole is left out."""
+    from undebug.os import provider_for
+    from undebug.target import open_target
+
+    with open_target(name, elf, force=force) as target:
+        if not target.programs:
+            return []
+        provider_for(target)  # places the PIEs, finds the libraries
+        return [(e.code_path, o) for e, o in target.programs
+                if not any(c.isspace() or c in "\"'\\" for c in str(e.code_path))]
 
 
 def _evaluate_bundle(bundle: str, asked: list[str], thread: int | None,

@@ -148,15 +148,6 @@ class Target(ABC):
         symbol = self.elf.symbol(name)
         return None if symbol is None else symbol.address + self.load_offset
 
-    def any_address_of(self, name: str) -> int | None:
-        """The runtime address of a symbol of the kernel, else of the first program or
-        library that has it (each at its own offset); or None."""
-        for elf, offset in self.modules:
-            symbol = elf.symbol(name)
-            if symbol is not None:
-                return (symbol.address + offset) & MASK
-        return None
-
     def library_at(self, address: int) -> str | None:
         """``libc.so.6+0x1234`` for an address in a library of ``link_maps`` (between its
         ``l_addr`` and its ``l_ld``): how a frame in a library with no host ELF is named."""

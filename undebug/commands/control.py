@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from undebug.commands import add_elf_arguments, command, number_at_least
 from undebug.commands.verdict import os_outcome
@@ -21,6 +21,9 @@ from undebug.session.client import SupervisorClient
 from undebug.session.replies import Stop
 from undebug.session.store import SessionDir
 from undebug.text import escape
+
+if TYPE_CHECKING:
+    from undebug.os.provider import ThreadSnapshot
 
 
 def _name(p: argparse.ArgumentParser, elf: bool = True) -> None:
@@ -36,15 +39,15 @@ def _describe_stop(session: SessionDir, stop: Stop, elf: Path | None) -> dict[st
 
     info = stop.to_json()
     with open_target(session.name, elf) as target:
+        try:  # first: it places the programs the pc may be in
+            snapshot: ThreadSnapshot | None = provider_for(target).threads()
+        except UsageError:
+            snapshot = None
         pc = stop.pc
         if pc is not None:
             info["function"] = target.symbolize(pc)
             line = target.line_at(pc)
             info["file"], info["line"] = line if line else (None, None)
-        try:
-            snapshot = provider_for(target).threads()
-        except UsageError:
-            snapshot = None
         thread = None
         if snapshot is not None and stop.cpu is not None:
             thread_id = snapshot.vcpus.get(stop.cpu)
@@ -70,7 +73,9 @@ def _stop_line(info: dict[str, Any]) -> str:
 def _break_arguments(p: argparse.ArgumentParser) -> None:
     _name(p)
     p.add_argument("location", metavar="LOCATION", nargs="?",
-                   help="a function (its first instruction), FILE:LINE or an address")
+                   help="a function (its first instruction: the kernel's, else a program's "
+                   "or library's at its load bias; MODULE:FUNCTION for one file's, e.g. "
+                   "libc.so.6:clock_nanosleep), FILE:LINE or an address")
     p.add_argument("--hardware", action="store_true",
                    help="a hardware breakpoint (debug registers) instead of a software one")
     p.add_argument("--list", action="store_true",
@@ -101,23 +106,12 @@ def break_(args: argparse.Namespace) -> Report:
             bps = client.status().breakpoints
             return Report(data={"breakpoints": [bp.to_json() for bp in bps]}, render=lambda: [
                 breakpoint_line(bp) for bp in bps] or ["no breakpoints"])
-        address = runtime_location(args.target, args.location, args.elf)
-        bp = client.insert_breakpoint(address, args.hardware, args.location)
-    return Report(data={"breakpoint": bp.to_json()}, render=lambda: [breakpoint_line(bp)])
+        from undebug.os.locate import guest_location
 
-
-def runtime_location(name: str, location: str, elf_path: Path | None) -> int:
-    """The runtime address of a breakpoint LOCATION: an address as given; a symbol or
-    FILE:LINE from the ELF, plus the load offset the guest runs it at (a KASLR slide,
-    found by :class:`~undebug.live_target.LiveTarget` from the guest)."""
-    from undebug.locations import resolve_location
-    from undebug.target import guest_elf, open_target
-
-    if location[:1].isdigit():
-        return resolve_location(None, location)
-    guest_elf(name, elf_path)  # no ELF: said before the guest is stopped
-    with open_target(name, elf_path, force=True) as target:
-        return resolve_location(target.elf, location, target.load_offset)
+        found, warnings = guest_location(args.target, args.location, args.elf)
+        bp = client.insert_breakpoint(found.address, args.hardware, args.location)
+    return Report(data={"breakpoint": bp.to_json()}, warnings=warnings,
+                  render=lambda: [breakpoint_line(bp)])
 
 
 def _delete_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from undebug.output import Report
 from undebug.text import escape, hexdump
 
 if TYPE_CHECKING:  # the real imports are lazy, for start-up time
-    from undebug.elf import ElfFile
+    from undebug.elf import ElfFile, Symbol
     from undebug.target import Target
 
 
@@ -222,19 +222,14 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
     length = _number(args.length, "length")
     if not 0 < length <= 1 << 30:
         raise UsageError(f"length {length} is out of range (1 .. 1 GiB)")
+    warnings: list[str] = []
     if args.address[:1].isdigit():
         address = _number(args.address, "address")
-    else:
-        found = target.address_of(args.address)
-        if found is None:  # a program's or library's: where the OS awareness finds it
-            from undebug.os import provider_for
+    else:  # the kernel's, else a program's or library's where the OS awareness finds it
+        from undebug.os.locate import ambiguity, locate
 
-            provider_for(target)
-            found = target.any_address_of(args.address)
-        if found is None:
-            raise UsageError(f"no symbol {args.address!r} in {target.elf.path} or its "
-                             "programs")
-        address = found
+        found = locate(target, args.address)
+        address, warnings = found.address, ambiguity(found)
     if args.format == "raw" and not args.json and sys.stdout.isatty():
         raise UsageError("refusing to write raw guest bytes to a terminal",
                          hint="redirect to a file (> out.bin) or use --format hex")
@@ -243,7 +238,8 @@ def mem_body(target: Target, args: argparse.Namespace) -> Report:
         sys.stdout.buffer.write(data)
         return Report()
     return Report(data={"address": address, "size": length, "physical": args.phys,
-                        "hex": data.hex()}, render=lambda: hexdump(address, data))
+                        "hex": data.hex()}, warnings=warnings,
+                  render=lambda: hexdump(address, data))
 
 
 command("mem", "read guest memory", _mem_arguments)(_with_target(mem_body))
@@ -274,13 +270,13 @@ def sym(args: argparse.Namespace) -> Report:
         data = {"address": address, "symbol": symbol.name if symbol else None,
                 "offset": address - symbol.address if symbol else None,
                 "file": line[0] if line else None, "line": line[1] if line else None}
-    elif elf.symbol(args.what) is None:
+    elif (kernel_symbol := elf.symbol(args.what)) is None:
         found = _program_symbol(args)
         if found is None:
             raise UsageError(f"no symbol {args.what!r} in {elf.path} or the guest's programs")
         return Report(data=found[0], warnings=found[1], render=lambda: _sym_line(found[0]))
     else:
-        data = _symbol_json(elf, args.what, 0)
+        data = _symbol_json(elf, kernel_symbol, 0)
 
     warnings: list[str] = []
     provider = provider_class(elf)
@@ -301,9 +297,7 @@ def _sym_line(data: dict[str, Any]) -> list[str]:
     return [f"{data['address']:#x}  {escape(data['symbol'])}{offset}{module}{where}"]
 
 
-def _symbol_json(elf: ElfFile, name: str, offset: int) -> dict[str, Any]:
-    symbol = elf.symbol(name)
-    assert symbol is not None
+def _symbol_json(elf: ElfFile, symbol: Symbol, offset: int) -> dict[str, Any]:
     line = elf.line_at(symbol.address)
     return {"address": (symbol.address + offset) & (1 << 64) - 1, "symbol": symbol.name,
             "offset": 0, "size": symbol.size, "kind": symbol.kind,
@@ -313,19 +307,20 @@ def _symbol_json(elf: ElfFile, name: str, offset: int) -> dict[str, Any]:
 def _program_symbol(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]] | None:
     """A symbol of one of the guest's programs or libraries, at its runtime address: their
     load biases are in the guest's memory (a PIE's, a library's), so it is read, paused
-    for the look-up. None: no such symbol, or no guest to read (it has ended)."""
-    from undebug.os import provider_for
+    for the look-up (:func:`undebug.os.locate.locate`). None: FILE:LINE, or no guest to
+    read (it has ended)."""
+    from undebug.os.locate import ambiguity, locate
     from undebug.target import open_target
 
     try:
-        with open_target(args.target, args.elf) as target:
-            provider_for(target)
-            for program, offset in target.programs:
-                if program.symbol(args.what) is not None:
-                    data = _symbol_json(program, args.what, offset)
-                    data.update(module=program.code_path.name, load_offset=offset)
-                    return data, list(target.warnings)
+        target = open_target(args.target, args.elf)
     except UndebugError:
         return None
-    return None
+    with target:  # not found: the error names every ELF searched
+        found = locate(target, args.what)
+        if found.symbol is None or found.elf is None:
+            return None
+        data = _symbol_json(found.elf, found.symbol, found.offset)
+        data.update(module=found.elf.code_path.name, load_offset=found.offset)
+        return data, [*target.warnings, *ambiguity(found)]
 

@@ -19,7 +19,8 @@ WORD = 8  # bytes watched at a bare address when --len is not given
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="a guest's name (see undebug ps)")
     p.add_argument("location", metavar="SYMBOL|ADDR", nargs="?",
-                   help="a variable (its symbol: watches its whole size) or an address")
+                   help="a variable (its symbol, the kernel's or a program's or library's, "
+                   "MODULE:SYMBOL for one file's: watches its whole size) or an address")
     access = p.add_mutually_exclusive_group()
     access.add_argument("--read", action="store_true", help="stop when the guest reads it")
     access.add_argument("--access", action="store_true",
@@ -46,27 +47,23 @@ def watch(args: argparse.Namespace) -> Report:
             wps = [bp for bp in client.status().breakpoints if bp.watch is not None]
             return Report(data={"watchpoints": [wp.to_json() for wp in wps]}, render=lambda: [
                 breakpoint_line(wp) for wp in wps] or ["no watchpoints"])
-        address, length = _where(args)
+        address, length, warnings = _where(args)
         if not 1 <= length <= MAX_WATCH:
             raise UsageError(f"--len {length}: a watchpoint covers 1 to {MAX_WATCH} bytes")
         kind: Watch = "read" if args.read else "access" if args.access else "write"
         wp = client.insert_breakpoint(address, False, args.location, watch=kind, length=length)
-    return Report(data={"watchpoint": wp.to_json()}, render=lambda: [breakpoint_line(wp)])
+    return Report(data={"watchpoint": wp.to_json()}, warnings=warnings,
+                  render=lambda: [breakpoint_line(wp)])
 
 
-def _where(args: argparse.Namespace) -> tuple[int, int]:
-    """The address and the length to watch: a symbol's own, an address's ``--len``."""
-    from undebug.locations import resolve_location
-    from undebug.target import guest_elf
+def _where(args: argparse.Namespace) -> tuple[int, int, list[str]]:
+    """The address and the length to watch: a symbol's own (the kernel's, a program's or
+    a library's: :func:`undebug.os.locate.guest_location`), an address's ``--len``."""
+    from undebug.os.locate import guest_location
 
-    if args.location[:1].isdigit():
-        return resolve_location(None, args.location), args.length or WORD
-    elf = guest_elf(args.target, args.elf)
-    symbol = elf.symbol(args.location)
-    if symbol is None:
-        raise UsageError(f"no symbol {args.location!r} in {elf.path}",
+    found, warnings = guest_location(args.target, args.location, args.elf)
+    if found.symbol is None and found.elf is not None:
+        raise UsageError(f"{args.location} is a line of code, not a variable",
                          hint="give a global variable's name or an address")
-    from undebug.commands.control import runtime_location
-
-    return (runtime_location(args.target, args.location, args.elf),
-            args.length or symbol.size or WORD)
+    size = found.symbol.size if found.symbol is not None else WORD
+    return found.address, args.length or size or WORD, warnings
