@@ -282,3 +282,31 @@ def test_a_missing_member_is_a_usage_error_naming_struct_and_member(built: Path)
 def test_impossible_struct_sizes_are_refused(built: Path, struct: str, size: int) -> None:
     with pytest.raises(UsageError, match=rf"struct {struct} .* impossible size .*: {size} bytes"):
         ElfFile(built).struct(struct)
+
+
+def test_shared_elf_is_one_per_file_version_and_bounded(guest_image: Path, tmp_path: Path,
+                                                        parses: list[object]) -> None:
+    """One parsed ElfFile per unchanged file (device, inode, size, mtime); a file
+    replaced at the same path is parsed again; a corrupt one raises and is not kept;
+    at most SHARED_KEPT are kept, the least recently used dropped first."""
+    from undebug.elf import SHARED_KEPT, shared_elf
+
+    path = tmp_path / "guest.elf"
+    shutil.copy(guest_image, path)
+    first = shared_elf(path)
+    assert shared_elf(path) is first and first.has_dwarf and len(parses) == 1
+    os.replace(_copy(guest_image, tmp_path, "--strip-debug"), path)
+    replaced = shared_elf(path)
+    assert replaced is not first and not replaced.has_dwarf
+    path.write_bytes(guest_image.read_bytes()[:4000])
+    with pytest.raises(UsageError, match=r"guest\.elf"):
+        shared_elf(path)
+    with pytest.raises(UsageError, match=r"guest\.elf"):
+        shared_elf(path)  # not kept: raised again, not an unloaded ElfFile
+    kept = [shared_elf(guest_image)]
+    for i in range(SHARED_KEPT):
+        other = tmp_path / f"other{i}.elf"
+        shutil.copy(guest_image, other)
+        kept.append(shared_elf(other))
+    assert shared_elf(kept[-1].path) is kept[-1] and shared_elf(kept[1].path) is kept[1]
+    assert shared_elf(guest_image) is not kept[0]  # the oldest went

@@ -95,3 +95,24 @@ def test_console_gives_the_tail_then_the_new_lines(guest: str) -> None:
         later += console.poll()
     assert not set(later) & set(first)  # new lines only: each heartbeat has its own uptime
     assert all(isinstance(line, api.GuestText) for line in first + later)
+
+
+def test_attaching_again_reuses_the_parsed_elf_and_its_unwind_tables(guest: str) -> None:
+    """The TUI attaches at every stop: the guest's ELF index and the unwinder's tables
+    are built at the first attach only (they took 70-90 ms per stop with lwIP in the
+    reference guest), and a backtrace through them is the same."""
+    from undebug import unwind
+
+    api.pause(guest)
+    try:
+        with api.attach(guest) as first:
+            thread = first.view().threads[0].id
+            before = first.backtrace(thread)
+            tables = unwind._TABLES.get(first.target.elf)
+        with api.attach(guest) as second:
+            assert second.target.elf is first.target.elf
+            after = second.backtrace(thread)
+            assert tables is not None and unwind._TABLES.get(second.target.elf) is tables
+    finally:
+        api.resume(guest)
+    assert [f.pc for f in after.frames] == [f.pc for f in before.frames] and after.frames

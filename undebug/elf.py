@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -558,3 +559,29 @@ class ElfFile:
         dwarf = self._load()["dwarf"]
         found = None if dwarf is None else dwarf["variables"].get(name)
         return None if found is None else str(found)
+
+
+SHARED_KEPT = 4  # ELF versions kept parsed by shared_elf (a process looks at few guests)
+_shared: dict[tuple[str, int, int, int, int], ElfFile] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_elf(path: Path | str) -> ElfFile:
+    """The parsed ElfFile of ``path`` as this process last loaded it, while the file is
+    unchanged (device, inode, size and mtime): a reader that attaches again and again
+    (the TUI, at every stop) parses the ELF's index and the unwinder its tables once,
+    not at each attach. Loaded under a lock: workers attach from several threads."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ElfFile(path)  # its load says why it cannot be read
+    key = (str(Path(path).absolute()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _shared_lock:
+        elf = _shared.pop(key, None)
+        if elf is None:
+            elf = ElfFile(path)
+            elf._load()  # a corrupt ELF raises here, and is not kept
+            if len(_shared) >= SHARED_KEPT:
+                del _shared[next(iter(_shared))]  # the least recently used
+        _shared[key] = elf  # last: the most recently used
+        return elf

@@ -21,7 +21,7 @@ from undebug.arch.x86_64 import (
     TranslationError,
     translate,
 )
-from undebug.elf import ElfFile, LoadedText
+from undebug.elf import ElfFile, LoadedText, shared_elf
 from undebug.elf_headers import PT_LOAD, ElfHeaderError, program_headers
 from undebug.errors import SessionError, UndebugError, UsageError
 from undebug.guest_ram import GuestRam, ProcessRam, SharedRam, clip
@@ -107,7 +107,7 @@ class LiveTarget(Target):
             path = elf_path or (Path(status.elf) if status.elf else None)
             if path is None:
                 raise UsageError("no ELF known for this guest", hint="pass --elf")
-            super().__init__(ElfFile(path))
+            super().__init__(shared_elf(path))
             self._token = 0
             self._stopped = stop
             self._warned_torn = False
