@@ -120,3 +120,24 @@ def test_break_at_an_impossible_address_is_refused(guest: str, address: str,
     result = undebug("break", guest, address)
     assert result.code == 2 and message in result.stderr, result.stderr
     assert undebug("break", guest, "--list", "--json").json()["breakpoints"] == []
+
+
+def test_delete_all_keeps_the_crash_stops_run_armed(guest: str, guest_image: Path) -> None:
+    """A crash stop (owner ``crash``, armed as ``run`` arms a provider's, through the
+    supervisor's own protocol) outlives ``delete --all``, which takes the user's; its
+    id deletes it."""
+    from undebug.elf import ElfFile
+    from undebug.session.client import SupervisorClient
+    from undebug.session.store import SessionDir
+
+    panic = ElfFile(guest_image).symbol("panic")
+    assert panic is not None
+    with SupervisorClient(SessionDir.named(guest)) as client:
+        crash = client.insert_breakpoint(panic.address, False, "panic", owner="crash")
+    mine = undebug("break", guest, "worker_main", "--json").json()["breakpoint"]
+    deleted = undebug("delete", guest, "--all", "--json").json()["deleted"]
+    assert [bp["id"] for bp in deleted] == [mine["id"]]
+    listed = undebug("break", guest, "--list", "--json").json()["breakpoints"]
+    assert [(bp["id"], bp["owner"]) for bp in listed] == [(crash.id, "crash")]
+    assert undebug("delete", guest, str(crash.id)).code == 0
+    assert undebug("break", guest, "--list", "--json").json()["breakpoints"] == []

@@ -119,13 +119,18 @@ def _delete_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?", metavar="ID",
                        help="the breakpoint to delete (see undebug break TARGET --list)")
-    which.add_argument("--all", action="store_true", help="delete every breakpoint")
+    which.add_argument("--all", action="store_true",
+                       help="delete every breakpoint and watchpoint set by break, watch or a "
+                       "debugger (run's crash stops stay: ID deletes one)")
 
 
 @command("delete", "delete a breakpoint (or --all)", _delete_arguments)
 def delete(args: argparse.Namespace) -> Report:
     with SupervisorClient(SessionDir.named(args.target)) as client:
-        ids = [args.id] if args.id is not None else [bp.id for bp in client.status().breakpoints]
+        # --all keeps the crash stops run armed: without them a crash ends the guest
+        # before it can be inspected (a Nanos fatal signal exits QEMU with the RAM)
+        ids = [args.id] if args.id is not None else [
+            bp.id for bp in client.status().breakpoints if bp.owner != "crash"]
         deleted = [client.delete_breakpoint(bp_id) for bp_id in ids]
     return Report(data={"deleted": [bp.to_json() for bp in deleted]},
                   render=lambda: [f"deleted {'watchpoint' if bp.watch else 'breakpoint'} "
