@@ -18,7 +18,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from tests.conftest import ROOT
-from tests.test_unikraft import ImageTarget
+from tests.memory_targets import ImageTarget
 from undebug.elf import ElfFile
 from undebug.os.lwip import has_lwip, walk_lwip
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_unikraft import ImageTarget
+from tests.memory_targets import ImageTarget
 from undebug.elf import ElfFile
 from undebug.os import provider_for
 from undebug.os.nanos import KERNEL_IDS, NanosProvider

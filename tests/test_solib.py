@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process_target import ProcessTarget
-from tests.test_unikraft import ImageTarget
+from tests.memory_targets import ImageTarget, ProcessTarget
 from undebug.elf import ElfFile
 from undebug.os.solib import MAX_NAME, find_libraries, link_map
 

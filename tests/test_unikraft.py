@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.memory_targets import ImageTarget
 from undebug.elf import ElfFile
 from undebug.os import provider_for
 from undebug.os.unikraft import UnikraftProvider
-from undebug.target import ReadError, Target
 from undebug.unwind import unwind
 
 SOURCE = Path(__file__).parent / "data" / "unikraft_mirror.c"
@@ -32,44 +32,6 @@ STATES = {"init": "sleeping", "worker-0": "sleeping", "blocker": "blocked", "fre
           "worker-1": "running", "gone": "exited", "other-sched": "sleeping"}
 # Walk order: scheduler 0's thread_list, its exited_threads, then scheduler 1's.
 WALK_ORDER = ["init", "worker-0", "blocker", "fresh", "worker-1", "gone", "other-sched"]
-
-
-class ImageTarget(Target):
-    """Guest memory from the regions a program wrote, one vCPU with given registers."""
-
-    def __init__(self, elf: ElfFile, regions: list[tuple[int, bytearray]],
-                 registers: dict[str, int]) -> None:
-        super().__init__(elf)
-        self.regions, self.cpu0 = regions, registers
-
-    def read(self, address: int, size: int) -> bytes:
-        for base, data in self.regions:
-            if base <= address and address + size <= base + len(data):
-                return bytes(data[address - base : address - base + size])
-        raise ReadError(f"{address:#x}+{size} is not in the image")
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        return self.read(address, size)
-
-    def registers(self, cpu: int) -> dict[str, int]:
-        return dict(self.cpu0)
-
-    def cpu_count(self) -> int:
-        return 1
-
-    @property
-    def run_token(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-    def write_u64(self, address: int, value: int) -> None:
-        for base, data in self.regions:
-            if base <= address < base + len(data):
-                struct.pack_into("<Q", data, address - base, value)
-                return
-        raise AssertionError(f"{address:#x} is not in the image")
 
 
 @dataclass

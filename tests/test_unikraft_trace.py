@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, undebug, wait_for_console
-from tests.process_target import ProcessTarget
+from tests.memory_targets import ProcessTarget
 from tracers.model import TraceModel
 from tracers.report import EventPrinter
 from tracers.unikraft.buffer import read_unikraft_buffer
