@@ -65,6 +65,16 @@ def wait_for_console(name: str, needle: str, timeout: float = 60) -> str:
         time.sleep(0.2)
 
 
+def real_image(variable: str,
+               what: str = "a real unikernel image built outside the repository") -> Path:
+    """The path in environment variable ``variable`` (a real unikernel image, never part of
+    this repository), or a skip that names the variable and what it should hold."""
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set ({what})")
+    return Path(value)
+
+
 def supervisor_loop_wakeups_per_s(name: str, seconds: float = 3.0) -> float:
     """Voluntary context switches of the supervisor's main thread (its event loop: the
     trace stream is read by a thread of its own) per second."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import check_planted_counter, undebug
+from tests.conftest import check_planted_counter, real_image, undebug
 from undebug.session.store import runtime_dir
 
 
@@ -243,10 +242,7 @@ def test_attach_without_reads_in_place_warns_why_and_reads_through_the_superviso
 def test_a_real_unikraft_guest_is_read_in_place() -> None:
     """UNDEBUG_UNIKRAFT_IMAGE (built outside the repository, IMAGE.dbg beside it): an app
     with threads worker-0..2, in a QEMU started here by hand, adopted and read in place."""
-    image = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not image:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside the "
-                    "repository)")
+    image = str(real_image("UNDEBUG_UNIKRAFT_IMAGE"))
     run = Path(runtime_dir()) / "uk-foreign"
     run.mkdir(exist_ok=True)
     console, gdb, qmp = run / "console.log", run / "gdb.sock", run / "qmp.sock"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import boot, undebug
+from tests.conftest import boot, real_image, undebug
 from tests.test_attach import foreign_qemu  # noqa: F401 (a fixture: a QEMU started by hand)
 from undebug.dump.core import CoreStats, write_core
 from undebug.elf import ElfFile
@@ -187,10 +187,7 @@ def test_a_real_unikraft_guest_is_dumped_from_what_it_wrote_only(tmp_path: Path)
     RAM. The sparse core reads only written pages, in few reads (the old pass retried
     every unreadable block page by page: ~1 M failed reads, 6 s), and is byte for byte the
     read-every-page core, in which stock gdb lists the guest's threads."""
-    image = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not image:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside "
-                    "the repository)")
+    image = str(real_image("UNDEBUG_UNIKRAFT_IMAGE"))
     assert undebug("run", "-d", "--name", "ukholes", image).code == 0
     try:
         time.sleep(2)  # boot (~0.3 s under TCG) and let the threads start

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import boot, undebug, wait_for_console
+from tests.conftest import boot, real_image, undebug, wait_for_console
 from tests.test_schema import check
 from undebug.elf import ElfFile
 from undebug.live_target import LiveTarget
@@ -91,10 +91,7 @@ def test_heap_text_output(shared_guest: str) -> None:
 
 
 def test_unikraft_heap_is_the_buddy_allocator() -> None:
-    value = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not value:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside "
-                    "the repository)")
+    value = str(real_image("UNDEBUG_UNIKRAFT_IMAGE"))
     assert undebug("run", "-d", "--name", "ukheap", value).code == 0
     try:
         wait_for_console("ukheap", "worker-2")

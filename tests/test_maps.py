@@ -9,14 +9,11 @@ and from the guest's own variables (``ram_top``, ``kernel_cr3``, each ``struct t
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import boot, undebug, wait_for_console
+from tests.conftest import boot, real_image, undebug, wait_for_console
 from tests.test_schema import check
 from undebug.arch.x86_64 import Mapping, walk_mappings
 from undebug.elf import ElfFile
@@ -162,11 +159,7 @@ def test_corrupt_page_tables_are_reported_and_bounded(guest_image: Path) -> None
 
 
 def test_unikraft_maps_shows_text_data_and_the_threads_stacks() -> None:
-    value = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not value:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside "
-                    "the repository)")
-    image = Path(value)
+    image = real_image("UNDEBUG_UNIKRAFT_IMAGE")
     elf = ElfFile(image.with_name(image.name + ".dbg"))
     assert undebug("run", "-d", "--name", "ukmaps", str(image)).code == 0
     try:

@@ -16,23 +16,15 @@ socket on 5353 and prints the fds socket() gave it ("netd listening: tcp fd N, u
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import real_image, undebug, wait_for_console
 
 KERNEL_BASE = 0xFFFF_FFFF_8000_0000  # Nanos' kernel runs in the top 2 GiB (KERNEL_BASE)
-
-
-def _path(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value:
-        pytest.skip(f"{variable} is not set (a Nanos image built outside the repository)")
-    return Path(value)
 
 
 def _nm(elf: Path) -> dict[str, int]:
@@ -44,8 +36,8 @@ def _nm(elf: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def workers() -> object:
-    disk, kernel = _path("UNDEBUG_NANOS_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
-    program = _path("UNDEBUG_NANOS_PROGRAM")
+    disk, kernel = real_image("UNDEBUG_NANOS_DISK"), real_image("UNDEBUG_NANOS_KERNEL_ELF")
+    program = real_image("UNDEBUG_NANOS_PROGRAM")
     # --forward only for the NIC it brings (virtio-net on QEMU user networking): the
     # program listens on nothing, so guest port 8080 is never answered
     result = undebug("run", "-d", "--name", "nanosw", "--forward", "tcp::8080",
@@ -100,7 +92,7 @@ def test_backtraces_reach_the_program_and_the_kernel_at_its_slide(workers: Path)
 def test_stock_gdb_sees_the_threads_by_name(workers: Path, tmp_path: Path) -> None:
     import sys
 
-    program = _path("UNDEBUG_NANOS_PROGRAM")
+    program = real_image("UNDEBUG_NANOS_PROGRAM")
     sock = tmp_path / "gdb.sock"
     server = subprocess.Popen([sys.executable, "-m", "undebug.cli", "gdbserver", "nanosw",
                                "--listen", str(sock), "--symbol-file", str(program)],
@@ -122,8 +114,8 @@ def test_stock_gdb_sees_the_threads_by_name(workers: Path, tmp_path: Path) -> No
 
 
 def test_a_crashing_program_fails_ci_naming_the_signal_thread_and_function() -> None:
-    disk, kernel = _path("UNDEBUG_NANOS_CRASH_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
-    program = _path("UNDEBUG_NANOS_PROGRAM")
+    disk, kernel = real_image("UNDEBUG_NANOS_CRASH_DISK"), real_image("UNDEBUG_NANOS_KERNEL_ELF")
+    program = real_image("UNDEBUG_NANOS_PROGRAM")
     result = undebug("run", "--ci", "--timeout", "240", "--debug-elf", str(kernel),
                      "--debug-elf", str(program), str(disk), timeout=300)
     assert result.code == 1, (result.stdout, result.stderr)
@@ -133,7 +125,7 @@ def test_a_crashing_program_fails_ci_naming_the_signal_thread_and_function() -> 
 
 
 def test_thread_test_passes_ci() -> None:
-    disk, kernel = _path("UNDEBUG_NANOS_THREAD_TEST_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    disk, kernel = real_image("UNDEBUG_NANOS_THREAD_TEST_DISK"), real_image("UNDEBUG_NANOS_KERNEL_ELF")
     result = undebug("run", "--ci", "--timeout", "240", "--debug-elf", str(kernel),
                      str(disk), timeout=300)
     assert result.code == 0, (result.stdout, result.stderr)
@@ -213,7 +205,7 @@ def test_maps_names_the_kernel_at_its_slide_and_the_program(workers: Path) -> No
     assert kernel[0]["start"] == text[0]["start"] == symbols["START"] + slide, kernel[0]
     assert text[0]["mapped"] and not text[0]["user"] and text[0]["executable"], text[0]
     # the program's own sections, in user mode at its link address (a static ELF)
-    program = _nm(_path("UNDEBUG_NANOS_PROGRAM"))
+    program = _nm(real_image("UNDEBUG_NANOS_PROGRAM"))
     code = [r for r in regions if "workers .text" in r["names"] and r["mapped"]]
     assert code and all(r["user"] and r["executable"] for r in code), code
     assert any(r["start"] <= program["do_work"] < r["end"] for r in
@@ -247,7 +239,7 @@ def test_the_crash_stop_holds_only_for_signals_whose_default_is_fatal() -> None:
     from undebug.elf import ElfFile
     from undebug.os.nanos import NanosProvider
 
-    kernel = _path("UNDEBUG_NANOS_KERNEL_ELF")
+    kernel = real_image("UNDEBUG_NANOS_KERNEL_ELF")
     (stop,) = NanosProvider.crash_stops(ElfFile(kernel))
     out = subprocess.run(["gdb", "-batch", "-nx", "-ex",
                           "print (long)&((struct queued_signal *)0)->si.si_signo", str(kernel)],
@@ -261,7 +253,7 @@ def test_the_crash_stop_holds_only_for_signals_whose_default_is_fatal() -> None:
 def test_net_gives_the_program_s_sockets_their_fds() -> None:
     """Nanos has no lwIP sockets API: the fds come from the process's fd table (its
     netsock -> pcb), checked against what socket() returned in the program."""
-    disk, kernel = _path("UNDEBUG_NANOS_NET_DISK"), _path("UNDEBUG_NANOS_KERNEL_ELF")
+    disk, kernel = real_image("UNDEBUG_NANOS_NET_DISK"), real_image("UNDEBUG_NANOS_KERNEL_ELF")
     result = undebug("run", "-d", "--name", "nanosnet", "--forward", "tcp::8080",
                      "--debug-elf", str(kernel), str(disk), timeout=300)
     assert result.code == 0, result.stderr

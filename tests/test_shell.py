@@ -21,7 +21,7 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import real_image, undebug, wait_for_console
 from tui.cmdline import refusal, with_target
 from undebug.cli import build_parser
 from undebug.commands import COMMANDS
@@ -351,9 +351,7 @@ def test_on_a_real_unikraft_guest_lines_run_and_threads_and_symbols_complete() -
     """UNDEBUG_UNIKRAFT_IMAGE: an app with threads worker-0..2 in worker_main -> do_work."""
     from tui.completion import GuestFacts, LineCompleter
 
-    image = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not image:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside the repository)")
+    image = str(real_image("UNDEBUG_UNIKRAFT_IMAGE"))
     name = "shell-uk"
     assert undebug("run", "-d", "--name", name, image).code == 0
     try:

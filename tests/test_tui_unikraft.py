@@ -5,13 +5,11 @@ threads by name, the vCPU-0 thread's backtrace on opening, as the CLI unwinds it
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
-import pytest
 from textual.pilot import Pilot
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import real_image, undebug, wait_for_console
 from tests.test_tui import SIZE, cli_functions, screen, shown_functions, shown_names, until
 from tui.app import UndebugApp
 from tui.widgets.backtrace import BacktracePane
@@ -21,10 +19,7 @@ NAME = "uk-tui"
 
 
 def test_tui_on_unikraft_shows_its_threads_and_the_vcpu0_backtrace() -> None:
-    value = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not value:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft image built outside the "
-                    "repository)")
+    value = str(real_image("UNDEBUG_UNIKRAFT_IMAGE"))
     assert undebug("run", "-d", "--name", NAME, str(Path(value))).code == 0
     try:
         wait_for_console(NAME, "worker-2")  # the app has started its threads

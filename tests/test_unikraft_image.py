@@ -15,7 +15,6 @@ console (``RIP: ...``), and binutils' addr2line.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import undebug
+from tests.conftest import real_image, undebug
 from tests.test_attach import Qmp
 from undebug.session.store import runtime_dir
 
@@ -46,13 +45,6 @@ with open(OUT, "w") as f:
     json.dump(names, f)
 gdb.execute("detach")
 '''
-
-
-def _image(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value:
-        pytest.skip(f"{variable} is not set (a locally built Unikraft image)")
-    return Path(value)
 
 
 @dataclass
@@ -108,12 +100,12 @@ def _boot(name: str, image: Path, crashes: bool) -> Iterator[Booted]:
 
 @pytest.fixture(scope="module")
 def running() -> Iterator[Booted]:
-    yield from _boot("ukrun", _image("UNDEBUG_UNIKRAFT_IMAGE"), crashes=False)
+    yield from _boot("ukrun", real_image("UNDEBUG_UNIKRAFT_IMAGE"), crashes=False)
 
 
 @pytest.fixture(scope="module")
 def crashed() -> Iterator[Booted]:
-    yield from _boot("ukcrash", _image("UNDEBUG_UNIKRAFT_CRASH_IMAGE"), crashes=True)
+    yield from _boot("ukcrash", real_image("UNDEBUG_UNIKRAFT_CRASH_IMAGE"), crashes=True)
 
 
 def test_threads_are_unikrafts_own_by_name(running: Booted) -> None:

@@ -9,25 +9,15 @@ the same app whose worker-1 writes through NULL in do_work about 1 s after boot.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import undebug, wait_for_console
-
-
-def _image(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value:
-        pytest.skip(f"{variable} is not set (a Unikraft image built outside the repository)")
-    return Path(value)
+from tests.conftest import real_image, undebug, wait_for_console
 
 
 def test_threads_by_name_with_no_elf() -> None:
-    image = _image("UNDEBUG_UNIKRAFT_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_IMAGE")
     assert undebug("run", "-d", "--name", "ukw", str(image)).code == 0
     try:
         wait_for_console("ukw", "worker-2")  # the app has started its threads
@@ -45,7 +35,7 @@ def test_threads_by_name_with_no_elf() -> None:
 
 
 def test_ci_verdict_names_the_fault_the_function_and_the_thread() -> None:
-    image = _image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
     result = undebug("run", "--ci", "--timeout", "60", str(image))
     assert result.code == 1
     last = result.stdout.splitlines()[-1]
@@ -54,7 +44,7 @@ def test_ci_verdict_names_the_fault_the_function_and_the_thread() -> None:
 
 
 def test_a_crashed_guest_is_kept_with_its_faulting_thread() -> None:
-    image = _image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
     assert undebug("run", "-d", "--name", "ukc", str(image)).code == 0
     try:
         waited = undebug("wait", "ukc", "--timeout", "60")
@@ -76,7 +66,7 @@ def test_an_attached_crashing_guest_is_kept(tmp_path: Path) -> None:
     """A QEMU the user started, with isa-debug-exit at 0x501 as Unikraft's own tooling
     does: Unikraft's crash writes it first, which ends QEMU, unless undebug's crash
     breakpoint (set at attach) stops the guest before."""
-    image = _image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_CRASH_IMAGE")
     gdb, qmp = tmp_path / "gdb.sock", tmp_path / "qmp.sock"
     proc = subprocess.Popen([
         "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "64", "-display", "none",

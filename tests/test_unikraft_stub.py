@@ -16,7 +16,6 @@ UNDEBUG_UNIKRAFT_STUB_CRASH_IMAGE the same app whose worker-1 writes through NUL
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, undebug, wait_for_console
+from tests.conftest import ROOT, real_image, undebug, wait_for_console
 
 LIB = ROOT / "guest-stubs" / "unikraft"
 DATA = Path(__file__).parent / "data"
@@ -173,12 +172,8 @@ def test_every_public_function_and_flight_recorder_symbol_is_exported() -> None:
 
 # ---- real Unikraft images ----------------------------------------------------------------
 
-def _image(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value:
-        pytest.skip(f"{variable} is not set (a Unikraft image with undebug's library, built "
-                    "outside the repository: guest-stubs/unikraft/README.md)")
-    return Path(value)
+STUB_IMAGE = ("a Unikraft image with undebug's library, built outside the repository: "
+              "guest-stubs/unikraft/README.md")  # what its variables hold
 
 
 def _show(name: str, *extra: str) -> list[dict[str, Any]]:
@@ -188,7 +183,7 @@ def _show(name: str, *extra: str) -> list[dict[str, Any]]:
 
 
 def test_a_unikraft_app_streams_switches_spans_and_events_by_thread_name() -> None:
-    image = _image("UNDEBUG_UNIKRAFT_STUB_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_STUB_IMAGE", STUB_IMAGE)
     assert undebug("run", "-d", "--name", "ukstub", str(image)).code == 0
     try:
         wait_for_console("ukstub", "worker-2: iteration 20")  # ~1 s of work
@@ -239,7 +234,7 @@ def test_a_unikraft_app_streams_switches_spans_and_events_by_thread_name() -> No
 
 
 def test_a_crashed_unikraft_guest_has_its_last_events_in_the_flight_recorder() -> None:
-    image = _image("UNDEBUG_UNIKRAFT_STUB_CRASH_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_STUB_CRASH_IMAGE", STUB_IMAGE)
     assert undebug("run", "-d", "--name", "ukstubc", str(image)).code == 0
     try:
         waited = undebug("wait", "ukstubc", "--timeout", "60")

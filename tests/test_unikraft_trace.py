@@ -13,7 +13,6 @@ image (UNDEBUG_UNIKRAFT_IMAGE) and compares the events with the guest's console.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, undebug, wait_for_console
+from tests.conftest import ROOT, real_image, undebug, wait_for_console
 from tests.memory_targets import ProcessTarget
 from tracers.model import TraceModel
 from tracers.report import EventPrinter
@@ -316,10 +315,8 @@ def test_hostile_buffers_never_crash_and_agree_with_a_sequential_walk(
 # ---- a real Unikraft image -------------------------------------------------------------
 
 def test_trace_show_on_a_real_unikraft_image_prints_the_app_s_tracepoints() -> None:
-    image = os.environ.get("UNDEBUG_UNIKRAFT_IMAGE")
-    if not image:
-        pytest.skip("UNDEBUG_UNIKRAFT_IMAGE is not set (a Unikraft 0.17 image with "
-                    "CONFIG_LIBUKDEBUG_TRACEPOINTS and its IMAGE.dbg beside it)")
+    image = str(real_image("UNDEBUG_UNIKRAFT_IMAGE",
+        "a Unikraft 0.17 image with CONFIG_LIBUKDEBUG_TRACEPOINTS and its IMAGE.dbg beside it"))
     debug = Path(image + ".dbg")
     assert shutil.which("qemu-system-x86_64") and debug.exists()
     name = "uktrace-real"
