@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import undebug
-from tests.test_nanos_image import KERNEL_BASE, _nm, _path
+from tests.conftest import real_image, undebug
+from tests.test_nanos_image import KERNEL_BASE, _nm
 from tests.test_nanos_pie import LIBC, PIE_LOW, PIE_RANGE, _boot, _debug_file
 
 
@@ -131,7 +131,7 @@ def test_an_unknown_symbol_is_refused_naming_what_was_searched(static: Path) -> 
         result = undebug(command, "nanosbrk", "no_such_function")
         assert result.code == 2, result.stderr
         assert "no symbol 'no_such_function'" in result.stderr, result.stderr
-        assert str(_path("UNDEBUG_NANOS_KERNEL_ELF")) in result.stderr, result.stderr
+        assert str(real_image("UNDEBUG_NANOS_KERNEL_ELF")) in result.stderr, result.stderr
         assert str(static) in result.stderr, result.stderr
 
 
@@ -151,7 +151,7 @@ def test_a_breakpoint_in_libc_is_at_the_library_s_bias_and_named_as_gdb_does() -
     has clock_nanosleep@@GLIBC_2.17); the plain name is the kernel's, with a warning
     naming libc's."""
     libc = _nm(_debug_file(LIBC))
-    kernel = _nm(_path("UNDEBUG_NANOS_KERNEL_ELF"))
+    kernel = _nm(real_image("UNDEBUG_NANOS_KERNEL_ELF"))
     for dyn in _boot("nanosdynbrk", "UNDEBUG_NANOS_DYNAMIC_DISK",
                      "UNDEBUG_NANOS_DYNAMIC_PROGRAM"):
         at = libc["clock_nanosleep@@GLIBC_2.17"]

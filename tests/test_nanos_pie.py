@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import undebug, wait_for_console
-from tests.test_nanos_image import _nm, _path
+from tests.conftest import real_image, undebug, wait_for_console
+from tests.test_nanos_image import _nm
 
 PIE_LOW, PIE_RANGE = 0x400000, 4 << 20  # Nanos' DEFAULT_PROG_ADDR + PROCESS_PIE_LOAD_ASLR_RANGE
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
 
 
 def _boot(name: str, disk: str, program: str, *options: str) -> Iterator[Path]:
-    disk_path, kernel = _path(disk), _path("UNDEBUG_NANOS_KERNEL_ELF")
-    elf = _path(program)
+    disk_path, kernel = real_image(disk), real_image("UNDEBUG_NANOS_KERNEL_ELF")
+    elf = real_image(program)
     result = undebug("run", "-d", "--name", name, "--debug-elf", str(kernel),
                      "--debug-elf", str(elf), *options, str(disk_path), timeout=300)
     assert result.code == 0, result.stderr

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import supervisor_loop_wakeups_per_s, undebug, wait_for_console
+from tests.conftest import real_image, supervisor_loop_wakeups_per_s, undebug, wait_for_console
 from tests.test_trace_export_otlp import Receiver, receiver  # noqa: F401 (a fixture)
 from tracers.decode import decode
 from undebug.elf import ElfFile
@@ -215,9 +215,9 @@ def test_a_real_unikraft_guest_with_the_library_flushes_live_while_followed() ->
     poll thread (every 10 ms) reads the host's messages; the image must be built from
     this tree's library (guest-stubs/unikraft/README.md): an older one keeps its rest
     interval and fails here."""
-    from tests.test_unikraft_stub import _image
+    from tests.test_unikraft_stub import STUB_IMAGE
 
-    image = _image("UNDEBUG_UNIKRAFT_STUB_IMAGE")
+    image = real_image("UNDEBUG_UNIKRAFT_STUB_IMAGE", STUB_IMAGE)
     name = "uklease"
     assert undebug("run", "-d", "--name", name, str(image)).code == 0
     follower: Follower | None = None
