@@ -6,17 +6,20 @@ VENV       := .venv
 VPY        := $(VENV)/bin/python
 BUILD      := $(CURDIR)/build
 GUEST      := $(BUILD)/refguest.elf
-APT_TOOLS  := qemu-system-x86_64:qemu-system-x86 gdb:gdb gcc:gcc make:make tmux:tmux lldb:lldb
+APT_TOOLS  := qemu-system-x86_64:qemu-system-x86 gdb:gdb gcc:gcc make:make tmux:tmux lldb:lldb \
+              /usr/share/doc/libc6-dbg:libc6-dbg
 # The baselines `make bench` measures against (lttng-gen-tp comes with liblttng-ust-dev).
 BENCH_APT  := lttng-gen-tp:liblttng-ust-dev lttng-sessiond:lttng-tools babeltrace2:babeltrace2
 
 .PHONY: setup guest demo test bench bench-deps lint clean
 
 # Debian packages (non-interactive) whose command is missing: $(call apt_missing,WHO,PAIRS),
-# PAIRS "command:package".
+# PAIRS "command:package", or "/path:package" for a package with no command (libc6-dbg:
+# the host libc's debug symbols, which the symbol-name tests compare with gdb's).
 define apt_missing
 	@missing=""; for pair in $(2); do \
-	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	  case $${pair%%:*} in /*) test -e $${pair%%:*} ;; *) command -v $${pair%%:*} >/dev/null 2>&1 ;; esac \
+	    || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "$(1): installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

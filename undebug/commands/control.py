@@ -79,7 +79,7 @@ def _break_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hardware", action="store_true",
                    help="a hardware breakpoint (debug registers) instead of a software one")
     p.add_argument("--list", action="store_true",
-                   help="list the guest's breakpoints instead (yours and gdb's)")
+                   help="list the guest's breakpoints instead (yours, gdb's and run's crash stops)")
 
 
 def breakpoint_line(bp: Breakpoint) -> str:
@@ -95,8 +95,9 @@ def breakpoint_line(bp: Breakpoint) -> str:
 @command("break", "set a breakpoint the supervisor keeps (or --list them)", _break_arguments,
          description="Set a breakpoint in the guest. It stays until `undebug delete`, across "
          "CLI calls. When it is hit the whole guest stops; see `undebug wait`, then `undebug "
-         "cont`. --list shows every breakpoint with who set it: cli (undebug break) or gdb "
-         "(a debugger through undebug gdbserver; those go when it disconnects).")
+         "cont`. --list shows every breakpoint with who set it: cli (undebug break), gdb "
+         "(a debugger through undebug gdbserver; those go when it disconnects) or crash "
+         "(the OS's crash stops run armed; delete --all keeps them).")
 def break_(args: argparse.Namespace) -> Report:
     if args.list == (args.location is not None) or (args.list and args.hardware):
         raise UsageError("give a LOCATION to set a breakpoint, or --list (alone) to list them")
