@@ -259,11 +259,28 @@ def test_monitor_collects_console_output_until_ok() -> None:
 def test_stub_closing_mid_command_raises_disconnected_promptly() -> None:
     with scripted([(b"g", None)], timeout=10.0) as (client, _):
         start = time.monotonic()
-        with pytest.raises(RspDisconnected):
+        with pytest.raises(RspDisconnected, match=r"closed the connection \(did QEMU exit"):
             client.command("g")
         assert time.monotonic() - start < 1.0
         with pytest.raises(RspDisconnected):
             client.read_memory(0, 1)
+
+
+def test_stub_gone_before_a_send_says_so() -> None:
+    """QEMU killed just before a command: the send fails with EPIPE (a fresh-clone CI run
+    hit this with ``kill -9``, and the error read "sending ... failed" with no word of the
+    gdbstub being gone); it says so in the same words as the EOF path, then and after."""
+    server, client_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    client = RspClient(client_sock, timeout=5)
+    server.close()
+    try:
+        with pytest.raises(RspDisconnected, match=r"gdbstub lost while sending "
+                           r"\(did QEMU exit\?\): .*Broken pipe"):
+            client.command("g")
+        with pytest.raises(RspDisconnected, match=r"did QEMU exit"):
+            client.read_memory(0, 1)
+    finally:
+        client.close()
 
 
 def test_no_reply_raises_timeout() -> None:

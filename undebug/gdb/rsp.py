@@ -155,7 +155,7 @@ class RspClient:
         except RspDisconnected as e:
             reason = str(e)
         except OSError as e:
-            reason = f"connection to the gdbstub lost: {e}"
+            reason = f"connection to the gdbstub lost (did QEMU exit?): {e}"
         except Exception as e:  # a bug here must not leave callers waiting for timeouts
             log.exception("gdbstub reader failed")
             reason = f"gdbstub reader failed: {e!r}"
@@ -237,8 +237,9 @@ class RspClient:
             try:
                 self._sock.sendall(data)
             except OSError as e:
-                self._die(f"sending to the gdbstub failed: {e}")
-                raise RspDisconnected(f"sending to the gdbstub failed: {e}") from e
+                reason = f"connection to the gdbstub lost while sending (did QEMU exit?): {e}"
+                self._die(reason)
+                raise RspDisconnected(reason) from e
 
     def _send(self, payload: bytes) -> None:
         packet = frame(payload)
