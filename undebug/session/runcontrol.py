@@ -26,6 +26,7 @@ from undebug.session.protocol import ErrorCode
 __all__ = ["RequestError", "RunControl"]
 
 PAUSE_TIMEOUT = 5.0
+STEP_TRIES = 3  # a step QEMU reports without running anything is taken again (see below)
 MASK64 = (1 << 64) - 1
 SIGINT, SIGTRAP = 2, 5  # GDB signal numbers in stop replies: our interrupt, a debug stop
 
@@ -230,14 +231,24 @@ class RunControl(ABC):
 
     async def _step_over_breakpoint(self, rsp: RspClient, cpu: int) -> StopReply:
         """Single-step vCPU ``cpu``; QEMU would re-report a breakpoint under its pc, so
-        that one is lifted for the step."""
+        that one is lifted for the step.
+
+        QEMU 7.2 under TCG sometimes answers the first step after a breakpoint hit with a
+        SIGTRAP stop while nothing ran (every register as before: ~1 step in 15 here, right
+        after the breakpoint is lifted): such a step is taken again, a bounded number of
+        times, so neither ``step`` nor ``cont`` stands still. An instruction that really
+        changes nothing (``jmp .``) is stepped :data:`STEP_TRIES` times, which is the same."""
         thread = self._vcpus[cpu]
-        pc = (await self._stub(rsp.registers, thread)).get("rip")
-        bp = self.breakpoints.at(pc)
+        before = await self._stub(rsp.registers, thread)
+        bp = self.breakpoints.at(before.get("rip"))
         if bp is not None:
             await self._stub(rsp.remove_breakpoint, bp.address, _kind(bp))
         try:
-            reply: StopReply = await self._stub(rsp.step, thread, PAUSE_TIMEOUT)
+            for _ in range(STEP_TRIES):
+                reply: StopReply = await self._stub(rsp.step, thread, PAUSE_TIMEOUT)
+                if reply.signal != SIGTRAP or reply.thread not in (None, thread) or \
+                        await self._stub(rsp.registers, thread) != before:
+                    break
         finally:
             if bp is not None:
                 await self._stub(rsp.add_breakpoint, bp.address, _kind(bp))
