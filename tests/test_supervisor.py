@@ -225,6 +225,31 @@ def test_a_killed_supervisor_takes_qemu_along(guest_image: Path) -> None:
     undebug("kill", name)
 
 
+def test_a_qemu_that_aborts_is_named_with_its_last_words(guest_image: Path) -> None:
+    """QEMU 7.2 under TCG can abort on its own assertion (guest-stubs/refguest/main.c, the
+    watched globals); ps must say QEMU died of SIGABRT and what QEMU printed, not just
+    "killed". The abort cannot be caused on demand, so this test appends the line QEMU
+    printed when it happened here to the real stderr file, then sends the signal itself."""
+    name = "aborted"
+    assert undebug("run", "-d", "--name", name, str(guest_image)).code == 0
+    try:
+        status = guest_status(name)
+        said = "ERROR:../../softmmu/cpus.c:502:qemu_mutex_lock_iothread_impl: assertion failed"
+        with open(SessionDir.named(name).path / "qemu.stderr", "a") as stderr:
+            stderr.write(f"**\n{said}\n")
+        os.kill(status["qemu_pid"], signal.SIGABRT)
+        assert gone(status["qemu_pid"])
+        deadline = time.monotonic() + 10
+        while guest_status(name)["state"] != "ended" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        outcome = guest_status(name)["outcome"]
+        assert (outcome["kind"], outcome["ok"]) == ("killed", False)
+        assert outcome["reason"] == ("QEMU was killed by signal 6 (SIGABRT); its last line on "
+                                     f"stderr: {said}")
+    finally:
+        undebug("kill", name)
+
+
 def test_kill_returns_as_soon_as_the_guest_is_gone(guest_image: Path) -> None:
     """`kill` costs little more than the CLI's own start (an unknown name, refused at
     once, has the same start): it waited ~2 s before. Best of three, the machine is

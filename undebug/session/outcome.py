@@ -6,6 +6,7 @@ shows, so every front end agrees on what "crashed" means.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -62,7 +63,10 @@ def from_shutdown(event: dict[str, Any], console: str | None, run_state: str | N
 def from_exit_status(status: int, qemu_error: str | None, console: str | None) -> Outcome:
     """QEMU's process ended. Odd statuses carry the guest's isa-debug-exit code."""
     if status < 0:
-        return Outcome("killed", f"QEMU was killed by signal {-status}", False)
+        reason = f"QEMU was killed by signal {-status} ({_signal_name(-status)})"
+        if qemu_error:  # an abort: QEMU's own assertion (e.g. a TCG watchpoint bug)
+            reason += f"; its last line on stderr: {qemu_error}"
+        return Outcome("killed", reason, False)
     code = guest_exit_code(status)
     if qemu_error:
         return Outcome("qemu-error", f"QEMU failed (status {status}): {qemu_error}", False)
@@ -71,6 +75,13 @@ def from_exit_status(status: int, qemu_error: str | None, console: str | None) -
     if code is not None:
         return Outcome("exit", _with_console(f"guest exited with code {code}", console), False, code)
     return Outcome("killed", f"QEMU exited with status {status}", False)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def from_adopted_exit(reason: str) -> Outcome:
