@@ -5,8 +5,10 @@ bring the proxy down."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -135,15 +137,29 @@ def test_thread_apply_all_bt_unwinds_each_to_its_planted_chain(proxy: Proxy) -> 
         assert chain(worker)[-1] == "thread_trampoline"
 
 
-def test_a_sleeping_worker_shows_its_saved_context_frames_and_locals(proxy: Proxy) -> None:
-    ours = {t["name"]: t for t in undebug("threads", proxy.guest, "--json").json()["threads"]}
-    worker = next(t for name, t in ours.items() if name.startswith("worker-")
-                  and t["state"] == "sleeping")
-    out = gdb(proxy, "info threads")
-    number = gdb_threads(out.decode())[worker["name"]][0]
-    out = gdb(proxy, f"thread {number}", "info registers rip rsp rax", "frame 2", "info locals",
-              "set var $rax = 1", "stepi").decode()
-    saved = undebug("regs", proxy.guest, "--thread", str(worker["id"]), "--json").json()
+def test_a_sleeping_worker_shows_its_saved_context_frames_and_locals(proxy: Proxy,
+                                                                   tmp_path: Path) -> None:
+    """The guest is held stopped from the thread list to gdb's last command (one gdb
+    session, which picks the worker by name), and undebug's own ``regs`` runs from gdb's
+    ``shell`` while gdb is attached: a worker listed asleep once woke on a vCPU before a
+    later look (a fresh-clone run read "vCPU 0")."""
+    assert undebug("stop", proxy.guest).code == 0
+    try:
+        ours = {t["name"]: t for t in
+                undebug("threads", proxy.guest, "--json").json()["threads"]}
+        worker = next(t for name, t in ours.items() if name.startswith("worker-")
+                      and t["state"] == "sleeping")
+        regs_json = tmp_path / "regs.json"
+        regs = shlex.join([sys.executable, "-m", "undebug.cli", "regs", proxy.guest,
+                           "--thread", str(worker["id"]), "--json"])
+        select = ("python [gdb.execute(f'thread {t.num}') for t in "
+                  f"gdb.selected_inferior().threads() if t.name == {worker['name']!r}]")
+        out = gdb(proxy, select, "info registers rip rsp rax",
+                  f"shell {regs} > {shlex.quote(str(regs_json))}", "frame 2", "info locals",
+                  "set var $rax = 1", "stepi").decode()
+    finally:
+        undebug("cont", proxy.guest)  # refused (exit 2) if gdb's detach resumed it already
+    saved = json.loads(regs_json.read_text())
     assert saved["source"] == "saved context"
     rip = re.search(r"^rip +(0x[0-9a-f]+)", out, re.M)
     rsp = re.search(r"^rsp +(0x[0-9a-f]+)", out, re.M)
