@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import undebug, wait_for_console
+from tests.conftest import boot, undebug, wait_for_console
 from tracers.decode import (
     ID_FAULT,
     ID_LOST,
@@ -424,22 +424,33 @@ def test_flight_recorder_of_a_crashed_guest_that_never_streamed(
             in text.stdout)
 
 
-def test_wall_clock_from_the_supervisors_anchor(shared_guest: str) -> None:
+def test_wall_clock_from_the_supervisors_anchor(guest_image: Path) -> None:
     """The supervisor notes when the stream header arrived (FORMAT.md section 9); events
-    get wall-clock times from it: after the guest started and not in the future."""
+    get wall-clock times from it: after the guest started and not in the future. A guest
+    of its own: the shared guest's recording spans the whole suite by now (printing it
+    twice took 158 s in a fresh-clone run)."""
     import time as _time
 
     from undebug.session.store import SessionDir
 
-    started_ns = int(SessionDir.named(shared_guest).read_record()["started"] * 1e9)
-    result = undebug("trace", "show", shared_guest, "--json")
-    assert result.code == 0, result.stderr
-    events = result.json()["events"]
-    walls = [e["wall_ns"] for e in events]
-    assert walls and all(w is not None for w in walls)
-    assert started_ns - 1e9 < min(walls) <= max(walls) <= _time.time_ns()
-    text = undebug("trace", "show", shared_guest, "--wall-clock").stdout
-    assert text.splitlines()[1].startswith(_time.strftime("%Y-", _time.gmtime()))
+    name = boot("wallclock", "threads=2", guest_image)
+    try:
+        started_ns = int(SessionDir.named(name).read_record()["started"] * 1e9)
+        deadline = _time.monotonic() + 10  # the stub flushes every 250 ms at rest
+        while True:
+            result = undebug("trace", "show", name, "--json")
+            assert result.code == 0, result.stderr
+            events = result.json()["events"]
+            if events or _time.monotonic() > deadline:
+                break
+            _time.sleep(0.2)
+        walls = [e["wall_ns"] for e in events]
+        assert walls and all(w is not None for w in walls)
+        assert started_ns - 1e9 < min(walls) <= max(walls) <= _time.time_ns()
+        text = undebug("trace", "show", name, "--wall-clock").stdout
+        assert text.splitlines()[1].startswith(_time.strftime("%Y-", _time.gmtime()))
+    finally:
+        undebug("kill", name)
 
 
 def test_a_guest_without_any_tracing_says_so(tmp_path: Path) -> None:
