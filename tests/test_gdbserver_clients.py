@@ -242,7 +242,9 @@ def test_gdb_and_lldb_watchpoints_stop_when_the_guest_writes_planted_counter(
               "p/x planted_counter - requests_handled").decode()
     hit = re.search(r'^Thread \d+ "(worker-\d+)" hit Hardware watchpoint 1: planted_counter\n\n'
                     r"Old value = (\d+)\nNew value = (\d+)$", out, re.M)
-    assert hit and int(hit.group(3)) == int(hit.group(2)) + 1, out
+    # +1, or +2 when the other vCPU's locked add lands before QEMU has stopped it (-smp 2;
+    # a fresh-clone run saw +2, as hardware with a data breakpoint can).
+    assert hit and 1 <= int(hit.group(3)) - int(hit.group(2)) <= 2, out
     # Both counters go up by one per request: the write gdb saw was the guest's own (the
     # other vCPU may be between its two increments: short by one).
     diff = re.search(r"^\$2 = (0x[0-9a-f]+)$", out, re.M)
