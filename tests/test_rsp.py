@@ -269,10 +269,12 @@ def test_stub_closing_mid_command_raises_disconnected_promptly() -> None:
 def test_stub_gone_before_a_send_says_so() -> None:
     """QEMU killed just before a command: the send fails with EPIPE (a fresh-clone CI run
     hit this with ``kill -9``, and the error read "sending ... failed" with no word of the
-    gdbstub being gone); it says so in the same words as the EOF path, then and after."""
+    gdbstub being gone); it says so in the same words as the EOF path, then and after.
+    The peer stops reading but keeps its sending side open, so the reader sees no EOF
+    first and only the send path can answer."""
     server, client_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     client = RspClient(client_sock, timeout=5)
-    server.close()
+    server.shutdown(socket.SHUT_RD)
     try:
         with pytest.raises(RspDisconnected, match=r"gdbstub lost while sending "
                            r"\(did QEMU exit\?\): .*Broken pipe"):
@@ -281,6 +283,7 @@ def test_stub_gone_before_a_send_says_so() -> None:
             client.read_memory(0, 1)
     finally:
         client.close()
+        server.close()
 
 
 def test_no_reply_raises_timeout() -> None:

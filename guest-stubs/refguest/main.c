@@ -4,12 +4,12 @@
 #include "kernel.h"
 
 /* ---- planted globals (read by the host debugger) -------------------------- */
-/* The two globals the tests watch live alone on their page (refguest.ld): QEMU (7.2
- * and later) under TCG with -smp > 1 aborts ("qemu_mutex_lock_iothread_impl: assertion
- * failed") when a vCPU left with a stale watchpoint hit (two vCPUs hit it at once, the
- * watchpoint was deleted, another set on the page) delivers an interrupt and reads an
- * IDT on a watched page; with the IDT beside these counters, ~1 test run in 4 lost its
- * QEMU. docs/cli.md (watch) tells users. */
+/* The two globals the tests watch live alone on their page (refguest.ld): QEMU 7.2
+ * under TCG with -smp > 1 aborted ("qemu_mutex_lock_iothread_impl: assertion failed")
+ * when, after a write watchpoint was hit and deleted, another watchpoint was set on the
+ * page that also held the IDT (most likely a second vCPU's stale hit met an interrupt
+ * reading the IDT); with the IDT beside these counters, ~1 test run in 4 lost its QEMU.
+ * docs/cli.md (watch) tells users. */
 #define WATCHED __attribute__((section(".bss.watched")))
 WATCHED volatile uint64_t planted_counter; /* 0x5eed000000000000 at boot, +1 per request */
 WATCHED uint64_t requests_handled;
