@@ -497,6 +497,9 @@ def test_eval_interrupted_by_ctrl_c_leaves_neither_gdb_nor_the_proxy(shared_gues
     proc.send_signal(signal.SIGINT)  # gdb and the proxy have only just started
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and out == b"" and b"Traceback" not in err, (out, err)
+    deadline = time.monotonic() + 5  # they end after the CLI has exited: give them time
+    while not all(gone(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert children and all(gone(pid) for pid in children)
     status = next(g for g in undebug("ps", "--json").json()["guests"] if g["name"] == shared_guest)
     assert status["state"] == "running"  # gdb detached even so: the guest runs as before
